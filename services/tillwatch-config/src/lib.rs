@@ -1,0 +1,411 @@
+//! Tillwatch's configuration: one TOML file, environment overrides, and a
+//! validation pass that reports every problem at once.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, environment
+//! variables `TILLWATCH__<SECTION>__<KEY>` (for example
+//! `TILLWATCH__GATEWAY__FLUSH_MAX_AGE=2s`), then command-line flags, which
+//! the binary applies to the loaded [`Config`] before calling
+//! [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything that can go wrong loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Root of everything Tillwatch keeps on local disk: the Parquet lake
+    /// under `lake/`, the gateway's dedup journal under `gateway/`.
+    pub data_dir: PathBuf,
+    pub mqtt: MqttConfig,
+    pub gateway: GatewayConfig,
+    pub http: HttpConfig,
+    pub embedded_broker: EmbeddedBrokerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("tillwatch-data"),
+            mqtt: MqttConfig::default(),
+            gateway: GatewayConfig::default(),
+            http: HttpConfig::default(),
+            embedded_broker: EmbeddedBrokerConfig::default(),
+        }
+    }
+}
+
+/// How the gateway reaches the MQTT broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// `mqtt://HOST:PORT`. Standalone mode ignores it unless `--broker` is
+    /// given and runs an embedded broker instead.
+    pub broker: String,
+    /// Fixed per gateway: the broker keeps this client's persistent session
+    /// (and its unacknowledged messages) under this id.
+    pub client_id: String,
+    /// When set, subscribe as `$share/<group>/…` so gateways sharing the
+    /// group split the stream.
+    pub shared_group: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
+    pub username: Option<String>,
+    /// Better set through `TILLWATCH__MQTT__PASSWORD` than in a file.
+    pub password: Option<String>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: "mqtt://127.0.0.1:1883".into(),
+            client_id: "tillwatch-gateway-1".into(),
+            shared_group: None,
+            keep_alive: Duration::from_secs(30),
+            username: None,
+            password: None,
+        }
+    }
+}
+
+/// Ingestion: validation limits and when buffered rows become a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Larger payloads go to dead letters (cut to this size).
+    pub max_payload_bytes: usize,
+    /// Flush when this many rows are buffered...
+    pub flush_max_rows: usize,
+    /// ...or when the oldest buffered row is this old. Messages are acked
+    /// only after their flush, so this bounds publish-to-ack latency.
+    #[serde(with = "humantime_serde")]
+    pub flush_max_age: Duration,
+    /// Stop taking messages from the broker while this much is buffered or
+    /// being written (back-pressure instead of growing).
+    pub max_buffered_bytes: usize,
+    /// Sample times further ahead of the gateway's clock are rejected.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// Sample times older than this are rejected.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            max_payload_bytes: 256 * 1024,
+            flush_max_rows: 100_000,
+            flush_max_age: Duration::from_millis(500),
+            max_buffered_bytes: 64 * 1024 * 1024,
+            max_future: Duration::from_secs(5 * 60),
+            max_age: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Serves `/healthz`, `/readyz` and `/metrics`.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+        }
+    }
+}
+
+/// The in-process broker of standalone mode.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedBrokerConfig {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+}
+
+impl Default for EmbeddedBrokerConfig {
+    fn default() -> Self {
+        EmbeddedBrokerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_connections: 20_000,
+        }
+    }
+}
+
+/// Host and port of an `mqtt://HOST:PORT` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerAddr {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
+            format!("broker URL {url:?} must start with mqtt:// (for example mqtt://127.0.0.1:1883)")
+        })?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => {
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| format!("broker URL {url:?} has an invalid port {port:?}"))?;
+                (host, port)
+            }
+            None => (rest, 1883),
+        };
+        if host.is_empty() {
+            return Err(format!("broker URL {url:?} has no host"));
+        }
+        Ok(BrokerAddr {
+            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port,
+        })
+    }
+}
+
+impl Config {
+    /// Defaults, then `path` if given, then `TILLWATCH__…` variables from
+    /// `env`. Not validated yet: flags may still change it.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut table, source) = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+                (table, path.to_path_buf())
+            }
+            None => (toml::Table::new(), PathBuf::from("<defaults>")),
+        };
+        let parse = |table: &toml::Table| Config::deserialize(toml::Value::Table(table.clone()));
+        let mut config = parse(&table).map_err(|e| ConfigError::Parse {
+            path: source,
+            message: e.to_string(),
+        })?;
+        let mut env_vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("TILLWATCH__"))
+            .collect();
+        env_vars.sort();
+        // One variable at a time, so an error names the variable at fault.
+        for (var, value) in &env_vars {
+            apply_env(&mut table, var, value)?;
+            config = parse(&table).map_err(|e| ConfigError::Env {
+                var: var.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(config)
+    }
+
+    /// Parses a configuration from TOML text (no environment).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.to_string(),
+        })
+    }
+
+    /// The defaults as a commented TOML document.
+    pub fn default_toml() -> String {
+        let body = toml::to_string_pretty(&Config::default()).expect("the defaults serialize");
+        format!(
+            "# Tillwatch configuration. Every key is optional; these are the defaults.\n\
+             # Environment variables TILLWATCH__<SECTION>__<KEY> override this file,\n\
+             # and command-line flags override both.\n\n{body}"
+        )
+    }
+
+    /// Checks the whole configuration and reports every problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            errors.push("data_dir: must not be empty".to_string());
+        }
+        if let Err(e) = BrokerAddr::parse(&self.mqtt.broker) {
+            errors.push(format!("mqtt.broker: {e}"));
+        }
+        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
+            errors.push("mqtt.client_id: must be 1 to 64 characters".into());
+        }
+        if let Some(group) = &self.mqtt.shared_group {
+            if group.is_empty() || group.contains(['/', '+', '#']) {
+                errors.push(format!(
+                    "mqtt.shared_group: {group:?} must be non-empty without / + #"
+                ));
+            }
+        }
+        if self.mqtt.keep_alive < Duration::from_secs(5) {
+            errors.push("mqtt.keep_alive: must be at least 5s".into());
+        }
+        let g = &self.gateway;
+        if g.max_payload_bytes < 64 {
+            errors.push("gateway.max_payload_bytes: must be at least 64".into());
+        }
+        if g.flush_max_rows == 0 {
+            errors.push("gateway.flush_max_rows: must be at least 1".into());
+        }
+        if g.flush_max_age.is_zero() {
+            errors.push("gateway.flush_max_age: must be more than 0s".into());
+        }
+        if g.max_buffered_bytes < g.max_payload_bytes.saturating_mul(4) {
+            errors.push(format!(
+                "gateway.max_buffered_bytes: {} is too small; make it at least 4 × gateway.max_payload_bytes ({})",
+                g.max_buffered_bytes,
+                g.max_payload_bytes.saturating_mul(4)
+            ));
+        }
+        if g.max_age.is_zero() {
+            errors.push("gateway.max_age: must be more than 0s".into());
+        }
+        if self.embedded_broker.max_connections == 0 {
+            errors.push("embedded_broker.max_connections: must be at least 1".into());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+}
+
+fn env_key(var: &str) -> Vec<String> {
+    var.trim_start_matches("TILLWATCH__")
+        .split("__")
+        .map(|s| s.to_ascii_lowercase())
+        .collect()
+}
+
+fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let path = env_key(var);
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.into(),
+            message: "expected TILLWATCH__<SECTION>__<KEY>".into(),
+        });
+    }
+    // A value that parses as TOML (a number, a boolean, a quoted string) is
+    // taken as such; anything else is a plain string.
+    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let (last, sections) = path.split_last().expect("at least one part");
+    let mut current = table;
+    for section in sections {
+        let entry = current
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+            var: var.into(),
+            message: format!("{section} is not a section"),
+        })?;
+    }
+    current.insert(last.clone(), parsed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn generated_defaults_load_back_unchanged() {
+        let text = Config::default_toml();
+        assert_eq!(Config::from_toml(&text).unwrap(), Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tw.toml");
+        std::fs::write(&path, "[gateway]\nflush_max_rowz = 5\n").unwrap();
+        let err = Config::load(Some(&path), no_env()).unwrap_err().to_string();
+        assert!(err.contains("flush_max_rowz"), "{err}");
+        assert!(err.contains("tw.toml"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tw.toml");
+        std::fs::write(&path, "[gateway]\nflush_max_age = \"3s\"\nflush_max_rows = 7\n").unwrap();
+        let env = vec![
+            ("TILLWATCH__GATEWAY__FLUSH_MAX_AGE".to_string(), "250ms".to_string()),
+            ("TILLWATCH__MQTT__SHARED_GROUP".to_string(), "gw".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let config = Config::load(Some(&path), env).unwrap();
+        assert_eq!(config.gateway.flush_max_age, Duration::from_millis(250));
+        assert_eq!(config.gateway.flush_max_rows, 7);
+        assert_eq!(config.mqtt.shared_group.as_deref(), Some("gw"));
+    }
+
+    #[test]
+    fn a_bad_environment_key_names_the_variable() {
+        let env = vec![("TILLWATCH__GATEWAY__FLUSH_MAX_AGEE".to_string(), "1s".to_string())];
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("TILLWATCH__GATEWAY__FLUSH_MAX_AGEE"), "{err}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let mut config = Config::default();
+        config.mqtt.broker = "tcp://x".into();
+        config.gateway.flush_max_rows = 0;
+        config.mqtt.shared_group = Some("a/b".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("mqtt.broker"), "{err}");
+        assert!(err.contains("gateway.flush_max_rows"), "{err}");
+        assert!(err.contains("mqtt.shared_group"), "{err}");
+    }
+
+    #[test]
+    fn broker_urls_parse() {
+        assert_eq!(
+            BrokerAddr::parse("mqtt://10.0.0.5:1884").unwrap(),
+            BrokerAddr {
+                host: "10.0.0.5".into(),
+                port: 1884
+            }
+        );
+        assert_eq!(BrokerAddr::parse("mqtt://broker").unwrap().port, 1883);
+        assert!(BrokerAddr::parse("mqtt://h:99999").is_err());
+        assert!(BrokerAddr::parse("http://h:1").is_err());
+    }
+}

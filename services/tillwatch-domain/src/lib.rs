@@ -1,0 +1,20 @@
+//! Tillwatch's domain: devices, readings and the rules a reading must meet.
+//!
+//! **Architecture Invariant:** this crate does no IO and knows no wire or
+//! storage format. Protobuf is converted to these types in the gateway;
+//! Arrow and Parquet are built from them in the storage crate.
+
+mod device;
+mod ids;
+mod reading;
+mod time;
+mod validate;
+
+pub use device::{DeviceInfo, DeviceStatus, StatusReason};
+pub use ids::{BootId, DeviceId, IdError, MerchantId, StoreId};
+pub use reading::{
+    AppPerformance, Battery, Connectivity, Kind, NetworkType, PaymentHealth, Reading, ReadingKey,
+    Signal,
+};
+pub use time::{HourPartition, UtcMillis};
+pub use validate::{Limits, RejectReason, validate_reading};

@@ -1,0 +1,450 @@
+//! From an MQTT message (topic and bytes) to domain values or dead letters.
+//!
+//! Kept apart from the MQTT poll loop so every input class can be tested
+//! without a broker. **Architecture Invariant:** this module is the only
+//! place that turns protobuf into domain types.
+
+use prost::Message;
+use tillwatch_domain::{
+    AppPerformance, Battery, BootId, Connectivity, DeviceId, DeviceInfo, DeviceStatus, Limits,
+    MerchantId, NetworkType, PaymentHealth, Reading, RejectReason, Signal, StatusReason, StoreId,
+    UtcMillis, validate_reading,
+};
+use tillwatch_proto::telemetry::v1 as pb;
+use tillwatch_proto::topic::{Channel, DeviceTopic};
+use tillwatch_storage::DeadLetter;
+
+/// What the gateway does with one message.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Readings that passed validation, and those of the same batch that
+    /// did not.
+    Telemetry {
+        merchant_id: MerchantId,
+        device_id: DeviceId,
+        readings: Vec<Reading>,
+        rejected: Vec<DeadLetter>,
+    },
+    Status(DeviceStatus),
+    Info(DeviceInfo),
+    /// The whole message was rejected.
+    Rejected(DeadLetter),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    pub max_payload_bytes: usize,
+    pub sample_time: Limits,
+}
+
+struct Context<'a> {
+    topic: &'a str,
+    received_at: UtcMillis,
+    merchant_id: Option<&'a str>,
+    device_id: Option<&'a str>,
+}
+
+impl Context<'_> {
+    fn dead_letter(&self, reason: RejectReason, payload: &[u8]) -> DeadLetter {
+        DeadLetter {
+            received_at: self.received_at,
+            topic: self.topic.to_string(),
+            merchant_id: self.merchant_id.map(str::to_string),
+            device_id: self.device_id.map(str::to_string),
+            reason_code: reason.code(),
+            reason: reason.to_string(),
+            payload: payload.to_vec(),
+        }
+    }
+}
+
+/// Decodes and validates one message. Never panics on any input.
+pub fn decode_message(
+    topic: &str,
+    payload: &[u8],
+    received_at: UtcMillis,
+    limits: &DecodeLimits,
+) -> Decoded {
+    let mut cx = Context {
+        topic,
+        received_at,
+        merchant_id: None,
+        device_id: None,
+    };
+    let Some(parsed) = DeviceTopic::parse(topic) else {
+        let keep = payload.len().min(limits.max_payload_bytes);
+        return Decoded::Rejected(
+            cx.dead_letter(RejectReason::BadTopic(topic.to_string()), &payload[..keep]),
+        );
+    };
+    cx.merchant_id = Some(parsed.merchant_id);
+    cx.device_id = Some(parsed.device_id);
+    if payload.len() > limits.max_payload_bytes {
+        let reason = RejectReason::TooLarge {
+            size: payload.len(),
+            limit: limits.max_payload_bytes,
+        };
+        return Decoded::Rejected(cx.dead_letter(reason, &payload[..limits.max_payload_bytes]));
+    }
+    let ids = MerchantId::new(parsed.merchant_id)
+        .and_then(|m| DeviceId::new(parsed.device_id).map(|d| (m, d)));
+    let (merchant_id, device_id) = match ids {
+        Ok(ids) => ids,
+        Err(e) => return Decoded::Rejected(cx.dead_letter(RejectReason::BadId(e.to_string()), payload)),
+    };
+    let result = match parsed.channel {
+        Channel::Telemetry => return decode_telemetry(&cx, merchant_id, device_id, payload, limits),
+        Channel::Status => decode_status(&device_id, payload).map(Decoded::Status),
+        Channel::Info => decode_info(&merchant_id, &device_id, payload).map(Decoded::Info),
+    };
+    result.unwrap_or_else(|reason| Decoded::Rejected(cx.dead_letter(reason, payload)))
+}
+
+fn malformed(e: prost::DecodeError) -> RejectReason {
+    RejectReason::Malformed(e.to_string())
+}
+
+fn same_device(topic_device: &DeviceId, payload_device: &str) -> Result<(), RejectReason> {
+    if payload_device == topic_device.as_str() {
+        Ok(())
+    } else {
+        Err(RejectReason::DeviceMismatch {
+            topic: topic_device.to_string(),
+            payload: payload_device.to_string(),
+        })
+    }
+}
+
+fn decode_telemetry(
+    cx: &Context<'_>,
+    merchant_id: MerchantId,
+    device_id: DeviceId,
+    payload: &[u8],
+    limits: &DecodeLimits,
+) -> Decoded {
+    let batch = match pb::TelemetryBatch::decode(payload) {
+        Ok(batch) => batch,
+        Err(e) => return Decoded::Rejected(cx.dead_letter(malformed(e), payload)),
+    };
+    if batch.readings.is_empty() {
+        return Decoded::Rejected(cx.dead_letter(RejectReason::EmptyBatch, payload));
+    }
+    let mut readings = Vec::with_capacity(batch.readings.len());
+    let mut rejected = Vec::new();
+    for raw in batch.readings {
+        match convert_reading(&device_id, &raw)
+            .and_then(|r| validate_reading(&r, cx.received_at, &limits.sample_time).map(|()| r))
+        {
+            Ok(reading) => readings.push(reading),
+            // One bad reading does not sink its batch: it alone is kept
+            // aside, with its own bytes.
+            Err(reason) => rejected.push(cx.dead_letter(reason, &raw.encode_to_vec())),
+        }
+    }
+    Decoded::Telemetry {
+        merchant_id,
+        device_id,
+        readings,
+        rejected,
+    }
+}
+
+fn convert_reading(device_id: &DeviceId, raw: &pb::Reading) -> Result<Reading, RejectReason> {
+    same_device(device_id, &raw.device_id)?;
+    let signal = match raw.kind.as_ref().ok_or(RejectReason::MissingSignal)? {
+        pb::reading::Kind::Connectivity(c) => Signal::Connectivity(Connectivity {
+            network_type: match pb::NetworkType::try_from(c.network_type) {
+                Ok(pb::NetworkType::Wifi) => NetworkType::Wifi,
+                Ok(pb::NetworkType::Ethernet) => NetworkType::Ethernet,
+                Ok(pb::NetworkType::Cellular) => NetworkType::Cellular,
+                _ => {
+                    return Err(RejectReason::OutOfRange {
+                        field: "network_type",
+                        value: c.network_type.to_string(),
+                        range: "WIFI, ETHERNET or CELLULAR",
+                    });
+                }
+            },
+            rssi_dbm: c.rssi_dbm,
+            payment_host_latency_ms: c.payment_host_latency_ms,
+            disconnects: c.disconnects,
+            carrier_or_ssid: c.carrier_or_ssid.clone(),
+        }),
+        pb::reading::Kind::Battery(b) => Signal::Battery(Battery {
+            level_pct: b.level_pct,
+            charging: b.charging,
+            temperature_celsius: b.temperature_celsius,
+            voltage_mv: b.voltage_mv,
+            health_pct: b.health_pct,
+            cycle_count: b.cycle_count,
+        }),
+        pb::reading::Kind::AppPerformance(a) => Signal::AppPerformance(AppPerformance {
+            app_version: a.app_version.clone(),
+            firmware_version: a.firmware_version.clone(),
+            transactions: a.transactions,
+            transaction_latency_avg_ms: a.transaction_latency_avg_ms,
+            transaction_latency_max_ms: a.transaction_latency_max_ms,
+            startup_ms: a.startup_ms,
+            crashes: a.crashes,
+            hangs: a.hangs,
+            memory_used_kib: a.memory_used_kib,
+            cpu_pct: a.cpu_pct,
+        }),
+        pb::reading::Kind::PaymentHealth(p) => Signal::PaymentHealth(PaymentHealth {
+            offline_queue_len: p.offline_queue_len,
+            offline_queue_oldest_age_s: p.offline_queue_oldest_age_s,
+            tamper_detected: p.tamper_detected,
+            printer_paper_low: p.printer_paper_low,
+        }),
+    };
+    Ok(Reading {
+        device_id: device_id.clone(),
+        boot_id: BootId(raw.boot_id),
+        seq: raw.seq,
+        sampled_at: UtcMillis(raw.sampled_at_ms),
+        signal,
+    })
+}
+
+fn decode_status(device_id: &DeviceId, payload: &[u8]) -> Result<DeviceStatus, RejectReason> {
+    let status = pb::DeviceStatus::decode(payload).map_err(malformed)?;
+    same_device(device_id, &status.device_id)?;
+    let online = match pb::ConnectionState::try_from(status.state) {
+        Ok(pb::ConnectionState::Online) => true,
+        Ok(pb::ConnectionState::Offline) => false,
+        _ => {
+            return Err(RejectReason::OutOfRange {
+                field: "state",
+                value: status.state.to_string(),
+                range: "ONLINE or OFFLINE",
+            });
+        }
+    };
+    let reason = match pb::StatusReason::try_from(status.reason) {
+        Ok(pb::StatusReason::Birth) => StatusReason::Birth,
+        Ok(pb::StatusReason::Shutdown) => StatusReason::Shutdown,
+        Ok(pb::StatusReason::ConnectionLost) => StatusReason::ConnectionLost,
+        _ => StatusReason::Unspecified,
+    };
+    Ok(DeviceStatus {
+        device_id: device_id.clone(),
+        boot_id: BootId(status.boot_id),
+        online,
+        reason,
+        at: UtcMillis(status.at_ms),
+    })
+}
+
+fn decode_info(
+    merchant_id: &MerchantId,
+    device_id: &DeviceId,
+    payload: &[u8],
+) -> Result<DeviceInfo, RejectReason> {
+    let info = pb::DeviceInfo::decode(payload).map_err(malformed)?;
+    same_device(device_id, &info.device_id)?;
+    if info.merchant_id != merchant_id.as_str() {
+        return Err(RejectReason::MerchantMismatch {
+            topic: merchant_id.to_string(),
+            payload: info.merchant_id,
+        });
+    }
+    let store_id = if info.store_id.is_empty() {
+        None
+    } else {
+        Some(StoreId::new(&info.store_id).map_err(|e| RejectReason::BadId(format!("store_id: {e}")))?)
+    };
+    Ok(DeviceInfo {
+        device_id: device_id.clone(),
+        boot_id: BootId(info.boot_id),
+        model: info.model,
+        serial: info.serial,
+        firmware_version: info.firmware_version,
+        app_version: info.app_version,
+        merchant_id: merchant_id.clone(),
+        store_id,
+        time_zone: info.time_zone,
+        at: UtcMillis(info.at_ms),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: UtcMillis = UtcMillis(1_795_356_000_000);
+    const TOPIC: &str = "tw/v1/m-1/dev-1/telemetry";
+
+    fn limits() -> DecodeLimits {
+        DecodeLimits {
+            max_payload_bytes: 4096,
+            sample_time: Limits::default(),
+        }
+    }
+
+    fn battery(device: &str, seq: u64, level: u32) -> pb::Reading {
+        pb::Reading {
+            device_id: device.into(),
+            boot_id: 42,
+            seq,
+            sampled_at_ms: NOW.0 - 1000,
+            kind: Some(pb::reading::Kind::Battery(pb::Battery {
+                level_pct: level,
+                charging: false,
+                temperature_celsius: 31.0,
+                voltage_mv: 3800,
+                health_pct: 95,
+                cycle_count: 100,
+            })),
+        }
+    }
+
+    fn batch(readings: Vec<pb::Reading>) -> Vec<u8> {
+        pb::TelemetryBatch { readings }.encode_to_vec()
+    }
+
+    fn rejected_code(decoded: Decoded) -> &'static str {
+        match decoded {
+            Decoded::Rejected(d) => d.reason_code,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_batch_decodes_to_readings() {
+        let payload = batch(vec![battery("dev-1", 0, 50), battery("dev-1", 1, 49)]);
+        match decode_message(TOPIC, &payload, NOW, &limits()) {
+            Decoded::Telemetry {
+                merchant_id,
+                readings,
+                rejected,
+                ..
+            } => {
+                assert_eq!(merchant_id.as_str(), "m-1");
+                assert_eq!(readings.len(), 2);
+                assert_eq!(readings[1].seq, 1);
+                assert_eq!(readings[0].boot_id, BootId(42));
+                assert!(rejected.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_bad_input_class_is_rejected_with_its_reason() {
+        let l = limits();
+        assert_eq!(rejected_code(decode_message("tw/v1/m-1/telemetry", b"x", NOW, &l)), "bad_topic");
+        assert_eq!(
+            rejected_code(decode_message(TOPIC, &vec![0u8; 5000], NOW, &l)),
+            "too_large"
+        );
+        assert_eq!(
+            rejected_code(decode_message(TOPIC, &[0xff, 0xff, 0xff, 0xff], NOW, &l)),
+            "malformed"
+        );
+        assert_eq!(rejected_code(decode_message(TOPIC, &batch(vec![]), NOW, &l)), "empty_batch");
+        assert_eq!(
+            rejected_code(decode_message("tw/v1/m 1/dev-1/telemetry", &batch(vec![]), NOW, &l)),
+            "bad_id"
+        );
+        let info = pb::DeviceInfo {
+            device_id: "dev-1".into(),
+            merchant_id: "m-2".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(
+            rejected_code(decode_message("tw/v1/m-1/dev-1/info", &info, NOW, &l)),
+            "merchant_mismatch"
+        );
+        let status = pb::DeviceStatus {
+            device_id: "dev-2".into(),
+            state: pb::ConnectionState::Online as i32,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(
+            rejected_code(decode_message("tw/v1/m-1/dev-1/status", &status, NOW, &l)),
+            "device_mismatch"
+        );
+    }
+
+    #[test]
+    fn bad_readings_are_set_aside_without_sinking_the_batch() {
+        let mut future = battery("dev-1", 3, 50);
+        future.sampled_at_ms = NOW.0 + 3_600_000;
+        let mut no_signal = battery("dev-1", 4, 50);
+        no_signal.kind = None;
+        let payload = batch(vec![
+            battery("dev-1", 0, 50),
+            battery("dev-2", 1, 50),
+            battery("dev-1", 2, 150),
+            future,
+            no_signal,
+        ]);
+        match decode_message(TOPIC, &payload, NOW, &limits()) {
+            Decoded::Telemetry {
+                readings, rejected, ..
+            } => {
+                assert_eq!(readings.len(), 1);
+                let codes: Vec<_> = rejected.iter().map(|d| d.reason_code).collect();
+                assert_eq!(
+                    codes,
+                    ["device_mismatch", "out_of_range", "sampled_in_future", "missing_signal"]
+                );
+                assert!(rejected[1].reason.contains("level_pct = 150"), "{}", rejected[1].reason);
+                assert_eq!(rejected[0].device_id.as_deref(), Some("dev-1"));
+                // The dead letter keeps the bad reading's own bytes.
+                let kept = pb::Reading::decode(rejected[0].payload.as_slice()).unwrap();
+                assert_eq!(kept.device_id, "dev-2");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn status_and_info_decode() {
+        let status = pb::DeviceStatus {
+            device_id: "dev-1".into(),
+            boot_id: 9,
+            state: pb::ConnectionState::Offline as i32,
+            reason: pb::StatusReason::ConnectionLost as i32,
+            at_ms: NOW.0,
+        };
+        match decode_message("tw/v1/m-1/dev-1/status", &status.encode_to_vec(), NOW, &limits()) {
+            Decoded::Status(s) => {
+                assert!(!s.online);
+                assert_eq!(s.reason, StatusReason::ConnectionLost);
+            }
+            other => panic!("{other:?}"),
+        }
+        let info = pb::DeviceInfo {
+            device_id: "dev-1".into(),
+            merchant_id: "m-1".into(),
+            store_id: "m-1-s2".into(),
+            model: "C2".into(),
+            ..Default::default()
+        };
+        match decode_message("tw/v1/m-1/dev-1/info", &info.encode_to_vec(), NOW, &limits()) {
+            Decoded::Info(i) => assert_eq!(i.store_id.unwrap().as_str(), "m-1-s2"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..400 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state as u8
+                })
+                .collect();
+            for topic in [TOPIC, "tw/v1/m-1/dev-1/status", "tw/v1/m-1/dev-1/info"] {
+                let _ = decode_message(topic, &bytes, NOW, &limits());
+            }
+        }
+    }
+}

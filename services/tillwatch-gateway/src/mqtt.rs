@@ -1,0 +1,214 @@
+//! The MQTT side: a persistent session with manual acks, the poll loop, and
+//! the task that sends acks once the pipeline says the data is durable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use metrics::{counter, gauge};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS,
+    SubscribeFilter, SubscribeReasonCode,
+};
+use tillwatch_config::{BrokerAddr, MqttConfig};
+use tillwatch_proto::topic::Channel;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::GatewayError;
+use crate::metrics as m;
+use crate::pipeline::{AckToken, Incoming};
+
+/// Whether the gateway is connected and subscribed; read by `/readyz`.
+#[derive(Debug, Default)]
+pub struct GatewayHealth {
+    connected: AtomicBool,
+    subscribed: AtomicBool,
+}
+
+impl GatewayHealth {
+    pub fn is_ready(&self) -> bool {
+        self.connected.load(Ordering::SeqCst) && self.subscribed.load(Ordering::SeqCst)
+    }
+
+    fn set(&self, connected: bool, subscribed: bool) {
+        self.connected.store(connected, Ordering::SeqCst);
+        self.subscribed.store(subscribed, Ordering::SeqCst);
+        gauge!(m::BROKER_CONNECTED).set(if connected && subscribed { 1.0 } else { 0.0 });
+    }
+}
+
+/// Largest packet the client accepts: MQTT's own maximum. Oversized
+/// payloads must reach the decoder to be dead-lettered; a client-side limit
+/// would drop the connection and the broker would redeliver the same
+/// message forever.
+const MAX_INCOMING_PACKET: usize = 268_435_455;
+
+pub(crate) fn connect(config: &MqttConfig) -> Result<(AsyncClient, EventLoop), GatewayError> {
+    let addr = BrokerAddr::parse(&config.broker).map_err(GatewayError::Config)?;
+    let mut options = MqttOptions::new(config.client_id.clone(), addr.host, addr.port);
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(config.keep_alive)
+        .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024);
+    if let Some(user) = &config.username {
+        options.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
+    }
+    // Acks queue here while the poll loop is busy; a large channel keeps
+    // the ack task from stalling the pipeline's output.
+    Ok(AsyncClient::new(options, 16 * 1024))
+}
+
+pub(crate) fn subscriptions(config: &MqttConfig) -> Vec<SubscribeFilter> {
+    Channel::ALL
+        .iter()
+        .map(|c| {
+            let filter = c.filter();
+            let path = match &config.shared_group {
+                Some(group) => format!("$share/{group}/{filter}"),
+                None => filter,
+            };
+            SubscribeFilter::new(path, QoS::AtLeastOnce)
+        })
+        .collect()
+}
+
+/// Sends acks released by the pipeline, in order; disconnects cleanly once
+/// the pipeline has finished and every ack is queued.
+pub(crate) async fn ack_task(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<Vec<AckToken>>) {
+    while let Some(tokens) = acks.recv().await {
+        for token in &tokens {
+            let qos = match token.qos {
+                2 => QoS::ExactlyOnce,
+                _ => QoS::AtLeastOnce,
+            };
+            let mut publish = Publish::new("", qos, Vec::new());
+            publish.pkid = token.pkid;
+            if client.ack(&publish).await.is_err() {
+                // The event loop is gone; the broker redelivers what was
+                // not acked.
+                return;
+            }
+        }
+        counter!(m::ACKS_SENT).increment(tokens.len() as u64);
+    }
+    let _ = client.disconnect().await;
+}
+
+/// Polls the broker connection until shutdown has drained the pipeline and
+/// the disconnect is sent.
+pub(crate) async fn poll_loop(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    config: MqttConfig,
+    health: Arc<GatewayHealth>,
+    input: mpsc::Sender<Incoming>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), GatewayError> {
+    let filters = subscriptions(&config);
+    let mut ever_connected = false;
+    let mut failing_since: Option<Instant> = None;
+    // Set once shutdown begins: from then on publishes are left unacked
+    // for the broker to redeliver, and the loop only runs to send the last
+    // acks and the disconnect.
+    let mut stop_by: Option<Instant> = None;
+    loop {
+        let stopping = stop_by.is_some();
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            _ = shutdown.wait_for(|s| *s), if !stopping => {
+                stop_by = Some(Instant::now() + Duration::from_secs(30));
+                continue;
+            }
+            _ = tokio::time::sleep_until(stop_by.unwrap_or_else(Instant::now)), if stopping => {
+                warn!("gave up waiting to send the last acks; the broker will redeliver those messages");
+                break;
+            }
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                ever_connected = true;
+                if failing_since.take().is_some() {
+                    info!(broker = %config.broker, "reconnected to the broker");
+                } else {
+                    info!(broker = %config.broker, session_present = ack.session_present, "connected to the broker");
+                }
+                health.set(true, false);
+                // Re-assert the subscriptions on every connect: a resumed
+                // session keeps them, but a changed filter or a broker that
+                // lost its state would otherwise go unnoticed.
+                if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                    error!(error = %e, "could not queue the subscription");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                    return Err(GatewayError::Subscribe(
+                        filters.iter().map(|f| f.path.clone()).collect::<Vec<_>>().join(", "),
+                    ));
+                }
+                info!(filters = ?filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "subscribed");
+                health.set(true, true);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if stopping {
+                    continue;
+                }
+                let ack = match publish.qos {
+                    QoS::AtMostOnce => None,
+                    QoS::AtLeastOnce => Some(AckToken { pkid: publish.pkid, qos: 1 }),
+                    QoS::ExactlyOnce => Some(AckToken { pkid: publish.pkid, qos: 2 }),
+                };
+                let message = Incoming {
+                    topic: publish.topic,
+                    payload: publish.payload,
+                    ack,
+                };
+                // Blocks while the pipeline's buffer is full: back-pressure
+                // reaches the broker because this loop stops reading.
+                tokio::select! {
+                    sent = input.send(message) => {
+                        if sent.is_err() {
+                            stop_by.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
+                        }
+                    }
+                    _ = shutdown.wait_for(|s| *s) => {
+                        stop_by.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
+                    }
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                info!("disconnected from the broker");
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                health.set(false, false);
+                if stopping {
+                    break;
+                }
+                counter!(m::BROKER_CONNECTION_ERRORS).increment(1);
+                if let ConnectionError::ConnectionRefused(code) = &e {
+                    if !ever_connected {
+                        return Err(GatewayError::Refused {
+                            broker: config.broker.clone(),
+                            reason: format!("{code:?}"),
+                        });
+                    }
+                }
+                if failing_since.is_none() {
+                    failing_since = Some(Instant::now());
+                    warn!(broker = %config.broker, error = %e, "broker connection lost; retrying every second");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+            }
+        }
+    }
+    health.set(false, false);
+    Ok(())
+}

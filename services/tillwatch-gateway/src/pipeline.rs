@@ -1,0 +1,376 @@
+//! The ingest pipeline: decode, deduplicate, stage, flush, then release acks.
+//!
+//! Broker-agnostic: messages arrive on a channel with an opaque
+//! [`AckToken`]; tokens come back on another channel only once everything
+//! their message carried is durable in the lake (or was a duplicate of
+//! something already durable).
+//!
+//! Design: one staging batch fills while at most one flush runs on a
+//! blocking thread, so decoding overlaps writing. Memory is bounded by
+//! `max_buffered_bytes` over both: when it is reached the pipeline stops
+//! reading its input channel, the MQTT poll loop blocks on it, and the
+//! broker holds the rest.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use metrics::{counter, gauge, histogram};
+use tillwatch_domain::{DeviceId, ReadingKey, StoreId, UtcMillis};
+use tillwatch_storage::{Lake, PartBatch, Staging, StoredReading, Table};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use crate::decode::{DecodeLimits, Decoded, decode_message};
+use crate::dedup::{DedupError, DedupIndex, DedupStore};
+use crate::metrics as m;
+
+/// What the broker side needs to acknowledge one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    pub pkid: u16,
+    pub qos: u8,
+}
+
+/// One message from the broker.
+#[derive(Debug)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: Bytes,
+    /// `None` for QoS 0 messages, which need no ack.
+    pub ack: Option<AckToken>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub limits: DecodeLimits,
+    pub flush_max_rows: usize,
+    pub flush_max_age: Duration,
+    pub max_buffered_bytes: usize,
+    /// Prefix of every file this gateway writes; unique per gateway.
+    pub writer_id: String,
+}
+
+/// Rows and acks gathered since the last flush started.
+#[derive(Default)]
+struct Batch {
+    staging: Staging,
+    keys: Vec<ReadingKey>,
+    acks: Vec<AckToken>,
+    messages: usize,
+    readings: HashMap<&'static str, u64>,
+    dead_letters: u64,
+    opened_at: Option<Instant>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    fn deadline(&self, max_age: Duration) -> Option<Instant> {
+        self.opened_at.map(|t| t + max_age)
+    }
+}
+
+struct FlushOutcome {
+    store: DedupStore,
+    result: Result<FlushStats, DedupOrLake>,
+    batch_keys: Vec<ReadingKey>,
+    acks: Vec<AckToken>,
+    readings: HashMap<&'static str, u64>,
+    dead_letters: u64,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct FlushStats {
+    rows: usize,
+    files: usize,
+    bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum DedupOrLake {
+    #[error(transparent)]
+    Dedup(#[from] DedupError),
+    #[error(transparent)]
+    Lake(#[from] tillwatch_storage::LakeError),
+}
+
+/// Runs until `shutdown` turns true or `input` closes; then flushes what it
+/// holds and releases the last acks. Returns the dedup store for reuse.
+pub async fn run_pipeline(
+    config: PipelineConfig,
+    lake: Lake,
+    store: DedupStore,
+    mut input: mpsc::Receiver<Incoming>,
+    acks: mpsc::UnboundedSender<Vec<AckToken>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let committed = store.index();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let mut store = Some(store);
+    let mut batch = Batch::default();
+    // Keys staged or being flushed: not yet in `committed`.
+    let mut pending: HashSet<ReadingKey> = HashSet::new();
+    let mut stores: HashMap<DeviceId, StoreId> = HashMap::new();
+    let mut inflight: Option<(JoinHandle<FlushOutcome>, usize)> = None;
+    let mut backpressure = false;
+
+    loop {
+        let inflight_bytes = inflight.as_ref().map_or(0, |(_, b)| *b);
+        let due = !batch.is_empty()
+            && (batch.staging.rows() >= config.flush_max_rows
+                || batch.staging.approx_bytes() + inflight_bytes >= config.max_buffered_bytes
+                || batch.deadline(config.flush_max_age).is_some_and(|d| d <= Instant::now()));
+        if due && inflight.is_none() {
+            let bytes = batch.staging.approx_bytes();
+            let handle = start_flush(
+                std::mem::take(&mut batch),
+                store.take().expect("the store is home when no flush runs"),
+                lake.clone(),
+                config.writer_id.clone(),
+                stopping.clone(),
+            );
+            inflight = Some((handle, bytes));
+            continue;
+        }
+        let inflight_bytes = inflight.as_ref().map_or(0, |(_, b)| *b);
+        let full = batch.staging.rows() >= config.flush_max_rows
+            || batch.staging.approx_bytes() + inflight_bytes >= config.max_buffered_bytes;
+        if full != backpressure {
+            backpressure = full;
+            gauge!(m::BACKPRESSURE).set(if full { 1.0 } else { 0.0 });
+            if full {
+                warn!(
+                    buffered_bytes = batch.staging.approx_bytes() + inflight_bytes,
+                    "buffer full: not taking messages until the current flush completes"
+                );
+            }
+        }
+        gauge!(m::BUFFERED_BYTES).set((batch.staging.approx_bytes() + inflight_bytes) as f64);
+        let deadline = batch.deadline(config.flush_max_age);
+
+        tokio::select! {
+            outcome = async { (&mut inflight.as_mut().expect("guarded").0).await }, if inflight.is_some() => {
+                inflight = None;
+                let outcome = outcome.expect("the flush task does not panic");
+                store = Some(outcome.store);
+                finish_flush(outcome.result, outcome.batch_keys, outcome.acks, &outcome.readings, outcome.dead_letters, outcome.bytes, &mut pending, &acks);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && inflight.is_none() => {}
+            message = input.recv(), if !full => match message {
+                Some(message) => ingest(message, &config, &committed, &mut pending, &mut stores, &mut batch),
+                None => break,
+            },
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+    }
+
+    // Drain: let the running flush finish, then flush what is staged.
+    stopping.store(true, Ordering::SeqCst);
+    if let Some((handle, _)) = inflight.take() {
+        let outcome = handle.await.expect("the flush task does not panic");
+        store = Some(outcome.store);
+        finish_flush(outcome.result, outcome.batch_keys, outcome.acks, &outcome.readings, outcome.dead_letters, outcome.bytes, &mut pending, &acks);
+    }
+    if !batch.is_empty() {
+        let handle = start_flush(
+            batch,
+            store.take().expect("the store is home"),
+            lake,
+            config.writer_id.clone(),
+            stopping,
+        );
+        let outcome = handle.await.expect("the flush task does not panic");
+        finish_flush(outcome.result, outcome.batch_keys, outcome.acks, &outcome.readings, outcome.dead_letters, outcome.bytes, &mut pending, &acks);
+    }
+    gauge!(m::BUFFERED_BYTES).set(0.0);
+    info!("pipeline drained");
+}
+
+fn ingest(
+    message: Incoming,
+    config: &PipelineConfig,
+    committed: &RwLock<DedupIndex>,
+    pending: &mut HashSet<ReadingKey>,
+    stores: &mut HashMap<DeviceId, StoreId>,
+    batch: &mut Batch,
+) {
+    let received_at = UtcMillis::now();
+    counter!(m::MESSAGE_BYTES_RECEIVED).increment(message.payload.len() as u64);
+    if batch.opened_at.is_none() {
+        batch.opened_at = Some(Instant::now());
+    }
+    batch.messages += 1;
+    if let Some(token) = message.ack {
+        batch.acks.push(token);
+    }
+    match decode_message(&message.topic, &message.payload, received_at, &config.limits) {
+        Decoded::Telemetry {
+            merchant_id,
+            device_id,
+            readings,
+            rejected,
+        } => {
+            counter!(m::MESSAGES_RECEIVED, "channel" => "telemetry").increment(1);
+            let store_id = stores.get(&device_id);
+            let index = committed.read().unwrap_or_else(PoisonError::into_inner);
+            for reading in &readings {
+                let kind = reading.kind().as_str();
+                counter!(m::READINGS_RECEIVED, "kind" => kind).increment(1);
+                let key = reading.key();
+                if index.contains(&key) || !pending.insert(key.clone()) {
+                    counter!(m::READINGS_DUPLICATE).increment(1);
+                    continue;
+                }
+                batch.staging.push_reading(StoredReading {
+                    reading,
+                    merchant_id: &merchant_id,
+                    store_id,
+                    received_at,
+                });
+                batch.keys.push(key);
+                *batch.readings.entry(kind).or_default() += 1;
+            }
+            drop(index);
+            for dead in &rejected {
+                counter!(m::REJECTED, "reason" => dead.reason_code).increment(1);
+                batch.staging.push_dead_letter(dead);
+                batch.dead_letters += 1;
+            }
+        }
+        Decoded::Status(status) => {
+            counter!(m::MESSAGES_RECEIVED, "channel" => "status").increment(1);
+            let state = if status.online { "online" } else { "offline" };
+            counter!(m::DEVICE_STATUS, "state" => state).increment(1);
+        }
+        Decoded::Info(info) => {
+            counter!(m::MESSAGES_RECEIVED, "channel" => "info").increment(1);
+            match info.store_id {
+                Some(store) => stores.insert(info.device_id, store),
+                None => stores.remove(&info.device_id),
+            };
+        }
+        Decoded::Rejected(dead) => {
+            counter!(m::MESSAGES_RECEIVED, "channel" => "rejected").increment(1);
+            counter!(m::REJECTED, "reason" => dead.reason_code).increment(1);
+            batch.staging.push_dead_letter(&dead);
+            batch.dead_letters += 1;
+        }
+    }
+}
+
+fn start_flush(
+    batch: Batch,
+    mut store: DedupStore,
+    lake: Lake,
+    writer_id: String,
+    stopping: Arc<AtomicBool>,
+) -> JoinHandle<FlushOutcome> {
+    tokio::task::spawn_blocking(move || {
+        let bytes = batch.staging.approx_bytes();
+        let parts = batch.staging.finish();
+        let started = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let result = loop {
+            match write_flush(&mut store, &lake, &writer_id, &parts, &batch.keys) {
+                Ok(stats) => break Ok(stats),
+                Err(e) => {
+                    counter!(m::FLUSH_ERRORS).increment(1);
+                    if stopping.load(Ordering::SeqCst) {
+                        break Err(e);
+                    }
+                    error!(error = %e, retry_in = ?backoff, "flush failed; nothing of it is acked, retrying");
+                    // A blocking thread: sleeping here holds no async worker.
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        histogram!(m::FLUSH_DURATION).record(started.elapsed().as_secs_f64());
+        FlushOutcome {
+            store,
+            result,
+            batch_keys: batch.keys,
+            acks: batch.acks,
+            readings: batch.readings,
+            dead_letters: batch.dead_letters,
+            bytes,
+        }
+    })
+}
+
+/// Intent, files, commit: see `dedup` for why this order survives a crash
+/// at any point.
+fn write_flush(
+    store: &mut DedupStore,
+    lake: &Lake,
+    writer_id: &str,
+    parts: &[PartBatch],
+    keys: &[ReadingKey],
+) -> Result<FlushStats, DedupOrLake> {
+    if parts.is_empty() {
+        return Ok(FlushStats::default());
+    }
+    let flush_id = store.next_flush_id();
+    let paths: Vec<PathBuf> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| lake.file_path(p.table, p.hour, &format!("{writer_id}-{flush_id:012}-{i:03}.parquet")))
+        .collect();
+    store.write_intent(flush_id, &paths)?;
+    let mut stats = FlushStats::default();
+    for (part, path) in parts.iter().zip(&paths) {
+        let written = lake.write_part(part, path)?;
+        stats.rows += written.rows;
+        stats.files += 1;
+        stats.bytes += written.bytes;
+        debug_assert!(written.table == Table::DeadLetter || written.rows > 0);
+    }
+    store.commit(flush_id, keys)?;
+    Ok(stats)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish_flush(
+    result: Result<FlushStats, DedupOrLake>,
+    batch_keys: Vec<ReadingKey>,
+    tokens: Vec<AckToken>,
+    readings: &HashMap<&'static str, u64>,
+    dead_letters: u64,
+    _bytes: usize,
+    pending: &mut HashSet<ReadingKey>,
+    acks: &mpsc::UnboundedSender<Vec<AckToken>>,
+) {
+    for key in &batch_keys {
+        pending.remove(key);
+    }
+    match result {
+        Ok(stats) => {
+            for (kind, n) in readings {
+                counter!(m::READINGS_STORED, "kind" => *kind).increment(*n);
+            }
+            counter!(m::DEAD_LETTERS_STORED).increment(dead_letters);
+            histogram!(m::FLUSH_ROWS).record(stats.rows as f64);
+            counter!(m::FILES_WRITTEN).increment(stats.files as u64);
+            counter!(m::BYTES_WRITTEN).increment(stats.bytes);
+            if !tokens.is_empty() {
+                // The receiver is gone only when the MQTT side has already
+                // shut down; the broker will redeliver what stays unacked.
+                let _ = acks.send(tokens);
+            }
+        }
+        Err(e) => {
+            // Shutting down with the disk failing: leave the messages unacked
+            // so the broker redelivers them to the next gateway run.
+            error!(error = %e, messages = tokens.len(), "giving up on a flush at shutdown; its messages stay unacked");
+        }
+    }
+}

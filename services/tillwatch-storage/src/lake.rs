@@ -1,0 +1,205 @@
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, StringArray, UInt64Array};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use tillwatch_domain::HourPartition;
+
+use crate::schema::{KEY_COLUMNS, Table};
+use crate::staging::PartBatch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("parquet file {path}: {source}")]
+    Parquet {
+        path: PathBuf,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("parquet file {path}: {source}")]
+    Arrow {
+        path: PathBuf,
+        source: arrow::error::ArrowError,
+    },
+    #[error("parquet file {path} lacks column {column:?} of type {expected}")]
+    Column {
+        path: PathBuf,
+        column: &'static str,
+        expected: &'static str,
+    },
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LakeError + 'a {
+    move |source| LakeError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A file that is in place and synced.
+#[derive(Debug, Clone)]
+pub struct WrittenFile {
+    pub table: Table,
+    pub path: PathBuf,
+    pub rows: usize,
+    pub bytes: u64,
+}
+
+/// The lake's root directory and its layout.
+#[derive(Debug, Clone)]
+pub struct Lake {
+    root: PathBuf,
+}
+
+impl Lake {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Lake { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn table_dir(&self, table: Table) -> PathBuf {
+        self.root.join(table.name())
+    }
+
+    /// Where a file of `table` for `hour` named `file_name` lives.
+    pub fn file_path(&self, table: Table, hour: HourPartition, file_name: &str) -> PathBuf {
+        self.table_dir(table).join(hour.hive_path()).join(file_name)
+    }
+
+    /// The hidden name a file is written under before it is renamed into
+    /// place; `*.parquet` globs never match it.
+    pub fn temp_path(final_path: &Path) -> PathBuf {
+        let name = final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        final_path.with_file_name(format!(".{name}.tmp"))
+    }
+
+    /// Writes one part as a Parquet file at `path` (from [`Lake::file_path`]):
+    /// temp file, fsync, rename, fsync of the directory. Blocking.
+    pub fn write_part(&self, part: &PartBatch, path: &Path) -> Result<WrittenFile, LakeError> {
+        let dir = path.parent().expect("lake files live in a partition directory");
+        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let tmp = Self::temp_path(path);
+        let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let parquet_err = |source| LakeError::Parquet {
+            path: tmp.clone(),
+            source,
+        };
+        let mut writer =
+            ArrowWriter::try_new(&mut file, part.batch.schema(), Some(props)).map_err(parquet_err)?;
+        writer.write(&part.batch).map_err(parquet_err)?;
+        writer.close().map_err(parquet_err)?;
+        file.sync_all().map_err(io_err("sync", &tmp))?;
+        let bytes = file.metadata().map_err(io_err("stat", &tmp))?.len();
+        drop(file);
+        fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+        sync_dir(dir)?;
+        Ok(WrittenFile {
+            table: part.table,
+            path: path.to_path_buf(),
+            rows: part.batch.num_rows(),
+            bytes,
+        })
+    }
+}
+
+/// Makes a rename or create in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LakeError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync directory", dir))
+}
+
+/// Reads a whole Parquet file of the lake.
+pub fn read_file(path: &Path) -> Result<Vec<RecordBatch>, LakeError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|source| LakeError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    reader
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| LakeError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Reads only `(device_id, boot_id, seq)` of a reading file: what the
+/// gateway needs to rebuild its dedup index after a crash.
+pub fn read_reading_keys(path: &Path) -> Result<Vec<(String, u64, u64)>, LakeError> {
+    let parquet_err = |source| LakeError::Parquet {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err("open", path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), KEY_COLUMNS);
+    let reader = builder.with_projection(mask).build().map_err(parquet_err)?;
+    let mut keys = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|source| LakeError::Arrow {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let column = |name: &'static str| {
+            batch.column_by_name(name).ok_or(LakeError::Column {
+                path: path.to_path_buf(),
+                column: name,
+                expected: "present",
+            })
+        };
+        let devices = column("device_id")?
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or(LakeError::Column {
+                path: path.to_path_buf(),
+                column: "device_id",
+                expected: "utf8",
+            })?;
+        let boots = column("boot_id")?
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or(LakeError::Column {
+                path: path.to_path_buf(),
+                column: "boot_id",
+                expected: "uint64",
+            })?;
+        let seqs = column("seq")?
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .ok_or(LakeError::Column {
+                path: path.to_path_buf(),
+                column: "seq",
+                expected: "uint64",
+            })?;
+        for i in 0..batch.num_rows() {
+            if devices.is_valid(i) {
+                keys.push((devices.value(i).to_owned(), boots.value(i), seqs.value(i)));
+            }
+        }
+    }
+    Ok(keys)
+}

@@ -1,0 +1,19 @@
+//! Storage: how Tillwatch's readings sit on disk.
+//!
+//! **Architecture Invariant:** only this crate knows Arrow and Parquet. The
+//! gateway hands it domain readings and dead letters; it hands back files
+//! that are complete and durable.
+//!
+//! The lake is hive-partitioned by the hour a reading was sampled in:
+//! `<root>/<table>/date=YYYY-MM-DD/hour=HH/<writer>-<flush>-<n>.parquet`.
+//! A file is written under a hidden temporary name, synced, renamed into
+//! place and its directory synced, so a reader never sees a partial file and
+//! a file that is visible survives a crash.
+
+mod lake;
+mod schema;
+mod staging;
+
+pub use lake::{Lake, LakeError, WrittenFile, read_file, read_reading_keys};
+pub use schema::{Table, schema};
+pub use staging::{DeadLetter, PartBatch, Staging, StoredReading};
