@@ -1,1 +1,80 @@
-fn main() {}
+//! `tillwatch-sim`: a fleet of simulated payment terminals.
+
+use std::time::Duration;
+
+use clap::Parser;
+use tillwatch_sim::SimConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "tillwatch-sim", version, about = "Simulate a fleet of payment terminals publishing Tillwatch telemetry")]
+struct Args {
+    /// The MQTT broker, mqtt://HOST:PORT.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Number of terminals, each its own MQTT client.
+    #[arg(long, default_value_t = 10)]
+    devices: usize,
+    /// Number of merchants the terminals belong to.
+    #[arg(long, default_value_t = 2)]
+    merchants: usize,
+    #[arg(long, default_value_t = 3)]
+    stores_per_merchant: usize,
+    /// Time between a terminal's readings.
+    #[arg(long, default_value_t = 15_000)]
+    interval_ms: u64,
+    /// Send this many readings per terminal, then exit (default: until Ctrl-C).
+    #[arg(long)]
+    readings_per_device: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Sample on a virtual clock from this UTC time (RFC 3339, or "now-2h"
+    /// style offsets) and publish as fast as the broker acks.
+    #[arg(long)]
+    start_time: Option<String>,
+    /// Make some terminals misbehave: outages with late replay, a store-wide
+    /// outage, reboots, retries, malformed, spoofed and out-of-range payloads.
+    #[arg(long)]
+    faults: bool,
+}
+
+fn parse_start(s: &str) -> anyhow::Result<i64> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    if s == "now" {
+        return Ok(now);
+    }
+    if let Some(offset) = s.strip_prefix("now-") {
+        let d = humantime::parse_duration(offset).map_err(|e| anyhow::anyhow!("--start-time {s:?}: {e}"))?;
+        return Ok(now - d.as_millis() as i64);
+    }
+    let t = humantime::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("--start-time {s:?}: {e} (use RFC 3339, e.g. 2026-11-22T10:00:00Z, or now-2h)"))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = SimConfig {
+        broker: args.broker,
+        devices: args.devices,
+        merchants: args.merchants,
+        stores_per_merchant: args.stores_per_merchant,
+        interval: Duration::from_millis(args.interval_ms.max(1)),
+        readings_per_device: args.readings_per_device,
+        seed: args.seed,
+        start_ms: args.start_time.as_deref().map(parse_start).transpose()?,
+        faults: args.faults,
+        ..SimConfig::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = stop_tx.send(true);
+    });
+    let report = tillwatch_sim::run(config, stop_rx).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}

@@ -94,6 +94,12 @@ pub struct GatewayConfig {
     pub max_payload_bytes: usize,
     /// Flush when this many rows are buffered...
     pub flush_max_rows: usize,
+    /// ...or when this many messages await their ack. Keep it below the
+    /// broker's in-flight window for this client (Mosquitto's
+    /// `max_inflight_messages`; the embedded broker allows 100, so
+    /// standalone mode caps it at 80), or the broker stalls until the age
+    /// limit below.
+    pub flush_max_unacked: usize,
     /// ...or when the oldest buffered row is this old. Messages are acked
     /// only after their flush, so this bounds publish-to-ack latency.
     #[serde(with = "humantime_serde")]
@@ -114,6 +120,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             max_payload_bytes: 256 * 1024,
             flush_max_rows: 100_000,
+            flush_max_unacked: 20_000,
             flush_max_age: Duration::from_millis(500),
             max_buffered_bytes: 64 * 1024 * 1024,
             max_future: Duration::from_secs(5 * 60),
@@ -274,6 +281,11 @@ impl Config {
         }
         if g.flush_max_rows == 0 {
             errors.push("gateway.flush_max_rows: must be at least 1".into());
+        }
+        if g.flush_max_unacked == 0 || g.flush_max_unacked > 65_535 {
+            errors.push(
+                "gateway.flush_max_unacked: must be 1 to 65535 (MQTT packet ids are 16-bit)".into(),
+            );
         }
         if g.flush_max_age.is_zero() {
             errors.push("gateway.flush_max_age: must be more than 0s".into());

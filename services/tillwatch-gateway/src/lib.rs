@@ -92,6 +92,7 @@ pub async fn run_gateway(
             },
         },
         flush_max_rows: config.gateway.flush_max_rows,
+        flush_max_unacked: config.gateway.flush_max_unacked,
         flush_max_age: config.gateway.flush_max_age,
         max_buffered_bytes: config.gateway.max_buffered_bytes,
         writer_id: config.mqtt.client_id.clone(),

@@ -50,6 +50,7 @@ pub struct Incoming {
 pub struct PipelineConfig {
     pub limits: DecodeLimits,
     pub flush_max_rows: usize,
+    pub flush_max_unacked: usize,
     pub flush_max_age: Duration,
     pub max_buffered_bytes: usize,
     /// Prefix of every file this gateway writes; unique per gateway.
@@ -127,6 +128,7 @@ pub async fn run_pipeline(
         let inflight_bytes = inflight.as_ref().map_or(0, |(_, b)| *b);
         let due = !batch.is_empty()
             && (batch.staging.rows() >= config.flush_max_rows
+                || batch.acks.len() >= config.flush_max_unacked
                 || batch.staging.approx_bytes() + inflight_bytes >= config.max_buffered_bytes
                 || batch.deadline(config.flush_max_age).is_some_and(|d| d <= Instant::now()));
         if due && inflight.is_none() {

@@ -1,1 +1,13 @@
+//! Service wiring: the HTTP endpoints, the embedded MQTT broker and
+//! standalone mode (everything in one process).
+//!
+//! Every entry point takes its configuration, already-bound listeners and a
+//! shutdown future, so tests start services in-process on port 0.
 
+mod broker;
+mod http;
+mod standalone;
+
+pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
+pub use http::{metrics_handle, serve_http};
+pub use standalone::run_standalone;

@@ -1,0 +1,488 @@
+//! One simulated terminal: its identity, its fault plan and its MQTT client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tillwatch_proto::telemetry::v1 as pb;
+use tillwatch_proto::topic::{Channel, device_topic};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+
+use crate::signals::Signals;
+use crate::{Report, SimConfig};
+
+const MODELS: [&str; 3] = ["Countertop C2", "Handheld H5", "Smart POS S1"];
+/// Readings per message when replaying a backlog.
+const REPLAY_BATCH: usize = 20;
+
+/// Who a terminal is and which faults it will show, fixed by the seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DevicePlan {
+    pub index: usize,
+    pub device_id: String,
+    pub merchant_id: String,
+    pub store_id: String,
+    pub model_index: usize,
+    /// Ticks `[from, to)` during which the terminal has no network.
+    pub outage: Option<(u64, u64)>,
+    pub reboot_at: Option<u64>,
+    /// Every n-th message is published twice.
+    pub duplicate_every: Option<u64>,
+    pub malformed_at: Option<u64>,
+    pub spoofed_at: Option<u64>,
+    pub out_of_range_at: Option<u64>,
+}
+
+fn mix(seed: u64, index: usize, salt: u64) -> u64 {
+    // SplitMix64 over (seed, index, salt): a stable per-device choice.
+    let mut z = seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl DevicePlan {
+    pub fn new(config: &SimConfig, index: usize) -> DevicePlan {
+        let merchant = index % config.merchants;
+        let store = (index / config.merchants) % config.stores_per_merchant;
+        let merchant_id = format!("m-{merchant:03}");
+        let store_id = format!("{merchant_id}-s{store}");
+        let mut plan = DevicePlan {
+            index,
+            device_id: format!("term-{index:05}"),
+            merchant_id,
+            store_id,
+            model_index: (mix(config.seed, index, 1) % MODELS.len() as u64) as usize,
+            outage: None,
+            reboot_at: None,
+            duplicate_every: None,
+            malformed_at: None,
+            spoofed_at: None,
+            out_of_range_at: None,
+        };
+        if !config.faults {
+            return plan;
+        }
+        // Ticks at which faults happen; a run without a reading limit uses
+        // a nominal length of 40 ticks for its one round of faults.
+        let n = config.readings_per_device.unwrap_or(40).max(4);
+        let pick = |salt: u64, per_mille: u64| mix(config.seed, index, salt) % 1000 < per_mille;
+        // The first store of the first merchant loses its uplink as a whole.
+        let whole_store = merchant == 0 && store == 0;
+        if whole_store {
+            plan.outage = Some((n / 2, n / 2 + n / 5 + 1));
+        } else if pick(2, 40) || index == 1 {
+            plan.outage = Some((n / 4, n / 4 + n / 4 + 1));
+        }
+        if pick(3, 30) || index == 2 {
+            plan.reboot_at = Some(n / 2 + 1);
+        }
+        if pick(4, 50) || index == 3 {
+            plan.duplicate_every = Some(5);
+        }
+        if pick(5, 20) || index == 4 {
+            plan.malformed_at = Some(n / 3);
+        }
+        if pick(6, 20) || index == 5 {
+            plan.spoofed_at = Some(n / 3 + 1);
+        }
+        if pick(7, 10) || index == 6 {
+            plan.out_of_range_at = Some(n / 3 + 2);
+        }
+        plan
+    }
+
+    fn topic(&self, channel: Channel) -> String {
+        device_topic(&self.merchant_id, &self.device_id, channel)
+    }
+}
+
+pub(crate) struct Device {
+    plan: DevicePlan,
+    config: SimConfig,
+    host: String,
+    port: u16,
+    rng: StdRng,
+    signals: Signals,
+    boot_id: u64,
+    seq: u64,
+    report: Report,
+}
+
+/// A connection that publishes one message at a time and waits for its ack.
+struct Link {
+    client: AsyncClient,
+    eventloop: EventLoop,
+}
+
+enum Sent {
+    Acked,
+    /// The connection dropped before the ack; the caller reconnects and
+    /// publishes again (as firmware does).
+    Lost,
+    Stopped,
+}
+
+impl Device {
+    pub(crate) fn new(plan: DevicePlan, config: &SimConfig, host: String, port: u16) -> Device {
+        let mut rng = StdRng::seed_from_u64(mix(config.seed, plan.index, 99));
+        let signals = Signals::new(&mut rng, plan.model_index);
+        let boot_id = rng.random::<u64>();
+        Device {
+            plan,
+            config: config.clone(),
+            host,
+            port,
+            rng,
+            signals,
+            boot_id,
+            seq: 0,
+            report: Report {
+                devices: 1,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn status(&self, online: bool, reason: pb::StatusReason, at_ms: i64) -> Vec<u8> {
+        pb::DeviceStatus {
+            device_id: self.plan.device_id.clone(),
+            boot_id: self.boot_id,
+            state: if online {
+                pb::ConnectionState::Online
+            } else {
+                pb::ConnectionState::Offline
+            } as i32,
+            reason: reason as i32,
+            at_ms,
+        }
+        .encode_to_vec()
+    }
+
+    fn info(&self, at_ms: i64) -> Vec<u8> {
+        pb::DeviceInfo {
+            device_id: self.plan.device_id.clone(),
+            boot_id: self.boot_id,
+            model: MODELS[self.plan.model_index].to_string(),
+            serial: format!("SN{:08}", mix(self.config.seed, self.plan.index, 8) % 100_000_000),
+            firmware_version: self.signals.firmware_version.clone(),
+            app_version: self.signals.app_version.clone(),
+            merchant_id: self.plan.merchant_id.clone(),
+            store_id: self.plan.store_id.clone(),
+            time_zone: "Europe/London".into(),
+            at_ms,
+        }
+        .encode_to_vec()
+    }
+
+    fn now_ms(&self, tick: u64) -> i64 {
+        match self.config.start_ms {
+            Some(start) => start + (tick as i64) * self.config.interval.as_millis() as i64,
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0),
+        }
+    }
+
+    async fn connect(&mut self, gate: &Semaphore, at_ms: i64, shutdown: &mut watch::Receiver<bool>) -> Option<Link> {
+        let _permit = gate.acquire().await.ok()?;
+        let mut options = MqttOptions::new(self.plan.device_id.clone(), self.host.clone(), self.port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true)
+            .set_last_will(LastWill::new(
+                self.plan.topic(Channel::Status),
+                self.status(false, pb::StatusReason::ConnectionLost, at_ms),
+                QoS::AtLeastOnce,
+                true,
+            ));
+        let (client, eventloop) = AsyncClient::new(options, 16);
+        let mut link = Link { client, eventloop };
+        // Wait for the ConnAck, retrying while the broker is unreachable.
+        loop {
+            let failed = tokio::select! {
+                event = link.eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                    Ok(_) => false,
+                    Err(_) => true,
+                },
+                _ = shutdown.wait_for(|s| *s) => return None,
+            };
+            if failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = shutdown.wait_for(|s| *s) => return None,
+                }
+            }
+        }
+        drop(_permit);
+        let info = self.info(at_ms);
+        let birth = self.status(true, pb::StatusReason::Birth, at_ms);
+        for (channel, payload) in [(Channel::Info, info), (Channel::Status, birth)] {
+            match publish(&mut link, self.plan.topic(channel), payload, true, shutdown).await {
+                Sent::Acked => {}
+                Sent::Lost | Sent::Stopped => return None,
+            }
+        }
+        Some(link)
+    }
+
+    /// Publishes until acked, reconnecting as needed. Returns false when
+    /// stopped first.
+    async fn send(
+        &mut self,
+        link: &mut Option<Link>,
+        topic: String,
+        payload: Vec<u8>,
+        at_ms: i64,
+        gate: &Semaphore,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        loop {
+            if link.is_none() {
+                *link = self.connect(gate, at_ms, shutdown).await;
+                if link.is_none() {
+                    return false;
+                }
+            }
+            self.report.messages_published += 1;
+            let l = link.as_mut().expect("connected above");
+            match publish(l, topic.clone(), payload.clone(), false, shutdown).await {
+                Sent::Acked => {
+                    self.report.messages_acked += 1;
+                    return true;
+                }
+                Sent::Lost => {
+                    // Firmware retries the same message on a new connection.
+                    *link = None;
+                    self.report.duplicates_sent += 1;
+                }
+                Sent::Stopped => return false,
+            }
+        }
+    }
+
+    fn next_reading(&mut self, tick: u64, t_ms: i64, offline: bool) -> pb::Reading {
+        let interval_s = self.config.interval.as_secs_f64();
+        self.signals.tick(&mut self.rng, t_ms, interval_s, offline);
+        let kind = self.signals.reading(&mut self.rng, (tick % 4) as usize, t_ms);
+        let reading = pb::Reading {
+            device_id: self.plan.device_id.clone(),
+            boot_id: self.boot_id,
+            seq: self.seq,
+            sampled_at_ms: t_ms,
+            kind: Some(kind),
+        };
+        self.seq += 1;
+        reading
+    }
+
+    fn batch(readings: Vec<pb::Reading>) -> Vec<u8> {
+        pb::TelemetryBatch { readings }.encode_to_vec()
+    }
+
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>, gate: Arc<Semaphore>) -> Report {
+        let telemetry = self.plan.topic(Channel::Telemetry);
+        let mut link: Option<Link> = None;
+        let mut backlog: Vec<pb::Reading> = Vec::new();
+        let mut messages: u64 = 0;
+        let mut tick: u64 = 0;
+        let started = Instant::now();
+        loop {
+            if let Some(limit) = self.config.readings_per_device {
+                if tick >= limit {
+                    break;
+                }
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            if self.config.start_ms.is_none() && tick > 0 {
+                // Real time: wait for the next tick, keeping the link alive.
+                let next = started + self.config.interval * tick as u32;
+                if !wait_until(&mut link, next, &mut shutdown).await {
+                    break;
+                }
+            }
+            let t_ms = self.now_ms(tick);
+            let offline = self.plan.outage.is_some_and(|(from, to)| tick >= from && tick < to);
+
+            if self.plan.reboot_at == Some(tick) && !offline {
+                if let Some(l) = link.take() {
+                    let bye = self.status(false, pb::StatusReason::Shutdown, t_ms);
+                    let mut l = l;
+                    let _ = publish(&mut l, self.plan.topic(Channel::Status), bye, true, &mut shutdown).await;
+                    let _ = l.client.disconnect().await;
+                    drain_disconnect(&mut l).await;
+                }
+                self.boot_id = self.rng.random::<u64>();
+                self.seq = 0;
+                self.signals.reboot();
+                self.report.reboots += 1;
+            }
+
+            let reading = self.next_reading(tick, t_ms, offline);
+            if offline {
+                if link.take().is_some() {
+                    // Dropping the connection without a DISCONNECT: the
+                    // broker publishes the last will.
+                    self.report.outages += 1;
+                }
+                backlog.push(reading);
+                tick += 1;
+                continue;
+            }
+            if !backlog.is_empty() {
+                let late = std::mem::take(&mut backlog);
+                self.report.late_readings += late.len() as u64;
+                for chunk in late.chunks(REPLAY_BATCH) {
+                    let n = chunk.len() as u64;
+                    if !self.send(&mut link, telemetry.clone(), Self::batch(chunk.to_vec()), t_ms, &gate, &mut shutdown).await {
+                        self.report.unacked_readings += n;
+                        return self.finish(link, t_ms).await;
+                    }
+                    self.report.readings += n;
+                }
+            }
+
+            let payload = Self::batch(vec![reading.clone()]);
+            if !self.send(&mut link, telemetry.clone(), payload.clone(), t_ms, &gate, &mut shutdown).await {
+                self.report.unacked_readings += 1;
+                break;
+            }
+            self.report.readings += 1;
+            messages += 1;
+            if self.plan.duplicate_every.is_some_and(|n| messages % n == 0) {
+                self.report.duplicates_sent += 1;
+                self.send(&mut link, telemetry.clone(), payload, t_ms, &gate, &mut shutdown).await;
+            }
+
+            if self.plan.malformed_at == Some(tick) {
+                let garbage: Vec<u8> = (0..self.rng.random_range(5..60)).map(|_| self.rng.random::<u8>()).chain([0xff, 0xff]).collect();
+                if self.send(&mut link, telemetry.clone(), garbage, t_ms, &gate, &mut shutdown).await {
+                    self.report.malformed_sent += 1;
+                }
+            }
+            if self.plan.spoofed_at == Some(tick) {
+                let mut spoof = reading.clone();
+                spoof.device_id = format!("term-{:05}", (self.plan.index + 1) % self.config.devices.max(2));
+                if spoof.device_id == self.plan.device_id {
+                    spoof.device_id = "term-spoofed".into();
+                }
+                spoof.seq = 1_000_000 + tick;
+                if self.send(&mut link, telemetry.clone(), Self::batch(vec![spoof]), t_ms, &gate, &mut shutdown).await {
+                    self.report.spoofed_sent += 1;
+                }
+            }
+            if self.plan.out_of_range_at == Some(tick) {
+                let bad = pb::Reading {
+                    device_id: self.plan.device_id.clone(),
+                    boot_id: self.boot_id,
+                    // A sequence number of its own, outside the real ones.
+                    seq: 2_000_000 + tick,
+                    sampled_at_ms: t_ms,
+                    kind: Some(pb::reading::Kind::Battery(pb::Battery {
+                        level_pct: 150,
+                        charging: false,
+                        temperature_celsius: 30.0,
+                        voltage_mv: 3700,
+                        health_pct: 90,
+                        cycle_count: 1,
+                    })),
+                };
+                if self.send(&mut link, telemetry.clone(), Self::batch(vec![bad]), t_ms, &gate, &mut shutdown).await {
+                    self.report.out_of_range_sent += 1;
+                }
+            }
+            tick += 1;
+        }
+        // Still offline at the end: come back and replay.
+        let t_ms = self.now_ms(tick);
+        if !backlog.is_empty() && !*shutdown.borrow() {
+            let late = std::mem::take(&mut backlog);
+            self.report.late_readings += late.len() as u64;
+            for chunk in late.chunks(REPLAY_BATCH) {
+                let n = chunk.len() as u64;
+                if self.send(&mut link, telemetry.clone(), Self::batch(chunk.to_vec()), t_ms, &gate, &mut shutdown).await {
+                    self.report.readings += n;
+                } else {
+                    self.report.unacked_readings += n;
+                }
+            }
+        } else {
+            self.report.unacked_readings += backlog.len() as u64;
+        }
+        self.finish(link, t_ms).await
+    }
+
+    async fn finish(mut self, link: Option<Link>, t_ms: i64) -> Report {
+        if let Some(mut l) = link {
+            let bye = self.status(false, pb::StatusReason::Shutdown, t_ms);
+            let mut never = watch::channel(false).1;
+            let topic = self.plan.topic(Channel::Status);
+            let _ = tokio::time::timeout(Duration::from_secs(5), publish(&mut l, topic, bye, true, &mut never)).await;
+            let _ = l.client.disconnect().await;
+            drain_disconnect(&mut l).await;
+        }
+        std::mem::take(&mut self.report)
+    }
+}
+
+/// Publishes one QoS 1 message and polls until its PUBACK.
+async fn publish(
+    link: &mut Link,
+    topic: String,
+    payload: Vec<u8>,
+    retain: bool,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Sent {
+    if link.client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_err() {
+        return Sent::Lost;
+    }
+    let mut pkid = None;
+    loop {
+        tokio::select! {
+            event = link.eventloop.poll() => match event {
+                Ok(Event::Outgoing(Outgoing::Publish(id))) => pkid = Some(id),
+                Ok(Event::Incoming(Packet::PubAck(ack))) if Some(ack.pkid) == pkid => return Sent::Acked,
+                Ok(_) => {}
+                Err(_) => return Sent::Lost,
+            },
+            _ = shutdown.wait_for(|s| *s) => return Sent::Stopped,
+        }
+    }
+}
+
+/// Keeps the connection serviced until `until`; false when stopped.
+async fn wait_until(link: &mut Option<Link>, until: Instant, shutdown: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        match link {
+            Some(l) => tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                event = l.eventloop.poll() => if event.is_err() { *link = None; },
+                _ = shutdown.wait_for(|s| *s) => return false,
+            },
+            None => tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                _ = shutdown.wait_for(|s| *s) => return false,
+            },
+        }
+    }
+}
+
+async fn drain_disconnect(link: &mut Link) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match link.eventloop.poll().await {
+                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}

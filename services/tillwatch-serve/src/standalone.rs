@@ -1,0 +1,51 @@
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tillwatch_config::Config;
+use tillwatch_gateway::{GatewayHealth, run_gateway};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::broker::EmbeddedBroker;
+use crate::http::serve_http;
+
+/// The embedded broker's in-flight window is 100 messages per client; the
+/// gateway must flush before it fills or ingest stalls until the age limit.
+const EMBEDDED_FLUSH_MAX_UNACKED: usize = 80;
+
+/// Runs the whole product in one process: the gateway (against `broker` if
+/// given, else `config.mqtt.broker`) and the HTTP endpoints on `http`.
+pub async fn run_standalone(
+    mut config: Config,
+    http: TcpListener,
+    broker: Option<&EmbeddedBroker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if let Some(broker) = broker {
+        config.mqtt.broker = broker.url();
+        config.gateway.flush_max_unacked = config
+            .gateway
+            .flush_max_unacked
+            .min(EMBEDDED_FLUSH_MAX_UNACKED);
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let external = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = external.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let health = Arc::new(GatewayHealth::default());
+    let http = tokio::spawn(serve_http(http, health.clone(), stopped(stop_rx.clone())));
+    let gateway = run_gateway(&config, health, stopped(stop_rx)).await;
+    // The gateway only returns early on an error; take the rest down too.
+    let _ = stop_tx.send(true);
+    let http = http.await.context("the HTTP server task failed")?;
+    gateway.context("gateway")?;
+    http.context("HTTP server")?;
+    Ok(())
+}
