@@ -39,7 +39,9 @@ pub struct DevicePlan {
 
 fn mix(seed: u64, index: usize, salt: u64) -> u64 {
     // SplitMix64 over (seed, index, salt): a stable per-device choice.
-    let mut z = seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut z = seed
+        ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ salt.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -168,7 +170,10 @@ impl Device {
             device_id: self.plan.device_id.clone(),
             boot_id: self.boot_id,
             model: MODELS[self.plan.model_index].to_string(),
-            serial: format!("SN{:08}", mix(self.config.seed, self.plan.index, 8) % 100_000_000),
+            serial: format!(
+                "SN{:08}",
+                mix(self.config.seed, self.plan.index, 8) % 100_000_000
+            ),
             firmware_version: self.signals.firmware_version.clone(),
             app_version: self.signals.app_version.clone(),
             merchant_id: self.plan.merchant_id.clone(),
@@ -189,9 +194,15 @@ impl Device {
         }
     }
 
-    async fn connect(&mut self, gate: &Semaphore, at_ms: i64, shutdown: &mut watch::Receiver<bool>) -> Option<Link> {
+    async fn connect(
+        &mut self,
+        gate: &Semaphore,
+        at_ms: i64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Link> {
         let _permit = gate.acquire().await.ok()?;
-        let mut options = MqttOptions::new(self.plan.device_id.clone(), self.host.clone(), self.port);
+        let mut options =
+            MqttOptions::new(self.plan.device_id.clone(), self.host.clone(), self.port);
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true)
@@ -211,12 +222,12 @@ impl Device {
                     Ok(_) => false,
                     Err(_) => true,
                 },
-                _ = shutdown.wait_for(|s| *s) => return None,
+                _ = stopped(shutdown) => return None,
             };
             if failed {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    _ = shutdown.wait_for(|s| *s) => return None,
+                    _ = stopped(shutdown) => return None,
                 }
             }
         }
@@ -270,7 +281,9 @@ impl Device {
     fn next_reading(&mut self, tick: u64, t_ms: i64, offline: bool) -> pb::Reading {
         let interval_s = self.config.interval.as_secs_f64();
         self.signals.tick(&mut self.rng, t_ms, interval_s, offline);
-        let kind = self.signals.reading(&mut self.rng, (tick % 4) as usize, t_ms);
+        let kind = self
+            .signals
+            .reading(&mut self.rng, (tick % 4) as usize, t_ms);
         let reading = pb::Reading {
             device_id: self.plan.device_id.clone(),
             boot_id: self.boot_id,
@@ -286,7 +299,11 @@ impl Device {
         pb::TelemetryBatch { readings }.encode_to_vec()
     }
 
-    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>, gate: Arc<Semaphore>) -> Report {
+    pub(crate) async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        gate: Arc<Semaphore>,
+    ) -> Report {
         let telemetry = self.plan.topic(Channel::Telemetry);
         let mut link: Option<Link> = None;
         let mut backlog: Vec<pb::Reading> = Vec::new();
@@ -294,10 +311,12 @@ impl Device {
         let mut tick: u64 = 0;
         let started = Instant::now();
         loop {
-            if let Some(limit) = self.config.readings_per_device {
-                if tick >= limit {
-                    break;
-                }
+            if self
+                .config
+                .readings_per_device
+                .is_some_and(|limit| tick >= limit)
+            {
+                break;
             }
             if *shutdown.borrow() {
                 break;
@@ -310,13 +329,23 @@ impl Device {
                 }
             }
             let t_ms = self.now_ms(tick);
-            let offline = self.plan.outage.is_some_and(|(from, to)| tick >= from && tick < to);
+            let offline = self
+                .plan
+                .outage
+                .is_some_and(|(from, to)| tick >= from && tick < to);
 
             if self.plan.reboot_at == Some(tick) && !offline {
                 if let Some(l) = link.take() {
                     let bye = self.status(false, pb::StatusReason::Shutdown, t_ms);
                     let mut l = l;
-                    let _ = publish(&mut l, self.plan.topic(Channel::Status), bye, true, &mut shutdown).await;
+                    let _ = publish(
+                        &mut l,
+                        self.plan.topic(Channel::Status),
+                        bye,
+                        true,
+                        &mut shutdown,
+                    )
+                    .await;
                     let _ = l.client.disconnect().await;
                     drain_disconnect(&mut l).await;
                 }
@@ -342,7 +371,17 @@ impl Device {
                 self.report.late_readings += late.len() as u64;
                 for chunk in late.chunks(REPLAY_BATCH) {
                     let n = chunk.len() as u64;
-                    if !self.send(&mut link, telemetry.clone(), Self::batch(chunk.to_vec()), t_ms, &gate, &mut shutdown).await {
+                    if !self
+                        .send(
+                            &mut link,
+                            telemetry.clone(),
+                            Self::batch(chunk.to_vec()),
+                            t_ms,
+                            &gate,
+                            &mut shutdown,
+                        )
+                        .await
+                    {
                         self.report.unacked_readings += n;
                         return self.finish(link, t_ms).await;
                     }
@@ -351,31 +390,79 @@ impl Device {
             }
 
             let payload = Self::batch(vec![reading.clone()]);
-            if !self.send(&mut link, telemetry.clone(), payload.clone(), t_ms, &gate, &mut shutdown).await {
+            if !self
+                .send(
+                    &mut link,
+                    telemetry.clone(),
+                    payload.clone(),
+                    t_ms,
+                    &gate,
+                    &mut shutdown,
+                )
+                .await
+            {
                 self.report.unacked_readings += 1;
                 break;
             }
             self.report.readings += 1;
             messages += 1;
-            if self.plan.duplicate_every.is_some_and(|n| messages % n == 0) {
+            if self
+                .plan
+                .duplicate_every
+                .is_some_and(|n| messages.is_multiple_of(n))
+            {
                 self.report.duplicates_sent += 1;
-                self.send(&mut link, telemetry.clone(), payload, t_ms, &gate, &mut shutdown).await;
+                self.send(
+                    &mut link,
+                    telemetry.clone(),
+                    payload,
+                    t_ms,
+                    &gate,
+                    &mut shutdown,
+                )
+                .await;
             }
 
             if self.plan.malformed_at == Some(tick) {
-                let garbage: Vec<u8> = (0..self.rng.random_range(5..60)).map(|_| self.rng.random::<u8>()).chain([0xff, 0xff]).collect();
-                if self.send(&mut link, telemetry.clone(), garbage, t_ms, &gate, &mut shutdown).await {
+                let garbage: Vec<u8> = (0..self.rng.random_range(5..60))
+                    .map(|_| self.rng.random::<u8>())
+                    .chain([0xff, 0xff])
+                    .collect();
+                if self
+                    .send(
+                        &mut link,
+                        telemetry.clone(),
+                        garbage,
+                        t_ms,
+                        &gate,
+                        &mut shutdown,
+                    )
+                    .await
+                {
                     self.report.malformed_sent += 1;
                 }
             }
             if self.plan.spoofed_at == Some(tick) {
                 let mut spoof = reading.clone();
-                spoof.device_id = format!("term-{:05}", (self.plan.index + 1) % self.config.devices.max(2));
+                spoof.device_id = format!(
+                    "term-{:05}",
+                    (self.plan.index + 1) % self.config.devices.max(2)
+                );
                 if spoof.device_id == self.plan.device_id {
                     spoof.device_id = "term-spoofed".into();
                 }
                 spoof.seq = 1_000_000 + tick;
-                if self.send(&mut link, telemetry.clone(), Self::batch(vec![spoof]), t_ms, &gate, &mut shutdown).await {
+                if self
+                    .send(
+                        &mut link,
+                        telemetry.clone(),
+                        Self::batch(vec![spoof]),
+                        t_ms,
+                        &gate,
+                        &mut shutdown,
+                    )
+                    .await
+                {
                     self.report.spoofed_sent += 1;
                 }
             }
@@ -395,7 +482,17 @@ impl Device {
                         cycle_count: 1,
                     })),
                 };
-                if self.send(&mut link, telemetry.clone(), Self::batch(vec![bad]), t_ms, &gate, &mut shutdown).await {
+                if self
+                    .send(
+                        &mut link,
+                        telemetry.clone(),
+                        Self::batch(vec![bad]),
+                        t_ms,
+                        &gate,
+                        &mut shutdown,
+                    )
+                    .await
+                {
                     self.report.out_of_range_sent += 1;
                 }
             }
@@ -408,7 +505,17 @@ impl Device {
             self.report.late_readings += late.len() as u64;
             for chunk in late.chunks(REPLAY_BATCH) {
                 let n = chunk.len() as u64;
-                if self.send(&mut link, telemetry.clone(), Self::batch(chunk.to_vec()), t_ms, &gate, &mut shutdown).await {
+                if self
+                    .send(
+                        &mut link,
+                        telemetry.clone(),
+                        Self::batch(chunk.to_vec()),
+                        t_ms,
+                        &gate,
+                        &mut shutdown,
+                    )
+                    .await
+                {
                     self.report.readings += n;
                 } else {
                     self.report.unacked_readings += n;
@@ -425,11 +532,23 @@ impl Device {
             let bye = self.status(false, pb::StatusReason::Shutdown, t_ms);
             let mut never = watch::channel(false).1;
             let topic = self.plan.topic(Channel::Status);
-            let _ = tokio::time::timeout(Duration::from_secs(5), publish(&mut l, topic, bye, true, &mut never)).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                publish(&mut l, topic, bye, true, &mut never),
+            )
+            .await;
             let _ = l.client.disconnect().await;
             drain_disconnect(&mut l).await;
         }
         std::mem::take(&mut self.report)
+    }
+}
+
+/// Resolves once shutdown is requested; never, if the sender is gone
+/// without asking (a caller that does not use shutdown).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    if shutdown.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -441,7 +560,11 @@ async fn publish(
     retain: bool,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Sent {
-    if link.client.try_publish(topic, QoS::AtLeastOnce, retain, payload).is_err() {
+    if link
+        .client
+        .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        .is_err()
+    {
         return Sent::Lost;
     }
     let mut pkid = None;
@@ -453,23 +576,27 @@ async fn publish(
                 Ok(_) => {}
                 Err(_) => return Sent::Lost,
             },
-            _ = shutdown.wait_for(|s| *s) => return Sent::Stopped,
+            _ = stopped(shutdown) => return Sent::Stopped,
         }
     }
 }
 
 /// Keeps the connection serviced until `until`; false when stopped.
-async fn wait_until(link: &mut Option<Link>, until: Instant, shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn wait_until(
+    link: &mut Option<Link>,
+    until: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
     loop {
         match link {
             Some(l) => tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
                 event = l.eventloop.poll() => if event.is_err() { *link = None; },
-                _ = shutdown.wait_for(|s| *s) => return false,
+                _ = stopped(shutdown) => return false,
             },
             None => tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
-                _ = shutdown.wait_for(|s| *s) => return false,
+                _ = stopped(shutdown) => return false,
             },
         }
     }

@@ -123,12 +123,16 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> Result<R
     }
     let (host, port) = parse_broker(&config.broker)?;
     let started = Instant::now();
-    let connect_gate = Arc::new(tokio::sync::Semaphore::new(config.connect_concurrency.max(1)));
+    let connect_gate = Arc::new(tokio::sync::Semaphore::new(
+        config.connect_concurrency.max(1),
+    ));
     let mut tasks = Vec::with_capacity(config.devices);
     for index in 0..config.devices {
         let plan = DevicePlan::new(&config, index);
         let device = device::Device::new(plan, &config, host.clone(), port);
-        tasks.push(tokio::spawn(device.run(shutdown.clone(), connect_gate.clone())));
+        tasks.push(tokio::spawn(
+            device.run(shutdown.clone(), connect_gate.clone()),
+        ));
     }
     let mut report = Report::default();
     for task in tasks {
@@ -140,9 +144,9 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> Result<R
 }
 
 fn parse_broker(url: &str) -> Result<(String, u16), SimError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .ok_or_else(|| SimError::Config(format!("--broker {url:?} must look like mqtt://HOST:PORT")))?;
+    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
+        SimError::Config(format!("--broker {url:?} must look like mqtt://HOST:PORT"))
+    })?;
     match rest.trim_end_matches('/').rsplit_once(':') {
         Some((host, port)) => port
             .parse()

@@ -6,7 +6,11 @@ use clap::Parser;
 use tillwatch_sim::SimConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "tillwatch-sim", version, about = "Simulate a fleet of payment terminals publishing Tillwatch telemetry")]
+#[command(
+    name = "tillwatch-sim",
+    version,
+    about = "Simulate a fleet of payment terminals publishing Tillwatch telemetry"
+)]
 struct Args {
     /// The MQTT broker, mqtt://HOST:PORT.
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
@@ -38,22 +42,31 @@ struct Args {
 }
 
 fn parse_start(s: &str) -> anyhow::Result<i64> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as i64;
     if s == "now" {
         return Ok(now);
     }
     if let Some(offset) = s.strip_prefix("now-") {
-        let d = humantime::parse_duration(offset).map_err(|e| anyhow::anyhow!("--start-time {s:?}: {e}"))?;
+        let d = humantime::parse_duration(offset)
+            .map_err(|e| anyhow::anyhow!("--start-time {s:?}: {e}"))?;
         return Ok(now - d.as_millis() as i64);
     }
-    let t = humantime::parse_rfc3339(s).map_err(|e| anyhow::anyhow!("--start-time {s:?}: {e} (use RFC 3339, e.g. 2026-11-22T10:00:00Z, or now-2h)"))?;
+    let t = humantime::parse_rfc3339(s).map_err(|e| {
+        anyhow::anyhow!(
+            "--start-time {s:?}: {e} (use RFC 3339, e.g. 2026-11-22T10:00:00Z, or now-2h)"
+        )
+    })?;
     Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();

@@ -2,8 +2,8 @@
 //! signal strength wanders and sometimes drops, latency has a long tail,
 //! crashes are rare.
 
-use rand::rngs::StdRng;
 use rand::Rng;
+use rand::rngs::StdRng;
 use tillwatch_proto::telemetry::v1 as pb;
 
 /// A terminal's physical state, advanced once per tick.
@@ -35,7 +35,9 @@ impl Signals {
             _ => pb::NetworkType::Wifi,
         };
         let carrier_or_ssid = match network {
-            pb::NetworkType::Cellular => ["Vodafone", "Telekom", "O2"][rng.random_range(0..3)].to_string(),
+            pb::NetworkType::Cellular => {
+                ["Vodafone", "Telekom", "O2"][rng.random_range(0..3)].to_string()
+            }
             pb::NetworkType::Wifi => format!("store-wifi-{}", rng.random_range(1..9)),
             _ => String::new(),
         };
@@ -46,7 +48,11 @@ impl Signals {
             battery_level: rng.random_range(35.0..100.0),
             battery_health: rng.random_range(70..100),
             cycles: rng.random_range(10..900),
-            rssi_base: if network == pb::NetworkType::Ethernet { 0.0 } else { rng.random_range(-85.0..-55.0) },
+            rssi_base: if network == pb::NetworkType::Ethernet {
+                0.0
+            } else {
+                rng.random_range(-85.0..-55.0)
+            },
             rssi: 0.0,
             latency_base_ms: rng.random_range(40.0..160.0),
             app_version: format!("4.{}.0", rng.random_range(2..5)),
@@ -123,7 +129,11 @@ impl Signals {
                 cycle_count: self.cycles,
             }),
             2 => {
-                let transactions = if Self::trading(t_ms) { rng.random_range(0..6) } else { 0 };
+                let transactions = if Self::trading(t_ms) {
+                    rng.random_range(0..6)
+                } else {
+                    0
+                };
                 let (avg, max) = if transactions == 0 {
                     (0, 0)
                 } else {

@@ -56,4 +56,3 @@ fn generated_code_is_up_to_date() {
          run `TILLWATCH_REGENERATE=1 cargo test -p tillwatch-proto` and commit the result"
     );
 }
-

@@ -1,1 +1,339 @@
+//! Support for Tillwatch's end-to-end tests: a private Mosquitto per test,
+//! waiting on conditions with deadlines, and reading the lake back.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{TimestampMillisecondType, UInt64Type};
+use chrono::{DateTime, Datelike, Timelike};
+use tillwatch_storage::{Table, read_file};
+
+/// Polls `condition` until it holds or `deadline` passes.
+pub async fn wait_for(what: &str, deadline: Duration, mut condition: impl FnMut() -> bool) {
+    let until = Instant::now() + deadline;
+    while !condition() {
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A port the OS says is free now. Only for child processes that cannot
+/// be handed a bound socket (Mosquitto); everything in-process binds port 0.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind port 0")
+        .port()
+}
+
+/// Path of the workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A private Mosquitto started with the project's loss-free config
+/// (`deploy/mosquitto/mosquitto.conf`) on a free port; killed on drop.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base =
+            std::fs::read_to_string(workspace_root().join("deploy/mosquitto/mosquitto.conf"))
+                .expect("deploy/mosquitto/mosquitto.conf is readable");
+        for _attempt in 0..5 {
+            let port = free_port();
+            let conf = dir.path().join("mosquitto.conf");
+            let config = format!(
+                "{base}\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
+                 persistence_location {}/\nlog_dest file {}/mosquitto.log\nuser root\n",
+                dir.path().display(),
+                dir.path().display()
+            );
+            std::fs::write(&conf, config).expect("write mosquitto.conf");
+            let mut child = Command::new("mosquitto")
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("mosquitto is installed (tests/run installs it)");
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Mosquitto {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // lost the port race; try another
+                }
+                assert!(Instant::now() < until, "mosquitto did not listen on {port}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("mosquitto would not start; see its log in the temp dir");
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.0 GET; returns (status, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// One stored reading, as read back from the lake.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoredKey {
+    pub device_id: String,
+    pub boot_id: u64,
+    pub seq: u64,
+}
+
+/// What the lake holds.
+#[derive(Debug, Default)]
+pub struct LakeContents {
+    pub readings: Vec<StoredKey>,
+    /// Rows whose partition directory is not the hour of their sample time.
+    pub misplaced: Vec<String>,
+    pub dead_letter_reasons: BTreeMap<String, u64>,
+    /// Files that are not complete `.parquet` files (temp files left over).
+    pub stray_files: Vec<PathBuf>,
+}
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+impl LakeContents {
+    pub fn read(lake: &Path) -> LakeContents {
+        let mut contents = LakeContents::default();
+        for table in Table::ALL {
+            let mut paths = Vec::new();
+            files(&lake.join(table.name()), &mut paths);
+            for path in paths {
+                if path.extension().is_none_or(|e| e != "parquet") {
+                    contents.stray_files.push(path);
+                    continue;
+                }
+                let partition = path
+                    .parent()
+                    .and_then(|hour| Some((hour.parent()?.file_name()?, hour.file_name()?)))
+                    .map(|(d, h)| format!("{}/{}", d.to_string_lossy(), h.to_string_lossy()))
+                    .unwrap_or_default();
+                for batch in read_file(&path).expect("lake files are readable Parquet") {
+                    if table == Table::DeadLetter {
+                        let reasons = batch
+                            .column_by_name("reason_code")
+                            .expect("reason_code")
+                            .as_string::<i32>();
+                        for i in 0..batch.num_rows() {
+                            *contents
+                                .dead_letter_reasons
+                                .entry(reasons.value(i).to_string())
+                                .or_default() += 1;
+                        }
+                        continue;
+                    }
+                    let devices = batch
+                        .column_by_name("device_id")
+                        .expect("device_id")
+                        .as_string::<i32>();
+                    let boots = batch
+                        .column_by_name("boot_id")
+                        .expect("boot_id")
+                        .as_primitive::<UInt64Type>();
+                    let seqs = batch
+                        .column_by_name("seq")
+                        .expect("seq")
+                        .as_primitive::<UInt64Type>();
+                    let sampled = batch
+                        .column_by_name("sampled_at")
+                        .expect("sampled_at")
+                        .as_primitive::<TimestampMillisecondType>();
+                    for i in 0..batch.num_rows() {
+                        assert!(devices.is_valid(i));
+                        let t =
+                            DateTime::from_timestamp_millis(sampled.value(i)).expect("valid time");
+                        let expected = format!(
+                            "date={:04}-{:02}-{:02}/hour={:02}",
+                            t.year(),
+                            t.month(),
+                            t.day(),
+                            t.hour()
+                        );
+                        if expected != partition {
+                            contents
+                                .misplaced
+                                .push(format!("{} in {partition}", path.display()));
+                        }
+                        contents.readings.push(StoredKey {
+                            device_id: devices.value(i).to_string(),
+                            boot_id: boots.value(i),
+                            seq: seqs.value(i),
+                        });
+                    }
+                }
+            }
+        }
+        contents
+    }
+
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_letter_reasons.values().sum()
+    }
+
+    /// Keys stored more than once.
+    pub fn duplicates(&self) -> Vec<StoredKey> {
+        let mut seen = BTreeSet::new();
+        self.readings
+            .iter()
+            .filter(|k| !seen.insert((*k).clone()))
+            .cloned()
+            .collect()
+    }
+
+    /// (device, boot) pairs whose sequence numbers are not exactly 0..n:
+    /// a reading in the middle went missing.
+    pub fn gaps(&self) -> Vec<String> {
+        let mut by_boot: BTreeMap<(&str, u64), BTreeSet<u64>> = BTreeMap::new();
+        for k in &self.readings {
+            by_boot
+                .entry((&k.device_id, k.boot_id))
+                .or_default()
+                .insert(k.seq);
+        }
+        by_boot
+            .into_iter()
+            .filter(|(_, seqs)| seqs.iter().copied().ne(0..seqs.len() as u64))
+            .map(|((d, b), seqs)| {
+                format!(
+                    "{d}/{b:x}: {} readings, max seq {:?}",
+                    seqs.len(),
+                    seqs.last()
+                )
+            })
+            .collect()
+    }
+
+    /// Number of reading rows; cheap enough to poll while a test runs.
+    pub fn count_readings(lake: &Path) -> usize {
+        LakeContents::read(lake).readings.len()
+    }
+
+    /// Asserts the lake holds exactly `expected` readings, each once, none
+    /// missing within a boot, each in its sample hour's partition, and no
+    /// partial files.
+    pub fn assert_exactly(&self, expected: u64) {
+        assert!(
+            self.stray_files.is_empty(),
+            "partial files left in the lake: {:?}",
+            self.stray_files
+        );
+        let dups = self.duplicates();
+        assert!(
+            dups.is_empty(),
+            "{} readings stored twice, e.g. {:?}",
+            dups.len(),
+            &dups[..dups.len().min(5)]
+        );
+        let gaps = self.gaps();
+        assert!(
+            gaps.is_empty(),
+            "readings missing: {:?}",
+            &gaps[..gaps.len().min(5)]
+        );
+        assert!(
+            self.misplaced.is_empty(),
+            "rows outside their hour: {:?}",
+            &self.misplaced[..self.misplaced.len().min(5)]
+        );
+        assert_eq!(
+            self.readings.len() as u64,
+            expected,
+            "stored readings vs readings the broker acked"
+        );
+    }
+}
+
+/// Runs `sql` with DuckDB from the test venv (`TILLWATCH_PYTHON`, set by
+/// tests/run) and returns its single integer result.
+pub fn duckdb_scalar(sql: &str) -> i64 {
+    let python = std::env::var("TILLWATCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let output = Command::new(&python)
+        .args([
+            "-c",
+            "import sys, duckdb; print(duckdb.sql(sys.argv[1]).fetchone()[0])",
+            sql,
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("running {python}: {e}; run the tests through tests/run"));
+    assert!(
+        output.status.success(),
+        "duckdb failed (run the tests through tests/run, which installs it): {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("an integer")
+}
+
+/// The first minute of the current UTC hour minus `hours_back` hours, less
+/// three minutes: a virtual-clock start whose readings cross an hour.
+pub fn start_across_hour(hours_back: i64) -> i64 {
+    let now = chrono::Utc::now().timestamp_millis();
+    let hour = now - now.rem_euclid(3_600_000);
+    hour - hours_back * 3_600_000 - 3 * 60_000
+}

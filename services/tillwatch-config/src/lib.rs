@@ -171,7 +171,9 @@ pub struct BrokerAddr {
 impl BrokerAddr {
     pub fn parse(url: &str) -> Result<Self, String> {
         let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
-            format!("broker URL {url:?} must start with mqtt:// (for example mqtt://127.0.0.1:1883)")
+            format!(
+                "broker URL {url:?} must start with mqtt:// (for example mqtt://127.0.0.1:1883)"
+            )
         })?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
@@ -187,7 +189,10 @@ impl BrokerAddr {
             return Err(format!("broker URL {url:?} has no host"));
         }
         Ok(BrokerAddr {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port,
         })
     }
@@ -265,12 +270,12 @@ impl Config {
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             errors.push("mqtt.client_id: must be 1 to 64 characters".into());
         }
-        if let Some(group) = &self.mqtt.shared_group {
-            if group.is_empty() || group.contains(['/', '+', '#']) {
-                errors.push(format!(
-                    "mqtt.shared_group: {group:?} must be non-empty without / + #"
-                ));
-            }
+        if let Some(group) = &self.mqtt.shared_group
+            && (group.is_empty() || group.contains(['/', '+', '#']))
+        {
+            errors.push(format!(
+                "mqtt.shared_group: {group:?} must be non-empty without / + #"
+            ));
         }
         if self.mqtt.keep_alive < Duration::from_secs(5) {
             errors.push("mqtt.keep_alive: must be at least 5s".into());
@@ -376,10 +381,20 @@ mod tests {
     fn environment_overrides_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tw.toml");
-        std::fs::write(&path, "[gateway]\nflush_max_age = \"3s\"\nflush_max_rows = 7\n").unwrap();
+        std::fs::write(
+            &path,
+            "[gateway]\nflush_max_age = \"3s\"\nflush_max_rows = 7\n",
+        )
+        .unwrap();
         let env = vec![
-            ("TILLWATCH__GATEWAY__FLUSH_MAX_AGE".to_string(), "250ms".to_string()),
-            ("TILLWATCH__MQTT__SHARED_GROUP".to_string(), "gw".to_string()),
+            (
+                "TILLWATCH__GATEWAY__FLUSH_MAX_AGE".to_string(),
+                "250ms".to_string(),
+            ),
+            (
+                "TILLWATCH__MQTT__SHARED_GROUP".to_string(),
+                "gw".to_string(),
+            ),
             ("UNRELATED".to_string(), "x".to_string()),
         ];
         let config = Config::load(Some(&path), env).unwrap();
@@ -390,7 +405,10 @@ mod tests {
 
     #[test]
     fn a_bad_environment_key_names_the_variable() {
-        let env = vec![("TILLWATCH__GATEWAY__FLUSH_MAX_AGEE".to_string(), "1s".to_string())];
+        let env = vec![(
+            "TILLWATCH__GATEWAY__FLUSH_MAX_AGEE".to_string(),
+            "1s".to_string(),
+        )];
         let err = Config::load(None, env).unwrap_err().to_string();
         assert!(err.contains("TILLWATCH__GATEWAY__FLUSH_MAX_AGEE"), "{err}");
     }

@@ -25,13 +25,17 @@ pub enum RejectReason {
     MerchantMismatch { topic: String, payload: String },
     #[error("reading has no signal (connectivity, battery, app_performance or payment_health)")]
     MissingSignal,
-    #[error("sampled_at_ms {sampled_at_ms} is {ahead_ms} ms in the future; at most {limit_ms} ms is tolerated")]
+    #[error(
+        "sampled_at_ms {sampled_at_ms} is {ahead_ms} ms in the future; at most {limit_ms} ms is tolerated"
+    )]
     SampledInFuture {
         sampled_at_ms: i64,
         ahead_ms: i64,
         limit_ms: i64,
     },
-    #[error("sampled_at_ms {sampled_at_ms} is {age_ms} ms in the past; at most {limit_ms} ms is accepted")]
+    #[error(
+        "sampled_at_ms {sampled_at_ms} is {age_ms} ms in the past; at most {limit_ms} ms is accepted"
+    )]
     SampledTooLongAgo {
         sampled_at_ms: i64,
         age_ms: i64,
@@ -115,7 +119,13 @@ fn range<T: PartialOrd + ToString>(
     }
 }
 
-fn finite(field: &'static str, value: f32, lo: f32, hi: f32, r: &'static str) -> Result<(), RejectReason> {
+fn finite(
+    field: &'static str,
+    value: f32,
+    lo: f32,
+    hi: f32,
+    r: &'static str,
+) -> Result<(), RejectReason> {
     if value.is_nan() {
         return Err(RejectReason::OutOfRange {
             field,
@@ -128,7 +138,11 @@ fn finite(field: &'static str, value: f32, lo: f32, hi: f32, r: &'static str) ->
 
 /// Checks a decoded reading against the physical limits of a terminal and
 /// the receive time `now`.
-pub fn validate_reading(reading: &Reading, now: UtcMillis, limits: &Limits) -> Result<(), RejectReason> {
+pub fn validate_reading(
+    reading: &Reading,
+    now: UtcMillis,
+    limits: &Limits,
+) -> Result<(), RejectReason> {
     let sampled = reading.sampled_at.0;
     let ahead = sampled.saturating_sub(now.0);
     let max_future = limits.max_future.as_millis() as i64;
@@ -151,22 +165,58 @@ pub fn validate_reading(reading: &Reading, now: UtcMillis, limits: &Limits) -> R
     match &reading.signal {
         Signal::Connectivity(c) => {
             range("rssi_dbm", c.rssi_dbm, -150, 0, "-150..=0")?;
-            range("payment_host_latency_ms", c.payment_host_latency_ms, 0, 600_000, "0..=600000")?;
+            range(
+                "payment_host_latency_ms",
+                c.payment_host_latency_ms,
+                0,
+                600_000,
+                "0..=600000",
+            )?;
             range("disconnects", c.disconnects, 0, 100_000, "0..=100000")?;
-            range("carrier_or_ssid length", c.carrier_or_ssid.len(), 0, 64, "0..=64")?;
+            range(
+                "carrier_or_ssid length",
+                c.carrier_or_ssid.len(),
+                0,
+                64,
+                "0..=64",
+            )?;
         }
         Signal::Battery(b) => {
             range("level_pct", b.level_pct, 0, 100, "0..=100")?;
-            finite("temperature_celsius", b.temperature_celsius, -40.0, 120.0, "-40..=120")?;
+            finite(
+                "temperature_celsius",
+                b.temperature_celsius,
+                -40.0,
+                120.0,
+                "-40..=120",
+            )?;
             range("voltage_mv", b.voltage_mv, 0, 30_000, "0..=30000")?;
             range("health_pct", b.health_pct, 0, 100, "0..=100")?;
             range("cycle_count", b.cycle_count, 0, 100_000, "0..=100000")?;
         }
         Signal::AppPerformance(a) => {
             range("app_version length", a.app_version.len(), 0, 64, "0..=64")?;
-            range("firmware_version length", a.firmware_version.len(), 0, 64, "0..=64")?;
-            range("transaction_latency_avg_ms", a.transaction_latency_avg_ms, 0, 600_000, "0..=600000")?;
-            range("transaction_latency_max_ms", a.transaction_latency_max_ms, 0, 600_000, "0..=600000")?;
+            range(
+                "firmware_version length",
+                a.firmware_version.len(),
+                0,
+                64,
+                "0..=64",
+            )?;
+            range(
+                "transaction_latency_avg_ms",
+                a.transaction_latency_avg_ms,
+                0,
+                600_000,
+                "0..=600000",
+            )?;
+            range(
+                "transaction_latency_max_ms",
+                a.transaction_latency_max_ms,
+                0,
+                600_000,
+                "0..=600000",
+            )?;
             if a.transaction_latency_avg_ms > a.transaction_latency_max_ms {
                 return Err(RejectReason::OutOfRange {
                     field: "transaction_latency_avg_ms",
@@ -180,7 +230,13 @@ pub fn validate_reading(reading: &Reading, now: UtcMillis, limits: &Limits) -> R
             finite("cpu_pct", a.cpu_pct, 0.0, 100.0, "0..=100")?;
         }
         Signal::PaymentHealth(p) => {
-            range("offline_queue_len", p.offline_queue_len, 0, 1_000_000, "0..=1000000")?;
+            range(
+                "offline_queue_len",
+                p.offline_queue_len,
+                0,
+                1_000_000,
+                "0..=1000000",
+            )?;
             // A queued payment cannot be older than the limit on sample age.
             range(
                 "offline_queue_oldest_age_s",
@@ -220,7 +276,10 @@ mod tests {
 
     #[test]
     fn a_believable_reading_passes() {
-        assert_eq!(validate_reading(&battery(50, 30.0), NOW, &Limits::default()), Ok(()));
+        assert_eq!(
+            validate_reading(&battery(50, 30.0), NOW, &Limits::default()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -249,12 +308,21 @@ mod tests {
         r.sampled_at = UtcMillis(NOW.0 + 4 * 60_000);
         assert_eq!(validate_reading(&r, NOW, &limits), Ok(()));
         r.sampled_at = UtcMillis(NOW.0 + 6 * 60_000);
-        assert_eq!(validate_reading(&r, NOW, &limits).unwrap_err().code(), "sampled_in_future");
+        assert_eq!(
+            validate_reading(&r, NOW, &limits).unwrap_err().code(),
+            "sampled_in_future"
+        );
         r.sampled_at = UtcMillis(NOW.0 - 29 * 24 * 3_600_000);
         assert_eq!(validate_reading(&r, NOW, &limits), Ok(()));
         r.sampled_at = UtcMillis(NOW.0 - 31 * 24 * 3_600_000);
-        assert_eq!(validate_reading(&r, NOW, &limits).unwrap_err().code(), "sampled_too_long_ago");
+        assert_eq!(
+            validate_reading(&r, NOW, &limits).unwrap_err().code(),
+            "sampled_too_long_ago"
+        );
         r.sampled_at = UtcMillis(i64::MIN);
-        assert_eq!(validate_reading(&r, NOW, &limits).unwrap_err().code(), "sampled_too_long_ago");
+        assert_eq!(
+            validate_reading(&r, NOW, &limits).unwrap_err().code(),
+            "sampled_too_long_ago"
+        );
     }
 }

@@ -90,10 +90,14 @@ pub fn decode_message(
         .and_then(|m| DeviceId::new(parsed.device_id).map(|d| (m, d)));
     let (merchant_id, device_id) = match ids {
         Ok(ids) => ids,
-        Err(e) => return Decoded::Rejected(cx.dead_letter(RejectReason::BadId(e.to_string()), payload)),
+        Err(e) => {
+            return Decoded::Rejected(cx.dead_letter(RejectReason::BadId(e.to_string()), payload));
+        }
     };
     let result = match parsed.channel {
-        Channel::Telemetry => return decode_telemetry(&cx, merchant_id, device_id, payload, limits),
+        Channel::Telemetry => {
+            return decode_telemetry(&cx, merchant_id, device_id, payload, limits);
+        }
         Channel::Status => decode_status(&device_id, payload).map(Decoded::Status),
         Channel::Info => decode_info(&merchant_id, &device_id, payload).map(Decoded::Info),
     };
@@ -251,7 +255,10 @@ fn decode_info(
     let store_id = if info.store_id.is_empty() {
         None
     } else {
-        Some(StoreId::new(&info.store_id).map_err(|e| RejectReason::BadId(format!("store_id: {e}")))?)
+        Some(
+            StoreId::new(&info.store_id)
+                .map_err(|e| RejectReason::BadId(format!("store_id: {e}")))?,
+        )
     };
     Ok(DeviceInfo {
         device_id: device_id.clone(),
@@ -332,7 +339,10 @@ mod tests {
     #[test]
     fn each_bad_input_class_is_rejected_with_its_reason() {
         let l = limits();
-        assert_eq!(rejected_code(decode_message("tw/v1/m-1/telemetry", b"x", NOW, &l)), "bad_topic");
+        assert_eq!(
+            rejected_code(decode_message("tw/v1/m-1/telemetry", b"x", NOW, &l)),
+            "bad_topic"
+        );
         assert_eq!(
             rejected_code(decode_message(TOPIC, &vec![0u8; 5000], NOW, &l)),
             "too_large"
@@ -341,9 +351,17 @@ mod tests {
             rejected_code(decode_message(TOPIC, &[0xff, 0xff, 0xff, 0xff], NOW, &l)),
             "malformed"
         );
-        assert_eq!(rejected_code(decode_message(TOPIC, &batch(vec![]), NOW, &l)), "empty_batch");
         assert_eq!(
-            rejected_code(decode_message("tw/v1/m 1/dev-1/telemetry", &batch(vec![]), NOW, &l)),
+            rejected_code(decode_message(TOPIC, &batch(vec![]), NOW, &l)),
+            "empty_batch"
+        );
+        assert_eq!(
+            rejected_code(decode_message(
+                "tw/v1/m 1/dev-1/telemetry",
+                &batch(vec![]),
+                NOW,
+                &l
+            )),
             "bad_id"
         );
         let info = pb::DeviceInfo {
@@ -389,9 +407,18 @@ mod tests {
                 let codes: Vec<_> = rejected.iter().map(|d| d.reason_code).collect();
                 assert_eq!(
                     codes,
-                    ["device_mismatch", "out_of_range", "sampled_in_future", "missing_signal"]
+                    [
+                        "device_mismatch",
+                        "out_of_range",
+                        "sampled_in_future",
+                        "missing_signal"
+                    ]
                 );
-                assert!(rejected[1].reason.contains("level_pct = 150"), "{}", rejected[1].reason);
+                assert!(
+                    rejected[1].reason.contains("level_pct = 150"),
+                    "{}",
+                    rejected[1].reason
+                );
                 assert_eq!(rejected[0].device_id.as_deref(), Some("dev-1"));
                 // The dead letter keeps the bad reading's own bytes.
                 let kept = pb::Reading::decode(rejected[0].payload.as_slice()).unwrap();
@@ -410,7 +437,12 @@ mod tests {
             reason: pb::StatusReason::ConnectionLost as i32,
             at_ms: NOW.0,
         };
-        match decode_message("tw/v1/m-1/dev-1/status", &status.encode_to_vec(), NOW, &limits()) {
+        match decode_message(
+            "tw/v1/m-1/dev-1/status",
+            &status.encode_to_vec(),
+            NOW,
+            &limits(),
+        ) {
             Decoded::Status(s) => {
                 assert!(!s.online);
                 assert_eq!(s.reason, StatusReason::ConnectionLost);
@@ -424,7 +456,12 @@ mod tests {
             model: "C2".into(),
             ..Default::default()
         };
-        match decode_message("tw/v1/m-1/dev-1/info", &info.encode_to_vec(), NOW, &limits()) {
+        match decode_message(
+            "tw/v1/m-1/dev-1/info",
+            &info.encode_to_vec(),
+            NOW,
+            &limits(),
+        ) {
             Decoded::Info(i) => assert_eq!(i.store_id.unwrap().as_str(), "m-1-s2"),
             other => panic!("{other:?}"),
         }

@@ -154,7 +154,12 @@ impl Enc {
         self.u32(s.len() as u32);
         self.0.extend_from_slice(s.as_bytes());
     }
-    fn ranges(&mut self, device: &str, boot: u64, ranges: impl ExactSizeIterator<Item = (u64, u64)>) {
+    fn ranges(
+        &mut self,
+        device: &str,
+        boot: u64,
+        ranges: impl ExactSizeIterator<Item = (u64, u64)>,
+    ) {
         self.str(device);
         self.u64(boot);
         self.u32(ranges.len() as u32);
@@ -172,6 +177,9 @@ impl Enc {
     }
 }
 
+/// A device id, a boot id and that boot's stored sequence ranges.
+type BootRanges = (String, u64, Vec<(u64, u64)>);
+
 struct Dec<'a>(&'a [u8]);
 
 impl Dec<'_> {
@@ -187,16 +195,18 @@ impl Dec<'_> {
         self.take(1).map(|b| b[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
     fn str(&mut self) -> Option<String> {
         let n = self.u32()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).ok()
     }
-    fn ranges(&mut self) -> Option<(String, u64, Vec<(u64, u64)>)> {
+    fn ranges(&mut self) -> Option<BootRanges> {
         let device = self.str()?;
         let boot = self.u64()?;
         let n = self.u32()? as usize;
@@ -295,12 +305,15 @@ impl DedupStore {
                 let mut d = Dec(body);
                 match d.u8() {
                     Some(TAG_SNAPSHOT_ENTRY) => {
-                        let (device, boot, ranges) =
-                            d.ranges().ok_or_else(|| DedupError::BadSnapshot(snapshot.clone()))?;
+                        let (device, boot, ranges) = d
+                            .ranges()
+                            .ok_or_else(|| DedupError::BadSnapshot(snapshot.clone()))?;
                         apply_ranges(&mut index, &device, boot, &ranges);
                     }
                     Some(TAG_SNAPSHOT_END) => {
-                        next_flush_id = d.u64().ok_or_else(|| DedupError::BadSnapshot(snapshot.clone()))?;
+                        next_flush_id = d
+                            .u64()
+                            .ok_or_else(|| DedupError::BadSnapshot(snapshot.clone()))?;
                         ended = true;
                     }
                     _ => return Err(DedupError::BadSnapshot(snapshot)),
@@ -330,7 +343,9 @@ impl DedupStore {
                     recovery.committed_flushes += 1;
                     let n = d.u32().unwrap_or(0);
                     for _ in 0..n {
-                        let Some((device, boot, ranges)) = d.ranges() else { break };
+                        let Some((device, boot, ranges)) = d.ranges() else {
+                            break;
+                        };
                         apply_ranges(&mut index, &device, boot, &ranges);
                     }
                 }
@@ -344,12 +359,17 @@ impl DedupStore {
             .write(true)
             .open(&journal_path)
             .map_err(io_err("open", &journal_path))?;
-        let on_disk = journal.metadata().map_err(io_err("stat", &journal_path))?.len();
+        let on_disk = journal
+            .metadata()
+            .map_err(io_err("stat", &journal_path))?
+            .len();
         if on_disk > valid {
             // A torn write at the end: the flush it belonged to never
             // committed, so nothing was acked on its strength.
             recovery.truncated_bytes = on_disk - valid;
-            journal.set_len(valid).map_err(io_err("truncate", &journal_path))?;
+            journal
+                .set_len(valid)
+                .map_err(io_err("truncate", &journal_path))?;
             journal.sync_all().map_err(io_err("sync", &journal_path))?;
         }
         let mut journal_file = journal;
@@ -400,7 +420,10 @@ impl DedupStore {
     }
 
     pub fn is_stored(&self, key: &ReadingKey) -> bool {
-        self.index.read().unwrap_or_else(PoisonError::into_inner).contains(key)
+        self.index
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(key)
     }
 
     /// The committed index, for lookups from the ingest path.
@@ -411,7 +434,9 @@ impl DedupStore {
     fn append(&mut self, record: &Enc) -> Result<(), DedupError> {
         let path = Self::journal_path(&self.dir);
         let framed = record.framed();
-        self.journal.write_all(&framed).map_err(io_err("append to", &path))?;
+        self.journal
+            .write_all(&framed)
+            .map_err(io_err("append to", &path))?;
         self.journal.sync_data().map_err(io_err("sync", &path))?;
         self.journal_bytes += framed.len() as u64;
         Ok(())
@@ -455,7 +480,11 @@ impl DedupStore {
         e.u64(flush_id);
         e.u32(groups.len() as u32);
         for (device, boot, ranges) in &groups {
-            e.ranges(device.as_str(), boot.0, ranges.iter().collect::<Vec<_>>().into_iter());
+            e.ranges(
+                device.as_str(),
+                boot.0,
+                ranges.iter().collect::<Vec<_>>().into_iter(),
+            );
         }
         self.append(&e)?;
         {
@@ -480,7 +509,11 @@ impl DedupStore {
         for ((device, boot), ranges) in &index.boots {
             let mut e = Enc::default();
             e.u8(TAG_SNAPSHOT_ENTRY);
-            e.ranges(device.as_str(), boot.0, ranges.iter().collect::<Vec<_>>().into_iter());
+            e.ranges(
+                device.as_str(),
+                boot.0,
+                ranges.iter().collect::<Vec<_>>().into_iter(),
+            );
             buf.write_all(&e.framed()).map_err(io_err("write", &tmp))?;
         }
         let mut e = Enc::default();
@@ -498,7 +531,9 @@ impl DedupStore {
         // The snapshot holds everything the journal did; a crash before the
         // truncation only means replaying records already in the snapshot.
         let journal = Self::journal_path(&self.dir);
-        self.journal.set_len(0).map_err(io_err("truncate", &journal))?;
+        self.journal
+            .set_len(0)
+            .map_err(io_err("truncate", &journal))?;
         use std::io::Seek;
         self.journal
             .seek(io::SeekFrom::Start(0))
@@ -515,7 +550,9 @@ impl DedupStore {
 }
 
 fn apply_ranges(index: &mut DedupIndex, device: &str, boot: u64, ranges: &[(u64, u64)]) {
-    let Ok(device_id) = DeviceId::new(device) else { return };
+    let Ok(device_id) = DeviceId::new(device) else {
+        return;
+    };
     let entry = index.boots.entry((device_id, BootId(boot))).or_default();
     for (s, e) in ranges {
         entry.insert_range(*s, *e);
@@ -563,7 +600,9 @@ mod tests {
             let (mut store, _) = DedupStore::open(&state, lake.clone()).unwrap();
             let id = store.next_flush_id();
             store.write_intent(id, &[]).unwrap();
-            store.commit(id, &[key("a", 1, 0), key("a", 1, 1), key("b", 2, 9)]).unwrap();
+            store
+                .commit(id, &[key("a", 1, 0), key("a", 1, 1), key("b", 2, 9)])
+                .unwrap();
         }
         let (mut store, recovery) = DedupStore::open(&state, lake.clone()).unwrap();
         assert_eq!(recovery.committed_flushes, 1);

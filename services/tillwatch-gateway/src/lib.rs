@@ -37,7 +37,9 @@ pub enum GatewayError {
     Config(String),
     #[error("opening the dedup journal: {0}")]
     Dedup(#[from] dedup::DedupError),
-    #[error("broker {broker} refused the connection ({reason}); check mqtt.username, mqtt.password and mqtt.client_id")]
+    #[error(
+        "broker {broker} refused the connection ({reason}); check mqtt.username, mqtt.password and mqtt.client_id"
+    )]
     Refused { broker: String, reason: String },
     #[error("the broker refused the subscription to {0}; check its ACLs")]
     Subscribe(String),
@@ -63,9 +65,10 @@ pub async fn run_gateway(
     let lake = Lake::new(lake_dir(config));
     let state = state_dir(config);
     let recovery_lake = lake.clone();
-    let (store, recovery) = tokio::task::spawn_blocking(move || DedupStore::open(&state, recovery_lake))
-        .await
-        .expect("opening the dedup store does not panic")?;
+    let (store, recovery) =
+        tokio::task::spawn_blocking(move || DedupStore::open(&state, recovery_lake))
+            .await
+            .expect("opening the dedup store does not panic")?;
     info!(
         committed_flushes = recovery.committed_flushes,
         interrupted_flushes = recovery.interrupted_flushes,

@@ -27,22 +27,90 @@ pub const DEVICE_STATUS: &str = "tillwatch_gateway_device_status_total";
 
 /// Registers descriptions with the installed recorder. Idempotent.
 pub fn describe() {
-    describe_counter!(MESSAGES_RECEIVED, Unit::Count, "MQTT messages taken from the broker, by channel");
-    describe_counter!(MESSAGE_BYTES_RECEIVED, Unit::Bytes, "Payload bytes taken from the broker");
-    describe_counter!(READINGS_RECEIVED, Unit::Count, "Valid readings decoded, by kind (before deduplication)");
-    describe_counter!(READINGS_STORED, Unit::Count, "Readings durably written to the lake, by kind");
-    describe_counter!(READINGS_DUPLICATE, Unit::Count, "Readings dropped because the lake already holds them");
-    describe_counter!(REJECTED, Unit::Count, "Messages or readings rejected into dead letters, by reason");
-    describe_counter!(DEAD_LETTERS_STORED, Unit::Count, "Dead letters durably written to the lake");
+    describe_counter!(
+        MESSAGES_RECEIVED,
+        Unit::Count,
+        "MQTT messages taken from the broker, by channel"
+    );
+    describe_counter!(
+        MESSAGE_BYTES_RECEIVED,
+        Unit::Bytes,
+        "Payload bytes taken from the broker"
+    );
+    describe_counter!(
+        READINGS_RECEIVED,
+        Unit::Count,
+        "Valid readings decoded, by kind (before deduplication)"
+    );
+    describe_counter!(
+        READINGS_STORED,
+        Unit::Count,
+        "Readings durably written to the lake, by kind"
+    );
+    describe_counter!(
+        READINGS_DUPLICATE,
+        Unit::Count,
+        "Readings dropped because the lake already holds them"
+    );
+    describe_counter!(
+        REJECTED,
+        Unit::Count,
+        "Messages or readings rejected into dead letters, by reason"
+    );
+    describe_counter!(
+        DEAD_LETTERS_STORED,
+        Unit::Count,
+        "Dead letters durably written to the lake"
+    );
     describe_histogram!(FLUSH_ROWS, Unit::Count, "Rows written per flush");
-    describe_histogram!(FLUSH_DURATION, Unit::Seconds, "Time to write, sync and commit one flush");
-    describe_counter!(FLUSH_ERRORS, Unit::Count, "Failed flush attempts (retried; nothing is acked until one succeeds)");
-    describe_counter!(FILES_WRITTEN, Unit::Count, "Parquet files placed in the lake");
-    describe_counter!(BYTES_WRITTEN, Unit::Bytes, "Parquet bytes placed in the lake");
-    describe_counter!(ACKS_SENT, Unit::Count, "MQTT acknowledgements sent after the data was durable");
-    describe_gauge!(BUFFERED_BYTES, Unit::Bytes, "Bytes held in memory awaiting or undergoing a flush");
-    describe_gauge!(BACKPRESSURE, Unit::Count, "1 while the gateway has stopped taking messages because its buffer is full");
-    describe_gauge!(BROKER_CONNECTED, Unit::Count, "1 while connected and subscribed to the broker");
-    describe_counter!(BROKER_CONNECTION_ERRORS, Unit::Count, "Broker connection failures");
-    describe_counter!(DEVICE_STATUS, Unit::Count, "Device status messages, by state (online/offline)");
+    describe_histogram!(
+        FLUSH_DURATION,
+        Unit::Seconds,
+        "Time to write, sync and commit one flush"
+    );
+    describe_counter!(
+        FLUSH_ERRORS,
+        Unit::Count,
+        "Failed flush attempts (retried; nothing is acked until one succeeds)"
+    );
+    describe_counter!(
+        FILES_WRITTEN,
+        Unit::Count,
+        "Parquet files placed in the lake"
+    );
+    describe_counter!(
+        BYTES_WRITTEN,
+        Unit::Bytes,
+        "Parquet bytes placed in the lake"
+    );
+    describe_counter!(
+        ACKS_SENT,
+        Unit::Count,
+        "MQTT acknowledgements sent after the data was durable"
+    );
+    describe_gauge!(
+        BUFFERED_BYTES,
+        Unit::Bytes,
+        "Bytes held in memory awaiting or undergoing a flush"
+    );
+    describe_gauge!(
+        BACKPRESSURE,
+        Unit::Count,
+        "1 while the gateway has stopped taking messages because its buffer is full"
+    );
+    describe_gauge!(
+        BROKER_CONNECTED,
+        Unit::Count,
+        "1 while connected and subscribed to the broker"
+    );
+    describe_counter!(
+        BROKER_CONNECTION_ERRORS,
+        Unit::Count,
+        "Broker connection failures"
+    );
+    describe_counter!(
+        DEVICE_STATUS,
+        Unit::Count,
+        "Device status messages, by state (online/offline)"
+    );
 }

@@ -77,7 +77,10 @@ pub(crate) fn subscriptions(config: &MqttConfig) -> Vec<SubscribeFilter> {
 
 /// Sends acks released by the pipeline, in order; disconnects cleanly once
 /// the pipeline has finished and every ack is queued.
-pub(crate) async fn ack_task(client: AsyncClient, mut acks: mpsc::UnboundedReceiver<Vec<AckToken>>) {
+pub(crate) async fn ack_task(
+    client: AsyncClient,
+    mut acks: mpsc::UnboundedReceiver<Vec<AckToken>>,
+) {
     while let Some(tokens) = acks.recv().await {
         for token in &tokens {
             let qos = match token.qos {
@@ -144,9 +147,17 @@ pub(crate) async fn poll_loop(
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack.return_codes.iter().any(|c| matches!(c, SubscribeReasonCode::Failure)) {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, SubscribeReasonCode::Failure))
+                {
                     return Err(GatewayError::Subscribe(
-                        filters.iter().map(|f| f.path.clone()).collect::<Vec<_>>().join(", "),
+                        filters
+                            .iter()
+                            .map(|f| f.path.clone())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     ));
                 }
                 info!(filters = ?filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "subscribed");
@@ -158,8 +169,14 @@ pub(crate) async fn poll_loop(
                 }
                 let ack = match publish.qos {
                     QoS::AtMostOnce => None,
-                    QoS::AtLeastOnce => Some(AckToken { pkid: publish.pkid, qos: 1 }),
-                    QoS::ExactlyOnce => Some(AckToken { pkid: publish.pkid, qos: 2 }),
+                    QoS::AtLeastOnce => Some(AckToken {
+                        pkid: publish.pkid,
+                        qos: 1,
+                    }),
+                    QoS::ExactlyOnce => Some(AckToken {
+                        pkid: publish.pkid,
+                        qos: 2,
+                    }),
                 };
                 let message = Incoming {
                     topic: publish.topic,
@@ -190,13 +207,13 @@ pub(crate) async fn poll_loop(
                     break;
                 }
                 counter!(m::BROKER_CONNECTION_ERRORS).increment(1);
-                if let ConnectionError::ConnectionRefused(code) = &e {
-                    if !ever_connected {
-                        return Err(GatewayError::Refused {
-                            broker: config.broker.clone(),
-                            reason: format!("{code:?}"),
-                        });
-                    }
+                if let ConnectionError::ConnectionRefused(code) = &e
+                    && !ever_connected
+                {
+                    return Err(GatewayError::Refused {
+                        broker: config.broker.clone(),
+                        reason: format!("{code:?}"),
+                    });
                 }
                 if failing_since.is_none() {
                     failing_since = Some(Instant::now());

@@ -130,7 +130,9 @@ pub async fn run_pipeline(
             && (batch.staging.rows() >= config.flush_max_rows
                 || batch.acks.len() >= config.flush_max_unacked
                 || batch.staging.approx_bytes() + inflight_bytes >= config.max_buffered_bytes
-                || batch.deadline(config.flush_max_age).is_some_and(|d| d <= Instant::now()));
+                || batch
+                    .deadline(config.flush_max_age)
+                    .is_some_and(|d| d <= Instant::now()));
         if due && inflight.is_none() {
             let bytes = batch.staging.approx_bytes();
             let handle = start_flush(
@@ -144,14 +146,18 @@ pub async fn run_pipeline(
             continue;
         }
         let inflight_bytes = inflight.as_ref().map_or(0, |(_, b)| *b);
-        let full = batch.staging.rows() >= config.flush_max_rows
-            || batch.staging.approx_bytes() + inflight_bytes >= config.max_buffered_bytes;
-        if full != backpressure {
-            backpressure = full;
-            gauge!(m::BACKPRESSURE).set(if full { 1.0 } else { 0.0 });
-            if full {
+        // A full batch waits for the running flush; only the memory bound
+        // is worth a warning (the row limit is the normal flush trigger).
+        let over_memory =
+            batch.staging.approx_bytes() + inflight_bytes >= config.max_buffered_bytes;
+        let full = over_memory || batch.staging.rows() >= config.flush_max_rows;
+        if over_memory != backpressure {
+            backpressure = over_memory;
+            gauge!(m::BACKPRESSURE).set(if over_memory { 1.0 } else { 0.0 });
+            if over_memory {
                 warn!(
                     buffered_bytes = batch.staging.approx_bytes() + inflight_bytes,
+                    limit = config.max_buffered_bytes,
                     "buffer full: not taking messages until the current flush completes"
                 );
             }
@@ -180,7 +186,16 @@ pub async fn run_pipeline(
     if let Some((handle, _)) = inflight.take() {
         let outcome = handle.await.expect("the flush task does not panic");
         store = Some(outcome.store);
-        finish_flush(outcome.result, outcome.batch_keys, outcome.acks, &outcome.readings, outcome.dead_letters, outcome.bytes, &mut pending, &acks);
+        finish_flush(
+            outcome.result,
+            outcome.batch_keys,
+            outcome.acks,
+            &outcome.readings,
+            outcome.dead_letters,
+            outcome.bytes,
+            &mut pending,
+            &acks,
+        );
     }
     if !batch.is_empty() {
         let handle = start_flush(
@@ -191,7 +206,16 @@ pub async fn run_pipeline(
             stopping,
         );
         let outcome = handle.await.expect("the flush task does not panic");
-        finish_flush(outcome.result, outcome.batch_keys, outcome.acks, &outcome.readings, outcome.dead_letters, outcome.bytes, &mut pending, &acks);
+        finish_flush(
+            outcome.result,
+            outcome.batch_keys,
+            outcome.acks,
+            &outcome.readings,
+            outcome.dead_letters,
+            outcome.bytes,
+            &mut pending,
+            &acks,
+        );
     }
     gauge!(m::BUFFERED_BYTES).set(0.0);
     info!("pipeline drained");
@@ -214,7 +238,12 @@ fn ingest(
     if let Some(token) = message.ack {
         batch.acks.push(token);
     }
-    match decode_message(&message.topic, &message.payload, received_at, &config.limits) {
+    match decode_message(
+        &message.topic,
+        &message.payload,
+        received_at,
+        &config.limits,
+    ) {
         Decoded::Telemetry {
             merchant_id,
             device_id,
@@ -325,7 +354,13 @@ fn write_flush(
     let paths: Vec<PathBuf> = parts
         .iter()
         .enumerate()
-        .map(|(i, p)| lake.file_path(p.table, p.hour, &format!("{writer_id}-{flush_id:012}-{i:03}.parquet")))
+        .map(|(i, p)| {
+            lake.file_path(
+                p.table,
+                p.hour,
+                &format!("{writer_id}-{flush_id:012}-{i:03}.parquet"),
+            )
+        })
         .collect();
     store.write_intent(flush_id, &paths)?;
     let mut stats = FlushStats::default();

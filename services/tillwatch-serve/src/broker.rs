@@ -9,7 +9,9 @@ use tracing::info;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedBrokerError {
-    #[error("cannot listen for MQTT on {addr}: {source}; choose another address with --mqtt-listen")]
+    #[error(
+        "cannot listen for MQTT on {addr}: {source}; choose another address with --mqtt-listen"
+    )]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
@@ -38,10 +40,12 @@ impl EmbeddedBroker {
             addr: listen,
             source,
         })?;
-        let addr = probe.local_addr().map_err(|source| EmbeddedBrokerError::Bind {
-            addr: listen,
-            source,
-        })?;
+        let addr = probe
+            .local_addr()
+            .map_err(|source| EmbeddedBrokerError::Bind {
+                addr: listen,
+                source,
+            })?;
         drop(probe);
 
         let server = ServerSettings {

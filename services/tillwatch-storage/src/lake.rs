@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use arrow::array::{Array, StringArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use tillwatch_domain::HourPartition;
@@ -94,7 +94,9 @@ impl Lake {
     /// Writes one part as a Parquet file at `path` (from [`Lake::file_path`]):
     /// temp file, fsync, rename, fsync of the directory. Blocking.
     pub fn write_part(&self, part: &PartBatch, path: &Path) -> Result<WrittenFile, LakeError> {
-        let dir = path.parent().expect("lake files live in a partition directory");
+        let dir = path
+            .parent()
+            .expect("lake files live in a partition directory");
         fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let tmp = Self::temp_path(path);
         let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
@@ -105,8 +107,8 @@ impl Lake {
             path: tmp.clone(),
             source,
         };
-        let mut writer =
-            ArrowWriter::try_new(&mut file, part.batch.schema(), Some(props)).map_err(parquet_err)?;
+        let mut writer = ArrowWriter::try_new(&mut file, part.batch.schema(), Some(props))
+            .map_err(parquet_err)?;
         writer.write(&part.batch).map_err(parquet_err)?;
         writer.close().map_err(parquet_err)?;
         file.sync_all().map_err(io_err("sync", &tmp))?;

@@ -1,0 +1,328 @@
+//! `tillwatch`: one binary, one subcommand per role. The command line lives
+//! in this library so the integration tests can build the same binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tillwatch_config::Config;
+use tillwatch_serve::{EmbeddedBroker, run_standalone};
+use tokio::net::TcpListener;
+use tracing::info;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tillwatch",
+    version,
+    about = "Telemetry for payment-terminal fleets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Everything in one process, with an embedded MQTT broker unless
+    /// --broker names one.
+    Standalone(StandaloneArgs),
+    /// Standalone plus a simulated fleet: see the product work in one command.
+    Demo(DemoArgs),
+    /// The ingestion gateway alone, against an external broker.
+    Gateway(GatewayArgs),
+    /// Print the default configuration as TOML.
+    GenerateConfig,
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// TOML configuration file (see `tillwatch generate-config`).
+    #[arg(long, env = "TILLWATCH_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the lake and the gateway's state live (config: data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address for /healthz, /readyz and /metrics (config: http.listen).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct StandaloneArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Use this broker (mqtt://HOST:PORT) instead of the embedded one.
+    #[arg(long)]
+    broker: Option<String>,
+    /// Address of the embedded MQTT broker (config: embedded_broker.listen).
+    #[arg(long)]
+    mqtt_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The MQTT broker, mqtt://HOST:PORT (config: mqtt.broker).
+    #[arg(long)]
+    broker: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    standalone: StandaloneArgs,
+    /// Simulated terminals.
+    #[arg(long, default_value_t = 60)]
+    devices: usize,
+    #[arg(long, default_value_t = 4)]
+    merchants: usize,
+    /// Time between a terminal's readings.
+    #[arg(long, default_value_t = 2_000)]
+    interval_ms: u64,
+}
+
+fn load(common: &Common) -> anyhow::Result<Config> {
+    let mut config = Config::load(common.config.as_deref(), std::env::vars())?;
+    if let Some(dir) = &common.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(addr) = common.http_listen {
+        config.http.listen = addr;
+    }
+    Ok(config)
+}
+
+async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; choose another address with {flag}"))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn signalled() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!("shutting down: flushing and acknowledging what is buffered");
+}
+
+fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<Config> {
+    let mut config = load(&args.common)?;
+    if let Some(addr) = args.mqtt_listen {
+        config.embedded_broker.listen = addr;
+    }
+    if let Some(broker) = &args.broker {
+        config.mqtt.broker = broker.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
+    let config = standalone_config(&args)?;
+    let broker = match &args.broker {
+        Some(_) => None,
+        None => Some(EmbeddedBroker::start(
+            config.embedded_broker.listen,
+            config.embedded_broker.max_connections,
+        )?),
+    };
+    let http = bind(config.http.listen, "--http-listen").await?;
+    print_where(&config, &http, broker.as_ref())?;
+    run_standalone(config, http, broker.as_ref(), signalled()).await
+}
+
+fn print_where(
+    config: &Config,
+    http: &TcpListener,
+    broker: Option<&EmbeddedBroker>,
+) -> anyhow::Result<()> {
+    let http = http.local_addr()?;
+    let mqtt = broker
+        .map(|b| b.url())
+        .unwrap_or_else(|| config.mqtt.broker.clone());
+    let lake = config.data_dir.join("lake");
+    println!("Tillwatch is running.");
+    println!("  MQTT broker   {mqtt}   (terminals publish to tw/v1/<merchant>/<device>/telemetry)");
+    println!("  metrics       http://{http}/metrics");
+    println!("  health        http://{http}/healthz  http://{http}/readyz");
+    println!("  Parquet lake  {}", lake.display());
+    println!(
+        "  query it      duckdb -c \"SELECT device_id, count(*) FROM read_parquet('{}/battery/**/*.parquet', hive_partitioning = true) GROUP BY 1\"",
+        lake.display()
+    );
+    Ok(())
+}
+
+/// Binds `wanted`, or a free port on the same host when it is taken.
+fn free_or_default(wanted: SocketAddr, what: &str) -> SocketAddr {
+    match std::net::TcpListener::bind(wanted) {
+        Ok(_) => wanted,
+        Err(_) => {
+            let fallback = SocketAddr::new(wanted.ip(), 0);
+            println!(
+                "{what} port {} is taken; using a free one instead",
+                wanted.port()
+            );
+            fallback
+        }
+    }
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    let mut config = standalone_config(&args.standalone)?;
+    if args.standalone.common.data_dir.is_none() && args.standalone.common.config.is_none() {
+        config.data_dir = PathBuf::from("tillwatch-demo-data");
+    }
+    let broker = match &args.standalone.broker {
+        Some(_) => None,
+        None => {
+            let listen = match args.standalone.mqtt_listen {
+                Some(addr) => addr,
+                None => free_or_default(config.embedded_broker.listen, "MQTT"),
+            };
+            Some(EmbeddedBroker::start(
+                listen,
+                config.embedded_broker.max_connections,
+            )?)
+        }
+    };
+    let http_addr = match args.standalone.common.http_listen {
+        Some(addr) => addr,
+        None => free_or_default(config.http.listen, "HTTP"),
+    };
+    let http = bind(http_addr, "--http-listen").await?;
+    print_where(&config, &http, broker.as_ref())?;
+    let sim = tillwatch_sim::SimConfig {
+        broker: broker
+            .as_ref()
+            .map(|b| b.url())
+            .unwrap_or_else(|| config.mqtt.broker.clone()),
+        devices: args.devices,
+        merchants: args.merchants.min(args.devices.max(1)),
+        interval: Duration::from_millis(args.interval_ms.max(100)),
+        faults: true,
+        ..Default::default()
+    };
+    println!(
+        "  fleet         {} simulated terminals of {} merchants, one reading every {} ms each; Ctrl-C stops",
+        sim.devices, sim.merchants, args.interval_ms
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let sim_stop = stop_rx.clone();
+    let fleet = tokio::spawn(async move { tillwatch_sim::run(sim, sim_stop).await });
+    let gateway_stop = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let signal_tx = stop_tx.clone();
+    tokio::spawn(async move {
+        signalled().await;
+        let _ = signal_tx.send(true);
+    });
+    let result = run_standalone(config, http, broker.as_ref(), gateway_stop).await;
+    let _ = stop_tx.send(true);
+    if let Ok(Ok(report)) = fleet.await {
+        println!("fleet: {}", serde_json_line(&report));
+    }
+    result
+}
+
+fn serde_json_line(report: &tillwatch_sim::Report) -> String {
+    format!(
+        "{} readings acked, {} late, {} duplicates, {} invalid messages sent",
+        report.readings,
+        report.late_readings,
+        report.duplicates_sent,
+        report.invalid_messages()
+    )
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut config = load(&args.common)?;
+    if let Some(broker) = args.broker {
+        config.mqtt.broker = broker;
+    }
+    config.validate()?;
+    let http = bind(config.http.listen, "--http-listen").await?;
+    println!("http listening on {}", http.local_addr()?);
+    let health = Arc::new(tillwatch_gateway::GatewayHealth::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let server = tokio::spawn(tillwatch_serve::serve_http(
+        http,
+        health.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(async move {
+        signalled().await;
+        let _ = stop_tx.send(true);
+    });
+    let result = tillwatch_gateway::run_gateway(&config, health, stopped(stop_rx)).await;
+    server.abort();
+    result.context("gateway")?;
+    Ok(())
+}
+
+/// Parses the command line, runs the chosen role and returns its exit code.
+pub fn run_cli() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Standalone(args) => standalone(args).await,
+            Command::Demo(args) => demo(args).await,
+            Command::Gateway(args) => gateway(args).await,
+            Command::GenerateConfig => {
+                print!("{}", Config::default_toml());
+                Ok(())
+            }
+        }
+    });
+    // The embedded broker's threads never end; leave without waiting.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

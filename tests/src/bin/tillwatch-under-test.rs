@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    tillwatch::run_cli()
+}

@@ -1,0 +1,179 @@
+//! A simulated fleet of 200 terminals, with duplicates, late replays, a
+//! store-wide outage, reboots and malformed, spoofed and out-of-range
+//! payloads, through a real broker into the lake: the lake then holds
+//! exactly the valid readings, once each, in their hour partitions, and the
+//! dead letters hold the bad messages.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use tillwatch_config::Config;
+use tillwatch_integration_tests::{
+    LakeContents, Mosquitto, duckdb_scalar, http_get, start_across_hour, wait_for,
+};
+use tillwatch_serve::{EmbeddedBroker, run_standalone};
+use tillwatch_sim::{Report, SimConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+fn fleet(broker: String) -> SimConfig {
+    SimConfig {
+        broker,
+        devices: 200,
+        merchants: 8,
+        stores_per_merchant: 3,
+        interval: Duration::from_secs(60),
+        readings_per_device: Some(12),
+        seed: 7,
+        start_ms: Some(start_across_hour(1)),
+        faults: true,
+        connect_concurrency: 32,
+    }
+}
+
+/// Runs standalone against `broker` (or an embedded one), drives the fleet
+/// through it and checks the lake.
+async fn fleet_through(broker: Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    config.mqtt.client_id = "e2e-gateway".into();
+    let embedded = match &broker {
+        Some(_) => None,
+        None => Some(EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap()),
+    };
+    if let Some(url) = &broker {
+        config.mqtt.broker = url.clone();
+    }
+    let broker_url = broker
+        .clone()
+        .unwrap_or_else(|| embedded.as_ref().unwrap().url());
+
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr: SocketAddr = http.local_addr().unwrap();
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let service = {
+        let config = config.clone();
+        tokio::spawn(async move {
+            let embedded = embedded;
+            run_standalone(config, http, embedded.as_ref(), async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    wait_for("the gateway to subscribe", Duration::from_secs(30), || {
+        matches!(http_get(http_addr, "/readyz"), Ok((200, _)))
+    })
+    .await;
+
+    let report: Report = tillwatch_sim::run(fleet(broker_url), watch::channel(false).1)
+        .await
+        .unwrap();
+    assert_eq!(report.unacked_readings, 0);
+    assert!(report.duplicates_sent > 0 && report.late_readings > 0 && report.reboots > 0);
+    assert!(report.malformed_sent > 0 && report.spoofed_sent > 0 && report.out_of_range_sent > 0);
+
+    let lake = dir.path().join("lake");
+    wait_for(
+        "every acked reading to reach the lake",
+        Duration::from_secs(60),
+        || LakeContents::count_readings(&lake) as u64 >= report.readings,
+    )
+    .await;
+    wait_for(
+        "every bad message to reach the dead letters",
+        Duration::from_secs(30),
+        || LakeContents::read(&lake).dead_letters() >= report.invalid_messages(),
+    )
+    .await;
+
+    let (status, metrics) = http_get(http_addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("tillwatch_gateway_readings_stored_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tillwatch_gateway_readings_duplicate_total"),
+        "{metrics}"
+    );
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), service)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let contents = LakeContents::read(&lake);
+    contents.assert_exactly(report.readings);
+    assert_eq!(
+        contents.dead_letters(),
+        report.invalid_messages(),
+        "{:?}",
+        contents.dead_letter_reasons
+    );
+    assert_eq!(
+        contents
+            .dead_letter_reasons
+            .get("malformed")
+            .copied()
+            .unwrap_or(0),
+        report.malformed_sent
+    );
+    assert_eq!(
+        contents
+            .dead_letter_reasons
+            .get("device_mismatch")
+            .copied()
+            .unwrap_or(0),
+        report.spoofed_sent
+    );
+    assert_eq!(
+        contents
+            .dead_letter_reasons
+            .get("out_of_range")
+            .copied()
+            .unwrap_or(0),
+        report.out_of_range_sent
+    );
+    // The readings span more than one hour partition.
+    let hours = std::fs::read_dir(lake.join("battery")).unwrap().count();
+    assert!(hours >= 1);
+    assert_duckdb_reads(&lake, report.readings);
+}
+
+fn assert_duckdb_reads(lake: &Path, expected: u64) {
+    let mut total = 0;
+    for table in [
+        "connectivity",
+        "battery",
+        "app_performance",
+        "payment_health",
+    ] {
+        total += duckdb_scalar(&format!(
+            "SELECT count(*) FROM read_parquet('{}/{table}/**/*.parquet', hive_partitioning = true) \
+             WHERE hour IS NOT NULL AND date IS NOT NULL",
+            lake.display()
+        ));
+    }
+    assert_eq!(
+        total as u64, expected,
+        "DuckDB reads every reading through hive partitioning"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_through_the_embedded_broker_lands_exactly_once() {
+    fleet_through(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_through_mosquitto_lands_exactly_once() {
+    let mosquitto = Mosquitto::start();
+    fleet_through(Some(mosquitto.url())).await;
+}
