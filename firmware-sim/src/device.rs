@@ -194,53 +194,64 @@ impl Device {
         }
     }
 
+    /// Connects, publishes info and birth, and returns the link; `None`
+    /// only when stopped. A connection lost on the way is retried.
     async fn connect(
         &mut self,
         gate: &Semaphore,
         at_ms: i64,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Link> {
-        let _permit = gate.acquire().await.ok()?;
-        let mut options =
-            MqttOptions::new(self.plan.device_id.clone(), self.host.clone(), self.port);
-        options
-            .set_keep_alive(Duration::from_secs(30))
-            .set_clean_session(true)
-            .set_last_will(LastWill::new(
-                self.plan.topic(Channel::Status),
-                self.status(false, pb::StatusReason::ConnectionLost, at_ms),
-                QoS::AtLeastOnce,
-                true,
-            ));
-        let (client, eventloop) = AsyncClient::new(options, 16);
-        let mut link = Link { client, eventloop };
-        // Wait for the ConnAck, retrying while the broker is unreachable.
         loop {
-            let failed = tokio::select! {
-                event = link.eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => break,
-                    Ok(_) => false,
-                    Err(_) => true,
-                },
-                _ = stopped(shutdown) => return None,
-            };
-            if failed {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            let permit = gate.acquire().await.ok()?;
+            let mut options =
+                MqttOptions::new(self.plan.device_id.clone(), self.host.clone(), self.port);
+            options
+                .set_keep_alive(Duration::from_secs(30))
+                .set_clean_session(true)
+                .set_last_will(LastWill::new(
+                    self.plan.topic(Channel::Status),
+                    self.status(false, pb::StatusReason::ConnectionLost, at_ms),
+                    QoS::AtLeastOnce,
+                    true,
+                ));
+            let (client, eventloop) = AsyncClient::new(options, 16);
+            let mut link = Link { client, eventloop };
+            // Wait for the ConnAck, retrying while the broker is unreachable.
+            loop {
+                let failed = tokio::select! {
+                    event = link.eventloop.poll() => match event {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                        Ok(_) => false,
+                        Err(_) => true,
+                    },
                     _ = stopped(shutdown) => return None,
+                };
+                if failed {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = stopped(shutdown) => return None,
+                    }
                 }
             }
-        }
-        drop(_permit);
-        let info = self.info(at_ms);
-        let birth = self.status(true, pb::StatusReason::Birth, at_ms);
-        for (channel, payload) in [(Channel::Info, info), (Channel::Status, birth)] {
-            match publish(&mut link, self.plan.topic(channel), payload, true, shutdown).await {
-                Sent::Acked => {}
-                Sent::Lost | Sent::Stopped => return None,
+            drop(permit);
+            let info = self.info(at_ms);
+            let birth = self.status(true, pb::StatusReason::Birth, at_ms);
+            let mut lost = false;
+            for (channel, payload) in [(Channel::Info, info), (Channel::Status, birth)] {
+                match publish(&mut link, self.plan.topic(channel), payload, true, shutdown).await {
+                    Sent::Acked => {}
+                    Sent::Lost => {
+                        lost = true;
+                        break;
+                    }
+                    Sent::Stopped => return None,
+                }
+            }
+            if !lost {
+                return Some(link);
             }
         }
-        Some(link)
     }
 
     /// Publishes until acked, reconnecting as needed. Returns false when

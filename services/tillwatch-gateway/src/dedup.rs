@@ -587,8 +587,10 @@ mod tests {
         assert_eq!(r.range_count(), 1);
         r.insert_range(20, 30);
         r.insert_range(10, 20);
+        assert_eq!(r.range_count(), 2);
+        assert!(r.contains(29) && !r.contains(30) && !r.contains(9));
+        r.insert_range(7, 11);
         assert_eq!(r.range_count(), 1);
-        assert!(r.contains(29) && !r.contains(30));
     }
 
     #[test]

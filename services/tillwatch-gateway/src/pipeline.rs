@@ -411,3 +411,171 @@ fn finish_flush(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prost::Message;
+    use tillwatch_domain::{Limits, UtcMillis};
+    use tillwatch_proto::telemetry::v1 as pb;
+
+    use super::*;
+
+    fn message(seq: u64) -> Incoming {
+        let reading = pb::Reading {
+            device_id: "dev-1".into(),
+            boot_id: 1,
+            seq,
+            sampled_at_ms: UtcMillis::now().0,
+            kind: Some(pb::reading::Kind::PaymentHealth(pb::PaymentHealth {
+                offline_queue_len: 1,
+                offline_queue_oldest_age_s: 60,
+                tamper_detected: false,
+                printer_paper_low: false,
+            })),
+        };
+        Incoming {
+            topic: "tw/v1/m-1/dev-1/telemetry".into(),
+            payload: pb::TelemetryBatch { readings: vec![reading] }.encode_to_vec().into(),
+            ack: Some(AckToken { pkid: (seq % 65_000) as u16 + 1, qos: 1 }),
+        }
+    }
+
+    async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(Instant::now() < until, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// With the lake unwritable, the pipeline stops taking messages once
+    /// its memory bound is reached and acks nothing; once the disk works
+    /// again every message is stored once and acked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_disk_stops_intake_and_acks_nothing_until_it_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake_root = dir.path().join("lake");
+        // A file where the lake's directory should be: every write fails.
+        std::fs::write(&lake_root, b"not a directory").unwrap();
+        let lake = Lake::new(&lake_root);
+        let (store, _) = DedupStore::open(&dir.path().join("state"), lake.clone()).unwrap();
+        let config = PipelineConfig {
+            limits: DecodeLimits {
+                max_payload_bytes: 1024,
+                sample_time: Limits::default(),
+            },
+            flush_max_rows: 10_000,
+            flush_max_unacked: 10_000,
+            flush_max_age: Duration::from_millis(20),
+            max_buffered_bytes: 4_000,
+            writer_id: "test".into(),
+        };
+        let (input_tx, input_rx) = mpsc::channel(4);
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let pipeline = tokio::spawn(run_pipeline(config, lake, store, input_rx, ack_tx, shutdown_rx));
+
+        const TOTAL: u64 = 500;
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sender = {
+            let accepted = accepted.clone();
+            let input_tx = input_tx.clone();
+            tokio::spawn(async move {
+                for seq in 0..TOTAL {
+                    input_tx.send(message(seq)).await.unwrap();
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        wait_for("the input channel to fill up", || input_tx.capacity() == 0).await;
+        let taken = accepted.load(Ordering::SeqCst);
+        // A reading row is ~100 bytes in the builders: about 40 fit in
+        // 4000 bytes, plus the channel's 4 and one being sent.
+        assert!(taken < 60, "the pipeline kept taking messages: {taken}");
+        assert!(ack_rx.try_recv().is_err(), "nothing may be acked before it is durable");
+
+        // The disk recovers.
+        std::fs::remove_file(&lake_root).unwrap();
+        std::fs::create_dir(&lake_root).unwrap();
+        let mut acked = 0u64;
+        let until = Instant::now() + Duration::from_secs(60);
+        while acked < TOTAL {
+            let tokens = tokio::time::timeout_at(until, ack_rx.recv())
+                .await
+                .expect("every message is acked after the disk recovers")
+                .expect("the pipeline is running");
+            acked += tokens.len() as u64;
+        }
+        sender.await.unwrap();
+        drop(input_tx);
+        pipeline.await.unwrap();
+
+        let mut stored = 0;
+        let mut stack = vec![lake_root];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    stored += tillwatch_storage::read_reading_keys(&path).unwrap().len();
+                }
+            }
+        }
+        assert_eq!(stored as u64, TOTAL);
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_acked_but_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().join("lake"));
+        let (store, _) = DedupStore::open(&dir.path().join("state"), lake.clone()).unwrap();
+        let config = PipelineConfig {
+            limits: DecodeLimits {
+                max_payload_bytes: 1024,
+                sample_time: Limits::default(),
+            },
+            flush_max_rows: 3,
+            flush_max_unacked: 100,
+            flush_max_age: Duration::from_millis(20),
+            max_buffered_bytes: 1 << 20,
+            writer_id: "test".into(),
+        };
+        let (input_tx, input_rx) = mpsc::channel(16);
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
+        let pipeline = tokio::spawn(run_pipeline(config, lake, store, input_rx, ack_tx, shutdown_rx));
+        // Each reading three times, spread over several flushes.
+        for round in 0..3 {
+            for seq in 0..5 {
+                let mut m = message(seq);
+                m.ack = Some(AckToken { pkid: (round * 10 + seq + 1) as u16, qos: 1 });
+                input_tx.send(m).await.unwrap();
+            }
+        }
+        drop(input_tx);
+        pipeline.await.unwrap();
+        let mut acked = 0;
+        while let Ok(tokens) = ack_rx.try_recv() {
+            acked += tokens.len();
+        }
+        assert_eq!(acked, 15, "duplicates are acked too");
+        let (store, _) = DedupStore::open(&dir.path().join("state"), Lake::new(dir.path().join("lake"))).unwrap();
+        assert_eq!(store.index().read().unwrap().boots(), 1);
+        let mut stored = 0;
+        let mut stack = vec![dir.path().join("lake")];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    stored += tillwatch_storage::read_reading_keys(&path).unwrap().len();
+                }
+            }
+        }
+        assert_eq!(stored, 5);
+    }
+}
