@@ -437,8 +437,15 @@ mod tests {
         };
         Incoming {
             topic: "tw/v1/m-1/dev-1/telemetry".into(),
-            payload: pb::TelemetryBatch { readings: vec![reading] }.encode_to_vec().into(),
-            ack: Some(AckToken { pkid: (seq % 65_000) as u16 + 1, qos: 1 }),
+            payload: pb::TelemetryBatch {
+                readings: vec![reading],
+            }
+            .encode_to_vec()
+            .into(),
+            ack: Some(AckToken {
+                pkid: (seq % 65_000) as u16 + 1,
+                qos: 1,
+            }),
         }
     }
 
@@ -475,7 +482,14 @@ mod tests {
         let (input_tx, input_rx) = mpsc::channel(4);
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
-        let pipeline = tokio::spawn(run_pipeline(config, lake, store, input_rx, ack_tx, shutdown_rx));
+        let pipeline = tokio::spawn(run_pipeline(
+            config,
+            lake,
+            store,
+            input_rx,
+            ack_tx,
+            shutdown_rx,
+        ));
 
         const TOTAL: u64 = 500;
         let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -494,7 +508,10 @@ mod tests {
         // A reading row is ~100 bytes in the builders: about 40 fit in
         // 4000 bytes, plus the channel's 4 and one being sent.
         assert!(taken < 60, "the pipeline kept taking messages: {taken}");
-        assert!(ack_rx.try_recv().is_err(), "nothing may be acked before it is durable");
+        assert!(
+            ack_rx.try_recv().is_err(),
+            "nothing may be acked before it is durable"
+        );
 
         // The disk recovers.
         std::fs::remove_file(&lake_root).unwrap();
@@ -546,12 +563,22 @@ mod tests {
         let (input_tx, input_rx) = mpsc::channel(16);
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
         let (_shutdown_tx, shutdown_rx) = watch::channel(false);
-        let pipeline = tokio::spawn(run_pipeline(config, lake, store, input_rx, ack_tx, shutdown_rx));
+        let pipeline = tokio::spawn(run_pipeline(
+            config,
+            lake,
+            store,
+            input_rx,
+            ack_tx,
+            shutdown_rx,
+        ));
         // Each reading three times, spread over several flushes.
         for round in 0..3 {
             for seq in 0..5 {
                 let mut m = message(seq);
-                m.ack = Some(AckToken { pkid: (round * 10 + seq + 1) as u16, qos: 1 });
+                m.ack = Some(AckToken {
+                    pkid: (round * 10 + seq + 1) as u16,
+                    qos: 1,
+                });
                 input_tx.send(m).await.unwrap();
             }
         }
@@ -562,7 +589,11 @@ mod tests {
             acked += tokens.len();
         }
         assert_eq!(acked, 15, "duplicates are acked too");
-        let (store, _) = DedupStore::open(&dir.path().join("state"), Lake::new(dir.path().join("lake"))).unwrap();
+        let (store, _) = DedupStore::open(
+            &dir.path().join("state"),
+            Lake::new(dir.path().join("lake")),
+        )
+        .unwrap();
         assert_eq!(store.index().read().unwrap().boots(), 1);
         let mut stored = 0;
         let mut stack = vec![dir.path().join("lake")];
