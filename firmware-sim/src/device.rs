@@ -379,24 +379,12 @@ impl Device {
             }
             if !backlog.is_empty() {
                 let late = std::mem::take(&mut backlog);
-                self.report.late_readings += late.len() as u64;
-                for chunk in late.chunks(REPLAY_BATCH) {
-                    let n = chunk.len() as u64;
-                    if !self
-                        .send(
-                            &mut link,
-                            telemetry.clone(),
-                            Self::batch(chunk.to_vec()),
-                            t_ms,
-                            &gate,
-                            &mut shutdown,
-                        )
-                        .await
-                    {
-                        self.report.unacked_readings += n;
-                        return self.finish(link, t_ms).await;
-                    }
-                    self.report.readings += n;
+                let telemetry = telemetry.clone();
+                if !self
+                    .replay(&mut link, telemetry, late, t_ms, &gate, &mut shutdown)
+                    .await
+                {
+                    return self.finish(link, t_ms).await;
                 }
             }
 
@@ -513,29 +501,40 @@ impl Device {
         let t_ms = self.now_ms(tick);
         if !backlog.is_empty() && !*shutdown.borrow() {
             let late = std::mem::take(&mut backlog);
-            self.report.late_readings += late.len() as u64;
-            for chunk in late.chunks(REPLAY_BATCH) {
-                let n = chunk.len() as u64;
-                if self
-                    .send(
-                        &mut link,
-                        telemetry.clone(),
-                        Self::batch(chunk.to_vec()),
-                        t_ms,
-                        &gate,
-                        &mut shutdown,
-                    )
-                    .await
-                {
-                    self.report.readings += n;
-                } else {
-                    self.report.unacked_readings += n;
-                }
-            }
+            self.replay(&mut link, telemetry, late, t_ms, &gate, &mut shutdown)
+                .await;
         } else {
             self.report.unacked_readings += backlog.len() as u64;
         }
         self.finish(link, t_ms).await
+    }
+
+    /// Publishes a backlog in batches of [`REPLAY_BATCH`]; false when
+    /// stopped first (the rest then counts as unacked).
+    async fn replay(
+        &mut self,
+        link: &mut Option<Link>,
+        topic: String,
+        late: Vec<pb::Reading>,
+        t_ms: i64,
+        gate: &Semaphore,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        self.report.late_readings += late.len() as u64;
+        let mut chunks = late.chunks(REPLAY_BATCH);
+        for chunk in chunks.by_ref() {
+            let payload = Self::batch(chunk.to_vec());
+            if !self
+                .send(link, topic.clone(), payload, t_ms, gate, shutdown)
+                .await
+            {
+                self.report.unacked_readings +=
+                    chunk.len() as u64 + chunks.map(|c| c.len() as u64).sum::<u64>();
+                return false;
+            }
+            self.report.readings += chunk.len() as u64;
+        }
+        true
     }
 
     async fn finish(mut self, link: Option<Link>, t_ms: i64) -> Report {

@@ -141,9 +141,12 @@ async fn fleet_through(broker: Option<String>) {
             .unwrap_or(0),
         report.out_of_range_sent
     );
-    // The readings span more than one hour partition.
-    let hours = std::fs::read_dir(lake.join("battery")).unwrap().count();
-    assert!(hours >= 1);
+    // The fleet's virtual clock crosses an hour: readings sit in both hours.
+    let hours: usize = std::fs::read_dir(lake.join("battery"))
+        .unwrap()
+        .map(|date| std::fs::read_dir(date.unwrap().path()).unwrap().count())
+        .sum();
+    assert!(hours >= 2, "readings of two hours share one partition");
     assert_duckdb_reads(&lake, report.readings);
 }
 
@@ -176,4 +179,77 @@ async fn a_fleet_through_the_embedded_broker_lands_exactly_once() {
 async fn a_fleet_through_mosquitto_lands_exactly_once() {
     let mosquitto = Mosquitto::start();
     fleet_through(Some(mosquitto.url())).await;
+}
+
+/// Two gateways in one MQTT shared-subscription group split the stream;
+/// together they store every reading exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gateways_in_a_shared_group_split_the_stream() {
+    let mosquitto = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut gateways = Vec::new();
+    let mut healths = Vec::new();
+    for id in ["gw-a", "gw-b"] {
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
+        config.mqtt.broker = mosquitto.url();
+        config.mqtt.client_id = id.into();
+        config.mqtt.shared_group = Some("tillwatch".into());
+        let health = std::sync::Arc::new(tillwatch_gateway::GatewayHealth::default());
+        healths.push(health.clone());
+        let mut stop = stop_rx.clone();
+        gateways.push(tokio::spawn(async move {
+            tillwatch_gateway::run_gateway(&config, health, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        }));
+    }
+    wait_for(
+        "both gateways to subscribe",
+        Duration::from_secs(30),
+        || healths.iter().all(|h| h.is_ready()),
+    )
+    .await;
+
+    let mut sim = fleet(mosquitto.url());
+    sim.faults = false;
+    sim.readings_per_device = Some(10);
+    let report = tillwatch_sim::run(sim, watch::channel(false).1)
+        .await
+        .unwrap();
+    let lake = dir.path().join("lake");
+    wait_for(
+        "every acked reading to reach the lake",
+        Duration::from_secs(60),
+        || LakeContents::count_readings(&lake) as u64 >= report.readings,
+    )
+    .await;
+    stop_tx.send(true).unwrap();
+    for gateway in gateways {
+        gateway.await.unwrap().unwrap();
+    }
+    LakeContents::read(&lake).assert_exactly(report.readings);
+    // Each gateway wrote a share: file names start with the writer's id.
+    for id in ["gw-a", "gw-b"] {
+        let mut found = false;
+        let mut stack = vec![lake.clone()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.file_name().unwrap().to_string_lossy().starts_with(id) {
+                    found = true;
+                }
+            }
+        }
+        assert!(
+            found,
+            "gateway {id} stored nothing: the group did not split the stream"
+        );
+    }
 }

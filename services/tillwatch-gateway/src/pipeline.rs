@@ -86,7 +86,6 @@ struct FlushOutcome {
     acks: Vec<AckToken>,
     readings: HashMap<&'static str, u64>,
     dead_letters: u64,
-    bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -169,8 +168,7 @@ pub async fn run_pipeline(
             outcome = async { (&mut inflight.as_mut().expect("guarded").0).await }, if inflight.is_some() => {
                 inflight = None;
                 let outcome = outcome.expect("the flush task does not panic");
-                store = Some(outcome.store);
-                finish_flush(outcome.result, outcome.batch_keys, outcome.acks, &outcome.readings, outcome.dead_letters, outcome.bytes, &mut pending, &acks);
+                store = Some(finish_flush(outcome, &mut pending, &acks));
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && inflight.is_none() => {}
             message = input.recv(), if !full => match message {
@@ -185,17 +183,7 @@ pub async fn run_pipeline(
     stopping.store(true, Ordering::SeqCst);
     if let Some((handle, _)) = inflight.take() {
         let outcome = handle.await.expect("the flush task does not panic");
-        store = Some(outcome.store);
-        finish_flush(
-            outcome.result,
-            outcome.batch_keys,
-            outcome.acks,
-            &outcome.readings,
-            outcome.dead_letters,
-            outcome.bytes,
-            &mut pending,
-            &acks,
-        );
+        store = Some(finish_flush(outcome, &mut pending, &acks));
     }
     if !batch.is_empty() {
         let handle = start_flush(
@@ -206,16 +194,7 @@ pub async fn run_pipeline(
             stopping,
         );
         let outcome = handle.await.expect("the flush task does not panic");
-        finish_flush(
-            outcome.result,
-            outcome.batch_keys,
-            outcome.acks,
-            &outcome.readings,
-            outcome.dead_letters,
-            outcome.bytes,
-            &mut pending,
-            &acks,
-        );
+        finish_flush(outcome, &mut pending, &acks);
     }
     gauge!(m::BUFFERED_BYTES).set(0.0);
     info!("pipeline drained");
@@ -306,7 +285,6 @@ fn start_flush(
     stopping: Arc<AtomicBool>,
 ) -> JoinHandle<FlushOutcome> {
     tokio::task::spawn_blocking(move || {
-        let bytes = batch.staging.approx_bytes();
         let parts = batch.staging.finish();
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
@@ -333,7 +311,6 @@ fn start_flush(
             acks: batch.acks,
             readings: batch.readings,
             dead_letters: batch.dead_letters,
-            bytes,
         }
     })
 }
@@ -375,24 +352,28 @@ fn write_flush(
     Ok(stats)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Releases a finished flush's acks (or, when it failed at shutdown, leaves
+/// them unsent) and hands back the dedup store.
 fn finish_flush(
-    result: Result<FlushStats, DedupOrLake>,
-    batch_keys: Vec<ReadingKey>,
-    tokens: Vec<AckToken>,
-    readings: &HashMap<&'static str, u64>,
-    dead_letters: u64,
-    _bytes: usize,
+    outcome: FlushOutcome,
     pending: &mut HashSet<ReadingKey>,
     acks: &mpsc::UnboundedSender<Vec<AckToken>>,
-) {
+) -> DedupStore {
+    let FlushOutcome {
+        store,
+        result,
+        batch_keys,
+        acks: tokens,
+        readings,
+        dead_letters,
+    } = outcome;
     for key in &batch_keys {
         pending.remove(key);
     }
     match result {
         Ok(stats) => {
             for (kind, n) in readings {
-                counter!(m::READINGS_STORED, "kind" => *kind).increment(*n);
+                counter!(m::READINGS_STORED, "kind" => kind).increment(n);
             }
             counter!(m::DEAD_LETTERS_STORED).increment(dead_letters);
             histogram!(m::FLUSH_ROWS).record(stats.rows as f64);
@@ -410,6 +391,7 @@ fn finish_flush(
             error!(error = %e, messages = tokens.len(), "giving up on a flush at shutdown; its messages stay unacked");
         }
     }
+    store
 }
 
 #[cfg(test)]
@@ -447,6 +429,22 @@ mod tests {
                 qos: 1,
             }),
         }
+    }
+
+    fn stored_readings(root: &std::path::Path) -> usize {
+        let mut stored = 0;
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    stored += tillwatch_storage::read_reading_keys(&path).unwrap().len();
+                }
+            }
+        }
+        stored
     }
 
     async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
@@ -529,18 +527,7 @@ mod tests {
         drop(input_tx);
         pipeline.await.unwrap();
 
-        let mut stored = 0;
-        let mut stack = vec![lake_root];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    stored += tillwatch_storage::read_reading_keys(&path).unwrap().len();
-                }
-            }
-        }
+        let stored = stored_readings(&lake_root);
         assert_eq!(stored as u64, TOTAL);
     }
 
@@ -595,18 +582,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(store.index().read().unwrap().boots(), 1);
-        let mut stored = 0;
-        let mut stack = vec![dir.path().join("lake")];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(d).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    stored += tillwatch_storage::read_reading_keys(&path).unwrap().len();
-                }
-            }
-        }
+        let stored = stored_readings(&dir.path().join("lake"));
         assert_eq!(stored, 5);
     }
 }

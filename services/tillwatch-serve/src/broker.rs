@@ -114,3 +114,20 @@ impl EmbeddedBroker {
         format!("mqtt://{}", self.addr)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_names_the_flag_to_change() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = EmbeddedBroker::start(addr, 10)
+            .err()
+            .expect("the port is taken")
+            .to_string();
+        assert!(err.contains("--mqtt-listen"), "{err}");
+        assert!(err.contains(&addr.to_string()), "{err}");
+    }
+}
