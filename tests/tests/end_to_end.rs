@@ -93,13 +93,28 @@ async fn fleet_through(broker: Option<String>) {
 
     let (status, metrics) = http_get(http_addr, "/metrics").unwrap();
     assert_eq!(status, 200);
+    for expected in [
+        "# HELP tillwatch_gateway_readings_stored_total",
+        "tillwatch_gateway_readings_received_total{kind=\"battery\"}",
+        "tillwatch_gateway_readings_stored_total{kind=\"connectivity\"}",
+        "tillwatch_gateway_readings_duplicate_total",
+        "tillwatch_gateway_rejected_total{reason=\"malformed\"}",
+        "tillwatch_gateway_rejected_total{reason=\"device_mismatch\"}",
+        "tillwatch_gateway_flush_rows",
+        "tillwatch_gateway_flush_duration_seconds",
+        "tillwatch_gateway_bytes_written_total",
+        "tillwatch_gateway_acks_sent_total",
+        "tillwatch_gateway_broker_connected",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "/metrics lacks {expected}:\n{metrics}"
+        );
+    }
+    // Device ids never become labels.
     assert!(
-        metrics.contains("tillwatch_gateway_readings_stored_total"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("tillwatch_gateway_readings_duplicate_total"),
-        "{metrics}"
+        !metrics.contains("term-0"),
+        "a device id leaked into a metric label"
     );
 
     stop_tx.send(true).unwrap();

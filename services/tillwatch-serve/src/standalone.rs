@@ -22,6 +22,8 @@ pub async fn run_standalone(
     broker: Option<&EmbeddedBroker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Install the metrics recorder before anything records.
+    crate::http::metrics_handle();
     if let Some(broker) = broker {
         config.mqtt.broker = broker.url();
         config.gateway.flush_max_unacked = config

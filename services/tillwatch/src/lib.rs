@@ -268,6 +268,8 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     config.validate()?;
     let http = bind(config.http.listen, "--http-listen").await?;
     println!("http listening on {}", http.local_addr()?);
+    // Install the metrics recorder before the gateway records anything.
+    tillwatch_serve::metrics_handle();
     let health = Arc::new(tillwatch_gateway::GatewayHealth::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
