@@ -104,7 +104,7 @@ async fn sigkill_mid_stream_loses_nothing_and_doubles_nothing() {
         merchants: 5,
         stores_per_merchant: 2,
         interval: Duration::from_secs(30),
-        readings_per_device: Some(100),
+        readings_per_device: Some(300),
         seed: 11,
         start_ms: Some(start_across_hour(2)),
         faults: false,
@@ -114,7 +114,7 @@ async fn sigkill_mid_stream_loses_nothing_and_doubles_nothing() {
 
     // Kill it twice while readings stream in, each time mid-flight.
     let mut gateway = gateway;
-    for threshold in [2_000usize, 8_000] {
+    for threshold in [3_000usize, 15_000] {
         wait_for("readings to stream in", Duration::from_secs(120), || {
             LakeContents::count_readings(&lake) >= threshold
         })
@@ -122,7 +122,7 @@ async fn sigkill_mid_stream_loses_nothing_and_doubles_nothing() {
         gateway.kill();
         let stored = LakeContents::count_readings(&lake);
         assert!(
-            stored < 200 * 100,
+            stored < 200 * 300,
             "the kill came after the whole stream ({stored} readings stored); it must hit mid-stream"
         );
         gateway = start_gateway(&mosquitto.url(), dir.path());
@@ -131,7 +131,7 @@ async fn sigkill_mid_stream_loses_nothing_and_doubles_nothing() {
 
     let report = sim.await.unwrap().unwrap();
     assert_eq!(report.unacked_readings, 0);
-    assert_eq!(report.readings, 200 * 100);
+    assert_eq!(report.readings, 200 * 300);
     wait_for(
         "every acked reading to reach the lake",
         Duration::from_secs(120),
