@@ -23,6 +23,7 @@ pub const BUFFERED_BYTES: &str = "tillwatch_gateway_buffered_bytes";
 pub const BACKPRESSURE: &str = "tillwatch_gateway_backpressure";
 pub const BROKER_CONNECTED: &str = "tillwatch_gateway_broker_connected";
 pub const BROKER_CONNECTION_ERRORS: &str = "tillwatch_gateway_broker_connection_errors_total";
+pub const WINDOW_LIMITED_FLUSHES: &str = "tillwatch_gateway_window_limited_flushes_total";
 pub const DEVICE_STATUS: &str = "tillwatch_gateway_device_status_total";
 
 /// Registers descriptions with the installed recorder. Idempotent.

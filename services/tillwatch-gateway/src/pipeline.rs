@@ -67,6 +67,7 @@ struct Batch {
     readings: HashMap<&'static str, u64>,
     dead_letters: u64,
     opened_at: Option<Instant>,
+    last_arrival: Option<Instant>,
 }
 
 impl Batch {
@@ -122,17 +123,21 @@ pub async fn run_pipeline(
     let mut stores: HashMap<DeviceId, StoreId> = HashMap::new();
     let mut inflight: Option<(JoinHandle<FlushOutcome>, usize)> = None;
     let mut backpressure = false;
+    let mut window = WindowStall::default();
 
     loop {
         let inflight_bytes = inflight.as_ref().map_or(0, |(_, b)| *b);
-        let due = !batch.is_empty()
-            && (batch.staging.rows() >= config.flush_max_rows
-                || batch.acks.len() >= config.flush_max_unacked
-                || batch.staging.approx_bytes() + inflight_bytes >= config.max_buffered_bytes
-                || batch
-                    .deadline(config.flush_max_age)
-                    .is_some_and(|d| d <= Instant::now()));
+        let by_size = batch.staging.rows() >= config.flush_max_rows
+            || batch.acks.len() >= config.flush_max_unacked
+            || batch.staging.approx_bytes() + inflight_bytes >= config.max_buffered_bytes;
+        let by_age = batch
+            .deadline(config.flush_max_age)
+            .is_some_and(|d| d <= Instant::now());
+        let due = !batch.is_empty() && (by_size || by_age);
         if due && inflight.is_none() {
+            if !by_size {
+                observe_window(&batch, &config, &mut window);
+            }
             let bytes = batch.staging.approx_bytes();
             let handle = start_flush(
                 std::mem::take(&mut batch),
@@ -200,6 +205,61 @@ pub async fn run_pipeline(
     info!("pipeline drained");
 }
 
+/// Spots a broker that caps this client's unacknowledged messages below
+/// `flush_max_unacked` (Mosquitto's default `max_inflight_messages` is 20):
+/// the same few messages arrive in a burst right after each flush's acks,
+/// then nothing until the age limit. Ingest is then capped at that many
+/// messages per `flush_max_age`, which an operator must hear about.
+#[derive(Debug, Default)]
+pub struct WindowStall {
+    last_count: usize,
+    streak: u32,
+    warned: bool,
+}
+
+impl WindowStall {
+    /// Age-triggered flushes in a row with the same burst before warning.
+    const STREAK: u32 = 3;
+
+    /// Records one age-triggered flush of `count` messages; `burst` when
+    /// they all arrived in the first quarter of the age window. Returns the
+    /// suspected window the first time the pattern is established.
+    pub fn observe(&mut self, count: usize, burst: bool) -> Option<usize> {
+        if burst && count > 0 && count == self.last_count {
+            self.streak += 1;
+        } else {
+            self.streak = u32::from(burst && count > 0);
+        }
+        self.last_count = count;
+        if self.streak >= Self::STREAK && !self.warned {
+            self.warned = true;
+            return Some(count);
+        }
+        None
+    }
+}
+
+fn observe_window(batch: &Batch, config: &PipelineConfig, window: &mut WindowStall) {
+    let (Some(opened), Some(last)) = (batch.opened_at, batch.last_arrival) else {
+        return;
+    };
+    let burst = last.duration_since(opened) < config.flush_max_age / 4;
+    tracing::debug!(messages = batch.acks.len(), burst, spread = ?last.duration_since(opened), "age-triggered flush");
+    if burst && !batch.acks.is_empty() {
+        counter!(m::WINDOW_LIMITED_FLUSHES).increment(1);
+    }
+    if let Some(count) = window.observe(batch.acks.len(), burst) {
+        warn!(
+            messages = count,
+            flush_max_age = ?config.flush_max_age,
+            "the broker appears to send at most {count} unacknowledged messages to this gateway, \
+             capping ingest near {count} messages per flush_max_age; raise the broker's in-flight \
+             limit (Mosquitto: max_inflight_messages 0, as in deploy/mosquitto/mosquitto.conf) \
+             or set gateway.flush_max_unacked below {count}"
+        );
+    }
+}
+
 fn ingest(
     message: Incoming,
     config: &PipelineConfig,
@@ -210,9 +270,9 @@ fn ingest(
 ) {
     let received_at = UtcMillis::now();
     counter!(m::MESSAGE_BYTES_RECEIVED).increment(message.payload.len() as u64);
-    if batch.opened_at.is_none() {
-        batch.opened_at = Some(Instant::now());
-    }
+    let now = Instant::now();
+    batch.opened_at.get_or_insert(now);
+    batch.last_arrival = Some(now);
     batch.messages += 1;
     if let Some(token) = message.ack {
         batch.acks.push(token);
@@ -529,6 +589,25 @@ mod tests {
 
         let stored = stored_readings(&lake_root);
         assert_eq!(stored as u64, TOTAL);
+    }
+
+    #[test]
+    fn a_broker_in_flight_cap_is_recognised_once() {
+        let mut w = WindowStall::default();
+        // Steady traffic spread over the window: never a stall.
+        for _ in 0..10 {
+            assert_eq!(w.observe(20, false), None);
+        }
+        // Bursts of varying size: ordinary load.
+        assert_eq!(w.observe(20, true), None);
+        assert_eq!(w.observe(17, true), None);
+        assert_eq!(w.observe(23, true), None);
+        // The same burst three times in a row: the broker's window.
+        assert_eq!(w.observe(20, true), None);
+        assert_eq!(w.observe(20, true), None);
+        assert_eq!(w.observe(20, true), Some(20));
+        // Said once.
+        assert_eq!(w.observe(20, true), None);
     }
 
     #[tokio::test]
