@@ -142,6 +142,13 @@ pub struct LakeContents {
     pub stray_files: Vec<PathBuf>,
 }
 
+/// Every file below `dir`.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    files(dir, &mut out);
+    out
+}
+
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -270,6 +277,14 @@ impl LakeContents {
     /// Number of reading rows; cheap enough to poll while a test runs.
     pub fn count_readings(lake: &Path) -> usize {
         LakeContents::read(lake).readings.len()
+    }
+
+    /// Waits until the lake holds at least `n` readings.
+    pub async fn wait_for_readings(lake: &Path, n: u64, deadline: Duration) {
+        wait_for("every acked reading to reach the lake", deadline, || {
+            LakeContents::count_readings(lake) as u64 >= n
+        })
+        .await;
     }
 
     /// Asserts the lake holds exactly `expected` readings, each once, none

@@ -132,12 +132,7 @@ async fn sigkill_mid_stream_loses_nothing_and_doubles_nothing() {
     let report = sim.await.unwrap().unwrap();
     assert_eq!(report.unacked_readings, 0);
     assert_eq!(report.readings, 200 * 300);
-    wait_for(
-        "every acked reading to reach the lake",
-        Duration::from_secs(120),
-        || LakeContents::count_readings(&lake) as u64 >= report.readings,
-    )
-    .await;
+    LakeContents::wait_for_readings(&lake, report.readings, Duration::from_secs(120)).await;
     let mut gateway = gateway;
     let status = gateway.terminate();
     assert!(

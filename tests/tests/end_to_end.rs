@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tillwatch_config::Config;
 use tillwatch_integration_tests::{
-    LakeContents, Mosquitto, duckdb_scalar, http_get, start_across_hour, wait_for,
+    LakeContents, Mosquitto, duckdb_scalar, files_below, http_get, start_across_hour, wait_for,
 };
 use tillwatch_serve::{EmbeddedBroker, run_standalone};
 use tillwatch_sim::{Report, SimConfig};
@@ -78,12 +78,7 @@ async fn fleet_through(broker: Option<String>) {
     assert!(report.malformed_sent > 0 && report.spoofed_sent > 0 && report.out_of_range_sent > 0);
 
     let lake = dir.path().join("lake");
-    wait_for(
-        "every acked reading to reach the lake",
-        Duration::from_secs(60),
-        || LakeContents::count_readings(&lake) as u64 >= report.readings,
-    )
-    .await;
+    LakeContents::wait_for_readings(&lake, report.readings, Duration::from_secs(60)).await;
     wait_for(
         "every bad message to reach the dead letters",
         Duration::from_secs(30),
@@ -237,12 +232,7 @@ async fn gateways_in_a_shared_group_split_the_stream() {
         .await
         .unwrap();
     let lake = dir.path().join("lake");
-    wait_for(
-        "every acked reading to reach the lake",
-        Duration::from_secs(60),
-        || LakeContents::count_readings(&lake) as u64 >= report.readings,
-    )
-    .await;
+    LakeContents::wait_for_readings(&lake, report.readings, Duration::from_secs(60)).await;
     stop_tx.send(true).unwrap();
     for gateway in gateways {
         gateway.await.unwrap().unwrap();
@@ -250,18 +240,9 @@ async fn gateways_in_a_shared_group_split_the_stream() {
     LakeContents::read(&lake).assert_exactly(report.readings);
     // Each gateway wrote a share: file names start with the writer's id.
     for id in ["gw-a", "gw-b"] {
-        let mut found = false;
-        let mut stack = vec![lake.clone()];
-        while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(d).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.file_name().unwrap().to_string_lossy().starts_with(id) {
-                    found = true;
-                }
-            }
-        }
+        let found = files_below(&lake)
+            .iter()
+            .any(|p| p.file_name().unwrap().to_string_lossy().starts_with(id));
         assert!(
             found,
             "gateway {id} stored nothing: the group did not split the stream"

@@ -491,6 +491,44 @@ mod tests {
         }
     }
 
+    type Running = (
+        mpsc::Sender<Incoming>,
+        mpsc::UnboundedReceiver<Vec<AckToken>>,
+        JoinHandle<()>,
+    );
+
+    /// Starts a pipeline over `lake_root` with the given limits; it runs
+    /// until its input closes.
+    fn spawn_pipeline(
+        dir: &std::path::Path,
+        lake_root: &std::path::Path,
+        flush_max_rows: usize,
+        max_buffered_bytes: usize,
+        channel: usize,
+    ) -> Running {
+        let lake = Lake::new(lake_root);
+        let (store, _) = DedupStore::open(&dir.join("state"), lake.clone()).unwrap();
+        let config = PipelineConfig {
+            limits: DecodeLimits {
+                max_payload_bytes: 1024,
+                sample_time: Limits::default(),
+            },
+            flush_max_rows,
+            flush_max_unacked: 10_000,
+            flush_max_age: Duration::from_millis(20),
+            max_buffered_bytes,
+            writer_id: "test".into(),
+        };
+        let (input_tx, input_rx) = mpsc::channel(channel);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let pipeline = tokio::spawn(async move {
+            run_pipeline(config, lake, store, input_rx, ack_tx, shutdown_rx).await;
+            drop(shutdown_tx);
+        });
+        (input_tx, ack_rx, pipeline)
+    }
+
     fn stored_readings(root: &std::path::Path) -> usize {
         let mut stored = 0;
         let mut stack = vec![root.to_path_buf()];
@@ -524,30 +562,8 @@ mod tests {
         let lake_root = dir.path().join("lake");
         // A file where the lake's directory should be: every write fails.
         std::fs::write(&lake_root, b"not a directory").unwrap();
-        let lake = Lake::new(&lake_root);
-        let (store, _) = DedupStore::open(&dir.path().join("state"), lake.clone()).unwrap();
-        let config = PipelineConfig {
-            limits: DecodeLimits {
-                max_payload_bytes: 1024,
-                sample_time: Limits::default(),
-            },
-            flush_max_rows: 10_000,
-            flush_max_unacked: 10_000,
-            flush_max_age: Duration::from_millis(20),
-            max_buffered_bytes: 4_000,
-            writer_id: "test".into(),
-        };
-        let (input_tx, input_rx) = mpsc::channel(4);
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
-        let pipeline = tokio::spawn(run_pipeline(
-            config,
-            lake,
-            store,
-            input_rx,
-            ack_tx,
-            shutdown_rx,
-        ));
+        let (input_tx, mut ack_rx, pipeline) =
+            spawn_pipeline(dir.path(), &lake_root, 10_000, 4_000, 4);
 
         const TOTAL: u64 = 500;
         let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -613,30 +629,8 @@ mod tests {
     #[tokio::test]
     async fn duplicates_are_acked_but_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let lake = Lake::new(dir.path().join("lake"));
-        let (store, _) = DedupStore::open(&dir.path().join("state"), lake.clone()).unwrap();
-        let config = PipelineConfig {
-            limits: DecodeLimits {
-                max_payload_bytes: 1024,
-                sample_time: Limits::default(),
-            },
-            flush_max_rows: 3,
-            flush_max_unacked: 100,
-            flush_max_age: Duration::from_millis(20),
-            max_buffered_bytes: 1 << 20,
-            writer_id: "test".into(),
-        };
-        let (input_tx, input_rx) = mpsc::channel(16);
-        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
-        let (_shutdown_tx, shutdown_rx) = watch::channel(false);
-        let pipeline = tokio::spawn(run_pipeline(
-            config,
-            lake,
-            store,
-            input_rx,
-            ack_tx,
-            shutdown_rx,
-        ));
+        let (input_tx, mut ack_rx, pipeline) =
+            spawn_pipeline(dir.path(), &dir.path().join("lake"), 3, 1 << 20, 16);
         // Each reading three times, spread over several flushes.
         for round in 0..3 {
             for seq in 0..5 {
