@@ -70,8 +70,9 @@ impl DevicePlan {
             return plan;
         }
         // Ticks at which faults happen; a run without a reading limit uses
-        // a nominal length of 40 ticks for its one round of faults.
-        let n = config.readings_per_device.unwrap_or(40).max(4);
+        // a nominal length of 20 ticks for its one round of faults, so a
+        // demo shows them within its first minute.
+        let n = config.readings_per_device.unwrap_or(20).max(4);
         let pick = |salt: u64, per_mille: u64| mix(config.seed, index, salt) % 1000 < per_mille;
         // The first store of the first merchant loses its uplink as a whole.
         let whole_store = merchant == 0 && store == 0;

@@ -124,6 +124,9 @@ pub async fn run_pipeline(
     let mut inflight: Option<(JoinHandle<FlushOutcome>, usize)> = None;
     let mut backpressure = false;
     let mut window = WindowStall::default();
+    // When the last flush's acks went out: a capped broker answers them at
+    // once with its next burst.
+    let mut last_release: Option<Instant> = None;
 
     loop {
         let inflight_bytes = inflight.as_ref().map_or(0, |(_, b)| *b);
@@ -136,7 +139,7 @@ pub async fn run_pipeline(
         let due = !batch.is_empty() && (by_size || by_age);
         if due && inflight.is_none() {
             if !by_size {
-                observe_window(&batch, &config, &mut window);
+                observe_window(&batch, last_release, &config, &mut window);
             }
             let bytes = batch.staging.approx_bytes();
             let handle = start_flush(
@@ -174,6 +177,7 @@ pub async fn run_pipeline(
                 inflight = None;
                 let outcome = outcome.expect("the flush task does not panic");
                 store = Some(finish_flush(outcome, &mut pending, &acks));
+                last_release = Some(Instant::now());
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && inflight.is_none() => {}
             message = input.recv(), if !full => match message {
@@ -207,8 +211,8 @@ pub async fn run_pipeline(
 
 /// Spots a broker that caps this client's unacknowledged messages below
 /// `flush_max_unacked` (Mosquitto's default `max_inflight_messages` is 20):
-/// the same few messages arrive in a burst right after each flush's acks,
-/// then nothing until the age limit. Ingest is then capped at that many
+/// the same few messages arrive in a burst right after each flush's acks
+/// are released, then nothing until the age limit. Ingest is then capped at that many
 /// messages per `flush_max_age`, which an operator must hear about.
 #[derive(Debug, Default)]
 pub struct WindowStall {
@@ -239,11 +243,22 @@ impl WindowStall {
     }
 }
 
-fn observe_window(batch: &Batch, config: &PipelineConfig, window: &mut WindowStall) {
-    let (Some(opened), Some(last)) = (batch.opened_at, batch.last_arrival) else {
+fn observe_window(
+    batch: &Batch,
+    last_release: Option<Instant>,
+    config: &PipelineConfig,
+    window: &mut WindowStall,
+) {
+    let (Some(opened), Some(last), Some(released)) =
+        (batch.opened_at, batch.last_arrival, last_release)
+    else {
         return;
     };
-    let burst = last.duration_since(opened) < config.flush_max_age / 4;
+    let quick = config.flush_max_age / 4;
+    // All of it early in the window, and right after the previous acks:
+    // a fleet that reports in lockstep bursts too, but on its own clock.
+    let burst =
+        last.duration_since(opened) < quick && opened.saturating_duration_since(released) < quick;
     tracing::debug!(messages = batch.acks.len(), burst, spread = ?last.duration_since(opened), "age-triggered flush");
     if burst && !batch.acks.is_empty() {
         counter!(m::WINDOW_LIMITED_FLUSHES).increment(1);
