@@ -66,7 +66,8 @@ impl DevicePlan {
             spoofed_at: None,
             out_of_range_at: None,
         };
-        if !config.faults {
+        let faults = config.faults;
+        if !faults.any() {
             return plan;
         }
         // Ticks at which faults happen; a run without a reading limit uses
@@ -74,26 +75,26 @@ impl DevicePlan {
         // demo shows them within its first minute.
         let n = config.readings_per_device.unwrap_or(20).max(4);
         let pick = |salt: u64, per_mille: u64| mix(config.seed, index, salt) % 1000 < per_mille;
-        // The first store of the first merchant loses its uplink as a whole.
-        let whole_store = merchant == 0 && store == 0;
-        if whole_store {
+        // The first store of the first merchant loses its uplink as a whole;
+        // a few terminals elsewhere lose theirs alone (always terminal 1).
+        if faults.store_outage && merchant == 0 && store == 0 {
             plan.outage = Some((n / 2, n / 2 + n / 5 + 1));
-        } else if pick(2, 40) || index == 1 {
+        } else if faults.outage && (pick(2, 40) || index == 1) {
             plan.outage = Some((n / 4, n / 4 + n / 4 + 1));
         }
-        if pick(3, 30) || index == 2 {
+        if faults.reboot && (pick(3, 30) || index == 2) {
             plan.reboot_at = Some(n / 2 + 1);
         }
-        if pick(4, 50) || index == 3 {
+        if faults.retry && (pick(4, 50) || index == 3) {
             plan.duplicate_every = Some(5);
         }
-        if pick(5, 20) || index == 4 {
+        if faults.malformed && (pick(5, 20) || index == 4) {
             plan.malformed_at = Some(n / 3);
         }
-        if pick(6, 20) || index == 5 {
+        if faults.spoofed && (pick(6, 20) || index == 5) {
             plan.spoofed_at = Some(n / 3 + 1);
         }
-        if pick(7, 10) || index == 6 {
+        if faults.out_of_range && (pick(7, 10) || index == 6) {
             plan.out_of_range_at = Some(n / 3 + 2);
         }
         plan

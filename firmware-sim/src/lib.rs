@@ -35,7 +35,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Virtual clock start (UTC ms); `None` samples the wall clock in real time.
     pub start_ms: Option<i64>,
-    pub faults: bool,
+    /// Which kinds of misbehaviour to simulate.
+    pub faults: Faults,
     /// How many terminals connect at once.
     pub connect_concurrency: usize,
 }
@@ -51,9 +52,87 @@ impl Default for SimConfig {
             readings_per_device: None,
             seed: 1,
             start_ms: None,
-            faults: false,
+            faults: Faults::none(),
             connect_concurrency: 64,
         }
+    }
+}
+
+/// The faults a fleet can show; each hits a fixed share of terminals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// A terminal loses its network, buffers and replays late.
+    pub outage: bool,
+    /// The first store of the first merchant loses its uplink as a whole.
+    pub store_outage: bool,
+    /// A terminal reboots: new boot id, sequence from 0.
+    pub reboot: bool,
+    /// Firmware publishes a message twice.
+    pub retry: bool,
+    pub malformed: bool,
+    /// A payload claims another terminal's device id.
+    pub spoofed: bool,
+    pub out_of_range: bool,
+}
+
+impl Faults {
+    pub const NAMES: [&'static str; 7] = [
+        "outage",
+        "store-outage",
+        "reboot",
+        "retry",
+        "malformed",
+        "spoofed",
+        "out-of-range",
+    ];
+
+    pub fn none() -> Faults {
+        Faults::default()
+    }
+
+    pub fn all() -> Faults {
+        Faults {
+            outage: true,
+            store_outage: true,
+            reboot: true,
+            retry: true,
+            malformed: true,
+            spoofed: true,
+            out_of_range: true,
+        }
+    }
+
+    /// Parses `all`, `none` or a comma-separated list of [`Faults::NAMES`].
+    pub fn parse(list: &str) -> Result<Faults, String> {
+        match list.trim() {
+            "all" => return Ok(Faults::all()),
+            "none" | "" => return Ok(Faults::none()),
+            _ => {}
+        }
+        let mut faults = Faults::none();
+        for name in list.split(',').map(str::trim) {
+            let flag = match name {
+                "outage" => &mut faults.outage,
+                "store-outage" => &mut faults.store_outage,
+                "reboot" => &mut faults.reboot,
+                "retry" => &mut faults.retry,
+                "malformed" => &mut faults.malformed,
+                "spoofed" => &mut faults.spoofed,
+                "out-of-range" => &mut faults.out_of_range,
+                other => {
+                    return Err(format!(
+                        "unknown fault {other:?}; use all, none or a list of {}",
+                        Faults::NAMES.join(", ")
+                    ));
+                }
+            };
+            *flag = true;
+        }
+        Ok(faults)
+    }
+
+    pub fn any(&self) -> bool {
+        *self != Faults::none()
     }
 }
 
@@ -121,6 +200,23 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> Result<R
             config.merchants, config.devices
         )));
     }
+    if let (Some(start), Some(n)) = (config.start_ms, config.readings_per_device) {
+        // Readings sampled in the future are rejected by the gateway; a
+        // virtual clock that runs past now is a mistake, not a fault.
+        let end = start + (n as i64) * config.interval.as_millis() as i64;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        if end > now {
+            return Err(SimError::Config(format!(
+                "--start-time with {n} readings every {} ms runs {} s past now; \
+                 start earlier or send fewer readings",
+                config.interval.as_millis(),
+                (end - now) / 1000
+            )));
+        }
+    }
     let (host, port) = parse_broker(&config.broker)?;
     let started = Instant::now();
     let connect_gate = Arc::new(tokio::sync::Semaphore::new(
@@ -153,5 +249,46 @@ fn parse_broker(url: &str) -> Result<(String, u16), SimError> {
             .map(|p| (host.to_string(), p))
             .map_err(|_| SimError::Config(format!("--broker {url:?} has an invalid port"))),
         None => Ok((rest.to_string(), 1883)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_lists_parse() {
+        assert_eq!(Faults::parse("all").unwrap(), Faults::all());
+        assert_eq!(Faults::parse("none").unwrap(), Faults::none());
+        let f = Faults::parse("reboot, spoofed").unwrap();
+        assert!(f.reboot && f.spoofed && !f.outage && !f.malformed);
+        let err = Faults::parse("reboot,gremlins").unwrap_err();
+        assert!(
+            err.contains("gremlins") && err.contains("out-of-range"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn fault_plans_are_deterministic_and_selective() {
+        let config = SimConfig {
+            devices: 50,
+            faults: Faults::parse("reboot").unwrap(),
+            readings_per_device: Some(12),
+            ..SimConfig::default()
+        };
+        let plans: Vec<_> = (0..50).map(|i| DevicePlan::new(&config, i)).collect();
+        assert_eq!(
+            plans,
+            (0..50)
+                .map(|i| DevicePlan::new(&config, i))
+                .collect::<Vec<_>>()
+        );
+        assert!(plans.iter().any(|p| p.reboot_at.is_some()));
+        assert!(
+            plans
+                .iter()
+                .all(|p| p.outage.is_none() && p.malformed_at.is_none())
+        );
     }
 }

@@ -35,10 +35,12 @@ struct Args {
     /// style offsets) and publish as fast as the broker acks.
     #[arg(long)]
     start_time: Option<String>,
-    /// Make some terminals misbehave: outages with late replay, a store-wide
-    /// outage, reboots, retries, malformed, spoofed and out-of-range payloads.
-    #[arg(long)]
-    faults: bool,
+    /// Make some terminals misbehave. `--faults` alone (or `all`) turns on
+    /// every kind; or list them: outage (lost network, late replay),
+    /// store-outage, reboot, retry (a message published twice), malformed,
+    /// spoofed, out-of-range.
+    #[arg(long, value_name = "LIST", num_args = 0..=1, default_missing_value = "all", value_parser = tillwatch_sim::Faults::parse)]
+    faults: Option<tillwatch_sim::Faults>,
 }
 
 fn parse_start(s: &str) -> anyhow::Result<i64> {
@@ -61,8 +63,24 @@ fn parse_start(s: &str) -> anyhow::Result<i64> {
     Ok(t.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -79,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
         readings_per_device: args.readings_per_device,
         seed: args.seed,
         start_ms: args.start_time.as_deref().map(parse_start).transpose()?,
-        faults: args.faults,
+        faults: args.faults.unwrap_or_default(),
         ..SimConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

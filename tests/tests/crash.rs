@@ -106,8 +106,9 @@ async fn sigkill_mid_stream_loses_nothing_and_doubles_nothing() {
         interval: Duration::from_secs(30),
         readings_per_device: Some(300),
         seed: 11,
-        start_ms: Some(start_across_hour(2)),
-        faults: false,
+        // 300 readings 30 s apart: 2.5 hours, all of them in the past.
+        start_ms: Some(start_across_hour(4)),
+        faults: tillwatch_sim::Faults::none(),
         connect_concurrency: 32,
     };
     let sim = tokio::spawn(tillwatch_sim::run(fleet, watch::channel(false).1));

@@ -27,7 +27,7 @@ fn fleet(broker: String) -> SimConfig {
         readings_per_device: Some(12),
         seed: 7,
         start_ms: Some(start_across_hour(1)),
-        faults: true,
+        faults: tillwatch_sim::Faults::all(),
         connect_concurrency: 32,
     }
 }
@@ -226,7 +226,7 @@ async fn gateways_in_a_shared_group_split_the_stream() {
     .await;
 
     let mut sim = fleet(mosquitto.url());
-    sim.faults = false;
+    sim.faults = tillwatch_sim::Faults::none();
     sim.readings_per_device = Some(10);
     let report = tillwatch_sim::run(sim, watch::channel(false).1)
         .await

@@ -220,7 +220,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         devices: args.devices,
         merchants: args.merchants.min(args.devices.max(1)),
         interval: Duration::from_millis(args.interval_ms.max(100)),
-        faults: true,
+        faults: tillwatch_sim::Faults::all(),
         ..Default::default()
     };
     println!(
