@@ -68,7 +68,7 @@ impl Gateway {
 
     fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as i32;
-        assert_eq!(unsafe_kill(pid, libc::SIGTERM), 0);
+        assert_eq!(send_signal(pid, libc::SIGTERM), 0);
         self.child.wait().expect("reap")
     }
 }
@@ -84,7 +84,7 @@ impl Drop for Gateway {
 }
 
 #[allow(unsafe_code)]
-fn unsafe_kill(pid: i32, signal: i32) -> i32 {
+fn send_signal(pid: i32, signal: i32) -> i32 {
     // SAFETY: sending a signal to our own child process has no memory effects.
     unsafe { libc::kill(pid, signal) }
 }
