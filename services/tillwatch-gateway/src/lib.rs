@@ -45,6 +45,12 @@ pub enum GatewayError {
     Subscribe(String),
 }
 
+/// Resolves once `rx` turns true, or when its sender is dropped: the one
+/// way services here wait for a shared shutdown signal.
+pub async fn shutdown_requested(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 /// Where the gateway keeps its lake and its own state under `data_dir`.
 pub fn lake_dir(config: &Config) -> PathBuf {
     config.data_dir.join("lake")

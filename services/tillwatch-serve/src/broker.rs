@@ -29,6 +29,10 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
+    /// Unacknowledged messages rumqttd sends one client at most (its
+    /// `MAX_INFLIGHT`, fixed in rumqttd 0.20 whatever the settings say).
+    pub const MAX_INFLIGHT: usize = 100;
+
     /// Starts a broker on `listen` (port 0 picks a free port) and waits
     /// until it accepts connections.
     pub fn start(listen: SocketAddr, max_connections: usize) -> Result<Self, EmbeddedBrokerError> {
@@ -56,7 +60,7 @@ impl EmbeddedBroker {
             connections: ConnectionSettings {
                 connection_timeout_ms: 60_000,
                 max_payload_size: 1024 * 1024,
-                max_inflight_count: 100,
+                max_inflight_count: Self::MAX_INFLIGHT,
                 auth: None,
                 external_auth: None,
                 dynamic_filters: true,

@@ -3,16 +3,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tillwatch_config::Config;
-use tillwatch_gateway::{GatewayHealth, run_gateway};
+use tillwatch_gateway::{GatewayHealth, run_gateway, shutdown_requested};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::broker::EmbeddedBroker;
 use crate::http::serve_http;
 
-/// The embedded broker's in-flight window is 100 messages per client; the
-/// gateway must flush before it fills or ingest stalls until the age limit.
-const EMBEDDED_FLUSH_MAX_UNACKED: usize = 80;
+/// Flush at 80% of the embedded broker's in-flight window, so the broker
+/// never stalls waiting for acks until the age limit.
+const EMBEDDED_FLUSH_MAX_UNACKED: usize = EmbeddedBroker::MAX_INFLIGHT * 4 / 5;
 
 /// Runs the whole product in one process: the gateway (against `broker` if
 /// given, else `config.mqtt.broker`) and the HTTP endpoints on `http`.
@@ -38,12 +38,13 @@ pub async fn run_standalone(
         shutdown.await;
         let _ = external.send(true);
     });
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let health = Arc::new(GatewayHealth::default());
-    let http = tokio::spawn(serve_http(http, health.clone(), stopped(stop_rx.clone())));
-    let gateway = run_gateway(&config, health, stopped(stop_rx)).await;
+    let http = tokio::spawn(serve_http(
+        http,
+        health.clone(),
+        shutdown_requested(stop_rx.clone()),
+    ));
+    let gateway = run_gateway(&config, health, shutdown_requested(stop_rx)).await;
     // The gateway only returns early on an error; take the rest down too.
     let _ = stop_tx.send(true);
     let http = http.await.context("the HTTP server task failed")?;

@@ -137,14 +137,30 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
+/// Starts the embedded broker off the async workers: it waits, blocking,
+/// until the broker accepts connections.
+async fn start_broker(
+    listen: SocketAddr,
+    max_connections: usize,
+) -> anyhow::Result<EmbeddedBroker> {
+    let broker =
+        tokio::task::spawn_blocking(move || EmbeddedBroker::start(listen, max_connections))
+            .await
+            .context("the embedded broker's start-up task failed")??;
+    Ok(broker)
+}
+
 async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let config = standalone_config(&args)?;
     let broker = match &args.broker {
         Some(_) => None,
-        None => Some(EmbeddedBroker::start(
-            config.embedded_broker.listen,
-            config.embedded_broker.max_connections,
-        )?),
+        None => Some(
+            start_broker(
+                config.embedded_broker.listen,
+                config.embedded_broker.max_connections,
+            )
+            .await?,
+        ),
     };
     let http = bind(config.http.listen, "--http-listen").await?;
     print_where(&config, &http, broker.as_ref())?;
@@ -200,10 +216,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 Some(addr) => addr,
                 None => free_or_default(config.embedded_broker.listen, "MQTT"),
             };
-            Some(EmbeddedBroker::start(
-                listen,
-                config.embedded_broker.max_connections,
-            )?)
+            Some(start_broker(listen, config.embedded_broker.max_connections).await?)
         }
     };
     let http_addr = match args.standalone.common.http_listen {
@@ -231,12 +244,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let stop_tx = Arc::new(stop_tx);
     let sim_stop = stop_rx.clone();
     let fleet = tokio::spawn(async move { tillwatch_sim::run(sim, sim_stop).await });
-    let gateway_stop = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let gateway_stop = tillwatch_gateway::shutdown_requested(stop_rx.clone());
     let signal_tx = stop_tx.clone();
     tokio::spawn(async move {
         signalled().await;
@@ -272,19 +280,21 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     tillwatch_serve::metrics_handle();
     let health = Arc::new(tillwatch_gateway::GatewayHealth::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let server = tokio::spawn(tillwatch_serve::serve_http(
         http,
         health.clone(),
-        stopped(stop_rx.clone()),
+        tillwatch_gateway::shutdown_requested(stop_rx.clone()),
     ));
     tokio::spawn(async move {
         signalled().await;
         let _ = stop_tx.send(true);
     });
-    let result = tillwatch_gateway::run_gateway(&config, health, stopped(stop_rx)).await;
+    let result = tillwatch_gateway::run_gateway(
+        &config,
+        health,
+        tillwatch_gateway::shutdown_requested(stop_rx),
+    )
+    .await;
     server.abort();
     result.context("gateway")?;
     Ok(())
