@@ -1,5 +1,12 @@
-//! Support for Tillwatch's end-to-end tests: a private Mosquitto per test,
-//! waiting on conditions with deadlines, and reading the lake back.
+//! Support for Tillwatch's end-to-end tests: a private Mosquitto and
+//! ClickHouse per test, the gateway as a child process, waiting on
+//! conditions with deadlines, and reading the lake back.
+
+mod clickhouse_server;
+mod gateway_process;
+
+pub use clickhouse_server::ClickHouseServer;
+pub use gateway_process::{GatewayProcess, tillwatch_bin};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -351,4 +358,94 @@ pub fn start_across_hour(hours_back: i64) -> i64 {
     let now = chrono::Utc::now().timestamp_millis();
     let hour = now - now.rem_euclid(3_600_000);
     hour - hours_back * 3_600_000 - 3 * 60_000
+}
+
+/// Per (table, device): rows, sum of seq, sum and max of the sample time in
+/// milliseconds. Computed the same way from the lake and from ClickHouse,
+/// so the two can be compared row for row without listing every row.
+pub type Checksums = BTreeMap<(String, String), (u64, u64, u64, u64)>;
+
+/// [`Checksums`] of the lake's reading tables.
+pub fn lake_checksums(lake: &Path) -> Checksums {
+    let mut out = Checksums::new();
+    for table in Table::ALL {
+        if table == Table::DeadLetter {
+            continue;
+        }
+        let mut paths = Vec::new();
+        files(&lake.join(table.name()), &mut paths);
+        for path in paths
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        {
+            for batch in read_file(path).expect("lake files are readable") {
+                let devices = batch
+                    .column_by_name("device_id")
+                    .unwrap()
+                    .as_string::<i32>();
+                let seqs = batch
+                    .column_by_name("seq")
+                    .unwrap()
+                    .as_primitive::<UInt64Type>();
+                let sampled = batch
+                    .column_by_name("sampled_at")
+                    .unwrap()
+                    .as_primitive::<TimestampMillisecondType>();
+                for i in 0..batch.num_rows() {
+                    let e = out
+                        .entry((table.name().to_string(), devices.value(i).to_string()))
+                        .or_default();
+                    let ms = sampled.value(i) as u64;
+                    e.0 += 1;
+                    e.1 += seqs.value(i);
+                    e.2 += ms;
+                    e.3 = e.3.max(ms);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`Checksums`] of ClickHouse's reading tables in `database`, read through
+/// the `*_final` views (what users query: each reading once).
+pub fn clickhouse_checksums(ch: &ClickHouseServer, database: &str) -> Checksums {
+    let mut out = Checksums::new();
+    for table in Table::ALL {
+        if table == Table::DeadLetter {
+            continue;
+        }
+        let tsv = ch.q(&format!(
+            "SELECT device_id, count(), sum(seq), sum(sampled_at_ms), max(sampled_at_ms) \
+             FROM {database}.{}_final GROUP BY device_id FORMAT TSV",
+            table.name()
+        ));
+        for line in tsv.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            let n = |i: usize| f[i].parse::<u64>().expect("a number");
+            out.insert(
+                (table.name().to_string(), f[0].to_string()),
+                (n(1), n(2), n(3), n(4)),
+            );
+        }
+    }
+    out
+}
+
+/// Readings in ClickHouse as users see them (each once).
+pub fn clickhouse_readings(ch: &ClickHouseServer, database: &str) -> u64 {
+    [
+        "connectivity",
+        "battery",
+        "app_performance",
+        "payment_health",
+    ]
+    .iter()
+    .map(|t| {
+        ch.query(&format!("SELECT count() FROM {database}.{t}_final"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    })
+    .sum()
 }

@@ -39,6 +39,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
     pub embedded_broker: EmbeddedBrokerConfig,
+    pub clickhouse: ClickHouseConfig,
 }
 
 impl Default for Config {
@@ -49,6 +50,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             http: HttpConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
+            clickhouse: ClickHouseConfig::default(),
         }
     }
 }
@@ -161,6 +163,48 @@ impl Default for EmbeddedBrokerConfig {
     }
 }
 
+/// The ClickHouse sink. Off unless `url` is set; when set, every stored
+/// reading also goes to ClickHouse through a durable on-disk spool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// HTTP interface, `http://HOST:8123` or `https://HOST:8443` (TLS,
+    /// verified against the system's root certificates).
+    pub url: Option<String>,
+    pub database: String,
+    pub user: String,
+    /// Better set through `TILLWATCH__CLICKHOUSE__PASSWORD` than in a file.
+    pub password: Option<String>,
+    /// Readings waiting for ClickHouse are kept on local disk up to this
+    /// size; when it is full the gateway stops acking (back-pressure).
+    pub spool_max_bytes: u64,
+    /// Most rows sent in one INSERT when draining the spool.
+    pub insert_max_rows: usize,
+    /// An INSERT that takes longer is abandoned and retried.
+    #[serde(with = "humantime_serde")]
+    pub insert_timeout: Duration,
+    /// Raw rows older than this are dropped by ClickHouse itself (TTL), on
+    /// servers that support it (19.6+); kept forever when unset. The lake is
+    /// unaffected.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            url: None,
+            database: "tillwatch".into(),
+            user: "default".into(),
+            password: None,
+            spool_max_bytes: 1 << 30,
+            insert_max_rows: 200_000,
+            insert_timeout: Duration::from_secs(30),
+            retention: None,
+        }
+    }
+}
+
 /// Host and port of an `mqtt://HOST:PORT` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
@@ -254,7 +298,9 @@ impl Config {
         format!(
             "# Tillwatch configuration. Every key is optional; these are the defaults.\n\
              # Environment variables TILLWATCH__<SECTION>__<KEY> override this file,\n\
-             # and command-line flags override both.\n\n{body}"
+             # and command-line flags override both.\n\
+             # Set clickhouse.url (for example \"http://127.0.0.1:8123\") to store readings\n\
+             # in ClickHouse as well as the Parquet lake, then run `tillwatch migrate`.\n\n{body}"
         )
     }
 
@@ -304,6 +350,37 @@ impl Config {
         }
         if g.max_age.is_zero() {
             errors.push("gateway.max_age: must be more than 0s".into());
+        }
+        let c = &self.clickhouse;
+        if let Some(url) = &c.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            errors.push(format!(
+                "clickhouse.url: {url:?} must start with http:// or https:// (the HTTP interface, usually port 8123)"
+            ));
+        }
+        if c.database.is_empty()
+            || !c
+                .database
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+        {
+            errors.push(format!(
+                "clickhouse.database: {:?} must be non-empty letters, digits and _",
+                c.database
+            ));
+        }
+        if c.spool_max_bytes < 16 * 1024 * 1024 {
+            errors.push("clickhouse.spool_max_bytes: must be at least 16 MiB".into());
+        }
+        if c.insert_max_rows == 0 {
+            errors.push("clickhouse.insert_max_rows: must be at least 1".into());
+        }
+        if c.insert_timeout.is_zero() {
+            errors.push("clickhouse.insert_timeout: must be more than 0s".into());
+        }
+        if c.retention.is_some_and(|r| r < Duration::from_secs(86_400)) {
+            errors.push("clickhouse.retention: must be at least 1 day".into());
         }
         if self.embedded_broker.max_connections == 0 {
             errors.push("embedded_broker.max_connections: must be at least 1".into());
@@ -419,10 +496,12 @@ mod tests {
         config.mqtt.broker = "tcp://x".into();
         config.gateway.flush_max_rows = 0;
         config.mqtt.shared_group = Some("a/b".into());
+        config.clickhouse.url = Some("localhost:8123".into());
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("mqtt.broker"), "{err}");
         assert!(err.contains("gateway.flush_max_rows"), "{err}");
         assert!(err.contains("mqtt.shared_group"), "{err}");
+        assert!(err.contains("clickhouse.url"), "{err}");
     }
 
     #[test]

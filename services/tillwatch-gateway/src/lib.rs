@@ -23,7 +23,10 @@ use tillwatch_config::Config;
 use tillwatch_domain::Limits;
 use tillwatch_storage::Lake;
 use tokio::sync::{mpsc, watch};
-use tracing::info;
+use tracing::{info, warn};
+
+/// How long a stopping gateway keeps shipping its spool to ClickHouse.
+const SHIPPER_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub use mqtt::GatewayHealth;
 
@@ -43,6 +46,10 @@ pub enum GatewayError {
     Refused { broker: String, reason: String },
     #[error("the broker refused the subscription to {0}; check its ACLs")]
     Subscribe(String),
+    #[error("{0}")]
+    ClickHouse(#[from] tillwatch_clickhouse::ChError),
+    #[error("opening the ClickHouse spool: {0}")]
+    Spool(#[from] tillwatch_clickhouse::SpoolError),
 }
 
 /// Resolves once `rx` turns true, or when its sender is dropped: the one
@@ -58,6 +65,72 @@ pub fn lake_dir(config: &Config) -> PathBuf {
 
 fn state_dir(config: &Config) -> PathBuf {
     config.data_dir.join("gateway").join(&config.mqtt.client_id)
+}
+
+/// The ClickHouse spool of this gateway.
+pub fn spool_dir(config: &Config) -> PathBuf {
+    state_dir(config).join("clickhouse-spool")
+}
+
+/// The client for `[clickhouse]`, when a URL is configured.
+pub fn clickhouse_client(config: &Config) -> Option<tillwatch_clickhouse::ClickHouse> {
+    let c = &config.clickhouse;
+    let url = c.url.as_ref()?;
+    Some(tillwatch_clickhouse::ClickHouse::new(
+        tillwatch_clickhouse::Settings {
+            url: url.clone(),
+            database: c.database.clone(),
+            user: c.user.clone(),
+            password: c.password.clone(),
+            insert_timeout: c.insert_timeout,
+        },
+    ))
+}
+
+/// Opens the spool and checks ClickHouse. A configuration mistake (wrong
+/// password, missing database or schema) stops the gateway here; an
+/// unreachable server does not: rows wait in the spool.
+async fn open_clickhouse(
+    config: &Config,
+) -> Result<
+    Option<(
+        tillwatch_clickhouse::ClickHouse,
+        tillwatch_clickhouse::Spool,
+    )>,
+    GatewayError,
+> {
+    let dir = spool_dir(config);
+    let Some(ch) = clickhouse_client(config) else {
+        if dir.exists() {
+            let spool = tillwatch_clickhouse::Spool::open(&dir, u64::MAX)?;
+            let (records, bytes) = spool.depth();
+            if records > 0 {
+                warn!(
+                    records,
+                    bytes,
+                    spool = %dir.display(),
+                    "ClickHouse is not configured but its spool holds rows; they ship when clickhouse.url is set again"
+                );
+            }
+        }
+        return Ok(None);
+    };
+    tillwatch_clickhouse::metrics::describe();
+    match ch.check_ready().await {
+        Ok(version) => {
+            info!(url = %ch.settings().url, database = ch.database(), %version, "ClickHouse ready")
+        }
+        Err(e) if e.class.transient() => warn!(
+            error = %e,
+            "ClickHouse is not answering; readings are spooled on disk and ship when it is back"
+        ),
+        Err(e) => return Err(e.into()),
+    }
+    let max = config.clickhouse.spool_max_bytes;
+    let spool = tokio::task::spawn_blocking(move || tillwatch_clickhouse::Spool::open(&dir, max))
+        .await
+        .expect("opening the spool does not panic")?;
+    Ok(Some((ch, spool)))
 }
 
 /// Runs the gateway until `shutdown` resolves, then flushes, acks what is
@@ -84,6 +157,7 @@ pub async fn run_gateway(
         "dedup journal replayed"
     );
 
+    let clickhouse = open_clickhouse(config).await?;
     let (client, eventloop) = mqtt::connect(&config.mqtt)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -106,9 +180,24 @@ pub async fn run_gateway(
         max_buffered_bytes: config.gateway.max_buffered_bytes,
         writer_id: config.mqtt.client_id.clone(),
     };
+    // The shipper outlives the pipeline: it stops after the last flush has
+    // been spooled, draining for a moment before leaving the rest on disk.
+    let (ship_stop_tx, ship_stop_rx) = watch::channel(false);
+    let shipper = clickhouse.as_ref().map(|(ch, spool)| {
+        tokio::spawn(tillwatch_clickhouse::run_shipper(
+            ch.clone(),
+            spool.clone(),
+            tillwatch_clickhouse::ShipperConfig {
+                max_rows: config.clickhouse.insert_max_rows,
+                drain_grace: SHIPPER_DRAIN_GRACE,
+            },
+            ship_stop_rx,
+        ))
+    });
     let pipeline = tokio::spawn(pipeline::run_pipeline(
         pipeline_config,
         lake,
+        clickhouse.map(|(_, spool)| spool),
         store,
         input_rx,
         ack_tx,
@@ -129,5 +218,9 @@ pub async fn run_gateway(
     // connection to go to and the broker redelivers those messages.
     let _ = pipeline.await;
     acker.abort();
+    let _ = ship_stop_tx.send(true);
+    if let Some(shipper) = shipper {
+        let _ = shipper.await;
+    }
     polled
 }

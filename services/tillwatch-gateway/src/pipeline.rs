@@ -5,6 +5,12 @@
 //! their message carried is durable in the lake (or was a duplicate of
 //! something already durable).
 //!
+//! With ClickHouse configured, a flush first appends its rows to the
+//! ClickHouse spool (synced) and only then writes the lake files and
+//! commits: an acked message is in both sinks, or in the lake and on its way
+//! to ClickHouse through the spool. A full spool holds the flush, so the
+//! acks, so the broker.
+//!
 //! Design: one staging batch fills while at most one flush runs on a
 //! blocking thread, so decoding overlaps writing. Memory is bounded by
 //! `max_buffered_bytes` over both: when it is reached the pipeline stops
@@ -19,6 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use metrics::{counter, gauge, histogram};
+use tillwatch_clickhouse::{EncodedRows, Spool, SpoolError, encode_parts};
 use tillwatch_domain::{DeviceId, ReadingKey, StoreId, UtcMillis};
 use tillwatch_storage::{Lake, PartBatch, Staging, StoredReading};
 use tokio::sync::{mpsc, watch};
@@ -102,6 +109,8 @@ enum DedupOrLake {
     Dedup(#[from] DedupError),
     #[error(transparent)]
     Lake(#[from] tillwatch_storage::LakeError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
 }
 
 /// Runs until `shutdown` turns true or `input` closes; then flushes what it
@@ -109,6 +118,7 @@ enum DedupOrLake {
 pub async fn run_pipeline(
     config: PipelineConfig,
     lake: Lake,
+    spool: Option<Spool>,
     store: DedupStore,
     mut input: mpsc::Receiver<Incoming>,
     acks: mpsc::UnboundedSender<Vec<AckToken>>,
@@ -146,6 +156,7 @@ pub async fn run_pipeline(
                 std::mem::take(&mut batch),
                 store.take().expect("the store is home when no flush runs"),
                 lake.clone(),
+                spool.clone(),
                 config.writer_id.clone(),
                 stopping.clone(),
             );
@@ -199,6 +210,7 @@ pub async fn run_pipeline(
             batch,
             store.take().expect("the store is home"),
             lake,
+            spool,
             config.writer_id.clone(),
             stopping,
         );
@@ -356,6 +368,7 @@ fn start_flush(
     batch: Batch,
     mut store: DedupStore,
     lake: Lake,
+    spool: Option<Spool>,
     writer_id: String,
     stopping: Arc<AtomicBool>,
 ) -> JoinHandle<FlushOutcome> {
@@ -363,10 +376,27 @@ fn start_flush(
         let parts = batch.staging.finish();
         let started = std::time::Instant::now();
         let mut backoff = Duration::from_millis(100);
+        // Encoded once, spooled once: a retry after a lake error does not
+        // append the same rows again.
+        let for_clickhouse = spool.as_ref().map(|_| encode_parts(&parts));
+        let mut spooled = false;
         let result = loop {
-            match write_flush(&mut store, &lake, &writer_id, &parts, &batch.keys) {
+            let sink = spool
+                .as_ref()
+                .zip(for_clickhouse.as_ref())
+                .filter(|_| !spooled);
+            match write_flush(
+                &mut store,
+                &lake,
+                sink,
+                &writer_id,
+                &parts,
+                &batch.keys,
+                &stopping,
+            ) {
                 Ok(stats) => break Ok(stats),
                 Err(e) => {
+                    spooled |= sink.is_some() && !matches!(e, DedupOrLake::Spool(_));
                     counter!(m::FLUSH_ERRORS).increment(1);
                     if stopping.load(Ordering::SeqCst) {
                         break Err(e);
@@ -390,17 +420,23 @@ fn start_flush(
     })
 }
 
-/// Intent, files, commit: see `dedup` for why this order survives a crash
-/// at any point.
+/// Spool, intent, files, commit: see `dedup` for why this order survives a
+/// crash at any point. The spool goes first so that rows the dedup index
+/// counts as stored (after a crash, from the files) are always spooled too.
 fn write_flush(
     store: &mut DedupStore,
     lake: &Lake,
+    clickhouse: Option<(&Spool, &Vec<EncodedRows>)>,
     writer_id: &str,
     parts: &[PartBatch],
     keys: &[ReadingKey],
+    stopping: &AtomicBool,
 ) -> Result<FlushStats, DedupOrLake> {
     if parts.is_empty() {
         return Ok(FlushStats::default());
+    }
+    if let Some((spool, rows)) = clickhouse {
+        spool.append(rows, stopping)?;
     }
     let flush_id = store.next_flush_id();
     let paths: Vec<PathBuf> = parts
@@ -537,7 +573,7 @@ mod tests {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let pipeline = tokio::spawn(async move {
-            run_pipeline(config, lake, store, input_rx, ack_tx, shutdown_rx).await;
+            run_pipeline(config, lake, None, store, input_rx, ack_tx, shutdown_rx).await;
             drop(shutdown_tx);
         });
         (input_tx, ack_rx, pipeline)

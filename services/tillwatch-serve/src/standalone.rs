@@ -31,6 +31,17 @@ pub async fn run_standalone(
             .flush_max_unacked
             .min(EMBEDDED_FLUSH_MAX_UNACKED);
     }
+    // One process, one command: standalone keeps the ClickHouse schema
+    // current itself (production runs `tillwatch migrate` as a step).
+    if let Some(ch) = tillwatch_gateway::clickhouse_client(&config) {
+        match tillwatch_clickhouse::migrate(&ch, config.clickhouse.retention).await {
+            Ok(report) => tracing::info!("{report}"),
+            Err(e) if e.class.transient() => {
+                tracing::warn!(error = %e, "cannot migrate ClickHouse now; readings are spooled until it answers")
+            }
+            Err(e) => return Err(e).context("ClickHouse"),
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let external = stop_tx.clone();

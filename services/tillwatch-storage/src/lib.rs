@@ -10,6 +10,7 @@
 //! place and its directory synced, so a reader never sees a partial file and
 //! a file that is visible survives a crash.
 
+pub mod clickhouse_ddl;
 mod lake;
 mod schema;
 mod staging;

@@ -13,6 +13,8 @@ use tillwatch_serve::{EmbeddedBroker, run_standalone};
 use tokio::net::TcpListener;
 use tracing::info;
 
+mod progress;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "tillwatch",
@@ -33,8 +35,69 @@ enum Command {
     Demo(DemoArgs),
     /// The ingestion gateway alone, against an external broker.
     Gateway(GatewayArgs),
+    /// Create or update the ClickHouse schema (idempotent; records what it applied).
+    Migrate(MigrateArgs),
+    /// ClickHouse maintenance.
+    #[command(subcommand)]
+    Clickhouse(ClickhouseCommand),
     /// Print the default configuration as TOML.
     GenerateConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClickhouseCommand {
+    /// Load a date range of the lake into ClickHouse (safe to repeat).
+    Backfill(BackfillArgs),
+}
+
+/// Overrides for `[clickhouse]`.
+#[derive(Debug, Args)]
+struct ClickHouseFlags {
+    /// ClickHouse HTTP URL, e.g. http://127.0.0.1:8123 (config: clickhouse.url).
+    #[arg(long)]
+    clickhouse_url: Option<String>,
+    /// ClickHouse database (config: clickhouse.database).
+    #[arg(long)]
+    clickhouse_database: Option<String>,
+}
+
+impl ClickHouseFlags {
+    fn apply(&self, config: &mut Config) {
+        if let Some(url) = &self.clickhouse_url {
+            config.clickhouse.url = Some(url.clone());
+        }
+        if let Some(db) = &self.clickhouse_database {
+            config.clickhouse.database = db.clone();
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct MigrateArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    clickhouse: ClickHouseFlags,
+    /// Print the SQL a server of --server-version would get, and apply nothing.
+    #[arg(long, requires = "server_version")]
+    print_sql: bool,
+    /// With --print-sql: the server version to render for, e.g. 18.16 or 24.8.
+    #[arg(long)]
+    server_version: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct BackfillArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    clickhouse: ClickHouseFlags,
+    /// First UTC day to load, YYYY-MM-DD.
+    #[arg(long)]
+    from: chrono::NaiveDate,
+    /// Last UTC day to load (inclusive), YYYY-MM-DD.
+    #[arg(long)]
+    to: chrono::NaiveDate,
 }
 
 #[derive(Debug, Args)]
@@ -60,6 +123,8 @@ struct StandaloneArgs {
     /// Address of the embedded MQTT broker (config: embedded_broker.listen).
     #[arg(long)]
     mqtt_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    clickhouse: ClickHouseFlags,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +134,8 @@ struct GatewayArgs {
     /// The MQTT broker, mqtt://HOST:PORT (config: mqtt.broker).
     #[arg(long)]
     broker: Option<String>,
+    #[command(flatten)]
+    clickhouse: ClickHouseFlags,
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +200,7 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<Config> {
     if let Some(broker) = &args.broker {
         config.mqtt.broker = broker.clone();
     }
+    args.clickhouse.apply(&mut config);
     config.validate()?;
     Ok(config)
 }
@@ -182,6 +250,12 @@ fn print_where(
     println!("  metrics       http://{http}/metrics");
     println!("  health        http://{http}/healthz  http://{http}/readyz");
     println!("  Parquet lake  {}", lake.display());
+    if let Some(url) = &config.clickhouse.url {
+        println!(
+            "  ClickHouse    {url} database {} (query the *_final views or device_latest)",
+            config.clickhouse.database
+        );
+    }
     println!(
         "  query it      duckdb -c \"SELECT device_id, count(*) FROM read_parquet('{}/battery/**/*.parquet', hive_partitioning = true) GROUP BY 1\"",
         lake.display()
@@ -273,6 +347,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     if let Some(broker) = args.broker {
         config.mqtt.broker = broker;
     }
+    args.clickhouse.apply(&mut config);
     config.validate()?;
     let http = bind(config.http.listen, "--http-listen").await?;
     println!("http listening on {}", http.local_addr()?);
@@ -300,6 +375,66 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn clickhouse_config(common: &Common, flags: &ClickHouseFlags) -> anyhow::Result<Config> {
+    let mut config = load(common)?;
+    flags.apply(&mut config);
+    config.validate()?;
+    Ok(config)
+}
+
+fn require_clickhouse(config: &Config) -> anyhow::Result<tillwatch_clickhouse::ClickHouse> {
+    tillwatch_gateway::clickhouse_client(config).context(
+        "no ClickHouse configured: set clickhouse.url in the config, TILLWATCH__CLICKHOUSE__URL, or --clickhouse-url",
+    )
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let config = clickhouse_config(&args.common, &args.clickhouse)?;
+    if args.print_sql {
+        let version = args.server_version.as_deref().unwrap_or_default();
+        let version = tillwatch_storage::clickhouse_ddl::ServerVersion::parse(version)
+            .map_err(anyhow::Error::msg)
+            .context("--server-version")?;
+        for m in tillwatch_storage::clickhouse_ddl::MIGRATIONS {
+            println!("-- {:03}_{}", m.version, m.name);
+            for statement in m.render(&config.clickhouse.database, version.features()) {
+                println!("{statement};\n");
+            }
+        }
+        return Ok(());
+    }
+    let ch = require_clickhouse(&config)?;
+    let report = tillwatch_clickhouse::migrate(&ch, config.clickhouse.retention).await?;
+    println!("{report}");
+    Ok(())
+}
+
+async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
+    let config = clickhouse_config(&args.common, &args.clickhouse)?;
+    let ch = require_clickhouse(&config)?;
+    let lake = tillwatch_storage::Lake::new(tillwatch_gateway::lake_dir(&config));
+    let started = std::time::Instant::now();
+    let mut bar = progress::Bar::new();
+    let report = tillwatch_clickhouse::backfill(
+        &ch,
+        &lake,
+        args.from,
+        args.to,
+        config.clickhouse.insert_max_rows,
+        |p| bar.draw(p, started.elapsed()),
+    )
+    .await?;
+    bar.finish();
+    println!(
+        "backfilled {} rows from {} files into {} partitions in {:.1} s",
+        report.rows,
+        report.files,
+        report.partitions,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Parses the command line, runs the chosen role and returns its exit code.
 pub fn run_cli() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -322,6 +457,8 @@ pub fn run_cli() -> std::process::ExitCode {
             Command::Standalone(args) => standalone(args).await,
             Command::Demo(args) => demo(args).await,
             Command::Gateway(args) => gateway(args).await,
+            Command::Migrate(args) => migrate(args).await,
+            Command::Clickhouse(ClickhouseCommand::Backfill(args)) => backfill(args).await,
             Command::GenerateConfig => {
                 print!("{}", Config::default_toml());
                 Ok(())

@@ -1,0 +1,184 @@
+//! `tillwatch clickhouse backfill`: loads a date range of the lake into
+//! ClickHouse, for a new ClickHouse or after data was lost there.
+//!
+//! Idempotent: the raw tables keep one row per reading however often it is
+//! inserted, and each day's partition is merged (`OPTIMIZE … FINAL`) once
+//! its files are in, so even plain `count()` is exact afterwards.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use chrono::NaiveDate;
+use tillwatch_storage::{Lake, Table, read_file};
+use tracing::info;
+
+use crate::client::{ChError, ClickHouse};
+use crate::rowbinary;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error("--from {from} is after --to {to}")]
+    BadRange { from: NaiveDate, to: NaiveDate },
+    #[error(transparent)]
+    ClickHouse(#[from] ChError),
+    #[error(transparent)]
+    Lake(#[from] tillwatch_storage::LakeError),
+    #[error("listing {path}: {source}")]
+    List {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Where a running backfill is, for a progress display.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillProgress {
+    pub files_done: usize,
+    pub files_total: usize,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackfillReport {
+    pub files: usize,
+    pub rows: u64,
+    /// (table, day) partitions loaded and merged.
+    pub partitions: usize,
+}
+
+struct DayFiles {
+    table: Table,
+    day: NaiveDate,
+    files: Vec<(PathBuf, u64)>,
+}
+
+fn list(lake: &Lake, from: NaiveDate, to: NaiveDate) -> Result<Vec<DayFiles>, BackfillError> {
+    let mut out = Vec::new();
+    for table in Table::ALL {
+        let mut day = from;
+        while day <= to {
+            let dir = lake
+                .table_dir(table)
+                .join(format!("date={}", day.format("%Y-%m-%d")));
+            let mut files = Vec::new();
+            collect_parquet(&dir, &mut files)?;
+            files.sort();
+            if !files.is_empty() {
+                out.push(DayFiles { table, day, files });
+            }
+            day = day.succ_opt().expect("dates stay in range");
+        }
+    }
+    Ok(out)
+}
+
+fn collect_parquet(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<(), BackfillError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(BackfillError::List {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| BackfillError::List {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if path.is_dir() {
+            collect_parquet(&path, out)?;
+        } else if name.ends_with(".parquet") && !name.starts_with('.') {
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            out.push((path, len));
+        }
+    }
+    Ok(())
+}
+
+/// Loads every lake file of `from..=to` (UTC days) into ClickHouse.
+pub async fn backfill(
+    ch: &ClickHouse,
+    lake: &Lake,
+    from: NaiveDate,
+    to: NaiveDate,
+    max_rows: usize,
+    mut progress: impl FnMut(&BackfillProgress),
+) -> Result<BackfillReport, BackfillError> {
+    if from > to {
+        return Err(BackfillError::BadRange { from, to });
+    }
+    ch.check_ready().await?;
+    let days = {
+        let lake = lake.clone();
+        tokio::task::spawn_blocking(move || list(&lake, from, to))
+            .await
+            .expect("listing does not panic")?
+    };
+    let mut state = BackfillProgress {
+        files_total: days.iter().map(|d| d.files.len()).sum(),
+        bytes_total: days.iter().flat_map(|d| &d.files).map(|(_, n)| n).sum(),
+        ..Default::default()
+    };
+    progress(&state);
+    let mut report = BackfillReport::default();
+    for day in days {
+        let columns = rowbinary::column_list(day.table);
+        let mut buf: Vec<u8> = Vec::new();
+        let mut rows = 0usize;
+        for (path, len) in day.files {
+            let table = day.table;
+            let (encoded, n) = tokio::task::spawn_blocking(move || {
+                let batches = read_file(&path)?;
+                let mut out = Vec::new();
+                let mut n = 0;
+                for b in &batches {
+                    rowbinary::encode(table, b, &mut out);
+                    n += b.num_rows();
+                }
+                Ok::<_, tillwatch_storage::LakeError>((out, n))
+            })
+            .await
+            .expect("encoding does not panic")?;
+            buf.extend_from_slice(&encoded);
+            rows += n;
+            if rows >= max_rows {
+                ch.insert_row_binary(
+                    table.name(),
+                    &columns,
+                    Bytes::from(std::mem::take(&mut buf)),
+                )
+                .await?;
+                state.rows += rows as u64;
+                rows = 0;
+            }
+            state.files_done += 1;
+            state.bytes_done += len;
+            report.files += 1;
+            progress(&state);
+        }
+        if rows > 0 {
+            ch.insert_row_binary(day.table.name(), &columns, Bytes::from(buf))
+                .await?;
+            state.rows += rows as u64;
+            progress(&state);
+        }
+        ch.execute(&format!(
+            "OPTIMIZE TABLE {} PARTITION {} FINAL",
+            ch.table(day.table.name()),
+            day.day.format("%Y%m%d")
+        ))
+        .await?;
+        report.partitions += 1;
+        info!(table = day.table.name(), day = %day.day, "partition loaded");
+    }
+    report.rows = state.rows;
+    Ok(report)
+}

@@ -1,0 +1,179 @@
+//! A private ClickHouse server per test: its own data directory, free
+//! ports, a user with a password for the credential tests. Killed on drop.
+//! `tests/run` installs Debian's clickhouse-server when it is missing.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+/// A user the test server knows, with a password (test data, not a secret).
+pub const TEST_USER: &str = "tillwatch";
+pub const TEST_PASSWORD: &str = "test-only-password";
+
+pub struct ClickHouseServer {
+    child: Option<Child>,
+    pub http_port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn write_config(dir: &Path, http_port: u16, tcp_port: u16) {
+    let d = dir.display();
+    let users = format!(
+        r#"<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>4000000000</max_memory_usage></default></profiles>
+  <users>
+    <default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></default>
+    <{TEST_USER}><password>{TEST_PASSWORD}</password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks><profile>default</profile><quota>default</quota></{TEST_USER}>
+  </users>
+  <quotas><default></default></quotas>
+</yandex>
+"#
+    );
+    std::fs::write(dir.join("users.xml"), users).expect("write users.xml");
+    let config = format!(
+        r#"<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>
+  <listen_host>127.0.0.1</listen_host>
+  <http_port>{http_port}</http_port>
+  <tcp_port>{tcp_port}</tcp_port>
+  <path>{d}/data/</path>
+  <tmp_path>{d}/tmp/</tmp_path>
+  <user_files_path>{d}/user_files/</user_files_path>
+  <format_schema_path>{d}/format_schemas/</format_schema_path>
+  <users_config>{d}/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mark_cache_size>104857600</mark_cache_size>
+</yandex>
+"#
+    );
+    std::fs::write(dir.join("config.xml"), config).expect("write config.xml");
+}
+
+impl ClickHouseServer {
+    /// Starts a server and waits until it answers queries.
+    pub fn start() -> ClickHouseServer {
+        let mut dir = tempfile::tempdir().expect("tempdir");
+        for _attempt in 0..5 {
+            let (http_port, tcp_port) = (free_port(), free_port());
+            write_config(dir.path(), http_port, tcp_port);
+            let mut server = ClickHouseServer {
+                child: None,
+                http_port,
+                dir,
+            };
+            if server.spawn_and_wait() {
+                return server;
+            }
+            dir = server.take_dir();
+        }
+        panic!("ClickHouse did not start on free ports five times");
+    }
+
+    fn take_dir(mut self) -> tempfile::TempDir {
+        self.stop();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn spawn_and_wait(&mut self) -> bool {
+        let child = Command::new("clickhouse-server")
+            .arg(format!(
+                "--config-file={}",
+                self.dir.path().join("config.xml").display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("clickhouse-server is installed (tests/run installs it)");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if self.query("SELECT 1").is_ok_and(|r| r.trim() == "1") {
+                return true;
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    /// Kills the server (SIGKILL): an outage, not a shutdown.
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the killed server again on the same ports and data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill it first");
+        assert!(self.spawn_and_wait(), "ClickHouse restarts on its ports");
+    }
+
+    /// Runs `sql` over HTTP as the default user; the body (TSV) or the
+    /// server's error.
+    pub fn query(&self, sql: &str) -> Result<String, String> {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.http_port)).map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .map_err(|e| e.to_string())?;
+        let request = format!(
+            "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{sql}",
+            sql.len()
+        );
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .map_err(|e| e.to_string())?;
+        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+        if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
+            Ok(body.to_string())
+        } else {
+            Err(format!("{}: {body}", head.lines().next().unwrap_or("")))
+        }
+    }
+
+    /// Like [`Self::query`], panicking on an error.
+    pub fn q(&self, sql: &str) -> String {
+        self.query(sql)
+            .unwrap_or_else(|e| panic!("ClickHouse query failed: {sql}: {e}"))
+    }
+
+    /// A single number.
+    pub fn scalar(&self, sql: &str) -> u64 {
+        let out = self.q(sql);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql} gave {out:?}, not a number"))
+    }
+}
+
+impl Drop for ClickHouseServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,111 @@
+//! `tillwatch gateway` as a child process, for tests that kill it.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::{http_get, wait_for};
+
+/// A running `tillwatch gateway`; killed on drop so a failing test does not
+/// leave it behind.
+pub struct GatewayProcess {
+    child: Child,
+    pub http: SocketAddr,
+}
+
+/// The binary under test, built by this crate beside the test binaries
+/// (`target/<profile>/tillwatch-under-test`; tests run from `…/deps/`).
+pub fn tillwatch_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let bin = profile_dir.join("tillwatch-under-test");
+    assert!(bin.exists(), "{} is built with the tests", bin.display());
+    bin
+}
+
+impl GatewayProcess {
+    /// Starts a gateway against `broker` with `data_dir`, plus `env`
+    /// (`TILLWATCH__…` overrides), and reads the HTTP address it prints.
+    pub fn start(broker: &str, data_dir: &Path, env: &[(&str, &str)]) -> GatewayProcess {
+        let mut command = Command::new(tillwatch_bin());
+        command
+            .args([
+                "gateway",
+                "--broker",
+                broker,
+                "--http-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env(
+                "RUST_LOG",
+                std::env::var("TILLWATCH_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start the gateway");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the gateway's first line");
+        let http = line
+            .trim()
+            .strip_prefix("http listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("an address");
+        GatewayProcess { child, http }
+    }
+
+    /// Waits until the gateway has subscribed.
+    pub async fn ready(&self) {
+        let http = self.http;
+        wait_for("the gateway to subscribe", Duration::from_secs(30), || {
+            matches!(http_get(http, "/readyz"), Ok((200, _)))
+        })
+        .await;
+    }
+
+    /// The value of an unlabelled metric, if exported yet.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = http_get(self.http, "/metrics").ok()?;
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id() as i32;
+        assert_eq!(send_signal(pid, libc::SIGTERM), 0);
+        self.child.wait().expect("reap")
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[allow(unsafe_code)]
+fn send_signal(pid: i32, signal: i32) -> i32 {
+    // SAFETY: sending a signal to our own child process has no memory effects.
+    unsafe { libc::kill(pid, signal) }
+}

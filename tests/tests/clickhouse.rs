@@ -1,0 +1,471 @@
+//! The ClickHouse sink against a real ClickHouse server (Debian's 18.16 here):
+//! the schema, the credentials check, the fleet landing row for row as in
+//! the lake, and loss-free behaviour through a ClickHouse outage and a
+//! gateway crash with rows still spooled.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tillwatch_clickhouse::rowbinary;
+use tillwatch_integration_tests::{
+    ClickHouseServer, GatewayProcess, LakeContents, Mosquitto, clickhouse_checksums,
+    clickhouse_readings, lake_checksums, start_across_hour, tillwatch_bin, wait_for,
+};
+use tillwatch_sim::{Faults, SimConfig};
+use tillwatch_storage::Table;
+use tokio::sync::watch;
+
+/// Runs the CLI to completion (at most two minutes); (success, stdout, stderr).
+fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut command = Command::new(tillwatch_bin());
+    command
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("run tillwatch");
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        if child.try_wait().expect("poll the child").is_some() {
+            break;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("tillwatch {args:?} did not finish within two minutes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("collect output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn migrate(ch: &ClickHouseServer, database: &str) -> String {
+    let (ok, stdout, stderr) = run_cli(
+        &[
+            "migrate",
+            "--clickhouse-url",
+            &ch.url(),
+            "--clickhouse-database",
+            database,
+        ],
+        &[],
+    );
+    assert!(ok, "migrate failed: {stderr}");
+    stdout
+}
+
+fn gateway_env<'a>(url: &'a str, database: &'a str, client: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("TILLWATCH__CLICKHOUSE__URL", url),
+        ("TILLWATCH__CLICKHOUSE__DATABASE", database),
+        ("TILLWATCH__MQTT__CLIENT_ID", client),
+    ]
+}
+
+fn fleet(broker: String, devices: usize, readings: u64, seed: u64, faults: Faults) -> SimConfig {
+    SimConfig {
+        broker,
+        devices,
+        merchants: 4,
+        stores_per_merchant: 2,
+        interval: Duration::from_secs(30),
+        readings_per_device: Some(readings),
+        seed,
+        start_ms: Some(start_across_hour(3)),
+        faults,
+        connect_concurrency: 32,
+    }
+}
+
+async fn wait_for_clickhouse(ch: &ClickHouseServer, database: &str, n: u64) {
+    wait_for(
+        "every reading to reach ClickHouse",
+        Duration::from_secs(180),
+        || clickhouse_readings(ch, database) >= n,
+    )
+    .await;
+}
+
+/// Same readings per table and device in ClickHouse (as users query it)
+/// as in the lake: counts, sums of seq and of sample times, newest sample.
+fn assert_same_rows(ch: &ClickHouseServer, database: &str, lake: &Path) {
+    let in_lake = lake_checksums(lake);
+    let in_ch = clickhouse_checksums(ch, database);
+    let differing: Vec<_> = in_lake
+        .iter()
+        .filter(|(k, v)| in_ch.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), *v, in_ch.get(k).copied()))
+        .take(5)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "ClickHouse differs from the lake (table, device, lake, clickhouse): {differing:?}"
+    );
+    assert_eq!(
+        in_lake.len(),
+        in_ch.len(),
+        "ClickHouse has devices the lake lacks"
+    );
+}
+
+#[test]
+fn migrate_twice_changes_nothing_and_the_schema_matches_the_encoder() {
+    let ch = ClickHouseServer::start();
+    let first = migrate(&ch, "mig");
+    assert!(
+        first.contains("created the database") && first.contains("applied 001_connectivity"),
+        "{first}"
+    );
+    let snapshot = || {
+        ch.q(
+            "SELECT name, engine, create_table_query FROM system.tables \
+              WHERE database = 'mig' AND name != 'schema_migrations' ORDER BY name FORMAT TSV",
+        )
+    };
+    let before = snapshot();
+    let second = migrate(&ch, "mig");
+    assert!(
+        second.contains("schema up to date (6 migrations)"),
+        "{second}"
+    );
+    assert_eq!(before, snapshot(), "a second migrate changed the schema");
+    assert_eq!(
+        ch.scalar("SELECT count() FROM mig.schema_migrations"),
+        6,
+        "each migration recorded once"
+    );
+
+    // Every column the encoder sends exists with the type it encodes for.
+    for table in Table::ALL {
+        let tsv = ch.q(&format!(
+            "SELECT name, type FROM system.columns WHERE database = 'mig' AND table = '{}' FORMAT TSV",
+            table.name()
+        ));
+        let declared: Vec<(String, String)> = tsv
+            .lines()
+            .map(|l| {
+                let (n, t) = l.split_once('\t').expect("two columns");
+                // TSV escapes quotes: DateTime(\'UTC\').
+                let t = t.replace("\\'", "'");
+                let t = t
+                    .strip_prefix("LowCardinality(")
+                    .and_then(|t| t.strip_suffix(')'))
+                    .unwrap_or(&t);
+                (n.to_string(), t.to_string())
+            })
+            .collect();
+        let encoded: Vec<(String, String)> = rowbinary::columns(table)
+            .into_iter()
+            .map(|c| (c.name, c.ch_type))
+            .collect();
+        assert_eq!(
+            declared,
+            encoded,
+            "{} in ClickHouse vs the encoder",
+            table.name()
+        );
+    }
+
+    // The device_latest view answers (empty for now).
+    assert_eq!(ch.scalar("SELECT count() FROM mig.device_latest"), 0);
+}
+
+#[test]
+fn bad_credentials_and_a_missing_database_are_clear_errors_at_start() {
+    let ch = ClickHouseServer::start();
+    let url = ch.url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let args = [
+        "gateway",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--clickhouse-url",
+        &url,
+    ];
+
+    let (ok, _, stderr) = run_cli(
+        &args,
+        &[
+            ("TILLWATCH__CLICKHOUSE__USER", "tillwatch"),
+            ("TILLWATCH__CLICKHOUSE__PASSWORD", "not-the-password"),
+        ],
+    );
+    assert!(!ok, "a wrong password must stop the gateway");
+    assert!(
+        stderr.contains("user \"tillwatch\" was refused") && stderr.contains("clickhouse.password"),
+        "the error names the user and the setting to fix: {stderr}"
+    );
+
+    let (ok, _, stderr) = run_cli(
+        &args,
+        &[
+            ("TILLWATCH__CLICKHOUSE__USER", "tillwatch"),
+            ("TILLWATCH__CLICKHOUSE__PASSWORD", "test-only-password"),
+            ("TILLWATCH__CLICKHOUSE__DATABASE", "nope"),
+        ],
+    );
+    assert!(!ok, "a missing database must stop the gateway");
+    assert!(
+        stderr.contains("database \"nope\" does not exist") && stderr.contains("tillwatch migrate"),
+        "the error names the database and the fix: {stderr}"
+    );
+
+    // The same for migrate itself.
+    let (ok, _, stderr) = run_cli(
+        &["migrate", "--clickhouse-url", &url],
+        &[("TILLWATCH__CLICKHOUSE__USER", "nobody")],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("user \"nobody\" was refused"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_fleet_lands_in_clickhouse_with_the_same_rows_as_the_lake() {
+    let mosquitto = Mosquitto::start();
+    let ch = ClickHouseServer::start();
+    migrate(&ch, "fleet");
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let url = ch.url();
+    let gateway = GatewayProcess::start(
+        &mosquitto.url(),
+        dir.path(),
+        &gateway_env(&url, "fleet", "gw-fleet"),
+    );
+    gateway.ready().await;
+
+    // Retries send readings twice; malformed messages become dead letters.
+    let faults = Faults::parse("retry,malformed").unwrap();
+    let report = tillwatch_sim::run(
+        fleet(mosquitto.url(), 60, 40, 5, faults),
+        watch::channel(false).1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.unacked_readings, 0);
+    assert!(report.duplicates_sent > 0 && report.malformed_sent > 0);
+    LakeContents::wait_for_readings(&lake, report.readings, Duration::from_secs(120)).await;
+    wait_for_clickhouse(&ch, "fleet", report.readings).await;
+
+    assert_same_rows(&ch, "fleet", &lake);
+    assert_eq!(clickhouse_readings(&ch, "fleet"), report.readings);
+    let dead = LakeContents::read(&lake).dead_letters();
+    wait_for(
+        "dead letters in ClickHouse",
+        Duration::from_secs(60),
+        || ch.scalar("SELECT count() FROM fleet.dead_letter FINAL") == dead,
+    )
+    .await;
+
+    // device_latest: every device, its newest battery sample, its merchant.
+    let latest = ch.q(
+        "SELECT device_id, battery_at_ms, merchant_id != '' FROM fleet.device_latest \
+         ORDER BY device_id FORMAT TSV",
+    );
+    let sums = lake_checksums(&lake);
+    let mut devices = 0;
+    for line in latest.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let newest = sums[&("battery".to_string(), f[0].to_string())].3;
+        assert_eq!(
+            f[1].parse::<u64>().unwrap(),
+            newest,
+            "newest battery of {}",
+            f[0]
+        );
+        assert_eq!(f[2], "1", "merchant of {}", f[0]);
+        devices += 1;
+    }
+    assert_eq!(devices, 60);
+    let spooled = gateway.metric("tillwatch_clickhouse_spool_records");
+    assert_eq!(spooled, Some(0.0), "the spool drains");
+
+    // Backfill the same lake into a new database, twice: the same rows, and
+    // after the second run still each reading once, even without FINAL.
+    migrate(&ch, "refill");
+    let today = chrono::Utc::now().date_naive();
+    let from = (today - chrono::Days::new(1)).to_string();
+    let to = today.to_string();
+    let data = dir.path().to_str().unwrap();
+    for round in 0..2 {
+        let (ok, stdout, stderr) = run_cli(
+            &[
+                "clickhouse",
+                "backfill",
+                "--from",
+                &from,
+                "--to",
+                &to,
+                "--data-dir",
+                data,
+                "--clickhouse-url",
+                &url,
+                "--clickhouse-database",
+                "refill",
+            ],
+            &[],
+        );
+        assert!(ok, "backfill round {round}: {stderr}");
+        assert!(
+            stdout.contains(&format!("backfilled {} rows", report.readings + dead)),
+            "{stdout}"
+        );
+        assert!(stderr.contains("100%"), "progress is shown: {stderr}");
+    }
+    assert_same_rows(&ch, "refill", &lake);
+    let raw: u64 = [
+        "connectivity",
+        "battery",
+        "app_performance",
+        "payment_health",
+    ]
+    .iter()
+    .map(|t| ch.scalar(&format!("SELECT count() FROM refill.{t}")))
+    .sum();
+    assert_eq!(
+        raw, report.readings,
+        "merged after backfill: each reading once"
+    );
+    let (ok, _, stderr) = run_cli(
+        &[
+            "clickhouse",
+            "backfill",
+            "--from",
+            &to,
+            "--to",
+            &from,
+            "--data-dir",
+            data,
+            "--clickhouse-url",
+            &url,
+            "--clickhouse-database",
+            "refill",
+        ],
+        &[],
+    );
+    assert!(!ok && stderr.contains("is after --to"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clickhouse_outage_under_load_loses_nothing_and_doubles_nothing() {
+    let mosquitto = Mosquitto::start();
+    let mut ch = ClickHouseServer::start();
+    migrate(&ch, "outage");
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let url = ch.url();
+    let gateway = GatewayProcess::start(
+        &mosquitto.url(),
+        dir.path(),
+        &gateway_env(&url, "outage", "gw-outage"),
+    );
+    gateway.ready().await;
+
+    // Paced in real time (a reading every 50 ms per terminal, about 20 s in
+    // all), so the outage falls mid-stream however fast the machine is.
+    const DEVICES: usize = 150;
+    const READINGS: u64 = 400;
+    let mut paced = fleet(mosquitto.url(), DEVICES, READINGS, 9, Faults::none());
+    paced.start_ms = None;
+    paced.interval = Duration::from_millis(50);
+    let sim = tokio::spawn(tillwatch_sim::run(paced, watch::channel(false).1));
+    wait_for_clickhouse(&ch, "outage", 2_000).await;
+    ch.kill();
+    let at_kill = LakeContents::count_readings(&lake) as u64;
+
+    // ClickHouse is gone: readings keep landing in the lake (so messages are
+    // acked), and pile up in the spool.
+    wait_for(
+        "ingest to go on without ClickHouse",
+        Duration::from_secs(120),
+        || {
+            LakeContents::count_readings(&lake) as u64 >= at_kill + 3_000
+                && gateway
+                    .metric("tillwatch_clickhouse_spool_records")
+                    .is_some_and(|n| n > 0.0)
+        },
+    )
+    .await;
+    assert!(
+        (LakeContents::count_readings(&lake) as u64) < DEVICES as u64 * READINGS,
+        "the outage must fall mid-stream"
+    );
+    ch.restart();
+
+    let report = sim.await.unwrap().unwrap();
+    assert_eq!(report.unacked_readings, 0);
+    assert_eq!(report.readings, DEVICES as u64 * READINGS);
+    LakeContents::wait_for_readings(&lake, report.readings, Duration::from_secs(120)).await;
+    wait_for_clickhouse(&ch, "outage", report.readings).await;
+    wait_for("the spool to drain", Duration::from_secs(60), || {
+        gateway.metric("tillwatch_clickhouse_spool_records") == Some(0.0)
+    })
+    .await;
+    assert!(
+        gateway
+            .metric("tillwatch_clickhouse_errors_total{class=\"network\"}")
+            .is_some_and(|n| n > 0.0),
+        "the outage was seen as network errors"
+    );
+
+    LakeContents::read(&lake).assert_exactly(report.readings);
+    assert_eq!(clickhouse_readings(&ch, "outage"), report.readings);
+    assert_same_rows(&ch, "outage", &lake);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_killed_with_rows_in_its_spool_ships_them_after_restart() {
+    let mosquitto = Mosquitto::start();
+    let mut ch = ClickHouseServer::start();
+    migrate(&ch, "spooled");
+    // ClickHouse is down before the gateway starts: it must start anyway.
+    ch.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let url = ch.url();
+    let env = gateway_env(&url, "spooled", "gw-spooled");
+    let gateway = GatewayProcess::start(&mosquitto.url(), dir.path(), &env);
+    gateway.ready().await;
+
+    let report = tillwatch_sim::run(
+        fleet(mosquitto.url(), 80, 50, 13, Faults::none()),
+        watch::channel(false).1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        report.unacked_readings, 0,
+        "acked once spooled, without ClickHouse"
+    );
+    LakeContents::wait_for_readings(&lake, report.readings, Duration::from_secs(120)).await;
+    let spooled = gateway
+        .metric("tillwatch_clickhouse_spool_records")
+        .unwrap_or(0.0);
+    assert!(spooled > 0.0, "rows wait in the spool");
+    gateway.kill();
+
+    ch.restart();
+    assert_eq!(clickhouse_readings(&ch, "spooled"), 0);
+    let gateway = GatewayProcess::start(&mosquitto.url(), dir.path(), &env);
+    gateway.ready().await;
+    wait_for_clickhouse(&ch, "spooled", report.readings).await;
+    wait_for("the spool to drain", Duration::from_secs(60), || {
+        gateway.metric("tillwatch_clickhouse_spool_records") == Some(0.0)
+    })
+    .await;
+    assert_eq!(clickhouse_readings(&ch, "spooled"), report.readings);
+    assert_same_rows(&ch, "spooled", &lake);
+}
