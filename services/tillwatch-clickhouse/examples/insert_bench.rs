@@ -11,7 +11,9 @@
 use std::time::Instant;
 
 use tillwatch_clickhouse::{ClickHouse, Settings, encode_parts, rowbinary};
-use tillwatch_domain::{Battery, BootId, DeviceId, MerchantId, Reading, Signal, StoreId, UtcMillis};
+use tillwatch_domain::{
+    Battery, BootId, DeviceId, MerchantId, Reading, Signal, StoreId, UtcMillis,
+};
 use tillwatch_storage::{Staging, StoredReading, Table};
 
 const CHUNK: usize = 200_000;
@@ -25,7 +27,9 @@ async fn main() {
     let rows: usize = rows.parse().expect("ROWS is a number");
     let merchant = MerchantId::new("m-0001").unwrap();
     let store = StoreId::new("s-0001").unwrap();
-    let devices: Vec<DeviceId> = (0..1000).map(|i| DeviceId::new(&format!("dev-{i:05}")).unwrap()).collect();
+    let devices: Vec<DeviceId> = (0..1000)
+        .map(|i| DeviceId::new(&format!("dev-{i:05}")).unwrap())
+        .collect();
     let start = UtcMillis::now().0 - 3_600_000;
 
     let mut chunks: Vec<(u32, Vec<u8>)> = Vec::new();

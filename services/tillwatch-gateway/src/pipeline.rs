@@ -556,6 +556,24 @@ mod tests {
         max_buffered_bytes: usize,
         channel: usize,
     ) -> Running {
+        spawn_pipeline_with_spool(
+            dir,
+            lake_root,
+            flush_max_rows,
+            max_buffered_bytes,
+            channel,
+            None,
+        )
+    }
+
+    fn spawn_pipeline_with_spool(
+        dir: &std::path::Path,
+        lake_root: &std::path::Path,
+        flush_max_rows: usize,
+        max_buffered_bytes: usize,
+        channel: usize,
+        spool: Option<Spool>,
+    ) -> Running {
         let lake = Lake::new(lake_root);
         let (store, _) = DedupStore::open(&dir.join("state"), lake.clone()).unwrap();
         let config = PipelineConfig {
@@ -573,7 +591,7 @@ mod tests {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let pipeline = tokio::spawn(async move {
-            run_pipeline(config, lake, None, store, input_rx, ack_tx, shutdown_rx).await;
+            run_pipeline(config, lake, spool, store, input_rx, ack_tx, shutdown_rx).await;
             drop(shutdown_tx);
         });
         (input_tx, ack_rx, pipeline)
@@ -655,6 +673,71 @@ mod tests {
 
         let stored = stored_readings(&lake_root);
         assert_eq!(stored as u64, TOTAL);
+    }
+
+    /// A full ClickHouse spool holds the flush, so no message is acked
+    /// that is not spooled; once rows ship, everything is acked and every
+    /// reading was spooled exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_clickhouse_spool_holds_acks_until_rows_ship() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open_with_segment_size(&dir.path().join("spool"), 3_000, 1_000).unwrap();
+        let (input_tx, mut ack_rx, pipeline) = spawn_pipeline_with_spool(
+            dir.path(),
+            &dir.path().join("lake"),
+            5,
+            1 << 20,
+            16,
+            Some(spool.clone()),
+        );
+        const TOTAL: u64 = 300;
+        let sender = tokio::spawn(async move {
+            for seq in 0..TOTAL {
+                input_tx.send(message(seq)).await.unwrap();
+            }
+        });
+        wait_for("the spool to fill", || spool.is_full()).await;
+        let mut acked = 0u64;
+        while let Ok(tokens) = ack_rx.try_recv() {
+            acked += tokens.len() as u64;
+        }
+        let mut reader = spool.reader();
+        let first = reader.read(u64::MAX, u64::MAX).unwrap();
+        let spooled: u64 = first.iter().map(|r| u64::from(r.rows)).sum();
+        assert!(acked < TOTAL, "a full spool must hold acks");
+        assert!(
+            acked <= spooled,
+            "acked {acked} messages but only {spooled} readings are spooled"
+        );
+
+        // ClickHouse is back: ship everything as it comes.
+        let mut shipped = spooled;
+        spool
+            .mark_shipped(first.last().expect("a full spool has records").seq + 1)
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(30);
+        while acked < TOTAL {
+            assert!(Instant::now() < until, "acks did not resume: {acked}");
+            let records = reader.read(u64::MAX, u64::MAX).unwrap();
+            if let Some(last) = records.last() {
+                shipped += records.iter().map(|r| u64::from(r.rows)).sum::<u64>();
+                spool.mark_shipped(last.seq + 1).unwrap();
+            }
+            match tokio::time::timeout(Duration::from_millis(20), ack_rx.recv()).await {
+                Ok(Some(tokens)) => acked += tokens.len() as u64,
+                Ok(None) => panic!("the pipeline ended early"),
+                Err(_) => {}
+            }
+        }
+        sender.await.unwrap();
+        pipeline.await.unwrap();
+        shipped += reader
+            .read(u64::MAX, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|r| u64::from(r.rows))
+            .sum::<u64>();
+        assert_eq!(shipped, TOTAL, "each reading spooled exactly once");
     }
 
     #[test]
