@@ -17,10 +17,88 @@ pub const TEST_PASSWORD: &str = "test-only-password";
 pub struct ClickHouseServer {
     child: Option<Child>,
     pub http_port: u16,
+    /// Set by [`ClickHouseServer::start_tls`].
+    pub https_port: Option<u16>,
     dir: tempfile::TempDir,
 }
 
-fn write_config(dir: &Path, http_port: u16, tcp_port: u16) {
+/// Makes a throwaway CA and a server certificate for 127.0.0.1 in `dir`
+/// with the `openssl` command: `ca.pem`, `server.crt`, `server.key`.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (tests/run installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write ext.cnf");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tillwatch test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+}
+
+fn write_config(dir: &Path, http_port: u16, tcp_port: u16, https_port: Option<u16>) {
+    let tls = match https_port {
+        Some(port) => format!(
+            "<https_port>{port}</https_port>\n  <openSSL><server><certificateFile>{d}/server.crt</certificateFile>\
+             <privateKeyFile>{d}/server.key</privateKeyFile><verificationMode>none</verificationMode>\
+             <loadDefaultCAFile>false</loadDefaultCAFile><disableProtocols>sslv2,sslv3</disableProtocols>\
+             </server></openSSL>",
+            d = dir.display()
+        ),
+        None => String::new(),
+    };
     let d = dir.display();
     let users = format!(
         r#"<?xml version="1.0"?>
@@ -42,6 +120,7 @@ fn write_config(dir: &Path, http_port: u16, tcp_port: u16) {
   <listen_host>127.0.0.1</listen_host>
   <http_port>{http_port}</http_port>
   <tcp_port>{tcp_port}</tcp_port>
+  {tls}
   <path>{d}/data/</path>
   <tmp_path>{d}/tmp/</tmp_path>
   <user_files_path>{d}/user_files/</user_files_path>
@@ -60,13 +139,40 @@ fn write_config(dir: &Path, http_port: u16, tcp_port: u16) {
 impl ClickHouseServer {
     /// Starts a server and waits until it answers queries.
     pub fn start() -> ClickHouseServer {
+        ClickHouseServer::start_with(false)
+    }
+
+    /// Also serves HTTPS with a certificate from a throwaway CA
+    /// ([`Self::ca_file`]).
+    pub fn start_tls() -> ClickHouseServer {
+        ClickHouseServer::start_with(true)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!(
+            "https://127.0.0.1:{}",
+            self.https_port.expect("started with TLS")
+        )
+    }
+
+    /// The CA that signed the HTTPS certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> ClickHouseServer {
         let mut dir = tempfile::tempdir().expect("tempdir");
+        if tls {
+            make_certificates(dir.path());
+        }
         for _attempt in 0..5 {
             let (http_port, tcp_port) = (free_port(), free_port());
-            write_config(dir.path(), http_port, tcp_port);
+            let https_port = tls.then(free_port);
+            write_config(dir.path(), http_port, tcp_port, https_port);
             let mut server = ClickHouseServer {
                 child: None,
                 http_port,
+                https_port,
                 dir,
             };
             if server.spawn_and_wait() {

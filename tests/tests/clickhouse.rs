@@ -232,6 +232,36 @@ fn bad_credentials_and_a_missing_database_are_clear_errors_at_start() {
     assert!(stderr.contains("user \"nobody\" was refused"), "{stderr}");
 }
 
+/// `https://` URLs use TLS, verified against the system's roots (which
+/// `SSL_CERT_FILE` points at here): a server whose CA is trusted works, one
+/// whose CA is not is refused with the reason.
+#[test]
+fn https_urls_are_verified_tls() {
+    let ch = ClickHouseServer::start_tls();
+    let url = ch.https_url();
+    let ca = ch.ca_file();
+    let ca = ca.to_str().unwrap();
+    let args = [
+        "migrate",
+        "--clickhouse-url",
+        &url,
+        "--clickhouse-database",
+        "tls",
+    ];
+    let (ok, stdout, stderr) = run_cli(&args, &[("SSL_CERT_FILE", ca)]);
+    assert!(ok, "migrate over TLS: {stderr}");
+    assert!(stdout.contains("applied 001_connectivity"), "{stdout}");
+    assert_eq!(ch.scalar("SELECT count() FROM tls.schema_migrations"), 6);
+
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let (ok, _, stderr) = run_cli(&args, &[("SSL_CERT_FILE", empty.path().to_str().unwrap())]);
+    assert!(!ok, "an untrusted certificate must be refused");
+    assert!(
+        stderr.contains("certificate"),
+        "the error says why: {stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_fleet_lands_in_clickhouse_with_the_same_rows_as_the_lake() {
     let mosquitto = Mosquitto::start();

@@ -8,13 +8,25 @@ use serde::Deserialize;
 use tillwatch_storage::clickhouse_ddl::{MIGRATIONS, ServerVersion, quote_ident};
 
 /// Connection settings, from `[clickhouse]` in the configuration.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub url: String,
     pub database: String,
     pub user: String,
     pub password: Option<String>,
     pub insert_timeout: Duration,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("insert_timeout", &self.insert_timeout)
+            .finish()
+    }
 }
 
 /// Why a ClickHouse call failed, grouped by what an operator does about it.
@@ -144,7 +156,17 @@ impl ClickHouse {
 
     pub(crate) fn error(&self, e: &clickhouse::error::Error) -> ChError {
         let class = classify(e);
+        // The whole chain: "network error: client error (Connect): invalid
+        // peer certificate: UnknownIssuer" says what to fix; the top does not.
         let mut message = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !message.contains(&text) {
+                message = format!("{message}: {text}");
+            }
+            source = cause.source();
+        }
         match class {
             ErrorClass::Auth => {
                 message = format!(

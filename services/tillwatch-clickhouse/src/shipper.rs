@@ -57,7 +57,8 @@ pub async fn run_shipper(
 ) {
     let mut reader = Some(spool.reader());
     let mut stop_deadline: Option<Instant> = None;
-    let max_bytes: u64 = 64 << 20;
+    // Bounds the memory of one drain step (read, then grouped per table).
+    let max_bytes: u64 = 32 << 20;
     loop {
         let mut r = reader.take().expect("the reader is home");
         let max_rows = config.max_rows as u64;
