@@ -555,3 +555,101 @@ async fn standalone_creates_the_schema_and_fills_clickhouse() {
         6
     );
 }
+
+/// Rows ClickHouse cannot read (a corrupt batch) must not hold back the
+/// rows behind them: they are set aside on disk, counted, and shipping goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_clickhouse_cannot_read_are_set_aside_and_shipping_goes_on() {
+    use std::sync::atomic::AtomicBool;
+    use tillwatch_clickhouse::{ClickHouse, Settings, ShipperConfig, Spool, run_shipper};
+    use tillwatch_domain::{
+        Battery, BootId, DeviceId, Kind, MerchantId, Reading, Signal, UtcMillis,
+    };
+    use tillwatch_storage::{Staging, StoredReading};
+
+    let ch = ClickHouseServer::start();
+    migrate(&ch, "poison");
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path(), 1 << 30).unwrap();
+
+    let battery_rows = |seqs: std::ops::Range<u64>| {
+        let merchant = MerchantId::new("m-1").unwrap();
+        let mut staging = Staging::new();
+        for seq in seqs.clone() {
+            let reading = Reading {
+                device_id: DeviceId::new("dev-1").unwrap(),
+                boot_id: BootId(1),
+                seq,
+                sampled_at: UtcMillis(UtcMillis::now().0 - 60_000 + seq as i64),
+                signal: Signal::Battery(Battery {
+                    level_pct: 50,
+                    charging: false,
+                    temperature_celsius: 30.0,
+                    voltage_mv: 4000,
+                    health_pct: 90,
+                    cycle_count: 100,
+                }),
+            };
+            staging.push_reading(StoredReading {
+                reading: &reading,
+                merchant_id: &merchant,
+                store_id: None,
+                received_at: UtcMillis::now(),
+            });
+        }
+        let encoded = tillwatch_clickhouse::encode_parts(&staging.finish());
+        assert_eq!(encoded.len(), 1);
+        encoded.into_iter().next().unwrap()
+    };
+    let never = AtomicBool::new(false);
+    // A corrupt connectivity batch first, good battery rows behind it.
+    spool
+        .append(
+            &[
+                (Table::Reading(Kind::Connectivity), 3, vec![0xff; 7]),
+                battery_rows(0..10),
+            ],
+            &never,
+        )
+        .unwrap();
+    spool.append(&[battery_rows(10..25)], &never).unwrap();
+
+    let client = ClickHouse::new(Settings {
+        url: ch.url(),
+        database: "poison".into(),
+        user: "default".into(),
+        password: None,
+        insert_timeout: Duration::from_secs(30),
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let shipper = tokio::spawn(run_shipper(
+        client,
+        spool.clone(),
+        ShipperConfig {
+            max_rows: 1000,
+            drain_grace: Duration::from_secs(5),
+        },
+        stop_rx,
+    ));
+    wait_for("the good rows to land", Duration::from_secs(60), || {
+        ch.scalar("SELECT count() FROM poison.battery") == 25
+    })
+    .await;
+    wait_for("the spool to empty", Duration::from_secs(60), || {
+        spool.depth().0 == 0
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    shipper.await.unwrap();
+
+    let rejected: Vec<_> = std::fs::read_dir(dir.path().join("rejected"))
+        .expect("a rejected/ folder")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert!(
+        rejected[0].ends_with("-connectivity.rowbinary"),
+        "{rejected:?}"
+    );
+    assert_eq!(ch.scalar("SELECT count() FROM poison.connectivity"), 0);
+}

@@ -40,6 +40,9 @@ pub enum ErrorClass {
     Auth,
     /// Missing database or table, or a column mismatch: run `tillwatch migrate`.
     Schema,
+    /// The server could not read the rows sent (a malformed batch):
+    /// retrying the same bytes cannot help.
+    Data,
     /// Anything else the server refused.
     Server,
 }
@@ -51,6 +54,7 @@ impl ErrorClass {
             ErrorClass::Timeout => "timeout",
             ErrorClass::Auth => "auth",
             ErrorClass::Schema => "schema",
+            ErrorClass::Data => "data",
             ErrorClass::Server => "server",
         }
     }
@@ -79,6 +83,12 @@ const AUTH_CODES: [u32; 4] = [192, 193, 194, 516];
 /// `UNKNOWN_TABLE`, `UNKNOWN_DATABASE`, `NO_SUCH_COLUMN_IN_TABLE`,
 /// `THERE_IS_NO_COLUMN`, `NUMBER_OF_COLUMNS_DOESNT_MATCH`.
 const SCHEMA_CODES: [u32; 5] = [60, 81, 16, 8, 7];
+/// The rows could not be read: `CANNOT_PARSE_TEXT`, `CANNOT_PARSE_ESCAPE_SEQUENCE`,
+/// `CANNOT_PARSE_INPUT_ASSERTION_FAILED`, `ATTEMPT_TO_READ_AFTER_EOF`, `CANNOT_READ_ALL_DATA`,
+/// `CANNOT_PARSE_DATE`, `CANNOT_PARSE_DATETIME`, `TYPE_MISMATCH`,
+/// `CANNOT_CONVERT_TYPE`, `CANNOT_PARSE_NUMBER`, `INCORRECT_DATA`,
+/// `TOO_LARGE_STRING_SIZE`.
+const DATA_CODES: [u32; 12] = [6, 25, 27, 32, 33, 38, 41, 53, 70, 72, 117, 131];
 
 fn server_code(message: &str) -> Option<u32> {
     let rest = &message[message.find("Code: ")? + 6..];
@@ -94,6 +104,7 @@ pub(crate) fn classify(e: &clickhouse::error::Error) -> ErrorClass {
         E::BadResponse(message) => match server_code(message) {
             Some(code) if AUTH_CODES.contains(&code) => ErrorClass::Auth,
             Some(code) if SCHEMA_CODES.contains(&code) => ErrorClass::Schema,
+            Some(code) if DATA_CODES.contains(&code) => ErrorClass::Data,
             _ if message.contains("Authentication failed") => ErrorClass::Auth,
             _ => ErrorClass::Server,
         },
@@ -303,6 +314,11 @@ mod tests {
             "Code: 252, e.displayText() = DB::Exception: Too many parts".into(),
         );
         assert_eq!(classify(&busy), ErrorClass::Server);
+        let garbage = clickhouse::error::Error::BadResponse(
+            "Code: 33, e.displayText() = DB::Exception: Cannot read all data".into(),
+        );
+        assert_eq!(classify(&garbage), ErrorClass::Data);
+        assert!(!ErrorClass::Data.transient());
         assert!(ErrorClass::Server.transient() && !ErrorClass::Auth.transient());
     }
 }

@@ -7,8 +7,11 @@ pub const ROWS_INSERTED: &str = "tillwatch_clickhouse_rows_inserted_total";
 pub const INSERTS: &str = "tillwatch_clickhouse_inserts_total";
 /// Histogram, seconds: one INSERT, send to answer.
 pub const INSERT_DURATION: &str = "tillwatch_clickhouse_insert_duration_seconds";
-/// Counter, by `class` (network, timeout, auth, schema, server).
+/// Counter, by `class` (network, timeout, auth, schema, data, server).
 pub const ERRORS: &str = "tillwatch_clickhouse_errors_total";
+/// Counter, by `table`: rows ClickHouse could not read, set aside in the
+/// spool's `rejected/` folder instead of blocking the rows behind them.
+pub const ROWS_REJECTED: &str = "tillwatch_clickhouse_rows_rejected_total";
 /// Gauge: records in the spool not yet in ClickHouse.
 pub const SPOOL_RECORDS: &str = "tillwatch_clickhouse_spool_records";
 /// Gauge: bytes of spool segments on disk.
@@ -26,7 +29,11 @@ pub fn describe() {
     describe_histogram!(INSERT_DURATION, Unit::Seconds, "Duration of one INSERT");
     describe_counter!(
         ERRORS,
-        "Failed ClickHouse calls, by class (network, timeout, auth, schema, server)"
+        "Failed ClickHouse calls, by class (network, timeout, auth, schema, data, server)"
+    );
+    describe_counter!(
+        ROWS_REJECTED,
+        "Rows ClickHouse could not read, set aside in the spool's rejected/ folder"
     );
     describe_gauge!(SPOOL_RECORDS, "Spool records not yet in ClickHouse");
     describe_gauge!(

@@ -100,7 +100,7 @@ pub async fn run_shipper(
             continue;
         }
         let last = records.last().expect("not empty").seq;
-        if !ship(&ch, records, &mut stop, &mut stop_deadline, &config).await {
+        if !ship(&ch, &spool, records, &mut stop, &mut stop_deadline, &config).await {
             warn!(
                 "stopping with rows still in the ClickHouse spool; they ship after the next start"
             );
@@ -144,25 +144,32 @@ async fn wait_or_stop(
 /// Returns false if it gave up because the gateway is stopping.
 async fn ship(
     ch: &ClickHouse,
+    spool: &Spool,
     records: Vec<SpoolRecord>,
     stop: &mut watch::Receiver<bool>,
     stop_deadline: &mut Option<Instant>,
     config: &ShipperConfig,
 ) -> bool {
-    let mut groups: Vec<(Table, u64, BytesMut)> = Vec::new();
+    let mut groups: Vec<(Table, u64, BytesMut, u64)> = Vec::new();
     for r in &records {
-        match groups.iter_mut().find(|(t, _, _)| *t == r.table) {
-            Some((_, rows, data)) => {
+        match groups.iter_mut().find(|(t, _, _, _)| *t == r.table) {
+            Some((_, rows, data, _)) => {
                 *rows += u64::from(r.rows);
                 data.extend_from_slice(&r.data);
             }
-            None => groups.push((r.table, u64::from(r.rows), BytesMut::from(&r.data[..]))),
+            None => groups.push((
+                r.table,
+                u64::from(r.rows),
+                BytesMut::from(&r.data[..]),
+                r.seq,
+            )),
         }
     }
-    for (table, rows, data) in groups {
+    for (table, rows, data, first_seq) in groups {
         let data: Bytes = data.freeze();
         let columns = rowbinary::column_list(table);
         let mut backoff = Duration::from_millis(100);
+        let mut unreadable = 0;
         loop {
             let started = Instant::now();
             match ch
@@ -175,6 +182,47 @@ async fn ship(
                     counter!(m::INSERTS, "table" => table.name()).increment(1);
                     debug!(table = table.name(), rows, "inserted into ClickHouse");
                     break;
+                }
+                Err(e) if e.class == ErrorClass::Data && unreadable < 2 => {
+                    // Once more, in case the bytes were cut in transit.
+                    counter!(m::ERRORS, "class" => e.class.as_str()).increment(1);
+                    unreadable += 1;
+                    warn!(error = %e, table = table.name(), "ClickHouse could not read a batch; trying it again");
+                    if wait_or_stop(stop, stop_deadline, config, backoff).await {
+                        return false;
+                    }
+                }
+                Err(e) if e.class == ErrorClass::Data => {
+                    counter!(m::ERRORS, "class" => e.class.as_str()).increment(1);
+                    // The same bytes would fail forever and hold back every
+                    // row behind them: set them aside (the lake has them too).
+                    let spool = spool.clone();
+                    let bytes = data.clone();
+                    let kept = tokio::task::spawn_blocking(move || {
+                        spool.set_aside(first_seq, table, &bytes)
+                    })
+                    .await
+                    .expect("setting aside does not panic");
+                    match kept {
+                        Ok(path) => {
+                            counter!(m::ROWS_REJECTED, "table" => table.name()).increment(rows);
+                            error!(
+                                error = %e,
+                                table = table.name(),
+                                rows,
+                                kept = %path.display(),
+                                "ClickHouse could not read these rows; they are set aside and the spool moves on. \
+                                 The lake still has them: `tillwatch clickhouse backfill` reloads them"
+                            );
+                            break;
+                        }
+                        Err(io) => {
+                            error!(error = %io, "cannot set rejected rows aside; retrying");
+                            if wait_or_stop(stop, stop_deadline, config, backoff).await {
+                                return false;
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
                     counter!(m::ERRORS, "class" => e.class.as_str()).increment(1);

@@ -289,6 +289,26 @@ impl Spool {
         gauge!(m::SPOOL_BYTES).set(state.bytes as f64);
     }
 
+    /// Keeps rows ClickHouse refused to read in `rejected/<seq>-<table>.rowbinary`
+    /// (a file `clickhouse-client --query "INSERT … FORMAT RowBinary"` takes),
+    /// so they stop blocking the spool but are not thrown away. Blocking.
+    pub fn set_aside(
+        &self,
+        first_seq: u64,
+        table: Table,
+        rows: &[u8],
+    ) -> Result<PathBuf, SpoolError> {
+        let dir = self.shared.dir.join("rejected");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let path = dir.join(format!("{first_seq:020}-{}.rowbinary", table.name()));
+        let mut f = File::create(&path).map_err(io_err(&path))?;
+        f.write_all(rows)
+            .and_then(|()| f.sync_all())
+            .map_err(io_err(&path))?;
+        sync_dir(&dir)?;
+        Ok(path)
+    }
+
     /// Whether an append is waiting for room.
     pub fn is_full(&self) -> bool {
         self.lock().full
