@@ -550,6 +550,15 @@ async fn standalone_creates_the_schema_and_fills_clickhouse() {
 
     assert_eq!(clickhouse_readings(&ch, "standalone"), report.readings);
     assert_same_rows(&ch, "standalone", &lake);
+    // Every kind of bad message: each dead letter once, none merged away.
+    let dead = LakeContents::read(&lake).dead_letters();
+    assert!(dead > 0);
+    wait_for(
+        "dead letters in ClickHouse",
+        Duration::from_secs(60),
+        || ch.scalar("SELECT count() FROM standalone.dead_letter FINAL") == dead,
+    )
+    .await;
     assert_eq!(
         ch.scalar("SELECT count() FROM standalone.schema_migrations"),
         6

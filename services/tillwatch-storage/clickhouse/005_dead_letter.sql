@@ -12,8 +12,10 @@ CREATE TABLE IF NOT EXISTS {database}.dead_letter
     payload String
 )
 -- The same dead letter replayed from the spool or the lake carries the same
--- receive time, topic and reason: merges keep one. A message redelivered by
--- the broker is received again, and both arrivals are kept.
+-- receive time, topic, reason and bytes: merges keep one. Several bad
+-- readings of one message differ in reason or bytes and are all kept; a
+-- message redelivered by the broker is received again, and both arrivals
+-- are kept.
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMMDD(received_at)
-ORDER BY (received_at, topic, received_at_ms, reason_code);
+ORDER BY (received_at, topic, received_at_ms, reason_code, cityHash64(reason, payload));
