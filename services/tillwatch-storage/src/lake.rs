@@ -100,17 +100,10 @@ impl Lake {
         fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let tmp = Self::temp_path(path);
         let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::SNAPPY)
-            .build();
-        let parquet_err = |source| LakeError::Parquet {
+        encode_parquet(part, &mut file).map_err(|source| LakeError::Parquet {
             path: tmp.clone(),
             source,
-        };
-        let mut writer = ArrowWriter::try_new(&mut file, part.batch.schema(), Some(props))
-            .map_err(parquet_err)?;
-        writer.write(&part.batch).map_err(parquet_err)?;
-        writer.close().map_err(parquet_err)?;
+        })?;
         file.sync_all().map_err(io_err("sync", &tmp))?;
         let bytes = file.metadata().map_err(io_err("stat", &tmp))?.len();
         drop(file);
@@ -123,6 +116,21 @@ impl Lake {
             bytes,
         })
     }
+}
+
+/// Encodes one part as a Parquet file (Snappy) into `out`: the lake's one
+/// encoding, also what the benchmarks measure.
+pub fn encode_parquet<W: std::io::Write + Send>(
+    part: &PartBatch,
+    out: W,
+) -> Result<(), parquet::errors::ParquetError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut writer = ArrowWriter::try_new(out, part.batch.schema(), Some(props))?;
+    writer.write(&part.batch)?;
+    writer.close()?;
+    Ok(())
 }
 
 /// Makes a rename or create in `dir` durable.

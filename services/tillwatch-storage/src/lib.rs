@@ -12,9 +12,10 @@
 
 pub mod clickhouse_ddl;
 mod lake;
+pub mod sample;
 mod schema;
 mod staging;
 
-pub use lake::{Lake, LakeError, WrittenFile, read_file, read_reading_keys};
+pub use lake::{Lake, LakeError, WrittenFile, encode_parquet, read_file, read_reading_keys};
 pub use schema::{Table, schema};
 pub use staging::{DeadLetter, PartBatch, Staging, StoredReading};
