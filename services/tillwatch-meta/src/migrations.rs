@@ -1,0 +1,131 @@
+//! Versioned schema migrations, the same SQL on SQLite and PostgreSQL.
+//! Each runs in a transaction with its record in `schema_migrations`; on
+//! PostgreSQL an advisory lock keeps two processes from migrating at once.
+
+use sqlx::Row;
+
+use crate::{Backend, MetaError, MetaStore};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first. Never edit a released one.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "device_registry",
+    sql: "
+CREATE TABLE devices (
+    device_id TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    store_id TEXT,
+    model TEXT,
+    serial TEXT,
+    firmware_version TEXT,
+    app_version TEXT,
+    time_zone TEXT,
+    first_seen_ms BIGINT NOT NULL,
+    last_seen_ms BIGINT,
+    info_at_ms BIGINT
+);
+CREATE INDEX devices_by_store ON devices (merchant_id, store_id, device_id);
+CREATE TABLE device_signals (
+    device_id TEXT NOT NULL,
+    signal TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    sampled_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (device_id, signal)
+);
+",
+}];
+
+/// What a migration run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub applied: Vec<String>,
+    pub already_applied: usize,
+}
+
+/// An arbitrary fixed key for PostgreSQL's advisory lock.
+const LOCK_KEY: i64 = 0x7469_6c6c_7761_7463;
+
+fn checksum(sql: &str) -> i64 {
+    // FNV-1a: stable across builds and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in sql.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+impl MetaStore {
+    /// Brings the schema up to date; safe to run again and from several
+    /// processes at once.
+    pub async fn migrate(&self) -> Result<MigrationReport, MetaError> {
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (\
+               version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum BIGINT NOT NULL, \
+               applied_at_ms BIGINT NOT NULL)",
+        )
+        .execute(self.pool())
+        .await
+        .map_err(self.db())?;
+        let mut report = MigrationReport {
+            applied: Vec::new(),
+            already_applied: 0,
+        };
+        for m in MIGRATIONS {
+            let mut tx = self.pool().begin().await.map_err(self.db())?;
+            if self.backend() == Backend::Postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.db())?;
+            }
+            let recorded = sqlx::query("SELECT checksum FROM schema_migrations WHERE version = $1")
+                .bind(m.version)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(self.db())?;
+            let label = format!("{:03}_{}", m.version, m.name);
+            if let Some(row) = recorded {
+                let sum: i64 = row.try_get("checksum").map_err(self.db())?;
+                if sum != checksum(m.sql) {
+                    return Err(MetaError::ChangedMigration {
+                        url: self.shown_url().to_string(),
+                        name: label,
+                    });
+                }
+                report.already_applied += 1;
+                continue;
+            }
+            sqlx::raw_sql(m.sql)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.db())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            sqlx::query(
+                "INSERT INTO schema_migrations (version, name, checksum, applied_at_ms) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(m.version)
+            .bind(m.name)
+            .bind(checksum(m.sql))
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+            tx.commit().await.map_err(self.db())?;
+            tracing::info!(migration = %label, "metadata store migrated");
+            report.applied.push(label);
+        }
+        Ok(report)
+    }
+}
