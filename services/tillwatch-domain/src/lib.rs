@@ -4,6 +4,7 @@
 //! storage format. Protobuf is converted to these types in the gateway;
 //! Arrow and Parquet are built from them in the storage crate.
 
+pub mod connectivity;
 mod device;
 mod ids;
 mod reading;

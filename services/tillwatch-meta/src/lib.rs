@@ -9,6 +9,7 @@
 //! only with readings, never with info or status messages, so a terminal
 //! whose app died behind a live socket is not "seen".
 
+mod connectivity;
 mod migrations;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use tillwatch_domain::{DeviceInfo, MerchantId, Reading, Signal};
 
+pub use connectivity::HistoryEntry;
 pub use migrations::{MIGRATIONS, Migration, MigrationReport};
 
 #[derive(Debug, thiserror::Error)]

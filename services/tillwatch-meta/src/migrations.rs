@@ -14,10 +14,11 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Never edit a released one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "device_registry",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "device_registry",
+        sql: "
 CREATE TABLE devices (
     device_id TEXT PRIMARY KEY,
     merchant_id TEXT NOT NULL,
@@ -40,7 +41,29 @@ CREATE TABLE device_signals (
     PRIMARY KEY (device_id, signal)
 );
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "connectivity",
+        sql: "
+CREATE TABLE device_connectivity (
+    device_id TEXT PRIMARY KEY,
+    state TEXT,
+    since_ms BIGINT NOT NULL,
+    boot_id BIGINT,
+    last_telemetry_ms BIGINT,
+    cadence_ms DOUBLE PRECISION
+);
+CREATE TABLE connectivity_history (
+    device_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    PRIMARY KEY (device_id, at_ms, to_state)
+);
+",
+    },
+];
 
 /// What a migration run did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -95,10 +95,10 @@ fn battery(device: &str, seq: u64, at: i64, level: u32) -> Reading {
 
 async fn registry_behaviour(store: &MetaStore) {
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, ["001_device_registry"]);
+    assert_eq!(first.applied, ["001_device_registry", "002_connectivity"]);
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.already_applied, 1);
+    assert_eq!(again.already_applied, 2);
 
     let m1 = MerchantId::new("m-1").unwrap();
     // Telemetry first: the device enters the registry on first sight.
@@ -195,7 +195,7 @@ async fn the_registry_on_sqlite() {
     // The file keeps it: a new connection sees the same.
     drop(store);
     let store = MetaStore::connect(&url).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap().already_applied, 1);
+    assert_eq!(store.migrate().await.unwrap().already_applied, 2);
     assert!(store.device("t-1").await.unwrap().is_some());
 }
 
