@@ -178,9 +178,10 @@ impl DeviceConnectivity {
             // Several readings of one message arrive together: only real
             // gaps teach the cadence.
             if gap >= 1_000.0 {
+                // Whole milliseconds: plenty, and exact wherever it is stored.
                 self.gap_ms = Some(match self.gap_ms {
                     None => gap,
-                    Some(avg) => avg * 0.8 + gap * 0.2,
+                    Some(avg) => (avg * 0.8 + gap * 0.2).round(),
                 });
             }
         }

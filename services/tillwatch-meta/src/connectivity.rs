@@ -40,7 +40,9 @@ impl MetaStore {
         // Boot ids are random 64-bit values; stored as their bit pattern.
         .bind(snapshot.boot.map(|b| b.0 as i64))
         .bind(snapshot.last_telemetry.map(|t| t.0))
-        .bind(snapshot.gap_ms)
+        // Whole milliseconds as an integer: the learned gap is rounded, and
+        // sqlx's Any driver mis-encodes a NULL float for PostgreSQL.
+        .bind(snapshot.gap_ms.map(|g| g.round() as i64))
         .execute(&mut *tx)
         .await
         .map_err(self.db())?;
@@ -75,6 +77,7 @@ impl MetaStore {
                 let state: Option<String> = r.try_get("state")?;
                 let boot: Option<i64> = r.try_get("boot_id")?;
                 let last: Option<i64> = r.try_get("last_telemetry_ms")?;
+                let gap: Option<i64> = r.try_get("cadence_ms")?;
                 Ok((
                     r.try_get("device_id")?,
                     ConnectivitySnapshot {
@@ -82,7 +85,7 @@ impl MetaStore {
                         since: UtcMillis(r.try_get("since_ms")?),
                         boot: boot.map(|b| BootId(b as u64)),
                         last_telemetry: last.map(UtcMillis),
-                        gap_ms: r.try_get("cadence_ms")?,
+                        gap_ms: gap.map(|g| g as f64),
                     },
                 ))
             })

@@ -11,6 +11,7 @@
 
 mod connectivity;
 mod migrations;
+pub mod testing;
 
 use std::time::Duration;
 

@@ -52,7 +52,7 @@ CREATE TABLE device_connectivity (
     since_ms BIGINT NOT NULL,
     boot_id BIGINT,
     last_telemetry_ms BIGINT,
-    cadence_ms DOUBLE PRECISION
+    cadence_ms BIGINT
 );
 CREATE TABLE connectivity_history (
     device_id TEXT NOT NULL,

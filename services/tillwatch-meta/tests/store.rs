@@ -2,64 +2,11 @@
 //! (the real server: `TILLWATCH_TEST_POSTGRES_URL`, by default the local
 //! one with trust auth; each test gets a database of its own).
 
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use sqlx::any::install_default_drivers;
 use tillwatch_domain::{
     Battery, BootId, DeviceId, DeviceInfo, MerchantId, Reading, Signal, StoreId, UtcMillis,
 };
+use tillwatch_meta::testing::TestDatabase;
 use tillwatch_meta::{MetaError, MetaStore};
-
-fn admin_url() -> String {
-    std::env::var("TILLWATCH_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A fresh database on the PostgreSQL server, dropped when done.
-struct PgDatabase {
-    name: String,
-}
-
-impl PgDatabase {
-    async fn create() -> (PgDatabase, String) {
-        static N: AtomicU32 = AtomicU32::new(0);
-        install_default_drivers();
-        let name = format!(
-            "tw_meta_{}_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        );
-        let admin = sqlx::AnyPool::connect(&admin_url())
-            .await
-            .expect("PostgreSQL answers (tests/run starts it)");
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .expect("create a test database");
-        admin.close().await;
-        let base = admin_url();
-        let url = format!(
-            "{}/{name}",
-            &base[..base.rfind('/').expect("a database in the URL")]
-        );
-        (PgDatabase { name }, url)
-    }
-
-    async fn drop_it(self) {
-        if let Ok(admin) = sqlx::AnyPool::connect(&admin_url()).await {
-            let _ = sqlx::raw_sql(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&admin)
-            .await;
-        }
-    }
-}
 
 fn info(device: &str, store: &str, at: i64, firmware: &str) -> DeviceInfo {
     DeviceInfo {
@@ -188,21 +135,20 @@ async fn registry_behaviour(store: &MetaStore) {
 
 #[tokio::test]
 async fn the_registry_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("meta.db").display());
-    let store = MetaStore::connect(&url).await.unwrap();
+    let db = TestDatabase::sqlite();
+    let store = MetaStore::connect(&db.url).await.unwrap();
     registry_behaviour(&store).await;
     // The file keeps it: a new connection sees the same.
     drop(store);
-    let store = MetaStore::connect(&url).await.unwrap();
+    let store = MetaStore::connect(&db.url).await.unwrap();
     assert_eq!(store.migrate().await.unwrap().already_applied, 2);
     assert!(store.device("t-1").await.unwrap().is_some());
 }
 
 #[tokio::test]
 async fn the_registry_on_postgresql() {
-    let (db, url) = PgDatabase::create().await;
-    let store = MetaStore::connect(&url).await.unwrap();
+    let db = TestDatabase::postgres().await;
+    let store = MetaStore::connect(&db.url).await.unwrap();
     registry_behaviour(&store).await;
     drop(store);
     db.drop_it().await;

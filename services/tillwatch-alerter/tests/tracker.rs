@@ -1,0 +1,151 @@
+//! The tracker on an injected clock, on SQLite and on PostgreSQL: an
+//! unclean disconnect is offline at once, a silent terminal goes offline
+//! when its own cadence allows, and a restarted tracker resumes every
+//! device, silence deadlines included.
+
+use tillwatch_alerter::{Event, Tracker};
+use tillwatch_domain::connectivity::{ConnState, OfflineReason, SilencePolicy};
+use tillwatch_domain::{
+    Battery, BootId, DeviceId, DeviceStatus, MerchantId, Reading, Signal, StatusReason, UtcMillis,
+};
+use tillwatch_meta::MetaStore;
+use tillwatch_meta::testing::TestDatabase;
+
+fn dev(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap()
+}
+
+fn telemetry(device: &str, seq: u64, at: i64) -> Event {
+    Event::Telemetry {
+        merchant_id: MerchantId::new("m-1").unwrap(),
+        device_id: dev(device),
+        readings: vec![Reading {
+            device_id: dev(device),
+            boot_id: BootId(1),
+            seq,
+            sampled_at: UtcMillis(at),
+            signal: Signal::Battery(Battery {
+                level_pct: 60,
+                charging: false,
+                temperature_celsius: 30.0,
+                voltage_mv: 4000,
+                health_pct: 90,
+                cycle_count: 1,
+            }),
+        }],
+        received_at: UtcMillis(at),
+    }
+}
+
+fn status(device: &str, online: bool, reason: StatusReason, at: i64) -> Event {
+    Event::Status {
+        status: DeviceStatus {
+            device_id: dev(device),
+            boot_id: BootId(1),
+            online,
+            reason,
+            at: UtcMillis(0),
+        },
+        received_at: UtcMillis(at),
+    }
+}
+
+async fn behaviour(url: &str) {
+    let store = MetaStore::connect(url).await.unwrap();
+    store.migrate().await.unwrap();
+    let policy = SilencePolicy::default();
+    let mut tracker = Tracker::open(store.clone(), policy).await.unwrap();
+
+    // Two terminals report every 20 s.
+    for (device, offset) in [("t-will", 0), ("t-quiet", 500)] {
+        tracker
+            .handle(status(device, true, StatusReason::Birth, offset))
+            .await
+            .unwrap();
+        for i in 0..10 {
+            tracker
+                .handle(telemetry(device, i, offset + i as i64 * 20_000))
+                .await
+                .unwrap();
+        }
+    }
+    let last = 9 * 20_000;
+
+    // t-will loses its connection: the broker's will is offline at once.
+    let changes = tracker
+        .handle(status(
+            "t-will",
+            false,
+            StatusReason::ConnectionLost,
+            last + 3_000,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].1.to, ConnState::Offline(OfflineReason::LastWill));
+    assert_eq!(changes[0].1.at, UtcMillis(last + 3_000));
+
+    // t-quiet just stops sending: offline by silence, 3 × 20 s after its
+    // last reading, not before.
+    let deadline = last + 500 + 60_000;
+    assert_eq!(tracker.next_deadline(), Some(UtcMillis(deadline)));
+    assert!(
+        tracker
+            .tick(UtcMillis(deadline - 1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The alerter restarts before the deadline; the new one knows both.
+    drop(tracker);
+    let mut tracker = Tracker::open(store.clone(), policy).await.unwrap();
+    assert_eq!(
+        tracker.state(&dev("t-will")).unwrap().state(),
+        Some(ConnState::Offline(OfflineReason::LastWill))
+    );
+    assert_eq!(tracker.next_deadline(), Some(UtcMillis(deadline)));
+    let changes = tracker.tick(UtcMillis(deadline + 5_000)).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].0, dev("t-quiet"));
+    assert_eq!(changes[0].1.to, ConnState::Offline(OfflineReason::Silence));
+    assert_eq!(
+        changes[0].1.at,
+        UtcMillis(deadline),
+        "dated at the deadline"
+    );
+    assert_eq!(tracker.next_deadline(), None, "nobody left online");
+
+    // It comes back: online again, in the history.
+    let changes = tracker
+        .handle(telemetry("t-quiet", 10, deadline + 30_000))
+        .await
+        .unwrap();
+    assert_eq!(changes[0].1.to, ConnState::Online);
+    let history = store.connectivity_history("t-quiet", 10).await.unwrap();
+    let states: Vec<_> = history.iter().map(|h| h.to).collect();
+    assert_eq!(
+        states,
+        [
+            ConnState::Online,
+            ConnState::Offline(OfflineReason::Silence),
+            ConnState::Online
+        ]
+    );
+    // And the registry saw its readings.
+    let device = store.device("t-quiet").await.unwrap().unwrap();
+    assert_eq!(device.last_seen_ms, Some(deadline + 30_000));
+}
+
+#[tokio::test]
+async fn the_tracker_on_sqlite() {
+    let db = TestDatabase::sqlite();
+    behaviour(&db.url).await;
+}
+
+#[tokio::test]
+async fn the_tracker_on_postgresql() {
+    let db = TestDatabase::postgres().await;
+    behaviour(&db.url).await;
+    db.drop_it().await;
+}
