@@ -5,6 +5,8 @@
 //! in the metadata store so a restart resumes where it stopped. Time is
 //! always passed in, so tests drive it with an injected clock.
 
+mod run;
 mod tracker;
 
+pub use run::{AlerterError, CONNECTIVITY_CHANGES, run_alerter};
 pub use tracker::{Event, Tracker, TrackerError};

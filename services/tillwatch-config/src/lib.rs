@@ -40,6 +40,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub embedded_broker: EmbeddedBrokerConfig,
     pub clickhouse: ClickHouseConfig,
+    pub metadata: MetadataConfig,
+    pub alerter: AlerterConfig,
 }
 
 impl Default for Config {
@@ -51,6 +53,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
             clickhouse: ClickHouseConfig::default(),
+            metadata: MetadataConfig::default(),
+            alerter: AlerterConfig::default(),
         }
     }
 }
@@ -201,6 +205,58 @@ impl Default for ClickHouseConfig {
             insert_max_rows: 200_000,
             insert_timeout: Duration::from_secs(30),
             retention: None,
+        }
+    }
+}
+
+/// Where device registry, state and alerts are kept.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE`; unset means
+    /// `sqlite://<data_dir>/metadata.db`. Put a PostgreSQL password in
+    /// `TILLWATCH__METADATA__URL` rather than a file.
+    pub url: Option<String>,
+}
+
+impl Config {
+    /// The metadata store's URL, with the default filled in.
+    pub fn metadata_url(&self) -> String {
+        self.metadata
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("metadata.db").display()))
+    }
+}
+
+/// The alerter: device state from MQTT, and (to come) alert rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlerterConfig {
+    /// Fixed per alerter: its own persistent MQTT session.
+    pub client_id: String,
+    /// A device is offline by silence after this many of its usual gaps
+    /// between readings...
+    pub silence_gaps: f64,
+    /// ...but not sooner than this...
+    #[serde(with = "humantime_serde")]
+    pub silence_floor: Duration,
+    /// ...nor later than this.
+    #[serde(with = "humantime_serde")]
+    pub silence_ceiling: Duration,
+    /// The gap assumed until a device's cadence is learned.
+    #[serde(with = "humantime_serde")]
+    pub silence_initial_gap: Duration,
+}
+
+impl Default for AlerterConfig {
+    fn default() -> Self {
+        AlerterConfig {
+            client_id: "tillwatch-alerter-1".into(),
+            silence_gaps: 3.0,
+            silence_floor: Duration::from_secs(30),
+            silence_ceiling: Duration::from_secs(30 * 60),
+            silence_initial_gap: Duration::from_secs(60),
         }
     }
 }
@@ -381,6 +437,34 @@ impl Config {
         }
         if c.retention.is_some_and(|r| r < Duration::from_secs(86_400)) {
             errors.push("clickhouse.retention: must be at least 1 day".into());
+        }
+        if let Some(url) = &self.metadata.url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            errors.push(format!(
+                "metadata.url: {url:?} must be sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"
+            ));
+        }
+        let a = &self.alerter;
+        if a.client_id.is_empty() || a.client_id.len() > 64 {
+            errors.push("alerter.client_id: must be 1 to 64 characters".into());
+        }
+        if a.client_id == self.mqtt.client_id {
+            errors.push(
+                "alerter.client_id: must differ from mqtt.client_id (each keeps its own session)"
+                    .into(),
+            );
+        }
+        if a.silence_gaps.is_nan() || a.silence_gaps < 1.0 {
+            errors.push("alerter.silence_gaps: must be at least 1".into());
+        }
+        if a.silence_floor.is_zero() || a.silence_floor > a.silence_ceiling {
+            errors.push(
+                "alerter.silence_floor: must be more than 0s and at most alerter.silence_ceiling"
+                    .into(),
+            );
         }
         if self.embedded_broker.max_connections == 0 {
             errors.push("embedded_broker.max_connections: must be at least 1".into());

@@ -6,7 +6,7 @@ use sqlx::Row;
 use tillwatch_domain::connectivity::{ConnState, ConnectivitySnapshot, Transition};
 use tillwatch_domain::{BootId, UtcMillis};
 
-use crate::{MetaError, MetaStore};
+use crate::{MetaError, MetaStore, StoreFuture};
 
 /// One entry of a device's connectivity history.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,14 +20,15 @@ impl MetaStore {
     /// Saves a device's state machine and, when it changed state, the
     /// transition, in one transaction. Replaying the same transition is
     /// harmless.
-    pub async fn save_connectivity(
-        &self,
-        device_id: &str,
-        snapshot: &ConnectivitySnapshot,
-        transition: Option<&Transition>,
-    ) -> Result<(), MetaError> {
-        let mut tx = self.pool().begin().await.map_err(self.db())?;
-        sqlx::query(
+    pub fn save_connectivity<'a>(
+        &'a self,
+        device_id: &'a str,
+        snapshot: &'a ConnectivitySnapshot,
+        transition: Option<&'a Transition>,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.pool().begin().await.map_err(self.db())?;
+            sqlx::query(
             "INSERT INTO device_connectivity (device_id, state, since_ms, boot_id, last_telemetry_ms, cadence_ms) \
              VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, since_ms = excluded.since_ms, \
@@ -46,20 +47,21 @@ impl MetaStore {
         .execute(&mut *tx)
         .await
         .map_err(self.db())?;
-        if let Some(t) = transition {
-            sqlx::query(
-                "INSERT INTO connectivity_history (device_id, at_ms, from_state, to_state) \
+            if let Some(t) = transition {
+                sqlx::query(
+                    "INSERT INTO connectivity_history (device_id, at_ms, from_state, to_state) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, at_ms, to_state) DO NOTHING",
-            )
-            .bind(device_id)
-            .bind(t.at.0)
-            .bind(t.from.map(|s| s.as_str()))
-            .bind(t.to.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(self.db())?;
-        }
-        tx.commit().await.map_err(self.db())
+                )
+                .bind(device_id)
+                .bind(t.at.0)
+                .bind(t.from.map(|s| s.as_str()))
+                .bind(t.to.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(self.db())?;
+            }
+            tx.commit().await.map_err(self.db())
+        })
     }
 
     /// Every device's saved state machine, to resume after a restart.

@@ -40,6 +40,13 @@ pub enum MetaError {
     ChangedMigration { url: String, name: String },
 }
 
+/// The future of a store call that runs a transaction, boxed as `Send`:
+/// sqlx's transaction futures are `Send`, but the compiler cannot prove it
+/// through its higher-ranked executor bounds once they are spawned; boxing
+/// at a concrete lifetime settles it.
+pub type StoreFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, MetaError>> + Send + 'a>>;
+
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -267,18 +274,19 @@ impl MetaStore {
     /// device is registered on first sight and its `last_seen_ms` moves to
     /// its newest sample; each signal keeps its newest value (a late
     /// reading never overwrites a newer one).
-    pub async fn record_readings(
-        &self,
-        merchant_id: &MerchantId,
-        readings: &[Reading],
-    ) -> Result<(), MetaError> {
-        if readings.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await.map_err(self.db())?;
-        for reading in readings {
-            let t = reading.sampled_at.0;
-            sqlx::query(
+    pub fn record_readings<'a>(
+        &'a self,
+        merchant_id: &'a MerchantId,
+        readings: &'a [Reading],
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            if readings.is_empty() {
+                return Ok(());
+            }
+            let mut tx = self.pool.begin().await.map_err(self.db())?;
+            for reading in readings {
+                let t = reading.sampled_at.0;
+                sqlx::query(
                 "INSERT INTO devices (device_id, merchant_id, first_seen_ms, last_seen_ms) \
                  VALUES ($1, $2, $3, $3) \
                  ON CONFLICT (device_id) DO UPDATE SET \
@@ -293,25 +301,26 @@ impl MetaStore {
             .execute(&mut *tx)
             .await
             .map_err(self.db())?;
-            for (signal, value) in signals_of(reading) {
-                sqlx::query(
-                    "INSERT INTO device_signals (device_id, signal, value, sampled_at_ms) \
+                for (signal, value) in signals_of(reading) {
+                    sqlx::query(
+                        "INSERT INTO device_signals (device_id, signal, value, sampled_at_ms) \
                      VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (device_id, signal) DO UPDATE SET \
                        value = excluded.value, sampled_at_ms = excluded.sampled_at_ms \
                      WHERE device_signals.sampled_at_ms < excluded.sampled_at_ms",
-                )
-                .bind(reading.device_id.as_str())
-                .bind(signal)
-                .bind(value)
-                .bind(t)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.db())?;
+                    )
+                    .bind(reading.device_id.as_str())
+                    .bind(signal)
+                    .bind(value)
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.db())?;
+                }
             }
-        }
-        tx.commit().await.map_err(self.db())?;
-        Ok(())
+            tx.commit().await.map_err(self.db())?;
+            Ok(())
+        })
     }
 
     pub async fn device(&self, device_id: &str) -> Result<Option<DeviceRecord>, MetaError> {

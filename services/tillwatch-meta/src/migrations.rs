@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use crate::{Backend, MetaError, MetaStore};
+use crate::{Backend, MetaError, MetaStore, StoreFuture};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
@@ -88,54 +88,59 @@ fn checksum(sql: &str) -> i64 {
 impl MetaStore {
     /// Brings the schema up to date; safe to run again and from several
     /// processes at once.
-    pub async fn migrate(&self) -> Result<MigrationReport, MetaError> {
-        sqlx::raw_sql(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (\
+    pub fn migrate(&self) -> StoreFuture<'_, MigrationReport> {
+        Box::pin(async move {
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (\
                version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum BIGINT NOT NULL, \
                applied_at_ms BIGINT NOT NULL)",
-        )
-        .execute(self.pool())
-        .await
-        .map_err(self.db())?;
-        let mut report = MigrationReport {
-            applied: Vec::new(),
-            already_applied: 0,
-        };
-        for m in MIGRATIONS {
-            let mut tx = self.pool().begin().await.map_err(self.db())?;
-            if self.backend() == Backend::Postgres {
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(LOCK_KEY)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(self.db())?;
-            }
-            let recorded = sqlx::query("SELECT checksum FROM schema_migrations WHERE version = $1")
-                .bind(m.version)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(self.db())?;
-            let label = format!("{:03}_{}", m.version, m.name);
-            if let Some(row) = recorded {
-                let sum: i64 = row.try_get("checksum").map_err(self.db())?;
-                if sum != checksum(m.sql) {
-                    return Err(MetaError::ChangedMigration {
-                        url: self.shown_url().to_string(),
-                        name: label,
-                    });
+            )
+            .execute(self.pool())
+            .await
+            .map_err(self.db())?;
+            let mut report = MigrationReport {
+                applied: Vec::new(),
+                already_applied: 0,
+            };
+            for m in MIGRATIONS {
+                let mut tx = self.pool().begin().await.map_err(self.db())?;
+                if self.backend() == Backend::Postgres {
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                        .bind(LOCK_KEY)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(self.db())?;
                 }
-                report.already_applied += 1;
-                continue;
-            }
-            sqlx::raw_sql(m.sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.db())?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            sqlx::query(
+                let recorded =
+                    sqlx::query("SELECT checksum FROM schema_migrations WHERE version = $1")
+                        .bind(m.version)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(self.db())?;
+                let label = format!("{:03}_{}", m.version, m.name);
+                if let Some(row) = recorded {
+                    let sum: i64 = row.try_get("checksum").map_err(self.db())?;
+                    if sum != checksum(m.sql) {
+                        return Err(MetaError::ChangedMigration {
+                            url: self.shown_url().to_string(),
+                            name: label,
+                        });
+                    }
+                    report.already_applied += 1;
+                    continue;
+                }
+                // One statement at a time: the same on both backends.
+                for statement in m.sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                    sqlx::query(statement)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(self.db())?;
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0);
+                sqlx::query(
                 "INSERT INTO schema_migrations (version, name, checksum, applied_at_ms) VALUES ($1, $2, $3, $4)",
             )
             .bind(m.version)
@@ -145,10 +150,11 @@ impl MetaStore {
             .execute(&mut *tx)
             .await
             .map_err(self.db())?;
-            tx.commit().await.map_err(self.db())?;
-            tracing::info!(migration = %label, "metadata store migrated");
-            report.applied.push(label);
-        }
-        Ok(report)
+                tx.commit().await.map_err(self.db())?;
+                tracing::info!(migration = %label, "metadata store migrated");
+                report.applied.push(label);
+            }
+            Ok(report)
+        })
     }
 }

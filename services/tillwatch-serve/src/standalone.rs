@@ -55,11 +55,19 @@ pub async fn run_standalone(
         health.clone(),
         shutdown_requested(stop_rx.clone()),
     ));
+    // The alerter beside the gateway, on the same broker and data dir.
+    let alerter = {
+        let config = config.clone();
+        let stop = shutdown_requested(stop_rx.clone());
+        tokio::spawn(async move { tillwatch_alerter::run_alerter(&config, stop).await })
+    };
     let gateway = run_gateway(&config, health, shutdown_requested(stop_rx)).await;
     // The gateway only returns early on an error; take the rest down too.
     let _ = stop_tx.send(true);
     let http = http.await.context("the HTTP server task failed")?;
+    let alerter = alerter.await.context("the alerter task failed")?;
     gateway.context("gateway")?;
+    alerter.context("alerter")?;
     http.context("HTTP server")?;
     Ok(())
 }

@@ -35,6 +35,9 @@ enum Command {
     Demo(DemoArgs),
     /// The ingestion gateway alone, against an external broker.
     Gateway(GatewayArgs),
+    /// The alerter alone: every terminal's connectivity state and registry,
+    /// from the broker into the metadata store.
+    Alerter(AlerterArgs),
     /// Create or update the ClickHouse schema (idempotent; records what it applied).
     Migrate(MigrateArgs),
     /// ClickHouse maintenance.
@@ -70,6 +73,18 @@ impl ClickHouseFlags {
             config.clickhouse.database = db.clone();
         }
     }
+}
+
+#[derive(Debug, Args)]
+struct AlerterArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The MQTT broker, mqtt://HOST:PORT (config: mqtt.broker).
+    #[arg(long)]
+    broker: Option<String>,
+    /// sqlite://PATH or postgres://… (config: metadata.url).
+    #[arg(long)]
+    metadata_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -375,6 +390,22 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn alerter(args: AlerterArgs) -> anyhow::Result<()> {
+    let mut config = load(&args.common)?;
+    if let Some(broker) = args.broker {
+        config.mqtt.broker = broker;
+    }
+    if let Some(url) = args.metadata_url {
+        config.metadata.url = Some(url);
+    }
+    config.validate()?;
+    tillwatch_serve::metrics_handle();
+    tillwatch_alerter::run_alerter(&config, signalled())
+        .await
+        .context("alerter")?;
+    Ok(())
+}
+
 fn clickhouse_config(common: &Common, flags: &ClickHouseFlags) -> anyhow::Result<Config> {
     let mut config = load(common)?;
     flags.apply(&mut config);
@@ -457,6 +488,7 @@ pub fn run_cli() -> std::process::ExitCode {
             Command::Standalone(args) => standalone(args).await,
             Command::Demo(args) => demo(args).await,
             Command::Gateway(args) => gateway(args).await,
+            Command::Alerter(args) => alerter(args).await,
             Command::Migrate(args) => migrate(args).await,
             Command::Clickhouse(ClickhouseCommand::Backfill(args)) => backfill(args).await,
             Command::GenerateConfig => {

@@ -1,0 +1,199 @@
+//! `run_alerter`: the tracker fed from MQTT. The alerter has a persistent
+//! session of its own on every device's status, info and telemetry topics
+//! (never a shared group: it needs every device of a store), acks a
+//! message once the store has taken what it said, and wakes for the next
+//! silence deadline rather than scanning on a timer.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::Duration;
+
+use metrics::counter;
+use rumqttc::{
+    AsyncClient, Event as MqttEvent, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
+};
+use tillwatch_config::{BrokerAddr, Config};
+use tillwatch_domain::connectivity::{SilencePolicy, Transition};
+use tillwatch_domain::{DeviceId, Limits, UtcMillis};
+use tillwatch_gateway::decode::{DecodeLimits, Decoded, decode_message};
+use tillwatch_meta::MetaStore;
+use tillwatch_proto::topic::Channel;
+use tracing::{error, info, warn};
+
+use crate::{Event, Tracker, TrackerError};
+
+/// Counter, by `to` (online, last_will, shutdown, silence).
+pub const CONNECTIVITY_CHANGES: &str = "tillwatch_alerter_connectivity_changes_total";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlerterError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] tillwatch_meta::MetaError),
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+}
+
+fn policy(config: &Config) -> SilencePolicy {
+    let a = &config.alerter;
+    SilencePolicy {
+        gaps: a.silence_gaps,
+        floor_ms: a.silence_floor.as_millis() as i64,
+        ceiling_ms: a.silence_ceiling.as_millis() as i64,
+        initial_gap_ms: a.silence_initial_gap.as_millis() as i64,
+    }
+}
+
+fn to_event(decoded: Decoded, received_at: UtcMillis) -> Option<Event> {
+    match decoded {
+        Decoded::Telemetry {
+            merchant_id,
+            device_id,
+            readings,
+            ..
+        } if !readings.is_empty() => Some(Event::Telemetry {
+            merchant_id,
+            device_id,
+            readings,
+            received_at,
+        }),
+        Decoded::Status(status) => Some(Event::Status {
+            status,
+            received_at,
+        }),
+        Decoded::Info(info) => Some(Event::Info(info)),
+        _ => None,
+    }
+}
+
+fn report(changes: &[(DeviceId, Transition)]) {
+    for (device, t) in changes {
+        counter!(CONNECTIVITY_CHANGES, "to" => t.to.as_str()).increment(1);
+        info!(
+            device = %device,
+            from = t.from.map(|s| s.as_str()).unwrap_or("unknown"),
+            to = t.to.as_str(),
+            at_ms = t.at.0,
+            "connectivity changed"
+        );
+    }
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run_alerter(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AlerterError> {
+    let url = config.metadata_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            AlerterError::Config(format!("data_dir {}: {e}", config.data_dir.display()))
+        })?;
+    }
+    let store = MetaStore::connect(&url).await?;
+    store.migrate().await?;
+    let mut tracker = Tracker::open(store, policy(config)).await?;
+
+    let addr = BrokerAddr::parse(&config.mqtt.broker).map_err(AlerterError::Config)?;
+    let mut options = MqttOptions::new(config.alerter.client_id.clone(), addr.host, addr.port);
+    options
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(config.mqtt.keep_alive)
+        .set_max_packet_size(268_435_455, 64 * 1024);
+    if let Some(user) = &config.mqtt.username {
+        options.set_credentials(
+            user.clone(),
+            config.mqtt.password.clone().unwrap_or_default(),
+        );
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 16 * 1024);
+    // Acks wait here for room in the client's request channel. Awaiting
+    // `ack` inline would deadlock: the event loop hands out a burst of
+    // publishes before it reads that channel again.
+    let mut unsent_acks: VecDeque<Publish> = VecDeque::new();
+    let filters: Vec<SubscribeFilter> = Channel::ALL
+        .iter()
+        .map(|c| SubscribeFilter::new(c.filter(), QoS::AtLeastOnce))
+        .collect();
+    let limits = DecodeLimits {
+        max_payload_bytes: config.gateway.max_payload_bytes,
+        sample_time: Limits {
+            max_future: config.gateway.max_future,
+            max_age: config.gateway.max_age,
+        },
+    };
+    tokio::pin!(shutdown);
+    loop {
+        while let Some(ack) = unsent_acks.front() {
+            if client.try_ack(ack).is_err() {
+                break;
+            }
+            unsent_acks.pop_front();
+        }
+        let wake = tracker.next_deadline().map(|d| {
+            let wait = (d.0 - UtcMillis::now().0).max(0) as u64;
+            tokio::time::Instant::now() + Duration::from_millis(wait)
+        });
+        tokio::select! {
+            polled = eventloop.poll() => match polled {
+                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                    info!("alerter connected; subscribing");
+                    if let Err(e) = client.subscribe_many(filters.clone()).await {
+                        warn!(error = %e, "subscribing failed");
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+                    let now = UtcMillis::now();
+                    let decoded = decode_message(&publish.topic, &publish.payload, now, &limits);
+                    if let Some(event) = to_event(decoded, now) {
+                        let mut backoff = Duration::from_millis(100);
+                        loop {
+                            match tracker.handle(event.clone()).await {
+                                Ok(changes) => {
+                                    report(&changes);
+                                    break;
+                                }
+                                Err(e) => {
+                                    // Not acked until the store has it.
+                                    error!(error = %e, retry_in = ?backoff, "cannot record device state");
+                                    tokio::time::sleep(backoff).await;
+                                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                                }
+                            }
+                        }
+                    }
+                    if publish.qos != QoS::AtMostOnce {
+                        let mut ack = Publish::new("", publish.qos, Vec::new());
+                        ack.pkid = publish.pkid;
+                        unsent_acks.push_back(ack);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "MQTT connection failed; reconnecting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
+                let changes = tracker.tick(UtcMillis::now()).await?;
+                report(&changes);
+            }
+            _ = &mut shutdown => {
+                // Queue the DISCONNECT without waiting on a full request
+                // channel, then poll until it is out (or give up after 2 s):
+                // the acks queued before it go out first.
+                let _ = client.try_disconnect();
+                let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                while let Ok(Ok(event)) = tokio::time::timeout_at(until, eventloop.poll()).await {
+                    if matches!(event, MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+                info!("alerter stopped");
+                return Ok(());
+            }
+        }
+    }
+}
