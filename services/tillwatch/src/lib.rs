@@ -265,6 +265,10 @@ fn print_where(
     println!("  metrics       http://{http}/metrics");
     println!("  health        http://{http}/healthz  http://{http}/readyz");
     println!("  Parquet lake  {}", lake.display());
+    println!(
+        "  device state  {} (registry and connectivity of every terminal)",
+        config.metadata_url()
+    );
     if let Some(url) = &config.clickhouse.url {
         println!(
             "  ClickHouse    {url} database {} (query the *_final views or device_latest)",
