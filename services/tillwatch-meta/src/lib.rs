@@ -147,7 +147,8 @@ pub fn signals_of(reading: &Reading) -> Vec<(&'static str, f64)> {
     }
 }
 
-fn without_password(url: &str) -> String {
+/// A URL fit to print: any password replaced by `***`.
+pub fn without_password(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];

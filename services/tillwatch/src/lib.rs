@@ -267,7 +267,7 @@ fn print_where(
     println!("  Parquet lake  {}", lake.display());
     println!(
         "  device state  {} (registry and connectivity of every terminal)",
-        config.metadata_url()
+        tillwatch_meta::without_password(&config.metadata_url())
     );
     if let Some(url) = &config.clickhouse.url {
         println!(
