@@ -156,9 +156,16 @@ pub async fn run_alerter(
                                     break;
                                 }
                                 Err(e) => {
-                                    // Not acked until the store has it.
+                                    // Not acked until the store has it; a
+                                    // stop leaves it for the broker to redeliver.
                                     error!(error = %e, retry_in = ?backoff, "cannot record device state");
-                                    tokio::time::sleep(backoff).await;
+                                    tokio::select! {
+                                        _ = tokio::time::sleep(backoff) => {}
+                                        _ = &mut shutdown => {
+                                            warn!("stopping while the metadata store fails; unstored messages stay unacked");
+                                            return Ok(());
+                                        }
+                                    }
                                     backoff = (backoff * 2).min(Duration::from_secs(5));
                                 }
                             }
@@ -184,6 +191,11 @@ pub async fn run_alerter(
                 // Queue the DISCONNECT without waiting on a full request
                 // channel, then poll until it is out (or give up after 2 s):
                 // the acks queued before it go out first.
+                for ack in unsent_acks.drain(..) {
+                    if client.try_ack(&ack).is_err() {
+                        break;
+                    }
+                }
                 let _ = client.try_disconnect();
                 let until = tokio::time::Instant::now() + Duration::from_secs(2);
                 while let Ok(Ok(event)) = tokio::time::timeout_at(until, eventloop.poll()).await {
