@@ -5,6 +5,7 @@
 //! in the metadata store so a restart resumes where it stopped. Time is
 //! always passed in, so tests drive it with an injected clock.
 
+pub mod rules;
 mod run;
 mod tracker;
 
