@@ -9,15 +9,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use metrics::counter;
-use rumqttc::{
-    AsyncClient, Event as MqttEvent, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
-};
-use tillwatch_config::{BrokerAddr, Config};
+use rumqttc::{AsyncClient, Event as MqttEvent, Packet, Publish, QoS};
+use tillwatch_config::Config;
 use tillwatch_domain::connectivity::{SilencePolicy, Transition};
-use tillwatch_domain::{DeviceId, Limits, UtcMillis};
+use tillwatch_domain::{DeviceId, UtcMillis};
 use tillwatch_gateway::decode::{DecodeLimits, Decoded, decode_message};
+use tillwatch_gateway::{session_options, subscriptions};
 use tillwatch_meta::MetaStore;
-use tillwatch_proto::topic::Channel;
 use tracing::{error, info, warn};
 
 use crate::{Event, Tracker, TrackerError};
@@ -95,35 +93,16 @@ pub async fn run_alerter(
     store.migrate().await?;
     let mut tracker = Tracker::open(store, policy(config)).await?;
 
-    let addr = BrokerAddr::parse(&config.mqtt.broker).map_err(AlerterError::Config)?;
-    let mut options = MqttOptions::new(config.alerter.client_id.clone(), addr.host, addr.port);
-    options
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(config.mqtt.keep_alive)
-        .set_max_packet_size(268_435_455, 64 * 1024);
-    if let Some(user) = &config.mqtt.username {
-        options.set_credentials(
-            user.clone(),
-            config.mqtt.password.clone().unwrap_or_default(),
-        );
-    }
+    // Its own session, never a shared group: it needs every device.
+    let options =
+        session_options(&config.mqtt, &config.alerter.client_id).map_err(AlerterError::Config)?;
     let (client, mut eventloop) = AsyncClient::new(options, 16 * 1024);
     // Acks wait here for room in the client's request channel. Awaiting
     // `ack` inline would deadlock: the event loop hands out a burst of
     // publishes before it reads that channel again.
     let mut unsent_acks: VecDeque<Publish> = VecDeque::new();
-    let filters: Vec<SubscribeFilter> = Channel::ALL
-        .iter()
-        .map(|c| SubscribeFilter::new(c.filter(), QoS::AtLeastOnce))
-        .collect();
-    let limits = DecodeLimits {
-        max_payload_bytes: config.gateway.max_payload_bytes,
-        sample_time: Limits {
-            max_future: config.gateway.max_future,
-            max_age: config.gateway.max_age,
-        },
-    };
+    let filters = subscriptions(None);
+    let limits = DecodeLimits::from_config(&config.gateway);
     tokio::pin!(shutdown);
     loop {
         while let Some(ack) = unsent_acks.front() {

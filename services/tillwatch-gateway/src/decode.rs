@@ -37,6 +37,20 @@ pub struct DecodeLimits {
     pub sample_time: Limits,
 }
 
+impl DecodeLimits {
+    /// The limits `[gateway]` sets; every consumer of device topics applies
+    /// the same.
+    pub fn from_config(config: &tillwatch_config::GatewayConfig) -> DecodeLimits {
+        DecodeLimits {
+            max_payload_bytes: config.max_payload_bytes,
+            sample_time: Limits {
+                max_future: config.max_future,
+                max_age: config.max_age,
+            },
+        }
+    }
+}
+
 struct Context<'a> {
     topic: &'a str,
     received_at: UtcMillis,

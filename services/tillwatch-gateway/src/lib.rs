@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tillwatch_config::Config;
-use tillwatch_domain::Limits;
 use tillwatch_storage::Lake;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -28,7 +27,7 @@ use tracing::{info, warn};
 /// How long a stopping gateway keeps shipping its spool to ClickHouse.
 const SHIPPER_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub use mqtt::GatewayHealth;
+pub use mqtt::{GatewayHealth, session_options, subscriptions};
 
 use crate::decode::DecodeLimits;
 use crate::dedup::DedupStore;
@@ -167,13 +166,7 @@ pub async fn run_gateway(
     let (input_tx, input_rx) = mpsc::channel(256);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let pipeline_config = PipelineConfig {
-        limits: DecodeLimits {
-            max_payload_bytes: config.gateway.max_payload_bytes,
-            sample_time: Limits {
-                max_future: config.gateway.max_future,
-                max_age: config.gateway.max_age,
-            },
-        },
+        limits: DecodeLimits::from_config(&config.gateway),
         flush_max_rows: config.gateway.flush_max_rows,
         flush_max_unacked: config.gateway.flush_max_unacked,
         flush_max_age: config.gateway.flush_max_age,

@@ -45,9 +45,12 @@ impl GatewayHealth {
 /// message forever.
 const MAX_INCOMING_PACKET: usize = 268_435_455;
 
-pub(crate) fn connect(config: &MqttConfig) -> Result<(AsyncClient, EventLoop), GatewayError> {
-    let addr = BrokerAddr::parse(&config.broker).map_err(GatewayError::Config)?;
-    let mut options = MqttOptions::new(config.client_id.clone(), addr.host, addr.port);
+/// A persistent session (fixed `client_id`, no clean start) with manual
+/// acks on the configured broker: what every Tillwatch consumer of device
+/// topics uses, so nothing is acked before it is handled.
+pub fn session_options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions, String> {
+    let addr = BrokerAddr::parse(&config.broker)?;
+    let mut options = MqttOptions::new(client_id, addr.host, addr.port);
     options
         .set_clean_session(false)
         .set_manual_acks(true)
@@ -56,17 +59,24 @@ pub(crate) fn connect(config: &MqttConfig) -> Result<(AsyncClient, EventLoop), G
     if let Some(user) = &config.username {
         options.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
     }
+    Ok(options)
+}
+
+pub(crate) fn connect(config: &MqttConfig) -> Result<(AsyncClient, EventLoop), GatewayError> {
+    let options = session_options(config, &config.client_id).map_err(GatewayError::Config)?;
     // Acks queue here while the poll loop is busy; a large channel keeps
     // the ack task from stalling the pipeline's output.
     Ok(AsyncClient::new(options, 16 * 1024))
 }
 
-pub(crate) fn subscriptions(config: &MqttConfig) -> Vec<SubscribeFilter> {
+/// QoS 1 filters for every device channel (telemetry, status, info), in
+/// the shared group `shared_group` when given.
+pub fn subscriptions(shared_group: Option<&str>) -> Vec<SubscribeFilter> {
     Channel::ALL
         .iter()
         .map(|c| {
             let filter = c.filter();
-            let path = match &config.shared_group {
+            let path = match shared_group {
                 Some(group) => format!("$share/{group}/{filter}"),
                 None => filter,
             };
@@ -110,7 +120,7 @@ pub(crate) async fn poll_loop(
     input: mpsc::Sender<Incoming>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), GatewayError> {
-    let filters = subscriptions(&config);
+    let filters = subscriptions(config.shared_group.as_deref());
     let mut ever_connected = false;
     let mut failing_since: Option<Instant> = None;
     // Set once shutdown begins: from then on publishes are left unacked
