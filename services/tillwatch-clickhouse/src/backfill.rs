@@ -135,19 +135,19 @@ pub async fn backfill(
         let mut rows = 0usize;
         for (path, len) in day.files {
             let table = day.table;
-            let (encoded, n) = tokio::task::spawn_blocking(move || {
-                let batches = read_file(&path)?;
-                let mut out = Vec::new();
+            // Reading and encoding are blocking: the buffer goes along.
+            let mut pending = std::mem::take(&mut buf);
+            let (pending, n) = tokio::task::spawn_blocking(move || {
                 let mut n = 0;
-                for b in &batches {
-                    rowbinary::encode(table, b, &mut out);
+                for b in &read_file(&path)? {
+                    rowbinary::encode(table, b, &mut pending);
                     n += b.num_rows();
                 }
-                Ok::<_, tillwatch_storage::LakeError>((out, n))
+                Ok::<_, tillwatch_storage::LakeError>((pending, n))
             })
             .await
             .expect("encoding does not panic")?;
-            buf.extend_from_slice(&encoded);
+            buf = pending;
             rows += n;
             if rows >= max_rows {
                 ch.insert_row_binary(

@@ -62,15 +62,19 @@ pub async fn run_shipper(
     loop {
         let mut r = reader.take().expect("the reader is home");
         let max_rows = config.max_rows as u64;
+        // Reading and concatenating up to `max_bytes` is blocking work.
         let (r, records) = tokio::task::spawn_blocking(move || {
-            let records = r.read(max_rows, max_bytes);
+            let records = r.read(max_rows, max_bytes).map(|records| {
+                let last = records.last().map(|r| r.seq);
+                (group_by_table(records), last)
+            });
             (r, records)
         })
         .await
         .expect("reading the spool does not panic");
         reader = Some(r);
-        let records = match records {
-            Ok(records) => records,
+        let (groups, last) = match records {
+            Ok(read) => read,
             Err(e) => {
                 error!(error = %e, "cannot read the ClickHouse spool; retrying");
                 if wait_or_stop(
@@ -86,7 +90,7 @@ pub async fn run_shipper(
                 continue;
             }
         };
-        if records.is_empty() {
+        let Some(last) = last else {
             if stop_deadline.is_some() || *stop.borrow() {
                 info!("ClickHouse spool drained");
                 return;
@@ -98,9 +102,8 @@ pub async fn run_shipper(
                 }
             }
             continue;
-        }
-        let last = records.last().expect("not empty").seq;
-        if !ship(&ch, &spool, records, &mut stop, &mut stop_deadline, &config).await {
+        };
+        if !ship(&ch, &spool, groups, &mut stop, &mut stop_deadline, &config).await {
             warn!(
                 "stopping with rows still in the ClickHouse spool; they ship after the next start"
             );
@@ -140,16 +143,17 @@ async fn wait_or_stop(
     }
 }
 
-/// Inserts the records, one INSERT per table in order of first appearance.
-/// Returns false if it gave up because the gateway is stopping.
-async fn ship(
-    ch: &ClickHouse,
-    spool: &Spool,
-    records: Vec<SpoolRecord>,
-    stop: &mut watch::Receiver<bool>,
-    stop_deadline: &mut Option<Instant>,
-    config: &ShipperConfig,
-) -> bool {
+/// One INSERT's worth: a table's rows from consecutive spool records.
+struct TableBatch {
+    table: Table,
+    rows: u64,
+    data: Bytes,
+    /// The first record's sequence number, naming a set-aside file.
+    first_seq: u64,
+}
+
+/// Concatenates records per table, tables in order of first appearance.
+fn group_by_table(records: Vec<SpoolRecord>) -> Vec<TableBatch> {
     let mut groups: Vec<(Table, u64, BytesMut, u64)> = Vec::new();
     for r in &records {
         match groups.iter_mut().find(|(t, _, _, _)| *t == r.table) {
@@ -165,8 +169,34 @@ async fn ship(
             )),
         }
     }
-    for (table, rows, data, first_seq) in groups {
-        let data: Bytes = data.freeze();
+    groups
+        .into_iter()
+        .map(|(table, rows, data, first_seq)| TableBatch {
+            table,
+            rows,
+            data: data.freeze(),
+            first_seq,
+        })
+        .collect()
+}
+
+/// Inserts each table's batch. Returns false if it gave up because the
+/// gateway is stopping.
+async fn ship(
+    ch: &ClickHouse,
+    spool: &Spool,
+    groups: Vec<TableBatch>,
+    stop: &mut watch::Receiver<bool>,
+    stop_deadline: &mut Option<Instant>,
+    config: &ShipperConfig,
+) -> bool {
+    for TableBatch {
+        table,
+        rows,
+        data,
+        first_seq,
+    } in groups
+    {
         let columns = rowbinary::column_list(table);
         let mut backoff = Duration::from_millis(100);
         let mut unreadable = 0;

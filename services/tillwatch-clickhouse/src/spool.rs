@@ -497,7 +497,7 @@ impl SpoolReader {
                 return Ok(out);
             }
             // Where the next record lives, and how much of it is synced.
-            let (segment, limit, available) = {
+            let (first, path, limit) = {
                 let state = self.spool.lock();
                 if self.next_seq < state.shipped_seq {
                     self.next_seq = state.shipped_seq;
@@ -511,15 +511,12 @@ impl SpoolReader {
                     .iter()
                     .rev()
                     .find(|s| s.first_seq <= self.next_seq)
-                    .or(state.segments.front())
-                    .map(|s| (s.first_seq, s.path.clone(), s.len));
+                    .or(state.segments.front());
                 match seg {
-                    Some((first, path, len)) => ((first, path), len, true),
+                    Some(s) => (s.first_seq, s.path.clone(), s.len),
                     None => return Ok(out),
                 }
             };
-            debug_assert!(available);
-            let (first, path) = segment;
             if self.open.as_ref().is_none_or(|(f, _, _)| *f != first) {
                 let file = File::open(&path).map_err(io_err(&path))?;
                 self.open = Some((first, BufReader::new(file), 0));

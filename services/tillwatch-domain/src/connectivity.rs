@@ -287,10 +287,6 @@ impl SilenceTimers {
         out
     }
 
-    pub fn len(&self) -> usize {
-        self.current.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.current.is_empty()
     }

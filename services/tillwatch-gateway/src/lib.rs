@@ -99,18 +99,30 @@ async fn open_clickhouse(
     GatewayError,
 > {
     let dir = spool_dir(config);
-    let Some(ch) = clickhouse_client(config) else {
-        if dir.exists() {
-            let spool = tillwatch_clickhouse::Spool::open(&dir, u64::MAX)?;
-            let (records, bytes) = spool.depth();
-            if records > 0 {
-                warn!(
-                    records,
-                    bytes,
-                    spool = %dir.display(),
-                    "ClickHouse is not configured but its spool holds rows; they ship when clickhouse.url is set again"
-                );
-            }
+    let ch = clickhouse_client(config);
+    if ch.is_none() && !dir.exists() {
+        return Ok(None);
+    }
+    // Without ClickHouse the spool is only opened to say what it holds.
+    let max = match ch {
+        Some(_) => config.clickhouse.spool_max_bytes,
+        None => u64::MAX,
+    };
+    let spool = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || tillwatch_clickhouse::Spool::open(&dir, max))
+            .await
+            .expect("opening the spool does not panic")?
+    };
+    let Some(ch) = ch else {
+        let (records, bytes) = spool.depth();
+        if records > 0 {
+            warn!(
+                records,
+                bytes,
+                spool = %dir.display(),
+                "ClickHouse is not configured but its spool holds rows; they ship when clickhouse.url is set again"
+            );
         }
         return Ok(None);
     };
@@ -125,10 +137,6 @@ async fn open_clickhouse(
         ),
         Err(e) => return Err(e.into()),
     }
-    let max = config.clickhouse.spool_max_bytes;
-    let spool = tokio::task::spawn_blocking(move || tillwatch_clickhouse::Spool::open(&dir, max))
-        .await
-        .expect("opening the spool does not panic")?;
     Ok(Some((ch, spool)))
 }
 
