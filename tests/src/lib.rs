@@ -5,7 +5,7 @@
 mod clickhouse_server;
 mod gateway_process;
 
-pub use clickhouse_server::ClickHouseServer;
+pub use clickhouse_server::{ClickHouseServer, TEST_PASSWORD, TEST_USER};
 pub use gateway_process::{GatewayProcess, tillwatch_bin};
 
 use std::collections::{BTreeMap, BTreeSet};

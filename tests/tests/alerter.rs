@@ -10,7 +10,7 @@ use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
 use tillwatch_config::Config;
 use tillwatch_domain::UtcMillis;
 use tillwatch_domain::connectivity::{ConnState, OfflineReason};
-use tillwatch_integration_tests::{Mosquitto, wait_for};
+use tillwatch_integration_tests::Mosquitto;
 use tillwatch_meta::MetaStore;
 use tillwatch_proto::telemetry::v1 as pb;
 use tokio::sync::watch;
@@ -80,6 +80,29 @@ async fn state_of(store: &MetaStore) -> Option<(ConnState, i64)> {
     history.first().map(|h| (h.to, h.at_ms))
 }
 
+/// Publishes readings until the alerter has the terminal online (at most
+/// 30 s).
+async fn report_until_online(client: &AsyncClient, store: &MetaStore, seq: &mut u64) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !matches!(state_of(store).await, Some((ConnState::Online, _))) {
+        assert!(
+            Instant::now() < until,
+            "the alerter never saw the terminal online"
+        );
+        client
+            .publish(
+                format!("{TOPIC}/telemetry"),
+                QoS::AtLeastOnce,
+                false,
+                telemetry(*seq),
+            )
+            .await
+            .unwrap();
+        *seq += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unclean_disconnect_is_offline_by_last_will_within_two_seconds() {
     let mosquitto = Mosquitto::start();
@@ -113,24 +136,7 @@ async fn an_unclean_disconnect_is_offline_by_last_will_within_two_seconds() {
         .await
         .unwrap();
     let mut seq = 0;
-    let until = Instant::now() + Duration::from_secs(30);
-    while !matches!(state_of(&store).await, Some((ConnState::Online, _))) {
-        assert!(
-            Instant::now() < until,
-            "the alerter never saw the terminal online"
-        );
-        client
-            .publish(
-                format!("{TOPIC}/telemetry"),
-                QoS::AtLeastOnce,
-                false,
-                telemetry(seq),
-            )
-            .await
-            .unwrap();
-        seq += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    report_until_online(&client, &store, &mut seq).await;
 
     // Its network goes: the socket closes without a DISCONNECT.
     let broken_at = UtcMillis::now();
@@ -157,25 +163,7 @@ async fn an_unclean_disconnect_is_offline_by_last_will_within_two_seconds() {
 
     // It reconnects and reports: online again.
     let (client, _connection) = terminal(mosquitto.port, DEVICE);
-    wait_for("the terminal back online", Duration::from_secs(30), || {
-        let client = client.clone();
-        seq += 1;
-        let s = seq;
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(async {
-                let _ = client
-                    .publish(
-                        format!("{TOPIC}/telemetry"),
-                        QoS::AtLeastOnce,
-                        false,
-                        telemetry(s),
-                    )
-                    .await;
-                matches!(state_of(&store).await, Some((ConnState::Online, _)))
-            })
-        })
-    })
-    .await;
+    report_until_online(&client, &store, &mut seq).await;
 
     let _ = stop_tx.send(true);
     alerter.await.unwrap().unwrap();

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use tillwatch_clickhouse::rowbinary;
 use tillwatch_integration_tests::{
-    ClickHouseServer, GatewayProcess, LakeContents, Mosquitto, clickhouse_checksums,
-    clickhouse_readings, lake_checksums, start_across_hour, tillwatch_bin, wait_for,
+    ClickHouseServer, GatewayProcess, LakeContents, Mosquitto, TEST_PASSWORD, TEST_USER,
+    clickhouse_checksums, clickhouse_readings, lake_checksums, start_across_hour, tillwatch_bin,
+    wait_for,
 };
 use tillwatch_sim::{Faults, SimConfig};
 use tillwatch_storage::Table;
@@ -196,39 +197,42 @@ fn bad_credentials_and_a_missing_database_are_clear_errors_at_start() {
         &url,
     ];
 
-    let (ok, _, stderr) = run_cli(
+    // Each must stop the command at start, saying why.
+    let refused = |args: &[&str], env: &[(&str, &str)]| {
+        let (ok, _, stderr) = run_cli(args, env);
+        assert!(!ok, "{args:?} with {env:?} must fail");
+        stderr
+    };
+    let stderr = refused(
         &args,
         &[
-            ("TILLWATCH__CLICKHOUSE__USER", "tillwatch"),
+            ("TILLWATCH__CLICKHOUSE__USER", TEST_USER),
             ("TILLWATCH__CLICKHOUSE__PASSWORD", "not-the-password"),
         ],
     );
-    assert!(!ok, "a wrong password must stop the gateway");
     assert!(
         stderr.contains("user \"tillwatch\" was refused") && stderr.contains("clickhouse.password"),
         "the error names the user and the setting to fix: {stderr}"
     );
 
-    let (ok, _, stderr) = run_cli(
+    let stderr = refused(
         &args,
         &[
-            ("TILLWATCH__CLICKHOUSE__USER", "tillwatch"),
-            ("TILLWATCH__CLICKHOUSE__PASSWORD", "test-only-password"),
+            ("TILLWATCH__CLICKHOUSE__USER", TEST_USER),
+            ("TILLWATCH__CLICKHOUSE__PASSWORD", TEST_PASSWORD),
             ("TILLWATCH__CLICKHOUSE__DATABASE", "nope"),
         ],
     );
-    assert!(!ok, "a missing database must stop the gateway");
     assert!(
         stderr.contains("database \"nope\" does not exist") && stderr.contains("tillwatch migrate"),
         "the error names the database and the fix: {stderr}"
     );
 
     // The same for migrate itself.
-    let (ok, _, stderr) = run_cli(
+    let stderr = refused(
         &["migrate", "--clickhouse-url", &url],
         &[("TILLWATCH__CLICKHOUSE__USER", "nobody")],
     );
-    assert!(!ok);
     assert!(stderr.contains("user \"nobody\" was refused"), "{stderr}");
 }
 

@@ -83,6 +83,10 @@ pub async fn run_alerter(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AlerterError> {
+    metrics::describe_counter!(
+        CONNECTIVITY_CHANGES,
+        "Device connectivity changes, by the state entered"
+    );
     let url = config.metadata_url();
     if url.starts_with("sqlite:") {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
