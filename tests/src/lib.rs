@@ -2,9 +2,11 @@
 //! ClickHouse per test, the gateway as a child process, waiting on
 //! conditions with deadlines, and reading the lake back.
 
+mod alertmanager;
 mod clickhouse_server;
 mod gateway_process;
 
+pub use alertmanager::Alertmanager;
 pub use clickhouse_server::{ClickHouseServer, TEST_PASSWORD, TEST_USER};
 pub use gateway_process::{GatewayProcess, tillwatch_bin};
 

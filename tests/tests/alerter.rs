@@ -1,7 +1,9 @@
 //! The alerter against a real broker (a private Mosquitto with the
-//! project's config): a terminal whose connection breaks is offline by its
-//! last will within two seconds, with the state change in the metadata
-//! store; telemetry brings it back online.
+//! project's config) and a real Alertmanager: a terminal whose connection
+//! breaks is offline by its last will within two seconds, with the state
+//! change in the metadata store and the page at Alertmanager; telemetry
+//! brings it back online and resolves the page. An Alertmanager that is
+//! down when the page is due gets it once it is back.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,7 @@ use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
 use tillwatch_config::Config;
 use tillwatch_domain::UtcMillis;
 use tillwatch_domain::connectivity::{ConnState, OfflineReason};
-use tillwatch_integration_tests::Mosquitto;
+use tillwatch_integration_tests::{Alertmanager, Mosquitto, free_port, wait_for};
 use tillwatch_meta::MetaStore;
 use tillwatch_proto::telemetry::v1 as pb;
 use tokio::sync::watch;
@@ -80,11 +82,21 @@ async fn state_of(store: &MetaStore) -> Option<(ConnState, i64)> {
     history.first().map(|h| (h.to, h.at_ms))
 }
 
-/// Publishes readings until the alerter has the terminal online (at most
-/// 30 s).
+/// Whether the alerter has the terminal online with a reading of it.
+async fn online_with_readings(store: &MetaStore, since_seq: u64) -> bool {
+    let reported = store
+        .latest_signals(DEVICE)
+        .await
+        .is_ok_and(|s| !s.is_empty());
+    matches!(state_of(store).await, Some((ConnState::Online, _))) && reported && since_seq > 0
+}
+
+/// Publishes readings until the alerter has the terminal online and has
+/// one of its readings (at most 30 s).
 async fn report_until_online(client: &AsyncClient, store: &MetaStore, seq: &mut u64) {
     let until = Instant::now() + Duration::from_secs(30);
-    while !matches!(state_of(store).await, Some((ConnState::Online, _))) {
+    let first = *seq;
+    while !online_with_readings(store, *seq - first).await {
         assert!(
             Instant::now() < until,
             "the alerter never saw the terminal online"
@@ -103,17 +115,27 @@ async fn report_until_online(client: &AsyncClient, store: &MetaStore, seq: &mut 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unclean_disconnect_is_offline_by_last_will_within_two_seconds() {
-    let mosquitto = Mosquitto::start();
+/// The alerter running in-process against `mosquitto`, paging
+/// `alertmanager_url` as soon as a terminal is offline (no `for`).
+struct Running {
+    store: MetaStore,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), tillwatch_alerter::AlerterError>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_alerter(mosquitto: &Mosquitto, alertmanager_url: &str) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
     config.mqtt.broker = mosquitto.url();
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let alerter = {
+    config.alerting.alertmanager_url = Some(alertmanager_url.to_string());
+    config.alerting.rules.offline.for_ = Duration::ZERO;
+    config.validate().unwrap();
+    let (stop, mut stop_rx) = watch::channel(false);
+    let task = {
         let config = config.clone();
         tokio::spawn(async move {
             tillwatch_alerter::run_alerter(&config, async move {
@@ -123,8 +145,28 @@ async fn an_unclean_disconnect_is_offline_by_last_will_within_two_seconds() {
         })
     };
     let store = MetaStore::connect(&config.metadata_url()).await.unwrap();
+    Running {
+        store,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
 
-    // The terminal comes online and reports until the alerter has it.
+impl Running {
+    async fn stop(self) -> MetaStore {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap().unwrap();
+        self.store
+    }
+}
+
+/// A terminal online, reporting, known to the alerter.
+async fn online_terminal(
+    mosquitto: &Mosquitto,
+    store: &MetaStore,
+    seq: &mut u64,
+) -> (AsyncClient, tokio::task::JoinHandle<()>) {
     let (client, connection) = terminal(mosquitto.port, DEVICE);
     client
         .publish(
@@ -135,8 +177,18 @@ async fn an_unclean_disconnect_is_offline_by_last_will_within_two_seconds() {
         )
         .await
         .unwrap();
+    report_until_online(&client, store, seq).await;
+    (client, connection)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unclean_disconnect_is_offline_by_last_will_and_paged_at_alertmanager() {
+    let mosquitto = Mosquitto::start();
+    let alertmanager = Alertmanager::start();
+    let running = start_alerter(&mosquitto, &alertmanager.url()).await;
+    let store = running.store.clone();
     let mut seq = 0;
-    report_until_online(&client, &store, &mut seq).await;
+    let (client, connection) = online_terminal(&mosquitto, &store, &mut seq).await;
 
     // Its network goes: the socket closes without a DISCONNECT.
     let broken_at = UtcMillis::now();
@@ -160,13 +212,95 @@ async fn an_unclean_disconnect_is_offline_by_last_will_within_two_seconds() {
         (0..2_000).contains(&delay_ms),
         "offline by last will {delay_ms} ms after the disconnect"
     );
+    // …and the page reaches Alertmanager, with its labels.
+    wait_for(
+        "the offline alert at Alertmanager",
+        Duration::from_secs(30),
+        || {
+            !alertmanager
+                .alerts_named("offline", "device_id", DEVICE)
+                .is_empty()
+        },
+    )
+    .await;
+    let paged_ms = UtcMillis::now().0 - broken_at.0;
+    println!("unclean disconnect to the alert at Alertmanager: {paged_ms} ms");
+    let alert = &alertmanager.alerts_named("offline", "device_id", DEVICE)[0];
+    assert_eq!(alert["labels"]["merchant_id"], "m-1", "{alert}");
+    assert_eq!(alert["labels"]["severity"], "critical");
+    assert!(
+        alert["generatorURL"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(&format!("/devices/{DEVICE}"))),
+        "{alert}"
+    );
 
-    // It reconnects and reports: online again.
+    // It reconnects and reports: online again, and the page resolves.
     let (client, _connection) = terminal(mosquitto.port, DEVICE);
     report_until_online(&client, &store, &mut seq).await;
+    wait_for(
+        "the resolve at Alertmanager",
+        Duration::from_secs(30),
+        || {
+            alertmanager
+                .alerts_named("offline", "device_id", DEVICE)
+                .is_empty()
+        },
+    )
+    .await;
 
-    let _ = stop_tx.send(true);
-    alerter.await.unwrap().unwrap();
+    let store = running.stop().await;
     let device = store.device(DEVICE).await.unwrap().expect("registered");
     assert_eq!(device.merchant_id, "m-1");
+    let alerts = store
+        .alerts(tillwatch_meta::AlertFilter::All, 10)
+        .await
+        .unwrap();
+    assert_eq!(alerts.len(), 1, "one page for one outage: {alerts:?}");
+    assert_eq!(alerts[0].state, tillwatch_meta::AlertState::Resolved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_waits_for_alertmanager_to_come_back() {
+    let mosquitto = Mosquitto::start();
+    // Alertmanager's port, with nothing listening on it yet.
+    let port = free_port();
+    let running = start_alerter(&mosquitto, &format!("http://127.0.0.1:{port}")).await;
+    let store = running.store.clone();
+    let mut seq = 0;
+    let (client, connection) = online_terminal(&mosquitto, &store, &mut seq).await;
+    connection.abort();
+    drop(client);
+
+    // The page is due and fails: the alert waits in the store.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < until, "no failed delivery recorded");
+        let open = store
+            .alerts(tillwatch_meta::AlertFilter::Open, 10)
+            .await
+            .unwrap();
+        if let Some(alert) = open.first()
+            && let Some((None, attempts)) = store
+                .delivery_of("alertmanager", &alert.alert_id)
+                .await
+                .unwrap()
+            && attempts >= 2
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alertmanager = Alertmanager::start_on(port);
+    wait_for(
+        "the page once Alertmanager is back",
+        Duration::from_secs(60),
+        || {
+            !alertmanager
+                .alerts_named("offline", "device_id", DEVICE)
+                .is_empty()
+        },
+    )
+    .await;
+    running.stop().await;
 }

@@ -1,13 +1,21 @@
-//! The alerter: knows every terminal's state now and (to come) pages on it.
+//! The alerter: knows every terminal's state now and pages on it.
 //!
 //! [`Tracker`] turns telemetry, status and info messages into the device
-//! registry, the newest signal values and connectivity state changes, kept
-//! in the metadata store so a restart resumes where it stopped. Time is
-//! always passed in, so tests drive it with an injected clock.
+//! registry, the newest signal values and connectivity state changes.
+//! [`engine::Engine`] runs the alert rules over them; [`Alerter`] feeds both
+//! and keeps what they decide in the metadata store, so a restart resumes
+//! where it stopped; [`deliver`] sends alerts to receivers. Time is always
+//! passed in, so tests drive it with an injected clock.
 
+mod alerter;
+pub mod deliver;
+pub mod engine;
+pub mod hours;
+pub mod matchers;
 pub mod rules;
 mod run;
 mod tracker;
 
+pub use alerter::{Alerter, AlertingError};
 pub use run::{AlerterError, CONNECTIVITY_CHANGES, run_alerter};
 pub use tracker::{Event, Tracker, TrackerError};

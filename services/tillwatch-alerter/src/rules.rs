@@ -45,13 +45,29 @@ impl Condition {
     }
 }
 
+/// Whether any of `conditions` holds: `None` only when none is known.
+pub fn any_holds(conditions: &[Condition], signals: &HashMap<&str, f64>) -> Option<bool> {
+    let known: Vec<bool> = conditions.iter().filter_map(|c| c.holds(signals)).collect();
+    (!known.is_empty()).then(|| known.contains(&true))
+}
+
+/// Whether all of `conditions` hold: `None` when one is unknown.
+pub fn all_hold(conditions: &[Condition], signals: &HashMap<&str, f64>) -> Option<bool> {
+    conditions
+        .iter()
+        .map(|c| c.holds(signals))
+        .try_fold(true, |all, one| one.map(|h| all && h))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThresholdRule {
     pub name: String,
-    pub fire: Condition,
-    /// Must hold (for `clear_for_ms`) to resolve; `fire` no longer holding
-    /// is not enough. Set it on the far side of the firing threshold.
-    pub clear: Condition,
+    /// Any of these holding (for `for_ms`) fires the rule.
+    pub fire: Vec<Condition>,
+    /// All of these must hold (for `clear_for_ms`) to resolve; `fire` no
+    /// longer holding is not enough. Set them on the far side of the firing
+    /// thresholds.
+    pub clear: Vec<Condition>,
     pub for_ms: i64,
     pub clear_for_ms: i64,
 }
@@ -89,8 +105,8 @@ impl ThresholdRule {
         signals: &HashMap<&str, f64>,
         at: i64,
     ) -> Option<AlertEvent> {
-        let fire = self.fire.holds(signals);
-        let clear = self.clear.holds(signals);
+        let fire = any_holds(&self.fire, signals);
+        let clear = all_hold(&self.clear, signals);
         match *phase {
             Phase::Inactive => {
                 if fire == Some(true) {
@@ -144,16 +160,16 @@ mod tests {
     fn battery_low() -> ThresholdRule {
         ThresholdRule {
             name: "battery_low".into(),
-            fire: Condition {
+            fire: vec![Condition {
                 signal: "battery_level_pct",
                 cmp: Cmp::Below(15.0),
                 unless: Some("battery_charging"),
-            },
-            clear: Condition {
+            }],
+            clear: vec![Condition {
                 signal: "battery_level_pct",
                 cmp: Cmp::Above(20.0),
                 unless: None,
-            },
+            }],
             for_ms: 5 * MIN,
             clear_for_ms: MIN,
         }
@@ -236,19 +252,48 @@ mod tests {
     }
 
     #[test]
+    fn any_of_several_conditions_fires_and_all_must_clear() {
+        let rssi = |cmp| Condition {
+            signal: "rssi_dbm",
+            cmp,
+            unless: None,
+        };
+        let latency = |cmp| Condition {
+            signal: "payment_host_latency_ms",
+            cmp,
+            unless: None,
+        };
+        let fire = [rssi(Cmp::Below(-100.0)), latency(Cmp::Above(1500.0))];
+        let clear = [rssi(Cmp::Above(-95.0)), latency(Cmp::Below(1000.0))];
+        let s = |r: f64, l: f64| HashMap::from([("rssi_dbm", r), ("payment_host_latency_ms", l)]);
+        assert_eq!(any_holds(&fire, &s(-80.0, 2000.0)), Some(true));
+        assert_eq!(any_holds(&fire, &s(-80.0, 200.0)), Some(false));
+        assert_eq!(all_hold(&clear, &s(-80.0, 1200.0)), Some(false));
+        assert_eq!(all_hold(&clear, &s(-80.0, 200.0)), Some(true));
+        let only_rssi = HashMap::from([("rssi_dbm", -120.0)]);
+        assert_eq!(any_holds(&fire, &only_rssi), Some(true));
+        assert_eq!(
+            all_hold(&clear, &only_rssi),
+            None,
+            "unknown latency: cannot clear"
+        );
+        assert_eq!(any_holds(&fire, &HashMap::new()), None);
+    }
+
+    #[test]
     fn an_immediate_rule_fires_on_the_first_sample() {
         let tamper = ThresholdRule {
             name: "tamper".into(),
-            fire: Condition {
+            fire: vec![Condition {
                 signal: "tamper_detected",
                 cmp: Cmp::Above(0.5),
                 unless: None,
-            },
-            clear: Condition {
+            }],
+            clear: vec![Condition {
                 signal: "tamper_detected",
                 cmp: Cmp::Below(0.5),
                 unless: None,
-            },
+            }],
             for_ms: 0,
             clear_for_ms: 0,
         };

@@ -1,11 +1,13 @@
-//! `run_alerter`: the tracker fed from MQTT. The alerter has a persistent
-//! session of its own on every device's status, info and telemetry topics
-//! (never a shared group: it needs every device of a store), acks a
-//! message once the store has taken what it said, and wakes for the next
-//! silence deadline rather than scanning on a timer.
+//! `run_alerter`: the alerter fed from MQTT, with delivery beside it. It
+//! has a persistent session of its own on every device's status, info and
+//! telemetry topics (never a shared group: it needs every device of a
+//! store), acks a message once the store has taken what it said and the
+//! alerts it changed, and wakes for the next deadline (a silent device, a
+//! pending alert coming due, the evaluation interval).
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
@@ -18,7 +20,8 @@ use tillwatch_gateway::{session_options, subscriptions};
 use tillwatch_meta::MetaStore;
 use tracing::{error, info, warn};
 
-use crate::{Event, Tracker, TrackerError};
+use crate::deliver::{Receiver, run_delivery};
+use crate::{Alerter, AlertingError, Event};
 
 /// Counter, by `to` (online, last_will, shutdown, silence).
 pub const CONNECTIVITY_CHANGES: &str = "tillwatch_alerter_connectivity_changes_total";
@@ -30,7 +33,40 @@ pub enum AlerterError {
     #[error(transparent)]
     Store(#[from] tillwatch_meta::MetaError),
     #[error(transparent)]
-    Tracker(#[from] TrackerError),
+    Alerting(#[from] AlertingError),
+}
+
+/// Where alert annotations link to: `alerting.public_url`, else the HTTP
+/// listener.
+pub fn public_url(config: &Config) -> String {
+    config
+        .alerting
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.http.listen))
+}
+
+/// Retries `$op` (an expression giving a future of a `Result`) with
+/// backoff until it succeeds (→ `Some`), or `$shutdown` resolves (→ `None`).
+/// A macro, not a function over a closure: a closure returning a future
+/// that borrows the alerter cannot be proven `Send` for every lifetime.
+macro_rules! retrying {
+    ($what:expr, $op:expr, $shutdown:expr) => {{
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match $op.await {
+                Ok(v) => break Some(v),
+                Err(e) => {
+                    error!(error = %e, retry_in = ?backoff, "{}", $what);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut $shutdown => break None,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }};
 }
 
 fn policy(config: &Config) -> SilencePolicy {
@@ -95,7 +131,31 @@ pub async fn run_alerter(
     }
     let store = MetaStore::connect(&url).await?;
     store.migrate().await?;
-    let mut tracker = Tracker::open(store, policy(config)).await?;
+    let receivers = config
+        .alerting
+        .all_receivers()
+        .into_iter()
+        .map(|r| Receiver::new(r, |var| std::env::var(var).ok()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(AlerterError::Config)?;
+    let mut alerter = Alerter::open(
+        store.clone(),
+        policy(config),
+        &config.alerting,
+        &public_url(config),
+        UtcMillis::now(),
+    )
+    .await?;
+    info!(
+        receivers = receivers.len(),
+        devices_tracked = alerter.tracker().len(),
+        "alerter ready"
+    );
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (stop_delivery, mut delivery_stopped) = tokio::sync::watch::channel(());
+    let delivery = tokio::spawn(run_delivery(store, receivers, wake.clone(), async move {
+        let _ = delivery_stopped.changed().await;
+    }));
 
     // Its own session, never a shared group: it needs every device.
     let options =
@@ -115,10 +175,12 @@ pub async fn run_alerter(
             }
             unsent_acks.pop_front();
         }
-        let wake = tracker.next_deadline().map(|d| {
-            let wait = (d.0 - UtcMillis::now().0).max(0) as u64;
-            tokio::time::Instant::now() + Duration::from_millis(wait)
-        });
+        if alerter.take_changed() {
+            wake.notify_one();
+        }
+        let next = alerter.next_deadline();
+        let wake_at = tokio::time::Instant::now()
+            + Duration::from_millis((next.0 - UtcMillis::now().0).max(0) as u64);
         tokio::select! {
             polled = eventloop.poll() => match polled {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
@@ -131,27 +193,20 @@ pub async fn run_alerter(
                     let now = UtcMillis::now();
                     let decoded = decode_message(&publish.topic, &publish.payload, now, &limits);
                     if let Some(event) = to_event(decoded, now) {
-                        let mut backoff = Duration::from_millis(100);
-                        loop {
-                            match tracker.handle(event.clone()).await {
-                                Ok(changes) => {
-                                    report(&changes);
-                                    break;
-                                }
-                                Err(e) => {
-                                    // Not acked until the store has it; a
-                                    // stop leaves it for the broker to redeliver.
-                                    error!(error = %e, retry_in = ?backoff, "cannot record device state");
-                                    tokio::select! {
-                                        _ = tokio::time::sleep(backoff) => {}
-                                        _ = &mut shutdown => {
-                                            warn!("stopping while the metadata store fails; unstored messages stay unacked");
-                                            return Ok(());
-                                        }
-                                    }
-                                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                                }
-                            }
+                        // Not acked until the store has it; a stop leaves
+                        // it for the broker to redeliver.
+                        let handled = retrying!(
+                            "cannot record device state",
+                            alerter.handle(event.clone(), now),
+                            shutdown
+                        );
+                        let Some(changes) = handled else {
+                            warn!("stopping while the metadata store fails; unstored messages stay unacked");
+                            break;
+                        };
+                        report(&changes);
+                        if retrying!("cannot save alerts", alerter.flush(), shutdown).is_none() {
+                            break;
                         }
                     }
                     if publish.qos != QoS::AtMostOnce {
@@ -166,29 +221,38 @@ pub async fn run_alerter(
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             },
-            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {
-                let changes = tracker.tick(UtcMillis::now()).await?;
-                report(&changes);
-            }
-            _ = &mut shutdown => {
-                // Queue the DISCONNECT without waiting on a full request
-                // channel, then poll until it is out (or give up after 2 s):
-                // the acks queued before it go out first.
-                for ack in unsent_acks.drain(..) {
-                    if client.try_ack(&ack).is_err() {
-                        break;
+            _ = tokio::time::sleep_until(wake_at) => {
+                match alerter.tick(UtcMillis::now()).await {
+                    Ok(changes) => report(&changes),
+                    Err(e) => {
+                        error!(error = %e, "evaluating alerts failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = &mut shutdown => break,
+                        }
                     }
                 }
-                let _ = client.try_disconnect();
-                let until = tokio::time::Instant::now() + Duration::from_secs(2);
-                while let Ok(Ok(event)) = tokio::time::timeout_at(until, eventloop.poll()).await {
-                    if matches!(event, MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                        break;
-                    }
-                }
-                info!("alerter stopped");
-                return Ok(());
             }
+            _ = &mut shutdown => break,
         }
     }
+    // Queue the DISCONNECT without waiting on a full request
+    // channel, then poll until it is out (or give up after 2 s):
+    // the acks queued before it go out first.
+    for ack in unsent_acks.drain(..) {
+        if client.try_ack(&ack).is_err() {
+            break;
+        }
+    }
+    let _ = client.try_disconnect();
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while let Ok(Ok(event)) = tokio::time::timeout_at(until, eventloop.poll()).await {
+        if matches!(event, MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) {
+            break;
+        }
+    }
+    drop(stop_delivery);
+    let _ = delivery.await;
+    info!("alerter stopped");
+    Ok(())
 }

@@ -128,6 +128,15 @@ impl Tracker {
         self.timers.next_deadline()
     }
 
+    /// How many devices it tracks.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
     pub fn state(&self, device_id: &DeviceId) -> Option<&DeviceConnectivity> {
         self.devices.get(device_id)
     }

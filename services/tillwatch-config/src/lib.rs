@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod alerting;
+pub use alerting::*;
+
 /// Everything that can go wrong loading a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -42,6 +45,7 @@ pub struct Config {
     pub clickhouse: ClickHouseConfig,
     pub metadata: MetadataConfig,
     pub alerter: AlerterConfig,
+    pub alerting: AlertingConfig,
 }
 
 impl Default for Config {
@@ -55,6 +59,7 @@ impl Default for Config {
             clickhouse: ClickHouseConfig::default(),
             metadata: MetadataConfig::default(),
             alerter: AlerterConfig::default(),
+            alerting: AlertingConfig::default(),
         }
     }
 }
@@ -229,7 +234,8 @@ impl Config {
     }
 }
 
-/// The alerter: device state from MQTT, and (to come) alert rules.
+/// The alerter's process: device state from MQTT (its rules are under
+/// `[alerting]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlerterConfig {
@@ -466,6 +472,7 @@ impl Config {
                     .into(),
             );
         }
+        self.alerting.validate(&mut errors);
         if self.embedded_broker.max_connections == 0 {
             errors.push("embedded_broker.max_connections: must be at least 1".into());
         }

@@ -9,6 +9,7 @@
 //! only with readings, never with info or status messages, so a terminal
 //! whose app died behind a live socket is not "seen".
 
+mod alerts;
 mod connectivity;
 mod migrations;
 pub mod testing;
@@ -19,6 +20,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use tillwatch_domain::{DeviceInfo, MerchantId, Reading, Signal};
 
+pub use alerts::{AlertFilter, AlertRecord, AlertState, Delivery, SilenceRecord, StoreRecord};
 pub use connectivity::HistoryEntry;
 pub use migrations::{MIGRATIONS, Migration, MigrationReport};
 
@@ -101,6 +103,25 @@ pub struct LatestSignal {
     pub value: f64,
     pub sampled_at_ms: i64,
 }
+
+/// Every signal name [`signals_of`] gives.
+pub const SIGNAL_NAMES: &[&str] = &[
+    "rssi_dbm",
+    "payment_host_latency_ms",
+    "disconnects",
+    "battery_level_pct",
+    "battery_charging",
+    "battery_temperature_celsius",
+    "transactions",
+    "transaction_latency_avg_ms",
+    "transaction_latency_max_ms",
+    "crashes",
+    "hangs",
+    "offline_queue_len",
+    "offline_queue_oldest_age_s",
+    "tamper_detected",
+    "printer_paper_low",
+];
 
 /// The numeric signals a reading carries, by the names the store keeps.
 pub fn signals_of(reading: &Reading) -> Vec<(&'static str, f64)> {
@@ -363,6 +384,28 @@ impl MetaStore {
         rows.iter()
             .map(device_from_row)
             .collect::<Result<_, _>>()
+            .map_err(self.db())
+    }
+
+    /// The newest value of every signal of every device, by device id.
+    pub async fn all_latest_signals(&self) -> Result<Vec<(String, LatestSignal)>, MetaError> {
+        let rows =
+            sqlx::query("SELECT device_id, signal, value, sampled_at_ms FROM device_signals")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(self.db())?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("device_id")?,
+                    LatestSignal {
+                        signal: r.try_get("signal")?,
+                        value: r.try_get("value")?,
+                        sampled_at_ms: r.try_get("sampled_at_ms")?,
+                    },
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
             .map_err(self.db())
     }
 

@@ -63,6 +63,60 @@ CREATE TABLE connectivity_history (
 );
 ",
     },
+    Migration {
+        version: 3,
+        name: "alerts",
+        sql: "
+CREATE TABLE alerts (
+    alert_id TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    state TEXT NOT NULL,
+    pending_since_ms BIGINT NOT NULL,
+    fired_at_ms BIGINT,
+    clearing_since_ms BIGINT,
+    resolved_at_ms BIGINT,
+    held_by TEXT,
+    silenced_by TEXT,
+    notify TEXT,
+    labels TEXT NOT NULL,
+    annotations TEXT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX alerts_one_open ON alerts (rule, subject) WHERE state <> 'resolved';
+CREATE INDEX alerts_to_notify ON alerts (notify, updated_at_ms);
+CREATE TABLE alert_deliveries (
+    receiver TEXT NOT NULL,
+    alert_id TEXT NOT NULL,
+    delivered_state TEXT,
+    delivered_at_ms BIGINT,
+    attempts BIGINT NOT NULL,
+    next_attempt_ms BIGINT NOT NULL,
+    last_error TEXT,
+    PRIMARY KEY (receiver, alert_id)
+);
+CREATE TABLE silences (
+    silence_id TEXT PRIMARY KEY,
+    matchers TEXT NOT NULL,
+    starts_at_ms BIGINT NOT NULL,
+    ends_at_ms BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE stores (
+    merchant_id TEXT NOT NULL,
+    store_id TEXT NOT NULL,
+    name TEXT,
+    time_zone TEXT,
+    hours TEXT,
+    updated_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (merchant_id, store_id)
+);
+",
+    },
 ];
 
 /// What a migration run did.

@@ -6,7 +6,7 @@ use tillwatch_domain::{
     Battery, BootId, DeviceId, DeviceInfo, MerchantId, Reading, Signal, StoreId, UtcMillis,
 };
 use tillwatch_meta::testing::TestDatabase;
-use tillwatch_meta::{MetaError, MetaStore};
+use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, MetaError, MetaStore};
 
 fn info(device: &str, store: &str, at: i64, firmware: &str) -> DeviceInfo {
     DeviceInfo {
@@ -42,10 +42,13 @@ fn battery(device: &str, seq: u64, at: i64, level: u32) -> Reading {
 
 async fn registry_behaviour(store: &MetaStore) {
     let first = store.migrate().await.unwrap();
-    assert_eq!(first.applied, ["001_device_registry", "002_connectivity"]);
+    assert_eq!(
+        first.applied,
+        ["001_device_registry", "002_connectivity", "003_alerts"]
+    );
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.already_applied, 2);
+    assert_eq!(again.already_applied, 3);
 
     let m1 = MerchantId::new("m-1").unwrap();
     // Telemetry first: the device enters the registry on first sight.
@@ -141,7 +144,7 @@ async fn the_registry_on_sqlite() {
     // The file keeps it: a new connection sees the same.
     drop(store);
     let store = MetaStore::connect(&db.url).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap().already_applied, 2);
+    assert_eq!(store.migrate().await.unwrap().already_applied, 3);
     assert!(store.device("t-1").await.unwrap().is_some());
 }
 
@@ -159,4 +162,149 @@ async fn a_wrong_url_names_what_is_expected() {
     let err = MetaStore::connect("mysql://x/y").await.unwrap_err();
     assert!(matches!(err, MetaError::BadUrl(_)));
     assert!(err.to_string().contains("sqlite://PATH"), "{err}");
+}
+
+fn alert(id: &str, subject: &str, state: AlertState, notify: Option<AlertState>) -> AlertRecord {
+    AlertRecord {
+        alert_id: id.into(),
+        rule: "battery_low".into(),
+        subject: subject.into(),
+        scope: "device".into(),
+        severity: "warning".into(),
+        state,
+        pending_since_ms: 1_000,
+        fired_at_ms: (state != AlertState::Pending).then_some(2_000),
+        clearing_since_ms: None,
+        resolved_at_ms: (state == AlertState::Resolved).then_some(3_000),
+        held_by: None,
+        silenced_by: None,
+        notify,
+        labels: [("device_id".to_string(), subject.to_string())].into(),
+        annotations: [("summary".to_string(), "low".to_string())].into(),
+        updated_at_ms: 2_000,
+    }
+}
+
+async fn alerts_behaviour(store: &MetaStore) {
+    store.migrate().await.unwrap();
+    let firing = alert("a-1", "t-1", AlertState::Firing, Some(AlertState::Firing));
+    let pending = alert("a-2", "t-2", AlertState::Pending, None);
+    store.save_alerts(&[firing.clone(), pending]).await.unwrap();
+    // One open alert per (rule, subject): a second is refused.
+    let twin = alert("a-3", "t-1", AlertState::Pending, None);
+    assert!(store.save_alerts(&[twin]).await.is_err());
+    let open = store.alerts(AlertFilter::Open, 10).await.unwrap();
+    assert_eq!(open.len(), 2);
+    assert!(open.contains(&firing), "read back whole: {open:?}");
+
+    // Due to a receiver: the firing one only; once delivered, not again
+    // until the repeat interval has passed.
+    let due = store.due_deliveries("am", 5_000, 0, 0, 100).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(
+        (due[0].alert.alert_id.as_str(), due[0].delivered),
+        ("a-1", None)
+    );
+    assert!(
+        store
+            .due_deliveries("am", 5_000, 0, 2, 100)
+            .await
+            .unwrap()
+            .is_empty(),
+        "below critical"
+    );
+    store
+        .record_delivered("am", &[("a-1".into(), AlertState::Firing)], 5_000)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .due_deliveries("am", 6_000, 4_000, 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .due_deliveries("am", 66_000, 6_000, 0, 100)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "repeat"
+    );
+    // Another receiver that failed waits out its backoff.
+    store
+        .record_delivery_failed("hook", &["a-1".into()], 10_000, "connection refused")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .due_deliveries("hook", 9_000, 0, 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let retry = store
+        .due_deliveries("hook", 10_000, 0, 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(retry[0].attempts, 1);
+
+    // Resolved: the receiver that held it as firing gets the resolve; one
+    // that never got the page gets nothing.
+    let mut resolved = firing.clone();
+    resolved.state = AlertState::Resolved;
+    resolved.resolved_at_ms = Some(7_000);
+    resolved.notify = Some(AlertState::Resolved);
+    resolved.updated_at_ms = 7_000;
+    store.save_alerts(&[resolved]).await.unwrap();
+    let due = store.due_deliveries("am", 8_000, 0, 0, 100).await.unwrap();
+    assert_eq!((due.len(), due[0].delivered), (1, Some(AlertState::Firing)));
+    assert!(
+        store
+            .due_deliveries("hook", 20_000, 0, 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .record_delivered("am", &[("a-1".into(), AlertState::Resolved)], 8_000)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .due_deliveries("am", 9_000, 9_000, 0, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // With it resolved, a new alert of the same pair may open.
+    store
+        .save_alerts(&[alert("a-4", "t-1", AlertState::Pending, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .alerts(AlertFilter::State(AlertState::Resolved), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn alerts_and_deliveries_on_sqlite() {
+    let db = TestDatabase::sqlite();
+    alerts_behaviour(&MetaStore::connect(&db.url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn alerts_and_deliveries_on_postgresql() {
+    let db = TestDatabase::postgres().await;
+    let store = MetaStore::connect(&db.url).await.unwrap();
+    alerts_behaviour(&store).await;
+    drop(store);
+    db.drop_it().await;
 }

@@ -75,6 +75,23 @@ impl ClickHouseFlags {
     }
 }
 
+/// Overrides for `[alerting]`.
+#[derive(Debug, Args)]
+struct AlertingFlags {
+    /// Send alerts to this Prometheus Alertmanager, e.g. http://127.0.0.1:9093
+    /// (config: alerting.alertmanager_url; more receivers in [[alerting.receivers]]).
+    #[arg(long)]
+    alertmanager_url: Option<String>,
+}
+
+impl AlertingFlags {
+    fn apply(&self, config: &mut Config) {
+        if let Some(url) = &self.alertmanager_url {
+            config.alerting.alertmanager_url = Some(url.clone());
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 struct AlerterArgs {
     #[command(flatten)]
@@ -85,6 +102,8 @@ struct AlerterArgs {
     /// sqlite://PATH or postgres://… (config: metadata.url).
     #[arg(long)]
     metadata_url: Option<String>,
+    #[command(flatten)]
+    alerting: AlertingFlags,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +159,8 @@ struct StandaloneArgs {
     mqtt_listen: Option<SocketAddr>,
     #[command(flatten)]
     clickhouse: ClickHouseFlags,
+    #[command(flatten)]
+    alerting: AlertingFlags,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +237,7 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<Config> {
         config.mqtt.broker = broker.clone();
     }
     args.clickhouse.apply(&mut config);
+    args.alerting.apply(&mut config);
     config.validate()?;
     Ok(config)
 }
@@ -402,6 +424,7 @@ async fn alerter(args: AlerterArgs) -> anyhow::Result<()> {
     if let Some(url) = args.metadata_url {
         config.metadata.url = Some(url);
     }
+    args.alerting.apply(&mut config);
     config.validate()?;
     tillwatch_serve::metrics_handle();
     tillwatch_alerter::run_alerter(&config, signalled())

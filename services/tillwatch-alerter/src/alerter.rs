@@ -1,0 +1,207 @@
+//! [`Alerter`]: the tracker (device state) and the engine (alerts) fed the
+//! same events, with what they decide kept in the metadata store. Time is
+//! passed in, so tests drive it with an injected clock.
+
+use tillwatch_config::AlertingConfig;
+use tillwatch_domain::connectivity::{SilencePolicy, Transition};
+use tillwatch_domain::{DeviceId, UtcMillis};
+use tillwatch_meta::{AlertFilter, MetaError, MetaStore, StoreRecord};
+
+use crate::engine::{Changes, Engine};
+use crate::{Event, Tracker, TrackerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertingError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Tracker(#[from] TrackerError),
+    #[error(transparent)]
+    Store(#[from] MetaError),
+}
+
+pub struct Alerter {
+    tracker: Tracker,
+    engine: Engine,
+    store: MetaStore,
+    /// Alert changes not yet in the store.
+    unsaved: Changes,
+    sweep_every_ms: i64,
+    next_sweep: i64,
+    /// Alerts changed in the store since [`Alerter::take_changed`].
+    changed: bool,
+}
+
+impl Alerter {
+    /// Resumes from the store: device states, open alerts, stores (the
+    /// configuration's stores written first), silences.
+    pub async fn open(
+        store: MetaStore,
+        policy: SilencePolicy,
+        config: &AlertingConfig,
+        public_url: &str,
+        now: UtcMillis,
+    ) -> Result<Alerter, AlertingError> {
+        for s in &config.stores {
+            store
+                .upsert_store(&StoreRecord {
+                    merchant_id: s.merchant_id.clone(),
+                    store_id: s.store_id.clone(),
+                    name: s.name.clone(),
+                    time_zone: s.time_zone.clone(),
+                    hours: Some(s.hours.clone()),
+                    updated_at_ms: now.0,
+                })
+                .await?;
+        }
+        let tracker = Tracker::open(store.clone(), policy).await?;
+        let mut engine = Engine::new(config, public_url, now.0).map_err(AlertingError::Config)?;
+        let mut devices = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.devices(None, None, after.as_deref(), 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.device_id.clone());
+            devices.extend(page);
+        }
+        for d in &devices {
+            if let Ok(id) = DeviceId::new(&d.device_id)
+                && let Some(conn) = tracker.state(&id)
+                && let Some(state) = conn.state()
+            {
+                engine.restore_connectivity(&d.device_id, state, conn.since().0);
+            }
+        }
+        let open = store.alerts(AlertFilter::Open, u32::MAX >> 1).await?;
+        engine
+            .restore(devices, open, store.stores().await?)
+            .map_err(AlertingError::Config)?;
+        for (device, s) in store.all_latest_signals().await? {
+            engine.restore_signal(&device, &s.signal, s.value, s.sampled_at_ms);
+        }
+        let mut alerter = Alerter {
+            tracker,
+            engine,
+            store,
+            unsaved: Changes::default(),
+            sweep_every_ms: config.evaluation_interval.as_millis() as i64,
+            next_sweep: now.0,
+            changed: false,
+        };
+        alerter.tick(now).await?;
+        Ok(alerter)
+    }
+
+    /// Applies one event. An error means nothing changed: retry with the
+    /// same event. Alert changes the store did not take are kept: see
+    /// [`Alerter::has_unsaved`].
+    pub async fn handle(
+        &mut self,
+        event: Event,
+        now: UtcMillis,
+    ) -> Result<Vec<(DeviceId, Transition)>, AlertingError> {
+        let transitions = self.tracker.handle(event.clone()).await?;
+        let changes = &mut self.unsaved;
+        match &event {
+            Event::Info(info) => self.engine.on_info(info, now.0, changes),
+            Event::Telemetry {
+                merchant_id,
+                device_id,
+                readings,
+                ..
+            } => self.engine.on_readings(
+                merchant_id.as_str(),
+                device_id.as_str(),
+                readings,
+                now.0,
+                changes,
+            ),
+            Event::Status { .. } => {}
+        }
+        for (device, t) in &transitions {
+            self.engine
+                .on_connectivity(device.as_str(), t.to, t.at.0, now.0, changes);
+        }
+        if let Err(e) = self.flush().await {
+            tracing::warn!(error = %e, "alert changes not saved yet");
+        }
+        Ok(transitions)
+    }
+
+    /// Whether alert changes wait for the store: [`Alerter::flush`] before
+    /// acking what caused them.
+    pub fn has_unsaved(&self) -> bool {
+        !self.unsaved.is_empty()
+    }
+
+    /// Writes alert changes not yet in the store.
+    pub async fn flush(&mut self) -> Result<(), AlertingError> {
+        if self.unsaved.is_empty() {
+            return Ok(());
+        }
+        let saved: Vec<_> = self.unsaved.saved.values().cloned().collect();
+        let dropped: Vec<_> = self.unsaved.dropped.iter().cloned().collect();
+        self.store.save_alerts(&saved).await?;
+        self.store.drop_alerts(&dropped).await?;
+        self.unsaved = Changes::default();
+        self.changed = true;
+        Ok(())
+    }
+
+    /// The clock reached `now`: silent devices go offline, pending alerts
+    /// come due, and every `evaluation_interval` everything is re-evaluated
+    /// with the silences as stored now.
+    pub async fn tick(
+        &mut self,
+        now: UtcMillis,
+    ) -> Result<Vec<(DeviceId, Transition)>, AlertingError> {
+        let transitions = self.tracker.tick(now).await?;
+        for (device, t) in &transitions {
+            self.engine
+                .on_connectivity(device.as_str(), t.to, t.at.0, now.0, &mut self.unsaved);
+        }
+        let due = self.engine.next_deadline().is_some_and(|d| d <= now.0);
+        if now.0 >= self.next_sweep || due {
+            let silences = self.store.silences(now.0).await?;
+            for problem in self.engine.set_silences(silences) {
+                tracing::warn!(%problem, "silence ignored");
+            }
+            self.engine.sweep(now.0, &mut self.unsaved);
+            if now.0 >= self.next_sweep {
+                self.next_sweep = now.0 + self.sweep_every_ms;
+            }
+        }
+        self.flush().await?;
+        Ok(transitions)
+    }
+
+    /// When [`Alerter::tick`] next has work.
+    pub fn next_deadline(&mut self) -> UtcMillis {
+        let mut next = self.next_sweep;
+        if let Some(d) = self.tracker.next_deadline() {
+            next = next.min(d.0);
+        }
+        if let Some(d) = self.engine.next_deadline() {
+            next = next.min(d);
+        }
+        UtcMillis(next)
+    }
+
+    /// Whether alerts changed in the store since the last call: time to
+    /// deliver.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn tracker(&self) -> &Tracker {
+        &self.tracker
+    }
+
+    pub fn store(&self) -> &MetaStore {
+        &self.store
+    }
+}

@@ -1,0 +1,313 @@
+//! Delivery: brings each receiver in line with what the alerts say it
+//! should hold (see `tillwatch_meta`'s alerts module). A receiver that
+//! fails is retried with exponential backoff (1 s doubling to 5 min); its
+//! alerts wait in the store meanwhile, so an outage delays pages and never
+//! loses one. Sending twice is possible after a crash between sending and
+//! recording; Alertmanager and PagerDuty both deduplicate (by label set and
+//! by `dedup_key`), and webhook bodies carry `alert_id` for the same.
+//!
+//! Bodies:
+//! - Alertmanager: `POST <url>/api/v2/alerts` with a JSON array of
+//!   `{labels, annotations, startsAt, endsAt, generatorURL}`; a firing
+//!   alert's `endsAt` is three repeat intervals ahead (it is re-sent every
+//!   interval), a resolved one's is when it resolved.
+//! - Webhook: `POST <url>` per alert change with
+//!   `{"version": "1", "receiver", "status": "firing"|"resolved", "alert": {…}}`.
+//! - PagerDuty Events v2: `{routing_key, event_action: trigger|resolve,
+//!   dedup_key: alert_id, payload: {summary, source, severity, …}, links}`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use metrics::counter;
+use serde_json::{Value, json};
+use tillwatch_config::{ReceiverConfig, ReceiverKind};
+use tillwatch_meta::{AlertRecord, AlertState, Delivery, MetaError, MetaStore};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// Counter by `receiver` and `outcome` (sent, failed).
+pub const DELIVERIES: &str = "tillwatch_alerter_deliveries_total";
+const BATCH: u32 = 200;
+const MAX_BACKOFF_MS: i64 = 300_000;
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// One configured receiver, ready to send.
+pub struct Receiver {
+    pub config: ReceiverConfig,
+    url: String,
+    routing_key: Option<String>,
+    client: HttpClient,
+}
+
+fn http_client() -> HttpClient {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "no system root certificates; https receivers will fail");
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+        });
+    Client::builder(TokioExecutor::new()).build(builder.https_or_http().enable_http1().build())
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+impl Receiver {
+    /// `env` looks up the environment variable naming a PagerDuty routing
+    /// key (`|v| std::env::var(v).ok()` in production).
+    pub fn new(
+        config: ReceiverConfig,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Receiver, String> {
+        let url = config
+            .url_or_default()
+            .ok_or_else(|| format!("receiver {:?}: no url", config.name))?
+            .trim_end_matches('/')
+            .to_string();
+        let routing_key = match &config.routing_key_env {
+            Some(var) => Some(env(var).ok_or_else(|| {
+                format!(
+                    "receiver {:?}: environment variable {var} (its routing key) is not set",
+                    config.name
+                )
+            })?),
+            None => None,
+        };
+        Ok(Receiver {
+            config,
+            url,
+            routing_key,
+            client: http_client(),
+        })
+    }
+
+    fn severity_rank(&self) -> i64 {
+        match self.config.min_severity {
+            None | Some(tillwatch_config::Severity::Info) => 0,
+            Some(tillwatch_config::Severity::Warning) => 1,
+            Some(tillwatch_config::Severity::Critical) => 2,
+        }
+    }
+
+    async fn post(&self, url: &str, body: &Value) -> Result<(), String> {
+        let request = hyper::Request::post(url)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, "tillwatch-alerter")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| format!("bad request to {url}: {e}"))?;
+        let response = tokio::time::timeout(self.config.timeout, self.client.request(request))
+            .await
+            .map_err(|_| format!("{url}: no answer within {:?}", self.config.timeout))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body: String =
+            tokio::time::timeout(Duration::from_secs(2), response.into_body().collect())
+                .await
+                .ok()
+                .and_then(|b| b.ok())
+                .map(|b| {
+                    String::from_utf8_lossy(&b.to_bytes())
+                        .chars()
+                        .take(300)
+                        .collect()
+                })
+                .unwrap_or_default();
+        Err(format!("{url}: HTTP {status}: {body}"))
+    }
+
+    fn alertmanager_alert(&self, a: &AlertRecord, now: i64) -> Value {
+        let ends = match a.notify {
+            Some(AlertState::Resolved) => a.resolved_at_ms.unwrap_or(now),
+            _ => now + 3 * self.config.repeat_or_default().as_millis() as i64,
+        };
+        json!({
+            "labels": a.labels,
+            "annotations": a.annotations,
+            "startsAt": rfc3339(a.fired_at_ms.unwrap_or(a.pending_since_ms)),
+            "endsAt": rfc3339(ends),
+            "generatorURL": a.annotations.get("device_url").or(a.annotations.get("store_url")).cloned().unwrap_or_default(),
+        })
+    }
+
+    fn webhook_body(&self, a: &AlertRecord) -> Value {
+        json!({
+            "version": "1",
+            "receiver": self.config.name,
+            "status": a.notify.map(|n| n.as_str()).unwrap_or("firing"),
+            "alert": {
+                "alert_id": a.alert_id,
+                "rule": a.rule,
+                "subject": a.subject,
+                "scope": a.scope,
+                "severity": a.severity,
+                "labels": a.labels,
+                "annotations": a.annotations,
+                "pending_since": rfc3339(a.pending_since_ms),
+                "fired_at": a.fired_at_ms.map(rfc3339),
+                "resolved_at": a.resolved_at_ms.map(rfc3339),
+            }
+        })
+    }
+
+    fn pagerduty_body(&self, a: &AlertRecord) -> Value {
+        let resolve = a.notify == Some(AlertState::Resolved);
+        let mut details: BTreeMap<String, String> = a.labels.clone();
+        details.extend(a.annotations.clone());
+        let link = a
+            .annotations
+            .get("device_url")
+            .or(a.annotations.get("store_url"));
+        json!({
+            "routing_key": self.routing_key,
+            "event_action": if resolve { "resolve" } else { "trigger" },
+            "dedup_key": a.alert_id,
+            "payload": {
+                "summary": a.annotations.get("summary").cloned().unwrap_or_else(|| a.rule.clone()),
+                "source": a.subject,
+                "severity": a.severity,
+                "timestamp": rfc3339(a.fired_at_ms.unwrap_or(a.pending_since_ms)),
+                "component": a.labels.get("model").cloned().unwrap_or_default(),
+                "group": format!("{}/{}", a.labels.get("merchant_id").map(String::as_str).unwrap_or(""), a.labels.get("store_id").map(String::as_str).unwrap_or("")),
+                "class": a.rule,
+                "custom_details": details,
+            },
+            "links": link.map(|href| vec![json!({"href": href, "text": "Tillwatch"})]).unwrap_or_default(),
+        })
+    }
+
+    /// Sends what is due now; returns how many alerts went out.
+    pub async fn deliver_due(&self, store: &MetaStore, now: i64) -> Result<usize, MetaError> {
+        let repeat_ms = self.config.repeat_or_default().as_millis() as i64;
+        let due = store
+            .due_deliveries(
+                &self.config.name,
+                now,
+                now - repeat_ms,
+                self.severity_rank(),
+                BATCH,
+            )
+            .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut sent = Vec::new();
+        let mut failed: Vec<(Vec<&Delivery>, String)> = Vec::new();
+        match self.config.kind {
+            ReceiverKind::Alertmanager => {
+                let body = Value::Array(
+                    due.iter()
+                        .map(|d| self.alertmanager_alert(&d.alert, now))
+                        .collect(),
+                );
+                match self
+                    .post(&format!("{}/api/v2/alerts", self.url), &body)
+                    .await
+                {
+                    Ok(()) => sent.extend(due.iter()),
+                    Err(e) => failed.push((due.iter().collect(), e)),
+                }
+            }
+            ReceiverKind::Webhook | ReceiverKind::Pagerduty => {
+                for d in &due {
+                    let body = if self.config.kind == ReceiverKind::Webhook {
+                        self.webhook_body(&d.alert)
+                    } else {
+                        self.pagerduty_body(&d.alert)
+                    };
+                    match self.post(&self.url, &body).await {
+                        Ok(()) => sent.push(d),
+                        Err(e) => failed.push((vec![d], e)),
+                    }
+                }
+            }
+        }
+        let name = self.config.name.clone();
+        if !sent.is_empty() {
+            let states: Vec<(String, AlertState)> = sent
+                .iter()
+                .map(|d| {
+                    (
+                        d.alert.alert_id.clone(),
+                        d.alert.notify.unwrap_or(AlertState::Firing),
+                    )
+                })
+                .collect();
+            store.record_delivered(&name, &states, now).await?;
+            counter!(DELIVERIES, "receiver" => name.clone(), "outcome" => "sent")
+                .increment(sent.len() as u64);
+            for d in &sent {
+                info!(receiver = %name, alert = %d.alert.alert_id, state = ?d.alert.notify, "alert delivered");
+            }
+        }
+        for (deliveries, error) in failed {
+            let attempts = deliveries.iter().map(|d| d.attempts).max().unwrap_or(0);
+            let backoff = (1000i64 << attempts.clamp(0, 20)).min(MAX_BACKOFF_MS);
+            let ids: Vec<String> = deliveries
+                .iter()
+                .map(|d| d.alert.alert_id.clone())
+                .collect();
+            warn!(receiver = %name, alerts = ids.len(), retry_in_ms = backoff, %error, "alert delivery failed");
+            store
+                .record_delivery_failed(&name, &ids, now + backoff, &error)
+                .await?;
+            counter!(DELIVERIES, "receiver" => name.clone(), "outcome" => "failed")
+                .increment(ids.len() as u64);
+        }
+        Ok(sent.len())
+    }
+}
+
+/// Delivers until `shutdown`: at once when `wake` is notified (an alert
+/// changed), and every second for repeats and retries.
+pub async fn run_delivery(
+    store: MetaStore,
+    receivers: Vec<Receiver>,
+    wake: Arc<Notify>,
+    shutdown: impl Future<Output = ()>,
+) {
+    metrics::describe_counter!(DELIVERIES, "Alert notifications, by receiver and outcome");
+    tokio::pin!(shutdown);
+    loop {
+        let now = tillwatch_domain::UtcMillis::now().0;
+        for receiver in &receivers {
+            // Until nothing more is due (a batch at a time).
+            loop {
+                match receiver.deliver_due(&store, now).await {
+                    Ok(n) if n == BATCH as usize => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        warn!(receiver = %receiver.config.name, error = %e, "delivery bookkeeping failed");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = &mut shutdown => return,
+        }
+    }
+}
