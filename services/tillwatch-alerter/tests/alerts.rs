@@ -85,17 +85,19 @@ fn lost(device: &str, at: i64) -> Event {
 }
 
 fn config() -> AlertingConfig {
-    let mut c = AlertingConfig::default();
-    c.stores = ["s-1", "s-2", "s-3"]
-        .iter()
-        .map(|s| StoreConfig {
-            merchant_id: "m-1".into(),
-            store_id: s.to_string(),
-            name: Some(format!("Store {s}")),
-            time_zone: Some("Europe/Berlin".into()),
-            hours: "Mon-Fri 08:00-20:00".into(),
-        })
-        .collect();
+    let mut c = AlertingConfig {
+        stores: ["s-1", "s-2", "s-3"]
+            .iter()
+            .map(|s| StoreConfig {
+                merchant_id: "m-1".into(),
+                store_id: s.to_string(),
+                name: Some(format!("Store {s}")),
+                time_zone: Some("Europe/Berlin".into()),
+                hours: "Mon-Fri 08:00-20:00".into(),
+            })
+            .collect(),
+        ..AlertingConfig::default()
+    };
     // Battery forecasts are not what these tests are about.
     c.rules.battery_forecast.enabled = false;
     c
