@@ -13,6 +13,7 @@ use tillwatch_serve::{EmbeddedBroker, run_standalone};
 use tokio::net::TcpListener;
 use tracing::info;
 
+mod alerts;
 mod progress;
 
 #[derive(Debug, Parser)]
@@ -38,6 +39,9 @@ enum Command {
     /// The alerter alone: every terminal's connectivity state and registry,
     /// from the broker into the metadata store.
     Alerter(AlerterArgs),
+    /// Alerts and silences, from the metadata store.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
     /// Create or update the ClickHouse schema (idempotent; records what it applied).
     Migrate(MigrateArgs),
     /// ClickHouse maintenance.
@@ -291,6 +295,21 @@ fn print_where(
         "  device state  {} (registry and connectivity of every terminal)",
         tillwatch_meta::without_password(&config.metadata_url())
     );
+    let receivers: Vec<String> = config
+        .alerting
+        .all_receivers()
+        .iter()
+        .map(|r| format!("{} ({:?})", r.name, r.kind).to_lowercase())
+        .collect();
+    println!(
+        "  alerts        tillwatch alerts list --data-dir {}   (sent to: {})",
+        config.data_dir.display(),
+        if receivers.is_empty() {
+            "no receiver; add --alertmanager-url".to_string()
+        } else {
+            receivers.join(", ")
+        }
+    );
     if let Some(url) = &config.clickhouse.url {
         println!(
             "  ClickHouse    {url} database {} (query the *_final views or device_latest)",
@@ -516,6 +535,7 @@ pub fn run_cli() -> std::process::ExitCode {
             Command::Demo(args) => demo(args).await,
             Command::Gateway(args) => gateway(args).await,
             Command::Alerter(args) => alerter(args).await,
+            Command::Alerts(command) => alerts::run(command).await,
             Command::Migrate(args) => migrate(args).await,
             Command::Clickhouse(ClickhouseCommand::Backfill(args)) => backfill(args).await,
             Command::GenerateConfig => {
