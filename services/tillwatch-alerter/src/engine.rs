@@ -21,6 +21,14 @@ use crate::hours::{WeeklyHours, time_zone};
 use crate::matchers::{Matcher, all_match, parse_all};
 use crate::rules::{Cmp, Condition, Phase, ThresholdRule};
 
+/// Values a rule's summary shows beyond those its conditions read.
+const EXTRA_VALUES: &[(&str, &str)] = &[
+    ("offline_queue", "offline_queue_len"),
+    ("battery_forecast", "battery_level_pct"),
+    ("battery_forecast", "battery_drain_pct_per_hour"),
+    ("battery_forecast", "battery_minutes_to_critical"),
+];
+
 pub const STORE_OFFLINE: &str = "store_offline";
 pub const MERCHANT_OFFLINE: &str = "merchant_offline";
 const OFFLINE: &str = "offline";
@@ -813,23 +821,32 @@ impl Engine {
             }
         }
         let labels = self.device_labels(device_id, view);
-        let mut values: BTreeMap<String, String> = signals
-            .iter()
-            .filter(|(k, _)| !matches!(**k, "store_closed"))
-            .map(|(k, value)| (format!("value_{k}"), shown(*value)))
-            .collect();
-        values.insert(
-            "device_url".into(),
-            format!("{}/devices/{device_id}", self.public_url),
-        );
         for (key, phase, resolved, summary) in updates {
-            let severity = self
-                .rules
+            let Some(rule) = self.rules.iter().find(|r| r.rule.name == key.0) else {
+                continue;
+            };
+            let severity = rule.severity;
+            // The values the rule looks at (and the ones its summary uses).
+            let mut annotations: BTreeMap<String, String> = rule
+                .rule
+                .fire
                 .iter()
-                .find(|r| r.rule.name == key.0)
-                .map(|r| r.severity)
-                .unwrap_or(Severity::Warning);
-            let mut annotations = values.clone();
+                .chain(&rule.rule.clear)
+                .flat_map(|c| [Some(c.signal), c.unless])
+                .flatten()
+                .chain(
+                    EXTRA_VALUES
+                        .iter()
+                        .filter(|(r, _)| *r == key.0)
+                        .map(|(_, s)| *s),
+                )
+                .filter(|name| *name != "store_closed")
+                .filter_map(|name| Some((format!("value_{name}"), shown(*signals.get(name)?))))
+                .collect();
+            annotations.insert(
+                "device_url".into(),
+                format!("{}/devices/{device_id}", self.public_url),
+            );
             annotations.insert("summary".into(), summary);
             self.transition(
                 key,
@@ -1020,7 +1037,7 @@ impl Engine {
         let mut phase = before;
         let event = rule.step(&mut phase, &signals, now);
         let listed = out.join(",");
-        let grown = matches!(phase, Phase::Firing { .. } | Phase::Clearing { .. })
+        let grown = matches!(phase, Phase::Firing { .. })
             && self
                 .open
                 .get(&key)
@@ -1150,7 +1167,7 @@ impl Engine {
         names.truncate(50);
         let listed = names.join(",");
         // A firing store alert follows its outage: which terminals are down.
-        let grown = matches!(phase, Phase::Firing { .. } | Phase::Clearing { .. })
+        let grown = matches!(phase, Phase::Firing { .. })
             && self
                 .open
                 .get(&key)
