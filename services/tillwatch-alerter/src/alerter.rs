@@ -100,23 +100,35 @@ impl Alerter {
         event: Event,
         now: UtcMillis,
     ) -> Result<Vec<(DeviceId, Transition)>, AlertingError> {
-        let transitions = self.tracker.handle(event.clone()).await?;
+        self.handle_batch(std::slice::from_ref(&event), now).await
+    }
+
+    /// [`Alerter::handle`] for many events: one store transaction for the
+    /// device state, one for the alerts they changed.
+    pub async fn handle_batch(
+        &mut self,
+        events: &[Event],
+        now: UtcMillis,
+    ) -> Result<Vec<(DeviceId, Transition)>, AlertingError> {
+        let transitions = self.tracker.handle_batch(events).await?;
         let changes = &mut self.unsaved;
-        match &event {
-            Event::Info(info) => self.engine.on_info(info, now.0, changes),
-            Event::Telemetry {
-                merchant_id,
-                device_id,
-                readings,
-                ..
-            } => self.engine.on_readings(
-                merchant_id.as_str(),
-                device_id.as_str(),
-                readings,
-                now.0,
-                changes,
-            ),
-            Event::Status { .. } => {}
+        for event in events {
+            match event {
+                Event::Info(info) => self.engine.on_info(info, now.0, changes),
+                Event::Telemetry {
+                    merchant_id,
+                    device_id,
+                    readings,
+                    ..
+                } => self.engine.on_readings(
+                    merchant_id.as_str(),
+                    device_id.as_str(),
+                    readings,
+                    now.0,
+                    changes,
+                ),
+                Event::Status { .. } => {}
+            }
         }
         for (device, t) in &transitions {
             self.engine

@@ -128,6 +128,8 @@ pub struct Engine {
     by_store: HashMap<(String, String), BTreeSet<String>>,
     stores: HashMap<(String, String), StoreView>,
     open: HashMap<(String, String), AlertRecord>,
+    /// The rules with an open alert, by subject: an index into `open`.
+    open_rules: HashMap<String, BTreeSet<String>>,
     silences: Vec<Silence>,
     maintenance: Vec<Maintenance>,
 }
@@ -464,6 +466,7 @@ impl Engine {
             by_store: HashMap::new(),
             stores: HashMap::new(),
             open: HashMap::new(),
+            open_rules: HashMap::new(),
             silences: Vec::new(),
             maintenance,
         })
@@ -486,7 +489,7 @@ impl Engine {
             self.place(&d.device_id, d.store_id);
         }
         for a in open {
-            self.open.insert((a.rule.clone(), a.subject.clone()), a);
+            self.insert_open((a.rule.clone(), a.subject.clone()), a);
         }
         for s in stores {
             self.set_store(s)?;
@@ -860,7 +863,7 @@ impl Engine {
                 changes,
             );
         }
-        if self.open.keys().any(|(_, s)| s == device_id) {
+        if self.open_rules.contains_key(device_id) {
             self.settle_subject(device_id, now, changes);
         }
     }
@@ -882,7 +885,7 @@ impl Engine {
     ) {
         labels.insert("alertname".into(), key.0.clone());
         labels.insert("severity".into(), severity.as_str().into());
-        match (self.open.remove(&key), phase) {
+        match (self.remove_open(&key), phase) {
             (None, Phase::Inactive) => {}
             (Some(mut record), Phase::Inactive) => {
                 if resolved || record.state == AlertState::Firing {
@@ -944,19 +947,38 @@ impl Engine {
                 }
                 record.updated_at_ms = now;
                 changes.save(&record);
-                self.open.insert(key, record);
+                self.insert_open(key, record);
             }
         }
+    }
+
+    fn insert_open(&mut self, key: (String, String), record: AlertRecord) {
+        self.open_rules
+            .entry(key.1.clone())
+            .or_default()
+            .insert(key.0.clone());
+        self.open.insert(key, record);
+    }
+
+    fn remove_open(&mut self, key: &(String, String)) -> Option<AlertRecord> {
+        if let Some(rules) = self.open_rules.get_mut(&key.1) {
+            rules.remove(&key.0);
+            if rules.is_empty() {
+                self.open_rules.remove(&key.1);
+            }
+        }
+        self.open.remove(key)
     }
 
     /// Recomputes what holds, silences and should be sent for the open
     /// alerts of one subject.
     fn settle_subject(&mut self, subject: &str, now: i64, changes: &mut Changes) {
-        let keys: Vec<_> = self
-            .open
-            .keys()
-            .filter(|(_, s)| s == subject)
-            .cloned()
+        let keys: Vec<(String, String)> = self
+            .open_rules
+            .get(subject)
+            .into_iter()
+            .flatten()
+            .map(|rule| (rule.clone(), subject.to_string()))
             .collect();
         for key in keys {
             let held_by = self.holder(&key);
@@ -1235,7 +1257,7 @@ impl Engine {
         for (merchant, store) in stores {
             self.evaluate_store(&merchant, &store, now, changes);
         }
-        let subjects: BTreeSet<String> = self.open.keys().map(|(_, s)| s.clone()).collect();
+        let subjects: Vec<String> = self.open_rules.keys().cloned().collect();
         for subject in subjects {
             self.settle_subject(&subject, now, changes);
         }

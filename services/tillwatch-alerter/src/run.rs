@@ -23,6 +23,9 @@ use tracing::{error, info, warn};
 use crate::deliver::{Receiver, run_delivery};
 use crate::{Alerter, AlertingError, Event};
 
+/// Most messages written to the store in one transaction.
+const MAX_BATCH: usize = 1000;
+
 /// Counter, by `to` (online, last_will, shutdown, silence).
 pub const CONNECTIVITY_CHANGES: &str = "tillwatch_alerter_connectivity_changes_total";
 
@@ -168,6 +171,10 @@ pub async fn run_alerter(
     let filters = subscriptions(None);
     let limits = DecodeLimits::from_config(&config.gateway);
     tokio::pin!(shutdown);
+    // Messages taken but not yet in the store, and their acks: written as
+    // one batch as soon as no more are ready (or the batch is full).
+    let mut batch: Vec<Event> = Vec::new();
+    let mut batch_acks: Vec<Publish> = Vec::new();
     loop {
         while let Some(ack) = unsent_acks.front() {
             if client.try_ack(ack).is_err() {
@@ -181,8 +188,11 @@ pub async fn run_alerter(
         let next = alerter.next_deadline();
         let wake_at = tokio::time::Instant::now()
             + Duration::from_millis((next.0 - UtcMillis::now().0).max(0) as u64);
+        let full = batch.len() >= MAX_BATCH;
         tokio::select! {
-            polled = eventloop.poll() => match polled {
+            biased;
+            _ = &mut shutdown => break,
+            polled = eventloop.poll(), if !full => match polled {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     info!("alerter connected; subscribing");
                     if let Err(e) = client.subscribe_many(filters.clone()).await {
@@ -192,27 +202,11 @@ pub async fn run_alerter(
                 Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                     let now = UtcMillis::now();
                     let decoded = decode_message(&publish.topic, &publish.payload, now, &limits);
-                    if let Some(event) = to_event(decoded, now) {
-                        // Not acked until the store has it; a stop leaves
-                        // it for the broker to redeliver.
-                        let handled = retrying!(
-                            "cannot record device state",
-                            alerter.handle(event.clone(), now),
-                            shutdown
-                        );
-                        let Some(changes) = handled else {
-                            warn!("stopping while the metadata store fails; unstored messages stay unacked");
-                            break;
-                        };
-                        report(&changes);
-                        if retrying!("cannot save alerts", alerter.flush(), shutdown).is_none() {
-                            break;
-                        }
-                    }
+                    batch.extend(to_event(decoded, now));
                     if publish.qos != QoS::AtMostOnce {
                         let mut ack = Publish::new("", publish.qos, Vec::new());
                         ack.pkid = publish.pkid;
-                        unsent_acks.push_back(ack);
+                        batch_acks.push(ack);
                     }
                 }
                 Ok(_) => {}
@@ -221,6 +215,26 @@ pub async fn run_alerter(
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             },
+            // Nothing more ready (or the batch is full): store the batch.
+            _ = std::future::ready(()), if !batch.is_empty() || !batch_acks.is_empty() => {
+                // Not acked until the store has it; a stop leaves it for
+                // the broker to redeliver.
+                let handled = retrying!(
+                    "cannot record device state",
+                    alerter.handle_batch(&batch, UtcMillis::now()),
+                    shutdown
+                );
+                let Some(changes) = handled else {
+                    warn!("stopping while the metadata store fails; unstored messages stay unacked");
+                    break;
+                };
+                report(&changes);
+                if retrying!("cannot save alerts", alerter.flush(), shutdown).is_none() {
+                    break;
+                }
+                batch.clear();
+                unsent_acks.extend(batch_acks.drain(..));
+            }
             _ = tokio::time::sleep_until(wake_at) => {
                 match alerter.tick(UtcMillis::now()).await {
                     Ok(changes) => report(&changes),
@@ -233,7 +247,6 @@ pub async fn run_alerter(
                     }
                 }
             }
-            _ = &mut shutdown => break,
         }
     }
     // Queue the DISCONNECT without waiting on a full request

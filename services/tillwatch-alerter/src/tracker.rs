@@ -4,7 +4,7 @@ use tillwatch_domain::connectivity::{
     DeviceConnectivity, SilencePolicy, SilenceTimers, Transition,
 };
 use tillwatch_domain::{DeviceId, DeviceInfo, DeviceStatus, MerchantId, Reading, UtcMillis};
-use tillwatch_meta::{MetaError, MetaStore};
+use tillwatch_meta::{MetaError, MetaStore, StateBatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrackerError {
@@ -64,46 +64,87 @@ impl Tracker {
         &mut self,
         event: Event,
     ) -> Result<Vec<(DeviceId, Transition)>, TrackerError> {
-        match event {
-            Event::Info(info) => {
-                self.store.record_info(&info).await?;
-                Ok(Vec::new())
-            }
-            Event::Telemetry {
-                merchant_id,
-                device_id,
-                readings,
-                received_at,
-            } => {
-                self.store.record_readings(&merchant_id, &readings).await?;
-                let conn = self.devices.entry(device_id.clone()).or_default();
-                let change = conn.on_telemetry(received_at);
-                self.save(&device_id, change).await
-            }
-            Event::Status {
-                status,
-                received_at,
-            } => {
-                let conn = self.devices.entry(status.device_id.clone()).or_default();
-                let change =
-                    conn.on_status(status.online, status.reason, status.boot_id, received_at);
-                self.save(&status.device_id, change).await
-            }
-        }
+        self.handle_batch(std::slice::from_ref(&event)).await
     }
 
-    async fn save(
+    /// Applies events in order and writes what they changed in one
+    /// transaction. On an error nothing has changed: retry with the same
+    /// events.
+    pub async fn handle_batch(
         &mut self,
-        device_id: &DeviceId,
-        change: Option<Transition>,
+        events: &[Event],
     ) -> Result<Vec<(DeviceId, Transition)>, TrackerError> {
-        let conn = &self.devices[device_id];
-        self.timers
-            .set(device_id, conn.silence_deadline(&self.policy));
-        self.store
-            .save_connectivity(device_id.as_str(), &conn.snapshot(), change.as_ref())
-            .await?;
-        Ok(change.map(|c| (device_id.clone(), c)).into_iter().collect())
+        let mut batch = StateBatch::default();
+        let mut touched: HashMap<DeviceId, Option<DeviceConnectivity>> = HashMap::new();
+        let mut changes = Vec::new();
+        for event in events {
+            let (device_id, change) = match event {
+                Event::Info(info) => {
+                    batch.info(info);
+                    continue;
+                }
+                Event::Telemetry {
+                    merchant_id,
+                    device_id,
+                    readings,
+                    received_at,
+                } => {
+                    batch.readings(merchant_id, readings);
+                    self.remember(&mut touched, device_id);
+                    let conn = self.devices.entry(device_id.clone()).or_default();
+                    (device_id, conn.on_telemetry(*received_at))
+                }
+                Event::Status {
+                    status,
+                    received_at,
+                } => {
+                    self.remember(&mut touched, &status.device_id);
+                    let conn = self.devices.entry(status.device_id.clone()).or_default();
+                    let change =
+                        conn.on_status(status.online, status.reason, status.boot_id, *received_at);
+                    (&status.device_id, change)
+                }
+            };
+            let conn = &self.devices[device_id];
+            batch.connectivity(device_id.as_str(), conn.snapshot(), change.as_ref());
+            changes.extend(change.map(|c| (device_id.clone(), c)));
+        }
+        self.commit(batch, touched).await?;
+        Ok(changes)
+    }
+
+    /// Keeps a device's state from before this batch, to undo it.
+    fn remember(
+        &self,
+        touched: &mut HashMap<DeviceId, Option<DeviceConnectivity>>,
+        device_id: &DeviceId,
+    ) {
+        touched
+            .entry(device_id.clone())
+            .or_insert_with(|| self.devices.get(device_id).cloned());
+    }
+
+    /// Writes the batch; on success moves the touched devices' silence
+    /// deadlines, on failure puts their state machines back.
+    async fn commit(
+        &mut self,
+        batch: StateBatch,
+        touched: HashMap<DeviceId, Option<DeviceConnectivity>>,
+    ) -> Result<(), TrackerError> {
+        if let Err(e) = self.store.record_batch(&batch).await {
+            for (device, before) in touched {
+                match before {
+                    Some(conn) => self.devices.insert(device, conn),
+                    None => self.devices.remove(&device),
+                };
+            }
+            return Err(e.into());
+        }
+        for device in touched.keys() {
+            let deadline = self.devices[device].silence_deadline(&self.policy);
+            self.timers.set(device, deadline);
+        }
+        Ok(())
     }
 
     /// The clock reached `now`: devices silent past their deadline go
@@ -112,13 +153,26 @@ impl Tracker {
         &mut self,
         now: UtcMillis,
     ) -> Result<Vec<(DeviceId, Transition)>, TrackerError> {
+        let mut batch = StateBatch::default();
+        let mut touched = HashMap::new();
         let mut changes = Vec::new();
-        for device_id in self.timers.due(now) {
-            let Some(conn) = self.devices.get_mut(&device_id) else {
+        let due = self.timers.due(now);
+        for device_id in &due {
+            if !self.devices.contains_key(device_id) {
                 continue;
-            };
+            }
+            self.remember(&mut touched, device_id);
+            let conn = self.devices.get_mut(device_id).expect("checked");
             let change = conn.on_time(now, &self.policy);
-            changes.extend(self.save(&device_id, change).await?);
+            batch.connectivity(device_id.as_str(), conn.snapshot(), change.as_ref());
+            changes.extend(change.map(|c| (device_id.clone(), c)));
+        }
+        if let Err(e) = self.commit(batch, touched).await {
+            // Due again at the next tick.
+            for device_id in due {
+                self.timers.set(&device_id, Some(now));
+            }
+            return Err(e);
         }
         Ok(changes)
     }

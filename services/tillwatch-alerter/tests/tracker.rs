@@ -135,6 +135,48 @@ async fn behaviour(url: &str) {
     // And the registry saw its readings.
     let device = store.device("t-quiet").await.unwrap().unwrap();
     assert_eq!(device.last_seen_ms, Some(deadline + 30_000));
+
+    // Messages taken as one batch (one transaction): every change of every
+    // device is kept, in order, and the newest state wins.
+    let t = deadline + 60_000;
+    let changes = tracker
+        .handle_batch(&[
+            telemetry("t-will", 20, t),
+            telemetry("t-new", 0, t),
+            status("t-will", false, StatusReason::ConnectionLost, t + 1),
+            telemetry("t-will", 21, t + 2),
+        ])
+        .await
+        .unwrap();
+    let seen: Vec<_> = changes.iter().map(|(d, c)| (d.as_str(), c.to)).collect();
+    assert_eq!(
+        seen,
+        [
+            ("t-will", ConnState::Online),
+            ("t-new", ConnState::Online),
+            ("t-will", ConnState::Offline(OfflineReason::LastWill)),
+            ("t-will", ConnState::Online),
+        ]
+    );
+    let history = store.connectivity_history("t-will", 2).await.unwrap();
+    assert_eq!(
+        history.iter().map(|h| (h.to, h.at_ms)).collect::<Vec<_>>(),
+        [
+            (ConnState::Online, t + 2),
+            (ConnState::Offline(OfflineReason::LastWill), t + 1)
+        ]
+    );
+    drop(tracker);
+    let tracker = Tracker::open(store.clone(), policy).await.unwrap();
+    assert_eq!(
+        tracker.state(&dev("t-will")).unwrap().state(),
+        Some(ConnState::Online)
+    );
+    assert_eq!(
+        store.device("t-will").await.unwrap().unwrap().last_seen_ms,
+        Some(t + 2)
+    );
+    assert!(store.device("t-new").await.unwrap().is_some());
 }
 
 #[tokio::test]

@@ -27,40 +27,9 @@ impl MetaStore {
         transition: Option<&'a Transition>,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut tx = self.pool().begin().await.map_err(self.db())?;
-            sqlx::query(
-            "INSERT INTO device_connectivity (device_id, state, since_ms, boot_id, last_telemetry_ms, cadence_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, since_ms = excluded.since_ms, \
-               boot_id = excluded.boot_id, last_telemetry_ms = excluded.last_telemetry_ms, \
-               cadence_ms = excluded.cadence_ms",
-        )
-        .bind(device_id)
-        .bind(snapshot.state.map(|s| s.as_str()))
-        .bind(snapshot.since.0)
-        // Boot ids are random 64-bit values; stored as their bit pattern.
-        .bind(snapshot.boot.map(|b| b.0 as i64))
-        .bind(snapshot.last_telemetry.map(|t| t.0))
-        // Whole milliseconds as an integer: the learned gap is rounded, and
-        // sqlx's Any driver mis-encodes a NULL float for PostgreSQL.
-        .bind(snapshot.gap_ms.map(|g| g.round() as i64))
-        .execute(&mut *tx)
-        .await
-        .map_err(self.db())?;
-            if let Some(t) = transition {
-                sqlx::query(
-                    "INSERT INTO connectivity_history (device_id, at_ms, from_state, to_state) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (device_id, at_ms, to_state) DO NOTHING",
-                )
-                .bind(device_id)
-                .bind(t.at.0)
-                .bind(t.from.map(|s| s.as_str()))
-                .bind(t.to.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(self.db())?;
-            }
-            tx.commit().await.map_err(self.db())
+            let mut batch = crate::StateBatch::default();
+            batch.connectivity(device_id, snapshot.clone(), transition);
+            self.record_batch(&batch).await
         })
     }
 

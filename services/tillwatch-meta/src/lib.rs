@@ -10,6 +10,7 @@
 //! whose app died behind a live socket is not "seen".
 
 mod alerts;
+mod batch;
 mod connectivity;
 mod migrations;
 pub mod testing;
@@ -21,6 +22,7 @@ use sqlx::{AnyPool, Row};
 use tillwatch_domain::{DeviceInfo, MerchantId, Reading, Signal};
 
 pub use alerts::{AlertFilter, AlertRecord, AlertState, Delivery, SilenceRecord, StoreRecord};
+pub use batch::StateBatch;
 pub use connectivity::HistoryEntry;
 pub use migrations::{MIGRATIONS, Migration, MigrationReport};
 
@@ -264,6 +266,17 @@ impl MetaStore {
     /// store, time zone. An info message older than the one held is ignored
     /// (retained messages arrive again after every reconnect).
     pub async fn record_info(&self, info: &DeviceInfo) -> Result<(), MetaError> {
+        self.info_statement(info)
+            .execute(&self.pool)
+            .await
+            .map_err(self.db())?;
+        Ok(())
+    }
+
+    pub(crate) fn info_statement<'q>(
+        &self,
+        info: &'q DeviceInfo,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
         sqlx::query(
             "INSERT INTO devices (device_id, merchant_id, store_id, model, serial, firmware_version, \
              app_version, time_zone, first_seen_ms, last_seen_ms, info_at_ms) \
@@ -286,10 +299,6 @@ impl MetaStore {
         .bind(&info.app_version)
         .bind((!info.time_zone.is_empty()).then(|| info.time_zone.clone()))
         .bind(info.at.0)
-        .execute(&self.pool)
-        .await
-        .map_err(self.db())?;
-        Ok(())
     }
 
     /// Records readings of one merchant's devices in one transaction: each
@@ -302,46 +311,9 @@ impl MetaStore {
         readings: &'a [Reading],
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            if readings.is_empty() {
-                return Ok(());
-            }
-            let mut tx = self.pool.begin().await.map_err(self.db())?;
-            for reading in readings {
-                let t = reading.sampled_at.0;
-                sqlx::query(
-                "INSERT INTO devices (device_id, merchant_id, first_seen_ms, last_seen_ms) \
-                 VALUES ($1, $2, $3, $3) \
-                 ON CONFLICT (device_id) DO UPDATE SET \
-                   last_seen_ms = CASE WHEN devices.last_seen_ms IS NULL OR devices.last_seen_ms < excluded.last_seen_ms \
-                     THEN excluded.last_seen_ms ELSE devices.last_seen_ms END, \
-                   first_seen_ms = CASE WHEN excluded.first_seen_ms < devices.first_seen_ms \
-                     THEN excluded.first_seen_ms ELSE devices.first_seen_ms END",
-            )
-            .bind(reading.device_id.as_str())
-            .bind(merchant_id.as_str())
-            .bind(t)
-            .execute(&mut *tx)
-            .await
-            .map_err(self.db())?;
-                for (signal, value) in signals_of(reading) {
-                    sqlx::query(
-                        "INSERT INTO device_signals (device_id, signal, value, sampled_at_ms) \
-                     VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (device_id, signal) DO UPDATE SET \
-                       value = excluded.value, sampled_at_ms = excluded.sampled_at_ms \
-                     WHERE device_signals.sampled_at_ms < excluded.sampled_at_ms",
-                    )
-                    .bind(reading.device_id.as_str())
-                    .bind(signal)
-                    .bind(value)
-                    .bind(t)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(self.db())?;
-                }
-            }
-            tx.commit().await.map_err(self.db())?;
-            Ok(())
+            let mut batch = StateBatch::default();
+            batch.readings(merchant_id, readings);
+            self.record_batch(&batch).await
         })
     }
 
