@@ -435,6 +435,29 @@ fn store_subject(merchant: &str, store: &str) -> String {
     format!("store:{merchant}/{store}")
 }
 
+/// Checks what `Config::validate` cannot: store hours, time zones and
+/// maintenance matchers, each problem naming its key.
+pub fn check_config(config: &AlertingConfig) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if let Err(e) = Engine::new(config, "", 0) {
+        problems.push(e);
+    }
+    for (i, s) in config.stores.iter().enumerate() {
+        let key = format!("alerting.stores[{i}] ({}/{})", s.merchant_id, s.store_id);
+        if let Err(e) = WeeklyHours::parse(&s.hours) {
+            problems.push(format!("{key}.hours: {e}"));
+        }
+        if let Some(Err(e)) = s.time_zone.as_deref().map(time_zone) {
+            problems.push(format!("{key}.time_zone: {e}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
 impl Engine {
     /// Checks the configuration's hours, zones and matchers, naming the
     /// key at fault.
@@ -1414,6 +1437,37 @@ mod tests {
         });
         // The seventh drop (minute 36) is over 6 an hour; ten minutes on.
         assert_eq!(fired(&saved), [46], "disconnects per hour above 6");
+    }
+
+    #[test]
+    fn bad_hours_zones_and_matchers_in_the_config_are_named() {
+        let mut config = AlertingConfig::default();
+        assert!(check_config(&config).is_ok());
+        config.stores.push(tillwatch_config::StoreConfig {
+            merchant_id: "m-1".into(),
+            store_id: "s-1".into(),
+            name: None,
+            time_zone: Some("Europe/Nowhere".into()),
+            hours: "Mon-Fri 8-20".into(),
+        });
+        config
+            .maintenance
+            .push(tillwatch_config::MaintenanceConfig {
+                name: "nightly".into(),
+                matchers: vec!["merchant".into()],
+                schedule: "Sun 02:00-04:00".into(),
+                time_zone: "UTC".into(),
+            });
+        let err = check_config(&config).unwrap_err();
+        assert!(err.contains("alerting.stores[0] (m-1/s-1).hours"), "{err}");
+        assert!(
+            err.contains("alerting.stores[0] (m-1/s-1).time_zone"),
+            "{err}"
+        );
+        assert!(
+            err.contains("alerting.maintenance[0] (\"nightly\").matchers"),
+            "{err}"
+        );
     }
 
     #[test]

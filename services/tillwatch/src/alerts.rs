@@ -72,7 +72,7 @@ async fn open(args: &StoreArgs) -> anyhow::Result<MetaStore> {
     if let Some(url) = &args.metadata_url {
         config.metadata.url = Some(url.clone());
     }
-    config.validate()?;
+    crate::validate(&config)?;
     let store = MetaStore::connect(&config.metadata_url()).await?;
     store.migrate().await?;
     Ok(store)

@@ -192,6 +192,14 @@ struct DemoArgs {
     interval_ms: u64,
 }
 
+/// The configuration's own checks, then the alerter's (store hours, time
+/// zones, matchers), so a bad value is refused before anything starts.
+pub(crate) fn validate(config: &Config) -> anyhow::Result<()> {
+    config.validate()?;
+    tillwatch_alerter::engine::check_config(&config.alerting)
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+}
+
 fn load(common: &Common) -> anyhow::Result<Config> {
     let mut config = Config::load(common.config.as_deref(), std::env::vars())?;
     if let Some(dir) = &common.data_dir {
@@ -242,7 +250,7 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<Config> {
     }
     args.clickhouse.apply(&mut config);
     args.alerting.apply(&mut config);
-    config.validate()?;
+    validate(&config)?;
     Ok(config)
 }
 
@@ -408,7 +416,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         config.mqtt.broker = broker;
     }
     args.clickhouse.apply(&mut config);
-    config.validate()?;
+    validate(&config)?;
     let http = bind(config.http.listen, "--http-listen").await?;
     println!("http listening on {}", http.local_addr()?);
     // Install the metrics recorder before the gateway records anything.
@@ -444,7 +452,7 @@ async fn alerter(args: AlerterArgs) -> anyhow::Result<()> {
         config.metadata.url = Some(url);
     }
     args.alerting.apply(&mut config);
-    config.validate()?;
+    validate(&config)?;
     tillwatch_serve::metrics_handle();
     tillwatch_alerter::run_alerter(&config, signalled())
         .await
@@ -455,7 +463,7 @@ async fn alerter(args: AlerterArgs) -> anyhow::Result<()> {
 fn clickhouse_config(common: &Common, flags: &ClickHouseFlags) -> anyhow::Result<Config> {
     let mut config = load(common)?;
     flags.apply(&mut config);
-    config.validate()?;
+    validate(&config)?;
     Ok(config)
 }
 
