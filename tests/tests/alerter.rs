@@ -3,7 +3,8 @@
 //! breaks is offline by its last will within two seconds, with the state
 //! change in the metadata store and the page at Alertmanager; telemetry
 //! brings it back online and resolves the page. An Alertmanager that is
-//! down when the page is due gets it once it is back.
+//! down when the page is due gets it once it is back. A store of the
+//! simulated fleet losing its uplink is one store page, its terminals' held.
 
 use std::time::{Duration, Instant};
 
@@ -125,6 +126,14 @@ struct Running {
 }
 
 async fn start_alerter(mosquitto: &Mosquitto, alertmanager_url: &str) -> Running {
+    start_alerter_with(mosquitto, alertmanager_url, |_| {}).await
+}
+
+async fn start_alerter_with(
+    mosquitto: &Mosquitto,
+    alertmanager_url: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config {
         data_dir: dir.path().to_path_buf(),
@@ -133,6 +142,7 @@ async fn start_alerter(mosquitto: &Mosquitto, alertmanager_url: &str) -> Running
     config.mqtt.broker = mosquitto.url();
     config.alerting.alertmanager_url = Some(alertmanager_url.to_string());
     config.alerting.rules.offline.for_ = Duration::ZERO;
+    tweak(&mut config);
     config.validate().unwrap();
     let (stop, mut stop_rx) = watch::channel(false);
     let task = {
@@ -302,5 +312,82 @@ async fn a_page_waits_for_alertmanager_to_come_back() {
         },
     )
     .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_store_outage_is_one_page_at_alertmanager() {
+    let mosquitto = Mosquitto::start();
+    let alertmanager = Alertmanager::start();
+    let running = start_alerter_with(&mosquitto, &alertmanager.url(), |c| {
+        // Long enough for the store's terminals to be recognised together,
+        // shorter than the simulated outage (9 ticks of 300 ms).
+        c.alerting.rules.offline.for_ = Duration::from_secs(1);
+    })
+    .await;
+    let store = running.store.clone();
+    // 12 terminals of one merchant in two stores; the first store's six
+    // lose their uplink together from tick 20 to 29 (unclean: last wills).
+    let sim = tillwatch_sim::SimConfig {
+        broker: mosquitto.url(),
+        devices: 12,
+        merchants: 1,
+        stores_per_merchant: 2,
+        interval: Duration::from_millis(300),
+        readings_per_device: Some(40),
+        faults: tillwatch_sim::Faults {
+            store_outage: true,
+            ..tillwatch_sim::Faults::none()
+        },
+        ..tillwatch_sim::SimConfig::default()
+    };
+    let report = tillwatch_sim::run(sim, watch::channel(false).1)
+        .await
+        .unwrap();
+    assert_eq!(report.outages, 6, "{report:?}");
+
+    wait_for(
+        "the store page at Alertmanager",
+        Duration::from_secs(30),
+        || {
+            !alertmanager
+                .alerts_named("store_offline", "store_id", "m-000-s0")
+                .is_empty()
+        },
+    )
+    .await;
+    let pages = alertmanager.alerts();
+    let names: Vec<_> = pages
+        .iter()
+        .map(|a| format!("{} {}", a["labels"]["alertname"], a["labels"]["store_id"]))
+        .collect();
+    assert_eq!(
+        names,
+        ["\"store_offline\" \"m-000-s0\""],
+        "one page, no terminal pages"
+    );
+    assert!(
+        pages[0]["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("of 6 terminals")),
+        "{}",
+        pages[0]
+    );
+    // Each terminal's own alert is there, attached to the store's.
+    let alerts = store
+        .alerts(tillwatch_meta::AlertFilter::All, 100)
+        .await
+        .unwrap();
+    let store_alert = alerts
+        .iter()
+        .find(|a| a.rule == "store_offline")
+        .expect("store alert");
+    let held: Vec<_> = alerts.iter().filter(|a| a.rule == "offline").collect();
+    assert!(held.len() >= 3, "{alerts:?}");
+    assert!(
+        held.iter()
+            .all(|a| a.held_by.as_deref() == Some(store_alert.alert_id.as_str())),
+        "{held:?}"
+    );
     running.stop().await;
 }
