@@ -17,9 +17,9 @@ use tillwatch_domain::connectivity::{ConnState, OfflineReason};
 use tillwatch_domain::{DeviceInfo, Reading, Signal};
 use tillwatch_meta::{AlertRecord, AlertState, DeviceRecord, SilenceRecord, StoreRecord};
 
-use crate::hours::{WeeklyHours, time_zone};
 use crate::matchers::{Matcher, all_match, parse_all};
 use crate::rules::{Cmp, Condition, Phase, ThresholdRule};
+use tillwatch_domain::hours::{WeeklyHours, time_zone};
 
 /// Values a rule's summary shows beyond those its conditions read.
 const EXTRA_VALUES: &[(&str, &str)] = &[

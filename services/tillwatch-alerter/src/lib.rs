@@ -10,7 +10,6 @@
 mod alerter;
 pub mod deliver;
 pub mod engine;
-pub mod hours;
 pub mod matchers;
 pub mod rules;
 mod run;

@@ -1,11 +1,13 @@
 //! Tillwatch's domain: devices, readings and the rules a reading must meet.
 //!
-//! **Architecture Invariant:** this crate does no IO and knows no wire or
+//! **Architecture Invariant:** this crate does no IO (beyond reading the
+//! time-zone database, in [`hours::time_zone`]) and knows no wire or
 //! storage format. Protobuf is converted to these types in the gateway;
 //! Arrow and Parquet are built from them in the storage crate.
 
 pub mod connectivity;
 mod device;
+pub mod hours;
 mod ids;
 mod reading;
 mod time;

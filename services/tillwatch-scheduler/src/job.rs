@@ -1,0 +1,311 @@
+//! Job definitions: what a job reads, its grain, when it may run, how it
+//! retries; and the catalog that checks them together (unknown inputs,
+//! cycles) and orders them upstream first.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use croner::Cron;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use tillwatch_domain::hours::{WeeklyHours, time_zone};
+
+use crate::interval::Grain;
+
+/// When a job's partitions are considered: a cron expression (five fields,
+/// or `@hourly`, `@daily`, `@weekly`, `@monthly`) in a time zone. A
+/// partition is due at the first firing at or after its end plus the job's
+/// lateness.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    text: String,
+    cron: Cron,
+    tz: TimeZone,
+}
+
+impl Schedule {
+    pub fn parse(text: &str, tz: &str) -> Result<Schedule, String> {
+        let cron: Cron = text
+            .parse()
+            .map_err(|e| format!("schedule {text:?}: {e}"))?;
+        Ok(Schedule {
+            text: text.to_string(),
+            cron,
+            tz: time_zone(tz)?,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The first firing at or after `at_ms`.
+    pub fn next_at_or_after(&self, at_ms: i64) -> Option<i64> {
+        // Cron works in whole seconds: start from the next one.
+        let ceil_ms = (at_ms + 999).div_euclid(1000) * 1000;
+        let t = Timestamp::from_millisecond(ceil_ms)
+            .ok()?
+            .to_zoned(self.tz.clone());
+        let next = self.cron.find_next_occurrence(&t, true).ok()?;
+        Some(next.timestamp().as_millisecond())
+    }
+}
+
+/// Hours in which a job may start, in a time zone (e.g. 02:00-05:00).
+#[derive(Debug, Clone)]
+pub struct RunWindow {
+    pub hours: WeeklyHours,
+    pub tz: TimeZone,
+}
+
+impl RunWindow {
+    pub fn parse(hours: &str, tz: &str) -> Result<RunWindow, String> {
+        Ok(RunWindow {
+            hours: WeeklyHours::parse(hours)?,
+            tz: time_zone(tz)?,
+        })
+    }
+
+    pub fn allows(&self, at_ms: i64) -> bool {
+        self.hours.is_open(at_ms, &self.tz)
+    }
+}
+
+/// What a job reads.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Input {
+    /// A raw lake table (hourly partitions), complete up to the ingest
+    /// watermark.
+    Source(String),
+    /// Another job's output.
+    Job(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub name: String,
+    /// The team that owns it.
+    pub owner: String,
+    pub grain: Grain,
+    pub inputs: Vec<Input>,
+    pub schedule: Schedule,
+    /// No partition starting before this.
+    pub start_ms: i64,
+    /// No partition ending after this.
+    pub end_ms: Option<i64>,
+    /// Run every missed partition since `start_ms` (true), or only the
+    /// newest due one (false).
+    pub catch_up: bool,
+    pub window: Option<RunWindow>,
+    /// How long after a partition's end its data may still arrive.
+    pub lateness_ms: i64,
+    pub timeout_ms: i64,
+    /// Attempts after the first.
+    pub retries: u32,
+    pub retry_base_ms: i64,
+    pub retry_max_ms: i64,
+    /// Most partitions of this job running at once.
+    pub concurrency: usize,
+}
+
+impl JobSpec {
+    /// Defaults for a job: hourly partitions of an hour's grain, every hour;
+    /// no catch-up limit; 5 min lateness; 3 retries from 30 s to 10 min.
+    pub fn new(name: &str, grain: Grain, inputs: Vec<Input>) -> JobSpec {
+        let schedule = match grain {
+            Grain::Hour => "@hourly",
+            Grain::Day => "@daily",
+        };
+        JobSpec {
+            name: name.to_string(),
+            owner: "tillwatch".into(),
+            grain,
+            inputs,
+            schedule: Schedule::parse(schedule, "UTC").expect("built-in schedules parse"),
+            start_ms: 0,
+            end_ms: None,
+            catch_up: true,
+            window: None,
+            lateness_ms: 5 * 60_000,
+            timeout_ms: 30 * 60_000,
+            retries: 3,
+            retry_base_ms: 30_000,
+            retry_max_ms: 10 * 60_000,
+            concurrency: 1,
+        }
+    }
+
+    /// Wait before attempt `attempt` (2, 3, …): the base doubling each
+    /// time, capped at the maximum.
+    pub fn backoff_ms(&self, attempt: u32) -> i64 {
+        let doublings = attempt.saturating_sub(2).min(30);
+        (self.retry_base_ms.saturating_mul(1 << doublings)).min(self.retry_max_ms)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CatalogError {
+    #[error("job {job:?} reads {input:?}, which is no job")]
+    UnknownInput { job: String, input: String },
+    #[error("jobs depend on each other in a cycle: {0}")]
+    Cycle(String),
+    #[error("job {0:?} is defined twice")]
+    Duplicate(String),
+}
+
+/// Every job, upstream first.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    jobs: Vec<JobSpec>,
+}
+
+impl Catalog {
+    pub fn new(jobs: Vec<JobSpec>) -> Result<Catalog, CatalogError> {
+        let mut by_name: BTreeMap<String, JobSpec> = BTreeMap::new();
+        for job in jobs {
+            if by_name.contains_key(&job.name) {
+                return Err(CatalogError::Duplicate(job.name));
+            }
+            by_name.insert(job.name.clone(), job);
+        }
+        for job in by_name.values() {
+            for input in &job.inputs {
+                if let Input::Job(up) = input
+                    && !by_name.contains_key(up)
+                {
+                    return Err(CatalogError::UnknownInput {
+                        job: job.name.clone(),
+                        input: up.clone(),
+                    });
+                }
+            }
+        }
+        // Depth-first topological order, reporting a cycle by its path.
+        fn visit(
+            name: &str,
+            by_name: &BTreeMap<String, JobSpec>,
+            done: &mut BTreeSet<String>,
+            path: &mut Vec<String>,
+            order: &mut Vec<String>,
+        ) -> Result<(), CatalogError> {
+            if done.contains(name) {
+                return Ok(());
+            }
+            if let Some(at) = path.iter().position(|p| p == name) {
+                let mut cycle = path[at..].to_vec();
+                cycle.push(name.to_string());
+                return Err(CatalogError::Cycle(cycle.join(" -> ")));
+            }
+            path.push(name.to_string());
+            for input in &by_name[name].inputs {
+                if let Input::Job(up) = input {
+                    visit(up, by_name, done, path, order)?;
+                }
+            }
+            path.pop();
+            done.insert(name.to_string());
+            order.push(name.to_string());
+            Ok(())
+        }
+        let mut done = BTreeSet::new();
+        let mut order = Vec::new();
+        for name in by_name.keys() {
+            visit(name, &by_name, &mut done, &mut Vec::new(), &mut order)?;
+        }
+        Ok(Catalog {
+            jobs: order
+                .into_iter()
+                .map(|n| by_name.remove(&n).expect("ordered from the map"))
+                .collect(),
+        })
+    }
+
+    /// Upstream first.
+    pub fn jobs(&self) -> &[JobSpec] {
+        &self.jobs
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobSpec> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// Jobs reading `name`'s output, directly or not, upstream first.
+    pub fn downstream(&self, name: &str) -> Vec<&JobSpec> {
+        let mut reached: BTreeSet<&str> = BTreeSet::from([name]);
+        let mut out = Vec::new();
+        for job in &self.jobs {
+            if job
+                .inputs
+                .iter()
+                .any(|i| matches!(i, Input::Job(up) if reached.contains(up.as_str())))
+            {
+                reached.insert(&job.name);
+                out.push(job);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, grain: Grain, inputs: &[&str]) -> JobSpec {
+        JobSpec::new(
+            name,
+            grain,
+            inputs.iter().map(|i| Input::Job(i.to_string())).collect(),
+        )
+    }
+
+    #[test]
+    fn the_catalog_orders_upstream_first_and_refuses_cycles_and_unknown_inputs() {
+        let catalog = Catalog::new(vec![
+            job("fleet_daily", Grain::Day, &["device_daily"]),
+            job("device_daily", Grain::Day, &["device_hourly"]),
+            job("device_hourly", Grain::Hour, &[]),
+        ])
+        .unwrap();
+        let names: Vec<_> = catalog.jobs().iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["device_hourly", "device_daily", "fleet_daily"]);
+        let down: Vec<_> = catalog
+            .downstream("device_hourly")
+            .iter()
+            .map(|j| j.name.as_str())
+            .collect();
+        assert_eq!(down, ["device_daily", "fleet_daily"]);
+        assert_eq!(
+            Catalog::new(vec![
+                job("a", Grain::Hour, &["b"]),
+                job("b", Grain::Hour, &["a"])
+            ])
+            .unwrap_err(),
+            CatalogError::Cycle("a -> b -> a".into())
+        );
+        assert!(matches!(
+            Catalog::new(vec![job("a", Grain::Hour, &["nope"])]),
+            Err(CatalogError::UnknownInput { .. })
+        ));
+    }
+
+    #[test]
+    fn schedules_fire_in_their_zone_and_backoff_doubles_to_its_cap() {
+        let hourly = Schedule::parse("@hourly", "UTC").unwrap();
+        assert_eq!(hourly.next_at_or_after(3_600_000), Some(3_600_000));
+        assert_eq!(hourly.next_at_or_after(3_600_001), Some(7_200_000));
+        // 02:30 every day in Berlin (UTC+1 in winter): 01:30 UTC.
+        let nightly = Schedule::parse("30 2 * * *", "Europe/Berlin").unwrap();
+        assert_eq!(nightly.next_at_or_after(0), Some(90 * 60_000));
+        assert!(
+            Schedule::parse("61 * * * *", "UTC")
+                .unwrap_err()
+                .contains("61 * * * *")
+        );
+        let j = job("a", Grain::Hour, &[]);
+        assert_eq!(
+            (2..7).map(|a| j.backoff_ms(a)).collect::<Vec<_>>(),
+            [30_000, 60_000, 120_000, 240_000, 480_000]
+        );
+        assert_eq!(j.backoff_ms(8), 600_000);
+    }
+}

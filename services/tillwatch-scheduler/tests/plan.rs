@@ -1,0 +1,305 @@
+//! The planner on an injected clock: schedules and catch-up, the 24 → 1
+//! dependency of a daily job on its hours, lateness against the ingest
+//! watermark, the run window, retries with backoff, timeouts, and late
+//! data re-running exactly the affected partitions and their downstream.
+
+use std::collections::HashMap;
+
+use tillwatch_scheduler::{
+    Catalog, Grain, Input, JobSpec, Partition, PartitionRecord, Reason, RunWindow, Status, Task,
+    World, plan,
+};
+
+const HOUR: i64 = 3_600_000;
+const MIN: i64 = 60_000;
+/// 2026-11-20T00:00Z.
+const DAY0: i64 = 1_795_132_800_000;
+
+fn hourly() -> JobSpec {
+    let mut j = JobSpec::new(
+        "device_health_hourly",
+        Grain::Hour,
+        vec![Input::Source("battery".into())],
+    );
+    j.start_ms = DAY0;
+    j.concurrency = 100;
+    j
+}
+
+fn daily() -> JobSpec {
+    let mut j = JobSpec::new(
+        "device_health_daily",
+        Grain::Day,
+        vec![Input::Job("device_health_hourly".into())],
+    );
+    j.start_ms = DAY0;
+    j.concurrency = 100;
+    j
+}
+
+fn fleet() -> JobSpec {
+    let mut j = JobSpec::new(
+        "fleet_health_daily",
+        Grain::Day,
+        vec![Input::Job("device_health_daily".into())],
+    );
+    j.start_ms = DAY0;
+    j.concurrency = 100;
+    j
+}
+
+type States = HashMap<(String, Partition), PartitionRecord>;
+
+fn run_plan(
+    catalog: &Catalog,
+    states: &States,
+    now: i64,
+    files: &HashMap<Partition, String>,
+) -> Vec<Task> {
+    let fp = |_: &str, hour: Partition| files.get(&hour).cloned().unwrap_or_else(|| "v1".into());
+    plan(
+        catalog,
+        &World {
+            now_ms: now,
+            watermark_ms: now - 2 * MIN,
+            states,
+            source_fingerprint: &fp,
+        },
+    )
+}
+
+fn succeed(states: &mut States, task: &Task, output: &str) {
+    states.insert(
+        (task.job.clone(), task.partition),
+        PartitionRecord {
+            status: Status::Succeeded,
+            attempts: task.attempt,
+            next_attempt_ms: None,
+            started_ms: None,
+            inputs_fingerprint: Some(task.inputs_fingerprint.clone()),
+            output_fingerprint: Some(output.into()),
+        },
+    );
+}
+
+/// Runs every planned task to success, repeatedly, until nothing is due;
+/// returns what ran.
+fn settle(
+    catalog: &Catalog,
+    states: &mut States,
+    now: i64,
+    files: &HashMap<Partition, String>,
+) -> Vec<Task> {
+    let mut ran = Vec::new();
+    loop {
+        let tasks = run_plan(catalog, states, now, files);
+        if tasks.is_empty() {
+            return ran;
+        }
+        for t in &tasks {
+            // Output changes when the input does.
+            succeed(states, t, &t.inputs_fingerprint);
+        }
+        ran.extend(tasks);
+    }
+}
+
+fn keys(tasks: &[Task]) -> Vec<String> {
+    tasks
+        .iter()
+        .map(|t| format!("{} {}", t.job, t.partition))
+        .collect()
+}
+
+#[test]
+fn hours_run_once_their_data_is_late_enough_and_days_wait_for_all_24() {
+    let catalog = Catalog::new(vec![hourly(), daily()]).unwrap();
+    let mut states = States::new();
+    let files = HashMap::new();
+    // 00:04 on day 0: the watermark (00:02) has not passed 00:00 + 5 min lateness.
+    assert!(run_plan(&catalog, &states, DAY0 + 4 * MIN, &files).is_empty());
+    // 00:07: watermark 00:05 passes; the first hour runs.
+    let tasks = run_plan(&catalog, &states, DAY0 + HOUR + 7 * MIN, &files);
+    assert_eq!(keys(&tasks), ["device_health_hourly 2026-11-20T00"]);
+    assert_eq!((tasks[0].attempt, tasks[0].reason), (1, Reason::Scheduled));
+    // Through the day: 23 hours done, the daily waits for the 24th.
+    let ran = settle(&catalog, &mut states, DAY0 + 23 * HOUR + 30 * MIN, &files);
+    assert_eq!(ran.len(), 23);
+    assert!(ran.iter().all(|t| t.job == "device_health_hourly"));
+    let ran = settle(&catalog, &mut states, DAY0 + 24 * HOUR + 10 * MIN, &files);
+    assert_eq!(
+        keys(&ran),
+        [
+            "device_health_hourly 2026-11-20T23",
+            "device_health_daily 2026-11-20"
+        ]
+    );
+}
+
+#[test]
+fn catch_up_runs_every_missed_partition_oldest_first_and_without_only_the_newest() {
+    let mut states = States::new();
+    let now = DAY0 + 3 * 24 * HOUR + 30 * MIN;
+    let catalog = Catalog::new(vec![hourly()]).unwrap();
+    let tasks = run_plan(&catalog, &states, now, &HashMap::new());
+    assert_eq!(tasks.len(), 72);
+    assert_eq!(tasks[0].partition.key(), "2026-11-20T00");
+    let mut one_at_a_time = hourly();
+    one_at_a_time.concurrency = 2;
+    let catalog = Catalog::new(vec![one_at_a_time]).unwrap();
+    assert_eq!(
+        keys(&run_plan(&catalog, &states, now, &HashMap::new())),
+        [
+            "device_health_hourly 2026-11-20T00",
+            "device_health_hourly 2026-11-20T01"
+        ]
+    );
+    let mut no_catch_up = hourly();
+    no_catch_up.catch_up = false;
+    let catalog = Catalog::new(vec![no_catch_up]).unwrap();
+    let tasks = run_plan(&catalog, &states, now, &HashMap::new());
+    assert_eq!(keys(&tasks), ["device_health_hourly 2026-11-22T23"]);
+    succeed(&mut states, &tasks[0], "x");
+    assert!(
+        run_plan(&catalog, &states, now, &HashMap::new()).is_empty(),
+        "older ones skipped"
+    );
+}
+
+#[test]
+fn a_run_window_holds_starts_until_it_opens() {
+    let mut nightly = daily();
+    nightly.inputs = vec![Input::Source("battery".into())];
+    nightly.window = Some(RunWindow::parse("daily 02:00-05:00", "Europe/Berlin").unwrap());
+    let catalog = Catalog::new(vec![nightly]).unwrap();
+    let states = States::new();
+    // 00:30 UTC on day 1 is 01:30 in Berlin: closed.
+    assert!(
+        run_plan(
+            &catalog,
+            &states,
+            DAY0 + 24 * HOUR + 30 * MIN,
+            &HashMap::new()
+        )
+        .is_empty()
+    );
+    // 01:10 UTC is 02:10 in Berlin: open.
+    let tasks = run_plan(
+        &catalog,
+        &states,
+        DAY0 + 25 * HOUR + 10 * MIN,
+        &HashMap::new(),
+    );
+    assert_eq!(keys(&tasks), ["device_health_daily 2026-11-20"]);
+    // 04:10 UTC is 05:10: closed again.
+    assert!(
+        run_plan(
+            &catalog,
+            &states,
+            DAY0 + 28 * HOUR + 10 * MIN,
+            &HashMap::new()
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn failures_retry_after_a_doubling_backoff_until_retries_run_out() {
+    let mut job = hourly();
+    job.start_ms = DAY0 + 10 * HOUR;
+    job.end_ms = Some(DAY0 + 11 * HOUR);
+    let catalog = Catalog::new(vec![job.clone(), daily()]).unwrap();
+    let mut states = States::new();
+    let mut now = DAY0 + 11 * HOUR + 10 * MIN;
+    let key = (
+        "device_health_hourly".to_string(),
+        Partition::containing(Grain::Hour, DAY0 + 10 * HOUR),
+    );
+    let mut attempts = Vec::new();
+    for _ in 0..10 {
+        let tasks = run_plan(&catalog, &states, now, &HashMap::new());
+        if let Some(t) = tasks.first() {
+            attempts.push((t.attempt, (now - (DAY0 + 11 * HOUR + 10 * MIN)) / 1000));
+            // It fails; the runner records when it may try again.
+            states.insert(
+                key.clone(),
+                PartitionRecord {
+                    status: Status::Failed,
+                    attempts: t.attempt,
+                    next_attempt_ms: Some(now + job.backoff_ms(t.attempt + 1)),
+                    started_ms: None,
+                    inputs_fingerprint: None,
+                    output_fingerprint: None,
+                },
+            );
+        }
+        now += 30_000;
+    }
+    // Attempt 1 at once, then after 30 s, 60 s, 120 s (on the 30 s ticks).
+    assert_eq!(attempts, [(1, 0), (2, 30), (3, 90), (4, 210)]);
+    assert!(
+        run_plan(&catalog, &states, now + 3_600_000, &HashMap::new()).is_empty(),
+        "retries used up"
+    );
+}
+
+#[test]
+fn a_run_past_its_timeout_is_tried_again() {
+    let mut states = States::new();
+    let p = Partition::containing(Grain::Hour, DAY0);
+    let running = PartitionRecord {
+        status: Status::Running,
+        attempts: 1,
+        next_attempt_ms: None,
+        started_ms: Some(DAY0 + HOUR + 10 * MIN),
+        inputs_fingerprint: None,
+        output_fingerprint: None,
+    };
+    states.insert(("device_health_hourly".into(), p), running);
+    let mut one = hourly();
+    one.end_ms = Some(DAY0 + HOUR);
+    let catalog_one = Catalog::new(vec![one]).unwrap();
+    assert!(
+        run_plan(
+            &catalog_one,
+            &states,
+            DAY0 + HOUR + 30 * MIN,
+            &HashMap::new()
+        )
+        .is_empty()
+    );
+    let tasks = run_plan(
+        &catalog_one,
+        &states,
+        DAY0 + HOUR + 41 * MIN,
+        &HashMap::new(),
+    );
+    assert_eq!((tasks[0].attempt, tasks[0].reason), (2, Reason::TimedOut));
+}
+
+#[test]
+fn late_data_reruns_exactly_the_hour_its_day_and_the_fleet_day() {
+    let catalog = Catalog::new(vec![hourly(), daily(), fleet()]).unwrap();
+    let mut states = States::new();
+    let mut files = HashMap::new();
+    let now = DAY0 + 2 * 24 * HOUR + 30 * MIN;
+    let first = settle(&catalog, &mut states, now, &files);
+    assert_eq!(first.len(), 48 + 2 + 2);
+    assert!(
+        settle(&catalog, &mut states, now, &files).is_empty(),
+        "nothing re-runs unchanged"
+    );
+
+    // A terminal replays its offline backlog into 2026-11-20T13.
+    files.insert(Partition::parse_key("2026-11-20T13").unwrap(), "v2".into());
+    let rerun = settle(&catalog, &mut states, now + 5 * MIN, &files);
+    assert_eq!(
+        keys(&rerun),
+        [
+            "device_health_hourly 2026-11-20T13",
+            "device_health_daily 2026-11-20",
+            "fleet_health_daily 2026-11-20"
+        ]
+    );
+    assert!(rerun.iter().all(|t| t.reason == Reason::Stale));
+}
