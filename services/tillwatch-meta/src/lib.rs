@@ -12,6 +12,7 @@
 mod alerts;
 mod batch;
 mod connectivity;
+mod jobs;
 mod migrations;
 pub mod testing;
 
@@ -24,6 +25,7 @@ use tillwatch_domain::{DeviceInfo, MerchantId, Reading, Signal};
 pub use alerts::{AlertFilter, AlertRecord, AlertState, Delivery, SilenceRecord, StoreRecord};
 pub use batch::StateBatch;
 pub use connectivity::HistoryEntry;
+pub use jobs::{Claim, JobPartitionRow, JobRunRow};
 pub use migrations::{MIGRATIONS, Migration, MigrationReport};
 
 #[derive(Debug, thiserror::Error)]

@@ -117,6 +117,46 @@ CREATE TABLE stores (
 );
 ",
     },
+    Migration {
+        version: 4,
+        name: "jobs",
+        sql: "
+CREATE TABLE job_partitions (
+    job TEXT NOT NULL,
+    partition_key TEXT NOT NULL,
+    grain TEXT NOT NULL,
+    start_ms BIGINT NOT NULL,
+    status TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    next_attempt_ms BIGINT,
+    started_ms BIGINT,
+    inputs_fingerprint TEXT,
+    output_fingerprint TEXT,
+    run_id TEXT,
+    owner TEXT,
+    lease_until_ms BIGINT,
+    updated_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (job, partition_key)
+);
+CREATE TABLE job_runs (
+    run_id TEXT PRIMARY KEY,
+    job TEXT NOT NULL,
+    partition_key TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    reason TEXT NOT NULL,
+    scheduler TEXT NOT NULL,
+    started_ms BIGINT NOT NULL,
+    finished_ms BIGINT,
+    status TEXT NOT NULL,
+    error TEXT,
+    rows_written BIGINT,
+    inputs TEXT NOT NULL,
+    inputs_fingerprint TEXT NOT NULL,
+    output_fingerprint TEXT
+);
+CREATE INDEX job_runs_by_partition ON job_runs (job, partition_key, started_ms);
+",
+    },
 ];
 
 /// What a migration run did.

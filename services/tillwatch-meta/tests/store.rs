@@ -44,11 +44,16 @@ async fn registry_behaviour(store: &MetaStore) {
     let first = store.migrate().await.unwrap();
     assert_eq!(
         first.applied,
-        ["001_device_registry", "002_connectivity", "003_alerts"]
+        [
+            "001_device_registry",
+            "002_connectivity",
+            "003_alerts",
+            "004_jobs"
+        ]
     );
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.already_applied, 3);
+    assert_eq!(again.already_applied, 4);
 
     let m1 = MerchantId::new("m-1").unwrap();
     // Telemetry first: the device enters the registry on first sight.
@@ -144,7 +149,7 @@ async fn the_registry_on_sqlite() {
     // The file keeps it: a new connection sees the same.
     drop(store);
     let store = MetaStore::connect(&db.url).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap().already_applied, 3);
+    assert_eq!(store.migrate().await.unwrap().already_applied, 4);
     assert!(store.device("t-1").await.unwrap().is_some());
 }
 

@@ -1,0 +1,269 @@
+//! The scheduler's state: one row per (job, partition) with its status and
+//! fingerprints, and every run with what it read and wrote (the lineage).
+//!
+//! **Architecture Invariant:** a partition is run only by the scheduler
+//! that claimed it. A claim is one conditional upsert: it succeeds only if
+//! the row is as the claimer planned from (the same last run) and nobody
+//! holds a live lease on it, so two schedulers on one database never run
+//! the same partition twice.
+
+use sqlx::Row;
+
+use crate::{MetaError, MetaStore};
+
+/// One partition of one job, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPartitionRow {
+    pub job: String,
+    pub partition_key: String,
+    pub grain: String,
+    pub start_ms: i64,
+    /// running, succeeded or failed.
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_ms: Option<i64>,
+    pub started_ms: Option<i64>,
+    pub inputs_fingerprint: Option<String>,
+    pub output_fingerprint: Option<String>,
+    pub run_id: Option<String>,
+    pub owner: Option<String>,
+    pub lease_until_ms: Option<i64>,
+}
+
+/// One attempt at one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRunRow {
+    pub run_id: String,
+    pub job: String,
+    pub partition_key: String,
+    pub attempt: i64,
+    /// scheduled, retry, timed_out, stale, forced.
+    pub reason: String,
+    pub scheduler: String,
+    pub started_ms: i64,
+    pub finished_ms: Option<i64>,
+    /// running, succeeded or failed.
+    pub status: String,
+    pub error: Option<String>,
+    pub rows_written: Option<i64>,
+    /// JSON: the input partitions read, each with its fingerprint.
+    pub inputs: String,
+    pub inputs_fingerprint: String,
+    pub output_fingerprint: Option<String>,
+}
+
+/// A claim on a partition, to start a run.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub job: &'a str,
+    pub partition_key: &'a str,
+    pub grain: &'a str,
+    pub start_ms: i64,
+    /// The run the claimer saw last on this partition (`None`: none).
+    pub expected_run_id: Option<&'a str>,
+    pub run: &'a JobRunRow,
+    pub lease_until_ms: i64,
+}
+
+const PARTITION_COLUMNS: &str = "job, partition_key, grain, start_ms, status, attempts, \
+     next_attempt_ms, started_ms, inputs_fingerprint, output_fingerprint, run_id, owner, lease_until_ms";
+const RUN_COLUMNS: &str = "run_id, job, partition_key, attempt, reason, scheduler, started_ms, \
+     finished_ms, status, error, rows_written, inputs, inputs_fingerprint, output_fingerprint";
+
+fn partition_from_row(r: &sqlx::any::AnyRow) -> Result<JobPartitionRow, sqlx::Error> {
+    Ok(JobPartitionRow {
+        job: r.try_get("job")?,
+        partition_key: r.try_get("partition_key")?,
+        grain: r.try_get("grain")?,
+        start_ms: r.try_get("start_ms")?,
+        status: r.try_get("status")?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_ms: r.try_get("next_attempt_ms")?,
+        started_ms: r.try_get("started_ms")?,
+        inputs_fingerprint: r.try_get("inputs_fingerprint")?,
+        output_fingerprint: r.try_get("output_fingerprint")?,
+        run_id: r.try_get("run_id")?,
+        owner: r.try_get("owner")?,
+        lease_until_ms: r.try_get("lease_until_ms")?,
+    })
+}
+
+fn run_from_row(r: &sqlx::any::AnyRow) -> Result<JobRunRow, sqlx::Error> {
+    Ok(JobRunRow {
+        run_id: r.try_get("run_id")?,
+        job: r.try_get("job")?,
+        partition_key: r.try_get("partition_key")?,
+        attempt: r.try_get("attempt")?,
+        reason: r.try_get("reason")?,
+        scheduler: r.try_get("scheduler")?,
+        started_ms: r.try_get("started_ms")?,
+        finished_ms: r.try_get("finished_ms")?,
+        status: r.try_get("status")?,
+        error: r.try_get("error")?,
+        rows_written: r.try_get("rows_written")?,
+        inputs: r.try_get("inputs")?,
+        inputs_fingerprint: r.try_get("inputs_fingerprint")?,
+        output_fingerprint: r.try_get("output_fingerprint")?,
+    })
+}
+
+impl MetaStore {
+    /// Every recorded partition (of every job).
+    pub async fn job_partitions(&self) -> Result<Vec<JobPartitionRow>, MetaError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PARTITION_COLUMNS} FROM job_partitions ORDER BY job, start_ms"
+        ))
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        rows.iter()
+            .map(partition_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(self.db())
+    }
+
+    /// Claims a partition and records its run as started, in one
+    /// transaction; false when another scheduler got there first (or the
+    /// partition changed since it was planned).
+    pub fn claim_partition<'a>(&'a self, claim: &'a Claim<'a>) -> crate::StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut tx = self.pool().begin().await.map_err(self.db())?;
+            let run = claim.run;
+            let done = sqlx::query(
+                "INSERT INTO job_partitions (job, partition_key, grain, start_ms, status, attempts, \
+                 next_attempt_ms, started_ms, inputs_fingerprint, output_fingerprint, run_id, owner, \
+                 lease_until_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, 'running', $5, NULL, $6, $7, NULL, $8, $9, $10, $6) \
+                 ON CONFLICT (job, partition_key) DO UPDATE SET status = 'running', \
+                   attempts = excluded.attempts, next_attempt_ms = NULL, started_ms = excluded.started_ms, \
+                   inputs_fingerprint = excluded.inputs_fingerprint, run_id = excluded.run_id, \
+                   owner = excluded.owner, lease_until_ms = excluded.lease_until_ms, \
+                   updated_at_ms = excluded.updated_at_ms \
+                 WHERE COALESCE(job_partitions.run_id, '') = $11 \
+                   AND (job_partitions.status <> 'running' OR job_partitions.lease_until_ms < $6)",
+            )
+            .bind(claim.job)
+            .bind(claim.partition_key)
+            .bind(claim.grain)
+            .bind(claim.start_ms)
+            .bind(run.attempt)
+            .bind(run.started_ms)
+            .bind(&run.inputs_fingerprint)
+            .bind(&run.run_id)
+            .bind(&run.scheduler)
+            .bind(claim.lease_until_ms)
+            .bind(claim.expected_run_id.unwrap_or(""))
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+            if done.rows_affected() != 1 {
+                return Ok(false);
+            }
+            self.insert_run(&mut tx, run).await?;
+            tx.commit().await.map_err(self.db())?;
+            Ok(true)
+        })
+    }
+
+    async fn insert_run(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        run: &JobRunRow,
+    ) -> Result<(), MetaError> {
+        sqlx::query(&format!(
+            "INSERT INTO job_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        ))
+        .bind(&run.run_id)
+        .bind(&run.job)
+        .bind(&run.partition_key)
+        .bind(run.attempt)
+        .bind(&run.reason)
+        .bind(&run.scheduler)
+        .bind(run.started_ms)
+        .bind(run.finished_ms)
+        .bind(&run.status)
+        .bind(run.error.clone())
+        .bind(run.rows_written)
+        .bind(&run.inputs)
+        .bind(&run.inputs_fingerprint)
+        .bind(run.output_fingerprint.clone())
+        .execute(&mut **tx)
+        .await
+        .map_err(self.db())?;
+        Ok(())
+    }
+
+    /// Records how a claimed run ended: `Ok((rows, output fingerprint))` or
+    /// `Err((error, when to retry))`. False if the claim was lost meanwhile
+    /// (its lease expired and another scheduler took the partition).
+    pub fn finish_run<'a>(
+        &'a self,
+        run_id: &'a str,
+        finished_ms: i64,
+        outcome: Result<(i64, &'a str), (&'a str, Option<i64>)>,
+    ) -> crate::StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let mut tx = self.pool().begin().await.map_err(self.db())?;
+            let (status, rows, output, error, retry_at) = match outcome {
+                Ok((rows, output)) => ("succeeded", Some(rows), Some(output), None, None),
+                Err((error, retry_at)) => ("failed", None, None, Some(error), retry_at),
+            };
+            let done = sqlx::query(
+                "UPDATE job_partitions SET status = $2, next_attempt_ms = $3, \
+                   output_fingerprint = CASE WHEN $2 = 'succeeded' THEN $4 ELSE output_fingerprint END, \
+                   lease_until_ms = NULL, updated_at_ms = $5 \
+                 WHERE run_id = $1 AND status = 'running'",
+            )
+            .bind(run_id)
+            .bind(status)
+            .bind(retry_at)
+            .bind(output.map(str::to_string))
+            .bind(finished_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+            sqlx::query(
+                "UPDATE job_runs SET status = $2, finished_ms = $3, rows_written = $4, \
+                   output_fingerprint = $5, error = $6 WHERE run_id = $1",
+            )
+            .bind(run_id)
+            .bind(if done.rows_affected() == 1 {
+                status
+            } else {
+                "abandoned"
+            })
+            .bind(finished_ms)
+            .bind(rows)
+            .bind(output.map(str::to_string))
+            .bind(error.map(str::to_string))
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+            tx.commit().await.map_err(self.db())?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// Runs, newest first; of one job and partition when given.
+    pub async fn job_runs(
+        &self,
+        job: Option<&str>,
+        partition_key: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<JobRunRow>, MetaError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM job_runs WHERE ($1 IS NULL OR job = $1) \
+             AND ($2 IS NULL OR partition_key = $2) ORDER BY started_ms DESC, run_id LIMIT $3"
+        ))
+        .bind(job.map(str::to_string))
+        .bind(partition_key.map(str::to_string))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        rows.iter()
+            .map(run_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(self.db())
+    }
+}

@@ -1,0 +1,312 @@
+//! The runner: plans from the store's state, claims each due partition
+//! (so two schedulers never run one twice), runs it through an
+//! [`Executor`] under the job's timeout, and records the outcome with its
+//! lineage: the input partitions read, each with its fingerprint.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tillwatch_meta::{Claim, JobRunRow, MetaError, MetaStore};
+
+use crate::interval::{Grain, Partition};
+use crate::job::{Catalog, Input, JobSpec};
+use crate::plan::{PartitionRecord, Reason, Status, Task, World, plan};
+
+/// What a run wrote.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub rows: u64,
+    /// Changes exactly when the output does: downstream runs again then.
+    pub fingerprint: String,
+}
+
+pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<Output, String>> + Send + 'a>>;
+
+/// Runs one partition of one job: an engine, or a test's stand-in.
+pub trait Executor: Send + Sync {
+    fn run<'a>(&'a self, job: &'a JobSpec, partition: Partition) -> RunFuture<'a>;
+}
+
+/// A source of time: the wall clock in production, injected in tests.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// One run this runner started, and how it ended.
+#[derive(Debug, Clone)]
+pub struct Ran {
+    pub task: Task,
+    pub run_id: String,
+    pub result: Result<Output, String>,
+}
+
+pub struct Runner {
+    catalog: Catalog,
+    store: MetaStore,
+    executor: Arc<dyn Executor>,
+    /// This scheduler's name, on its claims and runs.
+    name: String,
+    clock: Clock,
+}
+
+type Key = (String, Partition);
+
+fn reason_str(r: Reason) -> &'static str {
+    match r {
+        Reason::Scheduled => "scheduled",
+        Reason::Retry => "retry",
+        Reason::TimedOut => "timed_out",
+        Reason::Stale => "stale",
+    }
+}
+
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+impl Runner {
+    pub fn new(
+        catalog: Catalog,
+        store: MetaStore,
+        executor: Arc<dyn Executor>,
+        name: &str,
+        clock: Clock,
+    ) -> Runner {
+        Runner {
+            catalog,
+            store,
+            executor,
+            name: name.to_string(),
+            clock,
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The recorded partitions, as the planner wants them, with the run
+    /// each last had (a claim must name it).
+    pub async fn states(
+        &self,
+    ) -> Result<(HashMap<Key, PartitionRecord>, HashMap<Key, String>), MetaError> {
+        let mut states = HashMap::new();
+        let mut runs = HashMap::new();
+        for row in self.store.job_partitions().await? {
+            let (Some(grain), Some(status)) = (
+                Grain::parse(&row.grain),
+                match row.status.as_str() {
+                    "running" => Some(Status::Running),
+                    "succeeded" => Some(Status::Succeeded),
+                    "failed" => Some(Status::Failed),
+                    _ => None,
+                },
+            ) else {
+                continue;
+            };
+            let key = (
+                row.job.clone(),
+                Partition {
+                    grain,
+                    start_ms: row.start_ms,
+                },
+            );
+            if let Some(run) = row.run_id {
+                runs.insert(key.clone(), run);
+            }
+            states.insert(
+                key,
+                PartitionRecord {
+                    status,
+                    attempts: row.attempts.max(0) as u32,
+                    next_attempt_ms: row.next_attempt_ms,
+                    started_ms: row.started_ms,
+                    inputs_fingerprint: row.inputs_fingerprint,
+                    output_fingerprint: row.output_fingerprint,
+                },
+            );
+        }
+        Ok((states, runs))
+    }
+
+    /// The input partitions a task reads, as JSON, each with its
+    /// fingerprint now.
+    fn lineage(
+        &self,
+        job: &JobSpec,
+        partition: Partition,
+        states: &HashMap<Key, PartitionRecord>,
+        source_fingerprint: &dyn Fn(&str, Partition) -> String,
+    ) -> String {
+        let mut items = Vec::new();
+        for input in &job.inputs {
+            match input {
+                Input::Source(table) => {
+                    for hour in partition.covering(Grain::Hour) {
+                        items.push(format!(
+                            "{{\"source\":{},\"partition\":\"{hour}\",\"fingerprint\":{}}}",
+                            json_str(table),
+                            json_str(&source_fingerprint(table, hour))
+                        ));
+                    }
+                }
+                Input::Job(up) => {
+                    let Some(upstream) = self.catalog.job(up) else {
+                        continue;
+                    };
+                    for q in partition.covering(upstream.grain) {
+                        let fp = states
+                            .get(&(up.clone(), q))
+                            .and_then(|r| r.output_fingerprint.clone())
+                            .unwrap_or_default();
+                        items.push(format!(
+                            "{{\"job\":{},\"partition\":\"{q}\",\"fingerprint\":{}}}",
+                            json_str(up),
+                            json_str(&fp)
+                        ));
+                    }
+                }
+            }
+        }
+        format!("[{}]", items.join(","))
+    }
+
+    /// One round: plans, claims and runs what is due (concurrently), and
+    /// records each outcome. Returns the runs this runner started.
+    pub async fn step(
+        &self,
+        watermark_ms: i64,
+        source_fingerprint: &(dyn Fn(&str, Partition) -> String + Sync),
+    ) -> Result<Vec<Ran>, MetaError> {
+        let now = (self.clock)();
+        let (states, runs) = self.states().await?;
+        let tasks = plan(
+            &self.catalog,
+            &World {
+                now_ms: now,
+                watermark_ms,
+                states: &states,
+                source_fingerprint,
+            },
+        );
+        let mut claimed = Vec::new();
+        for task in tasks {
+            let Some(job) = self.catalog.job(&task.job) else {
+                continue;
+            };
+            let key = (task.job.clone(), task.partition);
+            let started = (self.clock)();
+            let run = JobRunRow {
+                run_id: format!(
+                    "{}/{}/{}/{started}/{}",
+                    task.job, task.partition, task.attempt, self.name
+                ),
+                job: task.job.clone(),
+                partition_key: task.partition.key(),
+                attempt: i64::from(task.attempt),
+                reason: reason_str(task.reason).into(),
+                scheduler: self.name.clone(),
+                started_ms: started,
+                finished_ms: None,
+                status: "running".into(),
+                error: None,
+                rows_written: None,
+                inputs: self.lineage(job, task.partition, &states, source_fingerprint),
+                inputs_fingerprint: task.inputs_fingerprint.clone(),
+                output_fingerprint: None,
+            };
+            let won = self
+                .store
+                .claim_partition(&Claim {
+                    job: &task.job,
+                    partition_key: &run.partition_key,
+                    grain: task.partition.grain.as_str(),
+                    start_ms: task.partition.start_ms,
+                    expected_run_id: runs.get(&key).map(String::as_str),
+                    run: &run,
+                    lease_until_ms: started + job.timeout_ms,
+                })
+                .await?;
+            if won {
+                claimed.push((task, run.run_id, job));
+            }
+        }
+        let results = futures_join(claimed.iter().map(|(task, _, job)| {
+            let timeout = Duration::from_millis(job.timeout_ms.max(0) as u64);
+            let run = self.executor.run(job, task.partition);
+            async move {
+                match tokio::time::timeout(timeout, run).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("timed out after {timeout:?}")),
+                }
+            }
+        }))
+        .await;
+        let mut ran = Vec::new();
+        for ((task, run_id, job), result) in claimed.into_iter().zip(results) {
+            let finished = (self.clock)();
+            let outcome = match &result {
+                Ok(out) => Ok((out.rows as i64, out.fingerprint.as_str())),
+                Err(e) => {
+                    let retry_at = (task.attempt <= job.retries)
+                        .then(|| finished + job.backoff_ms(task.attempt + 1));
+                    Err((e.as_str(), retry_at))
+                }
+            };
+            self.store.finish_run(&run_id, finished, outcome).await?;
+            ran.push(Ran {
+                task,
+                run_id,
+                result,
+            });
+        }
+        Ok(ran)
+    }
+}
+
+/// Awaits every future, concurrently, results in order.
+async fn futures_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out = Vec::with_capacity(set.len());
+    // Poll them together: each runs while the others wait on IO.
+    let mut pending: Vec<Option<Pin<Box<F>>>> = set.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *result = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
+        }
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    for r in results {
+        out.push(r.expect("every future finished"));
+    }
+    out
+}

@@ -1,0 +1,346 @@
+//! The runner against the metadata store, on SQLite and on PostgreSQL,
+//! with an injected clock and a test executor that records what it ran:
+//! two schedulers never run a partition twice, a failure retries after its
+//! backoff, a dead scheduler's run is taken over after its timeout, late
+//! data re-runs exactly the affected partitions (read from the run
+//! history), and each run records the input partitions it read.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tillwatch_meta::testing::TestDatabase;
+use tillwatch_meta::{Claim, JobRunRow, MetaStore};
+use tillwatch_scheduler::{
+    Catalog, Executor, Grain, Input, JobSpec, Output, Partition, RunFuture, Runner,
+};
+
+const HOUR: i64 = 3_600_000;
+const MIN: i64 = 60_000;
+/// 2026-11-20T00:00Z.
+const DAY0: i64 = 1_795_132_800_000;
+
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<(String, Partition)>>,
+    /// Fail this many times first, per partition key.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Executor for Recorder {
+    fn run<'a>(&'a self, job: &'a JobSpec, partition: Partition) -> RunFuture<'a> {
+        Box::pin(async move {
+            let n = {
+                let mut calls = self.calls.lock().unwrap();
+                calls.push((job.name.clone(), partition));
+                calls
+                    .iter()
+                    .filter(|c| c.0 == job.name && c.1 == partition)
+                    .count()
+            };
+            tokio::task::yield_now().await;
+            if let Some(left) = self.failures.lock().unwrap().get_mut(&partition.key())
+                && *left > 0
+            {
+                *left -= 1;
+                return Err("injected failure".into());
+            }
+            // A new output each run: downstream follows every re-run.
+            Ok(Output {
+                rows: 10,
+                fingerprint: format!("{}-{partition}-{n}", job.name),
+            })
+        })
+    }
+}
+
+fn catalog() -> Catalog {
+    let mut hourly = JobSpec::new(
+        "device_health_hourly",
+        Grain::Hour,
+        vec![Input::Source("battery".into())],
+    );
+    hourly.start_ms = DAY0;
+    hourly.concurrency = 8;
+    hourly.timeout_ms = 10 * MIN;
+    let mut daily = JobSpec::new(
+        "device_health_daily",
+        Grain::Day,
+        vec![Input::Job("device_health_hourly".into())],
+    );
+    daily.start_ms = DAY0;
+    Catalog::new(vec![hourly, daily]).unwrap()
+}
+
+struct Setup {
+    store: MetaStore,
+    clock: Arc<AtomicI64>,
+    executor: Arc<Recorder>,
+}
+
+impl Setup {
+    async fn new(url: &str, now: i64) -> Setup {
+        let store = MetaStore::connect(url).await.unwrap();
+        store.migrate().await.unwrap();
+        Setup {
+            store,
+            clock: Arc::new(AtomicI64::new(now)),
+            executor: Arc::new(Recorder::default()),
+        }
+    }
+
+    async fn runner(&self, url: &str, name: &str) -> Runner {
+        let clock = self.clock.clone();
+        Runner::new(
+            catalog(),
+            MetaStore::connect(url).await.unwrap(),
+            self.executor.clone(),
+            name,
+            Arc::new(move || clock.load(Ordering::SeqCst)),
+        )
+    }
+
+    fn at(&self, t: i64) {
+        self.clock.store(t, Ordering::SeqCst);
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.load(Ordering::SeqCst)
+    }
+}
+
+fn unchanged(_: &str, _: Partition) -> String {
+    "v1".into()
+}
+
+async fn two_schedulers_never_run_a_partition_twice(url: &str) {
+    let s = Setup::new(url, DAY0 + 24 * HOUR + 30 * MIN).await;
+    let a = s.runner(url, "scheduler-a").await;
+    let b = s.runner(url, "scheduler-b").await;
+    let watermark = s.now();
+    loop {
+        let (ra, rb) = tokio::join!(a.step(watermark, &unchanged), b.step(watermark, &unchanged));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        if ra.is_empty() && rb.is_empty() {
+            break;
+        }
+    }
+    let calls = s.executor.calls.lock().unwrap().clone();
+    let mut counts: HashMap<(String, Partition), usize> = HashMap::new();
+    for c in &calls {
+        *counts.entry(c.clone()).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 25, "24 hours and their day");
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    let runs = s.store.job_runs(None, None, 100).await.unwrap();
+    assert_eq!(runs.len(), 25);
+    assert!(runs.iter().all(|r| r.status == "succeeded"));
+}
+
+async fn failures_retry_after_backoff_and_runs_record_their_inputs(url: &str) {
+    let s = Setup::new(url, DAY0 + 24 * HOUR + 30 * MIN).await;
+    s.executor
+        .failures
+        .lock()
+        .unwrap()
+        .insert("2026-11-20T05".into(), 1);
+    let runner = s.runner(url, "scheduler-a").await;
+    let watermark = s.now();
+    while !runner.step(watermark, &unchanged).await.unwrap().is_empty() {}
+    let failed = s
+        .store
+        .job_runs(Some("device_health_hourly"), Some("2026-11-20T05"), 10)
+        .await
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(
+        (failed[0].status.as_str(), failed[0].error.as_deref()),
+        ("failed", Some("injected failure"))
+    );
+    assert!(
+        s.store
+            .job_runs(Some("device_health_daily"), None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the day waits for its failed hour"
+    );
+    // 29 s on: still backing off. 30 s on: attempt 2, then the day.
+    s.at(s.now() + 29_000);
+    assert!(runner.step(watermark, &unchanged).await.unwrap().is_empty());
+    s.at(s.now() + 1_000);
+    let ran = runner.step(watermark, &unchanged).await.unwrap();
+    assert_eq!(ran.len(), 1);
+    assert_eq!(ran[0].task.attempt, 2);
+    let ran = runner.step(watermark, &unchanged).await.unwrap();
+    assert_eq!(ran[0].task.job, "device_health_daily");
+    let day = &s
+        .store
+        .job_runs(Some("device_health_daily"), None, 10)
+        .await
+        .unwrap()[0];
+    let inputs: Vec<serde_json::Value> = serde_json::from_str(&day.inputs).unwrap();
+    assert_eq!(inputs.len(), 24);
+    assert_eq!(inputs[5]["job"], "device_health_hourly");
+    assert_eq!(inputs[5]["partition"], "2026-11-20T05");
+    assert_eq!(
+        inputs[5]["fingerprint"], "device_health_hourly-2026-11-20T05-2",
+        "its second run's output"
+    );
+}
+
+fn dead_run(started: i64) -> JobRunRow {
+    JobRunRow {
+        run_id: "dead-run".into(),
+        job: "device_health_hourly".into(),
+        partition_key: "2026-11-20T00".into(),
+        attempt: 1,
+        reason: "scheduled".into(),
+        scheduler: "scheduler-a".into(),
+        started_ms: started,
+        finished_ms: None,
+        status: "running".into(),
+        error: None,
+        rows_written: None,
+        inputs: "[]".into(),
+        inputs_fingerprint: "x".into(),
+        output_fingerprint: None,
+    }
+}
+
+async fn a_dead_schedulers_run_is_taken_over_after_its_timeout(url: &str) {
+    let s = Setup::new(url, DAY0 + HOUR + 30 * MIN).await;
+    // Scheduler A claims 2026-11-20T00 and dies without a word.
+    let started = s.now();
+    let claimed = s
+        .store
+        .claim_partition(&Claim {
+            job: "device_health_hourly",
+            partition_key: "2026-11-20T00",
+            grain: "hour",
+            start_ms: DAY0,
+            expected_run_id: None,
+            run: &dead_run(started),
+            lease_until_ms: started + 10 * MIN,
+        })
+        .await
+        .unwrap();
+    assert!(claimed);
+    // Anyone else planning from before A's claim loses the race.
+    let rival = JobRunRow {
+        run_id: "rival-run".into(),
+        scheduler: "scheduler-c".into(),
+        ..dead_run(started)
+    };
+    let lost = s
+        .store
+        .claim_partition(&Claim {
+            job: "device_health_hourly",
+            partition_key: "2026-11-20T00",
+            grain: "hour",
+            start_ms: DAY0,
+            expected_run_id: None,
+            run: &rival,
+            lease_until_ms: started + 10 * MIN,
+        })
+        .await
+        .unwrap();
+    assert!(!lost, "a partition is claimed once");
+    let b = s.runner(url, "scheduler-b").await;
+    let watermark = s.now();
+    s.at(started + 9 * MIN);
+    assert!(
+        b.step(watermark, &unchanged).await.unwrap().is_empty(),
+        "A's lease holds"
+    );
+    s.at(started + 10 * MIN + 1);
+    let ran = b.step(watermark, &unchanged).await.unwrap();
+    assert_eq!(ran.len(), 1);
+    assert_eq!(
+        (ran[0].task.attempt, ran[0].task.partition.key().as_str()),
+        (2, "2026-11-20T00")
+    );
+    // A wakes up and reports: too late, its claim is gone.
+    assert!(
+        !s.store
+            .finish_run("dead-run", s.now(), Ok((1, "stale-output")))
+            .await
+            .unwrap()
+    );
+    let runs = s
+        .store
+        .job_runs(None, Some("2026-11-20T00"), 10)
+        .await
+        .unwrap();
+    let states: Vec<_> = runs
+        .iter()
+        .map(|r| (r.scheduler.as_str(), r.status.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [("scheduler-b", "succeeded"), ("scheduler-a", "abandoned")]
+    );
+}
+
+async fn late_data_reruns_the_hour_and_its_day_only(url: &str) {
+    let s = Setup::new(url, DAY0 + 24 * HOUR + 30 * MIN).await;
+    let runner = s.runner(url, "scheduler-a").await;
+    let watermark = s.now();
+    while !runner.step(watermark, &unchanged).await.unwrap().is_empty() {}
+    assert_eq!(s.store.job_runs(None, None, 100).await.unwrap().len(), 25);
+    // A backlog replayed into 13:00 changes that hour's files.
+    let late = |_: &str, hour: Partition| {
+        if hour.key() == "2026-11-20T13" {
+            "v2".into()
+        } else {
+            "v1".into()
+        }
+    };
+    s.at(s.now() + 10 * MIN);
+    while !runner.step(watermark, &late).await.unwrap().is_empty() {}
+    let runs = s.store.job_runs(None, None, 100).await.unwrap();
+    let reruns: Vec<_> = runs
+        .iter()
+        .filter(|r| r.reason == "stale")
+        .map(|r| format!("{} {}", r.job, r.partition_key))
+        .collect();
+    assert_eq!(
+        reruns,
+        [
+            "device_health_daily 2026-11-20",
+            "device_health_hourly 2026-11-20T13"
+        ]
+    );
+    assert_eq!(runs.len(), 27, "nothing else ran");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDatabase::sqlite();
+                    super::$name(&db.url).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let db = super::TestDatabase::postgres().await;
+                    super::$name(&db.url).await;
+                    db.drop_it().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    two_schedulers_never_run_a_partition_twice,
+    failures_retry_after_backoff_and_runs_record_their_inputs,
+    a_dead_schedulers_run_is_taken_over_after_its_timeout,
+    late_data_reruns_the_hour_and_its_day_only,
+);
