@@ -81,6 +81,37 @@ impl Lake {
         self.table_dir(table).join(hour.hive_path()).join(file_name)
     }
 
+    /// The complete Parquet files of one table's hour, sorted by name.
+    pub fn hour_files(&self, table: Table, hour: HourPartition) -> Vec<PathBuf> {
+        let dir = self.table_dir(table).join(hour.hive_path());
+        let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// What an hour of a table holds, as a short hex string that changes
+    /// whenever a file is added, replaced or removed there (files are
+    /// immutable once visible: names and sizes say it all). An empty hour
+    /// has a fingerprint too.
+    pub fn hour_fingerprint(&self, table: Table, hour: HourPartition) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for path in self.hour_files(table, hour) {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            for b in format!("{}:{size};", name.unwrap_or_default()).bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    }
+
     /// The hidden name a file is written under before it is renamed into
     /// place; `*.parquet` globs never match it.
     pub fn temp_path(final_path: &Path) -> PathBuf {
@@ -212,4 +243,66 @@ pub fn read_reading_keys(path: &Path) -> Result<Vec<(String, u64, u64)>, LakeErr
         }
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_hours_fingerprint_changes_when_a_file_arrives_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path());
+        let hour = HourPartition(490_000);
+        let other = HourPartition(490_001);
+        let empty = lake.hour_fingerprint(Table::Reading(tillwatch_domain::Kind::Battery), hour);
+        let path = lake.file_path(
+            Table::Reading(tillwatch_domain::Kind::Battery),
+            hour,
+            "a.parquet",
+        );
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, b"PAR1 one file").unwrap();
+        // A file being written (hidden temp name) does not count yet.
+        fs::write(
+            Lake::temp_path(&lake.file_path(
+                Table::Reading(tillwatch_domain::Kind::Battery),
+                hour,
+                "b.parquet",
+            )),
+            b"x",
+        )
+        .unwrap();
+        let one = lake.hour_fingerprint(Table::Reading(tillwatch_domain::Kind::Battery), hour);
+        assert_ne!(one, empty);
+        assert_eq!(
+            lake.hour_fingerprint(Table::Reading(tillwatch_domain::Kind::Battery), hour),
+            one,
+            "stable"
+        );
+        assert_eq!(
+            lake.hour_fingerprint(Table::Reading(tillwatch_domain::Kind::Battery), other),
+            empty,
+            "other hours untouched"
+        );
+        // Late data: a second file in the same hour.
+        fs::write(
+            lake.file_path(
+                Table::Reading(tillwatch_domain::Kind::Battery),
+                hour,
+                "b.parquet",
+            ),
+            b"PAR1 late",
+        )
+        .unwrap();
+        assert_ne!(
+            lake.hour_fingerprint(Table::Reading(tillwatch_domain::Kind::Battery), hour),
+            one
+        );
+        assert_eq!(
+            lake.hour_files(Table::Reading(tillwatch_domain::Kind::Battery), hour)
+                .len(),
+            2
+        );
+    }
 }
