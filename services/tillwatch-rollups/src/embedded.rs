@@ -1,0 +1,178 @@
+//! The embedded engine: DataFusion over the Parquet lake, for standalone
+//! mode. A partition's output is one Parquet file,
+//! `lake/<job>/date=…/hour=…/part.parquet`, written to a hidden temporary
+//! name, synced and renamed over the previous one: readers see the old
+//! output or the new, never a mix, and a run killed half way leaves the
+//! old output as it was.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use tillwatch_domain::{HourPartition, Kind};
+use tillwatch_scheduler::{Executor, JobSpec, Output, Partition, RunFuture};
+use tillwatch_storage::{Lake, Table, schema};
+
+use crate::jobs::{DEVICE_HEALTH_HOURLY, DEVICE_HEALTH_HOURLY_DATAFUSION};
+
+pub struct Embedded {
+    lake: Lake,
+}
+
+fn raw_table(name: &str) -> Option<Table> {
+    Kind::ALL
+        .into_iter()
+        .map(Table::Reading)
+        .find(|t| t.name() == name)
+}
+
+fn fnv(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn encode(
+    schema: arrow::datatypes::SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut bytes = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, Some(props))?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.close()?;
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `path` so that it appears whole or not at all.
+fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .expect("output files live in a partition directory");
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.tmp"));
+    let mut file = fs::File::create(&temp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&temp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+impl Embedded {
+    pub fn new(lake: Lake) -> Embedded {
+        Embedded { lake }
+    }
+
+    /// Where a job's partition lives in the lake.
+    pub fn output_path(&self, job: &str, partition: Partition) -> PathBuf {
+        let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
+        let hive = hour.hive_path();
+        let dir = match partition.grain {
+            tillwatch_scheduler::Grain::Hour => hive,
+            tillwatch_scheduler::Grain::Day => {
+                hive.split('/').next().unwrap_or_default().to_string()
+            }
+        };
+        self.lake.root().join(job).join(dir).join("part.parquet")
+    }
+
+    fn context() -> SessionContext {
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2))
+    }
+
+    /// Registers one raw table holding just `partition`'s hour.
+    async fn register_hour(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        partition: Partition,
+    ) -> Result<(), String> {
+        let table = raw_table(name).ok_or_else(|| format!("no raw table {name:?}"))?;
+        let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
+        let files = self.lake.hour_files(table, hour);
+        let schema = schema(table);
+        if files.is_empty() {
+            let empty = MemTable::try_new(schema, vec![vec![]]).map_err(|e| e.to_string())?;
+            ctx.register_table(name, Arc::new(empty))
+                .map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        let dir = files[0].parent().expect("files are in a directory");
+        ctx.register_parquet(
+            name,
+            format!("{}/", dir.display()),
+            ParquetReadOptions::default().schema(&schema),
+        )
+        .await
+        .map_err(|e| format!("reading {}: {e}", dir.display()))
+    }
+
+    async fn write(
+        &self,
+        job: &str,
+        partition: Partition,
+        batches: Vec<RecordBatch>,
+    ) -> Result<Output, String> {
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .ok_or("the query gave no schema")?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let bytes =
+            encode(schema, &batches).map_err(|e| format!("encoding {job} {partition}: {e}"))?;
+        let path = self.output_path(job, partition);
+        let fingerprint = fnv(&bytes);
+        tokio::task::spawn_blocking(move || {
+            replace_file(&path, &bytes).map_err(|e| format!("writing {}: {e}", path.display()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        Ok(Output {
+            rows: rows as u64,
+            fingerprint,
+        })
+    }
+
+    /// Runs `device_health_hourly` for one hour.
+    pub async fn device_health_hourly(&self, partition: Partition) -> Result<Output, String> {
+        let ctx = Self::context();
+        for name in crate::jobs::RAW_TABLES {
+            self.register_hour(&ctx, name, partition).await?;
+        }
+        let sql =
+            DEVICE_HEALTH_HOURLY_DATAFUSION.replace("{start_ms}", &partition.start_ms.to_string());
+        let frame = ctx.sql(&sql).await.map_err(|e| e.to_string())?;
+        let schema = frame.schema().inner().clone();
+        let mut batches = frame.collect().await.map_err(|e| e.to_string())?;
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(schema));
+        }
+        self.write(DEVICE_HEALTH_HOURLY, partition, batches).await
+    }
+}
+
+impl Executor for Embedded {
+    fn run<'a>(&'a self, job: &'a JobSpec, partition: Partition) -> RunFuture<'a> {
+        Box::pin(async move {
+            match job.name.as_str() {
+                DEVICE_HEALTH_HOURLY => self.device_health_hourly(partition).await,
+                other => Err(format!("the embedded engine has no job {other:?}")),
+            }
+        })
+    }
+}

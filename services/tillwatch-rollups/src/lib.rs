@@ -1,0 +1,7 @@
+//! The rollup jobs and their engines. Each job is defined once, as SQL per
+//! engine over the same inputs ([`jobs`]); the embedded engine
+//! ([`embedded`]) runs it with DataFusion over the Parquet lake and writes
+//! the partition as one Parquet file, replaced atomically.
+
+pub mod embedded;
+pub mod jobs;

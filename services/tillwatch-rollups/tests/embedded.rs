@@ -1,0 +1,319 @@
+//! The embedded engine's hourly rollup, checked against values computed
+//! here from the readings written into the lake: exact for counts, sums,
+//! minima, maxima and means, within a stated tolerance for quantiles. A
+//! re-run replaces the partition (same rows, same fingerprint), and readings
+//! of other hours are not counted.
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::Float64Type;
+use tillwatch_domain::{
+    AppPerformance, Battery, BootId, Connectivity, DeviceId, MerchantId, NetworkType,
+    PaymentHealth, Reading, Signal, StoreId, UtcMillis,
+};
+use tillwatch_rollups::embedded::Embedded;
+use tillwatch_scheduler::{Grain, Partition};
+use tillwatch_storage::{Lake, Staging, StoredReading, read_file};
+
+const MIN: i64 = 60_000;
+/// 2026-11-20T13:00Z.
+const HOUR_START: i64 = 1_795_132_800_000 + 13 * 3_600_000;
+
+struct Fleet {
+    readings: Vec<(String, Reading)>,
+}
+
+impl Fleet {
+    /// Three terminals, one reading of each kind a minute for the hour,
+    /// plus readings just before and after it.
+    fn new() -> Fleet {
+        let mut readings = Vec::new();
+        for d in 0..3u32 {
+            let device = format!("t-{d}");
+            let id = DeviceId::new(&device).unwrap();
+            for m in -2..62i64 {
+                let at = HOUR_START + m * MIN + i64::from(d) * 1000;
+                let seq = (m + 2) as u64 * 4;
+                let r = |seq: u64, signal: Signal| Reading {
+                    device_id: id.clone(),
+                    boot_id: BootId(7),
+                    seq,
+                    sampled_at: UtcMillis(at),
+                    signal,
+                };
+                readings.push((
+                    device.clone(),
+                    r(
+                        seq,
+                        Signal::Battery(Battery {
+                            level_pct: (90 - d as i64 * 10 - m / 3).clamp(0, 100) as u32,
+                            charging: d == 0 && (30..40).contains(&m),
+                            temperature_celsius: 25.0 + (m % 7) as f32,
+                            voltage_mv: 4000,
+                            health_pct: 90,
+                            cycle_count: 10,
+                        }),
+                    ),
+                ));
+                readings.push((
+                    device.clone(),
+                    r(
+                        seq + 1,
+                        Signal::Connectivity(Connectivity {
+                            network_type: NetworkType::Wifi,
+                            rssi_dbm: -60 - (m % 20) as i32 - d as i32,
+                            payment_host_latency_ms: 100 + m.rem_euclid(10) as u32 * 20,
+                            disconnects: u32::from(m % 15 == 0),
+                            carrier_or_ssid: "shop".into(),
+                        }),
+                    ),
+                ));
+                readings.push((
+                    device.clone(),
+                    r(
+                        seq + 2,
+                        Signal::AppPerformance(AppPerformance {
+                            app_version: "4.1".into(),
+                            firmware_version: "2.0".into(),
+                            transactions: m.rem_euclid(4) as u32,
+                            transaction_latency_avg_ms: if m % 4 == 0 {
+                                0
+                            } else {
+                                800 + m.rem_euclid(9) as u32 * 50
+                            },
+                            transaction_latency_max_ms: 2000,
+                            startup_ms: None,
+                            crashes: u32::from(d == 2 && m == 10),
+                            hangs: u32::from(m == 20),
+                            memory_used_kib: 1000,
+                            cpu_pct: 5.0,
+                        }),
+                    ),
+                ));
+                readings.push((
+                    device.clone(),
+                    r(
+                        seq + 3,
+                        Signal::PaymentHealth(PaymentHealth {
+                            offline_queue_len: if d == 1 { m.rem_euclid(5) as u32 } else { 0 },
+                            offline_queue_oldest_age_s: if d == 1 {
+                                m.rem_euclid(5) as u32 * 60
+                            } else {
+                                0
+                            },
+                            tamper_detected: false,
+                            printer_paper_low: false,
+                        }),
+                    ),
+                ));
+            }
+        }
+        Fleet { readings }
+    }
+
+    fn write(&self, lake: &Lake) {
+        let merchant = MerchantId::new("m-1").unwrap();
+        let store = StoreId::new("s-1").unwrap();
+        let mut staging = Staging::new();
+        for (_, r) in &self.readings {
+            staging.push_reading(StoredReading {
+                reading: r,
+                merchant_id: &merchant,
+                store_id: Some(&store),
+                received_at: r.sampled_at,
+            });
+        }
+        // Two files per hour, as two gateway flushes would leave.
+        for (i, part) in staging.finish().into_iter().enumerate() {
+            let path = lake.file_path(part.table, part.hour, &format!("f{i}.parquet"));
+            lake.write_part(&part, &path).unwrap();
+        }
+    }
+
+    /// The hour's readings of one device.
+    fn in_hour(&self, device: &str) -> Vec<&Reading> {
+        self.readings
+            .iter()
+            .filter(|(d, r)| {
+                d == device
+                    && r.sampled_at.0 >= HOUR_START
+                    && r.sampled_at.0 < HOUR_START + 60 * MIN
+            })
+            .map(|(_, r)| r)
+            .collect()
+    }
+}
+
+fn column_f64(batch: &arrow::record_batch::RecordBatch, name: &str) -> Vec<Option<f64>> {
+    let col = batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("column {name}"));
+    let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Float64).unwrap();
+    let col = col.as_primitive::<Float64Type>();
+    (0..col.len())
+        .map(|i| (!col.is_null(i)).then(|| col.value(i)))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_hourly_rollup_matches_the_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(dir.path().join("lake"));
+    let fleet = Fleet::new();
+    fleet.write(&lake);
+    let engine = Embedded::new(lake.clone());
+    let partition = Partition::containing(Grain::Hour, HOUR_START);
+    let out = engine.device_health_hourly(partition).await.unwrap();
+    assert_eq!(out.rows, 3);
+    let path = engine.output_path("device_health_hourly", partition);
+    assert!(
+        path.ends_with("device_health_hourly/date=2026-11-20/hour=13/part.parquet"),
+        "{}",
+        path.display()
+    );
+    let batches = read_file(&path).unwrap();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    assert_eq!(batch.num_rows(), 3);
+
+    let ids: Vec<String> = {
+        let col = batch.column_by_name("device_id").unwrap();
+        let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).unwrap();
+        col.as_string::<i32>()
+            .iter()
+            .map(|s| s.unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ids, ["t-0", "t-1", "t-2"]);
+    let f = |name: &str| column_f64(&batch, name);
+    for (row, device) in ids.iter().enumerate() {
+        let rs = fleet.in_hour(device);
+        let battery: Vec<&Battery> = rs
+            .iter()
+            .filter_map(|r| match &r.signal {
+                Signal::Battery(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        let conn: Vec<&Connectivity> = rs
+            .iter()
+            .filter_map(|r| match &r.signal {
+                Signal::Connectivity(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        let app: Vec<&AppPerformance> = rs
+            .iter()
+            .filter_map(|r| match &r.signal {
+                Signal::AppPerformance(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        let pay: Vec<&PaymentHealth> = rs
+            .iter()
+            .filter_map(|r| match &r.signal {
+                Signal::PaymentHealth(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(battery.len(), 60, "this hour only");
+        let levels: Vec<f64> = battery.iter().map(|b| f64::from(b.level_pct)).collect();
+        assert_eq!(
+            f("battery_min_pct")[row],
+            levels.iter().cloned().reduce(f64::min)
+        );
+        let mean = levels.iter().sum::<f64>() / levels.len() as f64;
+        assert!((f("battery_avg_pct")[row].unwrap() - mean).abs() < 1e-9);
+        assert_eq!(f("battery_last_pct")[row], levels.last().copied());
+        let charging = battery.iter().filter(|b| b.charging).count() as f64 * 60.0 / 60.0;
+        assert!(
+            (f("charging_minutes")[row].unwrap() - charging).abs() < 1e-9,
+            "{device}"
+        );
+        let hottest = battery
+            .iter()
+            .map(|b| f64::from(b.temperature_celsius))
+            .reduce(f64::max);
+        assert_eq!(f("temperature_max_celsius")[row], hottest);
+        assert_eq!(
+            f("rssi_min_dbm")[row],
+            conn.iter().map(|c| f64::from(c.rssi_dbm)).reduce(f64::min)
+        );
+        assert_eq!(
+            f("disconnects")[row],
+            Some(conn.iter().map(|c| f64::from(c.disconnects)).sum())
+        );
+        assert_eq!(
+            f("transactions")[row],
+            Some(app.iter().map(|a| f64::from(a.transactions)).sum())
+        );
+        assert_eq!(
+            f("crashes")[row],
+            Some(app.iter().map(|a| f64::from(a.crashes)).sum())
+        );
+        assert_eq!(
+            f("hangs")[row],
+            Some(app.iter().map(|a| f64::from(a.hangs)).sum())
+        );
+        assert_eq!(
+            f("offline_queue_max")[row],
+            pay.iter()
+                .map(|p| f64::from(p.offline_queue_len))
+                .reduce(f64::max)
+        );
+        for kind in [
+            "battery_readings",
+            "connectivity_readings",
+            "app_readings",
+            "payment_readings",
+        ] {
+            assert_eq!(f(kind)[row], Some(60.0), "{kind}");
+        }
+        // Quantiles: within 5 % of the exact value (t-digest estimates).
+        let mut lat: Vec<f64> = conn
+            .iter()
+            .map(|c| f64::from(c.payment_host_latency_ms))
+            .collect();
+        lat.sort_by(f64::total_cmp);
+        let exact_p95 = lat[(0.95 * (lat.len() - 1) as f64).round() as usize];
+        let p95 = f("host_latency_p95_ms")[row].unwrap();
+        assert!(
+            (p95 - exact_p95).abs() <= 0.05 * exact_p95,
+            "{device}: p95 {p95} vs {exact_p95}"
+        );
+        let mut weighted: Vec<(f64, f64)> = app
+            .iter()
+            .filter(|a| a.transactions > 0)
+            .map(|a| {
+                (
+                    f64::from(a.transaction_latency_avg_ms),
+                    f64::from(a.transactions),
+                )
+            })
+            .collect();
+        weighted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total: f64 = weighted.iter().map(|w| w.1).sum();
+        let mut seen = 0.0;
+        let exact_p50 = weighted
+            .iter()
+            .find(|w| {
+                seen += w.1;
+                seen >= 0.5 * total
+            })
+            .unwrap()
+            .0;
+        let p50 = f("txn_latency_p50_ms")[row].unwrap();
+        assert!(
+            (p50 - exact_p50).abs() <= 0.05 * exact_p50,
+            "{device}: txn p50 {p50} vs {exact_p50}"
+        );
+    }
+
+    // Re-run: the partition is replaced, not appended to.
+    let again = engine.device_health_hourly(partition).await.unwrap();
+    assert_eq!(again, out, "same rows, same fingerprint");
+    let files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+    assert_eq!(files.len(), 1, "one file per partition");
+
+    // An hour without readings is a partition with no rows.
+    let empty = Partition::containing(Grain::Hour, HOUR_START + 5 * 3_600_000);
+    assert_eq!(engine.device_health_hourly(empty).await.unwrap().rows, 0);
+}
