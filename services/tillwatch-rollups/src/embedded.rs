@@ -17,7 +17,10 @@ use tillwatch_domain::{HourPartition, Kind};
 use tillwatch_scheduler::{Executor, JobSpec, Output, Partition, RunFuture};
 use tillwatch_storage::{Lake, Table, schema};
 
-use crate::jobs::{DEVICE_HEALTH_HOURLY, DEVICE_HEALTH_HOURLY_DATAFUSION};
+use crate::jobs::{
+    DEVICE_HEALTH_DAILY, DEVICE_HEALTH_DAILY_DATAFUSION, DEVICE_HEALTH_HOURLY,
+    DEVICE_HEALTH_HOURLY_DATAFUSION,
+};
 
 pub struct Embedded {
     lake: Lake,
@@ -148,6 +151,59 @@ impl Embedded {
         })
     }
 
+    /// Runs a statement and writes its result as the job's partition.
+    async fn query_into(
+        &self,
+        ctx: SessionContext,
+        sql: &str,
+        job: &str,
+        partition: Partition,
+    ) -> Result<Output, String> {
+        let sql = sql.replace("{start_ms}", &partition.start_ms.to_string());
+        let frame = ctx.sql(&sql).await.map_err(|e| e.to_string())?;
+        let schema = frame.schema().inner().clone();
+        let mut batches = frame.collect().await.map_err(|e| e.to_string())?;
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(schema));
+        }
+        self.write(job, partition, batches).await
+    }
+
+    /// Runs `device_health_daily` for one UTC day from its hourly partitions.
+    pub async fn device_health_daily(&self, partition: Partition) -> Result<Output, String> {
+        let ctx = Self::context();
+        let hours = partition.covering(tillwatch_scheduler::Grain::Hour);
+        let mut files = Vec::new();
+        for hour in &hours {
+            let path = self.output_path(DEVICE_HEALTH_HOURLY, *hour);
+            if !path.exists() {
+                return Err(format!(
+                    "{DEVICE_HEALTH_HOURLY} {hour} has no output at {}",
+                    path.display()
+                ));
+            }
+            files.push(path);
+        }
+        let day_dir = files[0]
+            .parent()
+            .and_then(Path::parent)
+            .expect("hour directories are in a day directory");
+        ctx.register_parquet(
+            "hourly",
+            format!("{}/", day_dir.display()),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .map_err(|e| format!("reading {}: {e}", day_dir.display()))?;
+        self.query_into(
+            ctx,
+            DEVICE_HEALTH_DAILY_DATAFUSION,
+            DEVICE_HEALTH_DAILY,
+            partition,
+        )
+        .await
+    }
+
     /// Runs `device_health_hourly` for one hour.
     pub async fn device_health_hourly(&self, partition: Partition) -> Result<Output, String> {
         let ctx = Self::context();
@@ -171,6 +227,7 @@ impl Executor for Embedded {
         Box::pin(async move {
             match job.name.as_str() {
                 DEVICE_HEALTH_HOURLY => self.device_health_hourly(partition).await,
+                DEVICE_HEALTH_DAILY => self.device_health_daily(partition).await,
                 other => Err(format!("the embedded engine has no job {other:?}")),
             }
         })

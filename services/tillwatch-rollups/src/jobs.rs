@@ -62,7 +62,9 @@ WITH seen AS (
         approx_percentile_cont_with_weight(CAST(transactions AS DOUBLE), 0.95) WITHIN GROUP (ORDER BY CAST(transaction_latency_avg_ms AS DOUBLE)) AS txn_latency_p95_ms,
         approx_percentile_cont_with_weight(CAST(transactions AS DOUBLE), 0.99) WITHIN GROUP (ORDER BY CAST(transaction_latency_avg_ms AS DOUBLE)) AS txn_latency_p99_ms,
         sum(CAST(crashes AS BIGINT)) AS crashes,
-        sum(CAST(hangs AS BIGINT)) AS hangs
+        sum(CAST(hangs AS BIGINT)) AS hangs,
+        last_value(firmware_version ORDER BY sampled_at, seq) AS firmware_version,
+        last_value(app_version ORDER BY sampled_at, seq) AS app_version
     FROM app_performance GROUP BY device_id
 ), p AS (
     SELECT device_id,
@@ -73,7 +75,7 @@ WITH seen AS (
 )
 SELECT
     to_timestamp_millis({start_ms}) AS hour,
-    d.device_id, d.merchant_id, d.store_id,
+    d.device_id, d.merchant_id, d.store_id, a.firmware_version, a.app_version,
     b.battery_min_pct, b.battery_avg_pct, b.battery_last_pct, b.charging_minutes,
     b.temperature_max_celsius,
     c.rssi_min_dbm, c.rssi_median_dbm, c.host_latency_p50_ms, c.host_latency_p95_ms,
@@ -94,6 +96,49 @@ LEFT JOIN p ON p.device_id = d.device_id
 ORDER BY d.device_id
 ";
 
+pub const DEVICE_HEALTH_DAILY: &str = "device_health_daily";
+
+/// One row per terminal per UTC day, from the day's 24 hourly partitions
+/// (registered as `hourly`). Minima, maxima, sums and counts are exact;
+/// means are weighted by the readings behind each hour; the last battery
+/// level is the latest hour's; daily quantiles are estimated from the
+/// hourly ones, weighted by the readings (or transactions) behind each.
+pub const DEVICE_HEALTH_DAILY_DATAFUSION: &str = "
+SELECT
+    to_timestamp_millis({start_ms}) AS day,
+    device_id,
+    max(merchant_id) AS merchant_id,
+    max(store_id) AS store_id,
+    last_value(firmware_version ORDER BY CASE WHEN firmware_version IS NULL THEN 0 ELSE 1 END, hour) AS firmware_version,
+    last_value(app_version ORDER BY CASE WHEN app_version IS NULL THEN 0 ELSE 1 END, hour) AS app_version,
+    min(battery_min_pct) AS battery_min_pct,
+    sum(battery_avg_pct * battery_readings) / sum(CASE WHEN battery_avg_pct IS NULL THEN NULL ELSE battery_readings END) AS battery_avg_pct,
+    last_value(battery_last_pct ORDER BY CASE WHEN battery_last_pct IS NULL THEN 0 ELSE 1 END, hour) AS battery_last_pct,
+    sum(charging_minutes) AS charging_minutes,
+    max(temperature_max_celsius) AS temperature_max_celsius,
+    min(rssi_min_dbm) AS rssi_min_dbm,
+    approx_percentile_cont_with_weight(CAST(connectivity_readings AS DOUBLE), 0.5) WITHIN GROUP (ORDER BY rssi_median_dbm) AS rssi_median_dbm,
+    approx_percentile_cont_with_weight(CAST(connectivity_readings AS DOUBLE), 0.5) WITHIN GROUP (ORDER BY host_latency_p50_ms) AS host_latency_p50_ms,
+    approx_percentile_cont_with_weight(CAST(connectivity_readings AS DOUBLE), 0.95) WITHIN GROUP (ORDER BY host_latency_p95_ms) AS host_latency_p95_ms,
+    sum(disconnects) AS disconnects,
+    sum(transactions) AS transactions,
+    approx_percentile_cont_with_weight(CAST(transactions AS DOUBLE), 0.5) WITHIN GROUP (ORDER BY txn_latency_p50_ms) AS txn_latency_p50_ms,
+    approx_percentile_cont_with_weight(CAST(transactions AS DOUBLE), 0.95) WITHIN GROUP (ORDER BY txn_latency_p95_ms) AS txn_latency_p95_ms,
+    approx_percentile_cont_with_weight(CAST(transactions AS DOUBLE), 0.99) WITHIN GROUP (ORDER BY txn_latency_p99_ms) AS txn_latency_p99_ms,
+    sum(crashes) AS crashes,
+    sum(hangs) AS hangs,
+    max(offline_queue_max) AS offline_queue_max,
+    max(offline_queue_oldest_max_s) AS offline_queue_oldest_max_s,
+    sum(battery_readings) AS battery_readings,
+    sum(connectivity_readings) AS connectivity_readings,
+    sum(app_readings) AS app_readings,
+    sum(payment_readings) AS payment_readings,
+    count(*) AS hours_reported
+FROM hourly
+GROUP BY device_id
+ORDER BY device_id
+";
+
 /// The hourly job's definition for the scheduler.
 pub fn device_health_hourly() -> JobSpec {
     JobSpec::new(
@@ -103,5 +148,14 @@ pub fn device_health_hourly() -> JobSpec {
             .iter()
             .map(|t| Input::Source(t.to_string()))
             .collect(),
+    )
+}
+
+/// The daily job's definition: the 24 hourly partitions of each UTC day.
+pub fn device_health_daily() -> JobSpec {
+    JobSpec::new(
+        DEVICE_HEALTH_DAILY,
+        Grain::Day,
+        vec![Input::Job(DEVICE_HEALTH_HOURLY.into())],
     )
 }

@@ -26,13 +26,18 @@ impl Fleet {
     /// Three terminals, one reading of each kind a minute for the hour,
     /// plus readings just before and after it.
     fn new() -> Fleet {
+        Fleet::minutes(HOUR_START, -2..62)
+    }
+
+    /// Readings at these minutes from `from`.
+    fn minutes(from: i64, minutes: std::ops::Range<i64>) -> Fleet {
         let mut readings = Vec::new();
         for d in 0..3u32 {
             let device = format!("t-{d}");
             let id = DeviceId::new(&device).unwrap();
-            for m in -2..62i64 {
-                let at = HOUR_START + m * MIN + i64::from(d) * 1000;
-                let seq = (m + 2) as u64 * 4;
+            for m in minutes.clone() {
+                let at = from + m * MIN + i64::from(d) * 1000;
+                let seq = (m + 2).max(0) as u64 * 4;
                 let r = |seq: u64, signal: Signal| Reading {
                     device_id: id.clone(),
                     boot_id: BootId(7),
@@ -45,8 +50,9 @@ impl Fleet {
                     r(
                         seq,
                         Signal::Battery(Battery {
-                            level_pct: (90 - d as i64 * 10 - m / 3).clamp(0, 100) as u32,
-                            charging: d == 0 && (30..40).contains(&m),
+                            level_pct: (90 - d as i64 * 10 - m.rem_euclid(60) / 3 - m / 600)
+                                .clamp(0, 100) as u32,
+                            charging: d == 0 && (30..40).contains(&m.rem_euclid(60)),
                             temperature_celsius: 25.0 + (m % 7) as f32,
                             voltage_mv: 4000,
                             health_pct: 90,
@@ -316,4 +322,103 @@ async fn the_hourly_rollup_matches_the_readings() {
     // An hour without readings is a partition with no rows.
     let empty = Partition::containing(Grain::Hour, HOUR_START + 5 * 3_600_000);
     assert_eq!(engine.device_health_hourly(empty).await.unwrap().rows, 0);
+}
+
+#[tokio::test]
+async fn the_daily_rollup_from_24_hours_matches_the_days_readings() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(dir.path().join("lake"));
+    let day = Partition::containing(Grain::Day, HOUR_START);
+    let fleet = Fleet::minutes(day.start_ms, 0..24 * 60);
+    fleet.write(&lake);
+    let engine = Embedded::new(lake.clone());
+    let err = engine.device_health_daily(day).await.unwrap_err();
+    assert!(
+        err.contains("has no output"),
+        "the day needs its hours first: {err}"
+    );
+    for hour in day.covering(Grain::Hour) {
+        engine.device_health_hourly(hour).await.unwrap();
+    }
+    let out = engine.device_health_daily(day).await.unwrap();
+    assert_eq!(out.rows, 3);
+    let path = engine.output_path("device_health_daily", day);
+    assert!(
+        path.ends_with("device_health_daily/date=2026-11-20/part.parquet"),
+        "{}",
+        path.display()
+    );
+    let batches = read_file(&path).unwrap();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let f = |name: &str| column_f64(&batch, name);
+    for (row, device) in ["t-0", "t-1", "t-2"].iter().enumerate() {
+        let all: Vec<&Reading> = fleet
+            .readings
+            .iter()
+            .filter(|(d, _)| d == device)
+            .map(|(_, r)| r)
+            .collect();
+        let levels: Vec<f64> = all
+            .iter()
+            .filter_map(|r| match &r.signal {
+                Signal::Battery(b) => Some(f64::from(b.level_pct)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(levels.len(), 1440);
+        assert_eq!(
+            f("battery_min_pct")[row],
+            levels.iter().cloned().reduce(f64::min)
+        );
+        let mean = levels.iter().sum::<f64>() / levels.len() as f64;
+        assert!(
+            (f("battery_avg_pct")[row].unwrap() - mean).abs() < 1e-9,
+            "weighted by readings"
+        );
+        assert_eq!(f("battery_last_pct")[row], levels.last().copied());
+        let sum = |pick: &dyn Fn(&Signal) -> Option<f64>| {
+            all.iter().filter_map(|r| pick(&r.signal)).sum::<f64>()
+        };
+        assert_eq!(
+            f("transactions")[row],
+            Some(sum(&|s| match s {
+                Signal::AppPerformance(a) => Some(f64::from(a.transactions)),
+                _ => None,
+            }))
+        );
+        assert_eq!(
+            f("crashes")[row],
+            Some(sum(&|s| match s {
+                Signal::AppPerformance(a) => Some(f64::from(a.crashes)),
+                _ => None,
+            }))
+        );
+        assert_eq!(
+            f("disconnects")[row],
+            Some(sum(&|s| match s {
+                Signal::Connectivity(c) => Some(f64::from(c.disconnects)),
+                _ => None,
+            }))
+        );
+        assert_eq!(
+            f("charging_minutes")[row],
+            Some(if *device == "t-0" { 240.0 } else { 0.0 })
+        );
+        assert_eq!(f("hours_reported")[row], Some(24.0));
+        assert_eq!(f("payment_readings")[row], Some(1440.0));
+        let mut lat: Vec<f64> = all
+            .iter()
+            .filter_map(|r| match &r.signal {
+                Signal::Connectivity(c) => Some(f64::from(c.payment_host_latency_ms)),
+                _ => None,
+            })
+            .collect();
+        lat.sort_by(f64::total_cmp);
+        let exact = lat[(0.95 * (lat.len() - 1) as f64).round() as usize];
+        let p95 = f("host_latency_p95_ms")[row].unwrap();
+        assert!(
+            (p95 - exact).abs() <= 0.10 * exact,
+            "{device}: day p95 {p95} vs {exact}"
+        );
+    }
 }
