@@ -19,7 +19,7 @@ use tillwatch_storage::{Lake, Table, schema};
 
 use crate::jobs::{
     DEVICE_HEALTH_DAILY, DEVICE_HEALTH_DAILY_DATAFUSION, DEVICE_HEALTH_HOURLY,
-    DEVICE_HEALTH_HOURLY_DATAFUSION,
+    DEVICE_HEALTH_HOURLY_DATAFUSION, FLEET_HEALTH_DAILY, FLEET_HEALTH_DAILY_DATAFUSION,
 };
 
 pub struct Embedded {
@@ -204,6 +204,32 @@ impl Embedded {
         .await
     }
 
+    /// Runs `fleet_health_daily` for one UTC day from its device rollup.
+    pub async fn fleet_health_daily(&self, partition: Partition) -> Result<Output, String> {
+        let ctx = Self::context();
+        let path = self.output_path(DEVICE_HEALTH_DAILY, partition);
+        if !path.exists() {
+            return Err(format!(
+                "{DEVICE_HEALTH_DAILY} {partition} has no output at {}",
+                path.display()
+            ));
+        }
+        ctx.register_parquet(
+            "daily",
+            path.display().to_string(),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        self.query_into(
+            ctx,
+            FLEET_HEALTH_DAILY_DATAFUSION,
+            FLEET_HEALTH_DAILY,
+            partition,
+        )
+        .await
+    }
+
     /// Runs `device_health_hourly` for one hour.
     pub async fn device_health_hourly(&self, partition: Partition) -> Result<Output, String> {
         let ctx = Self::context();
@@ -228,6 +254,7 @@ impl Executor for Embedded {
             match job.name.as_str() {
                 DEVICE_HEALTH_HOURLY => self.device_health_hourly(partition).await,
                 DEVICE_HEALTH_DAILY => self.device_health_daily(partition).await,
+                FLEET_HEALTH_DAILY => self.fleet_health_daily(partition).await,
                 other => Err(format!("the embedded engine has no job {other:?}")),
             }
         })

@@ -19,8 +19,9 @@ pub const RAW_TABLES: [&str; 4] = [
 
 /// One row per terminal that reported in the hour.
 ///
-/// - Battery: lowest, mean and last level; minutes charging (the share of
-///   battery readings taken while charging, times 60); hottest temperature.
+/// - Battery: lowest, mean and last level; the drop over the hour when it
+///   never charged (the drain); minutes charging (the share of battery
+///   readings taken while charging, times 60); hottest temperature.
 /// - Connectivity: weakest and median RSSI; payment-host round trip p50 and
 ///   p95; link drops.
 /// - App: transactions; transaction time p50/p95/p99, estimated from each
@@ -42,6 +43,9 @@ WITH seen AS (
         min(level_pct) AS battery_min_pct,
         avg(CAST(level_pct AS DOUBLE)) AS battery_avg_pct,
         last_value(level_pct ORDER BY sampled_at, seq) AS battery_last_pct,
+        CASE WHEN bool_or(charging) THEN NULL ELSE
+            CAST(first_value(level_pct ORDER BY sampled_at, seq) AS DOUBLE)
+            - CAST(last_value(level_pct ORDER BY sampled_at, seq) AS DOUBLE) END AS battery_drain_pct,
         60.0 * avg(CASE WHEN charging THEN 1.0 ELSE 0.0 END) AS charging_minutes,
         max(temperature_celsius) AS temperature_max_celsius
     FROM battery GROUP BY device_id
@@ -76,7 +80,7 @@ WITH seen AS (
 SELECT
     to_timestamp_millis({start_ms}) AS hour,
     d.device_id, d.merchant_id, d.store_id, a.firmware_version, a.app_version,
-    b.battery_min_pct, b.battery_avg_pct, b.battery_last_pct, b.charging_minutes,
+    b.battery_min_pct, b.battery_avg_pct, b.battery_last_pct, b.battery_drain_pct, b.charging_minutes,
     b.temperature_max_celsius,
     c.rssi_min_dbm, c.rssi_median_dbm, c.host_latency_p50_ms, c.host_latency_p95_ms,
     coalesce(c.disconnects, 0) AS disconnects,
@@ -114,6 +118,7 @@ SELECT
     min(battery_min_pct) AS battery_min_pct,
     sum(battery_avg_pct * battery_readings) / sum(CASE WHEN battery_avg_pct IS NULL THEN NULL ELSE battery_readings END) AS battery_avg_pct,
     last_value(battery_last_pct ORDER BY CASE WHEN battery_last_pct IS NULL THEN 0 ELSE 1 END, hour) AS battery_last_pct,
+    avg(battery_drain_pct) AS battery_drain_pct_per_hour,
     sum(charging_minutes) AS charging_minutes,
     max(temperature_max_celsius) AS temperature_max_celsius,
     min(rssi_min_dbm) AS rssi_min_dbm,
@@ -139,6 +144,33 @@ GROUP BY device_id
 ORDER BY device_id
 ";
 
+pub const FLEET_HEALTH_DAILY: &str = "fleet_health_daily";
+
+/// One row per (merchant, store, firmware version, app version) per day,
+/// from that day's `device_health_daily` (registered as `daily`): cohorts
+/// side by side. Crash rate is crashes and hangs per 1,000 transactions;
+/// latencies are weighted by the transactions (or readings) behind them.
+pub const FLEET_HEALTH_DAILY_DATAFUSION: &str = "
+SELECT
+    to_timestamp_millis({start_ms}) AS day,
+    merchant_id, store_id, firmware_version, app_version,
+    count(*) AS devices,
+    sum(CASE WHEN crashes + hangs > 0 THEN 1 ELSE 0 END) AS devices_with_crashes,
+    sum(transactions) AS transactions,
+    sum(crashes) AS crashes,
+    sum(hangs) AS hangs,
+    1000.0 * CAST(sum(crashes + hangs) AS DOUBLE) / CAST(CASE WHEN sum(transactions) = 0 THEN NULL ELSE sum(transactions) END AS DOUBLE) AS crashes_per_1000_transactions,
+    approx_percentile_cont_with_weight(CAST(transactions AS DOUBLE), 0.95) WITHIN GROUP (ORDER BY txn_latency_p95_ms) AS txn_latency_p95_ms,
+    approx_percentile_cont_with_weight(CAST(connectivity_readings AS DOUBLE), 0.95) WITHIN GROUP (ORDER BY host_latency_p95_ms) AS host_latency_p95_ms,
+    avg(battery_drain_pct_per_hour) AS battery_drain_pct_per_hour,
+    min(battery_min_pct) AS battery_min_pct,
+    sum(disconnects) AS disconnects,
+    sum(battery_readings + connectivity_readings + app_readings + payment_readings) AS readings
+FROM daily
+GROUP BY merchant_id, store_id, firmware_version, app_version
+ORDER BY merchant_id, store_id, firmware_version, app_version
+";
+
 /// The hourly job's definition for the scheduler.
 pub fn device_health_hourly() -> JobSpec {
     JobSpec::new(
@@ -157,5 +189,14 @@ pub fn device_health_daily() -> JobSpec {
         DEVICE_HEALTH_DAILY,
         Grain::Day,
         vec![Input::Job(DEVICE_HEALTH_HOURLY.into())],
+    )
+}
+
+/// The fleet job's definition: each day's device rollup, by cohort.
+pub fn fleet_health_daily() -> JobSpec {
+    JobSpec::new(
+        FLEET_HEALTH_DAILY,
+        Grain::Day,
+        vec![Input::Job(DEVICE_HEALTH_DAILY.into())],
     )
 }
