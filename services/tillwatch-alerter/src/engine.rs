@@ -1054,6 +1054,37 @@ impl Engine {
         store.or_else(|| firing(MERCHANT_OFFLINE, format!("merchant:{}", view.merchant_id)))
     }
 
+    /// Applies a store or merchant alert's step: a firing alert whose list
+    /// of members changed (`grown`) takes the new annotations; then the
+    /// usual transition.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_grouped(
+        &mut self,
+        key: &(String, String),
+        scope: &str,
+        (phase, resolved, grown): (Phase, bool, bool),
+        labels: BTreeMap<String, String>,
+        annotations: BTreeMap<String, String>,
+        now: i64,
+        changes: &mut Changes,
+    ) {
+        if grown && let Some(record) = self.open.get_mut(key) {
+            record.annotations = annotations.clone();
+        }
+        let severity = self.correlation.severity;
+        self.transition(
+            key.clone(),
+            scope,
+            severity,
+            phase,
+            resolved,
+            labels,
+            annotations,
+            now,
+            changes,
+        );
+    }
+
     /// A merchant alert while `merchant_min_stores` of its stores are out.
     fn evaluate_merchant(&mut self, merchant: &str, now: i64, changes: &mut Changes) {
         let prefix = format!("store:{merchant}/");
@@ -1109,16 +1140,10 @@ impl Engine {
                 format!("{}/merchants/{merchant}", self.public_url),
             ),
         ]);
-        if grown && let Some(record) = self.open.get_mut(&key) {
-            record.annotations = annotations.clone();
-        }
-        let severity = self.correlation.severity;
-        self.transition(
-            key.clone(),
+        self.apply_grouped(
+            &key,
             "merchant",
-            severity,
-            phase,
-            resolved,
+            (phase, resolved, grown),
             labels,
             annotations,
             now,
@@ -1243,16 +1268,10 @@ impl Engine {
                     format!("{}/merchants/{merchant}/stores/{store}", self.public_url),
                 ),
             ]);
-            let severity = self.correlation.severity;
-            if grown && let Some(record) = self.open.get_mut(&key) {
-                record.annotations = annotations.clone();
-            }
-            self.transition(
-                key.clone(),
+            self.apply_grouped(
+                &key,
                 "store",
-                severity,
-                phase,
-                resolved,
+                (phase, resolved, grown),
                 labels,
                 annotations,
                 now,

@@ -242,7 +242,7 @@ impl Runner {
                 claimed.push((task, run.run_id, job));
             }
         }
-        let results = futures_join(claimed.iter().map(|(task, _, job)| {
+        let results = futures_util::future::join_all(claimed.iter().map(|(task, _, job)| {
             let timeout = Duration::from_millis(job.timeout_ms.max(0) as u64);
             let run = self.executor.run(job, task.partition);
             async move {
@@ -273,40 +273,4 @@ impl Runner {
         }
         Ok(ran)
     }
-}
-
-/// Awaits every future, concurrently, results in order.
-async fn futures_join<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut out = Vec::with_capacity(set.len());
-    // Poll them together: each runs while the others wait on IO.
-    let mut pending: Vec<Option<Pin<Box<F>>>> = set.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all_done = true;
-        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *result = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all_done = false,
-                }
-            }
-        }
-        if all_done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    for r in results {
-        out.push(r.expect("every future finished"));
-    }
-    out
 }
