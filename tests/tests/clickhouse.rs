@@ -324,8 +324,12 @@ async fn the_fleet_lands_in_clickhouse_with_the_same_rows_as_the_lake() {
         devices += 1;
     }
     assert_eq!(devices, 60);
-    let spooled = gateway.metric("tillwatch_clickhouse_spool_records");
-    assert_eq!(spooled, Some(0.0), "the spool drains");
+    // The rows are in ClickHouse; the shipper moves its cursor (and the
+    // gauge) just after the INSERT returns.
+    wait_for("the spool to drain", Duration::from_secs(30), || {
+        gateway.metric("tillwatch_clickhouse_spool_records") == Some(0.0)
+    })
+    .await;
 
     // Backfill the same lake into a new database, twice: the same rows, and
     // after the second run still each reading once, even without FINAL.
