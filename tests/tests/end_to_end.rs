@@ -240,9 +240,10 @@ async fn gateways_in_a_shared_group_split_the_stream() {
     LakeContents::read(&lake).assert_exactly(report.readings);
     // Each gateway wrote a share: file names start with the writer's id.
     for id in ["gw-a", "gw-b"] {
-        let found = files_below(&lake)
-            .iter()
-            .any(|p| p.file_name().unwrap().to_string_lossy().starts_with(id));
+        let found = files_below(&lake).iter().any(|p| {
+            p.extension().is_some_and(|e| e == "parquet")
+                && p.file_name().unwrap().to_string_lossy().starts_with(id)
+        });
         assert!(
             found,
             "gateway {id} stored nothing: the group did not split the stream"

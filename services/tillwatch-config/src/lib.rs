@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod alerting;
+mod scheduler;
 pub use alerting::*;
+pub use scheduler::*;
 
 /// Everything that can go wrong loading a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,7 @@ pub struct Config {
     pub metadata: MetadataConfig,
     pub alerter: AlerterConfig,
     pub alerting: AlertingConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 impl Default for Config {
@@ -60,6 +63,7 @@ impl Default for Config {
             metadata: MetadataConfig::default(),
             alerter: AlerterConfig::default(),
             alerting: AlertingConfig::default(),
+            scheduler: SchedulerConfig::default(),
         }
     }
 }
@@ -473,6 +477,15 @@ impl Config {
             );
         }
         self.alerting.validate(&mut errors);
+        if self.scheduler.tick.is_zero() {
+            errors.push("scheduler.tick: must be more than 0s".into());
+        }
+        if self.scheduler.engine == RollupEngine::Clickhouse && self.clickhouse.url.is_none() {
+            errors.push(
+                "scheduler.engine: \"clickhouse\" needs clickhouse.url (or use \"embedded\")"
+                    .into(),
+            );
+        }
         if self.embedded_broker.max_connections == 0 {
             errors.push("embedded_broker.max_connections: must be at least 1".into());
         }

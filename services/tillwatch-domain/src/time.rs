@@ -43,6 +43,16 @@ impl HourPartition {
             None => format!("date=invalid/hour={}", self.0),
         }
     }
+
+    /// The inverse of [`HourPartition::hive_path`], from its two directory
+    /// names.
+    pub fn from_hive(date_dir: &str, hour_dir: &str) -> Option<HourPartition> {
+        let date = date_dir.strip_prefix("date=")?;
+        let hour: u32 = hour_dir.strip_prefix("hour=")?.parse().ok()?;
+        let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
+        let t = day.and_hms_opt(hour, 0, 0)?.and_utc();
+        Some(UtcMillis(t.timestamp_millis()).hour())
+    }
 }
 
 #[cfg(test)]
@@ -57,5 +67,11 @@ mod tests {
         assert_eq!(before.hour().hive_path(), "date=2026-11-22/hour=13");
         assert_eq!(after.hour().hive_path(), "date=2026-11-22/hour=14");
         assert_eq!(UtcMillis(-1).hour().hive_path(), "date=1969-12-31/hour=23");
+        assert_eq!(
+            HourPartition::from_hive("date=2026-11-22", "hour=13"),
+            Some(before.hour())
+        );
+        assert_eq!(HourPartition::from_hive("date=2026-11-22", "hour=24"), None);
+        assert_eq!(HourPartition::from_hive("x", "hour=1"), None);
     }
 }

@@ -74,6 +74,9 @@ struct Batch {
     readings: HashMap<&'static str, u64>,
     dead_letters: u64,
     opened_at: Option<Instant>,
+    /// The wall clock when the first message arrived: the watermark stays
+    /// before it until this batch is durable.
+    opened_wall_ms: Option<i64>,
     last_arrival: Option<Instant>,
 }
 
@@ -132,6 +135,9 @@ pub async fn run_pipeline(
     let mut pending: HashSet<ReadingKey> = HashSet::new();
     let mut stores: HashMap<DeviceId, StoreId> = HashMap::new();
     let mut inflight: Option<(JoinHandle<FlushOutcome>, usize)> = None;
+    // The oldest message of the flush in flight, by the wall clock.
+    let mut inflight_opened_ms: Option<i64> = None;
+    let mut watermark = Watermark::new(&lake, &config.writer_id);
     let mut backpressure = false;
     let mut window = WindowStall::default();
     // When the last flush's acks went out: a capped broker answers them at
@@ -152,6 +158,7 @@ pub async fn run_pipeline(
                 observe_window(&batch, last_release, &config, &mut window);
             }
             let bytes = batch.staging.approx_bytes();
+            inflight_opened_ms = batch.opened_wall_ms;
             let handle = start_flush(
                 std::mem::take(&mut batch),
                 store.take().expect("the store is home when no flush runs"),
@@ -187,9 +194,15 @@ pub async fn run_pipeline(
             outcome = async { (&mut inflight.as_mut().expect("guarded").0).await }, if inflight.is_some() => {
                 inflight = None;
                 let outcome = outcome.expect("the flush task does not panic");
+                let durable = outcome.result.is_ok();
                 store = Some(finish_flush(outcome, &mut pending, &acks));
                 last_release = Some(Instant::now());
+                if durable {
+                    inflight_opened_ms = None;
+                }
+                watermark.publish(batch.opened_wall_ms, inflight_opened_ms);
             }
+            _ = watermark.tick.tick() => watermark.publish(batch.opened_wall_ms, inflight_opened_ms),
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && inflight.is_none() => {}
             message = input.recv(), if !full => match message {
                 Some(message) => ingest(message, &config, &committed, &mut pending, &mut stores, &mut batch),
@@ -219,6 +232,43 @@ pub async fn run_pipeline(
     }
     gauge!(m::BUFFERED_BYTES).set(0.0);
     info!("pipeline drained");
+}
+
+/// The ingest watermark this gateway publishes in the lake: every message
+/// received before it is durable. It is the arrival time of the oldest
+/// message not yet durable, or now when there is none; written every
+/// second and after each flush, never moving back.
+struct Watermark {
+    lake: Lake,
+    writer: String,
+    last: i64,
+    tick: tokio::time::Interval,
+}
+
+impl Watermark {
+    fn new(lake: &Lake, writer: &str) -> Watermark {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watermark {
+            lake: lake.clone(),
+            writer: writer.to_string(),
+            last: i64::MIN,
+            tick,
+        }
+    }
+
+    fn publish(&mut self, staged: Option<i64>, flushing: Option<i64>) {
+        let now = tillwatch_domain::UtcMillis::now().0;
+        let at = staged.into_iter().chain(flushing).min().unwrap_or(now);
+        if at <= self.last {
+            return;
+        }
+        // A few bytes and a rename; a failure only delays the rollups.
+        match self.lake.write_watermark(&self.writer, at) {
+            Ok(()) => self.last = at,
+            Err(e) => tracing::warn!(error = %e, "cannot record the ingest watermark"),
+        }
+    }
 }
 
 /// Spots a broker that caps this client's unacknowledged messages below
@@ -299,6 +349,9 @@ fn ingest(
     counter!(m::MESSAGE_BYTES_RECEIVED).increment(message.payload.len() as u64);
     let now = Instant::now();
     batch.opened_at.get_or_insert(now);
+    batch
+        .opened_wall_ms
+        .get_or_insert_with(|| tillwatch_domain::UtcMillis::now().0);
     batch.last_arrival = Some(now);
     batch.messages += 1;
     if let Some(token) = message.ack {
@@ -605,7 +658,7 @@ mod tests {
                 let path = entry.unwrap().path();
                 if path.is_dir() {
                     stack.push(path);
-                } else {
+                } else if path.extension().is_some_and(|e| e == "parquet") {
                     stored += tillwatch_storage::read_reading_keys(&path).unwrap().len();
                 }
             }
@@ -757,6 +810,30 @@ mod tests {
         assert_eq!(w.observe(20, true), Some(20));
         // Said once.
         assert_eq!(w.observe(20, true), None);
+    }
+
+    #[tokio::test]
+    async fn the_ingest_watermark_advances_when_idle_and_covers_acked_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().join("lake"));
+        let (input_tx, mut ack_rx, pipeline) =
+            spawn_pipeline(dir.path(), &dir.path().join("lake"), 1000, 1 << 20, 16);
+        // Nothing received: everything received is durable, so it moves.
+        wait_for("an idle watermark", || lake.watermark().is_some()).await;
+        let sent_at = tillwatch_domain::UtcMillis::now().0;
+        let mut m = message(1);
+        m.ack = Some(AckToken { pkid: 1, qos: 1 });
+        input_tx.send(m).await.unwrap();
+        let acked = ack_rx.recv().await.unwrap();
+        assert_eq!(acked.len(), 1);
+        // Once acked, the message is behind the watermark.
+        wait_for("the watermark to pass the acked message", || {
+            lake.watermark().is_some_and(|w| w >= sent_at)
+        })
+        .await;
+        assert!(lake.watermark().unwrap() <= tillwatch_domain::UtcMillis::now().0);
+        drop(input_tx);
+        pipeline.await.unwrap();
     }
 
     #[tokio::test]

@@ -28,6 +28,9 @@ pub struct JobPartitionRow {
     pub run_id: Option<String>,
     pub owner: Option<String>,
     pub lease_until_ms: Option<i64>,
+    /// A backfill or clear asked for it to run again, at this time; cleared
+    /// when a run claims it.
+    pub forced_ms: Option<i64>,
 }
 
 /// One attempt at one partition.
@@ -66,7 +69,8 @@ pub struct Claim<'a> {
 }
 
 const PARTITION_COLUMNS: &str = "job, partition_key, grain, start_ms, status, attempts, \
-     next_attempt_ms, started_ms, inputs_fingerprint, output_fingerprint, run_id, owner, lease_until_ms";
+     next_attempt_ms, started_ms, inputs_fingerprint, output_fingerprint, run_id, owner, lease_until_ms, \
+     forced_ms";
 const RUN_COLUMNS: &str = "run_id, job, partition_key, attempt, reason, scheduler, started_ms, \
      finished_ms, status, error, rows_written, inputs, inputs_fingerprint, output_fingerprint";
 
@@ -85,6 +89,7 @@ fn partition_from_row(r: &sqlx::any::AnyRow) -> Result<JobPartitionRow, sqlx::Er
         run_id: r.try_get("run_id")?,
         owner: r.try_get("owner")?,
         lease_until_ms: r.try_get("lease_until_ms")?,
+        forced_ms: r.try_get("forced_ms")?,
     })
 }
 
@@ -138,7 +143,7 @@ impl MetaStore {
                    attempts = excluded.attempts, next_attempt_ms = NULL, started_ms = excluded.started_ms, \
                    inputs_fingerprint = excluded.inputs_fingerprint, run_id = excluded.run_id, \
                    owner = excluded.owner, lease_until_ms = excluded.lease_until_ms, \
-                   updated_at_ms = excluded.updated_at_ms \
+                   forced_ms = NULL, updated_at_ms = excluded.updated_at_ms \
                  WHERE COALESCE(job_partitions.run_id, '') = $11 \
                    AND (job_partitions.status <> 'running' OR job_partitions.lease_until_ms < $6)",
             )
@@ -242,6 +247,65 @@ impl MetaStore {
             tx.commit().await.map_err(self.db())?;
             Ok(done.rows_affected() == 1)
         })
+    }
+
+    /// Asks for partitions to run again (a backfill or a clear): each is
+    /// marked with `at_ms`; one that never ran is recorded as `queued`. A
+    /// running partition keeps running and runs once more after it.
+    pub async fn request_runs(
+        &self,
+        partitions: &[(&str, &str, &str, i64)],
+        at_ms: i64,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.pool().begin().await.map_err(self.db())?;
+        for (job, key, grain, start_ms) in partitions {
+            sqlx::query(
+                "INSERT INTO job_partitions (job, partition_key, grain, start_ms, status, attempts, \
+                 forced_ms, updated_at_ms) VALUES ($1, $2, $3, $4, 'queued', 0, $5, $5) \
+                 ON CONFLICT (job, partition_key) DO UPDATE SET forced_ms = excluded.forced_ms, \
+                   updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(*job)
+            .bind(*key)
+            .bind(*grain)
+            .bind(*start_ms)
+            .bind(at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+        }
+        tx.commit().await.map_err(self.db())?;
+        Ok(())
+    }
+
+    /// The recorded partitions of one job, oldest first.
+    pub async fn job_partitions_of(&self, job: &str) -> Result<Vec<JobPartitionRow>, MetaError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PARTITION_COLUMNS} FROM job_partitions WHERE job = $1 ORDER BY start_ms"
+        ))
+        .bind(job)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        rows.iter()
+            .map(partition_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(self.db())
+    }
+
+    /// One run by its id.
+    pub async fn job_run(&self, run_id: &str) -> Result<Option<JobRunRow>, MetaError> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM job_runs WHERE run_id = $1"
+        ))
+        .bind(run_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(self.db())?;
+        row.as_ref()
+            .map(run_from_row)
+            .transpose()
+            .map_err(self.db())
     }
 
     /// Runs, newest first; of one job and partition when given.

@@ -157,6 +157,16 @@ CREATE TABLE job_runs (
 CREATE INDEX job_runs_by_partition ON job_runs (job, partition_key, started_ms);
 ",
     },
+    Migration {
+        version: 5,
+        name: "job_requests",
+        // A backfill or clear asks for a partition to run again: `forced_ms`
+        // holds when, until a run claims it. A partition that never ran is
+        // recorded as `queued`.
+        sql: "
+ALTER TABLE job_partitions ADD COLUMN forced_ms BIGINT;
+",
+    },
 ];
 
 /// What a migration run did.

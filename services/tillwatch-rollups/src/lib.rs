@@ -1,7 +1,12 @@
 //! The rollup jobs and their engines. Each job is defined once, as SQL per
 //! engine over the same inputs ([`jobs`]); the embedded engine
 //! ([`embedded`]) runs it with DataFusion over the Parquet lake and writes
-//! the partition as one Parquet file, replaced atomically.
+//! the partition as one Parquet file, replaced atomically. [`catalog`]
+//! applies the operator's settings; [`service`] is the scheduler process.
 
+pub mod catalog;
 pub mod embedded;
 pub mod jobs;
+pub mod service;
+
+pub use service::{SchedulerError, run_scheduler};

@@ -7,10 +7,12 @@
 
 pub mod interval;
 pub mod job;
+pub mod ops;
 pub mod plan;
 pub mod runner;
 
 pub use interval::{Grain, Partition};
 pub use job::{Catalog, CatalogError, Input, JobSpec, RunWindow, Schedule};
+pub use ops::{Lineage, Progress, Snapshot, Target};
 pub use plan::{PartitionRecord, Reason, Status, Task, World, plan};
 pub use runner::{Clock, Executor, Output, Ran, RunFuture, Runner};

@@ -13,7 +13,10 @@
 //! - it has never run (and catch-up allows it: without catch-up only the
 //!   newest such partition starts), or its last attempt failed and the
 //!   backoff has passed with retries left, or it ran too long (timeout), or
-//!   it succeeded on inputs that have changed since (stale: late data);
+//!   it succeeded on inputs that have changed since (stale: late data), or
+//!   an operator asked for it again (a backfill or clear: forced, which
+//!   needs neither the schedule nor changed inputs, but still complete
+//!   inputs and an open window);
 //! - the job has fewer than `concurrency` partitions running.
 //!
 //! Oldest partitions go first. The same world always gives the same plan.
@@ -25,6 +28,8 @@ use crate::job::{Catalog, Input, JobSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// Never ran; asked for by a backfill or clear.
+    Queued,
     Running,
     Succeeded,
     Failed,
@@ -46,6 +51,8 @@ pub struct PartitionRecord {
     /// The fingerprint of what the last success wrote: downstream jobs'
     /// inputs.
     pub output_fingerprint: Option<String>,
+    /// An operator asked for it to run again.
+    pub forced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +65,8 @@ pub enum Reason {
     TimedOut,
     /// Succeeded before, but its inputs changed since.
     Stale,
+    /// Asked for by a backfill or clear.
+    Forced,
 }
 
 /// One partition to start.
@@ -182,11 +191,13 @@ pub fn plan(catalog: &Catalog, world: &World) -> Vec<Task> {
                 }
                 continue;
             }
-            let Some(due_at) = job.schedule.next_at_or_after(partition.end_ms()) else {
+            let forced = record.is_some_and(|r| r.forced && r.status != Status::Running);
+            let due = job
+                .schedule
+                .next_at_or_after(partition.end_ms())
+                .is_some_and(|at| at <= world.now_ms);
+            if !due && !forced {
                 continue;
-            };
-            if due_at > world.now_ms {
-                break;
             }
             let Some(fingerprint) = inputs_fingerprint(job, partition, catalog, world, &planned)
             else {
@@ -201,7 +212,10 @@ pub fn plan(catalog: &Catalog, world: &World) -> Vec<Task> {
             };
             match record {
                 None => new_ones.push(task(1, Reason::Scheduled)),
+                Some(_) if forced => candidates.push(task(1, Reason::Forced)),
                 Some(r) => match r.status {
+                    // Only ever forced.
+                    Status::Queued => {}
                     Status::Running => {
                         // Past its timeout: counts as a failed attempt.
                         if r.attempts <= job.retries {

@@ -3,10 +3,10 @@
 //! [`Executor`] under the job's timeout, and records the outcome with its
 //! lineage: the input partitions read, each with its fingerprint.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tillwatch_meta::{Claim, JobRunRow, MetaError, MetaStore};
@@ -48,6 +48,8 @@ pub struct Runner {
     /// This scheduler's name, on its claims and runs.
     name: String,
     clock: Clock,
+    /// Runs claimed and not yet recorded as finished.
+    active: Mutex<HashSet<String>>,
 }
 
 type Key = (String, Partition);
@@ -58,6 +60,7 @@ fn reason_str(r: Reason) -> &'static str {
         Reason::Retry => "retry",
         Reason::TimedOut => "timed_out",
         Reason::Stale => "stale",
+        Reason::Forced => "forced",
     }
 }
 
@@ -89,7 +92,37 @@ impl Runner {
             executor,
             name: name.to_string(),
             clock,
+            active: Mutex::new(HashSet::new()),
         }
+    }
+
+    pub fn store(&self) -> &MetaStore {
+        &self.store
+    }
+
+    /// Records the runs a round was still running when it was dropped (the
+    /// scheduler is stopping) as failed, due again at once, so the next
+    /// scheduler retries them without waiting for their lease to expire.
+    /// Their outputs were never replaced: the engines write whole or not at
+    /// all.
+    pub async fn release_active(&self) -> Result<usize, MetaError> {
+        let active: Vec<String> = self
+            .active
+            .lock()
+            .expect("never poisoned")
+            .drain()
+            .collect();
+        let now = (self.clock)();
+        for run_id in &active {
+            self.store
+                .finish_run(
+                    run_id,
+                    now,
+                    Err(("the scheduler stopped during the run", Some(now))),
+                )
+                .await?;
+        }
+        Ok(active.len())
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -107,6 +140,7 @@ impl Runner {
             let (Some(grain), Some(status)) = (
                 Grain::parse(&row.grain),
                 match row.status.as_str() {
+                    "queued" => Some(Status::Queued),
                     "running" => Some(Status::Running),
                     "succeeded" => Some(Status::Succeeded),
                     "failed" => Some(Status::Failed),
@@ -134,6 +168,7 @@ impl Runner {
                     started_ms: row.started_ms,
                     inputs_fingerprint: row.inputs_fingerprint,
                     output_fingerprint: row.output_fingerprint,
+                    forced: row.forced_ms.is_some(),
                 },
             );
         }
@@ -182,12 +217,42 @@ impl Runner {
         format!("[{}]", items.join(","))
     }
 
+    /// What would start now, without starting it.
+    pub async fn due(
+        &self,
+        watermark_ms: i64,
+        source_fingerprint: &(dyn Fn(&str, Partition) -> String + Sync),
+    ) -> Result<Vec<Task>, MetaError> {
+        let (states, _) = self.states().await?;
+        Ok(plan(
+            &self.catalog,
+            &World {
+                now_ms: (self.clock)(),
+                watermark_ms,
+                states: &states,
+                source_fingerprint,
+            },
+        ))
+    }
+
     /// One round: plans, claims and runs what is due (concurrently), and
     /// records each outcome. Returns the runs this runner started.
     pub async fn step(
         &self,
         watermark_ms: i64,
         source_fingerprint: &(dyn Fn(&str, Partition) -> String + Sync),
+    ) -> Result<Vec<Ran>, MetaError> {
+        self.step_only(watermark_ms, source_fingerprint, &|_| true)
+            .await
+    }
+
+    /// A round that starts only the planned tasks `wanted` accepts (a
+    /// backfill driving its own partitions).
+    pub async fn step_only(
+        &self,
+        watermark_ms: i64,
+        source_fingerprint: &(dyn Fn(&str, Partition) -> String + Sync),
+        wanted: &(dyn Fn(&Task) -> bool + Sync),
     ) -> Result<Vec<Ran>, MetaError> {
         let now = (self.clock)();
         let (states, runs) = self.states().await?;
@@ -201,7 +266,7 @@ impl Runner {
             },
         );
         let mut claimed = Vec::new();
-        for task in tasks {
+        for task in tasks.into_iter().filter(|t| wanted(t)) {
             let Some(job) = self.catalog.job(&task.job) else {
                 continue;
             };
@@ -239,6 +304,10 @@ impl Runner {
                 })
                 .await?;
             if won {
+                self.active
+                    .lock()
+                    .expect("never poisoned")
+                    .insert(run.run_id.clone());
                 claimed.push((task, run.run_id, job));
             }
         }
@@ -265,6 +334,7 @@ impl Runner {
                 }
             };
             self.store.finish_run(&run_id, finished, outcome).await?;
+            self.active.lock().expect("never poisoned").remove(&run_id);
             ran.push(Ran {
                 task,
                 run_id,

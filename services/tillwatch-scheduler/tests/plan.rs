@@ -78,6 +78,7 @@ fn succeed(states: &mut States, task: &Task, output: &str) {
             started_ms: None,
             inputs_fingerprint: Some(task.inputs_fingerprint.clone()),
             output_fingerprint: Some(output.into()),
+            forced: false,
         },
     );
 }
@@ -230,6 +231,7 @@ fn failures_retry_after_a_doubling_backoff_until_retries_run_out() {
                     started_ms: None,
                     inputs_fingerprint: None,
                     output_fingerprint: None,
+                    forced: false,
                 },
             );
         }
@@ -254,6 +256,7 @@ fn a_run_past_its_timeout_is_tried_again() {
         started_ms: Some(DAY0 + HOUR + 10 * MIN),
         inputs_fingerprint: None,
         output_fingerprint: None,
+        forced: false,
     };
     states.insert(("device_health_hourly".into(), p), running);
     let mut one = hourly();

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use tillwatch_meta::testing::TestDatabase;
 use tillwatch_meta::{Claim, JobRunRow, MetaStore};
 use tillwatch_scheduler::{
-    Catalog, Executor, Grain, Input, JobSpec, Output, Partition, RunFuture, Runner,
+    Catalog, Executor, Grain, Input, JobSpec, Output, Partition, Progress, RunFuture, Runner,
+    Snapshot, ops,
 };
 
 const HOUR: i64 = 3_600_000;
@@ -90,9 +91,13 @@ impl Setup {
     }
 
     async fn runner(&self, url: &str, name: &str) -> Runner {
+        self.runner_of(catalog(), url, name).await
+    }
+
+    async fn runner_of(&self, catalog: Catalog, url: &str, name: &str) -> Runner {
         let clock = self.clock.clone();
         Runner::new(
-            catalog(),
+            catalog,
             MetaStore::connect(url).await.unwrap(),
             self.executor.clone(),
             name,
@@ -314,6 +319,153 @@ async fn late_data_reruns_the_hour_and_its_day_only(url: &str) {
     assert_eq!(runs.len(), 27, "nothing else ran");
 }
 
+fn with_fleet() -> Catalog {
+    let mut jobs = catalog().jobs().to_vec();
+    let mut fleet = JobSpec::new(
+        "fleet_health_daily",
+        Grain::Day,
+        vec![Input::Job("device_health_daily".into())],
+    );
+    fleet.start_ms = DAY0;
+    jobs.push(fleet);
+    Catalog::new(jobs).unwrap()
+}
+
+/// A week's backfill with its downstream jobs, driven from one process
+/// while a scheduler runs beside it: every partition of the range runs
+/// exactly once more, each day after its 24 hours and each fleet day after
+/// its device day, and nothing outside the range runs.
+async fn a_backfilled_week_runs_downstream_in_order_beside_a_scheduler(url: &str) {
+    let s = Setup::new(url, DAY0 + 8 * 24 * HOUR + 30 * MIN).await;
+    let scheduler = s.runner_of(with_fleet(), url, "scheduler-a").await;
+    let backfill = s.runner_of(with_fleet(), url, "backfill").await;
+    let watermark = s.now();
+    // The snapshot below knows no files: every hour's fingerprint is "".
+    let fingerprint = |_: &str, _: Partition| String::new();
+    while !scheduler
+        .step(watermark, &fingerprint)
+        .await
+        .unwrap()
+        .is_empty()
+    {}
+    let before = s.executor.calls.lock().unwrap().len();
+    assert_eq!(before, 8 * 24 + 8 + 8, "eight whole days ran first");
+
+    let from = Partition::parse_key("2026-11-21").unwrap();
+    let to = Partition::parse_key("2026-11-27").unwrap();
+    let targets = ops::targets(
+        backfill.catalog(),
+        "device_health_hourly",
+        from.start_ms,
+        to.end_ms(),
+        true,
+        s.now(),
+    )
+    .unwrap();
+    assert_eq!(targets.len(), 7 * 24 + 7 + 7);
+    assert_eq!(targets[0].to_string(), "device_health_hourly 2026-11-21T00");
+    assert_eq!(
+        targets[7 * 24].to_string(),
+        "device_health_daily 2026-11-21"
+    );
+    assert_eq!(
+        targets.last().unwrap().to_string(),
+        "fleet_health_daily 2026-11-27"
+    );
+    // Without --downstream, only the hours; a range that has not ended yet
+    // is clipped to what has.
+    assert_eq!(
+        ops::targets(
+            backfill.catalog(),
+            "device_health_hourly",
+            from.start_ms,
+            to.end_ms(),
+            false,
+            s.now()
+        )
+        .unwrap()
+        .len(),
+        7 * 24
+    );
+    assert!(ops::targets(backfill.catalog(), "nope", 0, 1, false, s.now()).is_err());
+
+    s.at(s.now() + MIN);
+    let since = s.now();
+    ops::request(backfill.store(), &targets, since)
+        .await
+        .unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let snapshot = || async {
+        Snapshot {
+            watermark_ms: watermark,
+            ..Snapshot::default()
+        }
+    };
+    let (states, ()) = tokio::join!(
+        async {
+            let states = ops::drive(
+                &backfill,
+                &targets,
+                since,
+                snapshot,
+                std::time::Duration::from_millis(5),
+                |_, _| {},
+            )
+            .await
+            .unwrap();
+            done.store(true, Ordering::SeqCst);
+            states
+        },
+        async {
+            while !done.load(Ordering::SeqCst) {
+                scheduler.step(watermark, &fingerprint).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }
+    );
+    assert!(
+        states
+            .iter()
+            .all(|p| matches!(p, Progress::Succeeded { rows: Some(10) })),
+        "{states:?}"
+    );
+    let calls = s.executor.calls.lock().unwrap()[before..].to_vec();
+    let mut seen = std::collections::HashSet::new();
+    for c in &calls {
+        assert!(seen.insert(c.clone()), "{c:?} ran twice");
+    }
+    assert_eq!(calls.len(), targets.len(), "nothing outside the range ran");
+    let index = |job: &str, p: Partition| {
+        calls
+            .iter()
+            .position(|c| c.0 == job && c.1 == p)
+            .unwrap_or_else(|| panic!("{job} {p} did not run"))
+    };
+    for day in Partition::range(Grain::Day, from.start_ms, to.end_ms()) {
+        let daily = index("device_health_daily", day);
+        for hour in day.covering(Grain::Hour) {
+            assert!(
+                index("device_health_hourly", hour) < daily,
+                "{day} before {hour}"
+            );
+        }
+        assert!(daily < index("fleet_health_daily", day));
+    }
+    let runs = s.store.job_runs(None, None, 1000).await.unwrap();
+    assert_eq!(
+        runs.iter().filter(|r| r.reason == "forced").count(),
+        targets.len()
+    );
+    // Asked again, the scheduler alone has nothing to do: nothing is stale.
+    assert!(
+        scheduler
+            .step(watermark, &fingerprint)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -343,4 +495,5 @@ on_both_backends!(
     failures_retry_after_backoff_and_runs_record_their_inputs,
     a_dead_schedulers_run_is_taken_over_after_its_timeout,
     late_data_reruns_the_hour_and_its_day_only,
+    a_backfilled_week_runs_downstream_in_order_beside_a_scheduler,
 );

@@ -15,7 +15,8 @@ use crate::http::serve_http;
 const EMBEDDED_FLUSH_MAX_UNACKED: usize = EmbeddedBroker::MAX_INFLIGHT * 4 / 5;
 
 /// Runs the whole product in one process: the gateway (against `broker` if
-/// given, else `config.mqtt.broker`) and the HTTP endpoints on `http`.
+/// given, else `config.mqtt.broker`), the alerter, the rollup scheduler
+/// (unless `scheduler.enabled` is off) and the HTTP endpoints on `http`.
 pub async fn run_standalone(
     mut config: Config,
     http: TcpListener,
@@ -61,11 +62,23 @@ pub async fn run_standalone(
         let stop = shutdown_requested(stop_rx.clone());
         tokio::spawn(async move { tillwatch_alerter::run_alerter(&config, stop).await })
     };
+    // The rollup scheduler over the same lake and metadata store.
+    let scheduler = config.scheduler.enabled.then(|| {
+        let config = config.clone();
+        let stop = shutdown_requested(stop_rx.clone());
+        tokio::spawn(async move { tillwatch_rollups::run_scheduler(&config, stop).await })
+    });
     let gateway = run_gateway(&config, health, shutdown_requested(stop_rx)).await;
     // The gateway only returns early on an error; take the rest down too.
     let _ = stop_tx.send(true);
     let http = http.await.context("the HTTP server task failed")?;
     let alerter = alerter.await.context("the alerter task failed")?;
+    if let Some(scheduler) = scheduler {
+        scheduler
+            .await
+            .context("the scheduler task failed")?
+            .context("scheduler")?;
+    }
     gateway.context("gateway")?;
     alerter.context("alerter")?;
     http.context("HTTP server")?;

@@ -100,16 +100,86 @@ impl Lake {
     /// immutable once visible: names and sizes say it all). An empty hour
     /// has a fingerprint too.
     pub fn hour_fingerprint(&self, table: Table, hour: HourPartition) -> String {
+        Self::fingerprint_files(&self.hour_files(table, hour))
+    }
+
+    /// No files: the empty string.
+    fn fingerprint_files(files: &[PathBuf]) -> String {
+        if files.is_empty() {
+            return String::new();
+        }
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for path in self.hour_files(table, hour) {
+        for path in files {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             for b in format!("{}:{size};", name.unwrap_or_default()).bytes() {
                 h ^= u64::from(b);
                 h = h.wrapping_mul(0x0100_0000_01b3);
             }
         }
         format!("{h:016x}")
+    }
+
+    /// Every hour of `table` that has files, with its fingerprint (as
+    /// [`Lake::hour_fingerprint`]). Blocking: one directory listing per
+    /// hour present, none for hours absent.
+    pub fn fingerprints(&self, table: Table) -> Vec<(HourPartition, String)> {
+        let mut out = Vec::new();
+        let dirs = |p: &Path| -> Vec<(String, PathBuf)> {
+            fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+                .collect()
+        };
+        for (date, date_path) in dirs(&self.table_dir(table)) {
+            for (hour, _) in dirs(&date_path) {
+                if let Some(h) = HourPartition::from_hive(&date, &hour) {
+                    let fp = self.hour_fingerprint(table, h);
+                    if !fp.is_empty() {
+                        out.push((h, fp));
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn watermark_dir(&self) -> PathBuf {
+        self.root.join("_watermarks")
+    }
+
+    /// Records that every message `writer` received before `at_ms` is
+    /// durable in the lake (the ingest watermark), replacing its previous
+    /// record atomically. Blocking.
+    pub fn write_watermark(&self, writer: &str, at_ms: i64) -> Result<(), LakeError> {
+        let dir = self.watermark_dir();
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let path = dir.join(writer);
+        let tmp = Self::temp_path(&path);
+        fs::write(&tmp, at_ms.to_string()).map_err(io_err("write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+    }
+
+    /// The ingest watermark: the earliest of the writers' records (every
+    /// writer must have caught up), `None` before any writer recorded one.
+    /// Blocking.
+    pub fn watermark(&self) -> Option<i64> {
+        fs::read_dir(self.watermark_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| {
+                fs::read_to_string(e.path())
+                    .ok()?
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+            })
+            .min()
     }
 
     /// The hidden name a file is written under before it is renamed into
@@ -304,5 +374,24 @@ mod tests {
                 .len(),
             2
         );
+        // The listing of every hour agrees with the per-hour fingerprint.
+        let table = Table::Reading(tillwatch_domain::Kind::Battery);
+        assert_eq!(
+            lake.fingerprints(table),
+            [(hour, lake.hour_fingerprint(table, hour))]
+        );
+    }
+
+    #[test]
+    fn the_watermark_is_the_slowest_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path());
+        assert_eq!(lake.watermark(), None);
+        lake.write_watermark("gw-a", 2_000).unwrap();
+        assert_eq!(lake.watermark(), Some(2_000));
+        lake.write_watermark("gw-b", 1_500).unwrap();
+        assert_eq!(lake.watermark(), Some(1_500));
+        lake.write_watermark("gw-b", 3_000).unwrap();
+        assert_eq!(lake.watermark(), Some(2_000));
     }
 }

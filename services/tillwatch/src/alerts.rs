@@ -25,10 +25,10 @@ pub(crate) enum AlertsCommand {
 #[derive(Debug, Args)]
 pub(crate) struct StoreArgs {
     #[command(flatten)]
-    common: Common,
+    pub(crate) common: Common,
     /// sqlite://PATH or postgres://… (config: metadata.url).
     #[arg(long)]
-    metadata_url: Option<String>,
+    pub(crate) metadata_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -78,7 +78,7 @@ async fn open(args: &StoreArgs) -> anyhow::Result<MetaStore> {
     Ok(store)
 }
 
-fn when(ms: i64) -> String {
+pub(crate) fn when(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
         .unwrap_or_default()

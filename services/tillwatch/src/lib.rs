@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 mod alerts;
+mod jobs;
 mod progress;
 
 #[derive(Debug, Parser)]
@@ -42,6 +43,12 @@ enum Command {
     /// Alerts and silences, from the metadata store.
     #[command(subcommand)]
     Alerts(alerts::AlertsCommand),
+    /// The rollup scheduler alone: runs the jobs' due partitions (standalone
+    /// runs it too).
+    Scheduler(jobs::SchedulerArgs),
+    /// Rollup jobs: list, runs, clear, backfill, lineage.
+    #[command(subcommand)]
+    Jobs(jobs::JobsCommand),
     /// Create or update the ClickHouse schema (idempotent; records what it applied).
     Migrate(MigrateArgs),
     /// ClickHouse maintenance.
@@ -193,11 +200,17 @@ struct DemoArgs {
 }
 
 /// The configuration's own checks, then the alerter's (store hours, time
-/// zones, matchers), so a bad value is refused before anything starts.
+/// zones, matchers) and the scheduler's (job settings), so a bad value is
+/// refused before anything starts.
 pub(crate) fn validate(config: &Config) -> anyhow::Result<()> {
     config.validate()?;
     tillwatch_alerter::engine::check_config(&config.alerting)
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    tillwatch_rollups::catalog::catalog(&config.scheduler, tillwatch_domain::UtcMillis::now().0)
+        .map_err(|errors| {
+            anyhow::anyhow!("invalid configuration:\n  - {}", errors.join("\n  - "))
+        })?;
+    Ok(())
 }
 
 fn load(common: &Common) -> anyhow::Result<Config> {
@@ -544,6 +557,8 @@ pub fn run_cli() -> std::process::ExitCode {
             Command::Gateway(args) => gateway(args).await,
             Command::Alerter(args) => alerter(args).await,
             Command::Alerts(command) => alerts::run(command).await,
+            Command::Scheduler(args) => jobs::scheduler(args).await,
+            Command::Jobs(command) => jobs::run(command).await,
             Command::Migrate(args) => migrate(args).await,
             Command::Clickhouse(ClickhouseCommand::Backfill(args)) => backfill(args).await,
             Command::GenerateConfig => {

@@ -1,0 +1,87 @@
+//! `[scheduler]`: the rollup scheduler, and per-job settings under
+//! `[scheduler.jobs.<name>]` that override each built-in job's defaults.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the rollups run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RollupEngine {
+    /// ClickHouse when `clickhouse.url` is set, else embedded.
+    #[default]
+    Auto,
+    /// DataFusion over the Parquet lake, in the scheduler's process.
+    Embedded,
+    /// `INSERT … SELECT` inside ClickHouse.
+    Clickhouse,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Whether `standalone` and `demo` run the scheduler (the `scheduler`
+    /// command always does).
+    pub enabled: bool,
+    /// This scheduler's name on its claims and runs; unset means
+    /// `<host>-<pid>`.
+    pub name: Option<String>,
+    /// How often it looks for due partitions.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    pub engine: RollupEngine,
+    /// The first partition of jobs that set no `start` of their own: a date
+    /// (`2026-11-01`) or how far back from when the scheduler starts
+    /// (`7d`).
+    pub start: String,
+    pub jobs: BTreeMap<String, JobSettings>,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            enabled: true,
+            name: None,
+            tick: Duration::from_secs(10),
+            engine: RollupEngine::Auto,
+            start: "7d".into(),
+            jobs: BTreeMap::new(),
+        }
+    }
+}
+
+/// One job's settings; every key is optional and falls back to the job's
+/// built-in default.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobSettings {
+    /// Cron (five fields) or `@hourly`, `@daily`, `@weekly`, `@monthly`.
+    pub schedule: Option<String>,
+    /// The zone the schedule is read in (default UTC).
+    pub time_zone: Option<String>,
+    /// First partition: a date or `7d` (see `scheduler.start`).
+    pub start: Option<String>,
+    /// No partition after this date.
+    pub end: Option<String>,
+    /// Run every missed partition (true) or only the newest.
+    pub catch_up: Option<bool>,
+    /// When runs may start, e.g. `Mon-Sun 02:00-05:00`.
+    pub window: Option<String>,
+    /// The zone of `window` (default: `time_zone`).
+    pub window_time_zone: Option<String>,
+    /// How long after an interval's end its data may still arrive.
+    #[serde(default, with = "humantime_serde")]
+    pub lateness: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_base: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_max: Option<Duration>,
+    pub concurrency: Option<usize>,
+    /// The team that owns the job.
+    pub owner: Option<String>,
+}

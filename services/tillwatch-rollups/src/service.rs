@@ -1,0 +1,127 @@
+//! The scheduler service: the configured jobs, the metadata store, the
+//! engine and the lake's watermark and fingerprints, in one loop.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tillwatch_config::Config;
+use tillwatch_domain::{Kind, UtcMillis};
+use tillwatch_meta::MetaStore;
+use tillwatch_scheduler::{Clock, Partition, Runner, Snapshot, ops};
+use tillwatch_storage::{Lake, Table};
+
+use crate::embedded::Embedded;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Config(Vec<String>),
+    #[error(transparent)]
+    Meta(#[from] tillwatch_meta::MetaError),
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The lake's raw data as the planner sees it: the ingest watermark and
+/// every raw hour's fingerprint. Blocking (directory listings).
+pub fn lake_snapshot(lake: &Lake) -> Snapshot {
+    let mut fingerprints = std::collections::HashMap::new();
+    for kind in Kind::ALL {
+        let table = Table::Reading(kind);
+        for (hour, fp) in lake.fingerprints(table) {
+            fingerprints.insert((table.name().to_string(), hour.start().0), fp);
+        }
+    }
+    Snapshot {
+        watermark_ms: lake.watermark().unwrap_or(i64::MIN),
+        fingerprints,
+    }
+}
+
+/// [`lake_snapshot`] off the async workers.
+pub async fn snapshot(lake: Lake) -> Snapshot {
+    tokio::task::spawn_blocking(move || lake_snapshot(&lake))
+        .await
+        .unwrap_or_default()
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "scheduler".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The store, the lake and a runner over the configured jobs, as the
+/// scheduler and the `jobs` commands use them.
+pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), SchedulerError> {
+    let catalog =
+        crate::catalog::catalog(&config.scheduler, clock()).map_err(SchedulerError::Config)?;
+    let url = config.metadata_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| SchedulerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    }
+    let store = MetaStore::connect(&url).await?;
+    store.migrate().await?;
+    let lake = Lake::new(config.data_dir.join("lake"));
+    let executor = Arc::new(Embedded::new(lake.clone()));
+    let name = config.scheduler.name.clone().unwrap_or_else(default_name);
+    Ok((Runner::new(catalog, store, executor, &name, clock), lake))
+}
+
+pub fn wall_clock() -> Clock {
+    Arc::new(|| UtcMillis::now().0)
+}
+
+/// Runs the scheduler until `shutdown` resolves.
+pub async fn run_scheduler(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), SchedulerError> {
+    let (runner, lake) = open(config, wall_clock()).await?;
+    tracing::info!(
+        jobs = runner.catalog().jobs().len(),
+        tick = ?config.scheduler.tick,
+        "scheduler running"
+    );
+    ops::run_loop(
+        &runner,
+        || snapshot(lake.clone()),
+        config.scheduler.tick,
+        shutdown,
+        |ran| match &ran.result {
+            Ok(out) => tracing::info!(
+                job = %ran.task.job,
+                partition = %ran.task.partition,
+                reason = ?ran.task.reason,
+                rows = out.rows,
+                "run succeeded"
+            ),
+            Err(e) => tracing::warn!(
+                job = %ran.task.job,
+                partition = %ran.task.partition,
+                attempt = ran.task.attempt,
+                error = %e,
+                "run failed"
+            ),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// A partition key from the command line or the API: `2026-11-22` or
+/// `2026-11-22T06`.
+pub fn parse_partition(text: &str) -> Result<Partition, String> {
+    Partition::parse_key(text).ok_or_else(|| {
+        format!("{text:?} is not a partition: give a day (2026-11-22) or an hour (2026-11-22T06)")
+    })
+}

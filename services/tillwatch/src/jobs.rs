@@ -1,0 +1,379 @@
+//! `tillwatch scheduler` and `tillwatch jobs …`: the rollup scheduler, and
+//! what operators do with its jobs (list, runs, clear, backfill, lineage),
+//! straight against the metadata store and the lake, beside (or without) a
+//! running scheduler.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tillwatch_config::Config;
+use tillwatch_rollups::service::{self, parse_partition, wall_clock};
+use tillwatch_scheduler::{Progress, Target, ops};
+
+use crate::alerts::{StoreArgs, when};
+use crate::load;
+
+#[derive(Debug, Args)]
+pub(crate) struct SchedulerArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum JobsCommand {
+    /// The jobs, their settings, how their partitions stand and what is due.
+    List(StoreArgs),
+    /// Runs, newest first.
+    Runs(RunsArgs),
+    /// Mark a range to run again; the scheduler re-runs it (upstream first).
+    Clear(RangeArgs),
+    /// Re-run a range now, in dependency order, showing progress; shares
+    /// the work with a running scheduler without running anything twice.
+    Backfill(RangeArgs),
+    /// Which runs and input partitions produced a partition, and what
+    /// depends on it.
+    Lineage(LineageArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RunsArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only this job's runs.
+    job: Option<String>,
+    /// Only this partition's runs (2026-11-22 or 2026-11-22T06).
+    #[arg(long)]
+    partition: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RangeArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    job: String,
+    /// First partition: a day (2026-11-16) or an hour (2026-11-16T05).
+    #[arg(long)]
+    from: String,
+    /// Last partition, included.
+    #[arg(long)]
+    to: String,
+    /// The downstream jobs' partitions over the same range too, each of
+    /// its own interval, after their inputs.
+    #[arg(long)]
+    downstream: bool,
+    /// Print what would run, in order, and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LineageArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    job: String,
+    /// 2026-11-22 or 2026-11-22T06.
+    partition: String,
+}
+
+fn config(args: &StoreArgs) -> anyhow::Result<Config> {
+    let mut config = load(&args.common)?;
+    if let Some(url) = &args.metadata_url {
+        config.metadata.url = Some(url.clone());
+    }
+    crate::validate(&config)?;
+    Ok(config)
+}
+
+pub(crate) async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
+    let config = config(&args.store)?;
+    tillwatch_serve::metrics_handle();
+    tillwatch_rollups::run_scheduler(&config, crate::signalled())
+        .await
+        .context("scheduler")
+}
+
+/// `[from, to]` from the command line, as milliseconds `[from, to)`.
+fn range(from: &str, to: &str) -> anyhow::Result<(i64, i64)> {
+    let from = parse_partition(from)
+        .map_err(anyhow::Error::msg)
+        .context("--from")?;
+    let to = parse_partition(to)
+        .map_err(anyhow::Error::msg)
+        .context("--to")?;
+    anyhow::ensure!(
+        to.end_ms() > from.start_ms,
+        "--to {to} comes before --from {from}"
+    );
+    Ok((from.start_ms, to.end_ms()))
+}
+
+fn counts(targets: &[Target]) -> String {
+    let mut per: Vec<(String, usize)> = Vec::new();
+    for t in targets {
+        match per.iter_mut().find(|(j, _)| *j == t.job) {
+            Some((_, n)) => *n += 1,
+            None => per.push((t.job.clone(), 1)),
+        }
+    }
+    per.iter()
+        .map(|(j, n)| format!("{n} of {j}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
+    match command {
+        JobsCommand::List(args) => {
+            let config = config(&args)?;
+            let (runner, lake) = service::open(&config, wall_clock()).await?;
+            let snap = service::snapshot(lake).await;
+            let due = runner
+                .due(snap.watermark_ms, &|t, h| snap.fingerprint(t, h))
+                .await?;
+            let rows = runner.store().job_partitions().await?;
+            println!(
+                "ingest watermark: {}",
+                if snap.watermark_ms == i64::MIN {
+                    "none yet (no gateway has written to this lake)".to_string()
+                } else {
+                    when(snap.watermark_ms)
+                }
+            );
+            for job in runner.catalog().jobs() {
+                let mine: Vec<_> = rows.iter().filter(|r| r.job == job.name).collect();
+                let count = |s: &str| mine.iter().filter(|r| r.status == s).count();
+                let inputs: Vec<String> = job
+                    .inputs
+                    .iter()
+                    .map(|i| match i {
+                        tillwatch_scheduler::Input::Source(t) => t.clone(),
+                        tillwatch_scheduler::Input::Job(j) => format!("job {j}"),
+                    })
+                    .collect();
+                let due_now: Vec<String> = due
+                    .iter()
+                    .filter(|t| t.job == job.name)
+                    .map(|t| format!("{} ({:?})", t.partition, t.reason).to_lowercase())
+                    .collect();
+                println!(
+                    "\n{} (owner {}, per {})",
+                    job.name,
+                    job.owner,
+                    job.grain.as_str()
+                );
+                println!(
+                    "  schedule {}  from {}{}  lateness {} s  timeout {} s  retries {}  concurrency {}{}",
+                    job.schedule.as_str(),
+                    when(job.start_ms),
+                    job.end_ms
+                        .map(|e| format!(" to {}", when(e)))
+                        .unwrap_or_default(),
+                    job.lateness_ms / 1000,
+                    job.timeout_ms / 1000,
+                    job.retries,
+                    job.concurrency,
+                    if job.window.is_some() {
+                        "  (run window set)"
+                    } else {
+                        ""
+                    }
+                );
+                println!("  reads    {}", inputs.join(", "));
+                println!(
+                    "  partitions: {} succeeded, {} failed, {} running, {} queued",
+                    count("succeeded"),
+                    count("failed"),
+                    count("running"),
+                    count("queued")
+                );
+                if !due_now.is_empty() {
+                    println!("  due now  {}", due_now.join(", "));
+                }
+            }
+        }
+        JobsCommand::Runs(args) => {
+            let config = config(&args.store)?;
+            let (runner, _) = service::open(&config, wall_clock()).await?;
+            if let Some(job) = &args.job {
+                anyhow::ensure!(
+                    runner.catalog().job(job).is_some(),
+                    "no job {job:?} (see `tillwatch jobs list`)"
+                );
+            }
+            if let Some(p) = &args.partition {
+                parse_partition(p)
+                    .map_err(anyhow::Error::msg)
+                    .context("--partition")?;
+            }
+            let runs = runner
+                .store()
+                .job_runs(args.job.as_deref(), args.partition.as_deref(), args.limit)
+                .await?;
+            for r in runs {
+                let took = r
+                    .finished_ms
+                    .map(|f| format!("{:.1} s", (f - r.started_ms) as f64 / 1000.0))
+                    .unwrap_or_else(|| "…".into());
+                println!(
+                    "{}  {:<22} {:<14} #{} {:<9} {:<10} {:>8} rows  {:>8}  {}{}",
+                    when(r.started_ms),
+                    r.job,
+                    r.partition_key,
+                    r.attempt,
+                    r.reason,
+                    r.status,
+                    r.rows_written.map(|n| n.to_string()).unwrap_or_default(),
+                    took,
+                    r.scheduler,
+                    r.error.map(|e| format!("  error: {e}")).unwrap_or_default()
+                );
+            }
+        }
+        JobsCommand::Clear(args) | JobsCommand::Backfill(args) if args.dry_run => {
+            let config = config(&args.store)?;
+            let (runner, _) = service::open(&config, wall_clock()).await?;
+            let (from, to) = range(&args.from, &args.to)?;
+            let now = wall_clock()();
+            let targets = ops::targets(runner.catalog(), &args.job, from, to, args.downstream, now)
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "would run {} partitions, in this order ({}):",
+                targets.len(),
+                counts(&targets)
+            );
+            for t in &targets {
+                println!("  {t}");
+            }
+        }
+        JobsCommand::Clear(args) => {
+            let config = config(&args.store)?;
+            let (runner, _) = service::open(&config, wall_clock()).await?;
+            let (from, to) = range(&args.from, &args.to)?;
+            let now = wall_clock()();
+            let targets = ops::targets(runner.catalog(), &args.job, from, to, args.downstream, now)
+                .map_err(anyhow::Error::msg)?;
+            ops::request(runner.store(), &targets, now).await?;
+            println!(
+                "cleared {} partitions ({}); the scheduler runs them again, upstream first",
+                targets.len(),
+                counts(&targets)
+            );
+        }
+        JobsCommand::Backfill(args) => {
+            let config = config(&args.store)?;
+            let (runner, lake) = service::open(&config, wall_clock()).await?;
+            let (from, to) = range(&args.from, &args.to)?;
+            let now = wall_clock()();
+            let targets = ops::targets(runner.catalog(), &args.job, from, to, args.downstream, now)
+                .map_err(anyhow::Error::msg)?;
+            anyhow::ensure!(
+                !targets.is_empty(),
+                "nothing to run: no partition of {} in that range has ended within the job's start and end",
+                args.job
+            );
+            ops::request(runner.store(), &targets, now).await?;
+            println!(
+                "backfilling {} partitions ({})",
+                targets.len(),
+                counts(&targets)
+            );
+            let started = Instant::now();
+            let total = targets.len();
+            let states = ops::drive(
+                &runner,
+                &targets,
+                now,
+                || service::snapshot(lake.clone()),
+                Duration::from_secs(1),
+                |ran, states| {
+                    let done = states.iter().filter(|p| p.finished()).count();
+                    let what = match &ran.result {
+                        Ok(out) => format!("succeeded, {} rows", out.rows),
+                        Err(e) => format!("failed (attempt {}): {e}", ran.task.attempt),
+                    };
+                    println!(
+                        "[{done:>3}/{total}] {} {}  {what}  ({:.1} s in)",
+                        ran.task.job,
+                        ran.task.partition,
+                        started.elapsed().as_secs_f64()
+                    );
+                },
+            )
+            .await?;
+            let failed: Vec<String> = targets
+                .iter()
+                .zip(&states)
+                .filter_map(|(t, p)| match p {
+                    Progress::Failed { error } => Some(format!("{t}: {error}")),
+                    _ => None,
+                })
+                .collect();
+            anyhow::ensure!(
+                failed.is_empty(),
+                "{} partitions failed:\n  {}",
+                failed.len(),
+                failed.join("\n  ")
+            );
+            println!(
+                "backfilled {total} partitions in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+        JobsCommand::Lineage(args) => {
+            let config = config(&args.store)?;
+            let (runner, _) = service::open(&config, wall_clock()).await?;
+            anyhow::ensure!(
+                runner.catalog().job(&args.job).is_some(),
+                "no job {:?} (see `tillwatch jobs list`)",
+                args.job
+            );
+            let partition = parse_partition(&args.partition).map_err(anyhow::Error::msg)?;
+            let target = Target {
+                job: args.job.clone(),
+                partition,
+            };
+            let l = ops::lineage(runner.store(), runner.catalog(), &target).await?;
+            println!(
+                "{target}: {}",
+                l.record
+                    .as_ref()
+                    .map(|r| r.status.as_str())
+                    .unwrap_or("never ran")
+            );
+            match &l.current {
+                Some(run) => {
+                    println!(
+                        "  produced by run {} at {} ({} rows), from:",
+                        run.run_id,
+                        when(run.started_ms),
+                        run.rows_written.unwrap_or(0)
+                    );
+                    println!("    {}", run.inputs);
+                }
+                None => println!("  no output yet"),
+            }
+            println!("  runs ({}):", l.runs.len());
+            for r in &l.runs {
+                println!(
+                    "    {}  #{} {} {}{}",
+                    when(r.started_ms),
+                    r.attempt,
+                    r.reason,
+                    r.status,
+                    r.error
+                        .as_ref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                );
+            }
+            println!("  downstream:");
+            for (t, status) in &l.downstream {
+                println!("    {t}  {}", status.as_deref().unwrap_or("never ran"));
+            }
+        }
+    }
+    Ok(())
+}
