@@ -219,10 +219,11 @@ impl MetaStore {
         let options = match backend {
             Backend::Sqlite => options.max_connections(1).after_connect(|conn, _| {
                 Box::pin(async move {
+                    // The busy timeout first: switching to WAL waits too.
                     for pragma in [
+                        "PRAGMA busy_timeout = 5000",
                         "PRAGMA journal_mode = WAL",
                         "PRAGMA synchronous = NORMAL",
-                        "PRAGMA busy_timeout = 5000",
                     ] {
                         sqlx::query(pragma).execute(&mut *conn).await?;
                     }
