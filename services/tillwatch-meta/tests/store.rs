@@ -48,7 +48,8 @@ async fn registry_behaviour(store: &MetaStore) {
             "001_device_registry",
             "002_connectivity",
             "003_alerts",
-            "004_jobs"
+            "004_jobs",
+            "005_job_requests"
         ]
     );
     let again = store.migrate().await.unwrap();
