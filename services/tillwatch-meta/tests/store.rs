@@ -150,7 +150,7 @@ async fn the_registry_on_sqlite() {
     // The file keeps it: a new connection sees the same.
     drop(store);
     let store = MetaStore::connect(&db.url).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap().already_applied, 4);
+    assert_eq!(store.migrate().await.unwrap().already_applied, 5);
     assert!(store.device("t-1").await.unwrap().is_some());
 }
 
