@@ -237,12 +237,15 @@ pub async fn run_pipeline(
 /// The ingest watermark this gateway publishes in the lake: every message
 /// received before it is durable. It is the arrival time of the oldest
 /// message not yet durable, or now when there is none; written every
-/// second and after each flush, never moving back.
+/// second and after each flush, never moving back, on a blocking thread
+/// (one write at a time; a value that comes while one is writing waits
+/// for the next chance).
 struct Watermark {
     lake: Lake,
     writer: String,
     last: i64,
     tick: tokio::time::Interval,
+    writing: Option<JoinHandle<()>>,
 }
 
 impl Watermark {
@@ -254,20 +257,27 @@ impl Watermark {
             writer: writer.to_string(),
             last: i64::MIN,
             tick,
+            writing: None,
         }
     }
 
     fn publish(&mut self, staged: Option<i64>, flushing: Option<i64>) {
+        if self.writing.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
         let now = tillwatch_domain::UtcMillis::now().0;
         let at = staged.into_iter().chain(flushing).min().unwrap_or(now);
         if at <= self.last {
             return;
         }
+        self.last = at;
+        let (lake, writer) = (self.lake.clone(), self.writer.clone());
         // A few bytes and a rename; a failure only delays the rollups.
-        match self.lake.write_watermark(&self.writer, at) {
-            Ok(()) => self.last = at,
-            Err(e) => tracing::warn!(error = %e, "cannot record the ingest watermark"),
-        }
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = lake.write_watermark(&writer, at) {
+                tracing::warn!(error = %e, "cannot record the ingest watermark");
+            }
+        }));
     }
 }
 

@@ -278,21 +278,6 @@ impl MetaStore {
         Ok(())
     }
 
-    /// The recorded partitions of one job, oldest first.
-    pub async fn job_partitions_of(&self, job: &str) -> Result<Vec<JobPartitionRow>, MetaError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {PARTITION_COLUMNS} FROM job_partitions WHERE job = $1 ORDER BY start_ms"
-        ))
-        .bind(job)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(partition_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(self.db())
-    }
-
     /// One run by its id.
     pub async fn job_run(&self, run_id: &str) -> Result<Option<JobRunRow>, MetaError> {
         let row = sqlx::query(&format!(

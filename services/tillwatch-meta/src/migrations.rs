@@ -208,13 +208,19 @@ impl MetaStore {
             };
             for m in MIGRATIONS {
                 let mut tx = self.pool().begin().await.map_err(self.db())?;
-                if self.backend() == Backend::Postgres {
-                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                        .bind(LOCK_KEY)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(self.db())?;
-                }
+                // Take the write lock before reading, so a second migrator
+                // waits for the first instead of failing: an advisory lock
+                // on PostgreSQL; on SQLite a write that changes nothing (a
+                // read lock upgraded later would fail at once as "locked").
+                let lock = match self.backend() {
+                    Backend::Postgres => "SELECT pg_advisory_xact_lock($1)",
+                    Backend::Sqlite => "DELETE FROM schema_migrations WHERE version = $1 AND 0 = 1",
+                };
+                sqlx::query(lock)
+                    .bind(LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.db())?;
                 let recorded =
                     sqlx::query("SELECT checksum FROM schema_migrations WHERE version = $1")
                         .bind(m.version)

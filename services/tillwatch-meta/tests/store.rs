@@ -6,7 +6,7 @@ use tillwatch_domain::{
     Battery, BootId, DeviceId, DeviceInfo, MerchantId, Reading, Signal, StoreId, UtcMillis,
 };
 use tillwatch_meta::testing::TestDatabase;
-use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, MetaError, MetaStore};
+use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, MIGRATIONS, MetaError, MetaStore};
 
 fn info(device: &str, store: &str, at: i64, firmware: &str) -> DeviceInfo {
     DeviceInfo {
@@ -140,6 +140,22 @@ async fn registry_behaviour(store: &MetaStore) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Two services opening one new SQLite file at once (standalone's alerter
+/// and scheduler) both migrate it: the second waits for the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_migrate_one_sqlite_file_at_once() {
+    for _ in 0..5 {
+        let db = TestDatabase::sqlite();
+        let (a, b) = tokio::join!(
+            async { MetaStore::connect(&db.url).await?.migrate().await },
+            async { MetaStore::connect(&db.url).await?.migrate().await }
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.applied.len() + a.already_applied, MIGRATIONS.len());
+        assert_eq!(b.applied.len() + b.already_applied, MIGRATIONS.len());
+    }
 }
 
 #[tokio::test]

@@ -69,26 +69,8 @@ pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), Sched
             source,
         })?;
     }
-    // Beside the alerter in one process, both may migrate one SQLite file
-    // at once; the loser of that race tries again.
-    let mut attempt = 0;
-    let store = loop {
-        attempt += 1;
-        let result = async {
-            let store = MetaStore::connect(&url).await?;
-            store.migrate().await?;
-            Ok::<_, tillwatch_meta::MetaError>(store)
-        }
-        .await;
-        match result {
-            Ok(store) => break store,
-            Err(e) if attempt < 20 && url.starts_with("sqlite:") => {
-                tracing::debug!(error = %e, "metadata store busy; trying again");
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let store = MetaStore::connect(&url).await?;
+    store.migrate().await?;
     let lake = Lake::new(config.data_dir.join("lake"));
     let executor = Arc::new(Embedded::new(lake.clone()));
     let name = config.scheduler.name.clone().unwrap_or_else(default_name);

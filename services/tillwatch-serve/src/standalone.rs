@@ -43,17 +43,6 @@ pub async fn run_standalone(
             Err(e) => return Err(e).context("ClickHouse"),
         }
     }
-    // Migrate the metadata store once, before the alerter and the
-    // scheduler open it side by side (two SQLite migrations at once lock).
-    let url = config.metadata_url();
-    if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("data_dir {}", config.data_dir.display()))?;
-    }
-    tillwatch_meta::MetaStore::connect(&url)
-        .await?
-        .migrate()
-        .await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let external = stop_tx.clone();

@@ -110,6 +110,25 @@ fn range(from: &str, to: &str) -> anyhow::Result<(i64, i64)> {
     Ok((from.start_ms, to.end_ms()))
 }
 
+/// The store, the lake and the partitions a clear or backfill covers,
+/// upstream first, with the time it is asked at.
+async fn open_range(
+    args: &RangeArgs,
+) -> anyhow::Result<(
+    tillwatch_scheduler::Runner,
+    tillwatch_storage::Lake,
+    Vec<Target>,
+    i64,
+)> {
+    let config = config(&args.store)?;
+    let (runner, lake) = service::open(&config, wall_clock()).await?;
+    let (from, to) = range(&args.from, &args.to)?;
+    let now = wall_clock()();
+    let targets = ops::targets(runner.catalog(), &args.job, from, to, args.downstream, now)
+        .map_err(anyhow::Error::msg)?;
+    Ok((runner, lake, targets, now))
+}
+
 fn counts(targets: &[Target]) -> String {
     let mut per: Vec<(String, usize)> = Vec::new();
     for t in targets {
@@ -233,12 +252,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
             }
         }
         JobsCommand::Clear(args) | JobsCommand::Backfill(args) if args.dry_run => {
-            let config = config(&args.store)?;
-            let (runner, _) = service::open(&config, wall_clock()).await?;
-            let (from, to) = range(&args.from, &args.to)?;
-            let now = wall_clock()();
-            let targets = ops::targets(runner.catalog(), &args.job, from, to, args.downstream, now)
-                .map_err(anyhow::Error::msg)?;
+            let (_, _, targets, _) = open_range(&args).await?;
             println!(
                 "would run {} partitions, in this order ({}):",
                 targets.len(),
@@ -249,12 +263,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
             }
         }
         JobsCommand::Clear(args) => {
-            let config = config(&args.store)?;
-            let (runner, _) = service::open(&config, wall_clock()).await?;
-            let (from, to) = range(&args.from, &args.to)?;
-            let now = wall_clock()();
-            let targets = ops::targets(runner.catalog(), &args.job, from, to, args.downstream, now)
-                .map_err(anyhow::Error::msg)?;
+            let (runner, _, targets, now) = open_range(&args).await?;
             ops::request(runner.store(), &targets, now).await?;
             println!(
                 "cleared {} partitions ({}); the scheduler runs them again, upstream first",
@@ -263,12 +272,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
             );
         }
         JobsCommand::Backfill(args) => {
-            let config = config(&args.store)?;
-            let (runner, lake) = service::open(&config, wall_clock()).await?;
-            let (from, to) = range(&args.from, &args.to)?;
-            let now = wall_clock()();
-            let targets = ops::targets(runner.catalog(), &args.job, from, to, args.downstream, now)
-                .map_err(anyhow::Error::msg)?;
+            let (runner, lake, targets, now) = open_range(&args).await?;
             anyhow::ensure!(
                 !targets.is_empty(),
                 "nothing to run: no partition of {} in that range has ended within the job's start and end",
