@@ -134,13 +134,13 @@ fn migrate_twice_changes_nothing_and_the_schema_matches_the_encoder() {
     let before = snapshot();
     let second = migrate(&ch, "mig");
     assert!(
-        second.contains("schema up to date (6 migrations)"),
+        second.contains("schema up to date (7 migrations)"),
         "{second}"
     );
     assert_eq!(before, snapshot(), "a second migrate changed the schema");
     assert_eq!(
         ch.scalar("SELECT count() FROM mig.schema_migrations"),
-        6,
+        7,
         "each migration recorded once"
     );
 

@@ -28,6 +28,12 @@ pub struct Alerter {
     unsaved: Changes,
     sweep_every_ms: i64,
     next_sweep: i64,
+    /// The newest store change applied (stores come from the configuration
+    /// and from the merchant directory job, which may run elsewhere).
+    stores_seen_ms: i64,
+    /// The newest rollup rule evaluation applied.
+    findings_seen_ms: i64,
+    rollup_rules: tillwatch_config::RollupRulesConfig,
     /// Alerts changed in the store since [`Alerter::take_changed`].
     changed: bool,
 }
@@ -73,8 +79,10 @@ impl Alerter {
             }
         }
         let open = store.alerts(AlertFilter::Open, u32::MAX >> 1).await?;
+        let stores = store.stores().await?;
+        let stores_seen_ms = stores.iter().map(|s| s.updated_at_ms).max().unwrap_or(0);
         engine
-            .restore(devices, open, store.stores().await?)
+            .restore(devices, open, stores)
             .map_err(AlertingError::Config)?;
         for (device, s) in store.all_latest_signals().await? {
             engine.restore_signal(&device, &s.signal, s.value, s.sampled_at_ms);
@@ -86,6 +94,9 @@ impl Alerter {
             unsaved: Changes::default(),
             sweep_every_ms: config.evaluation_interval.as_millis() as i64,
             next_sweep: now.0,
+            stores_seen_ms,
+            findings_seen_ms: i64::MIN,
+            rollup_rules: config.rollup_rules.clone(),
             changed: false,
         };
         alerter.tick(now).await?;
@@ -178,6 +189,10 @@ impl Alerter {
             for problem in self.engine.set_silences(silences) {
                 tracing::warn!(%problem, "silence ignored");
             }
+            if now.0 >= self.next_sweep {
+                self.refresh_stores().await?;
+                self.refresh_findings(now).await?;
+            }
             self.engine.sweep(now.0, &mut self.unsaved);
             if now.0 >= self.next_sweep {
                 self.next_sweep = now.0 + self.sweep_every_ms;
@@ -185,6 +200,68 @@ impl Alerter {
         }
         self.flush().await?;
         Ok(transitions)
+    }
+
+    /// Applies store hours and time zones changed since the last look
+    /// (changes in the same millisecond as the last are applied again,
+    /// which is harmless). A store whose hours do not parse keeps its
+    /// previous ones and is reported.
+    async fn refresh_stores(&mut self) -> Result<(), AlertingError> {
+        let changed = self
+            .store
+            .stores_updated_after(self.stores_seen_ms - 1)
+            .await?;
+        for s in changed {
+            self.stores_seen_ms = self.stores_seen_ms.max(s.updated_at_ms);
+            if let Err(problem) = self.engine.set_store(s) {
+                tracing::warn!(%problem, "store ignored");
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises and resolves the alerts of the rules over the rollups whose
+    /// findings changed since the last look (the scheduler writes them when
+    /// a day's rollups complete, possibly in another process).
+    async fn refresh_findings(&mut self, now: UtcMillis) -> Result<(), AlertingError> {
+        use tillwatch_config::Severity;
+        let r = &self.rollup_rules;
+        let rules: [(&str, bool, Severity); 3] = [
+            (
+                "cohort_regression",
+                r.cohort_regression.enabled,
+                r.cohort_regression.severity,
+            ),
+            (
+                "chronic_poor_connectivity",
+                r.chronic_poor_connectivity.enabled,
+                r.chronic_poor_connectivity.severity,
+            ),
+            (
+                "battery_health",
+                r.battery_health.enabled,
+                r.battery_health.severity,
+            ),
+        ];
+        // Evaluations in the same millisecond as the last are applied again
+        // (harmless: nothing changes), so none is missed.
+        let after = self.findings_seen_ms.saturating_sub(1);
+        for evaluation in self.store.evaluations_after(after).await? {
+            self.findings_seen_ms = self.findings_seen_ms.max(evaluation.evaluated_at_ms);
+            let Some((rule, enabled, severity)) =
+                rules.iter().find(|(name, _, _)| *name == evaluation.rule)
+            else {
+                continue;
+            };
+            let findings = if *enabled {
+                self.store.findings(rule).await?
+            } else {
+                Vec::new()
+            };
+            self.engine
+                .set_rollup_findings(rule, *severity, findings, now.0, &mut self.unsaved);
+        }
+        Ok(())
     }
 
     /// When [`Alerter::tick`] next has work.

@@ -15,7 +15,9 @@ use jiff::tz::TimeZone;
 use tillwatch_config::{AlertingConfig, CorrelationConfig, Severity};
 use tillwatch_domain::connectivity::{ConnState, OfflineReason};
 use tillwatch_domain::{DeviceInfo, Reading, Signal};
-use tillwatch_meta::{AlertRecord, AlertState, DeviceRecord, SilenceRecord, StoreRecord};
+use tillwatch_meta::{
+    AlertRecord, AlertState, DeviceRecord, FindingRecord, SilenceRecord, StoreRecord,
+};
 
 use crate::matchers::{Matcher, all_match, parse_all};
 use crate::rules::{Cmp, Condition, Phase, ThresholdRule};
@@ -1285,6 +1287,89 @@ impl Engine {
             for id in &members {
                 self.settle_subject(id, now, changes);
             }
+        }
+    }
+
+    /// Alerts of a rule over the rollups (`[alerting.rollup_rules]`):
+    /// `findings` is everything the rule's newest evaluation flagged. Each
+    /// flagged subject fires (at once: the day already passed its test);
+    /// an open alert of the rule whose subject is no longer flagged
+    /// resolves. Silences, maintenance windows and delivery apply as to
+    /// any alert.
+    pub fn set_rollup_findings(
+        &mut self,
+        rule: &str,
+        severity: Severity,
+        findings: Vec<FindingRecord>,
+        now: i64,
+        changes: &mut Changes,
+    ) {
+        let flagged: BTreeSet<String> = findings.iter().map(|f| f.subject.clone()).collect();
+        let gone: Vec<(String, String)> = self
+            .open
+            .keys()
+            .filter(|(r, subject)| r == rule && !flagged.contains(subject))
+            .cloned()
+            .collect();
+        for key in gone {
+            let scope = self.open[&key].scope.clone();
+            let subject = key.1.clone();
+            self.transition(
+                key,
+                &scope,
+                severity,
+                Phase::Inactive,
+                true,
+                BTreeMap::new(),
+                BTreeMap::new(),
+                now,
+                changes,
+            );
+            self.settle_subject(&subject, now, changes);
+        }
+        for f in findings {
+            let key = (rule.to_string(), f.subject.clone());
+            let phase = Phase::Firing { since: now };
+            let mut annotations = BTreeMap::from([
+                ("summary".to_string(), f.summary.clone()),
+                ("value".to_string(), shown(f.value)),
+                (
+                    "day".to_string(),
+                    jiff::Timestamp::from_millisecond(f.day_ms)
+                        .map(|t| t.strftime("%Y-%m-%d").to_string())
+                        .unwrap_or_default(),
+                ),
+            ]);
+            if f.scope == "device" {
+                annotations.insert(
+                    "device_url".into(),
+                    format!("{}/devices/{}", self.public_url, f.subject),
+                );
+            }
+            // Already firing: a newer day's summary replaces the old one so
+            // the page says what is true now; nothing else changes.
+            if let Some(record) = self.open.get_mut(&key)
+                && record.state == AlertState::Firing
+            {
+                if record.annotations.get("summary") != Some(&f.summary) {
+                    record.annotations = annotations;
+                    record.updated_at_ms = now;
+                    changes.save(record);
+                }
+                continue;
+            }
+            self.transition(
+                key,
+                &f.scope,
+                severity,
+                phase,
+                false,
+                f.labels,
+                annotations,
+                now,
+                changes,
+            );
+            self.settle_subject(&f.subject, now, changes);
         }
     }
 

@@ -148,6 +148,18 @@ impl ClickHouse {
         ClickHouse { client, settings }
     }
 
+    /// The client for `[clickhouse]`, when a URL is configured.
+    pub fn from_config(c: &tillwatch_config::ClickHouseConfig) -> Option<ClickHouse> {
+        let url = c.url.as_ref()?;
+        Some(ClickHouse::new(Settings {
+            url: url.clone(),
+            database: c.database.clone(),
+            user: c.user.clone(),
+            password: c.password.clone(),
+            insert_timeout: c.insert_timeout,
+        }))
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.settings
     }

@@ -37,6 +37,9 @@ pub struct AlertingConfig {
     #[serde(with = "humantime_serde")]
     pub evaluation_interval: Duration,
     pub rules: RulesConfig,
+    /// Rules over the daily rollups, evaluated when a day's partitions
+    /// complete.
+    pub rollup_rules: RollupRulesConfig,
     pub correlation: CorrelationConfig,
     pub receivers: Vec<ReceiverConfig>,
     /// Opening hours by store; a terminal of a closed store that is off
@@ -53,6 +56,7 @@ impl Default for AlertingConfig {
             alertmanager_url: None,
             evaluation_interval: Duration::from_secs(15),
             rules: RulesConfig::default(),
+            rollup_rules: RollupRulesConfig::default(),
             correlation: CorrelationConfig::default(),
             receivers: Vec::new(),
             stores: Vec::new(),
@@ -274,6 +278,97 @@ impl<'de> Deserialize<'de> for RulesConfig {
     }
 }
 
+/// Rules over the daily rollups. They raise alerts like the live rules
+/// (same lifecycle, silences and delivery); an alert resolves when a later
+/// day no longer meets its rule.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupRulesConfig {
+    pub cohort_regression: CohortRegressionRule,
+    pub chronic_poor_connectivity: ChronicConnectivityRule,
+    pub battery_health: BatteryHealthRule,
+}
+
+impl Default for CohortRegressionRule {
+    fn default() -> Self {
+        CohortRegressionRule {
+            enabled: true,
+            severity: Severity::Warning,
+            factor: 2.0,
+            baseline_days: 7,
+            min_transactions: 200,
+        }
+    }
+}
+
+impl Default for ChronicConnectivityRule {
+    fn default() -> Self {
+        ChronicConnectivityRule {
+            enabled: true,
+            severity: Severity::Warning,
+            min_days: 3,
+            of_days: 7,
+            rssi_median_below: -85.0,
+            host_latency_p95_above_ms: 1000.0,
+            disconnects_above: 24,
+        }
+    }
+}
+
+impl Default for BatteryHealthRule {
+    fn default() -> Self {
+        BatteryHealthRule {
+            enabled: true,
+            severity: Severity::Warning,
+            below_pct: 70,
+            drop_pct: 5,
+            drop_days: 7,
+        }
+    }
+}
+
+/// A firmware/app cohort whose crash rate (crashes and hangs per 1,000
+/// transactions) or transaction latency p95 on a day is at least `factor`
+/// times its level over the previous `baseline_days`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CohortRegressionRule {
+    pub enabled: bool,
+    pub severity: Severity,
+    pub factor: f64,
+    pub baseline_days: u32,
+    /// A cohort with fewer transactions on the day is not judged.
+    pub min_transactions: u64,
+}
+
+/// A terminal with poor connectivity on `min_days` of the last `of_days`
+/// days: a day is poor when its median RSSI is below `rssi_median_below`,
+/// its payment-host latency p95 above `host_latency_p95_above_ms` or its
+/// link drops above `disconnects_above`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChronicConnectivityRule {
+    pub enabled: bool,
+    pub severity: Severity,
+    pub min_days: u32,
+    pub of_days: u32,
+    pub rssi_median_below: f64,
+    pub host_latency_p95_above_ms: f64,
+    pub disconnects_above: u64,
+}
+
+/// A terminal whose battery health (capacity left) is below `below_pct`,
+/// or fell by `drop_pct` points or more within `drop_days` days.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatteryHealthRule {
+    pub enabled: bool,
+    pub severity: Severity,
+    pub below_pct: u32,
+    pub drop_pct: u32,
+    pub drop_days: u32,
+}
+
 /// One store-level alert instead of a page per terminal when a store drops.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -421,6 +516,30 @@ impl AlertingConfig {
     }
 
     pub(crate) fn validate(&self, errors: &mut Vec<String>) {
+        let rr = &self.rollup_rules;
+        let key = "alerting.rollup_rules";
+        if rr.cohort_regression.factor.is_nan() || rr.cohort_regression.factor <= 1.0 {
+            errors.push(format!(
+                "{key}.cohort_regression.factor: must be more than 1"
+            ));
+        }
+        if !(1..=60).contains(&rr.cohort_regression.baseline_days) {
+            errors.push(format!(
+                "{key}.cohort_regression.baseline_days: must be 1 to 60"
+            ));
+        }
+        let c = &rr.chronic_poor_connectivity;
+        if !(1..=60).contains(&c.of_days) || c.min_days == 0 || c.min_days > c.of_days {
+            errors.push(format!(
+                "{key}.chronic_poor_connectivity: min_days must be 1 to of_days, of_days 1 to 60"
+            ));
+        }
+        let b = &rr.battery_health;
+        if b.below_pct > 100 || b.drop_pct > 100 || !(1..=60).contains(&b.drop_days) {
+            errors.push(format!(
+                "{key}.battery_health: below_pct and drop_pct are 0 to 100, drop_days 1 to 60"
+            ));
+        }
         let r = &self.rules;
         let mut level = |name: &str, rule: &LevelRule, above: bool, windowed: bool| {
             let key = format!("alerting.rules.{name}");

@@ -486,6 +486,14 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(d) = &self.scheduler.merchant_directory {
+            if !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
+                errors.push("scheduler.merchant_directory.url: must be a postgres:// URL".into());
+            }
+            if d.query.trim().is_empty() {
+                errors.push("scheduler.merchant_directory.query: must not be empty".into());
+            }
+        }
         if self.embedded_broker.max_connections == 0 {
             errors.push("embedded_broker.max_connections: must be at least 1".into());
         }

@@ -37,6 +37,48 @@ pub struct SchedulerConfig {
     /// (`7d`).
     pub start: String,
     pub jobs: BTreeMap<String, JobSettings>,
+    /// The merchant directory source: when set, the `merchant_directory`
+    /// job imports merchants and stores (names, time zones, opening hours)
+    /// from this database on its schedule (hourly unless
+    /// `[scheduler.jobs.merchant_directory]` says otherwise).
+    pub merchant_directory: Option<DirectorySource>,
+}
+
+/// An external PostgreSQL holding the merchants and stores, and the query
+/// that reads them.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySource {
+    /// `postgres://user@host:5432/db`; the password is better given in
+    /// `TILLWATCH__SCHEDULER__MERCHANT_DIRECTORY__URL` than in a file.
+    pub url: String,
+    /// Returns one row per store with the columns `merchant_id` and
+    /// `store_id`, and optionally `merchant_name`, `store_name`,
+    /// `time_zone` (IANA) and `hours` (`Mon-Fri 08:00-20:00, Sat
+    /// 09:00-14:00` or `24h`), all text. Rename with `AS` to match.
+    pub query: String,
+    /// The longest the import may wait for the database.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl std::fmt::Debug for DirectorySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        let url = match self.url.split_once('@') {
+            Some((_, host)) => format!("postgres://<redacted>@{host}"),
+            None => self.url.clone(),
+        };
+        f.debug_struct("DirectorySource")
+            .field("url", &url)
+            .field("query", &self.query)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -48,6 +90,7 @@ impl Default for SchedulerConfig {
             engine: RollupEngine::Auto,
             start: "7d".into(),
             jobs: BTreeMap::new(),
+            merchant_directory: None,
         }
     }
 }

@@ -73,17 +73,7 @@ pub fn spool_dir(config: &Config) -> PathBuf {
 
 /// The client for `[clickhouse]`, when a URL is configured.
 pub fn clickhouse_client(config: &Config) -> Option<tillwatch_clickhouse::ClickHouse> {
-    let c = &config.clickhouse;
-    let url = c.url.as_ref()?;
-    Some(tillwatch_clickhouse::ClickHouse::new(
-        tillwatch_clickhouse::Settings {
-            url: url.clone(),
-            database: c.database.clone(),
-            user: c.user.clone(),
-            password: c.password.clone(),
-            insert_timeout: c.insert_timeout,
-        },
-    ))
+    tillwatch_clickhouse::ClickHouse::from_config(&config.clickhouse)
 }
 
 /// Opens the spool and checks ClickHouse. A configuration mistake (wrong

@@ -98,6 +98,14 @@ pub struct StoreRecord {
     pub updated_at_ms: i64,
 }
 
+/// A merchant as the merchant directory names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerchantRecord {
+    pub merchant_id: String,
+    pub name: Option<String>,
+    pub updated_at_ms: i64,
+}
+
 const ALERT_COLUMNS: &str = "a.alert_id, a.rule, a.subject, a.scope, a.severity, a.state, \
      a.pending_since_ms, a.fired_at_ms, a.clearing_since_ms, a.resolved_at_ms, a.held_by, \
      a.silenced_by, a.notify, a.labels, a.annotations, a.updated_at_ms";
@@ -441,11 +449,79 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Replaces what the merchant directory knows in one transaction:
+    /// merchants and stores are inserted or updated, none deleted (a store
+    /// that left the directory keeps its last hours).
+    pub async fn import_directory(
+        &self,
+        merchants: &[MerchantRecord],
+        stores: &[StoreRecord],
+    ) -> Result<(), MetaError> {
+        let mut tx = self.pool().begin().await.map_err(self.db())?;
+        for m in merchants {
+            sqlx::query(
+                "INSERT INTO merchants (merchant_id, name, updated_at_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (merchant_id) DO UPDATE SET name = excluded.name, \
+                   updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(&m.merchant_id)
+            .bind(m.name.clone())
+            .bind(m.updated_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+        }
+        for s in stores {
+            sqlx::query(
+                "INSERT INTO stores (merchant_id, store_id, name, time_zone, hours, updated_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (merchant_id, store_id) DO UPDATE SET \
+                   name = excluded.name, time_zone = excluded.time_zone, hours = excluded.hours, \
+                   updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(&s.merchant_id)
+            .bind(&s.store_id)
+            .bind(s.name.clone())
+            .bind(s.time_zone.clone())
+            .bind(s.hours.clone())
+            .bind(s.updated_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(self.db())?;
+        }
+        tx.commit().await.map_err(self.db())
+    }
+
+    pub async fn merchants(&self) -> Result<Vec<MerchantRecord>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT merchant_id, name, updated_at_ms FROM merchants ORDER BY merchant_id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        rows.iter()
+            .map(|r| {
+                Ok(MerchantRecord {
+                    merchant_id: r.try_get("merchant_id")?,
+                    name: r.try_get("name")?,
+                    updated_at_ms: r.try_get("updated_at_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(self.db())
+    }
+
     pub async fn stores(&self) -> Result<Vec<StoreRecord>, MetaError> {
+        self.stores_updated_after(i64::MIN).await
+    }
+
+    /// Stores changed after `after_ms` (by the configuration or the
+    /// merchant directory), for the alerter to pick up.
+    pub async fn stores_updated_after(&self, after_ms: i64) -> Result<Vec<StoreRecord>, MetaError> {
         let rows = sqlx::query(
             "SELECT merchant_id, store_id, name, time_zone, hours, updated_at_ms FROM stores \
-             ORDER BY merchant_id, store_id",
+             WHERE updated_at_ms > $1 ORDER BY merchant_id, store_id",
         )
+        .bind(after_ms)
         .fetch_all(self.pool())
         .await
         .map_err(self.db())?;

@@ -12,6 +12,7 @@
 mod alerts;
 mod batch;
 mod connectivity;
+mod findings;
 mod jobs;
 mod migrations;
 pub mod testing;
@@ -22,9 +23,12 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
 use tillwatch_domain::{DeviceInfo, MerchantId, Reading, Signal};
 
-pub use alerts::{AlertFilter, AlertRecord, AlertState, Delivery, SilenceRecord, StoreRecord};
+pub use alerts::{
+    AlertFilter, AlertRecord, AlertState, Delivery, MerchantRecord, SilenceRecord, StoreRecord,
+};
 pub use batch::StateBatch;
 pub use connectivity::HistoryEntry;
+pub use findings::{Evaluation, FindingRecord};
 pub use jobs::{Claim, JobPartitionRow, JobRunRow};
 pub use migrations::{MIGRATIONS, Migration, MigrationReport};
 

@@ -167,6 +167,44 @@ CREATE INDEX job_runs_by_partition ON job_runs (job, partition_key, started_ms);
 ALTER TABLE job_partitions ADD COLUMN forced_ms BIGINT;
 ",
     },
+    Migration {
+        version: 6,
+        name: "merchants",
+        // Merchant names, from the merchant directory source job; stores
+        // already have their own table (migration 3).
+        sql: "
+CREATE TABLE merchants (
+    merchant_id TEXT PRIMARY KEY,
+    name TEXT,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE INDEX stores_updated ON stores (updated_at_ms);
+",
+    },
+    Migration {
+        version: 7,
+        name: "rollup_findings",
+        // What each rule over the rollups found on the newest day it
+        // evaluated (the whole set, replaced per evaluation), for the
+        // alerter to raise and resolve alerts from.
+        sql: "
+CREATE TABLE rollup_evaluations (
+    rule TEXT PRIMARY KEY,
+    day_ms BIGINT NOT NULL,
+    evaluated_at_ms BIGINT NOT NULL
+);
+CREATE TABLE rollup_findings (
+    rule TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    day_ms BIGINT NOT NULL,
+    PRIMARY KEY (rule, subject)
+);
+",
+    },
 ];
 
 /// What a migration run did.

@@ -49,12 +49,14 @@ async fn registry_behaviour(store: &MetaStore) {
             "002_connectivity",
             "003_alerts",
             "004_jobs",
-            "005_job_requests"
+            "005_job_requests",
+            "006_merchants",
+            "007_rollup_findings"
         ]
     );
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.already_applied, 5);
+    assert_eq!(again.already_applied, 7);
 
     let m1 = MerchantId::new("m-1").unwrap();
     // Telemetry first: the device enters the registry on first sight.
@@ -166,7 +168,7 @@ async fn the_registry_on_sqlite() {
     // The file keeps it: a new connection sees the same.
     drop(store);
     let store = MetaStore::connect(&db.url).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap().already_applied, 5);
+    assert_eq!(store.migrate().await.unwrap().already_applied, 7);
     assert!(store.device("t-1").await.unwrap().is_some());
 }
 

@@ -10,6 +10,7 @@ use crate::jobs;
 /// Every built-in job with its defaults, upstream first.
 pub fn builtin() -> Vec<JobSpec> {
     vec![
+        jobs::raw_compaction(),
         jobs::device_health_hourly(),
         jobs::device_health_daily(),
         jobs::fleet_health_daily(),
@@ -129,8 +130,15 @@ pub fn catalog(config: &SchedulerConfig, now_ms: i64) -> Result<Catalog, Vec<Str
         0
     });
     let mut jobs = builtin();
+    if config.merchant_directory.is_some() {
+        jobs.push(crate::directory::merchant_directory());
+    }
     for name in config.jobs.keys() {
-        if !jobs.iter().any(|j| &j.name == name) {
+        if name == crate::directory::MERCHANT_DIRECTORY && config.merchant_directory.is_none() {
+            errors.push(format!(
+                "scheduler.jobs.{name}: the source is not configured; add [scheduler.merchant_directory] with url and query"
+            ));
+        } else if !jobs.iter().any(|j| &j.name == name) {
             let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
             errors.push(format!(
                 "scheduler.jobs.{name}: no such job; the jobs are {}",

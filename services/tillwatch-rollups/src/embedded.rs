@@ -18,8 +18,8 @@ use tillwatch_scheduler::{Executor, JobSpec, Output, Partition, RunFuture};
 use tillwatch_storage::{Lake, Table, schema};
 
 use crate::jobs::{
-    DEVICE_HEALTH_DAILY, DEVICE_HEALTH_DAILY_DATAFUSION, DEVICE_HEALTH_HOURLY,
-    DEVICE_HEALTH_HOURLY_DATAFUSION, FLEET_HEALTH_DAILY, FLEET_HEALTH_DAILY_DATAFUSION,
+    DEVICE_HEALTH_DAILY, DEVICE_HEALTH_DAILY_SQL, DEVICE_HEALTH_HOURLY, DEVICE_HEALTH_HOURLY_SQL,
+    FLEET_HEALTH_DAILY, FLEET_HEALTH_DAILY_SQL, RAW_COMPACTION,
 };
 
 pub struct Embedded {
@@ -98,7 +98,9 @@ impl Embedded {
         SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2))
     }
 
-    /// Registers one raw table holding just `partition`'s hour.
+    /// Registers one raw table holding just `partition`'s hour: the files
+    /// [`Lake::hour_files`] lists, so a compaction in progress is never
+    /// read twice.
     async fn register_hour(
         &self,
         ctx: &SessionContext,
@@ -107,7 +109,10 @@ impl Embedded {
     ) -> Result<(), String> {
         let table = raw_table(name).ok_or_else(|| format!("no raw table {name:?}"))?;
         let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
-        let files = self.lake.hour_files(table, hour);
+        let lake = self.lake.clone();
+        let files = tokio::task::spawn_blocking(move || lake.hour_files(table, hour))
+            .await
+            .map_err(|e| e.to_string())?;
         let schema = schema(table);
         if files.is_empty() {
             let empty = MemTable::try_new(schema, vec![vec![]]).map_err(|e| e.to_string())?;
@@ -115,17 +120,45 @@ impl Embedded {
                 .map_err(|e| e.to_string())?;
             return Ok(());
         }
-        let dir = files[0].parent().expect("files are in a directory");
-        ctx.register_parquet(
-            name,
-            format!("{}/", dir.display()),
-            ParquetReadOptions::default().schema(&schema),
-        )
-        .await
-        .map_err(|e| format!("reading {}: {e}", dir.display()))
+        let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        let frame = ctx
+            .read_parquet(paths, ParquetReadOptions::default().schema(&schema))
+            .await
+            .map_err(|e| format!("reading {name} {partition}: {e}"))?;
+        ctx.register_table(name, frame.into_view())
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 
-    async fn write(
+    /// Compacts one hour of every raw table. The output's fingerprint is
+    /// the compacted hour's, so a second run that finds nothing to do
+    /// leaves the hourly rollup alone.
+    pub async fn raw_compaction(&self, partition: Partition) -> Result<Output, String> {
+        let lake = self.lake.clone();
+        tokio::task::spawn_blocking(move || {
+            let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
+            let mut rows = 0;
+            let mut fingerprints = String::new();
+            for kind in Kind::ALL {
+                let table = Table::Reading(kind);
+                let done = lake
+                    .compact_hour(table, hour)
+                    .map_err(|e| format!("compacting {} {partition}: {e}", table.name()))?;
+                rows += done.rows_out;
+                fingerprints.push_str(&lake.hour_fingerprint(table, hour));
+                fingerprints.push(';');
+            }
+            Ok(Output {
+                rows,
+                fingerprint: fnv(fingerprints.as_bytes()),
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Writes `batches` as the job's partition in the lake, replacing it.
+    pub async fn write(
         &self,
         job: &str,
         partition: Partition,
@@ -197,7 +230,7 @@ impl Embedded {
         .map_err(|e| format!("reading {}: {e}", day_dir.display()))?;
         self.query_into(
             ctx,
-            DEVICE_HEALTH_DAILY_DATAFUSION,
+            DEVICE_HEALTH_DAILY_SQL.datafusion,
             DEVICE_HEALTH_DAILY,
             partition,
         )
@@ -223,7 +256,7 @@ impl Embedded {
         .map_err(|e| format!("reading {}: {e}", path.display()))?;
         self.query_into(
             ctx,
-            FLEET_HEALTH_DAILY_DATAFUSION,
+            FLEET_HEALTH_DAILY_SQL.datafusion,
             FLEET_HEALTH_DAILY,
             partition,
         )
@@ -236,15 +269,64 @@ impl Embedded {
         for name in crate::jobs::RAW_TABLES {
             self.register_hour(&ctx, name, partition).await?;
         }
-        let sql =
-            DEVICE_HEALTH_HOURLY_DATAFUSION.replace("{start_ms}", &partition.start_ms.to_string());
-        let frame = ctx.sql(&sql).await.map_err(|e| e.to_string())?;
-        let schema = frame.schema().inner().clone();
-        let mut batches = frame.collect().await.map_err(|e| e.to_string())?;
-        if batches.is_empty() {
-            batches.push(RecordBatch::new_empty(schema));
+        self.query_into(
+            ctx,
+            DEVICE_HEALTH_HOURLY_SQL.datafusion,
+            DEVICE_HEALTH_HOURLY,
+            partition,
+        )
+        .await
+    }
+
+    /// The Arrow schema of a built-in job's output, planned over empty
+    /// inputs: the columns of its Parquet files whichever engine ran it.
+    pub async fn output_schema(job: &str) -> Result<arrow::datatypes::SchemaRef, String> {
+        let ctx = Self::context();
+        let empty = |schema: arrow::datatypes::SchemaRef| -> Result<Arc<MemTable>, String> {
+            MemTable::try_new(schema, vec![vec![]])
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        };
+        for name in crate::jobs::RAW_TABLES {
+            let table = raw_table(name).expect("the raw tables are the lake's");
+            ctx.register_table(name, empty(schema(table))?)
+                .map_err(|e| e.to_string())?;
         }
-        self.write(DEVICE_HEALTH_HOURLY, partition, batches).await
+        let plan = |sql: &str| sql.replace("{start_ms}", "0");
+        let hourly = ctx
+            .sql(&plan(DEVICE_HEALTH_HOURLY_SQL.datafusion))
+            .await
+            .map_err(|e| e.to_string())?
+            .schema()
+            .inner()
+            .clone();
+        if job == DEVICE_HEALTH_HOURLY {
+            return Ok(hourly);
+        }
+        ctx.register_table("hourly", empty(hourly)?)
+            .map_err(|e| e.to_string())?;
+        let daily = ctx
+            .sql(&plan(DEVICE_HEALTH_DAILY_SQL.datafusion))
+            .await
+            .map_err(|e| e.to_string())?
+            .schema()
+            .inner()
+            .clone();
+        match job {
+            DEVICE_HEALTH_DAILY => Ok(daily),
+            FLEET_HEALTH_DAILY => {
+                ctx.register_table("daily", empty(daily)?)
+                    .map_err(|e| e.to_string())?;
+                Ok(ctx
+                    .sql(&plan(FLEET_HEALTH_DAILY_SQL.datafusion))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .schema()
+                    .inner()
+                    .clone())
+            }
+            other => Err(format!("no built-in job {other:?}")),
+        }
     }
 }
 
@@ -252,6 +334,7 @@ impl Executor for Embedded {
     fn run<'a>(&'a self, job: &'a JobSpec, partition: Partition) -> RunFuture<'a> {
         Box::pin(async move {
             match job.name.as_str() {
+                RAW_COMPACTION => self.raw_compaction(partition).await,
                 DEVICE_HEALTH_HOURLY => self.device_health_hourly(partition).await,
                 DEVICE_HEALTH_DAILY => self.device_health_daily(partition).await,
                 FLEET_HEALTH_DAILY => self.fleet_health_daily(partition).await,

@@ -1,11 +1,17 @@
 //! The rollup jobs and their engines. Each job is defined once, as SQL per
 //! engine over the same inputs ([`jobs`]); the embedded engine
 //! ([`embedded`]) runs it with DataFusion over the Parquet lake and writes
-//! the partition as one Parquet file, replaced atomically. [`catalog`]
+//! the partition as one Parquet file, replaced atomically; the ClickHouse
+//! engine ([`clickhouse`]) runs it as `INSERT … SELECT` in the server and
+//! swaps the interval's partition, and writes the same Parquet file. [`catalog`]
 //! applies the operator's settings; [`service`] is the scheduler process.
 
+pub mod api;
 pub mod catalog;
+pub mod clickhouse;
+pub mod directory;
 pub mod embedded;
+pub mod findings;
 pub mod jobs;
 pub mod service;
 

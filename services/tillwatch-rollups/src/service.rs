@@ -10,7 +10,14 @@ use tillwatch_meta::MetaStore;
 use tillwatch_scheduler::{Clock, Partition, Runner, Snapshot, ops};
 use tillwatch_storage::{Lake, Table};
 
+use tillwatch_clickhouse::ClickHouse;
+use tillwatch_config::{RollupEngine, RollupRulesConfig};
+use tillwatch_scheduler::{Executor, JobSpec, RunFuture};
+
+use crate::clickhouse::ClickHouseEngine;
+use crate::directory::{Directory, MERCHANT_DIRECTORY};
 use crate::embedded::Embedded;
+use crate::findings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -48,6 +55,63 @@ pub async fn snapshot(lake: Lake) -> Snapshot {
         .unwrap_or_default()
 }
 
+/// Every job's executor: the source jobs here, the rollups on their
+/// engine, and after a daily rollup the rules over it.
+struct Jobs {
+    rollups: Arc<dyn Executor>,
+    directory: Option<Directory>,
+    store: MetaStore,
+    lake: Embedded,
+    rules: RollupRulesConfig,
+    clock: Clock,
+}
+
+impl Jobs {
+    /// Evaluates the rules that read `job`'s `day` and saves what they
+    /// found. A failure fails the run, which is retried like any other.
+    async fn evaluate_rules(&self, job: &str, day: Partition) -> Result<(), String> {
+        for rule in findings::rules_after(job) {
+            let Some(found) = findings::evaluate(&self.lake, &self.rules, rule, day).await? else {
+                continue;
+            };
+            let saved = self
+                .store
+                .save_findings(rule, day.start_ms, (self.clock)(), &found)
+                .await
+                .map_err(|e| format!("saving the findings of {rule}: {e}"))?;
+            tracing::info!(rule, day = %day, found = found.len(), saved, "rollup rule evaluated");
+        }
+        Ok(())
+    }
+}
+
+impl Executor for Jobs {
+    fn run<'a>(&'a self, job: &'a JobSpec, partition: Partition) -> RunFuture<'a> {
+        Box::pin(async move {
+            if job.name == MERCHANT_DIRECTORY {
+                return match &self.directory {
+                    Some(d) => d.import(partition).await,
+                    None => Err("[scheduler.merchant_directory] is not configured".into()),
+                };
+            }
+            let output = self.rollups.run(job, partition).await?;
+            self.evaluate_rules(&job.name, partition).await?;
+            Ok(output)
+        })
+    }
+}
+
+/// The ClickHouse client when the rollups run there: `engine = "clickhouse"`,
+/// or `"auto"` with `clickhouse.url` set. `None` means the embedded engine.
+pub fn engine(config: &Config) -> Option<ClickHouse> {
+    match config.scheduler.engine {
+        RollupEngine::Embedded => None,
+        RollupEngine::Auto | RollupEngine::Clickhouse => {
+            ClickHouse::from_config(&config.clickhouse)
+        }
+    }
+}
+
 fn default_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
@@ -72,7 +136,30 @@ pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), Sched
     let store = MetaStore::connect(&url).await?;
     store.migrate().await?;
     let lake = Lake::new(config.data_dir.join("lake"));
-    let executor = Arc::new(Embedded::new(lake.clone()));
+    let ch = engine(config);
+    let rollups: Arc<dyn Executor> = match &ch {
+        Some(ch) => Arc::new(ClickHouseEngine::new(ch.clone(), lake.clone())),
+        None => Arc::new(Embedded::new(lake.clone())),
+    };
+    let directory = config
+        .scheduler
+        .merchant_directory
+        .clone()
+        .map(|source| Directory {
+            source,
+            store: store.clone(),
+            lake: Embedded::new(lake.clone()),
+            clickhouse: ch,
+            clock: clock.clone(),
+        });
+    let executor = Arc::new(Jobs {
+        rollups,
+        directory,
+        store: store.clone(),
+        lake: Embedded::new(lake.clone()),
+        rules: config.alerting.rollup_rules.clone(),
+        clock: clock.clone(),
+    });
     let name = config.scheduler.name.clone().unwrap_or_else(default_name);
     Ok((Runner::new(catalog, store, executor, &name, clock), lake))
 }
@@ -89,6 +176,7 @@ pub async fn run_scheduler(
     let (runner, lake) = open(config, wall_clock()).await?;
     tracing::info!(
         jobs = runner.catalog().jobs().len(),
+        engine = if engine(config).is_some() { "clickhouse" } else { "embedded" },
         tick = ?config.scheduler.tick,
         "scheduler running"
     );

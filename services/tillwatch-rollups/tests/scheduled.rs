@@ -1,8 +1,9 @@
 //! The scheduler running the rollups on the embedded engine over a real
-//! lake, with the lake's own hour fingerprints: a day runs its 24 hours,
-//! then the day, then the fleet; a terminal's late backlog landing in one
-//! hour re-runs exactly that hour, its day and the fleet day (read from
-//! the run history), and the day's output changes with it.
+//! lake, with the lake's own hour fingerprints: a day compacts and rolls
+//! up its 24 hours, then the day, then the fleet; a terminal's late backlog
+//! landing in one hour re-runs exactly that hour's compaction and rollup,
+//! its day and the fleet day (read from the run history), and the day's
+//! output changes with it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -81,6 +82,7 @@ async fn late_data_reruns_its_hour_day_and_fleet_day_on_the_embedded_engine() {
     let store = MetaStore::connect(&db.url).await.unwrap();
     store.migrate().await.unwrap();
     let mut specs = vec![
+        jobs::raw_compaction(),
         jobs::device_health_hourly(),
         jobs::device_health_daily(),
         jobs::fleet_health_daily(),
@@ -117,7 +119,11 @@ async fn late_data_reruns_its_hour_day_and_fleet_day_on_the_embedded_engine() {
         }
     }
     let runs = store.job_runs(None, None, 1000).await.unwrap();
-    assert_eq!(runs.len(), 24 + 1 + 1);
+    assert_eq!(
+        runs.len(),
+        24 + 24 + 1 + 1,
+        "compaction and hourly per hour, then the day"
+    );
     let day = Partition::parse_key("2026-11-20").unwrap();
     let before = std::fs::read(engine.output_path(jobs::DEVICE_HEALTH_DAILY, day)).unwrap();
 
@@ -142,10 +148,17 @@ async fn late_data_reruns_its_hour_day_and_fleet_day_on_the_embedded_engine() {
         [
             "device_health_daily 2026-11-20",
             "device_health_hourly 2026-11-20T13",
-            "fleet_health_daily 2026-11-20"
+            "fleet_health_daily 2026-11-20",
+            "raw_compaction 2026-11-20T13",
         ]
     );
-    assert_eq!(runs.len(), 26 + 3, "nothing else ran");
+    assert_eq!(runs.len(), 50 + 4, "nothing else ran");
+    // The late file was compacted into the hour: one file, no reading twice.
+    let hour = HourPartition((DAY0 + 13 * 60 * MIN) / 3_600_000);
+    assert_eq!(
+        lake.hour_files(Table::Reading(Kind::Battery), hour).len(),
+        1
+    );
     let after = std::fs::read(engine.output_path(jobs::DEVICE_HEALTH_DAILY, day)).unwrap();
     assert_ne!(before, after, "t-3's day now counts its 13:00 readings");
 }

@@ -309,9 +309,16 @@ where
                 })
                 .await
         };
+        // A round that ran something is followed by another at once: a
+        // catch-up or backfill proceeds at the speed of the runs, not one
+        // round per tick.
+        let mut busy = false;
         tokio::select! {
             result = round => match result {
-                Ok(ran) => ran.iter().for_each(&mut on_run),
+                Ok(ran) => {
+                    busy = !ran.is_empty();
+                    ran.iter().for_each(&mut on_run);
+                }
                 Err(e) => tracing::warn!(error = %e, "scheduler round failed; trying again next tick"),
             },
             () = &mut shutdown => {
@@ -321,6 +328,9 @@ where
                 }
                 return Ok(());
             }
+        }
+        if busy {
+            continue;
         }
         tokio::select! {
             () = tokio::time::sleep(tick) => {}

@@ -55,11 +55,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Serves `/healthz` (the process is up), `/readyz` (the gateway is
-/// connected and subscribed) and `/metrics` (Prometheus text) until
-/// `shutdown` resolves.
+/// connected and subscribed), `/metrics` (Prometheus text) and the routes
+/// of `api` (the jobs API) until `shutdown` resolves.
 pub async fn serve_http(
     listener: TcpListener,
     gateway: Arc<GatewayHealth>,
+    api: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = AppState {
@@ -70,7 +71,8 @@ pub async fn serve_http(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state);
+        .with_state(state)
+        .merge(api);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -11,3 +11,6 @@ mod standalone;
 pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
 pub use http::{metrics_handle, serve_http};
 pub use standalone::run_standalone;
+
+/// For callers that add routes to [`serve_http`].
+pub use axum::Router;

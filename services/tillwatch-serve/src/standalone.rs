@@ -51,9 +51,19 @@ pub async fn run_standalone(
         let _ = external.send(true);
     });
     let health = Arc::new(GatewayHealth::default());
+    // The jobs API reads the scheduler's state; the scheduler does not
+    // depend on it (it keeps running if the HTTP side fails).
+    let api = if config.scheduler.enabled {
+        tillwatch_rollups::api::router(&config)
+            .await
+            .context("the jobs API")?
+    } else {
+        axum::Router::new()
+    };
     let http = tokio::spawn(serve_http(
         http,
         health.clone(),
+        api,
         shutdown_requested(stop_rx.clone()),
     ));
     // The alerter beside the gateway, on the same broker and data dir.

@@ -40,7 +40,10 @@ pub enum LakeError {
     },
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LakeError + 'a {
+pub(crate) fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> LakeError + 'a {
     move |source| LakeError::Io {
         action,
         path: path.to_path_buf(),
@@ -81,15 +84,24 @@ impl Lake {
         self.table_dir(table).join(hour.hive_path()).join(file_name)
     }
 
-    /// The complete Parquet files of one table's hour, sorted by name.
+    /// The complete Parquet files of one table's hour, sorted by name:
+    /// what a reader of the hour must read, no more (files a finished
+    /// compaction replaced are left out until they are deleted).
     pub fn hour_files(&self, table: Table, hour: HourPartition) -> Vec<PathBuf> {
         let dir = self.table_dir(table).join(hour.hive_path());
+        let hidden = crate::compact::hidden_by_manifest(&dir);
         let mut files: Vec<PathBuf> = fs::read_dir(&dir)
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.path())
             .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .filter(|p| {
+                hidden.is_empty()
+                    || !p
+                        .file_name()
+                        .is_some_and(|n| hidden.contains(n.to_string_lossy().as_ref()))
+            })
             .collect();
         files.sort();
         files
@@ -103,10 +115,19 @@ impl Lake {
         Self::fingerprint_files(&self.hour_files(table, hour))
     }
 
-    /// No files: the empty string.
-    fn fingerprint_files(files: &[PathBuf]) -> String {
+    /// No files: the empty string. One compacted file stands for the files
+    /// it replaced (its name carries their fingerprint), so compacting an
+    /// hour does not change what the hour's readers see as its version;
+    /// a late file beside it does.
+    pub(crate) fn fingerprint_files(files: &[PathBuf]) -> String {
         if files.is_empty() {
             return String::new();
+        }
+        if let [only] = files
+            && let Some(name) = only.file_name().map(|n| n.to_string_lossy())
+            && let Some(replaced) = crate::compact::replaced_fingerprint(&name)
+        {
+            return replaced.to_string();
         }
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for path in files {

@@ -11,11 +11,13 @@
 //! a file that is visible survives a crash.
 
 pub mod clickhouse_ddl;
+mod compact;
 mod lake;
 pub mod sample;
 mod schema;
 mod staging;
 
+pub use compact::Compacted;
 pub use lake::{Lake, LakeError, WrittenFile, encode_parquet, read_file, read_reading_keys};
 pub use schema::{Table, schema};
 pub use staging::{DeadLetter, PartBatch, Staging, StoredReading};

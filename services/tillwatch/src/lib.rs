@@ -439,6 +439,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(tillwatch_serve::serve_http(
         http,
         health.clone(),
+        tillwatch_serve::Router::new(),
         tillwatch_gateway::shutdown_requested(stop_rx.clone()),
     ));
     tokio::spawn(async move {

@@ -1,0 +1,42 @@
+-- device_health_daily on ClickHouse, from the day's 24 hourly partitions;
+-- the same figures as the DataFusion statement beside it. Aggregates skip
+-- NULLs, so an hour without a kind of reading does not count for it.
+-- INSERT … SELECT maps columns by position. ClickHouse aliases are
+-- query-wide, so a total that another figure reads from its hourly column
+-- is named `all_…` here, not after that column.
+SELECT
+    toDateTime({start_s}, 'UTC') AS day,
+    device_id,
+    max(merchant_id) AS merchant_id,
+    max(store_id) AS store_id,
+    argMax(firmware_version, (isNotNull(firmware_version), hour)) AS firmware_version,
+    argMax(app_version, (isNotNull(app_version), hour)) AS app_version,
+    min(battery_min_pct) AS battery_min_pct,
+    sum(battery_avg_pct * battery_readings)
+        / sum(if(isNull(battery_avg_pct), NULL, battery_readings)) AS battery_avg_pct,
+    argMax(battery_last_pct, (isNotNull(battery_last_pct), hour)) AS battery_last_pct,
+    avg(battery_drain_pct) AS battery_drain_pct_per_hour,
+    sum(charging_minutes) AS charging_minutes,
+    max(temperature_max_celsius) AS temperature_max_celsius,
+    min(rssi_min_dbm) AS rssi_min_dbm,
+    quantileTDigestWeighted(0.5)(rssi_median_dbm, toUInt64(connectivity_readings)) AS rssi_median_dbm,
+    quantileTDigestWeighted(0.5)(host_latency_p50_ms, toUInt64(connectivity_readings)) AS host_latency_p50_ms,
+    quantileTDigestWeighted(0.95)(host_latency_p95_ms, toUInt64(connectivity_readings)) AS host_latency_p95_ms,
+    sum(disconnects) AS disconnects,
+    sum(transactions) AS all_transactions,
+    quantileTDigestWeighted(0.5)(txn_latency_p50_ms, toUInt64(transactions)) AS txn_latency_p50_ms,
+    quantileTDigestWeighted(0.95)(txn_latency_p95_ms, toUInt64(transactions)) AS txn_latency_p95_ms,
+    quantileTDigestWeighted(0.99)(txn_latency_p99_ms, toUInt64(transactions)) AS txn_latency_p99_ms,
+    sum(crashes) AS crashes,
+    sum(hangs) AS hangs,
+    max(offline_queue_max) AS offline_queue_max,
+    max(offline_queue_oldest_max_s) AS offline_queue_oldest_max_s,
+    sum(battery_readings) AS all_battery_readings,
+    sum(connectivity_readings) AS all_connectivity_readings,
+    sum(app_readings) AS app_readings,
+    sum(payment_readings) AS payment_readings,
+    toInt64(count()) AS hours_reported,
+    min(battery_health_min_pct) AS battery_health_min_pct
+FROM {database}.device_health_hourly
+WHERE hour >= toDateTime({start_s}, 'UTC') AND hour < toDateTime({end_s}, 'UTC')
+GROUP BY device_id

@@ -1,0 +1,40 @@
+-- One row per terminal per UTC day, from the day's 24 hourly partitions
+-- (registered as `hourly`). Minima, maxima, sums and counts are exact;
+-- means are weighted by the readings behind each hour; the last battery
+-- level is the latest hour's; daily quantiles are estimated from the
+-- hourly ones, weighted by the readings (or transactions) behind each.
+SELECT
+    to_timestamp_millis({start_ms}) AS day,
+    device_id,
+    max(merchant_id) AS merchant_id,
+    max(store_id) AS store_id,
+    last_value(firmware_version ORDER BY CASE WHEN firmware_version IS NULL THEN 0 ELSE 1 END, hour) AS firmware_version,
+    last_value(app_version ORDER BY CASE WHEN app_version IS NULL THEN 0 ELSE 1 END, hour) AS app_version,
+    min(battery_min_pct) AS battery_min_pct,
+    sum(battery_avg_pct * battery_readings) / sum(CASE WHEN battery_avg_pct IS NULL THEN NULL ELSE battery_readings END) AS battery_avg_pct,
+    last_value(battery_last_pct ORDER BY CASE WHEN battery_last_pct IS NULL THEN 0 ELSE 1 END, hour) AS battery_last_pct,
+    avg(battery_drain_pct) AS battery_drain_pct_per_hour,
+    sum(charging_minutes) AS charging_minutes,
+    max(temperature_max_celsius) AS temperature_max_celsius,
+    min(rssi_min_dbm) AS rssi_min_dbm,
+    approx_percentile_cont_with_weight(CAST(connectivity_readings AS DOUBLE), 0.5) WITHIN GROUP (ORDER BY rssi_median_dbm) AS rssi_median_dbm,
+    approx_percentile_cont_with_weight(CAST(connectivity_readings AS DOUBLE), 0.5) WITHIN GROUP (ORDER BY host_latency_p50_ms) AS host_latency_p50_ms,
+    approx_percentile_cont_with_weight(CAST(connectivity_readings AS DOUBLE), 0.95) WITHIN GROUP (ORDER BY host_latency_p95_ms) AS host_latency_p95_ms,
+    sum(disconnects) AS disconnects,
+    sum(transactions) AS transactions,
+    approx_percentile_cont_with_weight(CAST(transactions AS DOUBLE), 0.5) WITHIN GROUP (ORDER BY txn_latency_p50_ms) AS txn_latency_p50_ms,
+    approx_percentile_cont_with_weight(CAST(transactions AS DOUBLE), 0.95) WITHIN GROUP (ORDER BY txn_latency_p95_ms) AS txn_latency_p95_ms,
+    approx_percentile_cont_with_weight(CAST(transactions AS DOUBLE), 0.99) WITHIN GROUP (ORDER BY txn_latency_p99_ms) AS txn_latency_p99_ms,
+    sum(crashes) AS crashes,
+    sum(hangs) AS hangs,
+    max(offline_queue_max) AS offline_queue_max,
+    max(offline_queue_oldest_max_s) AS offline_queue_oldest_max_s,
+    sum(battery_readings) AS battery_readings,
+    sum(connectivity_readings) AS connectivity_readings,
+    sum(app_readings) AS app_readings,
+    sum(payment_readings) AS payment_readings,
+    count(*) AS hours_reported,
+    min(battery_health_min_pct) AS battery_health_min_pct
+FROM hourly
+GROUP BY device_id
+ORDER BY device_id

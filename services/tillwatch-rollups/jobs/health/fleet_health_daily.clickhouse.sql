@@ -1,0 +1,22 @@
+-- fleet_health_daily on ClickHouse: the day's device rollup by merchant,
+-- store and firmware/app cohort; the same figures as the DataFusion
+-- statement beside it. Columns map by position; totals that other figures
+-- read from their device column are named `all_…` (aliases are query-wide).
+SELECT
+    toDateTime({start_s}, 'UTC') AS day,
+    merchant_id, store_id, firmware_version, app_version,
+    toInt64(count()) AS devices,
+    toInt64(countIf(crashes + hangs > 0)) AS devices_with_crashes,
+    sum(transactions) AS all_transactions,
+    sum(crashes) AS all_crashes,
+    sum(hangs) AS all_hangs,
+    1000 * sum(crashes + hangs) / nullIf(sum(transactions), 0) AS crashes_per_1000_transactions,
+    quantileTDigestWeighted(0.95)(txn_latency_p95_ms, toUInt64(transactions)) AS txn_latency_p95_ms,
+    quantileTDigestWeighted(0.95)(host_latency_p95_ms, toUInt64(connectivity_readings)) AS host_latency_p95_ms,
+    avg(battery_drain_pct_per_hour) AS battery_drain_pct_per_hour,
+    min(battery_min_pct) AS battery_min_pct,
+    sum(disconnects) AS disconnects,
+    sum(battery_readings + connectivity_readings + app_readings + payment_readings) AS readings
+FROM {database}.device_health_daily
+WHERE day = toDateTime({start_s}, 'UTC')
+GROUP BY merchant_id, store_id, firmware_version, app_version

@@ -1,0 +1,388 @@
+//! The two rollup engines over the same simulated day: DataFusion over the
+//! lake and `INSERT … SELECT` inside a real ClickHouse (Debian's 18.16 here)
+//! give the same hourly, daily and fleet rows. Counts, sums, minima, maxima
+//! and strings must be equal; means equal to 1e-9 (floating-point
+//! summation order); quantiles within [`QUANTILE_TOLERANCE`] of each other
+//! (both engines estimate them with t-digests, which differ in detail).
+//!
+//! The day: terminals in two merchants and four stores (one store unknown),
+//! two firmware cohorts and an upgrade at noon, one terminal offline for
+//! three hours, one without payment readings for two, charging spells,
+//! crashes: the edges where NULLs and missing kinds meet the aggregates.
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use tillwatch_clickhouse::{ClickHouse, Settings};
+use tillwatch_domain::{
+    AppPerformance, Battery, BootId, Connectivity, DeviceId, MerchantId, NetworkType,
+    PaymentHealth, Reading, Signal, StoreId, UtcMillis,
+};
+use tillwatch_integration_tests::ClickHouseServer;
+use tillwatch_rollups::clickhouse::ClickHouseEngine;
+use tillwatch_rollups::embedded::Embedded;
+use tillwatch_rollups::jobs;
+use tillwatch_scheduler::{Executor, Grain, JobSpec, Partition};
+use tillwatch_storage::{Lake, Staging, StoredReading, read_file};
+
+/// 2026-11-20T00:00Z.
+const DAY: i64 = 1_795_132_800_000;
+const MIN: i64 = 60_000;
+const DEVICES: u32 = 16;
+/// Quantile estimates of the two engines agree within 10% of the larger.
+const QUANTILE_TOLERANCE: f64 = 0.10;
+
+/// A small deterministic generator, so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// The simulated day, written to `lake` as gateway flushes would (two
+/// files per table-hour).
+fn write_day(lake: &Lake) -> usize {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut staging = [Staging::new(), Staging::new()];
+    let mut rows = 0;
+    for d in 0..DEVICES {
+        let device = DeviceId::new(&format!("t-{d:02}")).unwrap();
+        let merchant = MerchantId::new(&format!("m-{}", d % 2)).unwrap();
+        let store = StoreId::new(&format!("s-{}", d % 4)).unwrap();
+        let mut level: i64 = 100 - i64::from(d);
+        let mut seq = 0u64;
+        for m in (0..24 * 60).step_by(2) {
+            let hour = m / 60;
+            if d == 7 && (3..6).contains(&hour) {
+                continue; // offline
+            }
+            let at = DAY + m * MIN + i64::from(d) * 777;
+            let charging = d % 5 == 0 && (18..20).contains(&hour);
+            level = if charging {
+                (level + 2).min(100)
+            } else {
+                (level - rng.below(2) as i64).max(0)
+            };
+            let firmware = if d % 3 == 0 || (d == 5 && hour >= 12) {
+                "2.1"
+            } else {
+                "2.0"
+            };
+            let mut signals = vec![
+                Signal::Battery(Battery {
+                    level_pct: level as u32,
+                    charging,
+                    temperature_celsius: 20.0 + rng.below(150) as f32 / 10.0,
+                    voltage_mv: 4000,
+                    health_pct: 95 - d - u32::from(hour >= 20),
+                    cycle_count: 10,
+                }),
+                Signal::Connectivity(Connectivity {
+                    network_type: NetworkType::Wifi,
+                    rssi_dbm: -50 - rng.below(45) as i32,
+                    payment_host_latency_ms: 80 + rng.below(400) as u32,
+                    disconnects: u32::from(rng.below(20) == 0),
+                    carrier_or_ssid: "shop".into(),
+                }),
+                Signal::AppPerformance(AppPerformance {
+                    app_version: if d % 2 == 0 { "4.1" } else { "4.2" }.into(),
+                    firmware_version: firmware.into(),
+                    transactions: rng.below(5) as u32,
+                    transaction_latency_avg_ms: 300 + rng.below(1200) as u32,
+                    transaction_latency_max_ms: 3000,
+                    startup_ms: None,
+                    crashes: u32::from(firmware == "2.1" && rng.below(40) == 0),
+                    hangs: u32::from(rng.below(90) == 0),
+                    memory_used_kib: 1000,
+                    cpu_pct: 5.0,
+                }),
+            ];
+            if !(d == 8 && (10..12).contains(&hour)) {
+                signals.push(Signal::PaymentHealth(PaymentHealth {
+                    offline_queue_len: rng.below(4) as u32,
+                    offline_queue_oldest_age_s: rng.below(600) as u32,
+                    tamper_detected: false,
+                    printer_paper_low: false,
+                }));
+            }
+            for signal in signals {
+                seq += 1;
+                let reading = Reading {
+                    device_id: device.clone(),
+                    boot_id: BootId(1),
+                    seq,
+                    sampled_at: UtcMillis(at),
+                    signal,
+                };
+                staging[(m / 2 % 2) as usize].push_reading(StoredReading {
+                    reading: &reading,
+                    merchant_id: &merchant,
+                    store_id: (d != 3).then_some(&store),
+                    received_at: UtcMillis(at + 500),
+                });
+                rows += 1;
+            }
+        }
+    }
+    for (i, s) in staging.into_iter().enumerate() {
+        for part in s.finish() {
+            let path = lake.file_path(part.table, part.hour, &format!("flush-{i}.parquet"));
+            lake.write_part(&part, &path).unwrap();
+        }
+    }
+    rows
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Null,
+    Num(f64),
+    Text(String),
+}
+
+/// A Parquet output as (column names, rows of values).
+fn table(path: &Path) -> (Vec<(String, DataType)>, Vec<Vec<Value>>) {
+    let batches = read_file(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let schema = batches[0].schema();
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| (f.name().clone(), f.data_type().clone()))
+        .collect();
+    let mut rows = Vec::new();
+    for batch in &batches {
+        for r in 0..batch.num_rows() {
+            let row = batch
+                .columns()
+                .iter()
+                .map(|col| {
+                    if col.is_null(r) {
+                        return Value::Null;
+                    }
+                    match col.data_type() {
+                        DataType::Utf8 => Value::Text(col.as_string::<i32>().value(r).to_string()),
+                        DataType::Timestamp(_, _) => {
+                            let c = arrow::compute::cast(col, &DataType::Int64).unwrap();
+                            Value::Num(c.as_primitive::<Int64Type>().value(r) as f64)
+                        }
+                        _ => {
+                            let c = arrow::compute::cast(col, &DataType::Float64).unwrap();
+                            Value::Num(c.as_primitive::<Float64Type>().value(r))
+                        }
+                    }
+                })
+                .collect();
+            rows.push(row);
+        }
+    }
+    (columns, rows)
+}
+
+fn is_quantile(column: &str) -> bool {
+    ["median", "_p50", "_p95", "_p99"]
+        .iter()
+        .any(|q| column.contains(q))
+}
+
+fn is_exact(t: &DataType) -> bool {
+    !matches!(t, DataType::Float32 | DataType::Float64)
+}
+
+/// Compares one partition of one job; returns the largest relative
+/// quantile difference seen.
+fn compare(job: &str, partition: Partition, embedded: &Path, clickhouse: &Path) -> f64 {
+    let (cols_e, rows_e) = table(embedded);
+    let (cols_c, rows_c) = table(clickhouse);
+    assert_eq!(cols_e, cols_c, "{job} {partition}: the engines' columns");
+    assert_eq!(
+        rows_e.len(),
+        rows_c.len(),
+        "{job} {partition}: the engines' row counts"
+    );
+    assert!(!rows_e.is_empty(), "{job} {partition} has rows");
+    let mut worst: f64 = 0.0;
+    for (re, rc) in rows_e.iter().zip(&rows_c) {
+        for ((name, ty), (e, c)) in cols_e.iter().zip(re.iter().zip(rc)) {
+            let at = format!("{job} {partition} {name} (row {:?})", re[1]);
+            match (e, c) {
+                (Value::Num(a), Value::Num(b)) if !is_exact(ty) => {
+                    let scale = a.abs().max(b.abs()).max(1e-9);
+                    let diff = (a - b).abs() / scale;
+                    if is_quantile(name) {
+                        worst = worst.max(diff);
+                        assert!(
+                            diff <= QUANTILE_TOLERANCE,
+                            "{at}: {a} vs {b}, more than {QUANTILE_TOLERANCE} apart"
+                        );
+                    } else {
+                        assert!(diff <= 1e-9, "{at}: {a} vs {b}");
+                    }
+                }
+                _ => assert_eq!(e, c, "{at}: embedded vs ClickHouse"),
+            }
+        }
+    }
+    worst
+}
+
+async fn run(engine: &dyn Executor, job: &JobSpec, partition: Partition) -> u64 {
+    engine
+        .run(job, partition)
+        .await
+        .unwrap_or_else(|e| panic!("{} {partition}: {e}", job.name))
+        .rows
+}
+
+fn output(lake: &Path, job: &str, partition: Partition) -> PathBuf {
+    Embedded::new(Lake::new(lake)).output_path(job, partition)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
+    let server = ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let raw = Lake::new(dir.path().join("lake"));
+    let readings = write_day(&raw);
+
+    let ch = ClickHouse::new(Settings {
+        url: server.url(),
+        database: "roll".into(),
+        user: "default".into(),
+        password: None,
+        insert_timeout: std::time::Duration::from_secs(60),
+    });
+    tillwatch_clickhouse::migrate(&ch, None).await.unwrap();
+    let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();
+    let loaded = tillwatch_clickhouse::backfill(&ch, &raw, day, day, 200_000, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        server.scalar(
+            "SELECT (SELECT count() FROM roll.battery) + (SELECT count() FROM roll.connectivity) \
+             + (SELECT count() FROM roll.app_performance) + (SELECT count() FROM roll.payment_health)"
+        ),
+        readings as u64,
+        "the day is in ClickHouse as in the lake ({loaded:?})"
+    );
+
+    // The embedded engine writes beside the raw data; the ClickHouse
+    // engine's lake copy goes to a lake of its own.
+    let embedded = Embedded::new(raw.clone());
+    let ch_lake = dir.path().join("ch-lake");
+    let clickhouse = ClickHouseEngine::new(ch.clone(), Lake::new(&ch_lake));
+    let engines: [(&dyn Executor, &Path); 2] =
+        [(&embedded, raw.root()), (&clickhouse, ch_lake.as_path())];
+
+    let day_partition = Partition::containing(Grain::Day, DAY);
+    let hours = day_partition.covering(Grain::Hour);
+    let (hourly, daily, fleet) = (
+        jobs::device_health_hourly(),
+        jobs::device_health_daily(),
+        jobs::fleet_health_daily(),
+    );
+    let mut hourly_rows = [0u64; 2];
+    for (i, (engine, _)) in engines.iter().enumerate() {
+        for hour in &hours {
+            hourly_rows[i] += run(*engine, &hourly, *hour).await;
+        }
+        run(*engine, &daily, day_partition).await;
+        run(*engine, &fleet, day_partition).await;
+    }
+    // 16 terminals for 24 hours, one of them offline for three.
+    assert_eq!(hourly_rows, [16 * 24 - 3, 16 * 24 - 3]);
+
+    let mut worst: f64 = 0.0;
+    for hour in &hours {
+        let job = jobs::DEVICE_HEALTH_HOURLY;
+        worst = worst.max(compare(
+            job,
+            *hour,
+            &output(raw.root(), job, *hour),
+            &output(&ch_lake, job, *hour),
+        ));
+    }
+    for job in [jobs::DEVICE_HEALTH_DAILY, jobs::FLEET_HEALTH_DAILY] {
+        worst = worst.max(compare(
+            job,
+            day_partition,
+            &output(raw.root(), job, day_partition),
+            &output(&ch_lake, job, day_partition),
+        ));
+    }
+    eprintln!("largest quantile difference between the engines: {worst:.4}");
+
+    // What the ClickHouse tables hold is what the lake copy holds.
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.device_health_hourly"),
+        hourly_rows[1]
+    );
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.device_health_daily"),
+        16
+    );
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.fleet_health_daily"),
+        table(&output(&ch_lake, jobs::FLEET_HEALTH_DAILY, day_partition))
+            .1
+            .len() as u64
+    );
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.device_health_daily WHERE hours_reported = 21"),
+        1,
+        "the terminal that was offline for three hours"
+    );
+
+    // A run killed half way leaves the previous output intact: here, as a
+    // kill after the INSERT … SELECT and before the swap would, junk in the
+    // staging partition of hour 5 and a half-written hidden file beside
+    // the embedded engine's output.
+    let hour5 = tillwatch_rollups::clickhouse::partition_id(hours[5]);
+    let checksum =
+        "SELECT count(), sum(transactions), sum(battery_readings) FROM roll.device_health_hourly";
+    let before = server.q(checksum);
+    server.q(&format!(
+        "INSERT INTO roll.device_health_hourly_staging (hour, device_id, merchant_id, disconnects, transactions, \
+         crashes, hangs, battery_readings, connectivity_readings, app_readings, payment_readings) \
+         VALUES (toDateTime({}, 'UTC'), 'junk', 'm-x', 0, 999999, 0, 0, 0, 0, 0, 0)",
+        hours[5].start_ms / 1000
+    ));
+    assert_eq!(
+        server.q(checksum),
+        before,
+        "the killed run's rows are not visible"
+    );
+    let embedded_file = output(raw.root(), jobs::DEVICE_HEALTH_HOURLY, hours[5]);
+    let embedded_before = std::fs::read(&embedded_file).unwrap();
+    std::fs::write(
+        embedded_file.with_file_name(".part.parquet.tmp"),
+        &embedded_before[..100],
+    )
+    .unwrap();
+    run(&embedded, &daily, day_partition).await;
+    assert_eq!(std::fs::read(&embedded_file).unwrap(), embedded_before);
+    assert!(hour5 > 0);
+
+    // The retry replaces its interval: nothing doubles, nothing of the
+    // killed run shows, the staging table is left empty.
+    run(&clickhouse, &hourly, hours[5]).await;
+    run(&clickhouse, &daily, day_partition).await;
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.device_health_hourly"),
+        hourly_rows[1]
+    );
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.device_health_daily"),
+        16
+    );
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.device_health_hourly_staging"),
+        0
+    );
+    assert_eq!(server.q(checksum), before);
+}

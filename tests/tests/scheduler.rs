@@ -1,0 +1,356 @@
+//! The rollups as a user meets them: `standalone` with the scheduler on,
+//! a simulated fleet replaying the last 26 hours, and yesterday's hourly,
+//! daily and fleet rollups appearing in the lake by themselves, with the
+//! daily counts matching the raw readings of the day. Then an operator runs
+//! `tillwatch jobs backfill … --downstream` and `jobs lineage` with the
+//! real command line, and the run history shows what the backfill re-ran.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
+use tillwatch_config::{Config, JobSettings, RollupEngine};
+use tillwatch_domain::UtcMillis;
+use tillwatch_integration_tests::{http_get, http_request, tillwatch_bin, wait_for};
+use tillwatch_meta::MetaStore;
+use tillwatch_rollups::embedded::Embedded;
+use tillwatch_rollups::jobs;
+use tillwatch_scheduler::{Grain, Partition};
+use tillwatch_serve::{EmbeddedBroker, run_standalone};
+use tillwatch_sim::{Faults, SimConfig};
+use tillwatch_storage::{Lake, read_file};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+const HOUR: i64 = 3_600_000;
+
+fn sum_column(path: &Path, column: &str) -> i64 {
+    read_file(path)
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let c = b.column_by_name(column).unwrap();
+            let c = arrow::compute::cast(c, &arrow::datatypes::DataType::Int64).unwrap();
+            let c = c.as_primitive::<Int64Type>();
+            (0..c.len()).map(|i| c.value(i)).sum::<i64>()
+        })
+        .sum()
+}
+
+/// Battery readings in the raw lake for the hours of `day`.
+fn raw_battery_rows(lake: &Lake, day: Partition) -> i64 {
+    let table = tillwatch_storage::Table::Reading(tillwatch_domain::Kind::Battery);
+    day.covering(Grain::Hour)
+        .into_iter()
+        .flat_map(|h| lake.hour_files(table, tillwatch_domain::HourPartition(h.start_ms / HOUR)))
+        .map(|f| {
+            read_file(&f)
+                .unwrap()
+                .iter()
+                .map(|b| b.num_rows() as i64)
+                .sum::<i64>()
+        })
+        .sum()
+}
+
+fn cli(args: &[&str], data_dir: &Path) -> (bool, String, String) {
+    let out = Command::new(tillwatch_bin())
+        .args(args)
+        .env("TILLWATCH__DATA_DIR", data_dir)
+        .env("TILLWATCH__SCHEDULER__ENGINE", "embedded")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run tillwatch");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    config.mqtt.client_id = "rollup-gateway".into();
+    config.scheduler.tick = Duration::from_millis(200);
+    config.scheduler.engine = RollupEngine::Embedded;
+    config.scheduler.start = "2d".into();
+    for job in [jobs::RAW_COMPACTION, jobs::DEVICE_HEALTH_HOURLY] {
+        config.scheduler.jobs.insert(
+            job.into(),
+            JobSettings {
+                concurrency: Some(4),
+                ..JobSettings::default()
+            },
+        );
+    }
+    let embedded = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
+    let broker_url = embedded.url();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr: SocketAddr = http.local_addr().unwrap();
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let service = {
+        let config = config.clone();
+        tokio::spawn(async move {
+            run_standalone(config, http, Some(&embedded), async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    wait_for("the gateway to subscribe", Duration::from_secs(30), || {
+        matches!(http_get(http_addr, "/readyz"), Ok((200, _)))
+    })
+    .await;
+
+    // 30 terminals, a reading every 10 minutes from 26 hours ago.
+    let now = UtcMillis::now().0;
+    let devices = 30;
+    let sim = SimConfig {
+        broker: broker_url,
+        devices,
+        merchants: 3,
+        stores_per_merchant: 2,
+        interval: Duration::from_secs(600),
+        readings_per_device: Some(150),
+        seed: 11,
+        start_ms: Some(now - 26 * HOUR),
+        faults: Faults::none(),
+        connect_concurrency: 30,
+    };
+    let report = tillwatch_sim::run(sim, watch::channel(false).1)
+        .await
+        .unwrap();
+    assert_eq!(report.unacked_readings, 0);
+
+    let lake = Lake::new(dir.path().join("lake"));
+    let outputs = Embedded::new(lake.clone());
+    let yesterday = Partition::containing(Grain::Day, now - 24 * HOUR);
+    let fleet_path = outputs.output_path(jobs::FLEET_HEALTH_DAILY, yesterday);
+    wait_for(
+        "yesterday's fleet rollup to appear",
+        Duration::from_secs(300),
+        || fleet_path.exists(),
+    )
+    .await;
+    // The same operations over HTTP.
+    let (status, body) = http_get(http_addr, "/api/v1/jobs").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            jobs::RAW_COMPACTION,
+            jobs::DEVICE_HEALTH_HOURLY,
+            jobs::DEVICE_HEALTH_DAILY,
+            jobs::FLEET_HEALTH_DAILY
+        ]
+    );
+    assert!(listed["watermark_ms"].as_i64().unwrap() > now - HOUR);
+    let path = format!(
+        "/api/v1/jobs/{}/partitions/{yesterday}/lineage",
+        jobs::DEVICE_HEALTH_DAILY
+    );
+    let (status, body) = http_get(http_addr, &path).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let lineage: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(lineage["status"], "succeeded");
+    assert_eq!(lineage["downstream"][0]["job"], jobs::FLEET_HEALTH_DAILY);
+    assert_eq!(
+        lineage["current_run"]["inputs"].as_array().unwrap().len(),
+        24,
+        "the day read its 24 hours"
+    );
+    let (status, body) = http_get(
+        http_addr,
+        &format!("/api/v1/jobs/{}/runs?limit=5", jobs::DEVICE_HEALTH_HOURLY),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let runs: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 5);
+    for (path, want, needle) in [
+        ("/api/v1/jobs/nope/runs", 404, "no job \"nope\""),
+        (
+            "/api/v1/jobs/device_health_hourly/runs?partition=yesterday",
+            400,
+            "partition",
+        ),
+        (
+            "/api/v1/jobs/device_health_hourly/runs?limit=0",
+            400,
+            "limit",
+        ),
+        (
+            "/api/v1/jobs/device_health_hourly/runs?colour=red",
+            400,
+            "colour",
+        ),
+    ] {
+        let (status, body) = http_get(http_addr, path).unwrap();
+        assert_eq!(status, want, "{path}: {body}");
+        let error: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"));
+        assert!(
+            error["error"].as_str().unwrap().contains(needle),
+            "{path}: {body}"
+        );
+    }
+    let (status, body) = http_request(
+        http_addr,
+        "POST",
+        &format!("/api/v1/jobs/{}/backfill", jobs::DEVICE_HEALTH_DAILY),
+        Some(&format!(
+            r#"{{"from": "{yesterday}", "to": "{yesterday}", "downstream": true, "dry_run": true}}"#
+        )),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let planned: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(planned["partitions"].as_array().unwrap().len(), 2);
+    let (status, body) = http_request(
+        http_addr,
+        "POST",
+        &format!("/api/v1/jobs/{}/backfill", jobs::DEVICE_HEALTH_DAILY),
+        Some(r#"{"from": "2026-13-01", "to": "2026-11-01"}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("from"), "{body}");
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), service)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // Yesterday's daily rollup counts every battery reading of the day once,
+    // and every terminal that reported.
+    let daily = outputs.output_path(jobs::DEVICE_HEALTH_DAILY, yesterday);
+    let raw = raw_battery_rows(&lake, yesterday);
+    assert!(raw > 0, "the simulated fleet reported yesterday");
+    assert_eq!(sum_column(&daily, "battery_readings"), raw);
+    let rows: usize = read_file(&daily)
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert_eq!(rows, devices);
+    assert_eq!(
+        sum_column(&fleet_path, "devices"),
+        devices as i64,
+        "the fleet rollup covers each terminal once"
+    );
+    // Compaction left one file per raw table-hour.
+    let table = tillwatch_storage::Table::Reading(tillwatch_domain::Kind::Battery);
+    for hour in yesterday.covering(Grain::Hour) {
+        let files = lake.hour_files(table, tillwatch_domain::HourPartition(hour.start_ms / HOUR));
+        assert!(files.len() <= 1, "{hour}: {files:?}");
+    }
+
+    // An operator re-runs six hours of yesterday and everything downstream.
+    let from = format!(
+        "{}",
+        Partition::containing(Grain::Hour, yesterday.start_ms + 18 * HOUR)
+    );
+    let to = format!(
+        "{}",
+        Partition::containing(Grain::Hour, yesterday.start_ms + 23 * HOUR)
+    );
+    let data = dir.path();
+    let (ok, out, err) = cli(
+        &[
+            "jobs",
+            "backfill",
+            jobs::DEVICE_HEALTH_HOURLY,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--downstream",
+            "--dry-run",
+        ],
+        data,
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("would run 8 partitions"), "{out}");
+    let before = std::fs::metadata(&daily).unwrap().modified().unwrap();
+    let (ok, out, err) = cli(
+        &[
+            "jobs",
+            "backfill",
+            jobs::DEVICE_HEALTH_HOURLY,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--downstream",
+        ],
+        data,
+    );
+    assert!(ok, "backfill failed:\n{out}\n{err}");
+    assert!(out.contains("[  8/8]"), "progress is shown:\n{out}");
+    assert!(out.contains("backfilled 8 partitions"), "{out}");
+    assert!(std::fs::metadata(&daily).unwrap().modified().unwrap() >= before);
+    assert_eq!(
+        sum_column(&daily, "battery_readings"),
+        raw,
+        "same data, same counts"
+    );
+
+    let store = MetaStore::connect(&config.metadata_url()).await.unwrap();
+    let forced: Vec<String> = store
+        .job_runs(None, None, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.reason == "forced")
+        .map(|r| format!("{} {}", r.job, r.partition_key))
+        .collect();
+    assert_eq!(forced.len(), 8, "{forced:?}");
+    assert!(forced.contains(&format!("{} {yesterday}", jobs::FLEET_HEALTH_DAILY)));
+
+    let (ok, out, err) = cli(
+        &[
+            "jobs",
+            "lineage",
+            jobs::DEVICE_HEALTH_DAILY,
+            &yesterday.to_string(),
+        ],
+        data,
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(jobs::DEVICE_HEALTH_HOURLY) && out.contains(jobs::FLEET_HEALTH_DAILY),
+        "lineage names its inputs and its downstream:\n{out}"
+    );
+    let (ok, _, err) = cli(
+        &[
+            "jobs",
+            "backfill",
+            "no_such_job",
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ],
+        data,
+    );
+    assert!(!ok && err.contains("no_such_job"), "{err}");
+}
