@@ -15,6 +15,7 @@ use tillwatch_integration_tests::{
 };
 use tillwatch_sim::{Faults, SimConfig};
 use tillwatch_storage::Table;
+use tillwatch_storage::clickhouse_ddl::MIGRATIONS;
 use tokio::sync::watch;
 
 /// Runs the CLI to completion (at most two minutes); (success, stdout, stderr).
@@ -134,13 +135,16 @@ fn migrate_twice_changes_nothing_and_the_schema_matches_the_encoder() {
     let before = snapshot();
     let second = migrate(&ch, "mig");
     assert!(
-        second.contains("schema up to date (7 migrations)"),
+        second.contains(&format!(
+            "schema up to date ({} migrations)",
+            MIGRATIONS.len()
+        )),
         "{second}"
     );
     assert_eq!(before, snapshot(), "a second migrate changed the schema");
     assert_eq!(
         ch.scalar("SELECT count() FROM mig.schema_migrations"),
-        7,
+        MIGRATIONS.len() as u64,
         "each migration recorded once"
     );
 
@@ -255,7 +259,10 @@ fn https_urls_are_verified_tls() {
     let (ok, stdout, stderr) = run_cli(&args, &[("SSL_CERT_FILE", ca)]);
     assert!(ok, "migrate over TLS: {stderr}");
     assert!(stdout.contains("applied 001_connectivity"), "{stdout}");
-    assert_eq!(ch.scalar("SELECT count() FROM tls.schema_migrations"), 6);
+    assert_eq!(
+        ch.scalar("SELECT count() FROM tls.schema_migrations"),
+        MIGRATIONS.len() as u64
+    );
 
     let empty = tempfile::NamedTempFile::new().unwrap();
     let (ok, _, stderr) = run_cli(&args, &[("SSL_CERT_FILE", empty.path().to_str().unwrap())]);
@@ -569,7 +576,7 @@ async fn standalone_creates_the_schema_and_fills_clickhouse() {
     .await;
     assert_eq!(
         ch.scalar("SELECT count() FROM standalone.schema_migrations"),
-        6
+        MIGRATIONS.len() as u64
     );
 }
 

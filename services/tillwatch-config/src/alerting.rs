@@ -652,6 +652,56 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn rollup_rules_and_the_directory_source_are_a_few_lines_and_mistakes_are_named() {
+        let config = Config::from_toml(
+            r#"
+            [alerting.rollup_rules.battery_health]
+            below_pct = 60
+            [scheduler.merchant_directory]
+            url = "postgres://reader:secret@crm.internal/crm"
+            query = "SELECT id AS merchant_id, shop AS store_id FROM shops"
+            "#,
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let r = &config.alerting.rollup_rules;
+        assert_eq!(r.battery_health.below_pct, 60);
+        assert_eq!(r.battery_health.drop_pct, 5, "its own default");
+        assert_eq!(r.cohort_regression.factor, 2.0);
+        let source = config.scheduler.merchant_directory.as_ref().unwrap();
+        assert!(!format!("{source:?}").contains("secret"), "{source:?}");
+
+        let wrong = Config::from_toml(
+            "[alerting.rollup_rules.battery_health]
+below = 60
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(wrong.contains("below"), "{wrong}");
+        let invalid = Config::from_toml(
+            r#"
+            [alerting.rollup_rules.chronic_poor_connectivity]
+            min_days = 9
+            [scheduler.merchant_directory]
+            url = "mysql://crm"
+            query = " "
+            "#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "alerting.rollup_rules.chronic_poor_connectivity",
+            "scheduler.merchant_directory.url",
+            "scheduler.merchant_directory.query",
+        ] {
+            assert!(invalid.contains(needle), "{needle} missing from {invalid}");
+        }
+    }
+
+    #[test]
     fn a_rule_given_in_part_keeps_its_own_defaults_for_the_rest() {
         let config = Config::from_toml(
             "[alerting.rules.battery_critical]\nthreshold = 8\n\n[alerting.rules.offline]\nfor = \"0s\"\n",

@@ -116,8 +116,10 @@ impl ClickHouseEngine {
                 _ => quote_ident(f.name()),
             })
             .collect();
+        // The filter sits in a subquery: ClickHouse aliases are query-wide,
+        // and the time column's alias (milliseconds) would shadow it.
         let sql = format!(
-            "SELECT {} FROM {staging} WHERE {} = toDateTime({}, 'UTC') ORDER BY {}",
+            "SELECT {} FROM (SELECT * FROM {staging} WHERE {} = toDateTime({}, 'UTC')) ORDER BY {}",
             columns.join(", "),
             quote_ident(&time),
             partition.start_ms.div_euclid(1000),

@@ -94,8 +94,15 @@ impl Embedded {
         self.lake.root().join(job).join(dir).join("part.parquet")
     }
 
-    fn context() -> SessionContext {
-        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2))
+    /// A DataFusion session: two partitions (this is a background job,
+    /// not a query service), and strings read from Parquet as plain
+    /// `Utf8`, so every job's files have one schema whichever engine or
+    /// input wrote them.
+    pub fn context() -> SessionContext {
+        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2).set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        ))
     }
 
     /// Registers one raw table holding just `partition`'s hour: the files

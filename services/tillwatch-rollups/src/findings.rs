@@ -19,7 +19,7 @@ use std::sync::Arc;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type};
 use datafusion::datasource::MemTable;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use tillwatch_config::RollupRulesConfig;
 use tillwatch_meta::FindingRecord;
 use tillwatch_scheduler::{Grain, Partition};
@@ -139,7 +139,7 @@ fn device_finding(
 }
 
 fn context() -> SessionContext {
-    SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2))
+    Embedded::context()
 }
 
 async fn chronic_poor_connectivity(

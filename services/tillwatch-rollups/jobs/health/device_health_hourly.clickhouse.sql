@@ -2,7 +2,9 @@
 -- statement beside it. ClickHouse 18.16 allows one JOIN per SELECT, so the
 -- four raw tables are stacked (UNION ALL) with a kind `k` and generic value
 -- columns, and each figure aggregates its own kind (-If combinators). FINAL
--- keeps one row per reading however often it was delivered.
+-- keeps one row per reading however often it was delivered. Weighted
+-- quantiles skip rows of weight 0 (they count for nothing, and 18.16's
+-- t-digest can return nan when one is the largest value).
 SELECT
     toDateTime({start_s}, 'UTC') AS hour,
     device_id,
@@ -23,9 +25,9 @@ SELECT
     if(countIf(k = 2) = 0, NULL, quantileTDigestIf(0.95)(x2, k = 2)) AS host_latency_p95_ms,
     toInt64(sumIf(x3, k = 2)) AS disconnects,
     toInt64(sumIf(x1, k = 3)) AS transactions,
-    if(sumIf(x1, k = 3) = 0, NULL, quantileTDigestWeightedIf(0.5)(x2, toUInt64(x1), k = 3)) AS txn_latency_p50_ms,
-    if(sumIf(x1, k = 3) = 0, NULL, quantileTDigestWeightedIf(0.95)(x2, toUInt64(x1), k = 3)) AS txn_latency_p95_ms,
-    if(sumIf(x1, k = 3) = 0, NULL, quantileTDigestWeightedIf(0.99)(x2, toUInt64(x1), k = 3)) AS txn_latency_p99_ms,
+    if(sumIf(x1, k = 3) = 0, NULL, quantileTDigestWeightedIf(0.5)(x2, toUInt64(x1), k = 3 AND x1 > 0)) AS txn_latency_p50_ms,
+    if(sumIf(x1, k = 3) = 0, NULL, quantileTDigestWeightedIf(0.95)(x2, toUInt64(x1), k = 3 AND x1 > 0)) AS txn_latency_p95_ms,
+    if(sumIf(x1, k = 3) = 0, NULL, quantileTDigestWeightedIf(0.99)(x2, toUInt64(x1), k = 3 AND x1 > 0)) AS txn_latency_p99_ms,
     toInt64(sumIf(x3, k = 3)) AS crashes,
     toInt64(sumIf(x4, k = 3)) AS hangs,
     if(countIf(k = 4) = 0, NULL, toUInt32(maxIf(x1, k = 4))) AS offline_queue_max,
