@@ -9,6 +9,9 @@
 //! two firmware cohorts and an upgrade at noon, one terminal offline for
 //! three hours, one without payment readings for two, charging spells,
 //! crashes: the edges where NULLs and missing kinds meet the aggregates.
+//! Terminals' stores lie in three zones (Berlin, New York, none: UTC), so
+//! the daily rollup counts each terminal's local day; half the terminals
+//! have a state history giving minutes online.
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +26,7 @@ use tillwatch_integration_tests::ClickHouseServer;
 use tillwatch_rollups::clickhouse::ClickHouseEngine;
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
+use tillwatch_rollups::side::{DeviceFacts, FixedSideInputs, OnlineTime};
 use tillwatch_scheduler::{Executor, Grain, JobSpec, Partition};
 use tillwatch_storage::{Lake, Staging, StoredReading, read_file};
 
@@ -241,6 +245,56 @@ async fn run(engine: &dyn Executor, job: &JobSpec, partition: Partition) -> u64 
         .rows
 }
 
+const HOUR: i64 = 60 * MIN;
+
+/// Terminal `d`'s store's time zone.
+fn zone_of(d: u32) -> Option<&'static str> {
+    match d % 4 {
+        1 => Some("Europe/Berlin"),
+        2 => Some("America/New_York"),
+        _ => None,
+    }
+}
+
+/// Minutes online of terminal `d` in hour `h` of the day, from its state
+/// history: the even terminals have one.
+fn online_minutes(d: u32, h: i64) -> Option<f64> {
+    d.is_multiple_of(2)
+        .then(|| ((i64::from(d) * 7 + h * 13) % 61) as f64 + 0.25)
+}
+
+/// The readings expected of it then: every other one has a known cadence.
+fn readings_expected(d: u32, h: i64) -> Option<f64> {
+    online_minutes(d, h)
+        .filter(|_| d.is_multiple_of(4))
+        .map(|m| (m / 2.0).round())
+}
+
+fn side_inputs() -> FixedSideInputs {
+    let mut side = FixedSideInputs::default();
+    for h in 0..24 {
+        let rows = (0..DEVICES)
+            .filter_map(|d| {
+                Some(OnlineTime {
+                    device_id: format!("t-{d:02}"),
+                    minutes_online: online_minutes(d, h)?,
+                    readings_expected: readings_expected(d, h),
+                })
+            })
+            .collect();
+        side.online.insert(DAY + h * HOUR, rows);
+    }
+    side.devices = (0..DEVICES)
+        .map(|d| DeviceFacts {
+            device_id: format!("t-{d:02}"),
+            time_zone: zone_of(d).map(String::from),
+            // Two models, and one terminal the registry does not know.
+            model: (d != 9).then(|| if d < 8 { "A920" } else { "P2" }.to_string()),
+        })
+        .collect();
+    side
+}
+
 fn output(lake: &Path, job: &str, partition: Partition) -> PathBuf {
     Embedded::new(Lake::new(lake)).output_path(job, partition)
 }
@@ -274,24 +328,30 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
     );
 
     // The embedded engine writes beside the raw data; the ClickHouse
-    // engine's lake copy goes to a lake of its own.
-    let embedded = Embedded::new(raw.clone());
+    // engine's lake copy goes to a lake of its own. Both read the same
+    // minutes online and time zones.
+    let side = std::sync::Arc::new(side_inputs());
+    let embedded = Embedded::with_side_inputs(raw.clone(), side.clone());
     let ch_lake = dir.path().join("ch-lake");
-    let clickhouse = ClickHouseEngine::new(ch.clone(), Lake::new(&ch_lake));
+    let clickhouse =
+        ClickHouseEngine::with_side_inputs(ch.clone(), Lake::new(&ch_lake), side.clone());
     let engines: [(&dyn Executor, &Path); 2] =
         [(&embedded, raw.root()), (&clickhouse, ch_lake.as_path())];
 
     let day_partition = Partition::containing(Grain::Day, DAY);
     let hours = day_partition.covering(Grain::Hour);
-    let (hourly, daily, fleet) = (
+    let (hourly, mut daily, fleet) = (
         jobs::device_health_hourly(),
         jobs::device_health_daily(),
         jobs::fleet_health_daily(),
     );
+    // Stores from UTC-5 to UTC+1.
+    daily.reads_before_ms = HOUR;
+    daily.reads_after_ms = 5 * HOUR;
     let mut hourly_rows = [0u64; 2];
     for (i, (engine, _)) in engines.iter().enumerate() {
-        for hour in &hours {
-            hourly_rows[i] += run(*engine, &hourly, *hour).await;
+        for hour in daily.input_partitions(day_partition, Grain::Hour) {
+            hourly_rows[i] += run(*engine, &hourly, hour).await;
         }
         run(*engine, &daily, day_partition).await;
         run(*engine, &fleet, day_partition).await;
@@ -318,6 +378,52 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
         ));
     }
     eprintln!("largest quantile difference between the engines: {worst:.4}");
+
+    // Each terminal's day is its zone's, and its minutes online are those
+    // of the hours it reported in that day.
+    let (columns, rows) = table(&output(
+        raw.root(),
+        jobs::DEVICE_HEALTH_DAILY,
+        day_partition,
+    ));
+    let col = |name: &str| columns.iter().position(|(c, _)| c == name).unwrap();
+    for (d, row) in rows.iter().enumerate() {
+        let d = d as u32;
+        assert_eq!(row[col("device_id")], Value::Text(format!("t-{d:02}")));
+        let (from, to) = match zone_of(d) {
+            Some("Europe/Berlin") => (0, 23),
+            Some("America/New_York") => (5, 24),
+            _ => (0, 24),
+        };
+        let reported: Vec<i64> = (from..to)
+            .filter(|h| !(d == 7 && (3..6).contains(h)))
+            .collect();
+        assert_eq!(
+            row[col("hours_reported")],
+            Value::Num(reported.len() as f64),
+            "t-{d:02}"
+        );
+        let online: Vec<f64> = reported
+            .iter()
+            .filter_map(|h| online_minutes(d, *h))
+            .collect();
+        let want = if online.is_empty() {
+            Value::Null
+        } else {
+            Value::Num(online.iter().sum())
+        };
+        assert_eq!(row[col("minutes_online")], want, "t-{d:02}");
+        let expected: Vec<f64> = reported
+            .iter()
+            .filter_map(|h| readings_expected(d, *h))
+            .collect();
+        let want = if expected.is_empty() {
+            Value::Null
+        } else {
+            Value::Num(expected.iter().sum())
+        };
+        assert_eq!(row[col("readings_expected")], want, "t-{d:02}");
+    }
 
     // What the ClickHouse tables hold is what the lake copy holds.
     assert_eq!(

@@ -40,10 +40,38 @@ fn sum_column(path: &Path, column: &str) -> i64 {
         .sum()
 }
 
-/// Battery readings in the raw lake for the hours of `day`.
+/// The simulated terminals' time zone (the simulator reports it).
+const SIM_ZONE: &str = "Europe/London";
+/// The span of UTC offsets the test gives the scheduler: London's.
+const SPAN: [i8; 2] = [0, 1];
+
+/// The UTC hours of `day` in London: those starting on that date there.
+fn london_hours(day: Partition) -> Vec<Partition> {
+    let tz = jiff::tz::TimeZone::get(SIM_ZONE).unwrap();
+    let date = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .unwrap()
+            .to_zoned(tz.clone())
+            .date()
+    };
+    let want = jiff::Timestamp::from_millisecond(day.start_ms)
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    Partition::range(
+        Grain::Hour,
+        day.start_ms - 2 * HOUR,
+        day.end_ms() + 2 * HOUR,
+    )
+    .into_iter()
+    .filter(|h| date(h.start_ms) == want)
+    .collect()
+}
+
+/// Battery readings in the raw lake for the hours of `day`, London's day.
 fn raw_battery_rows(lake: &Lake, day: Partition) -> i64 {
     let table = tillwatch_storage::Table::Reading(tillwatch_domain::Kind::Battery);
-    day.covering(Grain::Hour)
+    london_hours(day)
         .into_iter()
         .flat_map(|h| lake.hour_files(table, tillwatch_domain::HourPartition(h.start_ms / HOUR)))
         .map(|f| {
@@ -61,6 +89,10 @@ fn cli(args: &[&str], data_dir: &Path) -> (bool, String, String) {
         .args(args)
         .env("TILLWATCH__DATA_DIR", data_dir)
         .env("TILLWATCH__SCHEDULER__ENGINE", "embedded")
+        .env(
+            "TILLWATCH__SCHEDULER__LOCAL_DAY_UTC_OFFSETS",
+            format!("[{}, {}]", SPAN[0], SPAN[1]),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -84,6 +116,9 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     config.scheduler.tick = Duration::from_millis(200);
     config.scheduler.engine = RollupEngine::Embedded;
     config.scheduler.start = "2d".into();
+    // Daily rollups count the stores' local days (the simulated terminals
+    // are in London): the span of their zone.
+    config.scheduler.local_day_utc_offsets = SPAN;
     for job in [jobs::RAW_COMPACTION, jobs::DEVICE_HEALTH_HOURLY] {
         config.scheduler.jobs.insert(
             job.into(),
@@ -173,8 +208,8 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     assert_eq!(lineage["downstream"][0]["job"], jobs::FLEET_HEALTH_DAILY);
     assert_eq!(
         lineage["current_run"]["inputs"].as_array().unwrap().len(),
-        24,
-        "the day read its 24 hours"
+        25,
+        "the day read its 24 hours and the hour before (UTC+1 in summer)"
     );
     let (status, body) = http_get(
         http_addr,
@@ -259,7 +294,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     );
     // Compaction left one file per raw table-hour.
     let table = tillwatch_storage::Table::Reading(tillwatch_domain::Kind::Battery);
-    for hour in yesterday.covering(Grain::Hour) {
+    for hour in london_hours(yesterday) {
         let files = lake.hour_files(table, tillwatch_domain::HourPartition(hour.start_ms / HOUR));
         assert!(files.len() <= 1, "{hour}: {files:?}");
     }

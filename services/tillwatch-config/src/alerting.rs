@@ -683,6 +683,8 @@ below = 60
             r#"
             [alerting.rollup_rules.chronic_poor_connectivity]
             min_days = 9
+            [scheduler]
+            local_day_utc_offsets = [2, 14]
             [scheduler.merchant_directory]
             url = "mysql://crm"
             query = " "
@@ -696,6 +698,7 @@ below = 60
             "alerting.rollup_rules.chronic_poor_connectivity",
             "scheduler.merchant_directory.url",
             "scheduler.merchant_directory.query",
+            "scheduler.local_day_utc_offsets: [2, 14]",
         ] {
             assert!(invalid.contains(needle), "{needle} missing from {invalid}");
         }

@@ -486,6 +486,13 @@ impl Config {
                     .into(),
             );
         }
+        let [west, east] = self.scheduler.local_day_utc_offsets;
+        if !(-12..=0).contains(&west) || !(0..=14).contains(&east) {
+            errors.push(format!(
+                "scheduler.local_day_utc_offsets: [{west}, {east}] is not a span of UTC offsets: \
+                 the first must be from -12 to 0 and the second from 0 to 14"
+            ));
+        }
         if let Some(d) = &self.scheduler.merchant_directory {
             if !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
                 errors.push("scheduler.merchant_directory.url: must be a postgres:// URL".into());

@@ -42,6 +42,15 @@ pub struct SchedulerConfig {
     /// from this database on its schedule (hourly unless
     /// `[scheduler.jobs.merchant_directory]` says otherwise).
     pub merchant_directory: Option<DirectorySource>,
+    /// The UTC offsets, in whole hours, that the stores' time zones span,
+    /// as `[west, east]` (default `[-12, 14]`: every zone).
+    /// `device_health_daily` counts each terminal's hours in its store's
+    /// local day (see ARCHITECTURE.md), so a day's partition reads the
+    /// hourly ones from `east` hours before the UTC day to `-west` hours
+    /// after it, and waits for them. Narrow it to the fleet's zones for
+    /// earlier daily rollups (`[0, 2]` for western and central Europe);
+    /// `[0, 0]` makes every day a UTC day.
+    pub local_day_utc_offsets: [i8; 2],
 }
 
 /// An external PostgreSQL holding the merchants and stores, and the query
@@ -91,6 +100,7 @@ impl Default for SchedulerConfig {
             start: "7d".into(),
             jobs: BTreeMap::new(),
             merchant_directory: None,
+            local_day_utc_offsets: [-12, 14],
         }
     }
 }

@@ -95,3 +95,191 @@ impl MetaStore {
             .map_err(self.db())
     }
 }
+
+/// One device's time online within an hour, and the readings it should
+/// then have sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnlineTime {
+    pub device_id: String,
+    pub minutes_online: f64,
+    /// Readings of each kind expected while online: the time online over
+    /// the terminal's learned reporting interval, when it has one.
+    pub readings_expected: Option<f64>,
+}
+
+/// Minutes each device spent online within `[start_ms, end_ms)`, from the
+/// state history: the state a device was in at `start_ms` (its latest
+/// change before then) carries on until its next change. Time before a
+/// device's first recorded state is not counted as online.
+pub fn minutes_online(
+    before: &[(String, String)],
+    changes: &[(String, i64, String)],
+    start_ms: i64,
+    end_ms: i64,
+) -> Vec<(String, f64)> {
+    use std::collections::BTreeMap;
+    let online = |state: &str| ConnState::parse(state) == Some(ConnState::Online);
+    /// Online at the start (if known), then each change to online or not.
+    type Timeline = (Option<bool>, Vec<(i64, bool)>);
+    let mut timelines: BTreeMap<&str, Timeline> = BTreeMap::new();
+    for (device, state) in before {
+        timelines.entry(device).or_default().0 = Some(online(state));
+    }
+    for (device, at, state) in changes {
+        timelines
+            .entry(device)
+            .or_default()
+            .1
+            .push((*at, online(state)));
+    }
+    timelines
+        .into_iter()
+        .map(|(device, (at_start, mut steps))| {
+            steps.sort_by_key(|(at, _)| *at);
+            let mut total = 0i64;
+            let mut since = start_ms;
+            let mut state = at_start.unwrap_or(false);
+            for (at, next) in steps {
+                let at = at.clamp(start_ms, end_ms);
+                if state {
+                    total += at - since;
+                }
+                since = at;
+                state = next;
+            }
+            if state {
+                total += end_ms - since;
+            }
+            (device.to_string(), total as f64 / 60_000.0)
+        })
+        .collect()
+}
+
+impl MetaStore {
+    /// [`minutes_online`] of every device with a recorded state in or
+    /// before `[start_ms, end_ms)`, with the readings expected of it.
+    pub async fn online_time(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<OnlineTime>, MetaError> {
+        // Each device's latest change before the start: one index probe
+        // per device on (device_id, at_ms).
+        let devices = sqlx::query(
+            "SELECT d.device_id, d.cadence_ms, (SELECT h.to_state FROM connectivity_history h \
+               WHERE h.device_id = d.device_id AND h.at_ms < $1 \
+               ORDER BY h.at_ms DESC LIMIT 1) AS state \
+             FROM device_connectivity d",
+        )
+        .bind(start_ms)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        let mut before = Vec::new();
+        let mut cadence = std::collections::HashMap::new();
+        for r in &devices {
+            let device: String = r.try_get("device_id").map_err(self.db())?;
+            let state: Option<String> = r.try_get("state").map_err(self.db())?;
+            let gap: Option<i64> = r.try_get("cadence_ms").map_err(self.db())?;
+            if let Some(gap) = gap.filter(|g| *g > 0) {
+                cadence.insert(device.clone(), gap as f64);
+            }
+            if let Some(state) = state {
+                before.push((device, state));
+            }
+        }
+        let changes = sqlx::query(
+            "SELECT device_id, at_ms, to_state FROM connectivity_history \
+             WHERE at_ms >= $1 AND at_ms < $2",
+        )
+        .bind(start_ms)
+        .bind(end_ms)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        let changes = changes
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("device_id")?,
+                    r.try_get("at_ms")?,
+                    r.try_get("to_state")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(self.db())?;
+        Ok(minutes_online(&before, &changes, start_ms, end_ms)
+            .into_iter()
+            .map(|(device_id, minutes_online)| OnlineTime {
+                readings_expected: cadence
+                    .get(&device_id)
+                    .map(|gap| (minutes_online * 60_000.0 / gap).round()),
+                device_id,
+                minutes_online,
+            })
+            .collect())
+    }
+
+    /// What the daily rollups need to know of each device: its local
+    /// time zone (its store's from the merchant directory, else the one
+    /// the terminal reports) and its model.
+    pub async fn device_facts(&self) -> Result<Vec<DeviceFacts>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT d.device_id, COALESCE(s.time_zone, d.time_zone) AS zone, d.model FROM devices d \
+             LEFT JOIN stores s ON s.merchant_id = d.merchant_id AND s.store_id = d.store_id \
+             ORDER BY d.device_id",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeviceFacts {
+                    device_id: r.try_get("device_id")?,
+                    time_zone: r.try_get("zone")?,
+                    model: r.try_get("model")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(self.db())
+    }
+}
+
+/// A device as the daily rollups see it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DeviceFacts {
+    pub device_id: String,
+    /// IANA name.
+    pub time_zone: Option<String>,
+    pub model: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::minutes_online;
+
+    fn s(v: &str) -> String {
+        v.to_string()
+    }
+
+    #[test]
+    fn minutes_online_follow_the_state_changes_within_the_hour() {
+        const H: i64 = 3_600_000;
+        const M: i64 = 60_000;
+        let before = [(s("a"), s("online")), (s("b"), s("last_will"))];
+        let changes = [
+            // a drops at :10 and is back at :25.
+            (s("a"), 10 * M, s("silence")),
+            (s("a"), 25 * M, s("online")),
+            // b comes back at :45.
+            (s("b"), 45 * M, s("online")),
+            // c is first seen at :30.
+            (s("c"), 30 * M, s("online")),
+        ];
+        let got = minutes_online(&before, &changes, 0, H);
+        assert_eq!(got, [(s("a"), 45.0), (s("b"), 15.0), (s("c"), 30.0)]);
+        // A device that changed nothing keeps its state all hour.
+        let got = minutes_online(&[(s("d"), s("online")), (s("e"), s("shutdown"))], &[], 0, H);
+        assert_eq!(got, [(s("d"), 60.0), (s("e"), 0.0)]);
+    }
+}

@@ -27,7 +27,7 @@ pub use alerts::{
     AlertFilter, AlertRecord, AlertState, Delivery, MerchantRecord, SilenceRecord, StoreRecord,
 };
 pub use batch::StateBatch;
-pub use connectivity::HistoryEntry;
+pub use connectivity::{DeviceFacts, HistoryEntry, OnlineTime};
 pub use findings::{Evaluation, FindingRecord};
 pub use jobs::{Claim, JobPartitionRow, JobRunRow};
 pub use migrations::{MIGRATIONS, Migration, MigrationReport};

@@ -205,6 +205,15 @@ CREATE TABLE rollup_findings (
 );
 ",
     },
+    Migration {
+        version: 8,
+        name: "connectivity_history_by_time",
+        // The hourly rollup reads every device's state changes within an
+        // hour (minutes online).
+        sql: "
+CREATE INDEX connectivity_history_by_time ON connectivity_history (at_ms);
+",
+    },
 ];
 
 /// What a migration run did.

@@ -51,12 +51,13 @@ async fn registry_behaviour(store: &MetaStore) {
             "004_jobs",
             "005_job_requests",
             "006_merchants",
-            "007_rollup_findings"
+            "007_rollup_findings",
+            "008_connectivity_history_by_time"
         ]
     );
     let again = store.migrate().await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");
-    assert_eq!(again.already_applied, 7);
+    assert_eq!(again.already_applied, MIGRATIONS.len());
 
     let m1 = MerchantId::new("m-1").unwrap();
     // Telemetry first: the device enters the registry on first sight.
@@ -168,7 +169,10 @@ async fn the_registry_on_sqlite() {
     // The file keeps it: a new connection sees the same.
     drop(store);
     let store = MetaStore::connect(&db.url).await.unwrap();
-    assert_eq!(store.migrate().await.unwrap().already_applied, 7);
+    assert_eq!(
+        store.migrate().await.unwrap().already_applied,
+        MIGRATIONS.len()
+    );
     assert!(store.device("t-1").await.unwrap().is_some());
 }
 
@@ -329,6 +333,132 @@ async fn alerts_and_deliveries_on_postgresql() {
     let db = TestDatabase::postgres().await;
     let store = MetaStore::connect(&db.url).await.unwrap();
     alerts_behaviour(&store).await;
+    drop(store);
+    db.drop_it().await;
+}
+
+/// What the rollups read from the store: minutes online from the state
+/// history, with the readings expected at the terminal's cadence, and each
+/// terminal's zone (its store's, else its own).
+async fn rollup_inputs_behaviour(store: &MetaStore) {
+    use tillwatch_domain::connectivity::{
+        ConnState, ConnectivitySnapshot, OfflineReason, Transition,
+    };
+    store.migrate().await.unwrap();
+    const H: i64 = 1_795_132_800_000;
+    const M: i64 = 60_000;
+    let snapshot = |state: ConnState, at: i64, gap: Option<f64>| ConnectivitySnapshot {
+        state: Some(state),
+        since: UtcMillis(at),
+        boot: Some(BootId(1)),
+        last_telemetry: Some(UtcMillis(at)),
+        gap_ms: gap,
+    };
+    let change = |from: Option<ConnState>, to: ConnState, at: i64| Transition {
+        from,
+        to,
+        at: UtcMillis(at),
+    };
+    let silence = ConnState::Offline(OfflineReason::Silence);
+    // t-1: online since the hour before, silent from :40; reports every 30 s.
+    store
+        .save_connectivity(
+            "t-1",
+            &snapshot(ConnState::Online, H - 30 * M, Some(30_000.0)),
+            Some(&change(None, ConnState::Online, H - 30 * M)),
+        )
+        .await
+        .unwrap();
+    store
+        .save_connectivity(
+            "t-1",
+            &snapshot(silence, H + 40 * M, Some(30_000.0)),
+            Some(&change(Some(ConnState::Online), silence, H + 40 * M)),
+        )
+        .await
+        .unwrap();
+    // t-2: first seen at :15, cadence not learned yet.
+    store
+        .save_connectivity(
+            "t-2",
+            &snapshot(ConnState::Online, H + 15 * M, None),
+            Some(&change(None, ConnState::Online, H + 15 * M)),
+        )
+        .await
+        .unwrap();
+    let mut got = store.online_time(H, H + 60 * M).await.unwrap();
+    got.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+    let got: Vec<(String, f64, Option<f64>)> = got
+        .into_iter()
+        .map(|o| (o.device_id, o.minutes_online, o.readings_expected))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("t-1".to_string(), 40.0, Some(80.0)),
+            ("t-2".to_string(), 45.0, None)
+        ]
+    );
+    // The next hour: t-1 silent throughout, t-2 online throughout.
+    let next = store.online_time(H + 60 * M, H + 120 * M).await.unwrap();
+    assert!(
+        next.iter()
+            .any(|o| o.device_id == "t-1" && o.minutes_online == 0.0)
+    );
+    assert!(
+        next.iter()
+            .any(|o| o.device_id == "t-2" && o.minutes_online == 60.0)
+    );
+
+    // Zones: t-1's store is in the directory with its own zone; t-2's is
+    // not, so the zone its terminal reports counts.
+    store
+        .record_info(&info("t-1", "s-1", H, "1.0"))
+        .await
+        .unwrap();
+    store
+        .record_info(&info("t-2", "s-2", H, "1.0"))
+        .await
+        .unwrap();
+    store
+        .upsert_store(&tillwatch_meta::StoreRecord {
+            merchant_id: "m-1".into(),
+            store_id: "s-1".into(),
+            name: None,
+            time_zone: Some("America/New_York".into()),
+            hours: None,
+            updated_at_ms: H,
+        })
+        .await
+        .unwrap();
+    let facts: Vec<(String, Option<String>, Option<String>)> = store
+        .device_facts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.device_id, f.time_zone, f.model))
+        .collect();
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        facts,
+        [
+            ("t-1".into(), some("America/New_York"), some("A920")),
+            ("t-2".into(), some("Europe/Berlin"), some("A920"))
+        ]
+    );
+}
+
+#[tokio::test]
+async fn rollup_inputs_on_sqlite() {
+    let db = TestDatabase::sqlite();
+    rollup_inputs_behaviour(&MetaStore::connect(&db.url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn rollup_inputs_on_postgresql() {
+    let db = TestDatabase::postgres().await;
+    let store = MetaStore::connect(&db.url).await.unwrap();
+    rollup_inputs_behaviour(&store).await;
     drop(store);
     db.drop_it().await;
 }

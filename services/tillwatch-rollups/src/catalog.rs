@@ -147,7 +147,12 @@ pub fn catalog(config: &SchedulerConfig, now_ms: i64) -> Result<Catalog, Vec<Str
         }
     }
     let none = JobSettings::default();
+    let [west, east] = config.local_day_utc_offsets;
     for job in &mut jobs {
+        if job.name == jobs::DEVICE_HEALTH_DAILY {
+            job.reads_before_ms = i64::from(east.max(0)) * 3_600_000;
+            job.reads_after_ms = -i64::from(west.min(0)) * 3_600_000;
+        }
         let settings = config.jobs.get(&job.name).unwrap_or(&none);
         apply(job, settings, default_start, now_ms, &mut errors);
     }

@@ -28,6 +28,13 @@ use tillwatch_storage::clickhouse_ddl::quote_ident;
 
 use crate::embedded::Embedded;
 use crate::jobs;
+use crate::side::{self, NoSideInputs, SideInputs};
+
+/// The side tables (migration 008), one partition per interval as the
+/// rollup tables.
+const ONLINE: &str = "rollup_minutes_online";
+const DEVICES: &str = "rollup_devices";
+const ZONE_HOURS: &str = "rollup_zone_hours";
 
 pub struct ClickHouseEngine {
     ch: ClickHouse,
@@ -47,7 +54,7 @@ pub fn partition_id(partition: Partition) -> i64 {
 /// DataFusion statements sort them.
 fn sort_key(job: &str) -> &'static str {
     if job == jobs::FLEET_HEALTH_DAILY {
-        "merchant_id, store_id, firmware_version, app_version"
+        "merchant_id, store_id, firmware_version, app_version, model"
     } else {
         "device_id"
     }
@@ -71,16 +78,27 @@ fn relaxed(schema: &Schema) -> SchemaRef {
 }
 
 impl ClickHouseEngine {
+    /// Over the lake alone (see [`Embedded::new`]).
     pub fn new(ch: ClickHouse, lake: Lake) -> ClickHouseEngine {
+        ClickHouseEngine::with_side_inputs(ch, lake, Arc::new(NoSideInputs))
+    }
+
+    /// With the metadata the rollups read beside the lake.
+    pub fn with_side_inputs(
+        ch: ClickHouse,
+        lake: Lake,
+        side: Arc<dyn SideInputs>,
+    ) -> ClickHouseEngine {
         ClickHouseEngine {
             ch,
-            lake: Embedded::new(lake),
+            lake: Embedded::with_side_inputs(lake, side),
         }
     }
 
     /// The `SELECT` of a job for one interval, ready to send.
-    pub fn select(&self, job: &str, partition: Partition) -> Result<String, String> {
-        let sql = jobs::sql(job).ok_or_else(|| format!("no built-in job {job:?}"))?;
+    pub fn select(&self, job: &JobSpec, partition: Partition) -> Result<String, String> {
+        let sql = jobs::sql(&job.name).ok_or_else(|| format!("no built-in job {:?}", job.name))?;
+        let seconds = |ms: i64| ms.div_euclid(1000).to_string();
         Ok(sql
             .clickhouse
             .replace("{database}", &quote_ident(self.ch.database()))
@@ -91,7 +109,57 @@ impl ClickHouseEngine {
             .replace(
                 "{end_s}",
                 &(partition.end_ms().div_euclid(1000)).to_string(),
-            ))
+            )
+            .replace(
+                "{from_s}",
+                &seconds(partition.start_ms - job.reads_before_ms),
+            )
+            .replace("{to_s}", &seconds(partition.end_ms() + job.reads_after_ms)))
+    }
+
+    /// Fills the side tables the job reads for `partition` (their
+    /// partition for this interval, cleared first); returns the tables to
+    /// clear after the run.
+    async fn side_inputs(
+        &self,
+        job: &JobSpec,
+        partition: Partition,
+    ) -> Result<Vec<&'static str>, String> {
+        let id = partition_id(partition);
+        let fill = |table: &'static str, columns: &'static str, rows: Vec<u8>| async move {
+            let fail = err("filling the side inputs", &job.name, partition);
+            self.ch
+                .execute(&format!(
+                    "ALTER TABLE {} DROP PARTITION {id}",
+                    self.ch.table(table)
+                ))
+                .await
+                .map_err(&fail)?;
+            if !rows.is_empty() {
+                self.ch
+                    .insert_row_binary(table, columns, rows.into())
+                    .await
+                    .map_err(&fail)?;
+            }
+            Ok::<_, String>(table)
+        };
+        match job.name.as_str() {
+            jobs::DEVICE_HEALTH_HOURLY => {
+                let online = self.lake.side_inputs().online_time(partition).await?;
+                let rows = side::online_row_binary(partition, &online);
+                let columns = "hour, device_id, minutes_online, readings_expected";
+                Ok(vec![fill(ONLINE, columns, rows).await?])
+            }
+            jobs::DEVICE_HEALTH_DAILY => {
+                let local = self.lake.local_day(job, partition).await?;
+                let (devices, hours) = side::local_day_row_binary(partition, &local);
+                Ok(vec![
+                    fill(DEVICES, "day, device_id, zone, model", devices).await?,
+                    fill(ZONE_HOURS, "day, zone, hour", hours).await?,
+                ])
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// Reads one staged interval back as Arrow batches of the job's lake
@@ -151,12 +219,14 @@ impl ClickHouseEngine {
     }
 
     /// Runs a built-in job for one interval (steps 1-5 above).
-    pub async fn run_job(&self, job: &str, partition: Partition) -> Result<Output, String> {
+    pub async fn run_job(&self, spec: &JobSpec, partition: Partition) -> Result<Output, String> {
+        let job = spec.name.as_str();
         if job == jobs::RAW_COMPACTION {
             // The lake's upkeep; ClickHouse merges its own parts.
             return self.lake.raw_compaction(partition).await;
         }
-        let select = self.select(job, partition)?;
+        let select = self.select(spec, partition)?;
+        let sides = self.side_inputs(spec, partition).await?;
         let target = self.ch.table(job);
         let staging = self.ch.table(&format!("{job}_staging"));
         let id = partition_id(partition);
@@ -183,12 +253,21 @@ impl ClickHouseEngine {
             job,
             partition,
         ))?;
+        for table in sides {
+            self.ch
+                .execute(&format!(
+                    "ALTER TABLE {} DROP PARTITION {id}",
+                    self.ch.table(table)
+                ))
+                .await
+                .map_err(err("clearing the side inputs", job, partition))?;
+        }
         Ok(output)
     }
 }
 
 impl Executor for ClickHouseEngine {
     fn run<'a>(&'a self, job: &'a JobSpec, partition: Partition) -> RunFuture<'a> {
-        Box::pin(self.run_job(&job.name, partition))
+        Box::pin(self.run_job(job, partition))
     }
 }

@@ -30,6 +30,7 @@ use tillwatch_scheduler::{Grain, JobSpec, Output, Partition};
 
 use crate::embedded::Embedded;
 use crate::jobs::PLATFORM_OWNER;
+use crate::side::{put_nullable, put_string};
 
 pub const MERCHANT_DIRECTORY: &str = "merchant_directory";
 
@@ -167,26 +168,6 @@ pub fn batch(partition: Partition, entries: &[Entry]) -> RecordBatch {
         ],
     )
     .expect("the columns match the schema")
-}
-
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    let mut n = s.len() as u64;
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_nullable(out: &mut Vec<u8>, s: Option<&str>) {
-    match s {
-        Some(s) => {
-            out.push(0);
-            put_string(out, s);
-        }
-        None => out.push(1),
-    }
 }
 
 /// The snapshot as RowBinary for the `merchant_directory` table.

@@ -21,9 +21,11 @@ use crate::jobs::{
     DEVICE_HEALTH_DAILY, DEVICE_HEALTH_DAILY_SQL, DEVICE_HEALTH_HOURLY, DEVICE_HEALTH_HOURLY_SQL,
     FLEET_HEALTH_DAILY, FLEET_HEALTH_DAILY_SQL, RAW_COMPACTION,
 };
+use crate::side::{self, LocalDay, NoSideInputs, SideInputs};
 
 pub struct Embedded {
     lake: Lake,
+    side: Arc<dyn SideInputs>,
 }
 
 fn raw_table(name: &str) -> Option<Table> {
@@ -77,8 +79,41 @@ fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl Embedded {
+    /// Over the lake alone: minutes online unknown, every day a UTC day.
     pub fn new(lake: Lake) -> Embedded {
-        Embedded { lake }
+        Embedded::with_side_inputs(lake, Arc::new(NoSideInputs))
+    }
+
+    /// Over the lake and the metadata the rollups read beside it (see
+    /// [`crate::side`]).
+    pub fn with_side_inputs(lake: Lake, side: Arc<dyn SideInputs>) -> Embedded {
+        Embedded { lake, side }
+    }
+
+    pub fn side_inputs(&self) -> &Arc<dyn SideInputs> {
+        &self.side
+    }
+
+    /// Registers a batch as an in-memory table.
+    fn register_batch(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<(), String> {
+        let table =
+            MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(|e| e.to_string())?;
+        ctx.register_table(name, Arc::new(table))
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The local day of `day` as the daily job reads it.
+    pub async fn local_day(&self, job: &JobSpec, day: Partition) -> Result<LocalDay, String> {
+        let devices = self.side.devices().await?;
+        let local = side::local_day(
+            day,
+            day.start_ms - job.reads_before_ms,
+            day.end_ms() + job.reads_after_ms,
+            devices,
+        );
+        side::warn_once(&local.warnings);
+        Ok(local)
     }
 
     /// Where a job's partition lives in the lake.
@@ -209,32 +244,36 @@ impl Embedded {
         self.write(job, partition, batches).await
     }
 
-    /// Runs `device_health_daily` for one UTC day from its hourly partitions.
-    pub async fn device_health_daily(&self, partition: Partition) -> Result<Output, String> {
+    /// Runs `device_health_daily` for one day: each terminal's hours of
+    /// its local day (see [`crate::side`]), from the hourly partitions the
+    /// job reads.
+    pub async fn device_health_daily(
+        &self,
+        job: &JobSpec,
+        partition: Partition,
+    ) -> Result<Output, String> {
         let ctx = Self::context();
-        let hours = partition.covering(tillwatch_scheduler::Grain::Hour);
         let mut files = Vec::new();
-        for hour in &hours {
-            let path = self.output_path(DEVICE_HEALTH_HOURLY, *hour);
+        for hour in job.input_partitions(partition, tillwatch_scheduler::Grain::Hour) {
+            let path = self.output_path(DEVICE_HEALTH_HOURLY, hour);
             if !path.exists() {
                 return Err(format!(
                     "{DEVICE_HEALTH_HOURLY} {hour} has no output at {}",
                     path.display()
                 ));
             }
-            files.push(path);
+            files.push(path.display().to_string());
         }
-        let day_dir = files[0]
-            .parent()
-            .and_then(Path::parent)
-            .expect("hour directories are in a day directory");
-        ctx.register_parquet(
-            "hourly",
-            format!("{}/", day_dir.display()),
-            ParquetReadOptions::default(),
-        )
-        .await
-        .map_err(|e| format!("reading {}: {e}", day_dir.display()))?;
+        let frame = ctx
+            .read_parquet(files, ParquetReadOptions::default())
+            .await
+            .map_err(|e| format!("reading {DEVICE_HEALTH_HOURLY} for {partition}: {e}"))?;
+        ctx.register_table("hourly", frame.into_view())
+            .map_err(|e| e.to_string())?;
+        let local = self.local_day(job, partition).await?;
+        let (devices, zone_hours) = side::local_day_batches(&local);
+        Self::register_batch(&ctx, "devices", devices)?;
+        Self::register_batch(&ctx, "zone_hours", zone_hours)?;
         self.query_into(
             ctx,
             DEVICE_HEALTH_DAILY_SQL.datafusion,
@@ -276,6 +315,8 @@ impl Embedded {
         for name in crate::jobs::RAW_TABLES {
             self.register_hour(&ctx, name, partition).await?;
         }
+        let online = self.side.online_time(partition).await?;
+        Self::register_batch(&ctx, "online", side::online_batch(&online))?;
         self.query_into(
             ctx,
             DEVICE_HEALTH_HOURLY_SQL.datafusion,
@@ -299,6 +340,14 @@ impl Embedded {
             ctx.register_table(name, empty(schema(table))?)
                 .map_err(|e| e.to_string())?;
         }
+        Self::register_batch(&ctx, "online", side::online_batch(&[]))?;
+        let (devices, zone_hours) = side::local_day_batches(&LocalDay {
+            devices: Vec::new(),
+            zone_hours: Vec::new(),
+            warnings: Vec::new(),
+        });
+        Self::register_batch(&ctx, "devices", devices)?;
+        Self::register_batch(&ctx, "zone_hours", zone_hours)?;
         let plan = |sql: &str| sql.replace("{start_ms}", "0");
         let hourly = ctx
             .sql(&plan(DEVICE_HEALTH_HOURLY_SQL.datafusion))
@@ -343,7 +392,7 @@ impl Executor for Embedded {
             match job.name.as_str() {
                 RAW_COMPACTION => self.raw_compaction(partition).await,
                 DEVICE_HEALTH_HOURLY => self.device_health_hourly(partition).await,
-                DEVICE_HEALTH_DAILY => self.device_health_daily(partition).await,
+                DEVICE_HEALTH_DAILY => self.device_health_daily(job, partition).await,
                 FLEET_HEALTH_DAILY => self.fleet_health_daily(partition).await,
                 other => Err(format!("the embedded engine has no job {other:?}")),
             }

@@ -14,5 +14,6 @@ pub mod embedded;
 pub mod findings;
 pub mod jobs;
 pub mod service;
+pub mod side;
 
 pub use service::{SchedulerError, run_scheduler};

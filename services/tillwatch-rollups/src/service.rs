@@ -137,9 +137,15 @@ pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), Sched
     store.migrate().await?;
     let lake = Lake::new(config.data_dir.join("lake"));
     let ch = engine(config);
+    // Minutes online and the stores' time zones come from the store.
+    let side: Arc<dyn crate::side::SideInputs> = Arc::new(store.clone());
     let rollups: Arc<dyn Executor> = match &ch {
-        Some(ch) => Arc::new(ClickHouseEngine::new(ch.clone(), lake.clone())),
-        None => Arc::new(Embedded::new(lake.clone())),
+        Some(ch) => Arc::new(ClickHouseEngine::with_side_inputs(
+            ch.clone(),
+            lake.clone(),
+            side,
+        )),
+        None => Arc::new(Embedded::with_side_inputs(lake.clone(), side)),
     };
     let directory = config
         .scheduler

@@ -332,7 +332,10 @@ async fn the_daily_rollup_from_24_hours_matches_the_days_readings() {
     let fleet = Fleet::minutes(day.start_ms, 0..24 * 60);
     fleet.write(&lake);
     let engine = Embedded::new(lake.clone());
-    let err = engine.device_health_daily(day).await.unwrap_err();
+    let err = engine
+        .device_health_daily(&tillwatch_rollups::jobs::device_health_daily(), day)
+        .await
+        .unwrap_err();
     assert!(
         err.contains("has no output"),
         "the day needs its hours first: {err}"
@@ -340,7 +343,10 @@ async fn the_daily_rollup_from_24_hours_matches_the_days_readings() {
     for hour in day.covering(Grain::Hour) {
         engine.device_health_hourly(hour).await.unwrap();
     }
-    let out = engine.device_health_daily(day).await.unwrap();
+    let out = engine
+        .device_health_daily(&tillwatch_rollups::jobs::device_health_daily(), day)
+        .await
+        .unwrap();
     assert_eq!(out.rows, 3);
     let path = engine.output_path("device_health_daily", day);
     assert!(
@@ -421,4 +427,110 @@ async fn the_daily_rollup_from_24_hours_matches_the_days_readings() {
             "{device}: day p95 {p95} vs {exact}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_daily_partition_counts_each_terminals_local_day_and_its_minutes_online() {
+    use std::sync::Arc;
+    use tillwatch_rollups::side::{DeviceFacts, FixedSideInputs, OnlineTime};
+
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(dir.path().join("lake"));
+    let day = Partition::containing(Grain::Day, HOUR_START);
+    // Readings from 3 h before the UTC day to 3 h after it.
+    let fleet = Fleet::minutes(day.start_ms - 180 * MIN, 0..30 * 60);
+    fleet.write(&lake);
+    // t-0's store is in Berlin (UTC+1 in November), t-1's in São Paulo
+    // (UTC-3); t-2 has no zone and counts the UTC day.
+    let h = |n: i64| day.start_ms + n * 3_600_000;
+    let online = |device: &str, minutes: f64, expected: Option<f64>| OnlineTime {
+        device_id: device.into(),
+        minutes_online: minutes,
+        readings_expected: expected,
+    };
+    let side = FixedSideInputs {
+        online: [
+            (
+                h(5),
+                vec![online("t-0", 42.5, Some(43.0)), online("t-2", 60.0, None)],
+            ),
+            (h(6), vec![online("t-0", 60.0, Some(60.0))]),
+        ]
+        .into(),
+        devices: vec![
+            DeviceFacts {
+                device_id: "t-0".into(),
+                time_zone: Some("Europe/Berlin".into()),
+                model: Some("A920".into()),
+            },
+            DeviceFacts {
+                device_id: "t-1".into(),
+                time_zone: Some("America/Sao_Paulo".into()),
+                model: None,
+            },
+        ],
+    };
+    let engine = Embedded::with_side_inputs(lake.clone(), Arc::new(side));
+    let mut job = tillwatch_rollups::jobs::device_health_daily();
+    job.reads_before_ms = 2 * 3_600_000;
+    job.reads_after_ms = 3 * 3_600_000;
+    for hour in job.input_partitions(day, Grain::Hour) {
+        engine.device_health_hourly(hour).await.unwrap();
+    }
+    let hourly = read_file(&engine.output_path(
+        "device_health_hourly",
+        Partition::containing(Grain::Hour, h(5)),
+    ))
+    .unwrap();
+    assert_eq!(
+        column_f64(&hourly[0], "minutes_online"),
+        [Some(42.5), None, Some(60.0)],
+        "minutes online from the state history; none without one"
+    );
+    assert_eq!(
+        column_f64(&hourly[0], "readings_expected"),
+        [Some(43.0), None, None]
+    );
+
+    assert_eq!(engine.device_health_daily(&job, day).await.unwrap().rows, 3);
+    let batches = read_file(&engine.output_path("device_health_daily", day)).unwrap();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let f = |name: &str| column_f64(&batch, name);
+    let windows = [(h(-1), h(23)), (h(3), h(27)), (h(0), h(24))];
+    for (row, (device, (from, to))) in ["t-0", "t-1", "t-2"].iter().zip(windows).enumerate() {
+        let local: Vec<&Reading> = fleet
+            .readings
+            .iter()
+            .filter(|(d, r)| d == device && r.sampled_at.0 >= from && r.sampled_at.0 < to)
+            .map(|(_, r)| r)
+            .collect();
+        let transactions: u32 = local
+            .iter()
+            .filter_map(|r| match &r.signal {
+                Signal::AppPerformance(a) => Some(a.transactions),
+                _ => None,
+            })
+            .sum();
+        let last_level = local.iter().rev().find_map(|r| match &r.signal {
+            Signal::Battery(b) => Some(f64::from(b.level_pct)),
+            _ => None,
+        });
+        assert_eq!(f("hours_reported")[row], Some(24.0), "{device}");
+        assert_eq!(f("battery_readings")[row], Some(1440.0), "{device}");
+        assert_eq!(
+            f("transactions")[row],
+            Some(f64::from(transactions)),
+            "{device}"
+        );
+        assert_eq!(f("battery_last_pct")[row], last_level, "{device}");
+    }
+    assert_eq!(f("minutes_online"), [Some(102.5), None, Some(60.0)]);
+    assert_eq!(f("readings_expected"), [Some(103.0), None, None]);
+    let models = batch.column_by_name("model").unwrap().as_string::<i32>();
+    assert_eq!(
+        (0..3)
+            .map(|i| models.is_valid(i).then(|| models.value(i)))
+            .collect::<Vec<_>>(),
+        [Some("A920"), None, None]
+    );
 }

@@ -65,9 +65,14 @@ impl Partition {
     /// The partitions of `grain` that overlap this one, in order: a day's
     /// 24 hours, or an hour's day.
     pub fn covering(self, grain: Grain) -> Vec<Partition> {
-        let mut p = Partition::containing(grain, self.start_ms);
+        Partition::overlapping(grain, self.start_ms, self.end_ms())
+    }
+
+    /// The partitions of `grain` that overlap `[from_ms, to_ms)`, in order.
+    pub fn overlapping(grain: Grain, from_ms: i64, to_ms: i64) -> Vec<Partition> {
+        let mut p = Partition::containing(grain, from_ms);
         let mut out = Vec::new();
-        while p.start_ms < self.end_ms() {
+        while p.start_ms < to_ms {
             out.push(p);
             p = p.next();
         }

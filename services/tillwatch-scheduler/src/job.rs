@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use tillwatch_domain::hours::{WeeklyHours, time_zone};
 
-use crate::interval::Grain;
+use crate::interval::{Grain, Partition};
 
 /// When a job's partitions are considered: a cron expression (five fields,
 /// or `@hourly`, `@daily`, `@weekly`, `@monthly`) in a time zone. A
@@ -105,6 +105,12 @@ pub struct JobSpec {
     pub retry_max_ms: i64,
     /// Most partitions of this job running at once.
     pub concurrency: usize,
+    /// How far before its own interval a partition reads its inputs
+    /// (0 for most jobs; a store-local day reads the hours of the zones
+    /// ahead of UTC before the UTC day).
+    pub reads_before_ms: i64,
+    /// How far after its own interval it reads them (the zones behind UTC).
+    pub reads_after_ms: i64,
 }
 
 impl JobSpec {
@@ -131,7 +137,29 @@ impl JobSpec {
             retry_base_ms: 30_000,
             retry_max_ms: 10 * 60_000,
             concurrency: 1,
+            reads_before_ms: 0,
+            reads_after_ms: 0,
         }
+    }
+
+    /// The partitions of `grain` that `partition` of this job reads: those
+    /// overlapping its interval widened by the read margins.
+    pub fn input_partitions(&self, partition: Partition, grain: Grain) -> Vec<Partition> {
+        Partition::overlapping(
+            grain,
+            partition.start_ms - self.reads_before_ms,
+            partition.end_ms() + self.reads_after_ms,
+        )
+    }
+
+    /// The partitions of this job that read `upstream` (of any grain): the
+    /// inverse of [`JobSpec::input_partitions`].
+    pub fn reading(&self, upstream: Partition) -> Vec<Partition> {
+        Partition::overlapping(
+            self.grain,
+            upstream.start_ms - self.reads_after_ms,
+            upstream.end_ms() + self.reads_before_ms,
+        )
     }
 
     /// Wait before attempt `attempt` (2, 3, …): the base doubling each

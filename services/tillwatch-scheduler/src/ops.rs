@@ -17,7 +17,7 @@ use std::time::Duration;
 use tillwatch_meta::{JobPartitionRow, JobRunRow, MetaError, MetaStore};
 
 use crate::interval::Partition;
-use crate::job::Catalog;
+use crate::job::{Catalog, Input};
 use crate::plan::Task;
 use crate::runner::{Ran, Runner};
 
@@ -257,21 +257,37 @@ pub async fn lineage(
         .find(|r| r.job == target.job && r.partition_key == key)
         .cloned();
     let current = runs.iter().find(|r| r.status == "succeeded").cloned();
+    // Each downstream job's partitions that read this one or another
+    // downstream partition, job by job (the catalog is upstream first).
+    let mut reached: Vec<Target> = vec![target.clone()];
     let mut downstream = Vec::new();
-    // Each downstream job's partitions overlapping this one.
     for job in catalog.downstream(&target.job) {
-        for p in target.partition.covering(job.grain) {
+        let mut found: Vec<Partition> = Vec::new();
+        for up in &reached {
+            if !job
+                .inputs
+                .iter()
+                .any(|i| matches!(i, Input::Job(j) if *j == up.job))
+            {
+                continue;
+            }
+            for p in job.reading(up.partition) {
+                if !found.contains(&p) {
+                    found.push(p);
+                }
+            }
+        }
+        found.sort();
+        for p in found {
             let t = Target {
                 job: job.name.clone(),
                 partition: p,
             };
-            if downstream.iter().any(|(d, _)| d == &t) {
-                continue;
-            }
             let status = rows
                 .iter()
                 .find(|r| r.job == job.name && r.partition_key == p.key())
                 .map(|r| r.status.clone());
+            reached.push(t.clone());
             downstream.push((t, status));
         }
     }

@@ -117,7 +117,7 @@ fn inputs_fingerprint(
                 if world.watermark_ms < partition.end_ms() + job.lateness_ms {
                     return None;
                 }
-                for hour in partition.covering(crate::Grain::Hour) {
+                for hour in job.input_partitions(partition, crate::Grain::Hour) {
                     parts.push(format!(
                         "{table}/{hour}={}",
                         (world.source_fingerprint)(table, hour)
@@ -126,7 +126,7 @@ fn inputs_fingerprint(
             }
             Input::Job(up) => {
                 let upstream = catalog.job(up)?;
-                for q in partition.covering(upstream.grain) {
+                for q in job.input_partitions(partition, upstream.grain) {
                     let key = (up.clone(), q);
                     if planned.contains(&key) {
                         return None;
@@ -168,8 +168,7 @@ pub fn plan(catalog: &Catalog, world: &World) -> Vec<Task> {
             }
             let waiting_upstream = job.inputs.iter().any(|i| match i {
                 Input::Job(up) => catalog.job(up).is_some_and(|u| {
-                    partition
-                        .covering(u.grain)
+                    job.input_partitions(partition, u.grain)
                         .into_iter()
                         .any(|q| planned.contains(&(up.clone(), q)))
                 }),

@@ -188,7 +188,7 @@ impl Runner {
         for input in &job.inputs {
             match input {
                 Input::Source(table) => {
-                    for hour in partition.covering(Grain::Hour) {
+                    for hour in job.input_partitions(partition, Grain::Hour) {
                         items.push(format!(
                             "{{\"source\":{},\"partition\":\"{hour}\",\"fingerprint\":{}}}",
                             json_str(table),
@@ -200,7 +200,7 @@ impl Runner {
                     let Some(upstream) = self.catalog.job(up) else {
                         continue;
                     };
-                    for q in partition.covering(upstream.grain) {
+                    for q in job.input_partitions(partition, upstream.grain) {
                         let fp = states
                             .get(&(up.clone(), q))
                             .and_then(|r| r.output_fingerprint.clone())

@@ -306,3 +306,67 @@ fn late_data_reruns_exactly_the_hour_its_day_and_the_fleet_day() {
     );
     assert!(rerun.iter().all(|t| t.reason == Reason::Stale));
 }
+
+#[test]
+fn a_store_local_day_reads_and_waits_for_the_hours_of_its_time_zones() {
+    // Stores from UTC-5 to UTC+2: a day reads from 2 h before to 5 h after
+    // its UTC day.
+    let mut local = daily();
+    local.reads_before_ms = 2 * HOUR;
+    local.reads_after_ms = 5 * HOUR;
+    let mut hours = hourly();
+    hours.start_ms = DAY0 - 2 * HOUR;
+    let catalog = Catalog::new(vec![hours, local.clone(), fleet()]).unwrap();
+    let day = Partition::parse_key("2026-11-20").unwrap();
+    let read = local.input_partitions(day, Grain::Hour);
+    assert_eq!(read.len(), 2 + 24 + 5);
+    assert_eq!(read[0].key(), "2026-11-19T22");
+    assert_eq!(read[30].key(), "2026-11-21T04");
+    assert_eq!(
+        local.reading(Partition::parse_key("2026-11-20T23").unwrap()),
+        [day, day.next()],
+        "late hours of a day are early hours of the next for zones ahead"
+    );
+
+    let mut states = States::new();
+    let mut files = HashMap::new();
+    // At 00:30 after the UTC day, the zones behind UTC are still open.
+    let ran = settle(&catalog, &mut states, DAY0 + 24 * HOUR + 30 * MIN, &files);
+    assert!(ran.iter().all(|t| t.job == "device_health_hourly"));
+    let ran = settle(&catalog, &mut states, DAY0 + 29 * HOUR + 10 * MIN, &files);
+    assert_eq!(
+        keys(&ran)[ran.len() - 3..],
+        [
+            "device_health_hourly 2026-11-21T04",
+            "device_health_daily 2026-11-20",
+            "fleet_health_daily 2026-11-20"
+        ]
+    );
+
+    // Late data at midday re-runs one day; near midnight, the two days
+    // whose zones hold that hour.
+    let now = DAY0 + 2 * 24 * HOUR + 6 * HOUR;
+    settle(&catalog, &mut states, now, &files);
+    files.insert(Partition::parse_key("2026-11-20T13").unwrap(), "v2".into());
+    let rerun = settle(&catalog, &mut states, now + 5 * MIN, &files);
+    assert_eq!(
+        keys(&rerun),
+        [
+            "device_health_hourly 2026-11-20T13",
+            "device_health_daily 2026-11-20",
+            "fleet_health_daily 2026-11-20"
+        ]
+    );
+    files.insert(Partition::parse_key("2026-11-20T23").unwrap(), "v2".into());
+    let rerun = settle(&catalog, &mut states, now + 5 * MIN, &files);
+    assert_eq!(
+        keys(&rerun),
+        [
+            "device_health_hourly 2026-11-20T23",
+            "device_health_daily 2026-11-20",
+            "device_health_daily 2026-11-21",
+            "fleet_health_daily 2026-11-20",
+            "fleet_health_daily 2026-11-21"
+        ]
+    );
+}

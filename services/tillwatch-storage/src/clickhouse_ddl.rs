@@ -46,6 +46,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "005", "dead_letter"),
     migration!(6, "006", "device_latest"),
     migration!(7, "007", "rollups"),
+    migration!(8, "008", "rollup_inputs"),
 ];
 
 /// A server version, from `SELECT version()`.
@@ -264,6 +265,11 @@ mod tests {
                     "device_health_daily",
                     "fleet_health_daily",
                     "merchant_directory",
+                ],
+                "rollup_inputs" => &[
+                    "rollup_minutes_online",
+                    "rollup_devices",
+                    "rollup_zone_hours",
                 ],
                 name => &[name][..],
             };

@@ -1,5 +1,8 @@
--- device_health_daily on ClickHouse, from the day's 24 hourly partitions;
--- the same figures as the DataFusion statement beside it. Aggregates skip
+-- device_health_daily on ClickHouse: the hours of each terminal's local
+-- day, from the hourly rows around the UTC day ({from_s} to {to_s}), the
+-- run's `rollup_devices` (terminal → zone, '' when it has none, and model) and
+-- `rollup_zone_hours` (the hours of each zone's day); the same figures as
+-- the DataFusion statement beside it. Aggregates skip
 -- NULLs, so an hour without a kind of reading does not count for it.
 -- INSERT … SELECT maps columns by position. ClickHouse aliases are
 -- query-wide, so a total that another figure reads from its hourly column
@@ -36,7 +39,27 @@ SELECT
     sum(app_readings) AS app_readings,
     sum(payment_readings) AS payment_readings,
     toInt64(count()) AS hours_reported,
-    min(battery_health_min_pct) AS battery_health_min_pct
-FROM {database}.device_health_hourly
-WHERE hour >= toDateTime({start_s}, 'UTC') AND hour < toDateTime({end_s}, 'UTC')
+    min(battery_health_min_pct) AS battery_health_min_pct,
+    sum(minutes_online) AS minutes_online,
+    sum(readings_expected) AS readings_expected,
+    max(model) AS model
+FROM
+(
+    SELECT *
+    FROM
+    (
+        SELECT * FROM {database}.device_health_hourly
+        WHERE hour >= toDateTime({from_s}, 'UTC') AND hour < toDateTime({to_s}, 'UTC')
+    )
+    ANY LEFT JOIN
+    (
+        SELECT device_id, zone, model FROM {database}.rollup_devices
+        WHERE day = toDateTime({start_s}, 'UTC')
+    ) USING (device_id)
+    WHERE (zone, hour) IN
+    (
+        SELECT zone, hour FROM {database}.rollup_zone_hours
+        WHERE day = toDateTime({start_s}, 'UTC')
+    )
+)
 GROUP BY device_id

@@ -1,8 +1,16 @@
--- One row per terminal per UTC day, from the day's 24 hourly partitions
--- (registered as `hourly`). Minima, maxima, sums and counts are exact;
+-- One row per terminal per day: the hours of the terminal's local day
+-- (`hourly` holds the hourly partitions around the UTC day; `devices` maps
+-- a terminal to its time zone, '' without one, and its model, and
+-- `zone_hours` lists the hours of each zone's day: see src/side.rs). Minima, maxima, sums and counts are exact;
 -- means are weighted by the readings behind each hour; the last battery
 -- level is the latest hour's; daily quantiles are estimated from the
 -- hourly ones, weighted by the readings (or transactions) behind each.
+WITH h AS (
+    SELECT hourly.*, z.model AS model
+    FROM hourly
+    LEFT JOIN devices z ON z.device_id = hourly.device_id
+    JOIN zone_hours zh ON zh.zone = coalesce(z.zone, '') AND zh.hour = hourly.hour
+)
 SELECT
     to_timestamp_millis({start_ms}) AS day,
     device_id,
@@ -34,7 +42,10 @@ SELECT
     sum(app_readings) AS app_readings,
     sum(payment_readings) AS payment_readings,
     count(*) AS hours_reported,
-    min(battery_health_min_pct) AS battery_health_min_pct
-FROM hourly
+    min(battery_health_min_pct) AS battery_health_min_pct,
+    sum(minutes_online) AS minutes_online,
+    sum(readings_expected) AS readings_expected,
+    max(model) AS model
+FROM h
 GROUP BY device_id
 ORDER BY device_id

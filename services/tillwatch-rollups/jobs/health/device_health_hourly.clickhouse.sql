@@ -4,7 +4,10 @@
 -- columns, and each figure aggregates its own kind (-If combinators). FINAL
 -- keeps one row per reading however often it was delivered. Weighted
 -- quantiles skip rows of weight 0 (they count for nothing, and 18.16's
--- t-digest can return nan when one is the largest value).
+-- t-digest can return nan when one is the largest value). Minutes online
+-- come from `rollup_minutes_online` (k = 5, filled by the run from the
+-- metadata store's state history); a terminal without readings in the
+-- hour gets no row, as on DataFusion (HAVING).
 SELECT
     toDateTime({start_s}, 'UTC') AS hour,
     device_id,
@@ -36,7 +39,9 @@ SELECT
     toInt64(countIf(k = 2)) AS connectivity_readings,
     toInt64(countIf(k = 3)) AS app_readings,
     toInt64(countIf(k = 4)) AS payment_readings,
-    if(countIf(k = 1) = 0, NULL, toUInt8(minIf(x4, k = 1))) AS battery_health_min_pct
+    if(countIf(k = 1) = 0, NULL, toUInt8(minIf(x4, k = 1))) AS battery_health_min_pct,
+    if(countIf(k = 5) = 0, NULL, maxIf(x1, k = 5)) AS minutes_online,
+    if(countIf(k = 5 AND x2 >= 0) = 0, NULL, maxIf(x2, k = 5 AND x2 >= 0)) AS readings_expected
 FROM
 (
     SELECT 1 AS k, device_id, merchant_id, store_id, sampled_at_ms AS t, seq,
@@ -62,5 +67,12 @@ FROM
         toFloat64(0) AS x3, toFloat64(0) AS x4, '' AS s1, '' AS s2
     FROM {database}.payment_health FINAL
     WHERE sampled_at >= toDateTime({start_s}, 'UTC') AND sampled_at < toDateTime({end_s}, 'UTC')
+    UNION ALL
+    SELECT 5 AS k, device_id, '' AS merchant_id, '' AS store_id, toUInt64(0) AS t, toUInt64(0) AS seq,
+        minutes_online AS x1, ifNull(readings_expected, -1) AS x2,
+        toFloat64(0) AS x3, toFloat64(0) AS x4, '' AS s1, '' AS s2
+    FROM {database}.rollup_minutes_online
+    WHERE hour = toDateTime({start_s}, 'UTC')
 )
 GROUP BY device_id
+HAVING countIf(k != 5) > 0

@@ -10,6 +10,10 @@
 --   reading's mean weighted by its transactions; crashes and hangs.
 -- - Payments: the longest offline queue and its oldest payment's age.
 -- - Completeness: readings received per kind.
+-- - Minutes online in the hour, from the connectivity state history, and
+--   the readings of each kind expected in that time at the terminal's
+--   reporting interval (`online`, from the metadata store; the last two
+--   columns; NULL when the terminal has no recorded state or interval).
 WITH seen AS (
     SELECT device_id, merchant_id, store_id FROM battery
     UNION ALL SELECT device_id, merchant_id, store_id FROM connectivity
@@ -74,10 +78,13 @@ SELECT
     coalesce(c.connectivity_readings, 0) AS connectivity_readings,
     coalesce(a.app_readings, 0) AS app_readings,
     coalesce(p.payment_readings, 0) AS payment_readings,
-    b.battery_health_min_pct
+    b.battery_health_min_pct,
+    o.minutes_online,
+    o.readings_expected
 FROM d
 LEFT JOIN b ON b.device_id = d.device_id
 LEFT JOIN c ON c.device_id = d.device_id
 LEFT JOIN a ON a.device_id = d.device_id
 LEFT JOIN p ON p.device_id = d.device_id
+LEFT JOIN online o ON o.device_id = d.device_id
 ORDER BY d.device_id

@@ -1,5 +1,5 @@
 -- fleet_health_daily on ClickHouse: the day's device rollup by merchant,
--- store and firmware/app cohort; the same figures as the DataFusion
+-- store, firmware/app cohort and model; the same figures as the DataFusion
 -- statement beside it. Columns map by position; totals that other figures
 -- read from their device column are named `all_…` (aliases are query-wide).
 SELECT
@@ -16,7 +16,8 @@ SELECT
     avg(battery_drain_pct_per_hour) AS battery_drain_pct_per_hour,
     min(battery_min_pct) AS battery_min_pct,
     sum(disconnects) AS disconnects,
-    sum(battery_readings + connectivity_readings + app_readings + payment_readings) AS readings
+    sum(battery_readings + connectivity_readings + app_readings + payment_readings) AS readings,
+    model
 FROM {database}.device_health_daily
 WHERE day = toDateTime({start_s}, 'UTC')
-GROUP BY merchant_id, store_id, firmware_version, app_version
+GROUP BY merchant_id, store_id, firmware_version, app_version, model

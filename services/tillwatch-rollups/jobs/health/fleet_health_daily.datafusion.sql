@@ -1,4 +1,5 @@
--- One row per (merchant, store, firmware version, app version) per day,
+-- One row per (merchant, store, firmware version, app version, model) per
+-- day (the model is the last column),
 -- from that day's `device_health_daily` (registered as `daily`): cohorts
 -- side by side. Crash rate is crashes and hangs per 1,000 transactions;
 -- latencies are weighted by the transactions (or readings) behind them.
@@ -16,7 +17,8 @@ SELECT
     avg(battery_drain_pct_per_hour) AS battery_drain_pct_per_hour,
     min(battery_min_pct) AS battery_min_pct,
     sum(disconnects) AS disconnects,
-    sum(battery_readings + connectivity_readings + app_readings + payment_readings) AS readings
+    sum(battery_readings + connectivity_readings + app_readings + payment_readings) AS readings,
+    model
 FROM daily
-GROUP BY merchant_id, store_id, firmware_version, app_version
-ORDER BY merchant_id, store_id, firmware_version, app_version
+GROUP BY merchant_id, store_id, firmware_version, app_version, model
+ORDER BY merchant_id, store_id, firmware_version, app_version, model

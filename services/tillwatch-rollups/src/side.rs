@@ -1,0 +1,418 @@
+//! What the rollups read beside the lake, from the metadata store:
+//!
+//! - minutes online per device and hour, from the connectivity state
+//!   history the alerter keeps, and the readings expected in that time at
+//!   the terminal's learned reporting interval (`device_health_hourly`:
+//!   completeness is readings received over expected);
+//! - each device's local time zone, its store's from the merchant
+//!   directory or else the one the terminal reports, and its model
+//!   (`device_health_daily`, whose model column the fleet cohorts group
+//!   by).
+//!
+//! Both engines get them as small tables: DataFusion as in-memory tables,
+//! ClickHouse as rows inserted into `rollup_minutes_online`,
+//! `rollup_devices` and `rollup_zone_hours` (migration 008), one
+//! partition per interval, cleared before and after the run.
+//!
+//! **Store-local days.** A daily partition is named by a date D. Each
+//! terminal's hours count in D when their start, read in the terminal's
+//! zone, falls on D (so a DST day has 23 or 25 hours, and in a zone half
+//! an hour off, the hour that straddles midnight counts for the day it
+//! starts in). Terminals without a zone count the UTC day. The partition
+//! reads the hourly partitions from `east` hours before the UTC day to
+//! `-west` hours after it (`scheduler.local_day_utc_offsets`); a zone that
+//! reaches beyond is warned about and counted within the span only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, Float64Array, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
+use tillwatch_meta::MetaStore;
+pub use tillwatch_meta::{DeviceFacts, OnlineTime};
+use tillwatch_scheduler::{Grain, Partition};
+
+pub type SideFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+
+/// The metadata the rollups read.
+pub trait SideInputs: Send + Sync {
+    /// Each device's time online within `hour`.
+    fn online_time(&self, hour: Partition) -> SideFuture<'_, Vec<OnlineTime>>;
+    /// Each known device's time zone and model.
+    fn devices(&self) -> SideFuture<'_, Vec<DeviceFacts>>;
+}
+
+/// No state history and no zones: minutes online unknown, every day a UTC
+/// day. For tools and benchmarks that run the jobs on the lake alone.
+pub struct NoSideInputs;
+
+impl SideInputs for NoSideInputs {
+    fn online_time(&self, _: Partition) -> SideFuture<'_, Vec<OnlineTime>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn devices(&self) -> SideFuture<'_, Vec<DeviceFacts>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+impl SideInputs for MetaStore {
+    fn online_time(&self, hour: Partition) -> SideFuture<'_, Vec<OnlineTime>> {
+        Box::pin(async move {
+            MetaStore::online_time(self, hour.start_ms, hour.end_ms())
+                .await
+                .map_err(|e| format!("reading the connectivity history of {hour}: {e}"))
+        })
+    }
+
+    fn devices(&self) -> SideFuture<'_, Vec<DeviceFacts>> {
+        Box::pin(async move {
+            self.device_facts()
+                .await
+                .map_err(|e| format!("reading the devices' time zones and models: {e}"))
+        })
+    }
+}
+
+/// Side inputs given up front (tests): time online by hour start.
+#[derive(Debug, Default, Clone)]
+pub struct FixedSideInputs {
+    pub online: BTreeMap<i64, Vec<OnlineTime>>,
+    pub devices: Vec<DeviceFacts>,
+}
+
+impl SideInputs for FixedSideInputs {
+    fn online_time(&self, hour: Partition) -> SideFuture<'_, Vec<OnlineTime>> {
+        let rows = self.online.get(&hour.start_ms).cloned().unwrap_or_default();
+        Box::pin(async move { Ok(rows) })
+    }
+
+    fn devices(&self) -> SideFuture<'_, Vec<DeviceFacts>> {
+        let rows = self.devices.clone();
+        Box::pin(async move { Ok(rows) })
+    }
+}
+
+/// The zone key of devices without a (valid) zone: they count UTC days.
+pub const UTC_KEY: &str = "";
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// Which UTC hours of the hourly rollup count in each device's local day.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalDay {
+    /// Device → zone ([`UTC_KEY`] without a known one) and model.
+    pub devices: Vec<(String, String, Option<String>)>,
+    /// Every (zone, hour start) that counts in the day: for each zone of
+    /// `devices` and for [`UTC_KEY`].
+    pub zone_hours: Vec<(String, i64)>,
+    /// Zones whose day reaches beyond the hours read, and unknown zones:
+    /// (zone, what is wrong).
+    pub warnings: Vec<(String, String)>,
+}
+
+fn date_of(at_ms: i64, tz: &TimeZone) -> Option<jiff::civil::Date> {
+    Some(
+        Timestamp::from_millisecond(at_ms)
+            .ok()?
+            .to_zoned(tz.clone())
+            .date(),
+    )
+}
+
+/// The local day `day` for `devices`, reading the hours of
+/// `[from_ms, to_ms)`.
+pub fn local_day(day: Partition, from_ms: i64, to_ms: i64, devices: Vec<DeviceFacts>) -> LocalDay {
+    let date = date_of(day.start_ms, &TimeZone::UTC).expect("a partition is a valid instant");
+    let mut names: BTreeSet<String> = devices.iter().filter_map(|d| d.time_zone.clone()).collect();
+    let mut known: BTreeMap<String, TimeZone> = BTreeMap::new();
+    let mut warnings = Vec::new();
+    for name in std::mem::take(&mut names) {
+        match TimeZone::get(&name) {
+            Ok(tz) => {
+                known.insert(name, tz);
+            }
+            Err(e) => {
+                let text =
+                    format!("time zone {name:?} is unknown ({e}); its terminals count UTC days");
+                warnings.push((name, text));
+            }
+        }
+    }
+    let mut zone_hours: Vec<(String, i64)> =
+        Partition::overlapping(Grain::Hour, day.start_ms, day.end_ms())
+            .into_iter()
+            .map(|h| (UTC_KEY.to_string(), h.start_ms))
+            .collect();
+    // Any zone's day lies within 14 h before and 12 h after the UTC day.
+    let widest = Partition::overlapping(
+        Grain::Hour,
+        day.start_ms - 15 * HOUR_MS,
+        day.end_ms() + 13 * HOUR_MS,
+    );
+    for (name, tz) in &known {
+        let mut outside = 0;
+        for hour in &widest {
+            if date_of(hour.start_ms, tz) != Some(date) {
+                continue;
+            }
+            if hour.start_ms < from_ms || hour.start_ms >= to_ms {
+                outside += 1;
+            } else {
+                zone_hours.push((name.clone(), hour.start_ms));
+            }
+        }
+        if outside > 0 {
+            warnings.push((
+                name.clone(),
+                format!(
+                    "the {date} of time zone {name} has {outside} hour(s) outside the hours read \
+                     (scheduler.local_day_utc_offsets); they are not counted"
+                ),
+            ));
+        }
+    }
+    let devices = devices
+        .into_iter()
+        .map(|d| {
+            let zone = d.time_zone.filter(|z| known.contains_key(z));
+            (d.device_id, zone.unwrap_or_default(), d.model)
+        })
+        .collect();
+    LocalDay {
+        devices,
+        zone_hours,
+        warnings,
+    }
+}
+
+fn strings(values: impl Iterator<Item = String>) -> ArrayRef {
+    Arc::new(values.map(Some).collect::<StringArray>())
+}
+
+/// `online(device_id, minutes_online, readings_expected)` for DataFusion.
+pub fn online_batch(rows: &[OnlineTime]) -> RecordBatch {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("device_id", DataType::Utf8, false),
+        Field::new("minutes_online", DataType::Float64, false),
+        Field::new("readings_expected", DataType::Float64, true),
+    ]));
+    RecordBatch::try_new(
+        schema,
+        vec![
+            strings(rows.iter().map(|o| o.device_id.clone())),
+            Arc::new(
+                rows.iter()
+                    .map(|o| o.minutes_online)
+                    .collect::<Float64Array>(),
+            ),
+            Arc::new(
+                rows.iter()
+                    .map(|o| o.readings_expected)
+                    .collect::<Float64Array>(),
+            ),
+        ],
+    )
+    .expect("the columns match the schema")
+}
+
+/// `devices(device_id, zone, model)` and `zone_hours(zone, hour)` for
+/// DataFusion.
+pub fn local_day_batches(day: &LocalDay) -> (RecordBatch, RecordBatch) {
+    let devices = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("device_id", DataType::Utf8, false),
+            Field::new("zone", DataType::Utf8, false),
+            Field::new("model", DataType::Utf8, true),
+        ])),
+        vec![
+            strings(day.devices.iter().map(|(d, _, _)| d.clone())),
+            strings(day.devices.iter().map(|(_, z, _)| z.clone())),
+            Arc::new(
+                day.devices
+                    .iter()
+                    .map(|(_, _, m)| m.as_deref())
+                    .collect::<StringArray>(),
+            ),
+        ],
+    )
+    .expect("the columns match the schema");
+    let hours = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("zone", DataType::Utf8, false),
+            Field::new(
+                "hour",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ),
+        ])),
+        vec![
+            strings(day.zone_hours.iter().map(|(z, _)| z.clone())),
+            Arc::new(TimestampMillisecondArray::from(
+                day.zone_hours.iter().map(|(_, h)| *h).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .expect("the columns match the schema");
+    (devices, hours)
+}
+
+pub(crate) fn put_string(out: &mut Vec<u8>, s: &str) {
+    let mut n = s.len() as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+pub(crate) fn put_nullable(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            out.push(0);
+            put_string(out, s);
+        }
+        None => out.push(1),
+    }
+}
+
+fn put_time(out: &mut Vec<u8>, at_ms: i64) {
+    let s = u32::try_from(at_ms.div_euclid(1000)).unwrap_or(0);
+    out.extend_from_slice(&s.to_le_bytes());
+}
+
+/// `rollup_minutes_online (hour, device_id, minutes_online,
+/// readings_expected)` rows as RowBinary.
+pub fn online_row_binary(hour: Partition, rows: &[OnlineTime]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for o in rows {
+        put_time(&mut out, hour.start_ms);
+        put_string(&mut out, &o.device_id);
+        out.extend_from_slice(&o.minutes_online.to_le_bytes());
+        match o.readings_expected {
+            Some(v) => {
+                out.push(0);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            None => out.push(1),
+        }
+    }
+    out
+}
+
+/// `rollup_devices (day, device_id, zone, model)` and
+/// `rollup_zone_hours (day, zone, hour)` rows as RowBinary.
+pub fn local_day_row_binary(day: Partition, local: &LocalDay) -> (Vec<u8>, Vec<u8>) {
+    let mut devices = Vec::new();
+    for (device, zone, model) in &local.devices {
+        put_time(&mut devices, day.start_ms);
+        put_string(&mut devices, device);
+        put_string(&mut devices, zone);
+        put_nullable(&mut devices, model.as_deref());
+    }
+    let mut hours = Vec::new();
+    for (zone, hour) in &local.zone_hours {
+        put_time(&mut hours, day.start_ms);
+        put_string(&mut hours, zone);
+        put_time(&mut hours, *hour);
+    }
+    (devices, hours)
+}
+
+/// Logs the first warning about each zone (a zone outside the span would
+/// otherwise warn on every day's run).
+pub fn warn_once(warnings: &[(String, String)]) {
+    static SEEN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    for (zone, text) in warnings {
+        if seen.insert(zone.clone()) {
+            tracing::warn!("{text}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(device: &str, zone: &str) -> DeviceFacts {
+        DeviceFacts {
+            device_id: device.into(),
+            time_zone: Some(zone.into()),
+            model: Some("A920".into()),
+        }
+    }
+
+    fn hours_of(day: &LocalDay, zone: &str) -> Vec<String> {
+        day.zone_hours
+            .iter()
+            .filter(|(z, _)| z == zone)
+            .map(|(_, h)| Partition::containing(Grain::Hour, *h).key())
+            .collect()
+    }
+
+    #[test]
+    fn each_zone_counts_the_hours_that_start_on_its_local_date() {
+        let day = Partition::parse_key("2026-03-29").unwrap();
+        let devices = [
+            ("berlin", "Europe/Berlin"),
+            ("ny", "America/New_York"),
+            ("kolkata", "Asia/Kolkata"),
+            ("nowhere", "Mars/Olympus"),
+        ]
+        .map(|(d, z)| facts(d, z))
+        .to_vec();
+        let local = local_day(
+            day,
+            day.start_ms - 14 * HOUR_MS,
+            day.end_ms() + 12 * HOUR_MS,
+            devices,
+        );
+        // Berlin moves to summer time on 2026-03-29: 23 hours, from
+        // 23:00 UTC the day before to 21:00 UTC.
+        let berlin = hours_of(&local, "Europe/Berlin");
+        assert_eq!(berlin.len(), 23);
+        assert_eq!(berlin[0], "2026-03-28T23");
+        assert_eq!(berlin[22], "2026-03-29T21");
+        // New York (already on summer time, UTC-4): 04:00 to 03:00 next day.
+        let ny = hours_of(&local, "America/New_York");
+        assert_eq!((ny.len(), ny[0].as_str()), (24, "2026-03-29T04"));
+        // Kolkata (UTC+5:30): the hour starting 18:00 UTC is 23:30 local,
+        // so the day starts with the 19:00 UTC hour... of the 28th.
+        let kolkata = hours_of(&local, "Asia/Kolkata");
+        assert_eq!((kolkata.len(), kolkata[0].as_str()), (24, "2026-03-28T19"));
+        assert_eq!(hours_of(&local, UTC_KEY).len(), 24);
+        assert_eq!(
+            local.devices[3].1, UTC_KEY,
+            "the unknown zone counts UTC days"
+        );
+        assert_eq!(local.devices[0].2.as_deref(), Some("A920"));
+        assert_eq!(local.warnings[0].0, "Mars/Olympus");
+    }
+
+    #[test]
+    fn hours_beyond_the_span_read_are_left_out_and_warned_about() {
+        let day = Partition::parse_key("2026-11-20").unwrap();
+        // Read only the UTC day, but a terminal is in Tokyo (UTC+9).
+        let local = local_day(
+            day,
+            day.start_ms,
+            day.end_ms(),
+            vec![facts("t", "Asia/Tokyo")],
+        );
+        let tokyo = hours_of(&local, "Asia/Tokyo");
+        assert_eq!(tokyo.len(), 15);
+        assert_eq!(tokyo[0], "2026-11-20T00");
+        assert!(
+            local.warnings[0].1.contains("9 hour(s)"),
+            "{:?}",
+            local.warnings
+        );
+    }
+}
