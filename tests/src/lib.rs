@@ -125,16 +125,33 @@ pub fn http_request(
     path: &str,
     json: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    http_call(addr, method, path, json, None)
+}
+
+/// [`http_request`] with an optional bearer token.
+pub fn http_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     match json {
         Some(body) => write!(
             stream,
-            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )?,
-        None => write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?,
+        None => write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n"
+        )?,
     }
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use tillwatch_config::{Config, JobSettings, RollupEngine};
+use tillwatch_config::{ApiToken, Config, JobSettings, Role, RollupEngine};
 use tillwatch_domain::UtcMillis;
-use tillwatch_integration_tests::{http_get, http_request, tillwatch_bin, wait_for};
+use tillwatch_integration_tests::{http_call, http_get, tillwatch_bin, wait_for};
 use tillwatch_meta::MetaStore;
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
@@ -26,6 +26,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const HOUR: i64 = 3_600_000;
+const VIEWER: &str = "scheduler-test-viewer-token";
+const OPERATOR: &str = "scheduler-test-operator-token";
 
 fn sum_column(path: &Path, column: &str) -> i64 {
     read_file(path)
@@ -114,6 +116,20 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     };
     config.mqtt.client_id = "rollup-gateway".into();
     config.scheduler.tick = Duration::from_millis(200);
+    config.http.tokens = vec![
+        ApiToken {
+            name: "support".into(),
+            role: Role::Viewer,
+            token: Some(VIEWER.into()),
+            token_file: None,
+        },
+        ApiToken {
+            name: "ops".into(),
+            role: Role::Operator,
+            token: Some(OPERATOR.into()),
+            token_file: None,
+        },
+    ];
     config.scheduler.engine = RollupEngine::Embedded;
     config.scheduler.start = "2d".into();
     // Daily rollups count the stores' local days (the simulated terminals
@@ -178,7 +194,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     )
     .await;
     // The same operations over HTTP.
-    let (status, body) = http_get(http_addr, "/api/v1/jobs").unwrap();
+    let (status, body) = http_call(http_addr, "GET", "/api/v1/jobs", None, Some(VIEWER)).unwrap();
     assert_eq!(status, 200, "{body}");
     let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
     let names: Vec<&str> = listed["jobs"]
@@ -201,7 +217,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
         "/api/v1/jobs/{}/partitions/{yesterday}/lineage",
         jobs::DEVICE_HEALTH_DAILY
     );
-    let (status, body) = http_get(http_addr, &path).unwrap();
+    let (status, body) = http_call(http_addr, "GET", &path, None, Some(VIEWER)).unwrap();
     assert_eq!(status, 200, "{body}");
     let lineage: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(lineage["status"], "succeeded");
@@ -211,9 +227,12 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
         25,
         "the day read its 24 hours and the hour before (UTC+1 in summer)"
     );
-    let (status, body) = http_get(
+    let (status, body) = http_call(
         http_addr,
+        "GET",
         &format!("/api/v1/jobs/{}/runs?limit=5", jobs::DEVICE_HEALTH_HOURLY),
+        None,
+        Some(VIEWER),
     )
     .unwrap();
     assert_eq!(status, 200, "{body}");
@@ -237,7 +256,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
             "colour",
         ),
     ] {
-        let (status, body) = http_get(http_addr, path).unwrap();
+        let (status, body) = http_call(http_addr, "GET", path, None, Some(VIEWER)).unwrap();
         assert_eq!(status, want, "{path}: {body}");
         let error: serde_json::Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"));
@@ -246,23 +265,25 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
             "{path}: {body}"
         );
     }
-    let (status, body) = http_request(
+    let (status, body) = http_call(
         http_addr,
         "POST",
         &format!("/api/v1/jobs/{}/backfill", jobs::DEVICE_HEALTH_DAILY),
         Some(&format!(
             r#"{{"from": "{yesterday}", "to": "{yesterday}", "downstream": true, "dry_run": true}}"#
         )),
+        Some(OPERATOR),
     )
     .unwrap();
     assert_eq!(status, 200, "{body}");
     let planned: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(planned["partitions"].as_array().unwrap().len(), 2);
-    let (status, body) = http_request(
+    let (status, body) = http_call(
         http_addr,
         "POST",
         &format!("/api/v1/jobs/{}/backfill", jobs::DEVICE_HEALTH_DAILY),
         Some(r#"{"from": "2026-13-01", "to": "2026-11-01"}"#),
+        Some(OPERATOR),
     )
     .unwrap();
     assert_eq!(status, 400, "{body}");

@@ -688,6 +688,14 @@ below = 60
             [scheduler.merchant_directory]
             url = "mysql://crm"
             query = " "
+            [[http.tokens]]
+            name = "support"
+            role = "viewer"
+            token = "short"
+            [[http.tokens]]
+            name = "support"
+            role = "operator"
+            token_file = "/nonexistent/tillwatch-token"
             "#,
         )
         .unwrap()
@@ -699,6 +707,9 @@ below = 60
             "scheduler.merchant_directory.url",
             "scheduler.merchant_directory.query",
             "scheduler.local_day_utc_offsets: [2, 14]",
+            "http.tokens[0] (\"support\"): the token must have at least 16 characters",
+            "http.tokens[1] (\"support\"): the name is used twice",
+            "token_file /nonexistent/tillwatch-token",
         ] {
             assert!(invalid.contains(needle), "{needle} missing from {invalid}");
         }

@@ -147,15 +147,92 @@ impl Default for GatewayConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Serves `/healthz`, `/readyz` and `/metrics`.
+    /// Serves `/healthz`, `/readyz` and `/metrics` (open, for probes and
+    /// scrapers) and the API under `/api/v1` (bearer tokens).
     pub listen: SocketAddr,
+    /// Who may call the API: `[[http.tokens]]` with `name`, `role`
+    /// (`viewer` reads; `operator` also creates silences, runs backfills
+    /// and controls jobs) and `token` or `token_file`. With none, the
+    /// standalone and demo commands make a viewer and an operator token for
+    /// the run and print them.
+    pub tokens: Vec<ApiToken>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            tokens: Vec::new(),
         }
+    }
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything.
+    Viewer,
+    /// Reads, and changes: silences, backfills, job control.
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+/// One bearer token of the API.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Names the holder in logs and errors (the token itself never is).
+    pub name: String,
+    pub role: Role,
+    /// The token; better given as `token_file` (a mounted secret) or
+    /// through the environment than written in a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// A file holding the token (surrounding whitespace is ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+/// The shortest token accepted: guessing one must be hopeless.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+impl ApiToken {
+    /// The token, from the config or its file.
+    pub fn secret(&self) -> Result<String, String> {
+        let secret = match (&self.token, &self.token_file) {
+            (Some(t), None) => t.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("token_file {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+            _ => return Err("give exactly one of token and token_file".into()),
+        };
+        if secret.chars().count() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "the token must have at least {MIN_TOKEN_LEN} characters"
+            ));
+        }
+        Ok(secret)
+    }
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .finish()
     }
 }
 
@@ -485,6 +562,18 @@ impl Config {
                 "scheduler.engine: \"clickhouse\" needs clickhouse.url (or use \"embedded\")"
                     .into(),
             );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, t) in self.http.tokens.iter().enumerate() {
+            let at = format!("http.tokens[{i}] ({:?})", t.name);
+            if t.name.trim().is_empty() {
+                errors.push(format!("http.tokens[{i}].name: must not be empty"));
+            } else if !names.insert(t.name.as_str()) {
+                errors.push(format!("{at}: the name is used twice"));
+            }
+            if let Err(e) = t.secret() {
+                errors.push(format!("{at}: {e}"));
+            }
         }
         let [west, east] = self.scheduler.local_day_utc_offsets;
         if !(-12..=0).contains(&west) || !(0..=14).contains(&east) {

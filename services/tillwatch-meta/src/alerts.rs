@@ -241,6 +241,30 @@ impl MetaStore {
             .map_err(self.db())
     }
 
+    /// The alerts about one subject (a device id, `store:…`,
+    /// `merchant:…`), open ones first, then newest change first.
+    pub async fn subject_alerts(
+        &self,
+        subject: &str,
+        limit: u32,
+    ) -> Result<Vec<AlertRecord>, MetaError> {
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.subject = $1 \
+             ORDER BY CASE WHEN a.state = 'resolved' THEN 1 ELSE 0 END, a.updated_at_ms DESC, a.alert_id \
+             LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(subject)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.db())?;
+        rows.iter()
+            .map(alert_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(self.db())
+    }
+
     /// Alerts due for `receiver` at `now`: firing ones it has not been sent
     /// (or not since `repeat_before_ms`), resolves of ones it was sent as
     /// firing; of at least `min_severity_rank` (0 info, 1 warning, 2

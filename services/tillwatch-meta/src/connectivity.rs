@@ -37,9 +37,18 @@ impl MetaStore {
     pub async fn load_connectivity(
         &self,
     ) -> Result<Vec<(String, ConnectivitySnapshot)>, MetaError> {
+        self.load_connectivity_where(None).await
+    }
+
+    async fn load_connectivity_where(
+        &self,
+        device_id: Option<&str>,
+    ) -> Result<Vec<(String, ConnectivitySnapshot)>, MetaError> {
         let rows = sqlx::query(
-            "SELECT device_id, state, since_ms, boot_id, last_telemetry_ms, cadence_ms FROM device_connectivity",
+            "SELECT device_id, state, since_ms, boot_id, last_telemetry_ms, cadence_ms \
+             FROM device_connectivity WHERE ($1 IS NULL OR device_id = $1)",
         )
+        .bind(device_id.map(str::to_string))
         .fetch_all(self.pool())
         .await
         .map_err(self.db())?;
@@ -62,6 +71,19 @@ impl MetaStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(self.db())
+    }
+
+    /// One device's saved state machine.
+    pub async fn device_connectivity(
+        &self,
+        device_id: &str,
+    ) -> Result<Option<ConnectivitySnapshot>, MetaError> {
+        Ok(self
+            .load_connectivity_where(Some(device_id))
+            .await?
+            .into_iter()
+            .next()
+            .map(|(_, s)| s))
     }
 
     /// A device's state changes, newest first.

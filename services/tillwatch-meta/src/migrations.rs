@@ -214,6 +214,14 @@ CREATE TABLE rollup_findings (
 CREATE INDEX connectivity_history_by_time ON connectivity_history (at_ms);
 ",
     },
+    Migration {
+        version: 9,
+        name: "alerts_by_subject",
+        // The device page lists a terminal's alerts.
+        sql: "
+CREATE INDEX alerts_by_subject ON alerts (subject, updated_at_ms);
+",
+    },
 ];
 
 /// What a migration run did.

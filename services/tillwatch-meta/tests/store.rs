@@ -52,7 +52,8 @@ async fn registry_behaviour(store: &MetaStore) {
             "005_job_requests",
             "006_merchants",
             "007_rollup_findings",
-            "008_connectivity_history_by_time"
+            "008_connectivity_history_by_time",
+            "009_alerts_by_subject"
         ]
     );
     let again = store.migrate().await.unwrap();

@@ -19,10 +19,10 @@ use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tillwatch_api::{Answer, ApiError, bad};
 use tillwatch_config::Config;
 use tillwatch_meta::JobRunRow;
 use tillwatch_scheduler::{Input, Progress, Runner, Target, ops};
@@ -34,30 +34,6 @@ use crate::service::{self, SchedulerError, parse_partition, wall_clock};
 struct Jobs {
     runner: Arc<Runner>,
     lake: Lake,
-}
-
-/// An error answer: a status and a message saying what was wrong.
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
-
-impl From<tillwatch_meta::MetaError> for ApiError {
-    fn from(e: tillwatch_meta::MetaError) -> ApiError {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the metadata store: {e}"),
-        )
-    }
-}
-
-type Answer = Result<Json<Value>, ApiError>;
-
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
 impl Jobs {

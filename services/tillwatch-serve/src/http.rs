@@ -1,6 +1,7 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,7 +9,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tillwatch_api::Access;
+use tillwatch_config::Config;
 use tillwatch_gateway::GatewayHealth;
+use tillwatch_meta::MetaStore;
 use tokio::net::TcpListener;
 
 /// The process-wide Prometheus recorder, installed on first use.
@@ -52,6 +56,34 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
     )
+}
+
+/// The API under `/api/v1` behind the configured tokens: the fleet
+/// (devices, merchants, stores, alerts) and, with the scheduler on, the
+/// jobs.
+pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
+    let access = Access::new(&config.http.tokens).map_err(anyhow::Error::msg)?;
+    let url = config.metadata_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("data_dir {}", config.data_dir.display()))?;
+    }
+    let store = MetaStore::connect(&url)
+        .await
+        .context("the metadata store")?;
+    store
+        .migrate()
+        .await
+        .context("migrating the metadata store")?;
+    let mut api = tillwatch_api::fleet::router(store);
+    if config.scheduler.enabled {
+        api = api.merge(
+            tillwatch_rollups::api::router(config)
+                .await
+                .context("the jobs API")?,
+        );
+    }
+    Ok(tillwatch_api::protect(api, Arc::new(access)))
 }
 
 /// Serves `/healthz` (the process is up), `/readyz` (the gateway is

@@ -2,7 +2,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tillwatch_config::Config;
+use tillwatch_config::{ApiToken, Config, Role};
 use tillwatch_gateway::{GatewayHealth, run_gateway, shutdown_requested};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -13,6 +13,43 @@ use crate::http::serve_http;
 /// Flush at 80% of the embedded broker's in-flight window, so the broker
 /// never stalls waiting for acks until the age limit.
 const EMBEDDED_FLUSH_MAX_UNACKED: usize = EmbeddedBroker::MAX_INFLIGHT * 4 / 5;
+
+/// Tokens made up for one run.
+pub struct MadeTokens {
+    pub viewer: String,
+    pub operator: String,
+}
+
+fn random_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 20];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// With no `[[http.tokens]]` configured, makes a viewer and an operator
+/// token for this run (from the OS's random source) and adds them.
+pub fn make_tokens(config: &mut Config) -> anyhow::Result<Option<MadeTokens>> {
+    if !config.http.tokens.is_empty() {
+        return Ok(None);
+    }
+    let made = MadeTokens {
+        viewer: random_token().context("making an API token")?,
+        operator: random_token().context("making an API token")?,
+    };
+    for (name, role, token) in [
+        ("viewer", Role::Viewer, &made.viewer),
+        ("operator", Role::Operator, &made.operator),
+    ] {
+        config.http.tokens.push(ApiToken {
+            name: name.into(),
+            role,
+            token: Some(token.clone()),
+            token_file: None,
+        });
+    }
+    Ok(Some(made))
+}
 
 /// Runs the whole product in one process: the gateway (against `broker` if
 /// given, else `config.mqtt.broker`), the alerter, the rollup scheduler
@@ -51,15 +88,15 @@ pub async fn run_standalone(
         let _ = external.send(true);
     });
     let health = Arc::new(GatewayHealth::default());
+    if let Some(made) = make_tokens(&mut config)? {
+        println!(
+            "API tokens for this run (set [[http.tokens]] to choose your own):\n  viewer   {}\n  operator {}",
+            made.viewer, made.operator
+        );
+    }
     // The jobs API reads the scheduler's state; the scheduler does not
     // depend on it (it keeps running if the HTTP side fails).
-    let api = if config.scheduler.enabled {
-        tillwatch_rollups::api::router(&config)
-            .await
-            .context("the jobs API")?
-    } else {
-        axum::Router::new()
-    };
+    let api = crate::http::api_router(&config).await?;
     let http = tokio::spawn(serve_http(
         http,
         health.clone(),

@@ -1,0 +1,235 @@
+//! The fleet over HTTP:
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /api/v1/devices?merchant=&store=&after=&limit=` | terminals in id order, `limit` (1-1000, default 100) after the id `after`; `next_after` continues |
+//! | `GET /api/v1/devices/{device_id}` | one terminal: registry, connectivity state and its recent changes, newest signals, its alerts |
+//! | `GET /api/v1/merchants` | merchants, with their names from the directory |
+//! | `GET /api/v1/stores?merchant=` | stores, with time zone and opening hours |
+//! | `GET /api/v1/alerts?state=&limit=` | alerts, newest change first; `state` is `open` (default), `all`, `pending`, `firing` or `resolved` |
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, DeviceRecord, MetaStore};
+
+use crate::error::{Answer, bad, not_found};
+
+fn device_json(d: &DeviceRecord) -> Value {
+    json!({
+        "device_id": d.device_id,
+        "merchant_id": d.merchant_id,
+        "store_id": d.store_id,
+        "model": d.model,
+        "serial": d.serial,
+        "firmware_version": d.firmware_version,
+        "app_version": d.app_version,
+        "time_zone": d.time_zone,
+        "first_seen_ms": d.first_seen_ms,
+        "last_seen_ms": d.last_seen_ms,
+    })
+}
+
+/// An alert as the API shows it.
+pub fn alert_json(a: &AlertRecord) -> Value {
+    json!({
+        "alert_id": a.alert_id,
+        "rule": a.rule,
+        "subject": a.subject,
+        "scope": a.scope,
+        "severity": a.severity,
+        "state": a.state.as_str(),
+        "pending_since_ms": a.pending_since_ms,
+        "fired_at_ms": a.fired_at_ms,
+        "resolved_at_ms": a.resolved_at_ms,
+        "silenced_by": a.silenced_by,
+        "held_by": a.held_by,
+        "labels": a.labels,
+        "annotations": a.annotations,
+        "updated_at_ms": a.updated_at_ms,
+    })
+}
+
+fn limit(value: Option<u32>, default: u32, max: u32) -> Result<u32, crate::ApiError> {
+    let v = value.unwrap_or(default);
+    if (1..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(bad(format!("limit: must be 1 to {max}, not {v}")))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicesQuery {
+    merchant: Option<String>,
+    store: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn devices(
+    State(store): State<MetaStore>,
+    q: Result<Query<DevicesQuery>, QueryRejection>,
+) -> Answer {
+    let Query(q) = q?;
+    if q.store.is_some() && q.merchant.is_none() {
+        return Err(bad("store: give merchant too (store ids are per merchant)"));
+    }
+    let limit = limit(q.limit, 100, 1000)?;
+    let found = store
+        .devices(
+            q.merchant.as_deref(),
+            q.store.as_deref(),
+            q.after.as_deref(),
+            limit,
+        )
+        .await?;
+    let next = (found.len() == limit as usize)
+        .then(|| found.last().map(|d| d.device_id.clone()))
+        .flatten();
+    Ok(Json(json!({
+        "devices": found.iter().map(device_json).collect::<Vec<_>>(),
+        "next_after": next,
+    })))
+}
+
+async fn device(State(store): State<MetaStore>, Path(id): Path<String>) -> Answer {
+    let Some(d) = store.device(&id).await? else {
+        return Err(not_found(format!("no device {id:?}")));
+    };
+    let connectivity = store.device_connectivity(&id).await?.map(|c| {
+        json!({
+            "state": c.state.map(|s| s.as_str()),
+            "online": c.state == Some(tillwatch_domain::connectivity::ConnState::Online),
+            "since_ms": c.since.0,
+            "last_telemetry_ms": c.last_telemetry.map(|t| t.0),
+            "cadence_ms": c.gap_ms,
+        })
+    });
+    let history: Vec<Value> = store
+        .connectivity_history(&id, 50)
+        .await?
+        .iter()
+        .map(|h| {
+            json!({
+                "at_ms": h.at_ms,
+                "from": h.from.map(|s| s.as_str()),
+                "to": h.to.as_str(),
+            })
+        })
+        .collect();
+    let signals: BTreeMap<String, Value> = store
+        .latest_signals(&id)
+        .await?
+        .into_iter()
+        .map(|s| {
+            (
+                s.signal,
+                json!({ "value": s.value, "sampled_at_ms": s.sampled_at_ms }),
+            )
+        })
+        .collect();
+    let alerts: Vec<Value> = store
+        .subject_alerts(&id, 50)
+        .await?
+        .iter()
+        .map(alert_json)
+        .collect();
+    Ok(Json(json!({
+        "device": device_json(&d),
+        "connectivity": connectivity,
+        "connectivity_history": history,
+        "signals": signals,
+        "alerts": alerts,
+    })))
+}
+
+async fn merchants(State(store): State<MetaStore>) -> Answer {
+    let list: Vec<Value> = store
+        .merchants()
+        .await?
+        .iter()
+        .map(|m| json!({ "merchant_id": m.merchant_id, "name": m.name }))
+        .collect();
+    Ok(Json(json!({ "merchants": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoresQuery {
+    merchant: Option<String>,
+}
+
+async fn stores(
+    State(store): State<MetaStore>,
+    q: Result<Query<StoresQuery>, QueryRejection>,
+) -> Answer {
+    let Query(q) = q?;
+    let list: Vec<Value> = store
+        .stores()
+        .await?
+        .iter()
+        .filter(|s| q.merchant.as_ref().is_none_or(|m| *m == s.merchant_id))
+        .map(|s| {
+            json!({
+                "merchant_id": s.merchant_id,
+                "store_id": s.store_id,
+                "name": s.name,
+                "time_zone": s.time_zone,
+                "hours": s.hours,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "stores": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsQuery {
+    state: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn alerts(
+    State(store): State<MetaStore>,
+    q: Result<Query<AlertsQuery>, QueryRejection>,
+) -> Answer {
+    let Query(q) = q?;
+    let filter = match q.state.as_deref().unwrap_or("open") {
+        "open" => AlertFilter::Open,
+        "all" => AlertFilter::All,
+        other => AlertState::parse(other)
+            .map(AlertFilter::State)
+            .ok_or_else(|| {
+                bad(format!(
+                    "state: {other:?} is not open, all, pending, firing or resolved"
+                ))
+            })?,
+    };
+    let limit = limit(q.limit, 100, 10_000)?;
+    let list: Vec<Value> = store
+        .alerts(filter, limit)
+        .await?
+        .iter()
+        .map(alert_json)
+        .collect();
+    Ok(Json(json!({ "alerts": list })))
+}
+
+/// The fleet routes over the metadata store (not yet behind tokens: see
+/// [`crate::protect`]).
+pub fn router(store: MetaStore) -> Router {
+    Router::new()
+        .route("/api/v1/devices", get(devices))
+        .route("/api/v1/devices/{device_id}", get(device))
+        .route("/api/v1/merchants", get(merchants))
+        .route("/api/v1/stores", get(stores))
+        .route("/api/v1/alerts", get(alerts))
+        .with_state(store)
+}

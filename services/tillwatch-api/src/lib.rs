@@ -1,0 +1,20 @@
+//! The HTTP API under `/api/v1`, as JSON:
+//!
+//! - [`auth`]: every request carries `Authorization: Bearer <token>`; a
+//!   `viewer` token reads (GET), an `operator` token also changes (POST,
+//!   PUT, DELETE: silences, backfills, job control). Missing or unknown
+//!   tokens get 401, a viewer asking for a change 403.
+//! - [`error`]: errors are `{"error": "…"}` saying what was wrong with the
+//!   request: 404 for an unknown device, 400 naming the bad parameter.
+//! - [`fleet`]: devices (with filters and keyset paging), one device's
+//!   detail, merchants, stores, alerts.
+//!
+//! `/healthz`, `/readyz` and `/metrics` are served beside it without a
+//! token (probes and scrapers), by `tillwatch-serve`.
+
+pub mod auth;
+pub mod error;
+pub mod fleet;
+
+pub use auth::{Access, protect};
+pub use error::{Answer, ApiError, bad, not_found};
