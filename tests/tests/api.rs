@@ -144,6 +144,53 @@ async fn seed(store: &MetaStore) {
         .unwrap();
 }
 
+/// t-2's battery every 10 minutes for three hours from T0 (100, 99, …),
+/// t-1's at 50%, in the raw lake, and the hourly rollup of those hours.
+async fn seed_lake(root: &std::path::Path) {
+    let lake = tillwatch_storage::Lake::new(root);
+    let merchant = MerchantId::new("m-1").unwrap();
+    let mut staging = tillwatch_storage::Staging::new();
+    let mut readings = Vec::new();
+    for (device, start) in [("t-1", 50), ("t-2", 100)] {
+        for i in 0..18i64 {
+            readings.push(Reading {
+                device_id: DeviceId::new(device).unwrap(),
+                boot_id: BootId(1),
+                seq: i as u64 + 10,
+                sampled_at: UtcMillis(T0 + i * 600_000),
+                signal: Signal::Battery(Battery {
+                    level_pct: (start - i) as u32,
+                    charging: false,
+                    temperature_celsius: 30.0,
+                    voltage_mv: 3900,
+                    health_pct: 90,
+                    cycle_count: 10,
+                }),
+            });
+        }
+    }
+    for r in &readings {
+        staging.push_reading(tillwatch_storage::StoredReading {
+            reading: r,
+            merchant_id: &merchant,
+            store_id: None,
+            received_at: r.sampled_at,
+        });
+    }
+    for part in staging.finish() {
+        let path = lake.file_path(part.table, part.hour, "seed.parquet");
+        lake.write_part(&part, &path).unwrap();
+    }
+    let engine = tillwatch_rollups::embedded::Embedded::new(lake);
+    for h in 0..3 {
+        let hour = tillwatch_scheduler::Partition::containing(
+            tillwatch_scheduler::Grain::Hour,
+            T0 + h * 3_600_000,
+        );
+        engine.device_health_hourly(hour).await.unwrap();
+    }
+}
+
 struct Api {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -161,6 +208,7 @@ async fn start() -> Api {
     std::fs::create_dir_all(&config.data_dir).unwrap();
     let store = MetaStore::connect(&config.metadata_url()).await.unwrap();
     seed(&store).await;
+    seed_lake(&config.data_dir.join("lake")).await;
     let router = tillwatch_serve::api_router(&config).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -334,5 +382,148 @@ async fn merchants_stores_and_alerts() {
     assert_eq!(firing["alerts"].as_array().unwrap().len(), 1);
     let (_, resolved) = api.get("/api/v1/alerts?state=resolved").await;
     assert_eq!(resolved["alerts"].as_array().unwrap().len(), 0);
+    api.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_counts_by_merchant_and_store() {
+    let api = start().await;
+    let (status, fleet) = api.get("/api/v1/fleet").await;
+    assert_eq!(status, 200, "{fleet}");
+    let totals = &fleet["totals"];
+    assert_eq!(totals["devices"], 3);
+    assert_eq!(totals["offline"], 1, "t-2 by its last will");
+    assert_eq!(totals["unknown"], 2, "never seen online");
+    assert_eq!(totals["low_battery"], 1, "t-2 at 14%");
+    assert_eq!(totals["alerting"], 1);
+    let m1 = &fleet["merchants"][0];
+    assert_eq!(m1["merchant_id"], "m-1");
+    assert_eq!(m1["name"], "Corner Cafe");
+    assert_eq!(m1["devices"], 2);
+    assert_eq!(m1["stores"][1]["store_id"], "s-2");
+    assert_eq!(m1["stores"][1]["alerting"], 1);
+    assert_eq!(fleet["merchants"][1]["devices"], 1);
+    api.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_create_and_end_silences() {
+    let api = start().await;
+    let good = r#"{"matchers": ["rule=offline", "store_id=~s-.*"], "for": "2h", "comment": "store refit"}"#;
+    let (status, body) = api
+        .call("POST", "/api/v1/silences", Some(good), Some(VIEWER))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    for (bad, needle) in [
+        (
+            r#"{"matchers": ["rule~~x"], "for": "2h", "comment": "c"}"#,
+            "matchers",
+        ),
+        (
+            r#"{"matchers": [], "for": "2h", "comment": "c"}"#,
+            "matchers",
+        ),
+        (
+            r#"{"matchers": ["rule=offline"], "for": "soon", "comment": "c"}"#,
+            "for",
+        ),
+        (
+            r#"{"matchers": ["rule=offline"], "for": "0s", "comment": "c"}"#,
+            "for",
+        ),
+        (
+            r#"{"matchers": ["rule=offline"], "for": "2h", "comment": " "}"#,
+            "comment",
+        ),
+        (
+            r#"{"matchers": ["rule=offline"], "for": "2h", "comment": "c", "by": "me"}"#,
+            "by",
+        ),
+    ] {
+        let (status, body) = api
+            .call("POST", "/api/v1/silences", Some(bad), Some(OPERATOR))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(error(&body).contains(needle), "{bad}: {body}");
+    }
+    let (status, made) = api
+        .call("POST", "/api/v1/silences", Some(good), Some(OPERATOR))
+        .await;
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(made["created_by"], "ops", "the token's name is the author");
+    assert_eq!(
+        made["ends_at_ms"].as_i64().unwrap() - made["starts_at_ms"].as_i64().unwrap(),
+        2 * 3_600_000
+    );
+    let id = made["silence_id"].as_str().unwrap().to_string();
+    let (_, list) = api.get("/api/v1/silences").await;
+    assert_eq!(list["silences"][0]["silence_id"], id.as_str());
+
+    let path = format!("/api/v1/silences/{id}");
+    let (status, _) = api.call("DELETE", &path, None, Some(VIEWER)).await;
+    assert_eq!(status, 403);
+    let (status, ended) = api.call("DELETE", &path, None, Some(OPERATOR)).await;
+    assert_eq!(status, 200, "{ended}");
+    let (_, list) = api.get("/api/v1/silences").await;
+    assert_eq!(list["silences"].as_array().unwrap().len(), 0);
+    let (status, body) = api
+        .call("DELETE", "/api/v1/silences/nope", None, Some(OPERATOR))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    api.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_series_comes_raw_for_hours_and_hourly_for_days() {
+    let api = start().await;
+    let base = "/api/v1/devices/t-2/series";
+    let (status, raw) = api
+        .get(&format!("{base}?from={T0}&to={}", T0 + 2 * 3_600_000))
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    assert_eq!(raw["resolution"], "raw");
+    let battery = raw["series"]["battery_pct"].as_array().unwrap();
+    assert_eq!(battery.len(), 12, "every reading of two hours: {raw}");
+    assert_eq!(battery[0], serde_json::json!([T0, 100.0]));
+    assert_eq!(battery[11], serde_json::json!([T0 + 11 * 600_000, 89.0]));
+
+    // RFC 3339 works too; three hours at the hourly resolution.
+    let (status, hourly) = api
+        .get(&format!(
+            "{base}?from=2026-11-20T00:00:00Z&to=2026-11-20T03:00:00Z&resolution=hour"
+        ))
+        .await;
+    assert_eq!(status, 200, "{hourly}");
+    assert_eq!(hourly["resolution"], "hour");
+    let means: Vec<f64> = hourly["series"]["battery_pct"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .collect();
+    // Levels 100..95 in the first hour, 94..89, 88..83: means 97.5, 91.5, 85.5.
+    assert_eq!(means, [97.5, 91.5, 85.5]);
+    assert_eq!(hourly["series"]["battery_readings"][0][1], 6.0);
+
+    for (query, want, needle) in [
+        ("?from=yesterday", 400, "from"),
+        ("?from=1795132800000&to=1795132800000", 400, "from"),
+        ("?from=1700000000000&to=1795132800000", 400, "31 days"),
+        (
+            "?from=1795132800000&to=1795219200000&resolution=raw",
+            400,
+            "resolution",
+        ),
+        ("?resolution=minute", 400, "resolution"),
+        ("?window=1h", 400, "window"),
+    ] {
+        let (status, body) = api.get(&format!("{base}{query}")).await;
+        assert_eq!(status, want, "{query}: {body}");
+        assert!(error(&body).contains(needle), "{query}: {body}");
+    }
+    let (status, body) = api.get("/api/v1/devices/nope/series").await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = api.call("GET", base, None, None).await;
+    assert_eq!(status, 401);
     api.stop.send(true).unwrap();
 }

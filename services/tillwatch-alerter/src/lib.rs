@@ -10,7 +10,7 @@
 mod alerter;
 pub mod deliver;
 pub mod engine;
-pub mod matchers;
+pub use tillwatch_domain::matchers;
 pub mod rules;
 mod run;
 mod tracker;

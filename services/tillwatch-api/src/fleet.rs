@@ -2,6 +2,7 @@
 //!
 //! | method and path | what |
 //! |---|---|
+//! | `GET /api/v1/fleet` | counts (devices, online, offline, never seen online, low battery, alerting) for the fleet, each merchant and each store |
 //! | `GET /api/v1/devices?merchant=&store=&after=&limit=` | terminals in id order, `limit` (1-1000, default 100) after the id `after`; `next_after` continues |
 //! | `GET /api/v1/devices/{device_id}` | one terminal: registry, connectivity state and its recent changes, newest signals, its alerts |
 //! | `GET /api/v1/merchants` | merchants, with their names from the directory |
@@ -222,9 +223,134 @@ async fn alerts(
     Ok(Json(json!({ "alerts": list })))
 }
 
-/// The fleet routes over the metadata store (not yet behind tokens: see
-/// [`crate::protect`]).
-pub fn router(store: MetaStore) -> Router {
+/// What the fleet routes read beside the store.
+#[derive(Clone)]
+pub struct Fleet {
+    pub store: MetaStore,
+    /// A terminal whose newest battery level is below this is low
+    /// (`alerting.rules.battery_low.threshold`).
+    pub low_battery_pct: f64,
+}
+
+#[derive(Default)]
+struct Counts {
+    devices: u64,
+    online: u64,
+    offline: u64,
+    unknown: u64,
+    low_battery: u64,
+    alerting: u64,
+}
+
+impl Counts {
+    fn add(&mut self, state: Option<bool>, low: bool, alerting: bool) {
+        self.devices += 1;
+        match state {
+            Some(true) => self.online += 1,
+            Some(false) => self.offline += 1,
+            None => self.unknown += 1,
+        }
+        self.low_battery += u64::from(low);
+        self.alerting += u64::from(alerting);
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "devices": self.devices,
+            "online": self.online,
+            "offline": self.offline,
+            "unknown": self.unknown,
+            "low_battery": self.low_battery,
+            "alerting": self.alerting,
+        })
+    }
+}
+
+async fn summary(State(fleet): State<Fleet>) -> Answer {
+    use std::collections::{HashMap, HashSet};
+    use tillwatch_domain::connectivity::ConnState;
+    let store = &fleet.store;
+    let states: HashMap<String, bool> = store
+        .load_connectivity()
+        .await?
+        .into_iter()
+        .filter_map(|(d, s)| Some((d, s.state? == ConnState::Online)))
+        .collect();
+    let low: HashSet<String> = store
+        .all_latest_signals()
+        .await?
+        .into_iter()
+        .filter(|(_, s)| s.signal == "battery_level_pct" && s.value < fleet.low_battery_pct)
+        .map(|(d, _)| d)
+        .collect();
+    let alerting: HashSet<String> = store
+        .alerts(AlertFilter::State(AlertState::Firing), 100_000)
+        .await?
+        .into_iter()
+        .filter(|a| a.scope == "device")
+        .map(|a| a.subject)
+        .collect();
+    let names: HashMap<String, Option<String>> = store
+        .merchants()
+        .await?
+        .into_iter()
+        .map(|m| (m.merchant_id, m.name))
+        .collect();
+    let mut total = Counts::default();
+    let mut by_merchant: BTreeMap<String, (Counts, BTreeMap<String, Counts>)> = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.devices(None, None, after.as_deref(), 1000).await?;
+        for d in &page {
+            let state = states.get(&d.device_id).copied();
+            let (l, a) = (low.contains(&d.device_id), alerting.contains(&d.device_id));
+            total.add(state, l, a);
+            let merchant = by_merchant.entry(d.merchant_id.clone()).or_default();
+            merchant.0.add(state, l, a);
+            let store_key = d.store_id.clone().unwrap_or_default();
+            merchant.1.entry(store_key).or_default().add(state, l, a);
+        }
+        if page.len() < 1000 {
+            break;
+        }
+        after = page.last().map(|d| d.device_id.clone());
+    }
+    let merchants: Vec<Value> = by_merchant
+        .iter()
+        .map(|(id, (counts, stores))| {
+            let mut m = counts.json();
+            m["merchant_id"] = json!(id);
+            m["name"] = json!(names.get(id).cloned().flatten());
+            m["stores"] = stores
+                .iter()
+                .map(|(store_id, c)| {
+                    let mut s = c.json();
+                    s["store_id"] = json!((!store_id.is_empty()).then_some(store_id));
+                    s
+                })
+                .collect();
+            m
+        })
+        .collect();
+    Ok(Json(json!({
+        "totals": total.json(),
+        "low_battery_below_pct": fleet.low_battery_pct,
+        "merchants": merchants,
+    })))
+}
+
+/// The fleet and silence routes over the metadata store (not yet behind
+/// tokens: see [`crate::protect`]).
+pub fn router(fleet: Fleet) -> Router {
+    let store = fleet.store.clone();
+    Router::new()
+        .route("/api/v1/fleet", get(summary))
+        .with_state(fleet)
+        .merge(store_routes(store.clone()))
+        .merge(crate::silences::router(store))
+}
+
+fn store_routes(store: MetaStore) -> Router {
     Router::new()
         .route("/api/v1/devices", get(devices))
         .route("/api/v1/devices/{device_id}", get(device))

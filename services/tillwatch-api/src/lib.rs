@@ -6,8 +6,10 @@
 //!   tokens get 401, a viewer asking for a change 403.
 //! - [`error`]: errors are `{"error": "…"}` saying what was wrong with the
 //!   request: 404 for an unknown device, 400 naming the bad parameter.
-//! - [`fleet`]: devices (with filters and keyset paging), one device's
-//!   detail, merchants, stores, alerts.
+//! - [`fleet`]: the fleet's counts by merchant and store, devices (with
+//!   filters and keyset paging), one device's detail, merchants, stores,
+//!   alerts.
+//! - [`silences`]: list, create and end silences.
 //!
 //! `/healthz`, `/readyz` and `/metrics` are served beside it without a
 //! token (probes and scrapers), by `tillwatch-serve`.
@@ -15,6 +17,7 @@
 pub mod auth;
 pub mod error;
 pub mod fleet;
+pub mod silences;
 
 pub use auth::{Access, protect};
 pub use error::{Answer, ApiError, bad, not_found};

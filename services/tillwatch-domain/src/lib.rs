@@ -9,6 +9,7 @@ pub mod connectivity;
 mod device;
 pub mod hours;
 mod ids;
+pub mod matchers;
 mod reading;
 mod time;
 mod validate;

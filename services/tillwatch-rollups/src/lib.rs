@@ -13,6 +13,7 @@ pub mod directory;
 pub mod embedded;
 pub mod findings;
 pub mod jobs;
+pub mod series;
 pub mod service;
 pub mod side;
 

@@ -75,7 +75,12 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
         .migrate()
         .await
         .context("migrating the metadata store")?;
-    let mut api = tillwatch_api::fleet::router(store);
+    let lake = tillwatch_storage::Lake::new(config.data_dir.join("lake"));
+    let mut api = tillwatch_api::fleet::router(tillwatch_api::fleet::Fleet {
+        store: store.clone(),
+        low_battery_pct: config.alerting.rules.battery_low.threshold,
+    })
+    .merge(tillwatch_rollups::series::router(lake, store));
     if config.scheduler.enabled {
         api = api.merge(
             tillwatch_rollups::api::router(config)

@@ -1,0 +1,128 @@
+//! Silences over HTTP (creating and ending one needs an operator's token):
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /api/v1/silences` | silences that have not ended |
+//! | `POST /api/v1/silences` | `{"matchers": ["rule=offline", "store_id=~s-1.*"], "for": "2h", "comment": "…"}`: 201 and the silence; its author is the token's name |
+//! | `DELETE /api/v1/silences/{silence_id}` | ends it now; 404 if there is none |
+//!
+//! The alerter applies a new or ended silence at its next evaluation.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tillwatch_config::Role;
+use tillwatch_domain::UtcMillis;
+use tillwatch_meta::{MetaStore, SilenceRecord};
+
+use crate::auth::Caller;
+use crate::error::{Answer, ApiError, bad, not_found};
+
+/// The longest a silence may last: longer is a rule to change, not a
+/// silence.
+const MAX_SILENCE_MS: i64 = 90 * 24 * 3_600_000;
+
+fn silence_json(s: &SilenceRecord) -> Value {
+    json!({
+        "silence_id": s.silence_id,
+        "matchers": s.matchers,
+        "starts_at_ms": s.starts_at_ms,
+        "ends_at_ms": s.ends_at_ms,
+        "created_by": s.created_by,
+        "comment": s.comment,
+        "created_at_ms": s.created_at_ms,
+    })
+}
+
+async fn list(State(store): State<MetaStore>) -> Answer {
+    let now = UtcMillis::now().0;
+    let list: Vec<Value> = store
+        .silences(now)
+        .await?
+        .iter()
+        .map(silence_json)
+        .collect();
+    Ok(Json(json!({ "silences": list })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSilence {
+    matchers: Vec<String>,
+    /// How long: `2h`, `30m`.
+    #[serde(rename = "for")]
+    duration: String,
+    comment: String,
+}
+
+async fn create(
+    State(store): State<MetaStore>,
+    caller: Option<Extension<Caller>>,
+    body: Result<Json<NewSilence>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body.map_err(|e| bad(format!("the body: {}", e.body_text())))?;
+    if body.matchers.is_empty() {
+        return Err(bad(
+            "matchers: give at least one, e.g. \"rule=offline\" or \"store_id=s-1\"",
+        ));
+    }
+    tillwatch_domain::matchers::parse_all(&body.matchers)
+        .map_err(|e| bad(format!("matchers: {e}")))?;
+    let duration = humantime::parse_duration(&body.duration).map_err(|e| {
+        bad(format!(
+            "for: {:?} is not a duration like 2h ({e})",
+            body.duration
+        ))
+    })?;
+    let ms = i64::try_from(duration.as_millis()).unwrap_or(i64::MAX);
+    if ms <= 0 || ms > MAX_SILENCE_MS {
+        return Err(bad("for: must be more than 0s and at most 90 days"));
+    }
+    if body.comment.trim().is_empty() {
+        return Err(bad("comment: say why (it is shown with the muted alerts)"));
+    }
+    let author = caller
+        .map(|Extension(c)| c.name)
+        .unwrap_or_else(|| Role::Operator.as_str().to_string());
+    let now = UtcMillis::now().0;
+    let record = SilenceRecord {
+        silence_id: format!("{now:x}-{:08x}", fnv(&body.matchers.join("\n"))),
+        matchers: body.matchers,
+        starts_at_ms: now,
+        ends_at_ms: now + ms,
+        created_by: author,
+        comment: body.comment,
+        created_at_ms: now,
+    };
+    store.create_silence(&record).await?;
+    Ok((StatusCode::CREATED, Json(silence_json(&record))))
+}
+
+fn fnv(text: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+async fn end(State(store): State<MetaStore>, Path(id): Path<String>) -> Answer {
+    if store.expire_silence(&id, UtcMillis::now().0).await? {
+        Ok(Json(json!({ "silence_id": id, "ended": true })))
+    } else {
+        Err(not_found(format!("no silence {id:?}")))
+    }
+}
+
+/// The silence routes over the metadata store.
+pub fn router(store: MetaStore) -> Router {
+    Router::new()
+        .route("/api/v1/silences", get(list).post(create))
+        .route("/api/v1/silences/{silence_id}", delete(end))
+        .with_state(store)
+}

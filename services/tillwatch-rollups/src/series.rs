@@ -1,0 +1,279 @@
+//! One terminal's time series over HTTP, for the device page's charts:
+//!
+//! `GET /api/v1/devices/{device_id}/series?from=&to=&resolution=`
+//!
+//! - `from`, `to`: milliseconds since 1970 or RFC 3339 (`2026-11-22T06:00:00Z`);
+//!   default the last 24 hours; at most 31 days apart.
+//! - `resolution`: `raw` (every reading, from the raw lake; at most 6 hours),
+//!   `hour` (the hourly rollup) or `auto` (default: raw up to 6 hours,
+//!   hourly beyond).
+//!
+//! The answer: `{"resolution", "from_ms", "to_ms", "series": {name: [[ms, value], …]}}`
+//! with the same series names at both resolutions (at `hour`, a latency is
+//! the hour's p95, a battery level its mean, RSSI its median; counts are
+//! the hour's sums). The device id reaches the query engine as a value,
+//! never as SQL text.
+
+use std::collections::BTreeMap;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Float64Type, Int64Type};
+use arrow::record_batch::RecordBatch;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use datafusion::prelude::{ParquetReadOptions, col, lit};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tillwatch_api::{Answer, ApiError, bad, not_found};
+use tillwatch_domain::{HourPartition, Kind, UtcMillis};
+use tillwatch_meta::MetaStore;
+use tillwatch_scheduler::{Grain, Partition};
+use tillwatch_storage::{Lake, Table};
+
+use crate::embedded::Embedded;
+use crate::jobs::DEVICE_HEALTH_HOURLY;
+
+const HOUR_MS: i64 = 3_600_000;
+/// The longest range served from raw readings.
+pub const RAW_MAX_MS: i64 = 6 * HOUR_MS;
+/// The longest range served at all.
+pub const MAX_RANGE_MS: i64 = 31 * 24 * HOUR_MS;
+
+/// (series name, raw column) per raw table.
+const RAW: [(Kind, &[(&str, &str)]); 4] = [
+    (Kind::Battery, &[("battery_pct", "level_pct")]),
+    (
+        Kind::Connectivity,
+        &[
+            ("rssi_dbm", "rssi_dbm"),
+            ("host_latency_ms", "payment_host_latency_ms"),
+            ("disconnects", "disconnects"),
+        ],
+    ),
+    (
+        Kind::AppPerformance,
+        &[
+            ("transactions", "transactions"),
+            ("txn_latency_ms", "transaction_latency_avg_ms"),
+            ("crashes", "crashes"),
+        ],
+    ),
+    (
+        Kind::PaymentHealth,
+        &[("offline_queue", "offline_queue_len")],
+    ),
+];
+
+/// (series name, column of `device_health_hourly`).
+const HOURLY: &[(&str, &str)] = &[
+    ("battery_pct", "battery_avg_pct"),
+    ("battery_min_pct", "battery_min_pct"),
+    ("rssi_dbm", "rssi_median_dbm"),
+    ("host_latency_ms", "host_latency_p95_ms"),
+    ("disconnects", "disconnects"),
+    ("transactions", "transactions"),
+    ("txn_latency_ms", "txn_latency_p95_ms"),
+    ("crashes", "crashes"),
+    ("offline_queue", "offline_queue_max"),
+    ("minutes_online", "minutes_online"),
+    ("battery_readings", "battery_readings"),
+    ("readings_expected", "readings_expected"),
+];
+
+#[derive(Clone)]
+struct SeriesState {
+    lake: Lake,
+    store: MetaStore,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesQuery {
+    from: Option<String>,
+    to: Option<String>,
+    resolution: Option<String>,
+}
+
+/// Milliseconds since 1970, or an RFC 3339 instant.
+fn instant(name: &str, text: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    text.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|_| {
+            bad(format!(
+                "{name}: {text:?} is neither milliseconds since 1970 nor an RFC 3339 time like 2026-11-22T06:00:00Z"
+            ))
+        })
+}
+
+fn values(batch: &RecordBatch, column: &str) -> Option<Vec<Option<f64>>> {
+    let c = batch.column_by_name(column)?;
+    let c = arrow::compute::cast(c, &DataType::Float64).ok()?;
+    let c = c.as_primitive::<Float64Type>();
+    Some(
+        (0..c.len())
+            .map(|i| (c.is_valid(i) && c.value(i).is_finite()).then(|| c.value(i)))
+            .collect(),
+    )
+}
+
+fn millis(batch: &RecordBatch, column: &str) -> Option<Vec<i64>> {
+    let c = batch.column_by_name(column)?;
+    let c = arrow::compute::cast(c, &DataType::Int64).ok()?;
+    let c = c.as_primitive::<Int64Type>();
+    Some((0..c.len()).map(|i| c.value(i)).collect())
+}
+
+type Points = BTreeMap<String, Vec<(i64, f64)>>;
+
+/// Reads `files`, keeps `device`'s rows in `[from, to)` by `time`, and adds
+/// each `(name, column)` present to `out`.
+async fn collect(
+    files: Vec<String>,
+    device: &str,
+    time: &str,
+    columns: &[(&str, &str)],
+    (from, to): (i64, i64),
+    out: &mut Points,
+) -> Result<(), String> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let ctx = Embedded::context();
+    let frame = ctx
+        .read_parquet(files, ParquetReadOptions::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .filter(col("device_id").eq(lit(device.to_string())))
+        .map_err(|e| e.to_string())?;
+    let batches = frame.collect().await.map_err(|e| e.to_string())?;
+    for batch in &batches {
+        let Some(times) = millis(batch, time) else {
+            continue;
+        };
+        for (name, column) in columns {
+            let Some(vals) = values(batch, column) else {
+                continue;
+            };
+            let points = out.entry(name.to_string()).or_default();
+            for (t, v) in times.iter().zip(vals) {
+                if let Some(v) = v
+                    && *t >= from
+                    && *t < to
+                {
+                    points.push((*t, v));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn series(
+    State(s): State<SeriesState>,
+    Path(device): Path<String>,
+    q: Result<Query<SeriesQuery>, QueryRejection>,
+) -> Answer {
+    let Query(q) = q?;
+    let now = UtcMillis::now().0;
+    let to =
+        q.to.as_deref()
+            .map(|t| instant("to", t))
+            .transpose()?
+            .unwrap_or(now);
+    let from = q
+        .from
+        .as_deref()
+        .map(|t| instant("from", t))
+        .transpose()?
+        .unwrap_or(to - 24 * HOUR_MS);
+    if from >= to {
+        return Err(bad("from: must be before to"));
+    }
+    if to - from > MAX_RANGE_MS {
+        return Err(bad("from: the range may be at most 31 days"));
+    }
+    let raw = match q.resolution.as_deref().unwrap_or("auto") {
+        "auto" => to - from <= RAW_MAX_MS,
+        "raw" if to - from <= RAW_MAX_MS => true,
+        "raw" => {
+            return Err(bad(
+                "resolution: raw readings are served for at most 6 hours; use hour",
+            ));
+        }
+        "hour" => false,
+        other => {
+            return Err(bad(format!(
+                "resolution: {other:?} is not auto, raw or hour"
+            )));
+        }
+    };
+    if s.store.device(&device).await?.is_none() {
+        return Err(not_found(format!("no device {device:?}")));
+    }
+    let hours = Partition::overlapping(Grain::Hour, from, to);
+    let mut out = Points::new();
+    let failed = |e: String| {
+        ApiError(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the lake: {e}"),
+        )
+    };
+    if raw {
+        for (kind, columns) in RAW {
+            let table = Table::Reading(kind);
+            let lake = s.lake.clone();
+            let list = hours.clone();
+            let files: Vec<String> = tokio::task::spawn_blocking(move || {
+                list.iter()
+                    .flat_map(|h| lake.hour_files(table, HourPartition(h.start_ms / HOUR_MS)))
+                    .map(|p| p.display().to_string())
+                    .collect()
+            })
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+            collect(files, &device, "sampled_at", columns, (from, to), &mut out)
+                .await
+                .map_err(failed)?;
+        }
+    } else {
+        let outputs = Embedded::new(s.lake.clone());
+        let files: Vec<String> = hours
+            .iter()
+            .map(|h| outputs.output_path(DEVICE_HEALTH_HOURLY, *h))
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .collect();
+        // An hour counts whole when it starts in the range.
+        let range = (Partition::containing(Grain::Hour, from).start_ms, to);
+        collect(files, &device, "hour", HOURLY, range, &mut out)
+            .await
+            .map_err(failed)?;
+    }
+    let series: BTreeMap<String, Value> = out
+        .into_iter()
+        .map(|(name, mut points)| {
+            points.sort_by_key(|(t, _)| *t);
+            let list: Vec<Value> = points.iter().map(|(t, v)| json!([t, v])).collect();
+            (name, Value::Array(list))
+        })
+        .collect();
+    Ok(Json(json!({
+        "device_id": device,
+        "resolution": if raw { "raw" } else { "hour" },
+        "from_ms": from,
+        "to_ms": to,
+        "series": series,
+    })))
+}
+
+/// The series route over the lake, checking devices in the store.
+pub fn router(lake: Lake, store: MetaStore) -> Router {
+    Router::new()
+        .route("/api/v1/devices/{device_id}/series", get(series))
+        .with_state(SeriesState { lake, store })
+}
