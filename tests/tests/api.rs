@@ -527,3 +527,80 @@ async fn a_devices_series_comes_raw_for_hours_and_hourly_for_days() {
     assert_eq!(status, 401);
     api.stop.send(true).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_is_valid_and_names_every_route() {
+    let api = start().await;
+    let (status, doc) = api.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(status, 200, "served without a token: {doc}");
+
+    // Valid OpenAPI, by a maintained validator (PyPI's
+    // openapi-spec-validator, in the test venv).
+    let python = std::env::var("TILLWATCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the test venv's python (run through tests/run)");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(doc.to_string().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the document is not valid OpenAPI: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every documented operation is served (a handler answers, in JSON,
+    // rather than the router's bare 404 or 405), with the documented role.
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, methods) in paths {
+        let concrete = path
+            .replace("{device_id}", "t-2")
+            .replace("{job}", "device_health_hourly")
+            .replace("{partition}", "2026-11-20T00")
+            .replace("{silence_id}", "none");
+        for (method, op) in methods.as_object().unwrap() {
+            operations += 1;
+            let method = method.to_uppercase();
+            let body = (method == "POST").then_some("{}");
+            let (status, answer) = api.call(&method, &concrete, body, Some(OPERATOR)).await;
+            assert!(
+                answer.get("error").is_some() || (200..300).contains(&status),
+                "{method} {path}: {status} {answer}"
+            );
+            assert_ne!(status, 405, "{method} {path}");
+            let role = op["x-tillwatch-role"].as_str().unwrap();
+            let (viewer_status, _) = api.call(&method, &concrete, body, Some(VIEWER)).await;
+            assert_eq!(
+                viewer_status == 403,
+                role == "operator",
+                "{method} {path} is documented for {role}"
+            );
+        }
+    }
+    for path in [
+        "/api/v1/fleet",
+        "/api/v1/devices",
+        "/api/v1/devices/{device_id}",
+        "/api/v1/devices/{device_id}/series",
+        "/api/v1/silences/{silence_id}",
+        "/api/v1/jobs/{job}/backfill",
+    ] {
+        assert!(paths.contains_key(path), "{path} is documented");
+    }
+    assert!(operations >= 15, "{operations} operations");
+    api.stop.send(true).unwrap();
+}

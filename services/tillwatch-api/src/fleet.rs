@@ -11,15 +11,16 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, DeviceRecord, MetaStore};
 
 use crate::error::{Answer, bad, not_found};
+use crate::openapi::{Doc, Routes};
 
 fn device_json(d: &DeviceRecord) -> Value {
     json!({
@@ -341,21 +342,75 @@ async fn summary(State(fleet): State<Fleet>) -> Answer {
 
 /// The fleet and silence routes over the metadata store (not yet behind
 /// tokens: see [`crate::protect`]).
-pub fn router(fleet: Fleet) -> Router {
+pub fn router(fleet: Fleet) -> Routes {
     let store = fleet.store.clone();
-    Router::new()
-        .route("/api/v1/fleet", get(summary))
+    Routes::new()
+        .route(
+            Doc::get(
+                "/api/v1/fleet",
+                "fleet",
+                "Counts for the fleet, each merchant and each store",
+            ),
+            get(summary),
+        )
         .with_state(fleet)
         .merge(store_routes(store.clone()))
         .merge(crate::silences::router(store))
 }
 
-fn store_routes(store: MetaStore) -> Router {
-    Router::new()
-        .route("/api/v1/devices", get(devices))
-        .route("/api/v1/devices/{device_id}", get(device))
-        .route("/api/v1/merchants", get(merchants))
-        .route("/api/v1/stores", get(stores))
-        .route("/api/v1/alerts", get(alerts))
+fn store_routes(store: MetaStore) -> Routes {
+    Routes::new()
+        .route(
+            Doc::get(
+                "/api/v1/devices",
+                "fleet",
+                "Terminals in id order, a page at a time",
+            )
+            .query("merchant", "string", "Only this merchant's")
+            .query("store", "string", "Only this store's (with merchant)")
+            .query(
+                "after",
+                "string",
+                "The page after this device id (next_after)",
+            )
+            .query("limit", "integer", "1-1000, default 100"),
+            get(devices),
+        )
+        .route(
+            Doc::get(
+                "/api/v1/devices/{device_id}",
+                "fleet",
+                "One terminal: registry, connectivity state and changes, newest signals, alerts",
+            )
+            .path_param("device_id", "The terminal"),
+            get(device),
+        )
+        .route(
+            Doc::get(
+                "/api/v1/merchants",
+                "fleet",
+                "Merchants with their directory names",
+            ),
+            get(merchants),
+        )
+        .route(
+            Doc::get(
+                "/api/v1/stores",
+                "fleet",
+                "Stores with time zone and opening hours",
+            )
+            .query("merchant", "string", "Only this merchant's"),
+            get(stores),
+        )
+        .route(
+            Doc::get("/api/v1/alerts", "alerts", "Alerts, newest change first")
+                .query(
+                    "state",
+                    "string",
+                    "open (default), all, pending, firing or resolved",
+                )
+                .query("limit", "integer", "1-10000, default 100"),
+            get(alerts),
+        )
         .with_state(store)
 }

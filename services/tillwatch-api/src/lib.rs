@@ -11,13 +11,20 @@
 //!   alerts.
 //! - [`silences`]: list, create and end silences.
 //!
-//! `/healthz`, `/readyz` and `/metrics` are served beside it without a
-//! token (probes and scrapers), by `tillwatch-serve`.
+//! - [`openapi`]: routes are declared with their documentation
+//!   ([`Routes`]), and the OpenAPI document is made from the same
+//!   declarations.
+//!
+//! `/healthz`, `/readyz`, `/metrics` and `/api/v1/openapi.json` are served
+//! beside it without a token (probes, scrapers, tools), by
+//! `tillwatch-serve`.
 
 pub mod auth;
 pub mod error;
 pub mod fleet;
+pub mod openapi;
 pub mod silences;
 
 pub use auth::{Access, protect};
 pub use error::{Answer, ApiError, bad, not_found};
+pub use openapi::{Doc, Routes};

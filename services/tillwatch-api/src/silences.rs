@@ -11,8 +11,8 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Extension, Json, Router};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tillwatch_config::Role;
@@ -21,6 +21,7 @@ use tillwatch_meta::{MetaStore, SilenceRecord};
 
 use crate::auth::Caller;
 use crate::error::{Answer, ApiError, bad, not_found};
+use crate::openapi::{Doc, Routes};
 
 /// The longest a silence may last: longer is a rule to change, not a
 /// silence.
@@ -120,9 +121,22 @@ async fn end(State(store): State<MetaStore>, Path(id): Path<String>) -> Answer {
 }
 
 /// The silence routes over the metadata store.
-pub fn router(store: MetaStore) -> Router {
-    Router::new()
-        .route("/api/v1/silences", get(list).post(create))
-        .route("/api/v1/silences/{silence_id}", delete(end))
+pub fn router(store: MetaStore) -> Routes {
+    Routes::new()
+        .route(
+            Doc::get("/api/v1/silences", "alerts", "Silences that have not ended"),
+            get(list),
+        )
+        .route(
+            Doc::post("/api/v1/silences", "alerts", "Mute alerts matching every matcher for a while")
+                .body("{\"matchers\": [\"rule=offline\", \"store_id=~s-1.*\"], \"for\": \"2h\", \"comment\": \"why\"}")
+                .status(201),
+            post(create),
+        )
+        .route(
+            Doc::delete("/api/v1/silences/{silence_id}", "alerts", "End a silence now")
+                .path_param("silence_id", "The silence"),
+            delete(end),
+        )
         .with_state(store)
 }

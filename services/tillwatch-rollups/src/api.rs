@@ -15,14 +15,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tillwatch_api::{Answer, ApiError, bad};
+use tillwatch_api::{Answer, ApiError, Doc, Routes, bad};
 use tillwatch_config::Config;
 use tillwatch_meta::JobRunRow;
 use tillwatch_scheduler::{Input, Progress, Runner, Target, ops};
@@ -299,21 +298,83 @@ async fn progress(
 }
 
 /// The jobs routes over the configured metadata store and lake.
-pub async fn router(config: &Config) -> Result<Router, SchedulerError> {
+pub async fn router(config: &Config) -> Result<Routes, SchedulerError> {
     let (runner, lake) = service::open(config, wall_clock()).await?;
     let state = Jobs {
         runner: Arc::new(runner),
         lake,
     };
-    Ok(Router::new()
-        .route("/api/v1/jobs", get(list))
-        .route("/api/v1/jobs/{job}/runs", get(runs))
+    let job = "The job's name";
+    let partition = "A day (2026-11-22) or an hour (2026-11-22T06)";
+    let range = "{\"from\": P, \"to\": P, \"downstream\": false, \"dry_run\": false}";
+    Ok(Routes::new()
         .route(
-            "/api/v1/jobs/{job}/partitions/{partition}/lineage",
+            Doc::get(
+                "/api/v1/jobs",
+                "jobs",
+                "Jobs, their settings, partitions by status, the ingest watermark",
+            ),
+            get(list),
+        )
+        .route(
+            Doc::get(
+                "/api/v1/jobs/{job}/runs",
+                "jobs",
+                "A job's run history, newest first",
+            )
+            .path_param("job", job)
+            .query("partition", "string", partition)
+            .query("limit", "integer", "1-10000, default 50"),
+            get(runs),
+        )
+        .route(
+            Doc::get(
+                "/api/v1/jobs/{job}/partitions/{partition}/lineage",
+                "jobs",
+                "The runs and input partitions behind a partition, and its downstream",
+            )
+            .path_param("job", job)
+            .path_param("partition", partition),
             get(lineage),
         )
-        .route("/api/v1/jobs/{job}/backfill", post(request))
-        .route("/api/v1/jobs/{job}/clear", post(request))
-        .route("/api/v1/jobs/{job}/progress", get(progress))
+        .route(
+            Doc::post(
+                "/api/v1/jobs/{job}/backfill",
+                "jobs",
+                "Re-run a range, upstream first",
+            )
+            .path_param("job", job)
+            .body(range)
+            .status(202),
+            post(request),
+        )
+        .route(
+            Doc::post(
+                "/api/v1/jobs/{job}/clear",
+                "jobs",
+                "Mark a range to run again",
+            )
+            .path_param("job", job)
+            .body(range)
+            .status(202),
+            post(request),
+        )
+        .route(
+            Doc::get(
+                "/api/v1/jobs/{job}/progress",
+                "jobs",
+                "Each partition of a range: waiting, running, succeeded or failed",
+            )
+            .path_param("job", job)
+            .query_required("from", "string", partition)
+            .query_required("to", "string", partition)
+            .query(
+                "downstream",
+                "boolean",
+                "Include downstream jobs' partitions",
+            )
+            .query("since", "integer", "Count runs started after this (ms)"),
+            get(progress),
+        )
         .with_state(state))
 }

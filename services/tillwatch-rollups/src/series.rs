@@ -19,14 +19,14 @@ use std::collections::BTreeMap;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Float64Type, Int64Type};
 use arrow::record_batch::RecordBatch;
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use axum::{Json, Router};
 use datafusion::prelude::{ParquetReadOptions, col, lit};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tillwatch_api::{Answer, ApiError, bad, not_found};
+use tillwatch_api::{Answer, ApiError, Doc, Routes, bad, not_found};
 use tillwatch_domain::{HourPartition, Kind, UtcMillis};
 use tillwatch_meta::MetaStore;
 use tillwatch_scheduler::{Grain, Partition};
@@ -272,8 +272,27 @@ async fn series(
 }
 
 /// The series route over the lake, checking devices in the store.
-pub fn router(lake: Lake, store: MetaStore) -> Router {
-    Router::new()
-        .route("/api/v1/devices/{device_id}/series", get(series))
+pub fn router(lake: Lake, store: MetaStore) -> Routes {
+    Routes::new()
+        .route(
+            Doc::get(
+                "/api/v1/devices/{device_id}/series",
+                "fleet",
+                "A terminal's time series: every reading up to 6 hours, the hourly rollup beyond",
+            )
+            .path_param("device_id", "The terminal")
+            .query(
+                "from",
+                "string",
+                "Start: ms since 1970 or RFC 3339 (default: 24 h before to)",
+            )
+            .query(
+                "to",
+                "string",
+                "End: ms since 1970 or RFC 3339 (default: now)",
+            )
+            .query("resolution", "string", "auto (default), raw or hour"),
+            get(series),
+        )
         .with_state(SeriesState { lake, store })
 }

@@ -88,7 +88,16 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
                 .context("the jobs API")?,
         );
     }
-    Ok(tillwatch_api::protect(api, Arc::new(access)))
+    // The document of exactly these routes, readable without a token.
+    let document = Arc::new(tillwatch_api::openapi::document(&api.docs));
+    let open = Router::new().route(
+        "/api/v1/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move { axum::Json(document.as_ref().clone()) }
+        }),
+    );
+    Ok(tillwatch_api::protect(api.router, Arc::new(access)).merge(open))
 }
 
 /// Serves `/healthz` (the process is up), `/readyz` (the gateway is
