@@ -604,3 +604,42 @@ async fn the_openapi_document_is_valid_and_names_every_route() {
     assert!(operations >= 15, "{operations} operations");
     api.stop.send(true).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_a_terminal_in_one_step_and_the_pages_are_served() {
+    let api = start().await;
+    for (q, want) in [
+        ("t-2", vec!["t-2"]),
+        ("SN-t-3", vec!["t-3"]),
+        ("m-1", vec!["t-1", "t-2"]),
+        ("s-1", vec!["t-1", "t-3"]),
+        ("t-", vec!["t-1", "t-2", "t-3"]),
+        // LIKE's wildcards are plain characters here.
+        ("%25", vec![]),
+        ("t_", vec![]),
+    ] {
+        let (status, found) = api.get(&format!("/api/v1/search?q={q}")).await;
+        assert_eq!(status, 200, "{q}: {found}");
+        assert_eq!(ids(&found["devices"]), want, "{q}");
+    }
+    let (status, body) = api.get("/api/v1/search").await;
+    assert_eq!(status, 400);
+    assert!(error(&body).contains("q:"), "{body}");
+
+    // The pages and their assets need no token (they hold no data).
+    let addr = api.addr;
+    let get =
+        |path: &'static str| tokio::task::spawn_blocking(move || http_get(addr, path).unwrap());
+    let (status, page) = get("/ui/").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Tillwatch · Fleet</title>"), "{page}");
+    let (status, page) = get("/ui/device").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("/ui/vendor/uplot.js"));
+    let (status, js) = get("/ui/vendor/uplot.js").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(js.contains("uPlot"));
+    let (status, _) = get("/").await.unwrap();
+    assert_eq!(status, 307, "the root leads to the fleet page");
+    api.stop.send(true).unwrap();
+}

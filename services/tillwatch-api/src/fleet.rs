@@ -5,6 +5,7 @@
 //! | `GET /api/v1/fleet` | counts (devices, online, offline, never seen online, low battery, alerting) for the fleet, each merchant and each store |
 //! | `GET /api/v1/devices?merchant=&store=&after=&limit=` | terminals in id order, `limit` (1-1000, default 100) after the id `after`; `next_after` continues |
 //! | `GET /api/v1/devices/{device_id}` | one terminal: registry, connectivity state and its recent changes, newest signals, its alerts |
+//! | `GET /api/v1/search?q=&limit=` | terminals whose id, serial, merchant or store is `q`, or whose id or serial starts with it |
 //! | `GET /api/v1/merchants` | merchants, with their names from the directory |
 //! | `GET /api/v1/stores?merchant=` | stores, with time zone and opening hours |
 //! | `GET /api/v1/alerts?state=&limit=` | alerts, newest change first; `state` is `open` (default), `all`, `pending`, `firing` or `resolved` |
@@ -149,6 +150,31 @@ async fn device(State(store): State<MetaStore>, Path(id): Path<String>) -> Answe
         "connectivity_history": history,
         "signals": signals,
         "alerts": alerts,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    q: Option<String>,
+    limit: Option<u32>,
+}
+
+async fn search(
+    State(store): State<MetaStore>,
+    q: Result<Query<SearchQuery>, QueryRejection>,
+) -> Answer {
+    let Query(q) = q?;
+    let text = q.q.as_deref().map(str::trim).unwrap_or_default();
+    if text.is_empty() || text.chars().count() > 100 {
+        return Err(bad(
+            "q: give a device id, serial, merchant or store (1 to 100 characters)",
+        ));
+    }
+    let limit = limit(q.limit, 20, 1000)?;
+    let found = store.search_devices(text, limit).await?;
+    Ok(Json(json!({
+        "devices": found.iter().map(device_json).collect::<Vec<_>>(),
     })))
 }
 
@@ -384,6 +410,16 @@ fn store_routes(store: MetaStore) -> Routes {
             )
             .path_param("device_id", "The terminal"),
             get(device),
+        )
+        .route(
+            Doc::get(
+                "/api/v1/search",
+                "fleet",
+                "Terminals by device id, serial, merchant or store (exact, or id/serial prefix)",
+            )
+            .query_required("q", "string", "What to look for")
+            .query("limit", "integer", "1-1000, default 20"),
+            get(search),
         )
         .route(
             Doc::get(

@@ -24,6 +24,7 @@ pub mod error;
 pub mod fleet;
 pub mod openapi;
 pub mod silences;
+pub mod ui;
 
 pub use auth::{Access, protect};
 pub use error::{Answer, ApiError, bad, not_found};

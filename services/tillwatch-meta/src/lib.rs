@@ -366,6 +366,39 @@ impl MetaStore {
             .map_err(self.db())
     }
 
+    /// Devices whose id, serial, merchant or store is `text`, or whose id
+    /// or serial starts with it; exact matches first.
+    pub async fn search_devices(
+        &self,
+        text: &str,
+        limit: u32,
+    ) -> Result<Vec<DeviceRecord>, MetaError> {
+        let escaped: String = text
+            .chars()
+            .flat_map(|c| match c {
+                '\\' | '%' | '_' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices \
+             WHERE device_id = $1 OR serial = $1 OR merchant_id = $1 OR store_id = $1 \
+                OR device_id LIKE $2 ESCAPE '\\' OR serial LIKE $2 ESCAPE '\\' \
+             ORDER BY CASE WHEN device_id = $1 OR serial = $1 THEN 0 ELSE 1 END, device_id \
+             LIMIT $3"
+        ))
+        .bind(text)
+        .bind(format!("{escaped}%"))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.db())?;
+        rows.iter()
+            .map(device_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(self.db())
+    }
+
     /// The newest value of every signal of every device, by device id.
     pub async fn all_latest_signals(&self) -> Result<Vec<(String, LatestSignal)>, MetaError> {
         let rows =

@@ -97,7 +97,9 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
             async move { axum::Json(document.as_ref().clone()) }
         }),
     );
-    Ok(tillwatch_api::protect(api.router, Arc::new(access)).merge(open))
+    Ok(tillwatch_api::protect(api.router, Arc::new(access))
+        .merge(open)
+        .merge(tillwatch_api::ui::router()))
 }
 
 /// Serves `/healthz` (the process is up), `/readyz` (the gateway is
