@@ -3,6 +3,7 @@
 //! conditions with deadlines, and reading the lake back.
 
 mod alertmanager;
+pub mod browser;
 mod clickhouse_server;
 mod gateway_process;
 

@@ -147,17 +147,23 @@ async fn seed(store: &MetaStore) {
 /// t-2's battery every 10 minutes for three hours from T0 (100, 99, …),
 /// t-1's at 50%, in the raw lake, and the hourly rollup of those hours.
 async fn seed_lake(root: &std::path::Path) {
+    seed_battery(root, T0, 18).await;
+}
+
+/// Battery readings of t-1 and t-2 every 10 minutes, `n` of them from
+/// `from`, and the hourly rollups of their hours.
+async fn seed_battery(root: &std::path::Path, from: i64, n: i64) {
     let lake = tillwatch_storage::Lake::new(root);
     let merchant = MerchantId::new("m-1").unwrap();
     let mut staging = tillwatch_storage::Staging::new();
     let mut readings = Vec::new();
     for (device, start) in [("t-1", 50), ("t-2", 100)] {
-        for i in 0..18i64 {
+        for i in 0..n {
             readings.push(Reading {
                 device_id: DeviceId::new(device).unwrap(),
                 boot_id: BootId(1),
-                seq: i as u64 + 10,
-                sampled_at: UtcMillis(T0 + i * 600_000),
+                seq: (from / 1000) as u64 + i as u64,
+                sampled_at: UtcMillis(from + i * 600_000),
                 signal: Signal::Battery(Battery {
                     level_pct: (start - i) as u32,
                     charging: false,
@@ -182,11 +188,11 @@ async fn seed_lake(root: &std::path::Path) {
         lake.write_part(&part, &path).unwrap();
     }
     let engine = tillwatch_rollups::embedded::Embedded::new(lake);
-    for h in 0..3 {
-        let hour = tillwatch_scheduler::Partition::containing(
-            tillwatch_scheduler::Grain::Hour,
-            T0 + h * 3_600_000,
-        );
+    for hour in tillwatch_scheduler::Partition::overlapping(
+        tillwatch_scheduler::Grain::Hour,
+        from,
+        from + n * 600_000,
+    ) {
         engine.device_health_hourly(hour).await.unwrap();
     }
 }
@@ -641,5 +647,81 @@ async fn search_finds_a_terminal_in_one_step_and_the_pages_are_served() {
     assert!(js.contains("uPlot"));
     let (status, _) = get("/").await.unwrap();
     assert_eq!(status, 307, "the root leads to the fleet page");
+    api.stop.send(true).unwrap();
+}
+
+/// Support staff's path through the pages in a real headless Chromium: the
+/// fleet page, a search by serial that opens the terminal, its charts drawn
+/// from data and its firing alert; a screenshot is kept as an artifact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_browser_search_opens_the_terminal_with_charts_and_its_alert() {
+    use std::time::Duration;
+    use tillwatch_integration_tests::browser::{Browser, artifact_dir};
+    let api = start().await;
+    // Six hours of t-2's battery up to now, so the page's 24 hours have it.
+    let now = UtcMillis::now().0;
+    let from = now - now.rem_euclid(600_000) - 6 * 3_600_000;
+    seed_battery(&api._dir.path().join("lake"), from, 36).await;
+    let base = format!("http://{}", api.addr);
+    let shot = tokio::task::spawn_blocking(move || {
+        let browser = Browser::start();
+        // The token first, as a user pastes it in (kept by the browser).
+        browser.goto(&format!("{base}/ui/style.css"));
+        browser.execute(
+            "localStorage.setItem('tillwatch.token', arguments[0]); return true;",
+            serde_json::json!([VIEWER]),
+        );
+        browser.goto(&format!("{base}/ui/"));
+        browser.wait_until(
+            "the fleet's counts",
+            "return document.querySelectorAll('#totals div').length === 6 \
+             && document.querySelector('#alerting tbody tr') !== null;",
+            Duration::from_secs(30),
+        );
+        let totals = browser.execute(
+            "return document.getElementById('totals').innerText;",
+            serde_json::json!([]),
+        );
+        assert!(totals.as_str().unwrap().contains("alerting"), "{totals}");
+        browser.type_into("#q", "SN-t-2");
+        browser.click("#search button");
+        browser.wait_until(
+            "the terminal's page with its battery chart drawn",
+            "const c = document.querySelector('.chart[data-series=battery_pct]'); \
+             return location.pathname === '/ui/device' && c !== null \
+             && Number(c.dataset.points) > 0 && c.querySelector('canvas') !== null \
+             && document.querySelector('#alerts tbody tr') !== null;",
+            Duration::from_secs(30),
+        );
+        let title = browser.execute(
+            "return document.getElementById('title').innerText;",
+            serde_json::json!([]),
+        );
+        assert_eq!(title, "t-2");
+        let alert = browser.execute(
+            "return document.querySelector('#alerts tbody tr').innerText;",
+            serde_json::json!([]),
+        );
+        let alert = alert.as_str().unwrap().to_string();
+        assert!(
+            alert.contains("offline") && alert.contains("firing"),
+            "{alert}"
+        );
+        let state = browser.execute(
+            "return document.getElementById('state').innerText;",
+            serde_json::json!([]),
+        );
+        assert!(
+            state.as_str().unwrap().contains("Offline (last will)"),
+            "{state}"
+        );
+        browser.screenshot()
+    })
+    .await
+    .unwrap();
+    assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n", "a PNG screenshot");
+    let path = artifact_dir().join("device-page.png");
+    std::fs::write(&path, &shot).unwrap();
+    eprintln!("screenshot: {}", path.display());
     api.stop.send(true).unwrap();
 }

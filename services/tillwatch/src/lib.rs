@@ -309,7 +309,9 @@ fn print_where(
     let lake = config.data_dir.join("lake");
     println!("Tillwatch is running.");
     println!("  dashboards    http://{http}/ui/   (asks for an API token, printed below)");
-    println!("  API           http://{http}/api/v1/   (OpenAPI: http://{http}/api/v1/openapi.json)");
+    println!(
+        "  API           http://{http}/api/v1/   (OpenAPI: http://{http}/api/v1/openapi.json)"
+    );
     println!("  MQTT broker   {mqtt}   (terminals publish to tw/v1/<merchant>/<device>/telemetry)");
     println!("  metrics       http://{http}/metrics");
     println!("  health        http://{http}/healthz  http://{http}/readyz");
