@@ -6,6 +6,7 @@ mod alertmanager;
 pub mod browser;
 mod clickhouse_server;
 mod gateway_process;
+pub mod grafana;
 
 pub use alertmanager::Alertmanager;
 pub use clickhouse_server::{ClickHouseServer, TEST_PASSWORD, TEST_USER};

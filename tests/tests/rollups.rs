@@ -22,7 +22,7 @@ use tillwatch_domain::{
     AppPerformance, Battery, BootId, Connectivity, DeviceId, MerchantId, NetworkType,
     PaymentHealth, Reading, Signal, StoreId, UtcMillis,
 };
-use tillwatch_integration_tests::ClickHouseServer;
+use tillwatch_integration_tests::{ClickHouseServer, grafana, workspace_root};
 use tillwatch_rollups::clickhouse::ClickHouseEngine;
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
@@ -493,4 +493,27 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
         0
     );
     assert_eq!(server.q(checksum), before);
+
+    // Every ClickHouse query of the provisioned Grafana dashboards (panels
+    // and template variables), with the plugin's macros replaced as Grafana
+    // would for the simulated day, runs here and returns rows.
+    let mut ran = 0;
+    for q in grafana::queries(&workspace_root().join("dashboards")) {
+        if q.datasource != "grafana-clickhouse-datasource" {
+            continue;
+        }
+        let vars = [("database", "roll"), ("device", "t-05")];
+        let sql = grafana::render(&q.text, DAY / 1000, DAY / 1000 + 86_400, &vars);
+        let rows = server
+            .query(&sql)
+            .unwrap_or_else(|e| panic!("{} / {}: {e}\n{sql}", q.dashboard, q.title));
+        assert!(
+            !rows.trim().is_empty(),
+            "{} / {} returns no rows:\n{sql}",
+            q.dashboard,
+            q.title
+        );
+        ran += 1;
+    }
+    assert!(ran >= 15, "{ran} ClickHouse queries in the dashboards");
 }
