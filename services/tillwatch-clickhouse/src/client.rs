@@ -244,6 +244,25 @@ impl ClickHouse {
         })
     }
 
+    /// Whether `table` of the database has active parts in the partition
+    /// `partition_id` (a cheap read, where dropping a partition that is not
+    /// there is an ALTER all the same).
+    pub async fn has_partition(&self, table: &str, partition_id: &str) -> Result<bool, ChError> {
+        let n: u64 = self
+            .client
+            .query(
+                "SELECT count() FROM system.parts \
+                 WHERE database = ? AND table = ? AND partition_id = ? AND active",
+            )
+            .bind(&self.settings.database)
+            .bind(table)
+            .bind(partition_id)
+            .fetch_one()
+            .await
+            .map_err(|e| self.error(&e))?;
+        Ok(n > 0)
+    }
+
     pub async fn database_exists(&self) -> Result<bool, ChError> {
         let n: u64 = self
             .client

@@ -118,45 +118,56 @@ impl ClickHouseEngine {
     }
 
     /// Fills the side tables the job reads for `partition` (their
-    /// partition for this interval, cleared first); returns the tables to
-    /// clear after the run.
+    /// partition for this interval, cleared first if a killed run left
+    /// one); returns the tables to clear after the run.
     async fn side_inputs(
         &self,
         job: &JobSpec,
         partition: Partition,
     ) -> Result<Vec<&'static str>, String> {
         let id = partition_id(partition);
+        // Clears what a killed run may have left, fills the interval's
+        // partition, and says whether there is anything to clear after.
         let fill = |table: &'static str, columns: &'static str, rows: Vec<u8>| async move {
             let fail = err("filling the side inputs", &job.name, partition);
-            self.ch
-                .execute(&format!(
-                    "ALTER TABLE {} DROP PARTITION {id}",
-                    self.ch.table(table)
-                ))
+            if self
+                .ch
+                .has_partition(table, &id.to_string())
                 .await
-                .map_err(&fail)?;
-            if !rows.is_empty() {
+                .map_err(&fail)?
+            {
                 self.ch
-                    .insert_row_binary(table, columns, rows.into())
+                    .execute(&format!(
+                        "ALTER TABLE {} DROP PARTITION {id}",
+                        self.ch.table(table)
+                    ))
                     .await
                     .map_err(&fail)?;
             }
-            Ok::<_, String>(table)
+            if rows.is_empty() {
+                return Ok::<_, String>(None);
+            }
+            self.ch
+                .insert_row_binary(table, columns, rows.into())
+                .await
+                .map_err(&fail)?;
+            Ok(Some(table))
         };
         match job.name.as_str() {
             jobs::DEVICE_HEALTH_HOURLY => {
                 let online = self.lake.side_inputs().online_time(partition).await?;
                 let rows = side::online_row_binary(partition, &online);
                 let columns = "hour, device_id, minutes_online, readings_expected";
-                Ok(vec![fill(ONLINE, columns, rows).await?])
+                Ok(fill(ONLINE, columns, rows).await?.into_iter().collect())
             }
             jobs::DEVICE_HEALTH_DAILY => {
                 let local = self.lake.local_day(job, partition).await?;
                 let (devices, hours) = side::local_day_row_binary(partition, &local);
-                Ok(vec![
+                let filled = [
                     fill(DEVICES, "day, device_id, zone, model", devices).await?,
                     fill(ZONE_HOURS, "day, zone, hour", hours).await?,
-                ])
+                ];
+                Ok(filled.into_iter().flatten().collect())
             }
             _ => Ok(Vec::new()),
         }
@@ -231,11 +242,18 @@ impl ClickHouseEngine {
         let staging = self.ch.table(&format!("{job}_staging"));
         let id = partition_id(partition);
         let clear = format!("ALTER TABLE {staging} DROP PARTITION {id}");
-        self.ch.execute(&clear).await.map_err(err(
-            "clearing the staging partition",
-            job,
-            partition,
-        ))?;
+        let leftover = self
+            .ch
+            .has_partition(&format!("{job}_staging"), &id.to_string())
+            .await
+            .map_err(err("reading the staging partition", job, partition))?;
+        if leftover {
+            self.ch.execute(&clear).await.map_err(err(
+                "clearing the staging partition",
+                job,
+                partition,
+            ))?;
+        }
         self.ch
             .execute(&format!("INSERT INTO {staging}\n{select}"))
             .await
