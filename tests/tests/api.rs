@@ -725,3 +725,38 @@ async fn in_a_browser_search_opens_the_terminal_with_charts_and_its_alert() {
     eprintln!("screenshot: {}", path.display());
     api.stop.send(true).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohorts_of_a_rolled_up_day() {
+    use tillwatch_rollups::jobs;
+    use tillwatch_scheduler::{Executor, Grain, Partition};
+    let api = start().await;
+    let (status, body) = api.get("/api/v1/fleet/cohorts").await;
+    assert_eq!(status, 404, "nothing rolled up yet: {body}");
+    let lake = tillwatch_storage::Lake::new(api._dir.path().join("lake"));
+    let engine = tillwatch_rollups::embedded::Embedded::new(lake);
+    let day = Partition::containing(Grain::Day, T0);
+    for hour in day.covering(Grain::Hour) {
+        engine.device_health_hourly(hour).await.unwrap();
+    }
+    engine.run(&jobs::device_health_daily(), day).await.unwrap();
+    engine.run(&jobs::fleet_health_daily(), day).await.unwrap();
+
+    let (status, newest) = api.get("/api/v1/fleet/cohorts").await;
+    assert_eq!(status, 200, "{newest}");
+    assert_eq!(newest["day"], "2026-11-20");
+    assert_eq!(newest["cohorts"][0]["devices"], 2, "{newest}");
+    let (_, same) = api.get("/api/v1/fleet/cohorts?day=2026-11-20").await;
+    assert_eq!(same, newest);
+    for (query, want, needle) in [
+        ("?day=2026-11-21", 404, "2026-11-21"),
+        ("?day=yesterday", 400, "day"),
+        ("?day=2026-11-20T05", 400, "day"),
+        ("?cohort=x", 400, "cohort"),
+    ] {
+        let (status, body) = api.get(&format!("/api/v1/fleet/cohorts{query}")).await;
+        assert_eq!(status, want, "{query}: {body}");
+        assert!(error(&body).contains(needle), "{query}: {body}");
+    }
+    api.stop.send(true).unwrap();
+}

@@ -132,6 +132,19 @@ async function fleetPage() {
     for (const s of m.stores) rows.push(row(s.store_id || "(no store)", s, "store"));
   }
   fill("merchants", rows);
+  try {
+    const c = await api("/api/v1/fleet/cohorts");
+    document.getElementById("cohorts-title").textContent = `Cohorts on ${c.day}`;
+    const num = (v, digits) => (v == null ? "" : Number(v).toFixed(digits));
+    fill("cohorts", c.cohorts.map((r) =>
+      el("tr", {}, el("td", {}, r.firmware_version || "?"), el("td", {}, r.app_version || "?"),
+        el("td", {}, r.model || "?"), el("td", {}, r.devices), el("td", {}, r.transactions),
+        el("td", {}, num(r.crashes_per_1000_transactions, 2)), el("td", {}, num(r.txn_latency_p95_ms, 0)),
+        el("td", {}, num(r.battery_drain_pct_per_hour, 2)))));
+  } catch (e) {
+    // No day rolled up yet: say so instead of a table.
+    document.getElementById("cohorts-title").textContent = "Cohorts (no day rolled up yet)";
+  }
 }
 
 const CHARTS = [

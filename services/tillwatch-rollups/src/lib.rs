@@ -9,6 +9,7 @@
 pub mod api;
 pub mod catalog;
 pub mod clickhouse;
+pub mod cohorts;
 pub mod directory;
 pub mod embedded;
 pub mod findings;

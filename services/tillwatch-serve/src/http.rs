@@ -80,7 +80,8 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
         store: store.clone(),
         low_battery_pct: config.alerting.rules.battery_low.threshold,
     })
-    .merge(tillwatch_rollups::series::router(lake, store));
+    .merge(tillwatch_rollups::series::router(lake.clone(), store))
+    .merge(tillwatch_rollups::cohorts::router(lake));
     if config.scheduler.enabled {
         api = api.merge(
             tillwatch_rollups::api::router(config)
