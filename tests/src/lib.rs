@@ -114,6 +114,24 @@ impl Drop for Mosquitto {
     }
 }
 
+/// A viewer token named "support" and an operator token named "ops",
+/// for `[[http.tokens]]` in tests.
+pub fn test_tokens(viewer: &str, operator: &str) -> Vec<tillwatch_config::ApiToken> {
+    use tillwatch_config::{ApiToken, Role};
+    [
+        ("support", Role::Viewer, viewer),
+        ("ops", Role::Operator, operator),
+    ]
+    .into_iter()
+    .map(|(name, role, token)| ApiToken {
+        name: name.into(),
+        role,
+        token: Some(token.into()),
+        token_file: None,
+    })
+    .collect()
+}
+
 /// A minimal HTTP/1.0 GET; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path, None)

@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::Value;
-use tillwatch_config::{ApiToken, Config, Role, RollupEngine};
+use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::connectivity::{ConnState, ConnectivitySnapshot, OfflineReason, Transition};
 use tillwatch_domain::{
     Battery, BootId, DeviceId, DeviceInfo, MerchantId, Reading, Signal, StoreId, UtcMillis,
 };
-use tillwatch_integration_tests::{http_call, http_get};
+use tillwatch_integration_tests::{http_call, http_get, test_tokens};
 use tillwatch_meta::{AlertRecord, AlertState, MerchantRecord, MetaStore, StoreRecord};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -22,23 +22,6 @@ use tokio::sync::watch;
 const VIEWER: &str = "api-test-viewer-token-0001";
 const OPERATOR: &str = "api-test-operator-token-0001";
 const T0: i64 = 1_795_132_800_000;
-
-fn tokens() -> Vec<ApiToken> {
-    vec![
-        ApiToken {
-            name: "support".into(),
-            role: Role::Viewer,
-            token: Some(VIEWER.into()),
-            token_file: None,
-        },
-        ApiToken {
-            name: "ops".into(),
-            role: Role::Operator,
-            token: Some(OPERATOR.into()),
-            token_file: None,
-        },
-    ]
-}
 
 fn info(device: &str, merchant: &str, store: &str) -> DeviceInfo {
     DeviceInfo {
@@ -200,7 +183,7 @@ async fn seed_battery(root: &std::path::Path, from: i64, n: i64) {
 struct Api {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn start() -> Api {
@@ -209,7 +192,7 @@ async fn start() -> Api {
         data_dir: dir.path().to_path_buf(),
         ..Config::default()
     };
-    config.http.tokens = tokens();
+    config.http.tokens = test_tokens(VIEWER, OPERATOR);
     config.scheduler.engine = RollupEngine::Embedded;
     std::fs::create_dir_all(&config.data_dir).unwrap();
     let store = MetaStore::connect(&config.metadata_url()).await.unwrap();
@@ -227,11 +210,7 @@ async fn start() -> Api {
             let _ = stopped.wait_for(|s| *s).await;
         },
     ));
-    Api {
-        addr,
-        stop,
-        _dir: dir,
-    }
+    Api { addr, stop, dir }
 }
 
 impl Api {
@@ -661,7 +640,7 @@ async fn in_a_browser_search_opens_the_terminal_with_charts_and_its_alert() {
     // Six hours of t-2's battery up to now, so the page's 24 hours have it.
     let now = UtcMillis::now().0;
     let from = now - now.rem_euclid(600_000) - 6 * 3_600_000;
-    seed_battery(&api._dir.path().join("lake"), from, 36).await;
+    seed_battery(&api.dir.path().join("lake"), from, 36).await;
     let base = format!("http://{}", api.addr);
     let shot = tokio::task::spawn_blocking(move || {
         let browser = Browser::start();
@@ -733,7 +712,7 @@ async fn cohorts_of_a_rolled_up_day() {
     let api = start().await;
     let (status, body) = api.get("/api/v1/fleet/cohorts").await;
     assert_eq!(status, 404, "nothing rolled up yet: {body}");
-    let lake = tillwatch_storage::Lake::new(api._dir.path().join("lake"));
+    let lake = tillwatch_storage::Lake::new(api.dir.path().join("lake"));
     let engine = tillwatch_rollups::embedded::Embedded::new(lake);
     let day = Partition::containing(Grain::Day, T0);
     for hour in day.covering(Grain::Hour) {

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use tillwatch_config::{ApiToken, Config, JobSettings, Role, RollupEngine};
+use tillwatch_config::{Config, JobSettings, RollupEngine};
 use tillwatch_domain::UtcMillis;
-use tillwatch_integration_tests::{http_call, http_get, tillwatch_bin, wait_for};
+use tillwatch_integration_tests::{http_call, http_get, test_tokens, tillwatch_bin, wait_for};
 use tillwatch_meta::MetaStore;
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
@@ -116,20 +116,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     };
     config.mqtt.client_id = "rollup-gateway".into();
     config.scheduler.tick = Duration::from_millis(200);
-    config.http.tokens = vec![
-        ApiToken {
-            name: "support".into(),
-            role: Role::Viewer,
-            token: Some(VIEWER.into()),
-            token_file: None,
-        },
-        ApiToken {
-            name: "ops".into(),
-            role: Role::Operator,
-            token: Some(OPERATOR.into()),
-            token_file: None,
-        },
-    ];
+    config.http.tokens = test_tokens(VIEWER, OPERATOR);
     config.scheduler.engine = RollupEngine::Embedded;
     config.scheduler.start = "2d".into();
     // Daily rollups count the stores' local days (the simulated terminals

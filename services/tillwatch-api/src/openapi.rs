@@ -105,11 +105,9 @@ impl Doc {
 
     /// The role the operation needs (see [`crate::auth::needed_role`]).
     pub fn role(&self) -> Role {
-        if self.method == "get" {
-            Role::Viewer
-        } else {
-            Role::Operator
-        }
+        let method = axum::http::Method::from_bytes(self.method.to_uppercase().as_bytes())
+            .expect("documented methods are HTTP methods");
+        crate::auth::needed_role(&method)
     }
 }
 

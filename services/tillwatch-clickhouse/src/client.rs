@@ -263,6 +263,25 @@ impl ClickHouse {
         Ok(n > 0)
     }
 
+    /// Drops `table`'s partition `partition_id` when it has any parts
+    /// (checked with a cheap read first: on 18.16 the ALTER costs ~0.1 s
+    /// even when there is nothing to drop). Says whether it dropped one.
+    pub async fn drop_partition_if_any(
+        &self,
+        table: &str,
+        partition_id: &str,
+    ) -> Result<bool, ChError> {
+        if !self.has_partition(table, partition_id).await? {
+            return Ok(false);
+        }
+        self.execute(&format!(
+            "ALTER TABLE {} DROP PARTITION {partition_id}",
+            self.table(table)
+        ))
+        .await?;
+        Ok(true)
+    }
+
     pub async fn database_exists(&self) -> Result<bool, ChError> {
         let n: u64 = self
             .client

@@ -130,20 +130,10 @@ impl ClickHouseEngine {
         // partition, and says whether there is anything to clear after.
         let fill = |table: &'static str, columns: &'static str, rows: Vec<u8>| async move {
             let fail = err("filling the side inputs", &job.name, partition);
-            if self
-                .ch
-                .has_partition(table, &id.to_string())
+            self.ch
+                .drop_partition_if_any(table, &id.to_string())
                 .await
-                .map_err(&fail)?
-            {
-                self.ch
-                    .execute(&format!(
-                        "ALTER TABLE {} DROP PARTITION {id}",
-                        self.ch.table(table)
-                    ))
-                    .await
-                    .map_err(&fail)?;
-            }
+                .map_err(&fail)?;
             if rows.is_empty() {
                 return Ok::<_, String>(None);
             }
@@ -242,18 +232,10 @@ impl ClickHouseEngine {
         let staging = self.ch.table(&format!("{job}_staging"));
         let id = partition_id(partition);
         let clear = format!("ALTER TABLE {staging} DROP PARTITION {id}");
-        let leftover = self
-            .ch
-            .has_partition(&format!("{job}_staging"), &id.to_string())
+        self.ch
+            .drop_partition_if_any(&format!("{job}_staging"), &id.to_string())
             .await
-            .map_err(err("reading the staging partition", job, partition))?;
-        if leftover {
-            self.ch.execute(&clear).await.map_err(err(
-                "clearing the staging partition",
-                job,
-                partition,
-            ))?;
-        }
+            .map_err(err("clearing the staging partition", job, partition))?;
         self.ch
             .execute(&format!("INSERT INTO {staging}\n{select}"))
             .await

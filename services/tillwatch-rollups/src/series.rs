@@ -242,12 +242,16 @@ async fn series(
         }
     } else {
         let outputs = Embedded::new(s.lake.clone());
-        let files: Vec<String> = hours
-            .iter()
-            .map(|h| outputs.output_path(DEVICE_HEALTH_HOURLY, *h))
-            .filter(|p| p.exists())
-            .map(|p| p.display().to_string())
-            .collect();
+        let files: Vec<String> = tokio::task::spawn_blocking(move || {
+            hours
+                .iter()
+                .map(|h| outputs.output_path(DEVICE_HEALTH_HOURLY, *h))
+                .filter(|p| p.exists())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .await
+        .map_err(|e| failed(e.to_string()))?;
         // An hour counts whole when it starts in the range.
         let range = (Partition::containing(Grain::Hour, from).start_ms, to);
         collect(files, &device, "hour", HOURLY, range, &mut out)
