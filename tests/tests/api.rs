@@ -182,6 +182,7 @@ async fn seed_battery(root: &std::path::Path, from: i64, n: i64) {
 
 struct Api {
     addr: SocketAddr,
+    grpc: SocketAddr,
     stop: watch::Sender<bool>,
     dir: tempfile::TempDir,
 }
@@ -194,6 +195,7 @@ async fn start() -> Api {
     };
     config.http.tokens = test_tokens(VIEWER, OPERATOR);
     config.scheduler.engine = RollupEngine::Embedded;
+    config.grpc.change_poll = std::time::Duration::from_millis(50);
     std::fs::create_dir_all(&config.data_dir).unwrap();
     let store = MetaStore::connect(&config.metadata_url()).await.unwrap();
     seed(&store).await;
@@ -201,16 +203,30 @@ async fn start() -> Api {
     let router = tillwatch_serve::api_router(&config).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, mut stopped) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
     tokio::spawn(tillwatch_serve::serve_http(
         listener,
         Arc::new(tillwatch_gateway::GatewayHealth::default()),
         router,
-        async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        },
+        until_stopped(stopped.clone()),
     ));
-    Api { addr, stop, dir }
+    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = grpc_listener.local_addr().unwrap();
+    let service = tillwatch_grpc::service(&config).await.unwrap();
+    tokio::spawn(tillwatch_grpc::serve(
+        service,
+        grpc_listener,
+        until_stopped(stopped),
+    ));
+    Api {
+        addr,
+        grpc,
+        stop,
+        dir,
+    }
 }
 
 impl Api {
@@ -329,9 +345,31 @@ async fn devices_page_and_filter_and_one_device_explains_itself() {
     assert_eq!(card["signals"]["battery_level_pct"]["value"], 14.0);
     assert_eq!(card["alerts"][0]["rule"], "offline");
     assert_eq!(card["alerts"][0]["state"], "firing");
+    // Its health score, and the reasons behind it, worst first.
+    let health = &card["health"];
+    let reasons: Vec<(&str, u64)> = health["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["code"].as_str().unwrap(), r["points"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [("offline", 50), ("alert", 25), ("battery_low", 20)],
+        "{health}"
+    );
+    assert_eq!(health["score"], 5);
+    assert_eq!(health["grade"], "unhealthy");
+    let details = health["reasons"].to_string();
+    assert!(
+        details.contains("Offline (connection lost) for"),
+        "{details}"
+    );
+    assert!(details.contains("Battery at 14%"), "{details}");
     let (_, quiet) = api.get("/api/v1/devices/t-1").await;
     assert!(quiet["connectivity"].is_null());
     assert_eq!(quiet["alerts"].as_array().unwrap().len(), 0);
+    assert_eq!(quiet["health"]["reasons"][0]["code"], "never_online");
 
     // Bad input is named.
     for (path, want, needle) in [
@@ -367,6 +405,65 @@ async fn merchants_stores_and_alerts() {
     assert_eq!(firing["alerts"].as_array().unwrap().len(), 1);
     let (_, resolved) = api.get("/api/v1/alerts?state=resolved").await;
     assert_eq!(resolved["alerts"].as_array().unwrap().len(), 0);
+
+    // One merchant: its stores (from the directory and from its
+    // terminals), its terminals least healthy first.
+    let (status, m1) = api.get("/api/v1/merchants/m-1").await;
+    assert_eq!(status, 200, "{m1}");
+    assert_eq!(m1["name"], "Corner Cafe");
+    assert_eq!(ids(&m1["devices"]), ["t-2", "t-1"]);
+    assert_eq!(m1["devices"][0]["health_score"], 5);
+    assert_eq!(m1["devices"][0]["online"], false);
+    assert_eq!(m1["totals"]["devices"], 2);
+    let stores: Vec<&str> = m1["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["store_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(stores, ["s-2", "s-1"], "the directory's first: {m1}");
+    assert_eq!(m1["stores"][0]["name"], "Station");
+    assert_eq!(m1["stores"][0]["alerting"], 1);
+    // One store of it, with the store's alerts.
+    let store_alert = AlertRecord {
+        alert_id: "a-store".into(),
+        rule: "store_offline".into(),
+        subject: "store:m-1/s-2".into(),
+        scope: "store".into(),
+        severity: "critical".into(),
+        state: AlertState::Firing,
+        pending_since_ms: T0,
+        fired_at_ms: Some(T0),
+        clearing_since_ms: None,
+        resolved_at_ms: None,
+        held_by: None,
+        silenced_by: None,
+        notify: Some(AlertState::Firing),
+        labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
+        updated_at_ms: T0,
+    };
+    let store = MetaStore::connect(&format!(
+        "sqlite://{}",
+        api.dir.path().join("metadata.db").display()
+    ))
+    .await
+    .unwrap();
+    store.save_alerts(&[store_alert]).await.unwrap();
+    let (status, s2) = api.get("/api/v1/merchants/m-1?store=s-2").await;
+    assert_eq!(status, 200, "{s2}");
+    assert_eq!(ids(&s2["devices"]), ["t-2"]);
+    assert_eq!(s2["alerts"][0]["rule"], "store_offline");
+    assert_eq!(s2["stores"].as_array().unwrap().len(), 1);
+    for (path, want, needle) in [
+        ("/api/v1/merchants/m-9", 404, "m-9"),
+        ("/api/v1/merchants/m-1?store=s-9", 404, "s-9"),
+        ("/api/v1/merchants/m-1?shop=s-1", 400, "shop"),
+    ] {
+        let (status, body) = api.get(path).await;
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(error(&body).contains(needle), "{path}: {body}");
+    }
     api.stop.send(true).unwrap();
 }
 
@@ -388,13 +485,23 @@ async fn the_fleet_counts_by_merchant_and_store() {
     assert_eq!(m1["stores"][1]["store_id"], "s-2");
     assert_eq!(m1["stores"][1]["alerting"], 1);
     assert_eq!(fleet["merchants"][1]["devices"], 1);
+    // The least healthy terminals first, each with its main reason.
+    assert_eq!(ids(&fleet["worst"]), ["t-2", "t-1", "t-3"]);
+    assert_eq!(fleet["worst"][0]["health_score"], 5);
+    assert!(
+        fleet["worst"][0]["main_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("Offline"),
+        "{fleet}"
+    );
     api.stop.send(true).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_create_and_end_silences() {
     let api = start().await;
-    let good = r#"{"matchers": ["rule=offline", "store_id=~s-.*"], "for": "2h", "comment": "store refit"}"#;
+    let good = r#"{"matchers": ["alertname=offline", "store_id=~s-.*"], "for": "2h", "comment": "store refit"}"#;
     let (status, body) = api
         .call("POST", "/api/v1/silences", Some(good), Some(VIEWER))
         .await;
@@ -409,19 +516,19 @@ async fn operators_create_and_end_silences() {
             "matchers",
         ),
         (
-            r#"{"matchers": ["rule=offline"], "for": "soon", "comment": "c"}"#,
+            r#"{"matchers": ["alertname=offline"], "for": "soon", "comment": "c"}"#,
             "for",
         ),
         (
-            r#"{"matchers": ["rule=offline"], "for": "0s", "comment": "c"}"#,
+            r#"{"matchers": ["alertname=offline"], "for": "0s", "comment": "c"}"#,
             "for",
         ),
         (
-            r#"{"matchers": ["rule=offline"], "for": "2h", "comment": " "}"#,
+            r#"{"matchers": ["alertname=offline"], "for": "2h", "comment": " "}"#,
             "comment",
         ),
         (
-            r#"{"matchers": ["rule=offline"], "for": "2h", "comment": "c", "by": "me"}"#,
+            r#"{"matchers": ["alertname=offline"], "for": "2h", "comment": "c", "by": "me"}"#,
             "by",
         ),
     ] {
@@ -471,6 +578,20 @@ async fn a_devices_series_comes_raw_for_hours_and_hourly_for_days() {
     assert_eq!(battery.len(), 12, "every reading of two hours: {raw}");
     assert_eq!(battery[0], serde_json::json!([T0, 100.0]));
     assert_eq!(battery[11], serde_json::json!([T0 + 11 * 600_000, 89.0]));
+    // Its connectivity over the range, and how much telemetry came: one
+    // battery reading every 10 minutes of the four kinds a minute expected.
+    assert_eq!(
+        raw["connectivity"],
+        serde_json::json!([{ "at_ms": T0 + 60_000, "state": "last_will" }])
+    );
+    assert_eq!(raw["completeness"]["received"], 12.0);
+    assert_eq!(raw["completeness"]["expected"], 480.0);
+    let gaps = raw["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 12, "ten minutes between readings: {raw}");
+    assert_eq!(
+        gaps[0],
+        serde_json::json!({ "from_ms": T0, "to_ms": T0 + 600_000 })
+    );
 
     // RFC 3339 works too; three hours at the hourly resolution.
     let (status, hourly) = api
@@ -489,6 +610,24 @@ async fn a_devices_series_comes_raw_for_hours_and_hourly_for_days() {
     // Levels 100..95 in the first hour, 94..89, 88..83: means 97.5, 91.5, 85.5.
     assert_eq!(means, [97.5, 91.5, 85.5]);
     assert_eq!(hourly["series"]["battery_readings"][0][1], 6.0);
+    assert_eq!(
+        hourly["series"]["completeness_pct"][0],
+        serde_json::json!([T0, 2.5]),
+        "6 of 240 readings"
+    );
+    assert_eq!(hourly["gaps"], serde_json::json!([]));
+    // Hours with nothing at all are gaps.
+    let (_, longer) = api
+        .get(&format!(
+            "{base}?from={T0}&to={}&resolution=hour",
+            T0 + 5 * 3_600_000
+        ))
+        .await;
+    assert_eq!(
+        longer["gaps"],
+        serde_json::json!([{ "from_ms": T0 + 3 * 3_600_000, "to_ms": T0 + 5 * 3_600_000 }]),
+        "{longer}"
+    );
 
     for (query, want, needle) in [
         ("?from=yesterday", 400, "from"),
@@ -556,7 +695,8 @@ async fn the_openapi_document_is_valid_and_names_every_route() {
             .replace("{device_id}", "t-2")
             .replace("{job}", "device_health_hourly")
             .replace("{partition}", "2026-11-20T00")
-            .replace("{silence_id}", "none");
+            .replace("{silence_id}", "none")
+            .replace("{merchant_id}", "m-1");
         for (method, op) in methods.as_object().unwrap() {
             operations += 1;
             let method = method.to_uppercase();
@@ -694,7 +834,77 @@ async fn in_a_browser_search_opens_the_terminal_with_charts_and_its_alert() {
             state.as_str().unwrap().contains("Offline (last will)"),
             "{state}"
         );
-        browser.screenshot()
+        // The card's score and the reasons behind it; the connectivity
+        // history drawn; completeness stated.
+        let health = browser.execute(
+            "return [document.getElementById('score').innerText, \
+             [...document.querySelectorAll('#reasons li')].map(l => l.dataset.code).join(','), \
+             document.querySelector('.chart[data-series=connectivity] canvas') !== null, \
+             document.getElementById('completeness').innerText];",
+            serde_json::json!([]),
+        );
+        assert!(health[0].as_str().unwrap().contains('5'), "{health}");
+        assert_eq!(health[1], "offline,alert,battery_low", "{health}");
+        assert_eq!(health[2], true, "the connectivity chart: {health}");
+        assert!(
+            health[3].as_str().unwrap().contains("expected telemetry"),
+            "{health}"
+        );
+        let shot = browser.screenshot();
+
+        // Its merchant's page lists it first (least healthy).
+        browser.click("#facts a");
+        browser.wait_until(
+            "the merchant's page",
+            "return location.pathname === '/ui/merchant' \
+             && document.querySelector('#devices tbody tr a') !== null;",
+            Duration::from_secs(30),
+        );
+        let first = browser.execute(
+            "return document.querySelector('#devices tbody tr a').innerText;",
+            serde_json::json!([]),
+        );
+        assert_eq!(first, "t-2");
+
+        // An operator silences the store's alerts from the alerts page, sees
+        // the silence, and ends it.
+        browser.execute(
+            "localStorage.setItem('tillwatch.token', arguments[0]); return true;",
+            serde_json::json!([OPERATOR]),
+        );
+        browser.goto(&format!("{base}/ui/alerts"));
+        browser.wait_until(
+            "the firing alert listed",
+            "return document.querySelector('#alert-list tbody tr[data-state=firing]') !== null;",
+            Duration::from_secs(30),
+        );
+        browser.type_into(
+            "#new-silence input[name=matchers]",
+            "alertname=offline, store_id=s-2",
+        );
+        browser.type_into("#new-silence input[name=comment]", "refit");
+        browser.click("#new-silence button");
+        browser.wait_until(
+            "the new silence listed",
+            "return document.querySelector('#silences tbody tr[data-silence]') !== null;",
+            Duration::from_secs(30),
+        );
+        browser.click("#silences button.end");
+        browser.wait_until(
+            "the silence ended",
+            "return document.querySelector('#silences tbody tr[data-silence]') === null \
+             && document.querySelector('#silences tbody tr.empty') !== null;",
+            Duration::from_secs(30),
+        );
+
+        // The jobs page draws the lineage of the rollup jobs.
+        browser.goto(&format!("{base}/ui/jobs"));
+        browser.wait_until(
+            "the lineage graph",
+            "return document.querySelectorAll('#lineage .node[data-job]').length >= 4;",
+            Duration::from_secs(30),
+        );
+        shot
     })
     .await
     .unwrap();
@@ -738,4 +948,324 @@ async fn cohorts_of_a_rolled_up_day() {
         assert!(error(&body).contains(needle), "{query}: {body}");
     }
     api.stop.send(true).unwrap();
+}
+
+// ---- gRPC -------------------------------------------------------------------
+
+mod grpc {
+    use std::time::Duration;
+
+    use tillwatch_proto::api::v1 as pb;
+    use tonic::Code;
+    use tonic::transport::Channel;
+
+    use super::*;
+
+    type Client = pb::fleet_client::FleetClient<Channel>;
+
+    async fn client(api: &Api) -> Client {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", api.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        pb::fleet_client::FleetClient::new(channel)
+    }
+
+    fn req<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        if let Some(t) = token {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        r
+    }
+
+    fn get(id: &str) -> pb::GetDeviceRequest {
+        pb::GetDeviceRequest {
+            device_id: id.into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn devices_series_and_alerts_over_grpc_with_tokens_and_codes() {
+        let api = start().await;
+        let mut c = client(&api).await;
+
+        // Tokens: none or unknown is UNAUTHENTICATED.
+        let e = c.get_device(req(get("t-2"), None)).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+        let e = c
+            .get_device(req(get("t-2"), Some("not-a-token-we-know-of")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+
+        // One device: state, health and its reasons, signals.
+        let d = c
+            .get_device(req(get("t-2"), Some(VIEWER)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(d.merchant_id, "m-1");
+        assert_eq!(d.state.as_deref(), Some("last_will"));
+        assert_eq!(d.health_score, 5);
+        assert_eq!(d.health_grade, "unhealthy");
+        let codes: Vec<&str> = d.health_reasons.iter().map(|r| r.code.as_str()).collect();
+        assert_eq!(codes, ["offline", "alert", "battery_low"]);
+        assert_eq!(d.signals.get("battery_level_pct"), Some(&14.0));
+        let e = c
+            .get_device(req(get("nope"), Some(VIEWER)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound, "{e}");
+        assert!(e.message().contains("nope"), "{e}");
+        let e = c.get_device(req(get(""), Some(VIEWER))).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("device_id"), "{e}");
+
+        // Paging.
+        let list =
+            |page_size, page_token: &str, merchant: &str, store: &str| pb::ListDevicesRequest {
+                merchant_id: merchant.into(),
+                store_id: store.into(),
+                page_size,
+                page_token: page_token.into(),
+            };
+        let page = c
+            .list_devices(req(list(2, "", "", ""), Some(VIEWER)))
+            .await
+            .unwrap()
+            .into_inner();
+        let ids: Vec<&str> = page.devices.iter().map(|d| d.device_id.as_str()).collect();
+        assert_eq!(ids, ["t-1", "t-2"]);
+        assert_eq!(page.next_page_token, "t-2");
+        let rest = c
+            .list_devices(req(list(2, "t-2", "", ""), Some(VIEWER)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(rest.devices.len(), 1);
+        assert_eq!(rest.next_page_token, "");
+        for (bad, field) in [
+            (list(5000, "", "", ""), "page_size"),
+            (list(0, "", "", "s-1"), "store_id"),
+        ] {
+            let e = c.list_devices(req(bad, Some(VIEWER))).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+            assert!(e.message().contains(field), "{e}");
+        }
+
+        // A series, raw over two hours.
+        let series = |from_ms, to_ms, resolution: &str| pb::GetDeviceSeriesRequest {
+            device_id: "t-2".into(),
+            from_ms,
+            to_ms,
+            resolution: resolution.into(),
+        };
+        let s = c
+            .get_device_series(req(series(T0, T0 + 2 * 3_600_000, ""), Some(VIEWER)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.resolution, "raw");
+        let battery = s.series.iter().find(|s| s.name == "battery_pct").unwrap();
+        assert_eq!(battery.points.len(), 12);
+        assert_eq!(battery.points[0].at_ms, T0);
+        assert_eq!(battery.points[0].value, 100.0);
+        for (bad, field) in [
+            (series(T0, T0, ""), "from_ms"),
+            (series(T0, T0 + 3_600_000, "minute"), "resolution"),
+        ] {
+            let e = c
+                .get_device_series(req(bad, Some(VIEWER)))
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+            assert!(e.message().contains(field), "{e}");
+        }
+
+        // Alerts.
+        let alerts = |state: &str| pb::ListAlertsRequest {
+            state: state.into(),
+            limit: 0,
+        };
+        let firing = c
+            .list_alerts(req(alerts("firing"), Some(VIEWER)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(firing.alerts.len(), 1);
+        assert_eq!(firing.alerts[0].subject, "t-2");
+        let e = c
+            .list_alerts(req(alerts("burning"), Some(VIEWER)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+
+        // A change needs an operator: PERMISSION_DENIED for a viewer.
+        let silence = |duration: &str| pb::CreateSilenceRequest {
+            matchers: vec!["alertname=offline".into()],
+            duration: duration.into(),
+            comment: "refit".into(),
+        };
+        let e = c
+            .create_silence(req(silence("2h"), Some(VIEWER)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e}");
+        let e = c
+            .create_silence(req(silence("soon"), Some(OPERATOR)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("duration"), "{e}");
+        let made = c
+            .create_silence(req(silence("2h"), Some(OPERATOR)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(made.created_by, "ops");
+        assert_eq!(made.ends_at_ms - made.starts_at_ms, 2 * 3_600_000);
+        api.stop.send(true).unwrap();
+    }
+
+    /// The stream's next change, within 30 s.
+    async fn next(stream: &mut tonic::Streaming<pb::Change>) -> pb::Change {
+        tokio::time::timeout(Duration::from_secs(30), stream.message())
+            .await
+            .expect("a change within 30 s")
+            .unwrap()
+            .expect("the stream goes on")
+    }
+
+    fn describe(change: &pb::Change) -> String {
+        match &change.change {
+            Some(pb::change::Change::Alert(a)) => {
+                format!("alert {} {} {}", a.rule, a.subject, a.state)
+            }
+            Some(pb::change::Change::DeviceState(d)) => {
+                format!("state {} {}", d.device_id, d.to_state)
+            }
+            None => "nothing".into(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_change_stream_replays_then_follows_alerts_and_states() {
+        let api = start().await;
+        let mut c = client(&api).await;
+        let e = c
+            .watch_changes(req(pb::WatchChangesRequest { since_ms: T0 }, None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+        let mut stream = c
+            .watch_changes(req(pb::WatchChangesRequest { since_ms: T0 }, Some(VIEWER)))
+            .await
+            .unwrap()
+            .into_inner();
+        // What happened since T0, oldest first.
+        assert_eq!(describe(&next(&mut stream).await), "state t-2 last_will");
+        assert_eq!(
+            describe(&next(&mut stream).await),
+            "alert offline t-2 firing"
+        );
+
+        // Then what happens next: t-2 comes back and its alert resolves.
+        let store = MetaStore::connect(&format!(
+            "sqlite://{}",
+            api.dir.path().join("metadata.db").display()
+        ))
+        .await
+        .unwrap();
+        let now = UtcMillis::now().0;
+        store
+            .save_connectivity(
+                "t-2",
+                &ConnectivitySnapshot {
+                    state: Some(ConnState::Online),
+                    since: UtcMillis(now),
+                    boot: Some(BootId(2)),
+                    last_telemetry: Some(UtcMillis(now)),
+                    gap_ms: Some(60_000.0),
+                },
+                Some(&Transition {
+                    from: Some(ConnState::Offline(OfflineReason::LastWill)),
+                    to: ConnState::Online,
+                    at: UtcMillis(now),
+                }),
+            )
+            .await
+            .unwrap();
+        let back = next(&mut stream).await;
+        assert_eq!(describe(&back), "state t-2 online");
+        let Some(pb::change::Change::DeviceState(d)) = back.change else {
+            unreachable!()
+        };
+        assert_eq!(d.from_state.as_deref(), Some("last_will"));
+        let mut resolved = store
+            .alerts(tillwatch_meta::AlertFilter::All, 10)
+            .await
+            .unwrap()
+            .remove(0);
+        resolved.state = AlertState::Resolved;
+        resolved.resolved_at_ms = Some(now + 1);
+        resolved.updated_at_ms = now + 1;
+        store.save_alerts(&[resolved]).await.unwrap();
+        assert_eq!(
+            describe(&next(&mut stream).await),
+            "alert offline t-2 resolved"
+        );
+        api.stop.send(true).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_reflection_describes_the_api() {
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        let api = start().await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", api.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut reflection = ServerReflectionClient::new(channel);
+        let ask = |m| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(m),
+        };
+        let requests = futures_util::stream::iter([
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "tillwatch.api.v1.Fleet".into(),
+            )),
+        ]);
+        let mut answers = reflection
+            .server_reflection_info(requests)
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(MessageResponse::ListServicesResponse(list)) =
+            answers.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("a list of services first")
+        };
+        let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"tillwatch.api.v1.Fleet"), "{names:?}");
+        let Some(MessageResponse::FileDescriptorResponse(files)) =
+            answers.message().await.unwrap().unwrap().message_response
+        else {
+            panic!("the file describing Fleet")
+        };
+        assert!(!files.file_descriptor_proto.is_empty());
+        let text = String::from_utf8_lossy(&files.file_descriptor_proto[0]).into_owned();
+        assert!(
+            text.contains("WatchChanges"),
+            "the service's methods are described"
+        );
+        api.stop.send(true).unwrap();
+    }
 }

@@ -537,7 +537,7 @@ async fn standalone_creates_the_schema_and_fills_clickhouse() {
     let http_addr = http.local_addr().unwrap();
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let service = tokio::spawn(async move {
-        run_standalone(config, http, Some(&broker), async move {
+        run_standalone(config, http, None, Some(&broker), async move {
             let _ = stop_rx.wait_for(|s| *s).await;
         })
         .await

@@ -59,7 +59,7 @@ async fn fleet_through(broker: Option<String>) {
         let config = config.clone();
         tokio::spawn(async move {
             let embedded = embedded;
-            run_standalone(config, http, embedded.as_ref(), async move {
+            run_standalone(config, http, None, embedded.as_ref(), async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             })
             .await

@@ -139,7 +139,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     let service = {
         let config = config.clone();
         tokio::spawn(async move {
-            run_standalone(config, http, Some(&embedded), async move {
+            run_standalone(config, http, None, Some(&embedded), async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             })
             .await
@@ -225,6 +225,35 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     assert_eq!(status, 200, "{body}");
     let runs: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(runs["runs"].as_array().unwrap().len(), 5);
+    // Every job's runs, filtered by status, each with its log.
+    let (status, body) = http_call(
+        http_addr,
+        "GET",
+        "/api/v1/runs?status=succeeded&limit=3",
+        None,
+        Some(VIEWER),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let succeeded: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let succeeded = succeeded["runs"].as_array().unwrap();
+    assert_eq!(succeeded.len(), 3, "{body}");
+    for run in succeeded {
+        assert_eq!(run["status"], "succeeded");
+        let log: Vec<&str> = run["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert!(log[0].contains("started by"), "{log:?}");
+        assert!(log.last().unwrap().contains("succeeded in"), "{log:?}");
+    }
+    assert!(listed["due"].is_array(), "{listed}");
+    assert!(
+        listed["jobs"][0]["partitions"]["stale"].is_u64(),
+        "{listed}"
+    );
     for (path, want, needle) in [
         ("/api/v1/jobs/nope/runs", 404, "no job \"nope\""),
         (
@@ -242,6 +271,9 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
             400,
             "colour",
         ),
+        ("/api/v1/runs?status=weird", 400, "status"),
+        ("/api/v1/runs?job=nope", 404, "nope"),
+        ("/api/v1/runs?limit=5000", 400, "limit"),
     ] {
         let (status, body) = http_call(http_addr, "GET", path, None, Some(VIEWER)).unwrap();
         assert_eq!(status, want, "{path}: {body}");

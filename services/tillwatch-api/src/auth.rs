@@ -81,15 +81,19 @@ impl Access {
     /// Checks a request's `Authorization` header for a call that needs
     /// `need`.
     pub fn check(&self, header: Option<&HeaderValue>, need: Role) -> Result<Caller, Refusal> {
+        self.check_text(header.map(|h| h.to_str().unwrap_or("")), need)
+    }
+
+    /// [`Access::check`] for an `authorization` value as text (gRPC
+    /// metadata).
+    pub fn check_text(&self, header: Option<&str>, need: Role) -> Result<Caller, Refusal> {
         let Some(header) = header else {
             return Err(Refusal::Unauthenticated(
                 "this API needs a token: send Authorization: Bearer <token>".into(),
             ));
         };
         let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
+            .strip_prefix("Bearer ")
             .map(str::trim)
             .ok_or_else(|| {
                 Refusal::Unauthenticated("the Authorization header must be Bearer <token>".into())

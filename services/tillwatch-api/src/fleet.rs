@@ -2,11 +2,12 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `GET /api/v1/fleet` | counts (devices, online, offline, never seen online, low battery, alerting) for the fleet, each merchant and each store |
+//! | `GET /api/v1/fleet` | counts (devices, online, offline, never seen online, low battery, alerting) for the fleet, each merchant and each store; the least healthy terminals |
 //! | `GET /api/v1/devices?merchant=&store=&after=&limit=` | terminals in id order, `limit` (1-1000, default 100) after the id `after`; `next_after` continues |
-//! | `GET /api/v1/devices/{device_id}` | one terminal: registry, connectivity state and its recent changes, newest signals, its alerts |
+//! | `GET /api/v1/devices/{device_id}` | one terminal: registry, health score with its reasons, connectivity state and its recent changes, newest signals, its alerts |
 //! | `GET /api/v1/search?q=&limit=` | terminals whose id, serial, merchant or store is `q`, or whose id or serial starts with it |
 //! | `GET /api/v1/merchants` | merchants, with their names from the directory |
+//! | `GET /api/v1/merchants/{merchant_id}?store=` | one merchant or store: stores with counts, terminals least healthy first, merchant and store alerts |
 //! | `GET /api/v1/stores?merchant=` | stores, with time zone and opening hours |
 //! | `GET /api/v1/alerts?state=&limit=` | alerts, newest change first; `state` is `open` (default), `all`, `pending`, `firing` or `resolved` |
 
@@ -22,6 +23,7 @@ use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, DeviceRecord, MetaSto
 
 use crate::error::{Answer, bad, not_found};
 use crate::openapi::{Doc, Routes};
+use crate::view::{FleetView, health_json};
 
 fn device_json(d: &DeviceRecord) -> Value {
     json!({
@@ -102,7 +104,8 @@ async fn devices(
     })))
 }
 
-async fn device(State(store): State<MetaStore>, Path(id): Path<String>) -> Answer {
+async fn device(State(fleet): State<Fleet>, Path(id): Path<String>) -> Answer {
+    let store = &fleet.store;
     let Some(d) = store.device(&id).await? else {
         return Err(not_found(format!("no device {id:?}")));
     };
@@ -144,8 +147,12 @@ async fn device(State(store): State<MetaStore>, Path(id): Path<String>) -> Answe
         .iter()
         .map(alert_json)
         .collect();
+    let health = FleetView::load_one(store, &id, fleet.low_battery_pct)
+        .await?
+        .health(&id);
     Ok(Json(json!({
         "device": device_json(&d),
+        "health": health_json(&health),
         "connectivity": connectivity,
         "connectivity_history": history,
         "signals": signals,
@@ -270,15 +277,15 @@ struct Counts {
 }
 
 impl Counts {
-    fn add(&mut self, state: Option<bool>, low: bool, alerting: bool) {
+    fn add(&mut self, view: &FleetView, device_id: &str) {
         self.devices += 1;
-        match state {
+        match view.online(device_id) {
             Some(true) => self.online += 1,
             Some(false) => self.offline += 1,
             None => self.unknown += 1,
         }
-        self.low_battery += u64::from(low);
-        self.alerting += u64::from(alerting);
+        self.low_battery += u64::from(view.low_battery(device_id));
+        self.alerting += u64::from(view.alerting(device_id));
     }
 
     fn json(&self) -> Value {
@@ -293,30 +300,32 @@ impl Counts {
     }
 }
 
+/// Every terminal of the fleet (or of one merchant), a page at a time.
+async fn each_device(
+    store: &MetaStore,
+    merchant: Option<&str>,
+    mut visit: impl FnMut(&DeviceRecord),
+) -> Result<(), tillwatch_meta::MetaError> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .devices(merchant, None, after.as_deref(), 1000)
+            .await?;
+        page.iter().for_each(&mut visit);
+        if page.len() < 1000 {
+            return Ok(());
+        }
+        after = page.last().map(|d| d.device_id.clone());
+    }
+}
+
+/// How many of the least healthy terminals the fleet page lists.
+const WORST: usize = 25;
+
 async fn summary(State(fleet): State<Fleet>) -> Answer {
-    use std::collections::{HashMap, HashSet};
-    use tillwatch_domain::connectivity::ConnState;
+    use std::collections::HashMap;
     let store = &fleet.store;
-    let states: HashMap<String, bool> = store
-        .load_connectivity()
-        .await?
-        .into_iter()
-        .filter_map(|(d, s)| Some((d, s.state? == ConnState::Online)))
-        .collect();
-    let low: HashSet<String> = store
-        .all_latest_signals()
-        .await?
-        .into_iter()
-        .filter(|(_, s)| s.signal == "battery_level_pct" && s.value < fleet.low_battery_pct)
-        .map(|(d, _)| d)
-        .collect();
-    let alerting: HashSet<String> = store
-        .alerts(AlertFilter::State(AlertState::Firing), 100_000)
-        .await?
-        .into_iter()
-        .filter(|a| a.scope == "device")
-        .map(|a| a.subject)
-        .collect();
+    let view = FleetView::load(store, fleet.low_battery_pct).await?;
     let names: HashMap<String, Option<String>> = store
         .merchants()
         .await?
@@ -325,23 +334,29 @@ async fn summary(State(fleet): State<Fleet>) -> Answer {
         .collect();
     let mut total = Counts::default();
     let mut by_merchant: BTreeMap<String, (Counts, BTreeMap<String, Counts>)> = BTreeMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.devices(None, None, after.as_deref(), 1000).await?;
-        for d in &page {
-            let state = states.get(&d.device_id).copied();
-            let (l, a) = (low.contains(&d.device_id), alerting.contains(&d.device_id));
-            total.add(state, l, a);
-            let merchant = by_merchant.entry(d.merchant_id.clone()).or_default();
-            merchant.0.add(state, l, a);
-            let store_key = d.store_id.clone().unwrap_or_default();
-            merchant.1.entry(store_key).or_default().add(state, l, a);
+    let mut worst: Vec<(u32, DeviceRecord)> = Vec::new();
+    each_device(store, None, |d| {
+        total.add(&view, &d.device_id);
+        let merchant = by_merchant.entry(d.merchant_id.clone()).or_default();
+        merchant.0.add(&view, &d.device_id);
+        let store_key = d.store_id.clone().unwrap_or_default();
+        merchant
+            .1
+            .entry(store_key)
+            .or_default()
+            .add(&view, &d.device_id);
+        let score = view.health(&d.device_id).score;
+        if score < 100 {
+            worst.push((score, d.clone()));
         }
-        if page.len() < 1000 {
-            break;
-        }
-        after = page.last().map(|d| d.device_id.clone());
-    }
+    })
+    .await?;
+    worst.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.device_id.cmp(&b.1.device_id)));
+    let worst: Vec<Value> = worst
+        .iter()
+        .take(WORST)
+        .map(|(_, d)| device_brief(&view, d))
+        .collect();
     let merchants: Vec<Value> = by_merchant
         .iter()
         .map(|(id, (counts, stores))| {
@@ -362,7 +377,121 @@ async fn summary(State(fleet): State<Fleet>) -> Answer {
     Ok(Json(json!({
         "totals": total.json(),
         "low_battery_below_pct": fleet.low_battery_pct,
+        "worst": worst,
         "merchants": merchants,
+    })))
+}
+
+/// A terminal in a list: its registry entry and its state now.
+fn device_brief(view: &FleetView, d: &DeviceRecord) -> Value {
+    let mut v = device_json(d);
+    if let (Value::Object(out), Value::Object(state)) = (&mut v, view.brief(&d.device_id)) {
+        out.extend(state);
+    }
+    v
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MerchantQuery {
+    store: Option<String>,
+}
+
+/// One merchant (or one of its stores): its stores with their counts, its
+/// terminals with their state and health, least healthy first, and the
+/// alerts about the merchant and its stores.
+async fn merchant(
+    State(fleet): State<Fleet>,
+    Path(merchant_id): Path<String>,
+    q: Result<Query<MerchantQuery>, QueryRejection>,
+) -> Answer {
+    let Query(q) = q?;
+    let store = &fleet.store;
+    let record = store
+        .merchants()
+        .await?
+        .into_iter()
+        .find(|m| m.merchant_id == merchant_id);
+    let stores: Vec<_> = store
+        .stores()
+        .await?
+        .into_iter()
+        .filter(|s| s.merchant_id == merchant_id)
+        .collect();
+    let mut devices = Vec::new();
+    each_device(store, Some(&merchant_id), |d| {
+        if q.store.is_none() || d.store_id == q.store {
+            devices.push(d.clone());
+        }
+    })
+    .await?;
+    if record.is_none() && stores.is_empty() && devices.is_empty() {
+        return Err(not_found(format!("no merchant {merchant_id:?}")));
+    }
+    if let Some(wanted) = &q.store
+        && devices.is_empty()
+        && !stores.iter().any(|s| s.store_id == *wanted)
+    {
+        return Err(not_found(format!(
+            "store: merchant {merchant_id:?} has no store {wanted:?}"
+        )));
+    }
+    let view = FleetView::load(store, fleet.low_battery_pct).await?;
+    let mut total = Counts::default();
+    let mut by_store: BTreeMap<String, Counts> = BTreeMap::new();
+    for d in &devices {
+        total.add(&view, &d.device_id);
+        by_store
+            .entry(d.store_id.clone().unwrap_or_default())
+            .or_default()
+            .add(&view, &d.device_id);
+    }
+    let mut store_list: Vec<Value> = stores
+        .iter()
+        .filter(|s| q.store.as_ref().is_none_or(|w| *w == s.store_id))
+        .map(|s| {
+            let mut v = by_store.remove(&s.store_id).unwrap_or_default().json();
+            v["store_id"] = json!(s.store_id);
+            v["name"] = json!(s.name);
+            v["time_zone"] = json!(s.time_zone);
+            v["hours"] = json!(s.hours);
+            v
+        })
+        .collect();
+    // Stores the terminals name that the directory does not know.
+    for (id, c) in by_store {
+        let mut v = c.json();
+        v["store_id"] = json!((!id.is_empty()).then_some(id));
+        store_list.push(v);
+    }
+    let mut subjects = vec![format!("merchant:{merchant_id}")];
+    match &q.store {
+        Some(s) => subjects = vec![format!("store:{merchant_id}/{s}")],
+        None => subjects.extend(
+            store_list
+                .iter()
+                .filter_map(|s| s["store_id"].as_str())
+                .map(|s| format!("store:{merchant_id}/{s}")),
+        ),
+    }
+    let mut alerts = Vec::new();
+    for subject in &subjects {
+        alerts.extend(store.subject_alerts(subject, 50).await?);
+    }
+    alerts.sort_by_key(|a| (a.state == AlertState::Resolved, -a.updated_at_ms));
+    let mut scored: Vec<(u32, &DeviceRecord)> = devices
+        .iter()
+        .map(|d| (view.health(&d.device_id).score, d))
+        .collect();
+    scored.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.device_id.cmp(&b.1.device_id)));
+    Ok(Json(json!({
+        "merchant_id": merchant_id,
+        "name": record.and_then(|m| m.name),
+        "store_id": q.store,
+        "totals": total.json(),
+        "stores": store_list,
+        "devices": scored.iter().map(|(_, d)| device_brief(&view, d)).collect::<Vec<_>>(),
+        "alerts": alerts.iter().map(alert_json).collect::<Vec<_>>(),
     })))
 }
 
@@ -378,6 +507,25 @@ pub fn router(fleet: Fleet) -> Routes {
                 "Counts for the fleet, each merchant and each store",
             ),
             get(summary),
+        )
+        .route(
+            Doc::get(
+                "/api/v1/devices/{device_id}",
+                "fleet",
+                "One terminal: registry, health score and reasons, connectivity state and changes, newest signals, alerts",
+            )
+            .path_param("device_id", "The terminal"),
+            get(device),
+        )
+        .route(
+            Doc::get(
+                "/api/v1/merchants/{merchant_id}",
+                "fleet",
+                "One merchant or store: its stores with counts, its terminals least healthy first, merchant and store alerts",
+            )
+            .path_param("merchant_id", "The merchant")
+            .query("store", "string", "Only this store"),
+            get(merchant),
         )
         .with_state(fleet)
         .merge(store_routes(store.clone()))
@@ -401,15 +549,6 @@ fn store_routes(store: MetaStore) -> Routes {
             )
             .query("limit", "integer", "1-1000, default 100"),
             get(devices),
-        )
-        .route(
-            Doc::get(
-                "/api/v1/devices/{device_id}",
-                "fleet",
-                "One terminal: registry, connectivity state and changes, newest signals, alerts",
-            )
-            .path_param("device_id", "The terminal"),
-            get(device),
         )
         .route(
             Doc::get(

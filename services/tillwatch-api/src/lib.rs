@@ -25,6 +25,7 @@ pub mod fleet;
 pub mod openapi;
 pub mod silences;
 pub mod ui;
+pub mod view;
 
 pub use auth::{Access, protect};
 pub use error::{Answer, ApiError, bad, not_found};

@@ -3,7 +3,7 @@
 //! | method and path | what |
 //! |---|---|
 //! | `GET /api/v1/silences` | silences that have not ended |
-//! | `POST /api/v1/silences` | `{"matchers": ["rule=offline", "store_id=~s-1.*"], "for": "2h", "comment": "…"}`: 201 and the silence; its author is the token's name |
+//! | `POST /api/v1/silences` | `{"matchers": ["alertname=offline", "store_id=~s-1.*"], "for": "2h", "comment": "…"}`: 201 and the silence; its author is the token's name |
 //! | `DELETE /api/v1/silences/{silence_id}` | ends it now; 404 if there is none |
 //!
 //! The alerter applies a new or ended silence at its next evaluation.
@@ -66,9 +66,31 @@ async fn create(
     body: Result<Json<NewSilence>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body.map_err(|e| bad(format!("the body: {}", e.body_text())))?;
+    let author = caller
+        .map(|Extension(c)| c.name)
+        .unwrap_or_else(|| Role::Operator.as_str().to_string());
+    let record =
+        create_silence(&store, body.matchers, &body.duration, body.comment, author).await?;
+    Ok((StatusCode::CREATED, Json(silence_json(&record))))
+}
+
+/// Checks and saves a new silence from now for `duration` (`2h`); every
+/// problem is a 400 naming the field (`matchers`, `for`, `comment`).
+pub async fn create_silence(
+    store: &MetaStore,
+    matchers: Vec<String>,
+    duration: &str,
+    comment: String,
+    author: String,
+) -> Result<SilenceRecord, ApiError> {
+    let body = NewSilence {
+        matchers,
+        duration: duration.to_string(),
+        comment,
+    };
     if body.matchers.is_empty() {
         return Err(bad(
-            "matchers: give at least one, e.g. \"rule=offline\" or \"store_id=s-1\"",
+            "matchers: give at least one, e.g. \"alertname=offline\" or \"store_id=s-1\"",
         ));
     }
     tillwatch_domain::matchers::parse_all(&body.matchers)
@@ -86,9 +108,6 @@ async fn create(
     if body.comment.trim().is_empty() {
         return Err(bad("comment: say why (it is shown with the muted alerts)"));
     }
-    let author = caller
-        .map(|Extension(c)| c.name)
-        .unwrap_or_else(|| Role::Operator.as_str().to_string());
     let now = UtcMillis::now().0;
     let record = SilenceRecord {
         silence_id: format!("{now:x}-{:08x}", fnv(&body.matchers.join("\n"))),
@@ -100,7 +119,7 @@ async fn create(
         created_at_ms: now,
     };
     store.create_silence(&record).await?;
-    Ok((StatusCode::CREATED, Json(silence_json(&record))))
+    Ok(record)
 }
 
 fn fnv(text: &str) -> u32 {
@@ -129,7 +148,7 @@ pub fn router(store: MetaStore) -> Routes {
         )
         .route(
             Doc::post("/api/v1/silences", "alerts", "Mute alerts matching every matcher for a while")
-                .body("{\"matchers\": [\"rule=offline\", \"store_id=~s-1.*\"], \"for\": \"2h\", \"comment\": \"why\"}")
+                .body("{\"matchers\": [\"alertname=offline\", \"store_id=~s-1.*\"], \"for\": \"2h\", \"comment\": \"why\"}")
                 .status(201),
             post(create),
         )

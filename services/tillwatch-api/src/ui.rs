@@ -1,7 +1,8 @@
 //! The built-in pages, embedded in the binary and served without a token
 //! (they hold no data; they call the API with the token the user gives
 //! them, kept in the browser): `/ui/` the fleet, `/ui/device?id=…` one
-//! terminal. Charts are drawn in the browser by uPlot (vendored under
+//! terminal, `/ui/merchant?id=…&store=…` a merchant or store,
+//! `/ui/alerts` alerts and silences, `/ui/jobs` the rollup jobs. Charts are drawn in the browser by uPlot (vendored under
 //! `web/vendor/`, MIT).
 
 use axum::Router;
@@ -25,6 +26,12 @@ pub fn router() -> Router {
         .route("/ui", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui/", page(HTML, include_str!("../web/index.html")))
         .route("/ui/device", page(HTML, include_str!("../web/device.html")))
+        .route(
+            "/ui/merchant",
+            page(HTML, include_str!("../web/merchant.html")),
+        )
+        .route("/ui/alerts", page(HTML, include_str!("../web/alerts.html")))
+        .route("/ui/jobs", page(HTML, include_str!("../web/jobs.html")))
         .route("/ui/app.js", page(JS, include_str!("../web/app.js")))
         .route("/ui/style.css", page(CSS, include_str!("../web/style.css")))
         .route(

@@ -43,6 +43,7 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub gateway: GatewayConfig,
     pub http: HttpConfig,
+    pub grpc: GrpcConfig,
     pub embedded_broker: EmbeddedBrokerConfig,
     pub clickhouse: ClickHouseConfig,
     pub metadata: MetadataConfig,
@@ -58,6 +59,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             gateway: GatewayConfig::default(),
             http: HttpConfig::default(),
+            grpc: GrpcConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
             clickhouse: ClickHouseConfig::default(),
             metadata: MetadataConfig::default(),
@@ -156,6 +158,29 @@ pub struct HttpConfig {
     /// standalone and demo commands make a viewer and an operator token for
     /// the run and print them.
     pub tokens: Vec<ApiToken>,
+}
+
+/// The gRPC API (`tillwatch.api.v1.Fleet`, with server reflection), on
+/// its own port beside HTTP; it takes the tokens of `[[http.tokens]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcConfig {
+    /// Off: no gRPC listener.
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// How often a `WatchChanges` stream looks for new changes.
+    #[serde(with = "humantime_serde")]
+    pub change_poll: Duration,
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
+            change_poll: Duration::from_secs(1),
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -468,6 +493,16 @@ impl Config {
         }
         if self.mqtt.keep_alive < Duration::from_secs(5) {
             errors.push("mqtt.keep_alive: must be at least 5s".into());
+        }
+        if self.grpc.change_poll < Duration::from_millis(10) {
+            errors.push("grpc.change_poll: must be at least 10ms".into());
+        }
+        if self.grpc.enabled && self.grpc.listen == self.http.listen && self.grpc.listen.port() != 0
+        {
+            errors.push(format!(
+                "grpc.listen: {} is also http.listen; give gRPC its own port",
+                self.grpc.listen
+            ));
         }
         let g = &self.gateway;
         if g.max_payload_bytes < 64 {

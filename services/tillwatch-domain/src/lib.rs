@@ -7,6 +7,7 @@
 
 pub mod connectivity;
 mod device;
+pub mod health;
 pub mod hours;
 mod ids;
 pub mod matchers;

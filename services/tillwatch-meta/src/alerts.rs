@@ -241,6 +241,29 @@ impl MetaStore {
             .map_err(self.db())
     }
 
+    /// Alerts changed at or after `since_ms`, oldest change first (at most
+    /// `limit`): a follower's next page.
+    pub async fn alerts_changed_since(
+        &self,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<AlertRecord>, MetaError> {
+        let sql = format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.updated_at_ms >= $1 \
+             ORDER BY a.updated_at_ms, a.alert_id LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(since_ms)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await
+            .map_err(self.db())?;
+        rows.iter()
+            .map(alert_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(self.db())
+    }
+
     /// The alerts about one subject (a device id, `store:…`,
     /// `merchant:…`), open ones first, then newest change first.
     pub async fn subject_alerts(

@@ -2,6 +2,8 @@
 //! (`tillwatch_domain::connectivity`) decides, the store remembers, so a
 //! restarted alerter resumes each device where it was.
 
+use std::collections::HashMap;
+
 use sqlx::Row;
 use tillwatch_domain::connectivity::{ConnState, ConnectivitySnapshot, Transition};
 use tillwatch_domain::{BootId, UtcMillis};
@@ -102,20 +104,107 @@ impl MetaStore {
         .await
         .map_err(self.db())?;
         rows.iter()
+            .map(history_entry)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(self.db())
+    }
+
+    /// A device's state changes with `from_ms <= at_ms < to_ms`, oldest
+    /// first (at most `limit`), after the change in force at `from_ms`
+    /// when there is one: enough to draw the state over the range.
+    pub async fn connectivity_between(
+        &self,
+        device_id: &str,
+        from_ms: i64,
+        to_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, MetaError> {
+        let before = sqlx::query(
+            "SELECT at_ms, from_state, to_state FROM connectivity_history \
+             WHERE device_id = $1 AND at_ms < $2 ORDER BY at_ms DESC LIMIT 1",
+        )
+        .bind(device_id)
+        .bind(from_ms)
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        let within = sqlx::query(
+            "SELECT at_ms, from_state, to_state FROM connectivity_history \
+             WHERE device_id = $1 AND at_ms >= $2 AND at_ms < $3 ORDER BY at_ms LIMIT $4",
+        )
+        .bind(device_id)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        before
+            .iter()
+            .chain(within.iter())
+            .map(history_entry)
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(self.db())
+    }
+
+    /// Every device's state changes at or after `since_ms`, oldest first
+    /// (at most `limit`), with the device id: a follower's next page.
+    pub async fn connectivity_changes_since(
+        &self,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, HistoryEntry)>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT device_id, at_ms, from_state, to_state FROM connectivity_history \
+             WHERE at_ms >= $1 ORDER BY at_ms, device_id LIMIT $2",
+        )
+        .bind(since_ms)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("device_id")?, history_entry(r)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(self.db())
+    }
+
+    /// How many times each device went offline at or after `since_ms`
+    /// (devices that did not are left out).
+    pub async fn offline_drops_since(
+        &self,
+        device_id: Option<&str>,
+        since_ms: i64,
+    ) -> Result<HashMap<String, u32>, MetaError> {
+        let rows = sqlx::query(
+            "SELECT device_id, COUNT(*) AS n FROM connectivity_history \
+             WHERE at_ms >= $1 AND to_state <> 'online' AND ($2 IS NULL OR device_id = $2) \
+             GROUP BY device_id",
+        )
+        .bind(since_ms)
+        .bind(device_id.map(str::to_string))
+        .fetch_all(self.pool())
+        .await
+        .map_err(self.db())?;
+        rows.iter()
             .map(|r| {
-                let from: Option<String> = r.try_get("from_state")?;
-                let to: String = r.try_get("to_state")?;
-                Ok(HistoryEntry {
-                    at_ms: r.try_get("at_ms")?,
-                    from: from.as_deref().and_then(ConnState::parse),
-                    to: ConnState::parse(&to).ok_or_else(|| {
-                        sqlx::Error::Decode(format!("unknown state {to:?}").into())
-                    })?,
-                })
+                let n: i64 = r.try_get("n")?;
+                Ok((r.try_get("device_id")?, n as u32))
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(self.db())
     }
+}
+
+fn history_entry(r: &sqlx::any::AnyRow) -> Result<HistoryEntry, sqlx::Error> {
+    let from: Option<String> = r.try_get("from_state")?;
+    let to: String = r.try_get("to_state")?;
+    Ok(HistoryEntry {
+        at_ms: r.try_get("at_ms")?,
+        from: from.as_deref().and_then(ConnState::parse),
+        to: ConnState::parse(&to)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown state {to:?}").into()))?,
+    })
 }
 
 /// One device's time online within an hour, and the readings it should

@@ -222,6 +222,14 @@ CREATE INDEX connectivity_history_by_time ON connectivity_history (at_ms);
 CREATE INDEX alerts_by_subject ON alerts (subject, updated_at_ms);
 ",
     },
+    Migration {
+        version: 10,
+        name: "alerts_by_update",
+        // The gRPC change stream follows alerts by their last change.
+        sql: "
+CREATE INDEX alerts_by_update ON alerts (updated_at_ms);
+",
+    },
 ];
 
 /// What a migration run did.

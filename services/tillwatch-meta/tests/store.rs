@@ -53,7 +53,8 @@ async fn registry_behaviour(store: &MetaStore) {
             "006_merchants",
             "007_rollup_findings",
             "008_connectivity_history_by_time",
-            "009_alerts_by_subject"
+            "009_alerts_by_subject",
+            "010_alerts_by_update"
         ]
     );
     let again = store.migrate().await.unwrap();

@@ -2,7 +2,8 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `GET /api/v1/jobs` | jobs, settings, partitions by status, the ingest watermark |
+//! | `GET /api/v1/jobs` | jobs, settings, partitions by status (stale: inputs changed since it ran), the ingest watermark, what is due now and why |
+//! | `GET /api/v1/runs?job=&status=&limit=` | runs of every job, newest first, each with its log |
 //! | `GET /api/v1/jobs/{job}/runs?partition=&limit=` | run history, newest first |
 //! | `GET /api/v1/jobs/{job}/partitions/{partition}/lineage` | the runs and inputs behind a partition, and its downstream |
 //! | `POST /api/v1/jobs/{job}/backfill` | `{"from","to","downstream","dry_run"}`: marks the range for the scheduler, upstream first; answers with the partitions |
@@ -24,7 +25,7 @@ use serde_json::{Value, json};
 use tillwatch_api::{Answer, ApiError, Doc, Routes, bad};
 use tillwatch_config::Config;
 use tillwatch_meta::JobRunRow;
-use tillwatch_scheduler::{Input, Progress, Runner, Target, ops};
+use tillwatch_scheduler::{Input, Progress, Reason, Runner, Target, ops};
 use tillwatch_storage::Lake;
 
 use crate::service::{self, SchedulerError, parse_partition, wall_clock};
@@ -54,8 +55,62 @@ impl Jobs {
     }
 }
 
+/// A run's log: what it did, in order, from its record.
+fn run_log(r: &JobRunRow) -> Vec<String> {
+    let at = |ms: i64| {
+        jiff::Timestamp::from_millisecond(ms)
+            .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string() + "Z")
+            .unwrap_or_else(|_| ms.to_string())
+    };
+    let inputs = serde_json::from_str::<Vec<Value>>(&r.inputs).unwrap_or_default();
+    let empty = inputs
+        .iter()
+        .filter(|i| i["fingerprint"].as_str().is_some_and(str::is_empty))
+        .count();
+    let mut log = vec![
+        format!(
+            "{} {} started by {} (attempt {}, {})",
+            at(r.started_ms),
+            r.partition_key,
+            r.scheduler,
+            r.attempt,
+            r.reason
+        ),
+        format!(
+            "{} reading {} input partition(s), {} of them empty; inputs fingerprint {}",
+            at(r.started_ms),
+            inputs.len(),
+            empty,
+            if r.inputs_fingerprint.is_empty() {
+                "-"
+            } else {
+                &r.inputs_fingerprint
+            }
+        ),
+    ];
+    if let Some(end) = r.finished_ms {
+        let took = humantime::format_duration(std::time::Duration::from_millis(
+            (end - r.started_ms).max(0) as u64,
+        ));
+        log.push(match (r.status.as_str(), &r.error) {
+            ("succeeded", _) => format!(
+                "{} succeeded in {took}: {} row(s) written, output fingerprint {}",
+                at(end),
+                r.rows_written.unwrap_or(0),
+                r.output_fingerprint.as_deref().unwrap_or("-")
+            ),
+            (_, Some(e)) => format!("{} {} after {took}: {e}", at(end), r.status),
+            (status, None) => format!("{} {status} after {took}", at(end)),
+        });
+    } else {
+        log.push("still running".to_string());
+    }
+    log
+}
+
 fn run_json(r: &JobRunRow) -> Value {
     json!({
+        "log": run_log(r),
         "run_id": r.run_id,
         "job": r.job,
         "partition": r.partition_key,
@@ -76,6 +131,12 @@ fn run_json(r: &JobRunRow) -> Value {
 async fn list(State(s): State<Jobs>) -> Answer {
     let snap = service::snapshot(s.lake.clone()).await;
     let rows = s.runner.store().job_partitions().await?;
+    // What the scheduler would start now, and why: a `stale` partition
+    // succeeded on inputs that have changed since.
+    let due = s
+        .runner
+        .due(snap.watermark_ms, &|t, p| snap.fingerprint(t, p))
+        .await?;
     let jobs: Vec<Value> = s
         .runner
         .catalog()
@@ -114,13 +175,29 @@ async fn list(State(s): State<Jobs>) -> Answer {
                     "failed": count("failed"),
                     "running": count("running"),
                     "queued": count("queued"),
+                    "stale": due
+                        .iter()
+                        .filter(|t| t.job == job.name && t.reason == Reason::Stale)
+                        .count(),
                 },
+            })
+        })
+        .collect();
+    let due: Vec<Value> = due
+        .iter()
+        .map(|t| {
+            json!({
+                "job": t.job,
+                "partition": t.partition.key(),
+                "reason": t.reason.as_str(),
+                "attempt": t.attempt,
             })
         })
         .collect();
     Ok(Json(json!({
         "watermark_ms": (snap.watermark_ms != i64::MIN).then_some(snap.watermark_ms),
         "jobs": jobs,
+        "due": due,
     })))
 }
 
@@ -152,6 +229,56 @@ async fn runs(
         .await?;
     Ok(Json(
         json!({ "runs": runs.iter().map(run_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllRunsQuery {
+    job: Option<String>,
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Runs of every job (or one), newest first, optionally only one status.
+async fn all_runs(State(s): State<Jobs>, q: Result<Query<AllRunsQuery>, QueryRejection>) -> Answer {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
+    if let Some(job) = &q.job {
+        s.known(job)?;
+    }
+    if let Some(status) = &q.status
+        && !["running", "succeeded", "failed"].contains(&status.as_str())
+    {
+        return Err(bad(format!(
+            "status: {status:?} is not running, succeeded or failed"
+        )));
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("limit: must be 1 to 1000"));
+    }
+    // Newest first, filtered here: read more while a status filter leaves
+    // the page short.
+    let mut fetch = limit;
+    let found = loop {
+        let runs = s
+            .runner
+            .store()
+            .job_runs(q.job.as_deref(), None, fetch)
+            .await?;
+        let exhausted = runs.len() < fetch as usize;
+        let found: Vec<JobRunRow> = runs
+            .into_iter()
+            .filter(|r| q.status.as_ref().is_none_or(|st| *st == r.status))
+            .take(limit as usize)
+            .collect();
+        if found.len() == limit as usize || exhausted || fetch >= 50_000 {
+            break found;
+        }
+        fetch = fetch.saturating_mul(8).min(50_000);
+    };
+    Ok(Json(
+        json!({ "runs": found.iter().map(run_json).collect::<Vec<_>>() }),
     ))
 }
 
@@ -315,6 +442,17 @@ pub async fn router(config: &Config) -> Result<Routes, SchedulerError> {
                 "Jobs, their settings, partitions by status, the ingest watermark",
             ),
             get(list),
+        )
+        .route(
+            Doc::get(
+                "/api/v1/runs",
+                "jobs",
+                "Runs of every job, newest first, each with its log",
+            )
+            .query("job", "string", "Only this job's")
+            .query("status", "string", "running, succeeded or failed")
+            .query("limit", "integer", "1-1000, default 50"),
+            get(all_runs),
         )
         .route(
             Doc::get(

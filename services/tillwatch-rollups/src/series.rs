@@ -8,7 +8,9 @@
 //!   `hour` (the hourly rollup) or `auto` (default: raw up to 6 hours,
 //!   hourly beyond).
 //!
-//! The answer: `{"resolution", "from_ms", "to_ms", "series": {name: [[ms, value], …]}}`
+//! The answer: `{"resolution", "from_ms", "to_ms", "series": {name: [[ms, value], …]},
+//! "connectivity": [{"at_ms", "state"}, …], "cadence_ms", "completeness":
+//! {"received", "expected", "ratio"}, "gaps": [{"from_ms", "to_ms"}, …]}`
 //! with the same series names at both resolutions (at `hour`, a latency is
 //! the hour's p95, a battery level its mean, RSSI its median; counts are
 //! the hour's sums). The device id reaches the query engine as a value,
@@ -79,7 +81,20 @@ const HOURLY: &[(&str, &str)] = &[
     ("offline_queue", "offline_queue_max"),
     ("minutes_online", "minutes_online"),
     ("battery_readings", "battery_readings"),
+    ("connectivity_readings", "connectivity_readings"),
+    ("app_readings", "app_readings"),
+    ("payment_readings", "payment_readings"),
     ("readings_expected", "readings_expected"),
+];
+
+/// One series per reading kind: every reading of the kind has a point in
+/// it (raw), or its hourly count of readings (hour).
+const RAW_COUNTED: [&str; 4] = ["battery_pct", "rssi_dbm", "transactions", "offline_queue"];
+const HOURLY_COUNTS: [&str; 4] = [
+    "battery_readings",
+    "connectivity_readings",
+    "app_readings",
+    "payment_readings",
 ];
 
 #[derive(Clone)]
@@ -179,25 +194,46 @@ async fn series(
     q: Result<Query<SeriesQuery>, QueryRejection>,
 ) -> Answer {
     let Query(q) = q?;
+    let to = q.to.as_deref().map(|t| instant("to", t)).transpose()?;
+    let from = q.from.as_deref().map(|t| instant("from", t)).transpose()?;
+    let answer = device_series(
+        &s.lake,
+        &s.store,
+        &device,
+        from,
+        to,
+        q.resolution.as_deref(),
+    )
+    .await?;
+    Ok(Json(answer))
+}
+
+/// One terminal's series over `[from, to)` (default: the 24 hours up to
+/// now) at `resolution` (`auto`, `raw` or `hour`), as the HTTP API answers
+/// it; the gRPC API converts the same answer.
+pub async fn device_series(
+    lake: &Lake,
+    store: &MetaStore,
+    device: &str,
+    from: Option<i64>,
+    to: Option<i64>,
+    resolution: Option<&str>,
+) -> Result<Value, ApiError> {
+    let s = SeriesState {
+        lake: lake.clone(),
+        store: store.clone(),
+    };
+    let device = device.to_string();
     let now = UtcMillis::now().0;
-    let to =
-        q.to.as_deref()
-            .map(|t| instant("to", t))
-            .transpose()?
-            .unwrap_or(now);
-    let from = q
-        .from
-        .as_deref()
-        .map(|t| instant("from", t))
-        .transpose()?
-        .unwrap_or(to - 24 * HOUR_MS);
+    let to = to.unwrap_or(now);
+    let from = from.unwrap_or(to - 24 * HOUR_MS);
     if from >= to {
         return Err(bad("from: must be before to"));
     }
     if to - from > MAX_RANGE_MS {
         return Err(bad("from: the range may be at most 31 days"));
     }
-    let raw = match q.resolution.as_deref().unwrap_or("auto") {
+    let raw = match resolution.unwrap_or("auto") {
         "auto" => to - from <= RAW_MAX_MS,
         "raw" if to - from <= RAW_MAX_MS => true,
         "raw" => {
@@ -212,9 +248,22 @@ async fn series(
             )));
         }
     };
-    if s.store.device(&device).await?.is_none() {
+    let Some(record) = s.store.device(&device).await? else {
         return Err(not_found(format!("no device {device:?}")));
-    }
+    };
+    let cadence_ms = s
+        .store
+        .device_connectivity(&device)
+        .await?
+        .and_then(|c| c.gap_ms)
+        .filter(|g| *g > 0.0);
+    let changes: Vec<Value> = s
+        .store
+        .connectivity_between(&device, from, to, 10_000)
+        .await?
+        .iter()
+        .map(|h| json!({ "at_ms": h.at_ms.max(from), "state": h.to.as_str() }))
+        .collect();
     let hours = Partition::overlapping(Grain::Hour, from, to);
     let mut out = Points::new();
     let failed = |e: String| {
@@ -258,6 +307,14 @@ async fn series(
             .await
             .map_err(failed)?;
     }
+    // What was expected: every kind once per reporting interval, from the
+    // terminal's first reading (or `from`) to `to` (or now).
+    let window = (from.max(record.first_seen_ms), to.min(now));
+    let coverage = if raw {
+        raw_coverage(&out, window, cadence_ms)
+    } else {
+        hourly_coverage(&mut out, window, cadence_ms)
+    };
     let series: BTreeMap<String, Value> = out
         .into_iter()
         .map(|(name, mut points)| {
@@ -266,13 +323,108 @@ async fn series(
             (name, Value::Array(list))
         })
         .collect();
-    Ok(Json(json!({
+    Ok(json!({
         "device_id": device,
         "resolution": if raw { "raw" } else { "hour" },
         "from_ms": from,
         "to_ms": to,
         "series": series,
-    })))
+        "connectivity": changes,
+        "cadence_ms": cadence_ms,
+        "completeness": coverage.completeness,
+        "gaps": coverage.gaps.iter().map(|(a, b)| json!({ "from_ms": a, "to_ms": b })).collect::<Vec<_>>(),
+    }))
+}
+
+/// How much of the expected telemetry arrived, and the stretches with none.
+struct Coverage {
+    completeness: Value,
+    gaps: Vec<(i64, i64)>,
+}
+
+fn completeness(received: f64, window: (i64, i64), cadence_ms: Option<f64>) -> Value {
+    let Some(cadence) = cadence_ms else {
+        return Value::Null;
+    };
+    let span = (window.1 - window.0).max(0) as f64;
+    let expected = (RAW_COUNTED.len() as f64 * span / cadence).floor();
+    if expected < 1.0 {
+        return Value::Null;
+    }
+    json!({
+        "received": received,
+        "expected": expected,
+        "ratio": (received / expected).min(1.0),
+    })
+}
+
+/// Raw readings: a gap is more than three reporting intervals (or five
+/// minutes when the interval is not known yet) with no reading of any kind.
+fn raw_coverage(out: &Points, window: (i64, i64), cadence_ms: Option<f64>) -> Coverage {
+    let mut times: Vec<i64> = RAW_COUNTED
+        .iter()
+        .filter_map(|name| out.get(*name))
+        .flat_map(|points| points.iter().map(|(t, _)| *t))
+        .collect();
+    let received = times.len() as f64;
+    times.sort_unstable();
+    times.dedup();
+    let longest = cadence_ms.map_or(300_000, |c| (3.0 * c) as i64);
+    let mut gaps = Vec::new();
+    let mut previous = window.0;
+    for t in times.into_iter().chain([window.1]) {
+        if t - previous > longest {
+            gaps.push((previous, t));
+        }
+        previous = previous.max(t);
+    }
+    Coverage {
+        completeness: completeness(received, window, cadence_ms),
+        gaps,
+    }
+}
+
+/// Hourly rollups: a gap is an hour with no reading at all; each hour's
+/// completeness becomes the `completeness_pct` series.
+fn hourly_coverage(out: &mut Points, window: (i64, i64), cadence_ms: Option<f64>) -> Coverage {
+    let mut per_hour: BTreeMap<i64, f64> = BTreeMap::new();
+    for name in HOURLY_COUNTS {
+        for (t, n) in out.get(name).into_iter().flatten() {
+            *per_hour.entry(*t).or_default() += n;
+        }
+    }
+    let received: f64 = per_hour
+        .iter()
+        .filter(|(t, _)| **t + HOUR_MS > window.0 && **t < window.1)
+        .map(|(_, n)| n)
+        .sum();
+    let mut gaps: Vec<(i64, i64)> = Vec::new();
+    let mut pct = Vec::new();
+    let mut hour = Partition::containing(Grain::Hour, window.0).start_ms;
+    while hour < window.1 {
+        let (a, b) = (hour.max(window.0), (hour + HOUR_MS).min(window.1));
+        let n = per_hour.get(&hour).copied().unwrap_or(0.0);
+        if n == 0.0 {
+            match gaps.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => gaps.push((a, b)),
+            }
+        }
+        if let Some(cadence) = cadence_ms {
+            let expected = RAW_COUNTED.len() as f64 * (b - a) as f64 / cadence;
+            if expected >= 1.0 {
+                pct.push((hour, (100.0 * n / expected).min(100.0)));
+            }
+        }
+        hour += HOUR_MS;
+    }
+    if !pct.is_empty() {
+        out.insert("completeness_pct".to_string(), pct);
+    }
+    Coverage {
+        completeness: completeness(received, window, cadence_ms),
+        gaps,
+    }
 }
 
 /// The series route over the lake, checking devices in the store.

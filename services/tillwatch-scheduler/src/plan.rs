@@ -69,6 +69,19 @@ pub enum Reason {
     Forced,
 }
 
+impl Reason {
+    /// `scheduled`, `retry`, `timed_out`, `stale` or `forced`, as runs record it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Scheduled => "scheduled",
+            Reason::Retry => "retry",
+            Reason::TimedOut => "timed_out",
+            Reason::Stale => "stale",
+            Reason::Forced => "forced",
+        }
+    }
+}
+
 /// One partition to start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {

@@ -54,16 +54,6 @@ pub struct Runner {
 
 type Key = (String, Partition);
 
-fn reason_str(r: Reason) -> &'static str {
-    match r {
-        Reason::Scheduled => "scheduled",
-        Reason::Retry => "retry",
-        Reason::TimedOut => "timed_out",
-        Reason::Stale => "stale",
-        Reason::Forced => "forced",
-    }
-}
-
 fn json_str(s: &str) -> String {
     let mut out = String::from("\"");
     for c in s.chars() {
@@ -280,7 +270,7 @@ impl Runner {
                 job: task.job.clone(),
                 partition_key: task.partition.key(),
                 attempt: i64::from(task.attempt),
-                reason: reason_str(task.reason).into(),
+                reason: Reason::as_str(task.reason).into(),
                 scheduler: self.name.clone(),
                 started_ms: started,
                 finished_ms: None,

@@ -53,10 +53,12 @@ pub fn make_tokens(config: &mut Config) -> anyhow::Result<Option<MadeTokens>> {
 
 /// Runs the whole product in one process: the gateway (against `broker` if
 /// given, else `config.mqtt.broker`), the alerter, the rollup scheduler
-/// (unless `scheduler.enabled` is off) and the HTTP endpoints on `http`.
+/// (unless `scheduler.enabled` is off), the HTTP endpoints on `http` and
+/// the gRPC API on `grpc` when given.
 pub async fn run_standalone(
     mut config: Config,
     http: TcpListener,
+    grpc: Option<TcpListener>,
     broker: Option<&EmbeddedBroker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -103,6 +105,21 @@ pub async fn run_standalone(
         api,
         shutdown_requested(stop_rx.clone()),
     ));
+    // The gRPC API, on the same store, lake and tokens.
+    let grpc = match grpc {
+        Some(listener) => {
+            let service = tillwatch_grpc::service(&config)
+                .await
+                .map_err(anyhow::Error::msg)
+                .context("the gRPC API")?;
+            Some(tokio::spawn(tillwatch_grpc::serve(
+                service,
+                listener,
+                shutdown_requested(stop_rx.clone()),
+            )))
+        }
+        None => None,
+    };
     // The alerter beside the gateway, on the same broker and data dir.
     let alerter = {
         let config = config.clone();
@@ -125,6 +142,11 @@ pub async fn run_standalone(
             .await
             .context("the scheduler task failed")?
             .context("scheduler")?;
+    }
+    if let Some(grpc) = grpc {
+        grpc.await
+            .context("the gRPC server task failed")?
+            .context("gRPC server")?;
     }
     gateway.context("gateway")?;
     alerter.context("alerter")?;

@@ -293,13 +293,18 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         ),
     };
     let http = bind(config.http.listen, "--http-listen").await?;
-    print_where(&config, &http, broker.as_ref())?;
-    run_standalone(config, http, broker.as_ref(), signalled()).await
+    let grpc = match config.grpc.enabled {
+        true => Some(bind(config.grpc.listen, "grpc.listen").await?),
+        false => None,
+    };
+    print_where(&config, &http, grpc.as_ref(), broker.as_ref())?;
+    run_standalone(config, http, grpc, broker.as_ref(), signalled()).await
 }
 
 fn print_where(
     config: &Config,
     http: &TcpListener,
+    grpc: Option<&TcpListener>,
     broker: Option<&EmbeddedBroker>,
 ) -> anyhow::Result<()> {
     let http = http.local_addr()?;
@@ -312,6 +317,12 @@ fn print_where(
     println!(
         "  API           http://{http}/api/v1/   (OpenAPI: http://{http}/api/v1/openapi.json)"
     );
+    if let Some(grpc) = grpc {
+        println!(
+            "  gRPC API      {}   (tillwatch.api.v1.Fleet, with reflection; same tokens)",
+            grpc.local_addr()?
+        );
+    }
     println!("  MQTT broker   {mqtt}   (terminals publish to tw/v1/<merchant>/<device>/telemetry)");
     println!("  metrics       http://{http}/metrics");
     println!("  health        http://{http}/healthz  http://{http}/readyz");
@@ -383,7 +394,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         None => free_or_default(config.http.listen, "HTTP"),
     };
     let http = bind(http_addr, "--http-listen").await?;
-    print_where(&config, &http, broker.as_ref())?;
+    let grpc = match config.grpc.enabled {
+        true => Some(bind(free_or_default(config.grpc.listen, "gRPC"), "grpc.listen").await?),
+        false => None,
+    };
+    print_where(&config, &http, grpc.as_ref(), broker.as_ref())?;
     let sim = tillwatch_sim::SimConfig {
         broker: broker
             .as_ref()
@@ -409,7 +424,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         signalled().await;
         let _ = signal_tx.send(true);
     });
-    let result = run_standalone(config, http, broker.as_ref(), gateway_stop).await;
+    let result = run_standalone(config, http, grpc, broker.as_ref(), gateway_stop).await;
     let _ = stop_tx.send(true);
     if let Ok(Ok(report)) = fleet.await {
         println!("fleet: {}", serde_json_line(&report));

@@ -1,0 +1,174 @@
+//! What the fleet looks like now, read from the store in a handful of
+//! queries (not one per terminal): each terminal's connectivity state,
+//! newest signals, firing alerts and recent drops, and from them its
+//! health score (`tillwatch_domain::health`).
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use tillwatch_domain::UtcMillis;
+use tillwatch_domain::connectivity::{ConnState, ConnectivitySnapshot};
+use tillwatch_domain::health::{self, FiringAlert, Health, HealthInput};
+use tillwatch_meta::{AlertFilter, AlertState, MetaError, MetaStore};
+
+const DAY_MS: i64 = 24 * 3_600_000;
+
+/// The state of every terminal (or of one), at `now_ms`.
+pub struct FleetView {
+    pub now_ms: i64,
+    low_battery_pct: f64,
+    conn: HashMap<String, ConnectivitySnapshot>,
+    signals: HashMap<String, HashMap<String, f64>>,
+    firing: HashMap<String, Vec<FiringAlert>>,
+    drops: HashMap<String, u32>,
+}
+
+impl FleetView {
+    /// Every terminal's state.
+    pub async fn load(store: &MetaStore, low_battery_pct: f64) -> Result<FleetView, MetaError> {
+        let now_ms = UtcMillis::now().0;
+        let conn = store.load_connectivity().await?.into_iter().collect();
+        let mut signals: HashMap<String, HashMap<String, f64>> = HashMap::new();
+        for (device, s) in store.all_latest_signals().await? {
+            signals.entry(device).or_default().insert(s.signal, s.value);
+        }
+        let mut firing: HashMap<String, Vec<FiringAlert>> = HashMap::new();
+        for a in store
+            .alerts(AlertFilter::State(AlertState::Firing), 100_000)
+            .await?
+        {
+            if a.scope == "device" {
+                firing.entry(a.subject).or_default().push(FiringAlert {
+                    rule: a.rule,
+                    severity: a.severity,
+                });
+            }
+        }
+        let drops = store.offline_drops_since(None, now_ms - DAY_MS).await?;
+        Ok(FleetView {
+            now_ms,
+            low_battery_pct,
+            conn,
+            signals,
+            firing,
+            drops,
+        })
+    }
+
+    /// One terminal's state.
+    pub async fn load_one(
+        store: &MetaStore,
+        device_id: &str,
+        low_battery_pct: f64,
+    ) -> Result<FleetView, MetaError> {
+        let now_ms = UtcMillis::now().0;
+        let conn = store
+            .device_connectivity(device_id)
+            .await?
+            .map(|c| (device_id.to_string(), c))
+            .into_iter()
+            .collect();
+        let values = store
+            .latest_signals(device_id)
+            .await?
+            .into_iter()
+            .map(|s| (s.signal, s.value))
+            .collect();
+        let alerts: Vec<FiringAlert> = store
+            .subject_alerts(device_id, 100)
+            .await?
+            .into_iter()
+            .filter(|a| a.state == AlertState::Firing)
+            .map(|a| FiringAlert {
+                rule: a.rule,
+                severity: a.severity,
+            })
+            .collect();
+        let drops = store
+            .offline_drops_since(Some(device_id), now_ms - DAY_MS)
+            .await?;
+        Ok(FleetView {
+            now_ms,
+            low_battery_pct,
+            conn,
+            signals: HashMap::from([(device_id.to_string(), values)]),
+            firing: HashMap::from([(device_id.to_string(), alerts)]),
+            drops,
+        })
+    }
+
+    /// `Some(true)` online, `Some(false)` offline, `None` never seen online.
+    pub fn online(&self, device_id: &str) -> Option<bool> {
+        let state = self.conn.get(device_id)?.state?;
+        Some(state == ConnState::Online)
+    }
+
+    pub fn low_battery(&self, device_id: &str) -> bool {
+        self.signals
+            .get(device_id)
+            .and_then(|s| s.get("battery_level_pct"))
+            .is_some_and(|v| *v < self.low_battery_pct)
+    }
+
+    pub fn alerting(&self, device_id: &str) -> bool {
+        self.firing.get(device_id).is_some_and(|a| !a.is_empty())
+    }
+
+    /// Since when the terminal's current state holds.
+    pub fn state_since(&self, device_id: &str) -> Option<i64> {
+        let c = self.conn.get(device_id)?;
+        c.state.map(|_| c.since.0)
+    }
+
+    /// The newest value of each of the terminal's signals.
+    pub fn signals(&self, device_id: &str) -> HashMap<String, f64> {
+        self.signals.get(device_id).cloned().unwrap_or_default()
+    }
+
+    /// The health score of one terminal.
+    pub fn health(&self, device_id: &str) -> Health {
+        let conn = self.conn.get(device_id);
+        let state = conn.and_then(|c| c.state);
+        health::score(&HealthInput {
+            now_ms: self.now_ms,
+            online: state.map(|s| s == ConnState::Online),
+            state_since_ms: conn.map(|c| c.since.0),
+            offline_reason: state
+                .filter(|s| *s != ConnState::Online)
+                .map(|s| s.as_str().to_string()),
+            last_telemetry_ms: conn.and_then(|c| c.last_telemetry.map(|t| t.0)),
+            cadence_ms: conn.and_then(|c| c.gap_ms),
+            signals: self.signals.get(device_id).cloned().unwrap_or_default(),
+            firing: self.firing.get(device_id).cloned().unwrap_or_default(),
+            drops_24h: self.drops.get(device_id).copied().unwrap_or(0),
+            low_battery_pct: self.low_battery_pct,
+        })
+    }
+
+    /// A terminal's state for lists: online, score, grade, main reason.
+    pub fn brief(&self, device_id: &str) -> Value {
+        let h = self.health(device_id);
+        json!({
+            "online": self.online(device_id),
+            "state": self.conn.get(device_id).and_then(|c| c.state).map(|s| s.as_str()),
+            "health_score": h.score,
+            "health_grade": h.grade(),
+            "main_reason": h.reasons.first().map(|r| r.detail.clone()),
+            "low_battery": self.low_battery(device_id),
+            "alerting": self.alerting(device_id),
+        })
+    }
+}
+
+/// The score as the API shows it.
+pub fn health_json(h: &Health) -> Value {
+    json!({
+        "score": h.score,
+        "grade": h.grade(),
+        "reasons": h.reasons.iter().map(|r| json!({
+            "code": r.code,
+            "points": r.points,
+            "detail": r.detail,
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,498 @@
+//! The gRPC API (`proto/tillwatch/api/v1/fleet.proto`, service
+//! `tillwatch.api.v1.Fleet`), served by tonic with server reflection:
+//!
+//! - `GetDevice`, `ListDevices`: the registry, state and health score the
+//!   device page shows (`tillwatch_api::view`).
+//! - `GetDeviceSeries`: the same series as `GET /api/v1/devices/{id}/series`.
+//! - `ListAlerts`; `CreateSilence` (operator).
+//! - `WatchChanges`: alert and connectivity changes for other systems to
+//!   follow. The store is the source of truth, so the stream follows it:
+//!   every `poll` it reads what changed since the last change it sent (the
+//!   same store serves any number of API processes). A follower that
+//!   reconnects passes the time of the last change it saw as `since_ms`.
+//!
+//! Every call needs `authorization: Bearer <token>` metadata with a token
+//! of `[[http.tokens]]`: no token or an unknown one is `UNAUTHENTICATED`, a
+//! viewer creating a silence `PERMISSION_DENIED`. Bad arguments are
+//! `INVALID_ARGUMENT` with a message naming the field, an unknown device
+//! `NOT_FOUND`.
+
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::Stream;
+use serde_json::Value;
+use tillwatch_api::auth::Refusal;
+use tillwatch_api::view::FleetView;
+use tillwatch_api::{Access, ApiError};
+use tillwatch_config::{Config, Role};
+use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, DeviceRecord, MetaStore};
+use tillwatch_proto::api::v1 as pb;
+use tillwatch_storage::Lake;
+use tonic::{Request, Response, Status};
+
+/// The service over the metadata store and the lake.
+#[derive(Clone)]
+pub struct FleetService {
+    store: MetaStore,
+    lake: Lake,
+    access: Arc<Access>,
+    low_battery_pct: f64,
+    poll: Duration,
+}
+
+impl FleetService {
+    /// `poll`: how often a change stream looks for changes.
+    pub fn new(
+        store: MetaStore,
+        lake: Lake,
+        access: Arc<Access>,
+        low_battery_pct: f64,
+        poll: Duration,
+    ) -> FleetService {
+        FleetService {
+            store,
+            lake,
+            access,
+            low_battery_pct,
+            poll,
+        }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>, need: Role) -> Result<(), Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap_or(""));
+        match self.access.check_text(header, need) {
+            Ok(_) => Ok(()),
+            Err(Refusal::Unauthenticated(m)) => Err(Status::unauthenticated(m)),
+            Err(Refusal::Forbidden(m)) => Err(Status::permission_denied(m)),
+        }
+    }
+
+    fn caller_name<T>(&self, request: &Request<T>) -> String {
+        request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| self.access.check_text(Some(h), Role::Viewer).ok())
+            .map(|c| c.name)
+            .unwrap_or_else(|| Role::Operator.as_str().to_string())
+    }
+}
+
+/// An HTTP-style API error as the matching gRPC status.
+fn status(e: ApiError) -> Status {
+    match e.0.as_u16() {
+        400 => Status::invalid_argument(e.1),
+        404 => Status::not_found(e.1),
+        503 => Status::unavailable(e.1),
+        _ => Status::internal(e.1),
+    }
+}
+
+fn store_error(e: tillwatch_meta::MetaError) -> Status {
+    status(ApiError::from(e))
+}
+
+fn device(d: &DeviceRecord, view: &FleetView) -> pb::Device {
+    let health = view.health(&d.device_id);
+    let brief = view.brief(&d.device_id);
+    pb::Device {
+        device_id: d.device_id.clone(),
+        merchant_id: d.merchant_id.clone(),
+        store_id: d.store_id.clone(),
+        model: d.model.clone(),
+        serial: d.serial.clone(),
+        firmware_version: d.firmware_version.clone(),
+        app_version: d.app_version.clone(),
+        time_zone: d.time_zone.clone(),
+        first_seen_ms: d.first_seen_ms,
+        last_seen_ms: d.last_seen_ms,
+        state: brief["state"].as_str().map(String::from),
+        state_since_ms: view.state_since(&d.device_id),
+        health_score: health.score,
+        health_grade: health.grade().to_string(),
+        health_reasons: health
+            .reasons
+            .iter()
+            .map(|r| pb::HealthReason {
+                code: r.code.to_string(),
+                points: r.points,
+                detail: r.detail.clone(),
+            })
+            .collect(),
+        signals: view.signals(&d.device_id),
+    }
+}
+
+fn alert(a: &AlertRecord) -> pb::Alert {
+    pb::Alert {
+        alert_id: a.alert_id.clone(),
+        rule: a.rule.clone(),
+        subject: a.subject.clone(),
+        scope: a.scope.clone(),
+        severity: a.severity.clone(),
+        state: a.state.as_str().to_string(),
+        pending_since_ms: a.pending_since_ms,
+        fired_at_ms: a.fired_at_ms,
+        resolved_at_ms: a.resolved_at_ms,
+        silenced_by: a.silenced_by.clone(),
+        labels: a.labels.clone().into_iter().collect(),
+        annotations: a.annotations.clone().into_iter().collect(),
+        updated_at_ms: a.updated_at_ms,
+    }
+}
+
+type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::Change, Status>> + Send>>;
+
+/// Where a change stream is: changes at `cursor_ms` already sent are in
+/// `sent` (more may still arrive with the same time).
+struct Follow {
+    service: FleetService,
+    cursor_ms: i64,
+    sent: HashSet<String>,
+    queue: VecDeque<pb::Change>,
+    first: bool,
+}
+
+/// How many changes of each kind one look reads.
+const PAGE: u32 = 500;
+
+impl Follow {
+    /// The next changes after the cursor, oldest first.
+    async fn fetch(&mut self) -> Result<(), Status> {
+        let store = &self.service.store;
+        let alerts = store
+            .alerts_changed_since(self.cursor_ms, PAGE)
+            .await
+            .map_err(store_error)?;
+        let states = store
+            .connectivity_changes_since(self.cursor_ms, PAGE)
+            .await
+            .map_err(store_error)?;
+        // Up to the older of the two pages' last times when a page is
+        // full, so neither kind skips ahead of the other.
+        let mut upto = i64::MAX;
+        if alerts.len() == PAGE as usize {
+            upto = upto.min(alerts.last().map_or(i64::MAX, |a| a.updated_at_ms));
+        }
+        if states.len() == PAGE as usize {
+            upto = upto.min(states.last().map_or(i64::MAX, |(_, h)| h.at_ms));
+        }
+        let mut found: Vec<(i64, String, pb::Change)> = Vec::new();
+        for a in alerts.iter().filter(|a| a.updated_at_ms <= upto) {
+            let key = format!("a/{}/{}/{}", a.alert_id, a.state.as_str(), a.updated_at_ms);
+            found.push((
+                a.updated_at_ms,
+                key,
+                pb::Change {
+                    change: Some(pb::change::Change::Alert(alert(a))),
+                },
+            ));
+        }
+        for (device_id, h) in states.iter().filter(|(_, h)| h.at_ms <= upto) {
+            let key = format!("d/{device_id}/{}/{}", h.at_ms, h.to.as_str());
+            found.push((
+                h.at_ms,
+                key,
+                pb::Change {
+                    change: Some(pb::change::Change::DeviceState(pb::DeviceStateChange {
+                        device_id: device_id.clone(),
+                        at_ms: h.at_ms,
+                        from_state: h.from.map(|s| s.as_str().to_string()),
+                        to_state: h.to.as_str().to_string(),
+                    })),
+                },
+            ));
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        for (at, key, change) in found {
+            if at == self.cursor_ms && self.sent.contains(&key) {
+                continue;
+            }
+            if at > self.cursor_ms {
+                self.cursor_ms = at;
+                self.sent.clear();
+            }
+            self.sent.insert(key);
+            self.queue.push_back(change);
+        }
+        Ok(())
+    }
+
+    /// The next change, waiting for one.
+    async fn next(mut self) -> Option<(Result<pb::Change, Status>, Follow)> {
+        loop {
+            if let Some(change) = self.queue.pop_front() {
+                return Some((Ok(change), self));
+            }
+            if !self.first {
+                tokio::time::sleep(self.service.poll).await;
+            }
+            self.first = false;
+            if let Err(e) = self.fetch().await {
+                // Say why and end; the follower reconnects from its last change.
+                return Some((Err(e), self));
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::fleet_server::Fleet for FleetService {
+    async fn get_device(
+        &self,
+        request: Request<pb::GetDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        self.authorize(&request, Role::Viewer)?;
+        let id = request.into_inner().device_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("device_id: give a device id"));
+        }
+        let Some(d) = self.store.device(&id).await.map_err(store_error)? else {
+            return Err(Status::not_found(format!("no device {id:?}")));
+        };
+        let view = FleetView::load_one(&self.store, &id, self.low_battery_pct)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(device(&d, &view)))
+    }
+
+    async fn list_devices(
+        &self,
+        request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        self.authorize(&request, Role::Viewer)?;
+        let q = request.into_inner();
+        let size = match q.page_size {
+            0 => 100,
+            n @ 1..=1000 => n,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "page_size: must be 1 to 1000 (or 0 for 100), not {n}"
+                )));
+            }
+        };
+        if !q.store_id.is_empty() && q.merchant_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "store_id: give merchant_id too (store ids are per merchant)",
+            ));
+        }
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let found = self
+            .store
+            .devices(
+                some(&q.merchant_id).as_deref(),
+                some(&q.store_id).as_deref(),
+                some(&q.page_token).as_deref(),
+                size,
+            )
+            .await
+            .map_err(store_error)?;
+        let view = FleetView::load(&self.store, self.low_battery_pct)
+            .await
+            .map_err(store_error)?;
+        let next = if found.len() == size as usize {
+            found
+                .last()
+                .map(|d| d.device_id.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListDevicesResponse {
+            devices: found.iter().map(|d| device(d, &view)).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_device_series(
+        &self,
+        request: Request<pb::GetDeviceSeriesRequest>,
+    ) -> Result<Response<pb::DeviceSeries>, Status> {
+        self.authorize(&request, Role::Viewer)?;
+        let q = request.into_inner();
+        let given = |ms: i64| (ms != 0).then_some(ms);
+        let resolution = (!q.resolution.is_empty()).then_some(q.resolution.as_str());
+        let answer = tillwatch_rollups::series::device_series(
+            &self.lake,
+            &self.store,
+            &q.device_id,
+            given(q.from_ms),
+            given(q.to_ms),
+            resolution,
+        )
+        .await
+        .map_err(|e| {
+            // The HTTP messages name query parameters; here they are fields.
+            let e = ApiError(
+                e.0,
+                e.1.replacen("from:", "from_ms:", 1)
+                    .replacen("to:", "to_ms:", 1),
+            );
+            status(e)
+        })?;
+        let series = answer["series"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(name, points)| pb::Series {
+                name: name.clone(),
+                points: points
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        Some(pb::Point {
+                            at_ms: p.get(0)?.as_i64()?,
+                            value: p.get(1)?.as_f64()?,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        Ok(Response::new(pb::DeviceSeries {
+            device_id: text(&answer["device_id"]),
+            resolution: text(&answer["resolution"]),
+            from_ms: answer["from_ms"].as_i64().unwrap_or_default(),
+            to_ms: answer["to_ms"].as_i64().unwrap_or_default(),
+            series,
+        }))
+    }
+
+    async fn list_alerts(
+        &self,
+        request: Request<pb::ListAlertsRequest>,
+    ) -> Result<Response<pb::ListAlertsResponse>, Status> {
+        self.authorize(&request, Role::Viewer)?;
+        let q = request.into_inner();
+        let filter = match q.state.as_str() {
+            "" | "open" => AlertFilter::Open,
+            "all" => AlertFilter::All,
+            other => AlertState::parse(other)
+                .map(AlertFilter::State)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "state: {other:?} is not open, all, pending, firing or resolved"
+                    ))
+                })?,
+        };
+        let limit = match q.limit {
+            0 => 100,
+            n @ 1..=10_000 => n,
+            n => {
+                return Err(Status::invalid_argument(format!(
+                    "limit: must be 1 to 10000 (or 0 for 100), not {n}"
+                )));
+            }
+        };
+        let alerts = self
+            .store
+            .alerts(filter, limit)
+            .await
+            .map_err(store_error)?;
+        Ok(Response::new(pb::ListAlertsResponse {
+            alerts: alerts.iter().map(alert).collect(),
+        }))
+    }
+
+    type WatchChangesStream = ChangeStream;
+
+    async fn watch_changes(
+        &self,
+        request: Request<pb::WatchChangesRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
+        self.authorize(&request, Role::Viewer)?;
+        let since = request.into_inner().since_ms;
+        if since < 0 {
+            return Err(Status::invalid_argument(
+                "since_ms: must be 0 (only new changes) or a time in ms since 1970",
+            ));
+        }
+        let cursor_ms = if since == 0 {
+            tillwatch_domain::UtcMillis::now().0
+        } else {
+            since
+        };
+        let follow = Follow {
+            service: self.clone(),
+            cursor_ms,
+            sent: HashSet::new(),
+            queue: VecDeque::new(),
+            first: true,
+        };
+        let stream = futures_util::stream::unfold(follow, Follow::next);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn create_silence(
+        &self,
+        request: Request<pb::CreateSilenceRequest>,
+    ) -> Result<Response<pb::Silence>, Status> {
+        self.authorize(&request, Role::Operator)?;
+        let author = self.caller_name(&request);
+        let q = request.into_inner();
+        let made = tillwatch_api::silences::create_silence(
+            &self.store,
+            q.matchers,
+            &q.duration,
+            q.comment,
+            author,
+        )
+        .await
+        .map_err(|e| status(ApiError(e.0, e.1.replacen("for:", "duration:", 1))))?;
+        Ok(Response::new(pb::Silence {
+            silence_id: made.silence_id,
+            matchers: made.matchers,
+            starts_at_ms: made.starts_at_ms,
+            ends_at_ms: made.ends_at_ms,
+            created_by: made.created_by,
+            comment: made.comment,
+        }))
+    }
+}
+
+/// Serves the API and server reflection on `listener` until `shutdown`.
+pub async fn serve(
+    service: FleetService,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the API's descriptors are valid (checked by the proto crate's tests)");
+    tonic::transport::Server::builder()
+        .add_service(pb::fleet_server::FleetServer::new(service))
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+}
+
+/// The service for `config`: its metadata store (migrated), lake and tokens.
+pub async fn service(config: &Config) -> Result<FleetService, String> {
+    let access = Access::new(&config.http.tokens)?;
+    let store = MetaStore::connect(&config.metadata_url())
+        .await
+        .map_err(|e| format!("the metadata store: {e}"))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| format!("migrating the metadata store: {e}"))?;
+    Ok(FleetService::new(
+        store,
+        Lake::new(config.data_dir.join("lake")),
+        Arc::new(access),
+        config.alerting.rules.battery_low.threshold,
+        config.grpc.change_poll,
+    ))
+}
