@@ -23,7 +23,8 @@ use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, DeviceRecord, MetaSto
 
 use crate::error::{Answer, bad, not_found};
 use crate::openapi::{Doc, Routes};
-use crate::view::{FleetView, health_json};
+use crate::view::{FleetView, ViewCache, health_json};
+use std::sync::Arc;
 
 fn device_json(d: &DeviceRecord) -> Value {
     json!({
@@ -264,6 +265,24 @@ pub struct Fleet {
     /// A terminal whose newest battery level is below this is low
     /// (`alerting.rules.battery_low.threshold`).
     pub low_battery_pct: f64,
+    /// The whole fleet's state for the fleet and merchant pages, a couple
+    /// of seconds old at most ([`Fleet::new`]).
+    pub views: Arc<ViewCache>,
+}
+
+/// How old the fleet and merchant pages' state may be: loading 10,000
+/// terminals' state takes about half a second, and many people watching
+/// the pages then share one load.
+pub const VIEW_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Fleet {
+    pub fn new(store: MetaStore, low_battery_pct: f64) -> Fleet {
+        Fleet {
+            views: Arc::new(ViewCache::new(store.clone(), low_battery_pct, VIEW_TTL)),
+            store,
+            low_battery_pct,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -300,32 +319,13 @@ impl Counts {
     }
 }
 
-/// Every terminal of the fleet (or of one merchant), a page at a time.
-async fn each_device(
-    store: &MetaStore,
-    merchant: Option<&str>,
-    mut visit: impl FnMut(&DeviceRecord),
-) -> Result<(), tillwatch_meta::MetaError> {
-    let mut after: Option<String> = None;
-    loop {
-        let page = store
-            .devices(merchant, None, after.as_deref(), 1000)
-            .await?;
-        page.iter().for_each(&mut visit);
-        if page.len() < 1000 {
-            return Ok(());
-        }
-        after = page.last().map(|d| d.device_id.clone());
-    }
-}
-
 /// How many of the least healthy terminals the fleet page lists.
 const WORST: usize = 25;
 
 async fn summary(State(fleet): State<Fleet>) -> Answer {
     use std::collections::HashMap;
     let store = &fleet.store;
-    let view = FleetView::load(store, fleet.low_battery_pct).await?;
+    let view = fleet.views.get().await?;
     let names: HashMap<String, Option<String>> = store
         .merchants()
         .await?
@@ -335,7 +335,7 @@ async fn summary(State(fleet): State<Fleet>) -> Answer {
     let mut total = Counts::default();
     let mut by_merchant: BTreeMap<String, (Counts, BTreeMap<String, Counts>)> = BTreeMap::new();
     let mut worst: Vec<(u32, DeviceRecord)> = Vec::new();
-    each_device(store, None, |d| {
+    for d in &view.devices {
         total.add(&view, &d.device_id);
         let merchant = by_merchant.entry(d.merchant_id.clone()).or_default();
         merchant.0.add(&view, &d.device_id);
@@ -349,8 +349,7 @@ async fn summary(State(fleet): State<Fleet>) -> Answer {
         if score < 100 {
             worst.push((score, d.clone()));
         }
-    })
-    .await?;
+    }
     worst.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.device_id.cmp(&b.1.device_id)));
     let worst: Vec<Value> = worst
         .iter()
@@ -375,6 +374,7 @@ async fn summary(State(fleet): State<Fleet>) -> Answer {
         })
         .collect();
     Ok(Json(json!({
+        "as_of_ms": view.now_ms,
         "totals": total.json(),
         "low_battery_below_pct": fleet.low_battery_pct,
         "worst": worst,
@@ -418,13 +418,13 @@ async fn merchant(
         .into_iter()
         .filter(|s| s.merchant_id == merchant_id)
         .collect();
-    let mut devices = Vec::new();
-    each_device(store, Some(&merchant_id), |d| {
-        if q.store.is_none() || d.store_id == q.store {
-            devices.push(d.clone());
-        }
-    })
-    .await?;
+    let view = fleet.views.get().await?;
+    let devices: Vec<&DeviceRecord> = view
+        .devices
+        .iter()
+        .filter(|d| d.merchant_id == merchant_id)
+        .filter(|d| q.store.is_none() || d.store_id == q.store)
+        .collect();
     if record.is_none() && stores.is_empty() && devices.is_empty() {
         return Err(not_found(format!("no merchant {merchant_id:?}")));
     }
@@ -436,7 +436,6 @@ async fn merchant(
             "store: merchant {merchant_id:?} has no store {wanted:?}"
         )));
     }
-    let view = FleetView::load(store, fleet.low_battery_pct).await?;
     let mut total = Counts::default();
     let mut by_store: BTreeMap<String, Counts> = BTreeMap::new();
     for d in &devices {
@@ -481,10 +480,11 @@ async fn merchant(
     alerts.sort_by_key(|a| (a.state == AlertState::Resolved, -a.updated_at_ms));
     let mut scored: Vec<(u32, &DeviceRecord)> = devices
         .iter()
-        .map(|d| (view.health(&d.device_id).score, d))
+        .map(|d| (view.health(&d.device_id).score, *d))
         .collect();
     scored.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.device_id.cmp(&b.1.device_id)));
     Ok(Json(json!({
+        "as_of_ms": view.now_ms,
         "merchant_id": merchant_id,
         "name": record.and_then(|m| m.name),
         "store_id": q.store,

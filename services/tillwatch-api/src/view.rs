@@ -1,21 +1,27 @@
 //! What the fleet looks like now, read from the store in a handful of
 //! queries (not one per terminal): each terminal's connectivity state,
 //! newest signals, firing alerts and recent drops, and from them its
-//! health score (`tillwatch_domain::health`).
+//! health score (`tillwatch_domain::health`). [`ViewCache`] keeps the
+//! whole fleet's view for a moment, so the fleet and merchant pages of many
+//! users cost one load between them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tillwatch_domain::UtcMillis;
 use tillwatch_domain::connectivity::{ConnState, ConnectivitySnapshot};
 use tillwatch_domain::health::{self, FiringAlert, Health, HealthInput};
-use tillwatch_meta::{AlertFilter, AlertState, MetaError, MetaStore};
+use tillwatch_meta::{AlertFilter, AlertState, DeviceRecord, MetaError, MetaStore};
 
 const DAY_MS: i64 = 24 * 3_600_000;
 
 /// The state of every terminal (or of one), at `now_ms`.
 pub struct FleetView {
     pub now_ms: i64,
+    /// Every terminal in id order (empty for [`FleetView::load_one`]).
+    pub devices: Vec<DeviceRecord>,
     low_battery_pct: f64,
     conn: HashMap<String, ConnectivitySnapshot>,
     signals: HashMap<String, HashMap<String, f64>>,
@@ -45,8 +51,19 @@ impl FleetView {
             }
         }
         let drops = store.offline_drops_since(None, now_ms - DAY_MS).await?;
+        let mut devices = Vec::new();
+        loop {
+            let after = devices.last().map(|d: &DeviceRecord| d.device_id.clone());
+            let page = store.devices(None, None, after.as_deref(), 5000).await?;
+            let last = page.len() < 5000;
+            devices.extend(page);
+            if last {
+                break;
+            }
+        }
         Ok(FleetView {
             now_ms,
+            devices,
             low_battery_pct,
             conn,
             signals,
@@ -89,6 +106,7 @@ impl FleetView {
             .await?;
         Ok(FleetView {
             now_ms,
+            devices: Vec::new(),
             low_battery_pct,
             conn,
             signals: HashMap::from([(device_id.to_string(), values)]),
@@ -171,4 +189,37 @@ pub fn health_json(h: &Health) -> Value {
             "detail": r.detail,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The whole fleet's view, loaded at most once per `ttl` however many
+/// requests want it (one load at a time; the others wait for it).
+pub struct ViewCache {
+    store: MetaStore,
+    low_battery_pct: f64,
+    ttl: Duration,
+    slot: tokio::sync::Mutex<Option<(Instant, Arc<FleetView>)>>,
+}
+
+impl ViewCache {
+    pub fn new(store: MetaStore, low_battery_pct: f64, ttl: Duration) -> ViewCache {
+        ViewCache {
+            store,
+            low_battery_pct,
+            ttl,
+            slot: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A view at most `ttl` old.
+    pub async fn get(&self) -> Result<Arc<FleetView>, MetaError> {
+        let mut slot = self.slot.lock().await;
+        if let Some((at, view)) = slot.as_ref()
+            && at.elapsed() < self.ttl
+        {
+            return Ok(view.clone());
+        }
+        let view = Arc::new(FleetView::load(&self.store, self.low_battery_pct).await?);
+        *slot = Some((Instant::now(), view.clone()));
+        Ok(view)
+    }
 }

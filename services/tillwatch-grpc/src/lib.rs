@@ -26,7 +26,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use serde_json::Value;
 use tillwatch_api::auth::Refusal;
-use tillwatch_api::view::FleetView;
+use tillwatch_api::view::{FleetView, ViewCache};
 use tillwatch_api::{Access, ApiError};
 use tillwatch_config::{Config, Role};
 use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, DeviceRecord, MetaStore};
@@ -42,6 +42,7 @@ pub struct FleetService {
     access: Arc<Access>,
     low_battery_pct: f64,
     poll: Duration,
+    views: Arc<ViewCache>,
 }
 
 impl FleetService {
@@ -54,6 +55,11 @@ impl FleetService {
         poll: Duration,
     ) -> FleetService {
         FleetService {
+            views: Arc::new(ViewCache::new(
+                store.clone(),
+                low_battery_pct,
+                tillwatch_api::fleet::VIEW_TTL,
+            )),
             store,
             lake,
             access,
@@ -294,9 +300,7 @@ impl pb::fleet_server::Fleet for FleetService {
             )
             .await
             .map_err(store_error)?;
-        let view = FleetView::load(&self.store, self.low_battery_pct)
-            .await
-            .map_err(store_error)?;
+        let view = self.views.get().await.map_err(store_error)?;
         let next = if found.len() == size as usize {
             found
                 .last()

@@ -13,104 +13,17 @@
 use std::time::{Duration, Instant};
 
 use tillwatch_clickhouse::{ClickHouse, Settings};
-use tillwatch_domain::{
-    AppPerformance, Battery, BootId, Connectivity, DeviceId, MerchantId, NetworkType,
-    PaymentHealth, Reading, Signal, StoreId, UtcMillis,
-};
 use tillwatch_rollups::clickhouse::ClickHouseEngine;
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
 use tillwatch_scheduler::{Executor, Grain, Partition};
-use tillwatch_storage::{Lake, Staging, StoredReading};
+use tillwatch_storage::Lake;
 
 /// 2026-11-20T00:00Z.
 const DAY: i64 = 1_795_132_800_000;
 
 fn write_day(lake: &Lake, devices: usize, step_min: i64) -> u64 {
-    let ids: Vec<(DeviceId, MerchantId, StoreId)> = (0..devices)
-        .map(|d| {
-            (
-                DeviceId::new(&format!("term-{d:06}")).unwrap(),
-                MerchantId::new(&format!("m-{:03}", d % 200)).unwrap(),
-                StoreId::new(&format!("s-{:04}", d % 2000)).unwrap(),
-            )
-        })
-        .collect();
-    let mut rows = 0u64;
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut rnd = |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n
-    };
-    for hour in 0..24i64 {
-        let mut flushes: Vec<Staging> = (0..4).map(|_| Staging::new()).collect();
-        for (d, (id, merchant, store)) in ids.iter().enumerate() {
-            for step in 0..(60 / step_min) {
-                let at = DAY + hour * 3_600_000 + step * step_min * 60_000 + (d as i64 % 60_000);
-                let seq = ((hour * 60 / step_min + step) * 4) as u64;
-                let signals = [
-                    Signal::Battery(Battery {
-                        level_pct: (100 - hour * 3 - rnd(3) as i64).clamp(0, 100) as u32,
-                        charging: d % 7 == 0 && hour > 18,
-                        temperature_celsius: 25.0 + rnd(100) as f32 / 10.0,
-                        voltage_mv: 3900,
-                        health_pct: 80 + (d % 20) as u32,
-                        cycle_count: 300,
-                    }),
-                    Signal::Connectivity(Connectivity {
-                        network_type: NetworkType::Wifi,
-                        rssi_dbm: -50 - rnd(50) as i32,
-                        payment_host_latency_ms: 80 + rnd(500) as u32,
-                        disconnects: u32::from(rnd(30) == 0),
-                        carrier_or_ssid: "shop-wifi".into(),
-                    }),
-                    Signal::AppPerformance(AppPerformance {
-                        app_version: ["4.1.0", "4.2.0"][d % 2].into(),
-                        firmware_version: ["2.0.3", "2.1.0", "2.1.1"][d % 3].into(),
-                        transactions: rnd(6) as u32,
-                        transaction_latency_avg_ms: 400 + rnd(1500) as u32,
-                        transaction_latency_max_ms: 3000,
-                        startup_ms: None,
-                        crashes: u32::from(rnd(500) == 0),
-                        hangs: u32::from(rnd(800) == 0),
-                        memory_used_kib: 50_000,
-                        cpu_pct: 12.0,
-                    }),
-                    Signal::PaymentHealth(PaymentHealth {
-                        offline_queue_len: rnd(3) as u32,
-                        offline_queue_oldest_age_s: rnd(300) as u32,
-                        tamper_detected: false,
-                        printer_paper_low: false,
-                    }),
-                ];
-                for (k, signal) in signals.into_iter().enumerate() {
-                    let reading = Reading {
-                        device_id: id.clone(),
-                        boot_id: BootId(1),
-                        seq: seq + k as u64,
-                        sampled_at: UtcMillis(at),
-                        signal,
-                    };
-                    flushes[(step as usize) % 4].push_reading(StoredReading {
-                        reading: &reading,
-                        merchant_id: merchant,
-                        store_id: Some(store),
-                        received_at: UtcMillis(at + 300),
-                    });
-                    rows += 1;
-                }
-            }
-        }
-        for (i, staging) in flushes.into_iter().enumerate() {
-            for part in staging.finish() {
-                let path = lake.file_path(part.table, part.hour, &format!("bench-{i}.parquet"));
-                lake.write_part(&part, &path).expect("write the lake");
-            }
-        }
-    }
-    rows
+    tillwatch_rollups::synthetic::write_hours(lake, devices, DAY, 24, step_min)
 }
 
 async fn time_day(engine: &dyn Executor) -> (Duration, Duration) {

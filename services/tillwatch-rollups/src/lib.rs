@@ -17,5 +17,6 @@ pub mod jobs;
 pub mod series;
 pub mod service;
 pub mod side;
+pub mod synthetic;
 
 pub use service::{SchedulerError, run_scheduler};

@@ -76,10 +76,10 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
         .await
         .context("migrating the metadata store")?;
     let lake = tillwatch_storage::Lake::new(config.data_dir.join("lake"));
-    let mut api = tillwatch_api::fleet::router(tillwatch_api::fleet::Fleet {
-        store: store.clone(),
-        low_battery_pct: config.alerting.rules.battery_low.threshold,
-    })
+    let mut api = tillwatch_api::fleet::router(tillwatch_api::fleet::Fleet::new(
+        store.clone(),
+        config.alerting.rules.battery_low.threshold,
+    ))
     .merge(tillwatch_rollups::series::router(lake.clone(), store))
     .merge(tillwatch_rollups::cohorts::router(lake));
     if config.scheduler.enabled {
