@@ -578,14 +578,14 @@ async fn a_devices_series_comes_raw_for_hours_and_hourly_for_days() {
     assert_eq!(battery.len(), 12, "every reading of two hours: {raw}");
     assert_eq!(battery[0], serde_json::json!([T0, 100.0]));
     assert_eq!(battery[11], serde_json::json!([T0 + 11 * 600_000, 89.0]));
-    // Its connectivity over the range, and how much telemetry came: one
-    // battery reading every 10 minutes of the four kinds a minute expected.
+    // Its connectivity over the range, and how much telemetry came: a
+    // reading every 10 minutes of the report a minute expected.
     assert_eq!(
         raw["connectivity"],
         serde_json::json!([{ "at_ms": T0 + 60_000, "state": "last_will" }])
     );
     assert_eq!(raw["completeness"]["received"], 12.0);
-    assert_eq!(raw["completeness"]["expected"], 480.0);
+    assert_eq!(raw["completeness"]["expected"], 120.0);
     let gaps = raw["gaps"].as_array().unwrap();
     assert_eq!(gaps.len(), 12, "ten minutes between readings: {raw}");
     assert_eq!(
@@ -612,8 +612,8 @@ async fn a_devices_series_comes_raw_for_hours_and_hourly_for_days() {
     assert_eq!(hourly["series"]["battery_readings"][0][1], 6.0);
     assert_eq!(
         hourly["series"]["completeness_pct"][0],
-        serde_json::json!([T0, 2.5]),
-        "6 of 240 readings"
+        serde_json::json!([T0, 10.0]),
+        "6 of 60 reports"
     );
     assert_eq!(hourly["gaps"], serde_json::json!([]));
     // Hours with nothing at all are gaps.

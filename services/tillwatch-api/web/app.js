@@ -328,7 +328,7 @@ async function drawCharts(id, hours) {
   const c = data.completeness;
   const summary = document.getElementById("completeness");
   summary.textContent = c
-    ? `${(100 * c.ratio).toFixed(1)}% of expected telemetry arrived in this range (${c.received} of ${c.expected} readings; reports every ${Math.round(data.cadence_ms / 1000)} s).`
+    ? `${(100 * c.ratio).toFixed(1)}% of expected telemetry arrived in this range (${Math.round(c.received)} of ${c.expected} reports; it reports every ${Math.round(data.cadence_ms / 1000)} s).`
     : "Completeness unknown: the terminal's reporting interval is not learned yet.";
   summary.className = c && c.ratio < 0.9 ? "warn" : "";
   fill("gaps", data.gaps.map((g) =>

@@ -44,15 +44,24 @@ fn fnv(bytes: &[u8]) -> String {
     format!("{h:016x}")
 }
 
+/// How a partition's output is written: Snappy, in row groups of 2,048
+/// rows. The per-terminal outputs are sorted by device id, so each row
+/// group's min/max statistics cover a narrow id range and a reader looking
+/// for one terminal (the device page's series) skips the others.
+pub fn output_properties() -> parquet::file::properties::WriterProperties {
+    parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(2048))
+        .build()
+}
+
 fn encode(
     schema: arrow::datatypes::SchemaRef,
     batches: &[RecordBatch],
 ) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let props = parquet::file::properties::WriterProperties::builder()
-        .set_compression(parquet::basic::Compression::SNAPPY)
-        .build();
     let mut bytes = Vec::new();
-    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, Some(props))?;
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(&mut bytes, schema, Some(output_properties()))?;
     for b in batches {
         writer.write(b)?;
     }

@@ -88,7 +88,8 @@ const HOURLY: &[(&str, &str)] = &[
 ];
 
 /// One series per reading kind: every reading of the kind has a point in
-/// it (raw), or its hourly count of readings (hour).
+/// it (raw), or its hourly count of readings (hour); they count what
+/// arrived.
 const RAW_COUNTED: [&str; 4] = ["battery_pct", "rssi_dbm", "transactions", "offline_queue"];
 const HOURLY_COUNTS: [&str; 4] = [
     "battery_readings",
@@ -337,6 +338,11 @@ pub async fn device_series(
 }
 
 /// How much of the expected telemetry arrived, and the stretches with none.
+///
+/// Counted in reports: a terminal reports once per reporting interval (the
+/// gap between its messages, learned by the connectivity state machine),
+/// with one reading of each kind or one kind at a time, so a window of
+/// `span` expects `span / interval` reports.
 struct Coverage {
     completeness: Value,
     gaps: Vec<(i64, i64)>,
@@ -347,28 +353,29 @@ fn completeness(received: f64, window: (i64, i64), cadence_ms: Option<f64>) -> V
         return Value::Null;
     };
     let span = (window.1 - window.0).max(0) as f64;
-    let expected = (RAW_COUNTED.len() as f64 * span / cadence).floor();
+    let expected = (span / cadence).floor();
     if expected < 1.0 {
         return Value::Null;
     }
     json!({
-        "received": received,
+        "received": received.min(expected),
         "expected": expected,
         "ratio": (received / expected).min(1.0),
     })
 }
 
-/// Raw readings: a gap is more than three reporting intervals (or five
-/// minutes when the interval is not known yet) with no reading of any kind.
+/// Raw readings: a report is a distinct sample time; a gap is more than
+/// three reporting intervals (or five minutes when the interval is not
+/// known yet) with no reading of any kind.
 fn raw_coverage(out: &Points, window: (i64, i64), cadence_ms: Option<f64>) -> Coverage {
     let mut times: Vec<i64> = RAW_COUNTED
         .iter()
         .filter_map(|name| out.get(*name))
         .flat_map(|points| points.iter().map(|(t, _)| *t))
         .collect();
-    let received = times.len() as f64;
     times.sort_unstable();
     times.dedup();
+    let received = times.len() as f64;
     let longest = cadence_ms.map_or(300_000, |c| (3.0 * c) as i64);
     let mut gaps = Vec::new();
     let mut previous = window.0;
@@ -384,36 +391,50 @@ fn raw_coverage(out: &Points, window: (i64, i64), cadence_ms: Option<f64>) -> Co
     }
 }
 
+/// An hour's reports from its readings of each kind, when `expected`
+/// reports were due: a terminal sending one kind per report has as many
+/// reports as readings; one sending every kind in each report has as many
+/// as its most frequent kind. Readings beyond the reports due mean the
+/// latter.
+fn hour_reports(counts: &[f64], expected: f64) -> f64 {
+    let readings: f64 = counts.iter().sum();
+    let most = counts.iter().copied().fold(0.0, f64::max);
+    let reports = if readings <= expected * 1.05 {
+        readings
+    } else {
+        most
+    };
+    reports.min(expected)
+}
+
 /// Hourly rollups: a gap is an hour with no reading at all; each hour's
 /// completeness becomes the `completeness_pct` series.
 fn hourly_coverage(out: &mut Points, window: (i64, i64), cadence_ms: Option<f64>) -> Coverage {
-    let mut per_hour: BTreeMap<i64, f64> = BTreeMap::new();
+    let mut per_hour: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
     for name in HOURLY_COUNTS {
         for (t, n) in out.get(name).into_iter().flatten() {
-            *per_hour.entry(*t).or_default() += n;
+            per_hour.entry(*t).or_default().push(*n);
         }
     }
-    let received: f64 = per_hour
-        .iter()
-        .filter(|(t, _)| **t + HOUR_MS > window.0 && **t < window.1)
-        .map(|(_, n)| n)
-        .sum();
+    let mut received = 0.0;
     let mut gaps: Vec<(i64, i64)> = Vec::new();
     let mut pct = Vec::new();
     let mut hour = Partition::containing(Grain::Hour, window.0).start_ms;
     while hour < window.1 {
         let (a, b) = (hour.max(window.0), (hour + HOUR_MS).min(window.1));
-        let n = per_hour.get(&hour).copied().unwrap_or(0.0);
-        if n == 0.0 {
+        let counts = per_hour.get(&hour).cloned().unwrap_or_default();
+        if counts.iter().sum::<f64>() == 0.0 {
             match gaps.last_mut() {
                 Some(last) if last.1 == a => last.1 = b,
                 _ => gaps.push((a, b)),
             }
         }
         if let Some(cadence) = cadence_ms {
-            let expected = RAW_COUNTED.len() as f64 * (b - a) as f64 / cadence;
+            let expected = (b - a) as f64 / cadence;
             if expected >= 1.0 {
-                pct.push((hour, (100.0 * n / expected).min(100.0)));
+                let reports = hour_reports(&counts, expected);
+                received += reports;
+                pct.push((hour, 100.0 * reports / expected));
             }
         }
         hour += HOUR_MS;
@@ -451,4 +472,22 @@ pub fn router(lake: Lake, store: MetaStore) -> Routes {
             get(series),
         )
         .with_state(SeriesState { lake, store })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hour_reports;
+
+    #[test]
+    fn reports_are_readings_or_the_most_frequent_kind() {
+        // One kind per report, 60 due: every reading is a report.
+        assert_eq!(hour_reports(&[15.0, 15.0, 15.0, 15.0], 60.0), 60.0);
+        assert_eq!(hour_reports(&[10.0, 10.0, 10.0, 0.0], 60.0), 30.0);
+        // Every kind in each report.
+        assert_eq!(hour_reports(&[60.0, 60.0, 60.0, 60.0], 60.0), 60.0);
+        assert_eq!(hour_reports(&[30.0, 30.0, 30.0, 30.0], 60.0), 30.0);
+        // Never more than due.
+        assert_eq!(hour_reports(&[90.0, 90.0, 90.0, 90.0], 60.0), 60.0);
+        assert_eq!(hour_reports(&[], 60.0), 0.0);
+    }
 }

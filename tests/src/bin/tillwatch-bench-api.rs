@@ -134,7 +134,7 @@ fn copy_hour(engine: &Embedded, template: Partition, hour: Partition) {
             parquet::arrow::ArrowWriter::try_new(
                 std::fs::File::create(&path).expect("create"),
                 schema.clone(),
-                None,
+                Some(tillwatch_rollups::embedded::output_properties()),
             )
             .expect("a writer")
         });
