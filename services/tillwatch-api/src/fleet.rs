@@ -485,6 +485,7 @@ async fn merchant(
     scored.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.device_id.cmp(&b.1.device_id)));
     Ok(Json(json!({
         "as_of_ms": view.now_ms,
+        "low_battery_below_pct": fleet.low_battery_pct,
         "merchant_id": merchant_id,
         "name": record.and_then(|m| m.name),
         "store_id": q.store,

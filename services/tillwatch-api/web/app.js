@@ -195,6 +195,7 @@ async function fleetPage() {
     api("/api/v1/alerts?state=firing&limit=200"),
   ]);
   document.getElementById("totals").replaceChildren(...countCards(fleet.totals, fleet.low_battery_below_pct));
+  document.getElementById("as-of").textContent = "As of " + when(fleet.as_of_ms) + ".";
   fill("worst", fleet.worst.map((d) => deviceRow(d, true)), "Every terminal scores 100.");
   const rank = { critical: 0, warning: 1, info: 2 };
   const alerts = firing.alerts
@@ -247,7 +248,7 @@ async function merchantPage() {
   document.title = "Tillwatch · " + (store ? `${store} of ${name}` : name);
   const title = document.getElementById("title");
   title.replaceChildren(store ? el("span", {}, `Store ${store} · `, merchantLink(m.merchant_id, name)) : name);
-  document.getElementById("totals").replaceChildren(...countCards(m.totals, "low"));
+  document.getElementById("totals").replaceChildren(...countCards(m.totals, m.low_battery_below_pct));
   fill("stores", m.stores.map((s) =>
     el("tr", {}, el("td", {}, storeLink(m.merchant_id, s.store_id)), el("td", {}, s.name || ""),
       el("td", {}, s.time_zone || ""), el("td", {}, s.hours || ""), el("td", {}, s.devices), el("td", {}, s.online),

@@ -176,7 +176,10 @@ impl Lake {
         let mut file = File::create(&temp).map_err(io_err("create", &temp))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
-            .set_max_row_group_row_count(Some(256 * 1024))
+            // Sorted by terminal: small groups let a one-terminal read
+            // (the device page's raw series) skip the others by their
+            // statistics.
+            .set_max_row_group_row_count(Some(16 * 1024))
             .build();
         let parquet_err = |source| LakeError::Parquet {
             path: temp.clone(),

@@ -5,8 +5,8 @@
 //! Builds a fleet of DEVICES terminals (200 merchants, 2,000 stores) in a
 //! SQLite metadata store (registry, connectivity state, newest signals, 2%
 //! offline with a firing alert) and a lake with the last 6 hours of raw
-//! readings (one of each kind every 5 minutes) and DAYS days of the hourly
-//! rollup, then serves the HTTP API in-process and calls each of the
+//! readings (one of each kind every 5 minutes, compacted as closed hours
+//! are) and DAYS days of the hourly rollup, then serves the HTTP API in-process and calls each of the
 //! device page's requests (and the fleet and merchant pages') REQUESTS
 //! times for random terminals, one at a time. Prints a table and one JSON
 //! line with p50, p95 and p99 per call. `tests/bench-api` drives it.
@@ -192,6 +192,17 @@ async fn main() {
             .device_health_hourly(*hour)
             .await
             .expect("an hourly rollup");
+    }
+    // Closed hours are compacted, as `raw_compaction` does an hour after
+    // they close: one file per table-hour, sorted by terminal.
+    for hour in &raw_hours {
+        for kind in tillwatch_domain::Kind::ALL {
+            lake.compact_hour(
+                tillwatch_storage::Table::Reading(kind),
+                tillwatch_domain::HourPartition(hour.start_ms / HOUR),
+            )
+            .expect("compacting an hour");
+        }
     }
     let template = raw_hours[0];
     let mut hour = this_hour - days * 24 * HOUR;
