@@ -17,6 +17,9 @@ use tillwatch_meta::{AlertFilter, AlertState, DeviceRecord, MetaError, MetaStore
 
 const DAY_MS: i64 = 24 * 3_600_000;
 
+static NO_SIGNALS: std::sync::LazyLock<HashMap<String, f64>> =
+    std::sync::LazyLock::new(HashMap::new);
+
 /// The state of every terminal (or of one), at `now_ms`.
 pub struct FleetView {
     pub now_ms: i64,
@@ -132,6 +135,12 @@ impl FleetView {
         self.firing.get(device_id).is_some_and(|a| !a.is_empty())
     }
 
+    /// `online`, `last_will`, `shutdown` or `silence`; `None` until first
+    /// seen online.
+    pub fn state(&self, device_id: &str) -> Option<&'static str> {
+        Some(self.conn.get(device_id)?.state?.as_str())
+    }
+
     /// Since when the terminal's current state holds.
     pub fn state_since(&self, device_id: &str) -> Option<i64> {
         let c = self.conn.get(device_id)?;
@@ -156,8 +165,8 @@ impl FleetView {
                 .map(|s| s.as_str().to_string()),
             last_telemetry_ms: conn.and_then(|c| c.last_telemetry.map(|t| t.0)),
             cadence_ms: conn.and_then(|c| c.gap_ms),
-            signals: self.signals.get(device_id).cloned().unwrap_or_default(),
-            firing: self.firing.get(device_id).cloned().unwrap_or_default(),
+            signals: self.signals.get(device_id).unwrap_or(&NO_SIGNALS),
+            firing: self.firing.get(device_id).map_or(&[], Vec::as_slice),
             drops_24h: self.drops.get(device_id).copied().unwrap_or(0),
             low_battery_pct: self.low_battery_pct,
         })
@@ -168,7 +177,7 @@ impl FleetView {
         let h = self.health(device_id);
         json!({
             "online": self.online(device_id),
-            "state": self.conn.get(device_id).and_then(|c| c.state).map(|s| s.as_str()),
+            "state": self.state(device_id),
             "health_score": h.score,
             "health_grade": h.grade(),
             "main_reason": h.reasons.first().map(|r| r.detail.clone()),

@@ -59,9 +59,10 @@ pub struct FiringAlert {
     pub severity: String,
 }
 
-/// What the score is computed from.
-#[derive(Debug, Clone, Default)]
-pub struct HealthInput {
+/// What the score is computed from (borrowed: the fleet page scores every
+/// terminal).
+#[derive(Debug, Clone)]
+pub struct HealthInput<'a> {
     pub now_ms: i64,
     /// `Some(true)` online, `Some(false)` offline, `None` never seen.
     pub online: Option<bool>,
@@ -72,8 +73,8 @@ pub struct HealthInput {
     pub last_telemetry_ms: Option<i64>,
     pub cadence_ms: Option<f64>,
     /// Newest value of each signal (`tillwatch_meta::SIGNAL_NAMES`).
-    pub signals: HashMap<String, f64>,
-    pub firing: Vec<FiringAlert>,
+    pub signals: &'a HashMap<String, f64>,
+    pub firing: &'a [FiringAlert],
     /// Changes to an offline state in the last 24 hours.
     pub drops_24h: u32,
     pub low_battery_pct: f64,
@@ -90,7 +91,7 @@ fn minutes(ms: i64) -> String {
 }
 
 /// The score for `input`.
-pub fn score(input: &HealthInput) -> Health {
+pub fn score(input: &HealthInput<'_>) -> Health {
     let mut reasons = Vec::new();
     let mut add = |code, points, detail: String| {
         reasons.push(HealthReason {
@@ -140,7 +141,7 @@ pub fn score(input: &HealthInput) -> Health {
             "Tamper detected: take the terminal out of service".to_string(),
         );
     }
-    for alert in &input.firing {
+    for alert in input.firing {
         let points = match alert.severity.as_str() {
             "critical" => 25,
             "warning" => 10,
@@ -250,13 +251,42 @@ pub fn score(input: &HealthInput) -> Health {
 mod tests {
     use super::*;
 
-    fn healthy() -> HealthInput {
-        HealthInput {
-            now_ms: 10_000_000,
+    const NOW: i64 = 10_000_000;
+
+    /// A terminal's state, owned, for the borrowed input.
+    struct Case {
+        online: Option<bool>,
+        offline_reason: Option<String>,
+        state_since_ms: Option<i64>,
+        last_telemetry_ms: Option<i64>,
+        signals: HashMap<String, f64>,
+        firing: Vec<FiringAlert>,
+        drops_24h: u32,
+    }
+
+    impl Case {
+        fn score(&self) -> Health {
+            score(&HealthInput {
+                now_ms: NOW,
+                online: self.online,
+                state_since_ms: self.state_since_ms,
+                offline_reason: self.offline_reason.clone(),
+                last_telemetry_ms: self.last_telemetry_ms,
+                cadence_ms: Some(60_000.0),
+                signals: &self.signals,
+                firing: &self.firing,
+                drops_24h: self.drops_24h,
+                low_battery_pct: 15.0,
+            })
+        }
+    }
+
+    fn healthy() -> Case {
+        Case {
             online: Some(true),
+            offline_reason: None,
             state_since_ms: Some(0),
             last_telemetry_ms: Some(9_990_000),
-            cadence_ms: Some(60_000.0),
             signals: HashMap::from([
                 ("battery_level_pct".to_string(), 80.0),
                 ("battery_charging".to_string(), 0.0),
@@ -265,14 +295,14 @@ mod tests {
                 ("offline_queue_len".to_string(), 0.0),
                 ("crashes".to_string(), 0.0),
             ]),
-            low_battery_pct: 15.0,
-            ..HealthInput::default()
+            firing: Vec::new(),
+            drops_24h: 0,
         }
     }
 
     #[test]
     fn a_well_terminal_scores_full_marks_with_no_reasons() {
-        let h = score(&healthy());
+        let h = healthy().score();
         assert_eq!(h.score, 100);
         assert!(h.reasons.is_empty());
         assert_eq!(h.grade(), "healthy");
@@ -288,7 +318,7 @@ mod tests {
             rule: "battery_low".into(),
             severity: "warning".into(),
         });
-        let h = score(&input);
+        let h = input.score();
         let codes: Vec<_> = h.reasons.iter().map(|r| (r.code, r.points)).collect();
         assert_eq!(
             codes,
@@ -310,7 +340,7 @@ mod tests {
         let mut input = healthy();
         input.signals.insert("battery_level_pct".into(), 5.0);
         input.signals.insert("battery_charging".into(), 1.0);
-        assert_eq!(score(&input).score, 100);
+        assert_eq!(input.score().score, 100);
     }
 
     #[test]
@@ -318,8 +348,8 @@ mod tests {
         let mut input = healthy();
         input.online = Some(false);
         input.offline_reason = Some("last_will".into());
-        input.state_since_ms = Some(input.now_ms - 2 * 3_600_000 - 5 * 60_000);
-        let h = score(&input);
+        input.state_since_ms = Some(NOW - 2 * 3_600_000 - 5 * 60_000);
+        let h = input.score();
         assert_eq!(h.score, 50);
         assert_eq!(
             h.reasons[0].detail,
@@ -333,7 +363,7 @@ mod tests {
                 severity: "critical".into(),
             });
         }
-        let h = score(&input);
+        let h = input.score();
         assert_eq!(h.score, 0);
         assert_eq!(h.grade(), "unhealthy");
     }
@@ -341,10 +371,10 @@ mod tests {
     #[test]
     fn late_telemetry_counts_only_past_three_intervals() {
         let mut input = healthy();
-        input.last_telemetry_ms = Some(input.now_ms - 170_000);
-        assert_eq!(score(&input).score, 100);
-        input.last_telemetry_ms = Some(input.now_ms - 190_000);
-        let h = score(&input);
+        input.last_telemetry_ms = Some(NOW - 170_000);
+        assert_eq!(input.score().score, 100);
+        input.last_telemetry_ms = Some(NOW - 190_000);
+        let h = input.score();
         assert_eq!(h.reasons[0].code, "telemetry_late");
         assert_eq!(h.score, 80);
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use serde_json::Value;
-use tillwatch_api::auth::Refusal;
+use tillwatch_api::auth::{Caller, Refusal};
 use tillwatch_api::view::{FleetView, ViewCache};
 use tillwatch_api::{Access, ApiError};
 use tillwatch_config::{Config, Role};
@@ -68,26 +68,16 @@ impl FleetService {
         }
     }
 
-    fn authorize<T>(&self, request: &Request<T>, need: Role) -> Result<(), Status> {
+    /// The caller, when its token has the `need` role.
+    fn authorize<T>(&self, request: &Request<T>, need: Role) -> Result<Caller, Status> {
         let header = request
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().unwrap_or(""));
-        match self.access.check_text(header, need) {
-            Ok(_) => Ok(()),
-            Err(Refusal::Unauthenticated(m)) => Err(Status::unauthenticated(m)),
-            Err(Refusal::Forbidden(m)) => Err(Status::permission_denied(m)),
-        }
-    }
-
-    fn caller_name<T>(&self, request: &Request<T>) -> String {
-        request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|h| self.access.check_text(Some(h), Role::Viewer).ok())
-            .map(|c| c.name)
-            .unwrap_or_else(|| Role::Operator.as_str().to_string())
+        self.access.check_text(header, need).map_err(|r| match r {
+            Refusal::Unauthenticated(m) => Status::unauthenticated(m),
+            Refusal::Forbidden(m) => Status::permission_denied(m),
+        })
     }
 }
 
@@ -107,7 +97,6 @@ fn store_error(e: tillwatch_meta::MetaError) -> Status {
 
 fn device(d: &DeviceRecord, view: &FleetView) -> pb::Device {
     let health = view.health(&d.device_id);
-    let brief = view.brief(&d.device_id);
     pb::Device {
         device_id: d.device_id.clone(),
         merchant_id: d.merchant_id.clone(),
@@ -119,7 +108,7 @@ fn device(d: &DeviceRecord, view: &FleetView) -> pb::Device {
         time_zone: d.time_zone.clone(),
         first_seen_ms: d.first_seen_ms,
         last_seen_ms: d.last_seen_ms,
-        state: brief["state"].as_str().map(String::from),
+        state: view.state(&d.device_id).map(String::from),
         state_since_ms: view.state_since(&d.device_id),
         health_score: health.score,
         health_grade: health.grade().to_string(),
@@ -439,8 +428,7 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::CreateSilenceRequest>,
     ) -> Result<Response<pb::Silence>, Status> {
-        self.authorize(&request, Role::Operator)?;
-        let author = self.caller_name(&request);
+        let author = self.authorize(&request, Role::Operator)?.name;
         let q = request.into_inner();
         let made = tillwatch_api::silences::create_silence(
             &self.store,
