@@ -2,7 +2,7 @@
 //! `insert_max_rows`) against a real server; `tests/bench-clickhouse` runs
 //! it beside `clickhouse-client` inserting the same bytes.
 //!
-//!   insert_bench URL DATABASE ROWS OUT_FILE
+//!   tillwatch-bench-clickhouse URL DATABASE ROWS OUT_FILE
 //!
 //! Builds ROWS battery readings (1,000 terminals), encodes them as RowBinary
 //! (writing the bytes to OUT_FILE for the baseline), inserts them, and
@@ -20,7 +20,7 @@ const CHUNK: usize = 200_000;
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, url, database, rows, out] = &args[..] else {
-        panic!("usage: insert_bench URL DATABASE ROWS OUT_FILE");
+        panic!("usage: tillwatch-bench-clickhouse URL DATABASE ROWS OUT_FILE");
     };
     let rows: usize = rows.parse().expect("ROWS is a number");
     let start = UtcMillis::now().0 - 3_600_000;

@@ -1,14 +1,17 @@
 //! Times the hourly and daily rollups of one simulated day on each engine.
 //!
-//!   rollup_bench DEVICES STEP_MINUTES WORK_DIR [CLICKHOUSE_URL]
+//!   tillwatch-bench-rollups DEVICES STEP_MINUTES WORK_DIR [CLICKHOUSE_URL]
 //!
 //! Writes DEVICES terminals' day (one reading of each of the four kinds
 //! every STEP_MINUTES) into a lake under WORK_DIR, as gateway flushes would
 //! (four files per table-hour), then runs the 24 `device_health_hourly`
 //! partitions and the `device_health_daily` one on the embedded engine.
 //! With a ClickHouse URL it loads the same day into database `bench` (not
-//! timed) and runs both again as `INSERT … SELECT` there. Prints one JSON
-//! line per engine. `tests/bench-rollups` drives it.
+//! timed) and runs both again as `INSERT … SELECT` there, then writes the
+//! very statements the engine sent for each partition to
+//! WORK_DIR/clickhouse-sql/ (hourly-NN.sql, daily.sql), for the baseline of
+//! running them by hand in `clickhouse-client`. Prints one JSON line per
+//! engine. `tests/bench-rollups` drives it.
 
 use std::time::{Duration, Instant};
 
@@ -56,7 +59,7 @@ fn report(engine: &str, devices: usize, readings: u64, (hourly, daily): (Duratio
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: rollup_bench DEVICES STEP_MINUTES WORK_DIR [CLICKHOUSE_URL]");
+        eprintln!("usage: tillwatch-bench-rollups DEVICES STEP_MINUTES WORK_DIR [CLICKHOUSE_URL]");
         std::process::exit(2);
     }
     let devices: usize = args[1].parse().expect("DEVICES is a number");
@@ -95,7 +98,25 @@ async fn main() {
         );
         let engine = ClickHouseEngine::new(ch, Lake::new(work.join("ch-lake")));
         report("clickhouse", devices, readings, time_day(&engine).await);
+        write_statements(&engine, &work.join("clickhouse-sql"));
     }
+}
+
+/// The `INSERT … SELECT` the engine sends for each partition of the day,
+/// one file per partition, into the jobs' staging tables.
+fn write_statements(engine: &ClickHouseEngine, dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).expect("create the SQL directory");
+    let day = Partition::containing(Grain::Day, DAY);
+    let hourly = jobs::device_health_hourly();
+    for (n, hour) in day.covering(Grain::Hour).into_iter().enumerate() {
+        let select = engine.select(&hourly, hour).expect("the hourly SQL");
+        let sql = format!("INSERT INTO bench.device_health_hourly_staging\n{select}");
+        std::fs::write(dir.join(format!("hourly-{n:02}.sql")), sql).expect("write SQL");
+    }
+    let daily = jobs::device_health_daily();
+    let select = engine.select(&daily, day).expect("the daily SQL");
+    let sql = format!("INSERT INTO bench.device_health_daily_staging\n{select}");
+    std::fs::write(dir.join("daily.sql"), sql).expect("write SQL");
 }
 
 fn chrono_day() -> chrono::NaiveDate {

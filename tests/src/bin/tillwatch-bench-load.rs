@@ -1,0 +1,376 @@
+//! The ingest benchmark's traffic and its measurements (`tests/bench-ingest`).
+//!
+//!   tillwatch-bench-load publish BROKER DEVICES MESSAGES [RATE]
+//!   tillwatch-bench-load subscribe BROKER CLIENT_ID
+//!   tillwatch-bench-load drain BROKER CLIENT_ID MESSAGES
+//!   tillwatch-bench-load latency DATA_DIR FROM_MS
+//!
+//! `publish` sends MESSAGES telemetry messages of one reading each (the
+//! four kinds in turn, about 120 bytes with the topic) from DEVICES
+//! terminals over a few QoS 1 connections with a large in-flight window,
+//! and waits for every PUBACK. Without RATE it publishes as fast as the
+//! broker acks, sampled on a past clock (a backlog); with RATE
+//! (messages/s) it paces itself and stamps each reading with the wall
+//! clock, so `latency` can tell how long each took to become durable.
+//!
+//! `subscribe` creates a persistent QoS 1 session on the telemetry topics
+//! and leaves; `drain` reconnects to it and takes MESSAGES messages,
+//! acking each at once and doing nothing else: the broker's own drain rate
+//! through the same MQTT client the gateway uses.
+//!
+//! `latency` reads every reading sampled at or after FROM_MS back from the
+//! lake under DATA_DIR and compares its sample time with the time its file
+//! was renamed into place (its ctime), i.e. publish → durable.
+//!
+//! Each prints one JSON line.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arrow::array::AsArray;
+use arrow::datatypes::TimestampMillisecondType;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tillwatch_integration_tests::files_below;
+use tillwatch_proto::telemetry::v1 as pb;
+use tillwatch_proto::topic::{Channel, device_topic};
+
+/// Connections the publisher spreads its terminals over.
+const CONNECTIONS: usize = 4;
+/// Unacknowledged QoS 1 messages per connection.
+const INFLIGHT: u16 = 1_000;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: tillwatch-bench-load publish BROKER DEVICES MESSAGES [RATE]\n       \
+         tillwatch-bench-load subscribe BROKER CLIENT_ID\n       \
+         tillwatch-bench-load drain BROKER CLIENT_ID MESSAGES\n       \
+         tillwatch-bench-load latency DATA_DIR FROM_MS"
+    );
+    std::process::exit(2)
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize, name: &str) -> T {
+    let Some(raw) = args.get(i) else { usage() };
+    raw.parse().unwrap_or_else(|_| {
+        eprintln!("error: {name} {raw:?} is not valid");
+        std::process::exit(2)
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
+fn options(broker: &str, client_id: &str) -> MqttOptions {
+    let addr = tillwatch_config::BrokerAddr::parse(broker).unwrap_or_else(|e| {
+        eprintln!("error: broker {broker:?}: {e}");
+        std::process::exit(2)
+    });
+    let mut options = MqttOptions::new(client_id, addr.host, addr.port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(INFLIGHT)
+        .set_max_packet_size(1024 * 1024, 1024 * 1024);
+    options
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let line = match args.first().map(String::as_str) {
+        Some("publish") => {
+            let rate = args.get(4).map(|_| arg::<f64>(&args, 4, "RATE"));
+            publish(
+                &arg::<String>(&args, 1, "BROKER"),
+                arg(&args, 2, "DEVICES"),
+                arg(&args, 3, "MESSAGES"),
+                rate,
+            )
+            .await
+        }
+        Some("subscribe") => {
+            subscribe(
+                &arg::<String>(&args, 1, "BROKER"),
+                &arg::<String>(&args, 2, "CLIENT_ID"),
+            )
+            .await
+        }
+        Some("drain") => {
+            drain(
+                &arg::<String>(&args, 1, "BROKER"),
+                &arg::<String>(&args, 2, "CLIENT_ID"),
+                arg(&args, 3, "MESSAGES"),
+            )
+            .await
+        }
+        Some("latency") => latency(
+            Path::new(&arg::<String>(&args, 1, "DATA_DIR")),
+            arg(&args, 2, "FROM_MS"),
+        ),
+        _ => usage(),
+    };
+    println!("{line}");
+}
+
+/// The `n`-th reading of terminal `device`: the four kinds in turn, with
+/// the strings a real terminal sends.
+fn reading(device: &str, boot_id: u64, n: u64, sampled_at_ms: i64) -> pb::Reading {
+    use pb::reading::Kind;
+    let v = (n as u32).wrapping_mul(2_654_435_761) >> 8;
+    let kind = match n % 4 {
+        0 => Kind::Connectivity(pb::Connectivity {
+            network_type: pb::NetworkType::Wifi as i32,
+            rssi_dbm: -45 - (v % 40) as i32,
+            payment_host_latency_ms: 90 + v % 400,
+            disconnects: u32::from(v.is_multiple_of(17)),
+            carrier_or_ssid: "StoreNet-5G-Backoffice".into(),
+        }),
+        1 => Kind::Battery(pb::Battery {
+            level_pct: 20 + v % 80,
+            charging: v.is_multiple_of(3),
+            temperature_celsius: 28.0 + (v % 90) as f32 / 10.0,
+            voltage_mv: 3_700 + v % 500,
+            health_pct: 88,
+            cycle_count: 412,
+        }),
+        2 => Kind::AppPerformance(pb::AppPerformance {
+            app_version: "4.12.1+build.2291".into(),
+            firmware_version: "PAYOS-2.8.0-r14".into(),
+            transactions: v % 6,
+            transaction_latency_avg_ms: 700 + v % 900,
+            transaction_latency_max_ms: 1_900 + v % 2_000,
+            startup_ms: None,
+            crashes: 0,
+            hangs: 0,
+            memory_used_kib: 150_000 + v % 60_000,
+            cpu_pct: (v % 400) as f32 / 10.0,
+        }),
+        _ => Kind::PaymentHealth(pb::PaymentHealth {
+            offline_queue_len: v % 3,
+            offline_queue_oldest_age_s: if v.is_multiple_of(3) { 0 } else { 40 },
+            tamper_detected: false,
+            printer_paper_low: v.is_multiple_of(50),
+        }),
+    };
+    pb::Reading {
+        device_id: device.to_string(),
+        boot_id,
+        seq: n,
+        sampled_at_ms,
+        kind: Some(kind),
+    }
+}
+
+fn terminal(d: usize) -> (String, String) {
+    (format!("TW-A920-{d:08}"), format!("mch-{:05}", d % 997))
+}
+
+/// Publishes `messages` readings, `per_conn` of them per connection, and
+/// returns once every one is acked.
+async fn publish(broker: &str, devices: usize, messages: u64, rate: Option<f64>) -> String {
+    assert!(
+        devices > 0 && messages > 0,
+        "DEVICES and MESSAGES must be > 0"
+    );
+    let run = std::process::id();
+    // A boot of its own per run: the gateway keeps each (device, boot,
+    // seq) once, and a second run must not repeat the first's.
+    let boot_id = (now_ms() as u64) << 16 | u64::from(run & 0xffff);
+    let connections = CONNECTIONS.min(devices);
+    // A backlog is sampled on a clock ending now: each terminal's readings
+    // evenly over the last two hours.
+    let per_device = messages.div_ceil(devices as u64).max(1);
+    let backlog_start = now_ms() - 2 * 3_600_000;
+    let backlog_step = (2 * 3_600_000 / per_device as i64).max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let my_devices: Vec<usize> = (c..devices).step_by(connections).collect();
+        // Messages are dealt to the connections round robin, in device
+        // order, so connection c sends message i when i % connections == c.
+        let mine = (messages + (connections - 1 - c) as u64) / connections as u64;
+        let broker = broker.to_string();
+        let client_id = format!("bench-load-{run}-{c}");
+        tasks.push(tokio::spawn(async move {
+            let (client, mut eventloop) = AsyncClient::new(options(&broker, &client_id), 4_096);
+            let sender = tokio::spawn(async move {
+                let terminals: Vec<(String, String)> =
+                    my_devices.iter().map(|&d| terminal(d)).collect();
+                let mut bytes = 0u64;
+                let per_conn_rate = rate.map(|r| r / connections as f64);
+                let start = Instant::now();
+                for i in 0..mine {
+                    if let Some(r) = per_conn_rate {
+                        // Pace: message i is due at i / r seconds.
+                        let due = Duration::from_secs_f64(i as f64 / r);
+                        let elapsed = start.elapsed();
+                        if due > elapsed {
+                            tokio::time::sleep(due - elapsed).await;
+                        }
+                    }
+                    let slot = (i % terminals.len() as u64) as usize;
+                    let n = i / terminals.len() as u64;
+                    let (device, merchant) = &terminals[slot];
+                    let sampled = match rate {
+                        Some(_) => now_ms(),
+                        None => backlog_start + n as i64 * backlog_step,
+                    };
+                    let payload = pb::TelemetryBatch {
+                        readings: vec![reading(device, boot_id, n, sampled)],
+                    }
+                    .encode_to_vec();
+                    let topic = device_topic(merchant, device, Channel::Telemetry);
+                    bytes += (topic.len() + payload.len()) as u64;
+                    client
+                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                        .await
+                        .expect("the event loop is running");
+                }
+                (client, bytes)
+            });
+            let mut acked = 0u64;
+            while acked < mine {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    Err(e) => panic!("publisher connection {c}: {e}"),
+                }
+            }
+            let (client, bytes) = sender.await.expect("sender finished");
+            let _ = client.disconnect().await;
+            // Let the DISCONNECT go out.
+            let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+            bytes
+        }));
+    }
+    let mut bytes = 0;
+    for task in tasks {
+        bytes += task.await.expect("publisher task");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    serde_json::json!({
+        "messages": messages,
+        "devices": devices,
+        "connections": connections,
+        "mean_message_bytes": bytes as f64 / messages as f64,
+        "seconds": seconds,
+        "messages_per_s": messages as f64 / seconds,
+        "rate": rate,
+    })
+    .to_string()
+}
+
+fn session(broker: &str, client_id: &str) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut options = options(broker, client_id);
+    options.set_clean_session(false).set_manual_acks(true);
+    AsyncClient::new(options, 16 * 1024)
+}
+
+async fn subscribe(broker: &str, client_id: &str) -> String {
+    let (client, mut eventloop) = session(broker, client_id);
+    client
+        .subscribe(Channel::Telemetry.filter(), QoS::AtLeastOnce)
+        .await
+        .expect("the event loop is running");
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::SubAck(_))) => break,
+            Ok(_) => {}
+            Err(e) => panic!("subscribe: {e}"),
+        }
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    serde_json::json!({ "subscribed": client_id }).to_string()
+}
+
+async fn drain(broker: &str, client_id: &str, messages: u64) -> String {
+    let started = Instant::now();
+    let (client, mut eventloop) = session(broker, client_id);
+    let mut received = 0u64;
+    let mut bytes = 0u64;
+    while received < messages {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                received += 1;
+                bytes += p.payload.len() as u64;
+                client.try_ack(&p).expect("the ack queue has room");
+            }
+            Ok(_) => {}
+            Err(e) => panic!("drain: {e}"),
+        }
+    }
+    // The last acks go out before the clock stops.
+    let _ = client.disconnect().await;
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
+        if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    serde_json::json!({
+        "messages": received,
+        "payload_bytes": bytes,
+        "seconds": seconds,
+        "messages_per_s": received as f64 / seconds,
+    })
+    .to_string()
+}
+
+fn latency(data_dir: &Path, from_ms: i64) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut latencies: Vec<i64> = Vec::new();
+    let mut files = 0usize;
+    for path in files_below(data_dir) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if path.extension().is_none_or(|e| e != "parquet")
+            || name.is_none_or(|n| n.starts_with('.'))
+            || path.components().any(|c| c.as_os_str() == "dead_letter")
+        {
+            continue;
+        }
+        let meta = std::fs::metadata(&path).expect("stat a lake file");
+        let durable_ms = meta.ctime() * 1000 + meta.ctime_nsec() / 1_000_000;
+        let Ok(batches) = tillwatch_storage::read_file(&path) else {
+            continue;
+        };
+        let mut counted = false;
+        for batch in batches {
+            let Some(column) = batch.column_by_name("sampled_at") else {
+                continue;
+            };
+            for sampled in column
+                .as_primitive::<TimestampMillisecondType>()
+                .iter()
+                .flatten()
+            {
+                if sampled >= from_ms {
+                    latencies.push(durable_ms - sampled);
+                    counted = true;
+                }
+            }
+        }
+        files += usize::from(counted);
+    }
+    latencies.sort_unstable();
+    let pick = |q: f64| -> Option<i64> {
+        if latencies.is_empty() {
+            return None;
+        }
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        Some(latencies[i])
+    };
+    serde_json::json!({
+        "readings": latencies.len(),
+        "files": files,
+        "p50_ms": pick(0.50),
+        "p95_ms": pick(0.95),
+        "p99_ms": pick(0.99),
+        "max_ms": latencies.last(),
+    })
+    .to_string()
+}
