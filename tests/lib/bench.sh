@@ -65,3 +65,48 @@ cpu_seconds() {
 peak_rss_mib() {
   awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"
 }
+
+# The gateway under test, as a child process: `start_gateway` runs
+# "$tillwatch" gateway against $broker with data in $work/data (and
+# ClickHouse when ch_args holds --clickhouse-url); sets gateway (its pid,
+# also added to pids) and http (its metrics address).
+gateway=""
+http=""
+ch_args=()
+start_gateway() {
+  : > "$work/gateway.out"
+  "$tillwatch" gateway "${ch_args[@]}" --broker "$broker" --data-dir "$work/data" \
+    --http-listen 127.0.0.1:0 > "$work/gateway.out" 2> "$work/gateway.err" &
+  gateway=$!; pids+=("$gateway")
+  for _ in $(seq 400); do grep -q 'http listening on' "$work/gateway.out" && break; sleep 0.025; done
+  http=$(sed -n 's/^http listening on //p' "$work/gateway.out")
+  [ -n "$http" ] || { cat "$work/gateway.err" >&2; exit 1; }
+}
+
+# Readings the gateway has made durable in the lake.
+stored() {
+  curl -sf "http://$http/metrics" | awk '/^tillwatch_gateway_readings_stored_total/ { s += $2 } END { print s + 0 }'
+}
+
+in_clickhouse() {
+  curl -sf "$ch_url" --data-binary "SELECT (SELECT count() FROM tillwatch.connectivity) + (SELECT count() FROM tillwatch.battery) + (SELECT count() FROM tillwatch.app_performance) + (SELECT count() FROM tillwatch.payment_health)"
+}
+
+# Waits until $1 readings are durable in the lake, and in ClickHouse when
+# ch_args is set (at most 15 minutes).
+wait_durable() {
+  local deadline=$(($(date +%s) + 900))
+  until [ "$(stored)" -ge "$1" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "only $(stored) of $1 readings stored; see $work/gateway.err" >&2; exit 1; }
+    sleep 0.02
+  done
+  if ((${#ch_args[@]})); then
+    until [ "$(in_clickhouse)" -ge "$1" ]; do
+      [ "$(date +%s)" -lt "$deadline" ] || { echo "only $(in_clickhouse) of $1 readings in ClickHouse" >&2; exit 1; }
+      sleep 0.02
+    done
+  fi
+}
+
+# JSON field $2 of the JSON text $1.
+field() { python3 -c "import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }

@@ -53,6 +53,9 @@ fn the_benchmark_harness_runs_every_part_and_reports_each_figure_against_its_bas
         ("ClickHouse insert", "clickhouse-client"),
         ("rollups hourly+daily, embedded", "DuckDB"),
         ("rollups hourly+daily, ClickHouse engine", "the same INSERT"),
+        ("terminals connected at once", "the 100,000 target"),
+        ("publish -> durable p99, 20 terminals", "the 2 s bound"),
+        ("gateway peak RSS, 3 s", "the 300 MB bound"),
     ] {
         let r = results
             .iter()
@@ -69,9 +72,12 @@ fn the_benchmark_harness_runs_every_part_and_reports_each_figure_against_its_bas
     }
     for figure in [
         "gateway CPU while draining",
+        "sustained ingest, publisher and gateway at once",
         "gateway peak RSS",
         "publish -> durable p50",
         "API device card p50",
+        "gateway RSS trend",
+        "Mosquitto peak RSS",
     ] {
         find(figure);
     }

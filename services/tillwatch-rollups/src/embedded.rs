@@ -139,14 +139,18 @@ impl Embedded {
     }
 
     /// A DataFusion session: two partitions (this is a background job,
-    /// not a query service), and strings read from Parquet as plain
-    /// `Utf8`, so every job's files have one schema whichever engine or
-    /// input wrote them.
+    /// not a query service), strings read from Parquet as plain `Utf8`, so
+    /// every job's files have one schema whichever engine or input wrote
+    /// them, and the jobs' quantile aggregate ([`crate::quantile`]).
     pub fn context() -> SessionContext {
-        SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2).set_bool(
-            "datafusion.execution.parquet.schema_force_view_types",
-            false,
-        ))
+        let ctx = SessionContext::new_with_config(
+            SessionConfig::new().with_target_partitions(2).set_bool(
+                "datafusion.execution.parquet.schema_force_view_types",
+                false,
+            ),
+        );
+        ctx.register_udaf(crate::quantile::udaf());
+        ctx
     }
 
     /// Registers one raw table holding just `partition`'s hour: the files

@@ -248,6 +248,7 @@ pub fn encode_parquet<W: std::io::Write + Send>(
 ) -> Result<(), parquet::errors::ParquetError> {
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
+        .set_write_batch_size(8192)
         .build();
     let mut writer = ArrowWriter::try_new(out, part.batch.schema(), Some(props))?;
     writer.write(&part.batch)?;

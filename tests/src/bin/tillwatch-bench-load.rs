@@ -4,6 +4,7 @@
 //!   tillwatch-bench-load subscribe BROKER CLIENT_ID
 //!   tillwatch-bench-load drain BROKER CLIENT_ID MESSAGES
 //!   tillwatch-bench-load latency DATA_DIR FROM_MS
+//!   tillwatch-bench-load fleet BROKER DEVICES INTERVAL_S DURATION_S
 //!
 //! `publish` sends MESSAGES telemetry messages of one reading each (the
 //! four kinds in turn, about 120 bytes with the topic) from DEVICES
@@ -21,6 +22,12 @@
 //! `latency` reads every reading sampled at or after FROM_MS back from the
 //! lake under DATA_DIR and compares its sample time with the time its file
 //! was renamed into place (its ctime), i.e. publish → durable.
+//!
+//! `fleet` is the connection-count test: DEVICES terminals, each its own
+//! MQTT connection (opened 200 at a time), all connected at once, each
+//! publishing one reading every INTERVAL_S seconds (spread evenly over the
+//! interval) with wall-clock sample times for DURATION_S seconds after the
+//! last one connected; every connection stays open to the end.
 //!
 //! Each prints one JSON line.
 
@@ -45,7 +52,8 @@ fn usage() -> ! {
         "usage: tillwatch-bench-load publish BROKER DEVICES MESSAGES [RATE]\n       \
          tillwatch-bench-load subscribe BROKER CLIENT_ID\n       \
          tillwatch-bench-load drain BROKER CLIENT_ID MESSAGES\n       \
-         tillwatch-bench-load latency DATA_DIR FROM_MS"
+         tillwatch-bench-load latency DATA_DIR FROM_MS\n       \
+         tillwatch-bench-load fleet BROKER DEVICES INTERVAL_S DURATION_S"
     );
     std::process::exit(2)
 }
@@ -104,6 +112,15 @@ async fn main() {
                 &arg::<String>(&args, 1, "BROKER"),
                 &arg::<String>(&args, 2, "CLIENT_ID"),
                 arg(&args, 3, "MESSAGES"),
+            )
+            .await
+        }
+        Some("fleet") => {
+            fleet(
+                &arg::<String>(&args, 1, "BROKER"),
+                arg(&args, 2, "DEVICES"),
+                arg(&args, 3, "INTERVAL_S"),
+                arg(&args, 4, "DURATION_S"),
             )
             .await
         }
@@ -291,6 +308,19 @@ async fn subscribe(broker: &str, client_id: &str) -> String {
 async fn drain(broker: &str, client_id: &str, messages: u64) -> String {
     let started = Instant::now();
     let (client, mut eventloop) = session(broker, client_id);
+    // Acks go out from a task of their own, as the gateway's do: the poll
+    // loop never waits on the request queue it is the one to empty.
+    let (acks, mut to_ack) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
+    let mut acker = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            while let Some(publish) = to_ack.recv().await {
+                if client.ack(&publish).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let mut received = 0u64;
     let mut bytes = 0u64;
     while received < messages {
@@ -298,13 +328,20 @@ async fn drain(broker: &str, client_id: &str, messages: u64) -> String {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 received += 1;
                 bytes += p.payload.len() as u64;
-                client.try_ack(&p).expect("the ack queue has room");
+                acks.send(p).expect("the ack task runs");
             }
             Ok(_) => {}
             Err(e) => panic!("drain: {e}"),
         }
     }
     // The last acks go out before the clock stops.
+    drop(acks);
+    loop {
+        tokio::select! {
+            _ = &mut acker => break,
+            event = eventloop.poll() => { event.expect("drain: the connection holds"); }
+        }
+    }
     let _ = client.disconnect().await;
     while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_secs(5), eventloop.poll()).await {
         if matches!(event, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
@@ -371,6 +408,153 @@ fn latency(data_dir: &Path, from_ms: i64) -> String {
         "p95_ms": pick(0.95),
         "p99_ms": pick(0.99),
         "max_ms": latencies.last(),
+    })
+    .to_string()
+}
+
+/// Peak resident memory of this process, MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+async fn fleet(broker: &str, devices: usize, interval_s: f64, duration_s: f64) -> String {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    assert!(
+        devices > 0 && interval_s > 0.0,
+        "DEVICES and INTERVAL_S must be > 0"
+    );
+    let run = std::process::id();
+    let boot_id = (now_ms() as u64) << 16 | u64::from(run & 0xffff);
+    let connecting = Arc::new(tokio::sync::Semaphore::new(200));
+    let connected = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    // Every terminal waits here until all are connected; then the clock starts.
+    let (all_tx, all_rx) = tokio::sync::watch::channel(None::<Instant>);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(devices);
+    for d in 0..devices {
+        let (device, merchant) = terminal(d);
+        let mut options = options(broker, &format!("bench-fleet-{run}-{d}"));
+        options
+            .set_keep_alive(Duration::from_secs((interval_s * 1.5).max(5.0) as u64))
+            .set_inflight(10);
+        let (connecting, connected, acked, failed) = (
+            connecting.clone(),
+            connected.clone(),
+            acked.clone(),
+            failed.clone(),
+        );
+        let mut all_rx = all_rx.clone();
+        let offset = Duration::from_secs_f64(interval_s * d as f64 / devices as f64);
+        tasks.push(tokio::spawn(async move {
+            let (client, mut eventloop) = AsyncClient::new(options, 8);
+            {
+                let _permit = connecting.acquire().await.expect("the semaphore lives");
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::ConnAck(_))) => break,
+                        Ok(_) => {}
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+            }
+            connected.fetch_add(1, Ordering::SeqCst);
+            // Keep the connection served while waiting for the others.
+            let t0 = loop {
+                tokio::select! {
+                    changed = all_rx.changed() => {
+                        if changed.is_err() { return; }
+                        if let Some(t0) = *all_rx.borrow() { break t0; }
+                    }
+                    event = eventloop.poll() => {
+                        if event.is_err() { failed.fetch_add(1, Ordering::SeqCst); return; }
+                    }
+                }
+            };
+            let end = t0 + Duration::from_secs_f64(duration_s);
+            let topic = device_topic(&merchant, &device, Channel::Telemetry);
+            let mut n = 0u64;
+            let mut next = t0 + offset;
+            while next < end {
+                // Serve the connection (pings) until the next reading is due.
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next.into()) => break,
+                        event = eventloop.poll() => {
+                            if event.is_err() { failed.fetch_add(1, Ordering::SeqCst); return; }
+                        }
+                    }
+                }
+                let payload = pb::TelemetryBatch {
+                    readings: vec![reading(&device, boot_id, n, now_ms())],
+                }
+                .encode_to_vec();
+                if client
+                    .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+                    .is_err()
+                {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Packet::PubAck(_))) => break,
+                        Ok(_) => {}
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                }
+                acked.fetch_add(1, Ordering::SeqCst);
+                n += 1;
+                next += Duration::from_secs_f64(interval_s);
+            }
+            // Stay connected until everyone's run is over.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(end.into()) => break,
+                    event = eventloop.poll() => {
+                        if event.is_err() { failed.fetch_add(1, Ordering::SeqCst); return; }
+                    }
+                }
+            }
+            let _ = client.disconnect().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+        }));
+    }
+    // Wait until every terminal is connected (or has failed to).
+    while connected.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < devices {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connect_seconds = started.elapsed().as_secs_f64();
+    let at_once = connected.load(Ordering::SeqCst);
+    let _ = all_tx.send(Some(Instant::now()));
+    for task in tasks {
+        let _ = task.await;
+    }
+    serde_json::json!({
+        "devices": devices,
+        "connected_at_once": at_once,
+        "connect_seconds": connect_seconds,
+        "interval_s": interval_s,
+        "duration_s": duration_s,
+        "acked": acked.load(Ordering::SeqCst),
+        "failed": failed.load(Ordering::SeqCst),
+        "peak_rss_mib": peak_rss_mib(),
     })
     .to_string()
 }
