@@ -30,7 +30,8 @@ def record(args):
         baseline_value = number(args[4])
         row["baseline"] = args[3]
         row["baseline_value"] = baseline_value
-        row["ratio"] = round(row["value"] / baseline_value, 3) if baseline_value else None
+        # Four significant digits: a ratio far below 1 stays above 0.
+        row["ratio"] = float(f"{row['value'] / baseline_value:.4g}") if baseline_value else None
         row["target"] = args[5]
         row["met"] = met(row["ratio"], args[5])
     line = json.dumps(row)
@@ -66,7 +67,7 @@ def describe(row):
     if "baseline" in row:
         text += f" vs {row['baseline']} {fmt(row['baseline_value'])}"
         if row["ratio"] is not None:
-            text += f" = {row['ratio']:.2f}"
+            text += f" = {row['ratio']:.3g}"
         if row.get("target") not in (None, "-"):
             text += f" (target {row['target']}: {'met' if row['met'] else 'MISSED'})"
     return text
@@ -130,7 +131,7 @@ def report(args):
         table.append([
             r["figure"], fmt(r["value"]), r["unit"], r.get("baseline", ""),
             fmt(r["baseline_value"]) if "baseline_value" in r else "",
-            f"{r['ratio']:.2f}" if r.get("ratio") is not None else "", target,
+            f"{r['ratio']:.3g}" if r.get("ratio") is not None else "", target,
         ])
     widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
     print()
