@@ -83,6 +83,15 @@ start_gateway() {
   [ -n "$http" ] || { cat "$work/gateway.err" >&2; exit 1; }
 }
 
+# Waits (at most 30 s) until the gateway says it is connected and subscribed.
+wait_ready() {
+  local deadline=$(($(date +%s) + 30))
+  until curl -sf "http://$http/readyz" >/dev/null; do
+    [ "$(date +%s)" -lt "$deadline" ] || { echo "the gateway never got ready; see $work/gateway.err" >&2; exit 1; }
+    sleep 0.02
+  done
+}
+
 # Readings the gateway has made durable in the lake.
 stored() {
   curl -sf "http://$http/metrics" | awk '/^tillwatch_gateway_readings_stored_total/ { s += $2 } END { print s + 0 }'

@@ -186,8 +186,8 @@ fn terminal(d: usize) -> (String, String) {
     (format!("TW-A920-{d:08}"), format!("mch-{:05}", d % 997))
 }
 
-/// Publishes `messages` readings, `per_conn` of them per connection, and
-/// returns once every one is acked.
+/// Publishes `messages` readings, dealt round robin over the connections,
+/// and returns once every one is acked.
 async fn publish(broker: &str, devices: usize, messages: u64, rate: Option<f64>) -> String {
     assert!(
         devices > 0 && messages > 0,
@@ -425,6 +425,19 @@ fn peak_rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
+/// Polls the connection (answering pings) until `deadline`; false when it
+/// fails first.
+async fn serve_until(eventloop: &mut rumqttc::EventLoop, deadline: Instant) -> bool {
+    let sleep = tokio::time::sleep_until(deadline.into());
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return true,
+            event = eventloop.poll() => if event.is_err() { return false; },
+        }
+    }
+}
+
 async fn fleet(broker: &str, devices: usize, interval_s: f64, duration_s: f64) -> String {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -490,13 +503,9 @@ async fn fleet(broker: &str, devices: usize, interval_s: f64, duration_s: f64) -
             let mut next = t0 + offset;
             while next < end {
                 // Serve the connection (pings) until the next reading is due.
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(next.into()) => break,
-                        event = eventloop.poll() => {
-                            if event.is_err() { failed.fetch_add(1, Ordering::SeqCst); return; }
-                        }
-                    }
+                if !serve_until(&mut eventloop, next).await {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    return;
                 }
                 let payload = pb::TelemetryBatch {
                     readings: vec![reading(&device, boot_id, n, now_ms())],
@@ -524,13 +533,9 @@ async fn fleet(broker: &str, devices: usize, interval_s: f64, duration_s: f64) -
                 next += Duration::from_secs_f64(interval_s);
             }
             // Stay connected until everyone's run is over.
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(end.into()) => break,
-                    event = eventloop.poll() => {
-                        if event.is_err() { failed.fetch_add(1, Ordering::SeqCst); return; }
-                    }
-                }
+            if !serve_until(&mut eventloop, end).await {
+                failed.fetch_add(1, Ordering::SeqCst);
+                return;
             }
             let _ = client.disconnect().await;
             let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
