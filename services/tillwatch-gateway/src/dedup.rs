@@ -82,26 +82,46 @@ impl SeqRanges {
 /// Every reading key known to be stored.
 #[derive(Debug, Default)]
 pub struct DedupIndex {
-    boots: HashMap<(DeviceId, BootId), SeqRanges>,
+    // By device, then boot: a lookup (once per reading) borrows the key's
+    // device id instead of building an owned (device, boot) pair.
+    devices: HashMap<DeviceId, HashMap<BootId, SeqRanges>>,
 }
 
 impl DedupIndex {
     pub fn contains(&self, key: &ReadingKey) -> bool {
-        self.boots
-            .get(&(key.device_id.clone(), key.boot_id))
+        self.devices
+            .get(&key.device_id)
+            .and_then(|boots| boots.get(&key.boot_id))
             .is_some_and(|r| r.contains(key.seq))
     }
 
     pub fn insert(&mut self, key: &ReadingKey) -> bool {
-        self.boots
-            .entry((key.device_id.clone(), key.boot_id))
-            .or_default()
+        if let Some(boots) = self.devices.get_mut(&key.device_id) {
+            return boots.entry(key.boot_id).or_default().insert(key.seq);
+        }
+        self.boot_entry(key.device_id.clone(), key.boot_id)
             .insert(key.seq)
+    }
+
+    fn boot_entry(&mut self, device: DeviceId, boot: BootId) -> &mut SeqRanges {
+        self.devices
+            .entry(device)
+            .or_default()
+            .entry(boot)
+            .or_default()
     }
 
     /// (device, boot) pairs tracked.
     pub fn boots(&self) -> usize {
-        self.boots.len()
+        self.devices.values().map(HashMap::len).sum()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&DeviceId, BootId, &SeqRanges)> + '_ {
+        self.devices.iter().flat_map(|(device, boots)| {
+            boots
+                .iter()
+                .map(move |(boot, ranges)| (device, *boot, ranges))
+        })
     }
 }
 
@@ -506,7 +526,7 @@ impl DedupStore {
         let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
         let mut buf = io::BufWriter::new(&mut file);
         let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
-        for ((device, boot), ranges) in &index.boots {
+        for (device, boot, ranges) in index.iter() {
             let mut e = Enc::default();
             e.u8(TAG_SNAPSHOT_ENTRY);
             e.ranges(
@@ -553,7 +573,7 @@ fn apply_ranges(index: &mut DedupIndex, device: &str, boot: u64, ranges: &[(u64,
     let Ok(device_id) = DeviceId::new(device) else {
         return;
     };
-    let entry = index.boots.entry((device_id, BootId(boot))).or_default();
+    let entry = index.boot_entry(device_id, BootId(boot));
     for (s, e) in ranges {
         entry.insert_range(*s, *e);
     }

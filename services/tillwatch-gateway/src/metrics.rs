@@ -23,6 +23,7 @@ pub const BUFFERED_BYTES: &str = "tillwatch_gateway_buffered_bytes";
 pub const BACKPRESSURE: &str = "tillwatch_gateway_backpressure";
 pub const BROKER_CONNECTED: &str = "tillwatch_gateway_broker_connected";
 pub const BROKER_CONNECTION_ERRORS: &str = "tillwatch_gateway_broker_connection_errors_total";
+pub const REDELIVERIES: &str = "tillwatch_gateway_redeliveries_total";
 pub const WINDOW_LIMITED_FLUSHES: &str = "tillwatch_gateway_window_limited_flushes_total";
 pub const DEVICE_STATUS: &str = "tillwatch_gateway_device_status_total";
 
@@ -108,6 +109,11 @@ pub fn describe() {
         BROKER_CONNECTION_ERRORS,
         Unit::Count,
         "Broker connection failures"
+    );
+    describe_counter!(
+        REDELIVERIES,
+        Unit::Count,
+        "Messages the broker sent again (DUP flag set): after a reconnect, the unacked ones"
     );
     describe_counter!(
         DEVICE_STATUS,

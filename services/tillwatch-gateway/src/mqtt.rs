@@ -66,7 +66,24 @@ pub(crate) fn connect(config: &MqttConfig) -> Result<(AsyncClient, EventLoop), G
     let options = session_options(config, &config.client_id).map_err(GatewayError::Config)?;
     // Acks queue here while the poll loop is busy; a large channel keeps
     // the ack task from stalling the pipeline's output.
-    Ok(AsyncClient::new(options, 16 * 1024))
+    let (client, mut eventloop) = AsyncClient::new(options, 16 * 1024);
+    eventloop.set_network_options(network_options());
+    Ok((client, eventloop))
+}
+
+/// How long a write to the broker may wait before the connection counts as
+/// lost. rumqttc's default (5 s) is far too short under load: a broker
+/// busy with a backlog reads its clients' acks slowly, and dropping the
+/// connection then makes it resend every unacked message, more load on a
+/// broker already behind, and the gateway never catches up. A dead peer
+/// is still found by the keep-alive.
+pub const BROKER_WRITE_TIMEOUT_SECS: u64 = 120;
+
+/// The network options every Tillwatch consumer of device topics uses.
+pub fn network_options() -> rumqttc::NetworkOptions {
+    let mut options = rumqttc::NetworkOptions::new();
+    options.set_connection_timeout(BROKER_WRITE_TIMEOUT_SECS);
+    options
 }
 
 /// QoS 1 filters for every device channel (telemetry, status, info), in
@@ -176,6 +193,9 @@ pub(crate) async fn poll_loop(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 if stopping {
                     continue;
+                }
+                if publish.dup {
+                    counter!(m::REDELIVERIES).increment(1);
                 }
                 let ack = match publish.qos {
                     QoS::AtMostOnce => None,

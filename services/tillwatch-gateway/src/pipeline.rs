@@ -341,7 +341,7 @@ fn observe_window(
             flush_max_age = ?config.flush_max_age,
             "the broker appears to send at most {count} unacknowledged messages to this gateway, \
              capping ingest near {count} messages per flush_max_age; raise the broker's in-flight \
-             limit (Mosquitto: max_inflight_messages 0, as in deploy/mosquitto/mosquitto.conf) \
+             limit (Mosquitto: max_inflight_messages 40000, as in deploy/mosquitto/mosquitto.conf) \
              or set gateway.flush_max_unacked below {count}"
         );
     }

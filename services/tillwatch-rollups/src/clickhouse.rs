@@ -25,6 +25,7 @@ use tillwatch_clickhouse::{ChError, ClickHouse};
 use tillwatch_scheduler::{Executor, Grain, JobSpec, Output, Partition, RunFuture};
 use tillwatch_storage::Lake;
 use tillwatch_storage::clickhouse_ddl::quote_ident;
+use tracing::debug;
 
 use crate::embedded::Embedded;
 use crate::jobs;
@@ -226,8 +227,10 @@ impl ClickHouseEngine {
             // The lake's upkeep; ClickHouse merges its own parts.
             return self.lake.raw_compaction(partition).await;
         }
+        let mut steps = StepTimer::new();
         let select = self.select(spec, partition)?;
         let sides = self.side_inputs(spec, partition).await?;
+        steps.lap("side_inputs");
         let target = self.ch.table(job);
         let staging = self.ch.table(&format!("{job}_staging"));
         let id = partition_id(partition);
@@ -236,18 +239,23 @@ impl ClickHouseEngine {
             .drop_partition_if_any(&format!("{job}_staging"), &id.to_string())
             .await
             .map_err(err("clearing the staging partition", job, partition))?;
+        steps.lap("clear");
         self.ch
             .execute(&format!("INSERT INTO {staging}\n{select}"))
             .await
             .map_err(err("INSERT … SELECT", job, partition))?;
+        steps.lap("insert_select");
         let batches = self.staged(job, &staging, partition).await?;
+        steps.lap("read_back");
         let output = self.lake.write(job, partition, batches).await?;
+        steps.lap("lake_write");
         self.ch
             .execute(&format!(
                 "ALTER TABLE {target} REPLACE PARTITION {id} FROM {staging}"
             ))
             .await
             .map_err(err("replacing the partition", job, partition))?;
+        steps.lap("replace");
         self.ch.execute(&clear).await.map_err(err(
             "clearing the staging partition",
             job,
@@ -262,7 +270,42 @@ impl ClickHouseEngine {
                 .await
                 .map_err(err("clearing the side inputs", job, partition))?;
         }
+        steps.lap("cleanup");
+        debug!(job, %partition, steps = %steps, "ClickHouse run");
         Ok(output)
+    }
+}
+
+/// Wall time per step of one run, for the debug log.
+struct StepTimer {
+    last: std::time::Instant,
+    laps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl StepTimer {
+    fn new() -> StepTimer {
+        StepTimer {
+            last: std::time::Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+
+    fn lap(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.laps.push((step, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for StepTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (step, took)) in self.laps.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{step}={:.3}s", took.as_secs_f64())?;
+        }
+        Ok(())
     }
 }
 

@@ -25,6 +25,18 @@ pub fn metrics_handle() -> PrometheusHandle {
             // Another recorder may already be installed (a test harness);
             // then this handle renders nothing, which the tests would show.
             let _ = metrics::set_global_recorder(recorder);
+            // Histogram samples pile up between renders; drain them on a
+            // clock too, so a process nobody scrapes does not grow.
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(std::time::Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .expect("a thread for the metrics upkeep");
             handle
         })
         .clone()
