@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
-use rumqttc::{AsyncClient, Event as MqttEvent, Packet, Publish, QoS};
+use rumqttc::{Event as MqttEvent, Packet, Publish, QoS};
 use tillwatch_config::Config;
 use tillwatch_domain::connectivity::{SilencePolicy, Transition};
 use tillwatch_domain::{DeviceId, UtcMillis};
 use tillwatch_gateway::decode::{DecodeLimits, Decoded, decode_message};
-use tillwatch_gateway::{session_options, subscriptions};
+use tillwatch_gateway::{session, subscriptions};
 use tillwatch_meta::MetaStore;
 use tracing::{error, info, warn};
 
@@ -161,9 +161,8 @@ pub async fn run_alerter(
     }));
 
     // Its own session, never a shared group: it needs every device.
-    let options =
-        session_options(&config.mqtt, &config.alerter.client_id).map_err(AlerterError::Config)?;
-    let (client, mut eventloop) = AsyncClient::new(options, 16 * 1024);
+    let (client, mut eventloop) =
+        session(&config.mqtt, &config.alerter.client_id).map_err(AlerterError::Config)?;
     // Acks wait here for room in the client's request channel. Awaiting
     // `ack` inline would deadlock: the event loop hands out a burst of
     // publishes before it reads that channel again.

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 /// How long a stopping gateway keeps shipping its spool to ClickHouse.
 const SHIPPER_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub use mqtt::{GatewayHealth, session_options, subscriptions};
+pub use mqtt::{GatewayHealth, session, subscriptions};
 
 use crate::decode::DecodeLimits;
 use crate::dedup::DedupStore;
@@ -155,7 +155,8 @@ pub async fn run_gateway(
     );
 
     let clickhouse = open_clickhouse(config).await?;
-    let (client, eventloop) = mqtt::connect(&config.mqtt)?;
+    let (client, eventloop) =
+        mqtt::session(&config.mqtt, &config.mqtt.client_id).map_err(GatewayError::Config)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

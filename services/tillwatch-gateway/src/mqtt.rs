@@ -45,10 +45,19 @@ impl GatewayHealth {
 /// message forever.
 const MAX_INCOMING_PACKET: usize = 268_435_455;
 
+/// How long a write to the broker may wait before the connection counts as
+/// lost. rumqttc's default (5 s) is far too short under load: a broker
+/// busy with a backlog reads its clients' acks slowly, and dropping the
+/// connection then makes it resend every unacked message, more load on a
+/// broker already behind, and the consumer never catches up. A dead peer
+/// is still found by the keep-alive.
+const BROKER_WRITE_TIMEOUT_SECS: u64 = 120;
+
 /// A persistent session (fixed `client_id`, no clean start) with manual
 /// acks on the configured broker: what every Tillwatch consumer of device
-/// topics uses, so nothing is acked before it is handled.
-pub fn session_options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions, String> {
+/// topics uses, so nothing is acked before it is handled. Acks queue in a
+/// large request channel while the event loop is busy.
+pub fn session(config: &MqttConfig, client_id: &str) -> Result<(AsyncClient, EventLoop), String> {
     let addr = BrokerAddr::parse(&config.broker)?;
     let mut options = MqttOptions::new(client_id, addr.host, addr.port);
     options
@@ -59,31 +68,11 @@ pub fn session_options(config: &MqttConfig, client_id: &str) -> Result<MqttOptio
     if let Some(user) = &config.username {
         options.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
     }
-    Ok(options)
-}
-
-pub(crate) fn connect(config: &MqttConfig) -> Result<(AsyncClient, EventLoop), GatewayError> {
-    let options = session_options(config, &config.client_id).map_err(GatewayError::Config)?;
-    // Acks queue here while the poll loop is busy; a large channel keeps
-    // the ack task from stalling the pipeline's output.
     let (client, mut eventloop) = AsyncClient::new(options, 16 * 1024);
-    eventloop.set_network_options(network_options());
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_connection_timeout(BROKER_WRITE_TIMEOUT_SECS);
+    eventloop.set_network_options(network);
     Ok((client, eventloop))
-}
-
-/// How long a write to the broker may wait before the connection counts as
-/// lost. rumqttc's default (5 s) is far too short under load: a broker
-/// busy with a backlog reads its clients' acks slowly, and dropping the
-/// connection then makes it resend every unacked message, more load on a
-/// broker already behind, and the gateway never catches up. A dead peer
-/// is still found by the keep-alive.
-pub const BROKER_WRITE_TIMEOUT_SECS: u64 = 120;
-
-/// The network options every Tillwatch consumer of device topics uses.
-pub fn network_options() -> rumqttc::NetworkOptions {
-    let mut options = rumqttc::NetworkOptions::new();
-    options.set_connection_timeout(BROKER_WRITE_TIMEOUT_SECS);
-    options
 }
 
 /// QoS 1 filters for every device channel (telemetry, status, info), in

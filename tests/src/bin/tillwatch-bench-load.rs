@@ -438,6 +438,18 @@ async fn serve_until(eventloop: &mut rumqttc::EventLoop, deadline: Instant) -> b
     }
 }
 
+/// Polls the connection until a packet `wanted` accepts arrives; false
+/// when the connection fails first.
+async fn poll_for(eventloop: &mut rumqttc::EventLoop, wanted: fn(&Packet) -> bool) -> bool {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(packet)) if wanted(&packet) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
 async fn fleet(broker: &str, devices: usize, interval_s: f64, duration_s: f64) -> String {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -473,15 +485,9 @@ async fn fleet(broker: &str, devices: usize, interval_s: f64, duration_s: f64) -
             let (client, mut eventloop) = AsyncClient::new(options, 8);
             {
                 let _permit = connecting.acquire().await.expect("the semaphore lives");
-                loop {
-                    match eventloop.poll().await {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => break,
-                        Ok(_) => {}
-                        Err(_) => {
-                            failed.fetch_add(1, Ordering::SeqCst);
-                            return;
-                        }
-                    }
+                if !poll_for(&mut eventloop, |p| matches!(p, Packet::ConnAck(_))).await {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    return;
                 }
             }
             connected.fetch_add(1, Ordering::SeqCst);
@@ -518,15 +524,9 @@ async fn fleet(broker: &str, devices: usize, interval_s: f64, duration_s: f64) -
                     failed.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
-                loop {
-                    match eventloop.poll().await {
-                        Ok(Event::Incoming(Packet::PubAck(_))) => break,
-                        Ok(_) => {}
-                        Err(_) => {
-                            failed.fetch_add(1, Ordering::SeqCst);
-                            return;
-                        }
-                    }
+                if !poll_for(&mut eventloop, |p| matches!(p, Packet::PubAck(_))).await {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                    return;
                 }
                 acked.fetch_add(1, Ordering::SeqCst);
                 n += 1;
