@@ -55,6 +55,7 @@ fn the_benchmark_harness_runs_every_part_and_reports_each_figure_against_its_bas
         ("rollups hourly+daily, ClickHouse engine", "the same INSERT"),
         ("terminals connected at once", "the 100,000 target"),
         ("publish -> durable p99, 20 terminals", "the 2 s bound"),
+        ("embedded broker: publish -> durable p99", "the 2 s bound"),
         ("gateway peak RSS, 3 s", "the 300 MB bound"),
     ] {
         let r = results
@@ -73,6 +74,8 @@ fn the_benchmark_harness_runs_every_part_and_reports_each_figure_against_its_bas
     for figure in [
         "gateway CPU while draining",
         "sustained ingest, publisher and gateway at once",
+        "sustained ingest through the embedded broker",
+        "standalone peak RSS",
         "gateway peak RSS",
         "publish -> durable p50",
         "API device card p50",

@@ -203,7 +203,16 @@ pub(crate) async fn poll_loop(
                     ack,
                 };
                 // Blocks while the pipeline's buffer is full: back-pressure
-                // reaches the broker because this loop stops reading.
+                // reaches the broker because this loop stops reading. The
+                // usual case, room in the channel, skips the select.
+                let message = match input.try_send(message) {
+                    Ok(()) => continue,
+                    Err(mpsc::error::TrySendError::Full(message)) => message,
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        stop_by.get_or_insert_with(|| Instant::now() + Duration::from_secs(30));
+                        continue;
+                    }
+                };
                 tokio::select! {
                     sent = input.send(message) => {
                         if sent.is_err() {

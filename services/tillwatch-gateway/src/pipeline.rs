@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use metrics::{counter, gauge, histogram};
 use tillwatch_clickhouse::{EncodedRows, Spool, SpoolError, encode_parts};
-use tillwatch_domain::{DeviceId, ReadingKey, StoreId, UtcMillis};
+use tillwatch_domain::{DeviceId, Kind, ReadingKey, StoreId, UtcMillis};
 use tillwatch_storage::{Lake, PartBatch, Staging, StoredReading};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -53,6 +53,10 @@ pub struct Incoming {
     pub ack: Option<AckToken>,
 }
 
+/// At most this many messages are taken from the input per wake-up. Small
+/// against any flush limit, so a group overshoots them by little.
+const RECEIVE_GROUP: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub limits: DecodeLimits,
@@ -71,7 +75,8 @@ struct Batch {
     keys: Vec<ReadingKey>,
     acks: Vec<AckToken>,
     messages: usize,
-    readings: HashMap<&'static str, u64>,
+    /// Readings staged, by `Kind` index.
+    readings: [u64; 4],
     dead_letters: u64,
     opened_at: Option<Instant>,
     /// The wall clock when the first message arrived: the watermark stays
@@ -95,8 +100,74 @@ struct FlushOutcome {
     result: Result<FlushStats, DedupOrLake>,
     batch_keys: Vec<ReadingKey>,
     acks: Vec<AckToken>,
-    readings: HashMap<&'static str, u64>,
+    readings: [u64; 4],
     dead_letters: u64,
+}
+
+/// What arrived since the metrics were last published. Per-message counts
+/// gather here as plain integers and reach the metrics registry once a
+/// second and after each flush: a registry lookup per message (label
+/// hashing, an atomic each) cost more than the dedup check.
+#[derive(Default)]
+struct Tally {
+    bytes: u64,
+    /// Messages by channel: telemetry, status, info, rejected.
+    messages: [u64; 4],
+    /// Readings received, by `Kind` index.
+    readings: [u64; 4],
+    duplicates: u64,
+    online: u64,
+    offline: u64,
+    /// Rejections by reason code (a small, fixed set).
+    rejected: Vec<(&'static str, u64)>,
+}
+
+const CHANNELS: [&str; 4] = ["telemetry", "status", "info", "rejected"];
+
+impl Tally {
+    fn reject(&mut self, reason: &'static str) {
+        match self.rejected.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => *n += 1,
+            None => self.rejected.push((reason, 1)),
+        }
+    }
+
+    /// Adds what was gathered to the registry and starts again from zero.
+    fn publish(&mut self) {
+        let bytes = std::mem::take(&mut self.bytes);
+        if bytes > 0 {
+            counter!(m::MESSAGE_BYTES_RECEIVED).increment(bytes);
+        }
+        for (channel, n) in CHANNELS.into_iter().zip(std::mem::take(&mut self.messages)) {
+            if n > 0 {
+                counter!(m::MESSAGES_RECEIVED, "channel" => channel).increment(n);
+            }
+        }
+        for (kind, n) in Kind::ALL
+            .into_iter()
+            .zip(std::mem::take(&mut self.readings))
+        {
+            if n > 0 {
+                counter!(m::READINGS_RECEIVED, "kind" => kind.as_str()).increment(n);
+            }
+        }
+        let duplicates = std::mem::take(&mut self.duplicates);
+        if duplicates > 0 {
+            counter!(m::READINGS_DUPLICATE).increment(duplicates);
+        }
+        let states = [
+            ("online", std::mem::take(&mut self.online)),
+            ("offline", std::mem::take(&mut self.offline)),
+        ];
+        for (state, n) in states {
+            if n > 0 {
+                counter!(m::DEVICE_STATUS, "state" => state).increment(n);
+            }
+        }
+        for (reason, n) in self.rejected.drain(..) {
+            counter!(m::REJECTED, "reason" => reason).increment(n);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -143,6 +214,10 @@ pub async fn run_pipeline(
     // When the last flush's acks went out: a capped broker answers them at
     // once with its next burst.
     let mut last_release: Option<Instant> = None;
+    let mut tally = Tally::default();
+    // Messages taken from the channel per wake-up: the loop's bookkeeping
+    // (limits, gauges, the select) is paid once per group, not per message.
+    let mut arrived: Vec<Incoming> = Vec::with_capacity(RECEIVE_GROUP);
 
     loop {
         let inflight_bytes = inflight.as_ref().map_or(0, |(_, b)| *b);
@@ -195,6 +270,7 @@ pub async fn run_pipeline(
                 inflight = None;
                 let outcome = outcome.expect("the flush task does not panic");
                 let durable = outcome.result.is_ok();
+                tally.publish();
                 store = Some(finish_flush(outcome, &mut pending, &acks));
                 last_release = Some(Instant::now());
                 if durable {
@@ -202,17 +278,25 @@ pub async fn run_pipeline(
                 }
                 watermark.publish(batch.opened_wall_ms, inflight_opened_ms);
             }
-            _ = watermark.tick.tick() => watermark.publish(batch.opened_wall_ms, inflight_opened_ms),
+            _ = watermark.tick.tick() => {
+                tally.publish();
+                watermark.publish(batch.opened_wall_ms, inflight_opened_ms);
+            }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && inflight.is_none() => {}
-            message = input.recv(), if !full => match message {
-                Some(message) => ingest(message, &config, &committed, &mut pending, &mut stores, &mut batch),
-                None => break,
-            },
+            received = input.recv_many(&mut arrived, RECEIVE_GROUP), if !full => {
+                if received == 0 {
+                    break;
+                }
+                for message in arrived.drain(..) {
+                    ingest(message, &config, &committed, &mut pending, &mut stores, &mut batch, &mut tally);
+                }
+            }
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
 
     // Drain: let the running flush finish, then flush what is staged.
+    tally.publish();
     stopping.store(true, Ordering::SeqCst);
     if let Some((handle, _)) = inflight.take() {
         let outcome = handle.await.expect("the flush task does not panic");
@@ -354,14 +438,13 @@ fn ingest(
     pending: &mut HashSet<ReadingKey>,
     stores: &mut HashMap<DeviceId, StoreId>,
     batch: &mut Batch,
+    tally: &mut Tally,
 ) {
     let received_at = UtcMillis::now();
-    counter!(m::MESSAGE_BYTES_RECEIVED).increment(message.payload.len() as u64);
+    tally.bytes += message.payload.len() as u64;
     let now = Instant::now();
     batch.opened_at.get_or_insert(now);
-    batch
-        .opened_wall_ms
-        .get_or_insert_with(|| tillwatch_domain::UtcMillis::now().0);
+    batch.opened_wall_ms.get_or_insert(received_at.0);
     batch.last_arrival = Some(now);
     batch.messages += 1;
     if let Some(token) = message.ack {
@@ -379,15 +462,15 @@ fn ingest(
             readings,
             rejected,
         } => {
-            counter!(m::MESSAGES_RECEIVED, "channel" => "telemetry").increment(1);
+            tally.messages[0] += 1;
             let store_id = stores.get(&device_id);
             let index = committed.read().unwrap_or_else(PoisonError::into_inner);
             for reading in &readings {
-                let kind = reading.kind().as_str();
-                counter!(m::READINGS_RECEIVED, "kind" => kind).increment(1);
+                let kind = reading.kind() as usize;
+                tally.readings[kind] += 1;
                 let key = reading.key();
                 if index.contains(&key) || !pending.insert(key.clone()) {
-                    counter!(m::READINGS_DUPLICATE).increment(1);
+                    tally.duplicates += 1;
                     continue;
                 }
                 batch.staging.push_reading(StoredReading {
@@ -397,30 +480,33 @@ fn ingest(
                     received_at,
                 });
                 batch.keys.push(key);
-                *batch.readings.entry(kind).or_default() += 1;
+                batch.readings[kind] += 1;
             }
             drop(index);
             for dead in &rejected {
-                counter!(m::REJECTED, "reason" => dead.reason_code).increment(1);
+                tally.reject(dead.reason_code);
                 batch.staging.push_dead_letter(dead);
                 batch.dead_letters += 1;
             }
         }
         Decoded::Status(status) => {
-            counter!(m::MESSAGES_RECEIVED, "channel" => "status").increment(1);
-            let state = if status.online { "online" } else { "offline" };
-            counter!(m::DEVICE_STATUS, "state" => state).increment(1);
+            tally.messages[1] += 1;
+            if status.online {
+                tally.online += 1;
+            } else {
+                tally.offline += 1;
+            }
         }
         Decoded::Info(info) => {
-            counter!(m::MESSAGES_RECEIVED, "channel" => "info").increment(1);
+            tally.messages[2] += 1;
             match info.store_id {
                 Some(store) => stores.insert(info.device_id, store),
                 None => stores.remove(&info.device_id),
             };
         }
         Decoded::Rejected(dead) => {
-            counter!(m::MESSAGES_RECEIVED, "channel" => "rejected").increment(1);
-            counter!(m::REJECTED, "reason" => dead.reason_code).increment(1);
+            tally.messages[3] += 1;
+            tally.reject(dead.reason_code);
             batch.staging.push_dead_letter(&dead);
             batch.dead_letters += 1;
         }
@@ -545,8 +631,10 @@ fn finish_flush(
     }
     match result {
         Ok(stats) => {
-            for (kind, n) in readings {
-                counter!(m::READINGS_STORED, "kind" => kind).increment(n);
+            for (kind, n) in Kind::ALL.into_iter().zip(readings) {
+                if n > 0 {
+                    counter!(m::READINGS_STORED, "kind" => kind.as_str()).increment(n);
+                }
             }
             counter!(m::DEAD_LETTERS_STORED).increment(dead_letters);
             histogram!(m::FLUSH_ROWS).record(stats.rows as f64);
