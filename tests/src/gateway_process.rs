@@ -1,4 +1,5 @@
-//! `tillwatch gateway` as a child process, for tests that kill it.
+//! `tillwatch` roles (gateway, api, scheduler, alerter) as child
+//! processes, for tests that kill them or check what a deployment sees.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -8,12 +9,18 @@ use std::time::Duration;
 
 use crate::{http_get, wait_for};
 
-/// A running `tillwatch gateway`; killed on drop so a failing test does not
+/// A running `tillwatch` role; killed on drop so a failing test does not
 /// leave it behind.
-pub struct GatewayProcess {
+pub struct RoleProcess {
     child: Child,
+    /// Where it serves /healthz, /readyz and /metrics.
     pub http: SocketAddr,
+    /// What it printed before its HTTP address (the gRPC address, say).
+    pub printed: Vec<String>,
 }
+
+/// The gateway role.
+pub type GatewayProcess = RoleProcess;
 
 /// The binary under test, built by this crate beside the test binaries
 /// (`target/<profile>/tillwatch-under-test`; tests run from `…/deps/`).
@@ -28,21 +35,31 @@ pub fn tillwatch_bin() -> std::path::PathBuf {
     bin
 }
 
-impl GatewayProcess {
+impl RoleProcess {
     /// Starts a gateway against `broker` with `data_dir`, plus `env`
     /// (`TILLWATCH__…` overrides), and reads the HTTP address it prints.
-    pub fn start(broker: &str, data_dir: &Path, env: &[(&str, &str)]) -> GatewayProcess {
-        let mut command = Command::new(tillwatch_bin());
-        command
-            .args([
+    pub fn start(broker: &str, data_dir: &Path, env: &[(&str, &str)]) -> RoleProcess {
+        let data_dir = data_dir.to_str().expect("a UTF-8 path");
+        RoleProcess::role(
+            &[
                 "gateway",
                 "--broker",
                 broker,
                 "--http-listen",
                 "127.0.0.1:0",
                 "--data-dir",
-            ])
-            .arg(data_dir)
+                data_dir,
+            ],
+            env,
+        )
+    }
+
+    /// Runs `tillwatch ARGS` with `env` and reads its stdout up to the
+    /// `http listening on ADDR` line every role prints last.
+    pub fn role(args: &[&str], env: &[(&str, &str)]) -> RoleProcess {
+        let mut command = Command::new(tillwatch_bin());
+        command
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("TILLWATCH_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
@@ -52,27 +69,38 @@ impl GatewayProcess {
         for (k, v) in env {
             command.env(k, v);
         }
-        let mut child = command.spawn().expect("start the gateway");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the gateway's first line");
-        let http = line
-            .trim()
-            .strip_prefix("http listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("an address");
-        GatewayProcess { child, http }
+        let mut child = command.spawn().expect("start tillwatch");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut printed = Vec::new();
+        let http = loop {
+            let mut line = String::new();
+            let n = stdout
+                .read_line(&mut line)
+                .expect("read tillwatch's stdout");
+            assert!(
+                n > 0,
+                "tillwatch {args:?} ended before printing its HTTP address; it printed {printed:?}"
+            );
+            match line.trim().strip_prefix("http listening on ") {
+                Some(addr) => break addr.parse().expect("an address"),
+                None => printed.push(line.trim().to_string()),
+            }
+        };
+        RoleProcess {
+            child,
+            http,
+            printed,
+        }
     }
 
-    /// Waits until the gateway has subscribed.
+    /// Waits until /readyz answers 200 (a gateway: connected and subscribed).
     pub async fn ready(&self) {
         let http = self.http;
-        wait_for("the gateway to subscribe", Duration::from_secs(30), || {
-            matches!(http_get(http, "/readyz"), Ok((200, _)))
-        })
+        wait_for(
+            "the role to report ready on /readyz",
+            Duration::from_secs(30),
+            || matches!(http_get(http, "/readyz"), Ok((200, _))),
+        )
         .await;
     }
 
@@ -95,7 +123,7 @@ impl GatewayProcess {
     }
 }
 
-impl Drop for GatewayProcess {
+impl Drop for RoleProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();

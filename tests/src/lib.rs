@@ -10,7 +10,7 @@ pub mod grafana;
 
 pub use alertmanager::Alertmanager;
 pub use clickhouse_server::{ClickHouseServer, TEST_PASSWORD, TEST_USER};
-pub use gateway_process::{GatewayProcess, tillwatch_bin};
+pub use gateway_process::{GatewayProcess, RoleProcess, tillwatch_bin};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};

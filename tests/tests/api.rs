@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use serde_json::Value;
 use tillwatch_config::{Config, RollupEngine};
@@ -209,7 +208,7 @@ async fn start() -> Api {
     };
     tokio::spawn(tillwatch_serve::serve_http(
         listener,
-        Arc::new(tillwatch_gateway::GatewayHealth::default()),
+        tillwatch_serve::Readiness::Started,
         router,
         until_stopped(stopped.clone()),
     ));

@@ -46,6 +46,7 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub embedded_broker: EmbeddedBrokerConfig,
     pub clickhouse: ClickHouseConfig,
+    pub lake: LakeConfig,
     pub metadata: MetadataConfig,
     pub alerter: AlerterConfig,
     pub alerting: AlertingConfig,
@@ -62,6 +63,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             embedded_broker: EmbeddedBrokerConfig::default(),
             clickhouse: ClickHouseConfig::default(),
+            lake: LakeConfig::default(),
             metadata: MetadataConfig::default(),
             alerter: AlerterConfig::default(),
             alerting: AlertingConfig::default(),
@@ -330,7 +332,26 @@ pub struct MetadataConfig {
     pub url: Option<String>,
 }
 
+/// Where the Parquet lake lives.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeConfig {
+    /// A directory every role shares (gateways write it, the scheduler and
+    /// the API read it); unset means `<data_dir>/lake`. Split deployments
+    /// point it at one shared volume while each gateway keeps its own
+    /// `data_dir` for its dedup journal and ClickHouse spool.
+    pub path: Option<PathBuf>,
+}
+
 impl Config {
+    /// The lake's root directory, with the default filled in.
+    pub fn lake_dir(&self) -> PathBuf {
+        self.lake
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("lake"))
+    }
+
     /// The metadata store's URL, with the default filled in.
     pub fn metadata_url(&self) -> String {
         self.metadata
@@ -477,6 +498,14 @@ impl Config {
         let mut errors = Vec::new();
         if self.data_dir.as_os_str().is_empty() {
             errors.push("data_dir: must not be empty".to_string());
+        }
+        if self
+            .lake
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            errors.push("lake.path: must not be empty (leave it out for <data_dir>/lake)".into());
         }
         if let Err(e) = BrokerAddr::parse(&self.mqtt.broker) {
             errors.push(format!("mqtt.broker: {e}"));

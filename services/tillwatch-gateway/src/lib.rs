@@ -57,9 +57,9 @@ pub async fn shutdown_requested(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Where the gateway keeps its lake and its own state under `data_dir`.
+/// Where the gateway writes the lake (`lake.path`, else under `data_dir`).
 pub fn lake_dir(config: &Config) -> PathBuf {
-    config.data_dir.join("lake")
+    config.lake_dir()
 }
 
 fn state_dir(config: &Config) -> PathBuf {

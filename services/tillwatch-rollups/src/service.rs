@@ -135,7 +135,7 @@ pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), Sched
     }
     let store = MetaStore::connect(&url).await?;
     store.migrate().await?;
-    let lake = Lake::new(config.data_dir.join("lake"));
+    let lake = Lake::new(config.lake_dir());
     let ch = engine(config);
     // Minutes online and the stores' time zones come from the store.
     let side: Arc<dyn crate::side::SideInputs> = Arc::new(store.clone());

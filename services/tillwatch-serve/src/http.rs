@@ -42,10 +42,22 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// What `/readyz` reports for the role this process runs.
+#[derive(Clone)]
+pub enum Readiness {
+    /// Ready while the gateway is connected and subscribed to the broker.
+    Gateway(Arc<GatewayHealth>),
+    /// Ready while the process serves: the role (api, scheduler, alerter)
+    /// checked its configuration before it listened, and exits, for the
+    /// orchestrator to restart it, when it cannot open its store. The api
+    /// role opens its store before it listens.
+    Started,
+}
+
 #[derive(Clone)]
 struct AppState {
     metrics: PrometheusHandle,
-    gateway: Arc<GatewayHealth>,
+    ready: Readiness,
 }
 
 async fn healthz() -> &'static str {
@@ -53,7 +65,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.gateway.is_ready() {
+    let ready = match &state.ready {
+        Readiness::Gateway(health) => health.is_ready(),
+        Readiness::Started => true,
+    };
+    if ready {
         (StatusCode::OK, "ready\n")
     } else {
         (
@@ -87,7 +103,7 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
         .migrate()
         .await
         .context("migrating the metadata store")?;
-    let lake = tillwatch_storage::Lake::new(config.data_dir.join("lake"));
+    let lake = tillwatch_storage::Lake::new(config.lake_dir());
     let mut api = tillwatch_api::fleet::router(tillwatch_api::fleet::Fleet::new(
         store.clone(),
         config.alerting.rules.battery_low.threshold,
@@ -115,18 +131,18 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
         .merge(tillwatch_api::ui::router()))
 }
 
-/// Serves `/healthz` (the process is up), `/readyz` (the gateway is
-/// connected and subscribed), `/metrics` (Prometheus text) and the routes
-/// of `api` (the jobs API) until `shutdown` resolves.
+/// Serves `/healthz` (the process is up), `/readyz` (see [`Readiness`]),
+/// `/metrics` (Prometheus text) and the routes of `api` until `shutdown`
+/// resolves.
 pub async fn serve_http(
     listener: TcpListener,
-    gateway: Arc<GatewayHealth>,
+    ready: Readiness,
     api: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = AppState {
         metrics: metrics_handle(),
-        gateway,
+        ready,
     };
     let app = Router::new()
         .route("/healthz", get(healthz))

@@ -9,8 +9,8 @@ mod http;
 mod standalone;
 
 pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
-pub use http::{api_router, metrics_handle, serve_http};
-pub use standalone::{MadeTokens, make_tokens, run_standalone};
+pub use http::{Readiness, api_router, metrics_handle, serve_http};
+pub use standalone::{MadeTokens, make_tokens, run_standalone, spawn_grpc};
 
 /// For callers that add routes to [`serve_http`].
 pub use axum::Router;

@@ -6,9 +6,10 @@ use tillwatch_config::{ApiToken, Config, Role};
 use tillwatch_gateway::{GatewayHealth, run_gateway, shutdown_requested};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::broker::EmbeddedBroker;
-use crate::http::serve_http;
+use crate::http::{Readiness, serve_http};
 
 /// Flush at 80% of the embedded broker's in-flight window, so the broker
 /// never stalls waiting for acks until the age limit.
@@ -49,6 +50,24 @@ pub fn make_tokens(config: &mut Config) -> anyhow::Result<Option<MadeTokens>> {
         });
     }
     Ok(Some(made))
+}
+
+/// Starts the gRPC API on `listener` over the configured store, lake and
+/// tokens, until `shutdown` resolves.
+pub async fn spawn_grpc(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+    let service = tillwatch_grpc::service(config)
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("the gRPC API")?;
+    Ok(tokio::spawn(async move {
+        tillwatch_grpc::serve(service, listener, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    }))
 }
 
 /// Runs the whole product in one process: the gateway (against `broker` if
@@ -101,22 +120,14 @@ pub async fn run_standalone(
     let api = crate::http::api_router(&config).await?;
     let http = tokio::spawn(serve_http(
         http,
-        health.clone(),
+        Readiness::Gateway(health.clone()),
         api,
         shutdown_requested(stop_rx.clone()),
     ));
     // The gRPC API, on the same store, lake and tokens.
     let grpc = match grpc {
         Some(listener) => {
-            let service = tillwatch_grpc::service(&config)
-                .await
-                .map_err(anyhow::Error::msg)
-                .context("the gRPC API")?;
-            Some(tokio::spawn(tillwatch_grpc::serve(
-                service,
-                listener,
-                shutdown_requested(stop_rx.clone()),
-            )))
+            Some(spawn_grpc(&config, listener, shutdown_requested(stop_rx.clone())).await?)
         }
         None => None,
     };

@@ -90,9 +90,19 @@ fn config(args: &StoreArgs) -> anyhow::Result<Config> {
 pub(crate) async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     let config = config(&args.store)?;
     tillwatch_serve::metrics_handle();
-    tillwatch_rollups::run_scheduler(&config, crate::signalled())
-        .await
-        .context("scheduler")
+    let stop = crate::stop_on_signal();
+    let server = crate::role_http(
+        &config,
+        tillwatch_serve::Readiness::Started,
+        tillwatch_serve::Router::new(),
+        &stop,
+    )
+    .await?;
+    let result =
+        tillwatch_rollups::run_scheduler(&config, tillwatch_gateway::shutdown_requested(stop))
+            .await;
+    server.abort();
+    result.context("scheduler")
 }
 
 /// `[from, to]` from the command line, as milliseconds `[from, to)`.

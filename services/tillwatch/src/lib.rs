@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tillwatch_config::Config;
-use tillwatch_serve::{EmbeddedBroker, run_standalone};
+use tillwatch_serve::{EmbeddedBroker, Readiness, Router, run_standalone};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -37,6 +37,9 @@ enum Command {
     Demo(DemoArgs),
     /// The ingestion gateway alone, against an external broker.
     Gateway(GatewayArgs),
+    /// The HTTP API, dashboards and gRPC API alone, over the shared
+    /// metadata store and lake (stateless; run several behind a balancer).
+    Api(ApiArgs),
     /// The alerter alone: every terminal's connectivity state and registry,
     /// from the broker into the metadata store.
     Alerter(AlerterArgs),
@@ -56,6 +59,10 @@ enum Command {
     Clickhouse(ClickhouseCommand),
     /// Print the default configuration as TOML.
     GenerateConfig,
+    /// Load a configuration (file, then TILLWATCH__… variables) and run
+    /// every check the services run at start-up; exits non-zero naming
+    /// each bad key.
+    CheckConfig(CheckConfigArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +122,25 @@ struct AlerterArgs {
     metadata_url: Option<String>,
     #[command(flatten)]
     alerting: AlertingFlags,
+}
+
+#[derive(Debug, Args)]
+struct CheckConfigArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Do not read `token_file`s: list them instead (for checking a
+    /// deployment's configuration where its secrets are not mounted).
+    #[arg(long)]
+    no_secret_files: bool,
+}
+
+#[derive(Debug, Args)]
+struct ApiArgs {
+    #[command(flatten)]
+    common: Common,
+    /// sqlite://PATH or postgres://… (config: metadata.url).
+    #[arg(long)]
+    metadata_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -311,7 +337,7 @@ fn print_where(
     let mqtt = broker
         .map(|b| b.url())
         .unwrap_or_else(|| config.mqtt.broker.clone());
-    let lake = config.data_dir.join("lake");
+    let lake = config.lake_dir();
     println!("Tillwatch is running.");
     println!("  dashboards    http://{http}/ui/   (asks for an API token, printed below)");
     println!(
@@ -449,30 +475,124 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     }
     args.clickhouse.apply(&mut config);
     validate(&config)?;
-    let http = bind(config.http.listen, "--http-listen").await?;
-    println!("http listening on {}", http.local_addr()?);
     // Install the metrics recorder before the gateway records anything.
     tillwatch_serve::metrics_handle();
     let health = Arc::new(tillwatch_gateway::GatewayHealth::default());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(tillwatch_serve::serve_http(
-        http,
-        health.clone(),
-        tillwatch_serve::Router::new(),
-        tillwatch_gateway::shutdown_requested(stop_rx.clone()),
-    ));
-    tokio::spawn(async move {
-        signalled().await;
-        let _ = stop_tx.send(true);
-    });
+    let stop = stop_on_signal();
+    let server = role_http(
+        &config,
+        Readiness::Gateway(health.clone()),
+        Router::new(),
+        &stop,
+    )
+    .await?;
     let result = tillwatch_gateway::run_gateway(
         &config,
         health,
-        tillwatch_gateway::shutdown_requested(stop_rx),
+        tillwatch_gateway::shutdown_requested(stop),
     )
     .await;
     server.abort();
     result.context("gateway")?;
+    Ok(())
+}
+
+/// A role's shutdown signal: SIGINT or SIGTERM turns it true.
+pub(crate) fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        signalled().await;
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
+/// Every role process serves `/healthz`, `/readyz` and `/metrics` (and
+/// the role's own routes) on `http.listen`, for probes and scraping; the
+/// address goes to stdout as `http listening on ADDR`.
+pub(crate) async fn role_http(
+    config: &Config,
+    ready: Readiness,
+    routes: Router,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let http = bind(config.http.listen, "--http-listen").await?;
+    println!("http listening on {}", http.local_addr()?);
+    Ok(tokio::spawn(tillwatch_serve::serve_http(
+        http,
+        ready,
+        routes,
+        tillwatch_gateway::shutdown_requested(stop.clone()),
+    )))
+}
+
+fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    let mut config = load(&args.common)?;
+    if args.no_secret_files {
+        for token in &mut config.http.tokens {
+            if token.token.is_some() {
+                continue;
+            }
+            if let Some(path) = token.token_file.take() {
+                println!(
+                    "http.tokens {:?}: reads its token from {} (not checked)",
+                    token.name,
+                    path.display()
+                );
+                // A stand-in of the shortest accepted length, so the rest
+                // of the checks run as they would with the file mounted.
+                token.token = Some("x".repeat(tillwatch_config::MIN_TOKEN_LEN));
+            }
+        }
+    }
+    validate(&config)?;
+    println!("configuration OK");
+    Ok(())
+}
+
+/// The API role: the HTTP API, the dashboards and (when enabled) the gRPC
+/// API over the shared metadata store and lake. Stateless: run as many as
+/// the dashboards' users need behind one load balancer.
+async fn api(args: ApiArgs) -> anyhow::Result<()> {
+    let mut config = load(&args.common)?;
+    if let Some(url) = args.metadata_url {
+        config.metadata.url = Some(url);
+    }
+    validate(&config)?;
+    anyhow::ensure!(
+        !config.http.tokens.is_empty(),
+        "http.tokens is empty: the api role serves nobody without tokens; add [[http.tokens]] \
+         entries (name, role, token_file) to the config"
+    );
+    tillwatch_serve::metrics_handle();
+    let stop = stop_on_signal();
+    // The store is opened and migrated here, before the listener is served:
+    // a process that answers /readyz can answer the API.
+    let routes = tillwatch_serve::api_router(&config).await?;
+    let grpc = match config.grpc.enabled {
+        true => {
+            let listener = bind(config.grpc.listen, "grpc.listen").await?;
+            println!("grpc listening on {}", listener.local_addr()?);
+            Some(
+                tillwatch_serve::spawn_grpc(
+                    &config,
+                    listener,
+                    tillwatch_gateway::shutdown_requested(stop.clone()),
+                )
+                .await?,
+            )
+        }
+        false => None,
+    };
+    let http = role_http(&config, Readiness::Started, routes, &stop).await?;
+    http.await
+        .context("the HTTP server task failed")?
+        .context("HTTP server")?;
+    if let Some(grpc) = grpc {
+        grpc.await
+            .context("the gRPC server task failed")?
+            .context("gRPC server")?;
+    }
     Ok(())
 }
 
@@ -487,9 +607,12 @@ async fn alerter(args: AlerterArgs) -> anyhow::Result<()> {
     args.alerting.apply(&mut config);
     validate(&config)?;
     tillwatch_serve::metrics_handle();
-    tillwatch_alerter::run_alerter(&config, signalled())
-        .await
-        .context("alerter")?;
+    let stop = stop_on_signal();
+    let server = role_http(&config, Readiness::Started, Router::new(), &stop).await?;
+    let result =
+        tillwatch_alerter::run_alerter(&config, tillwatch_gateway::shutdown_requested(stop)).await;
+    server.abort();
+    result.context("alerter")?;
     Ok(())
 }
 
@@ -575,12 +698,14 @@ pub fn run_cli() -> std::process::ExitCode {
             Command::Standalone(args) => standalone(args).await,
             Command::Demo(args) => demo(args).await,
             Command::Gateway(args) => gateway(args).await,
+            Command::Api(args) => api(args).await,
             Command::Alerter(args) => alerter(args).await,
             Command::Alerts(command) => alerts::run(command).await,
             Command::Scheduler(args) => jobs::scheduler(args).await,
             Command::Jobs(command) => jobs::run(command).await,
             Command::Migrate(args) => migrate(args).await,
             Command::Clickhouse(ClickhouseCommand::Backfill(args)) => backfill(args).await,
+            Command::CheckConfig(args) => check_config(args),
             Command::GenerateConfig => {
                 print!("{}", Config::default_toml());
                 Ok(())

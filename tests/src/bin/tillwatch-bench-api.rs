@@ -222,7 +222,7 @@ async fn main() {
     let addr = listener.local_addr().expect("an address");
     tokio::spawn(tillwatch_serve::serve_http(
         listener,
-        Arc::new(tillwatch_gateway::GatewayHealth::default()),
+        tillwatch_serve::Readiness::Started,
         router,
         std::future::pending(),
     ));
