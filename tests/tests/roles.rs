@@ -109,7 +109,7 @@ async fn the_api_role_refuses_to_start_without_tokens_and_says_which_key() {
 async fn the_scheduler_and_alerter_roles_serve_probes_and_stop_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = data_dir_arg(dir.path());
-    let mut scheduler = RoleProcess::role(
+    let scheduler = RoleProcess::role(
         &[
             "scheduler",
             "--http-listen",
@@ -126,7 +126,7 @@ async fn the_scheduler_and_alerter_roles_serve_probes_and_stop_on_sigterm() {
     let url = broker.url();
     // Its own SQLite file: in production both share one PostgreSQL.
     let alerter_data = dir.path().join("alerter").to_str().unwrap().to_string();
-    let mut alerter = RoleProcess::role(
+    let alerter = RoleProcess::role(
         &[
             "alerter",
             "--broker",
