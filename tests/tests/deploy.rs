@@ -139,40 +139,31 @@ fn a_misspelt_key_fails_the_deploy_checks_by_name() {
         text(&out.stderr)
     );
 
-    let manifest = copy.join("k8s/lake.yaml");
-    let text_before = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text_before.replace("accessModes", "accesModes")).unwrap();
-    let out = check_deploy(&copy);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("accesModes"),
-        "{}",
-        text(&out.stderr)
+    // Each misspelling alone: the checks fail and name what is wrong.
+    let misspell = |file: &str, from: &str, to: &str, named: &str| {
+        let path = copy.join(file);
+        let before = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, before.replacen(from, to, 1)).unwrap();
+        let out = check_deploy(&copy);
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(named),
+            "{file}: {stderr}"
+        );
+        std::fs::write(&path, before).unwrap();
+    };
+    misspell("k8s/lake.yaml", "accessModes", "accesModes", "accesModes");
+    misspell("compose.yaml", "restart:", "restrat:", "restrat");
+    misspell(
+        "config/gateway.toml",
+        "shared_group",
+        "shared_grup",
+        "gateway.toml differs",
     );
-    std::fs::write(&manifest, text_before).unwrap();
-
-    let compose = copy.join("compose.yaml");
-    let text_before = std::fs::read_to_string(&compose).unwrap();
-    std::fs::write(&compose, text_before.replacen("restart:", "restrat:", 1)).unwrap();
-    let out = check_deploy(&copy);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("restrat"),
-        "{}",
-        text(&out.stderr)
-    );
-    std::fs::write(&compose, text_before).unwrap();
 
     let config = copy.join("config/gateway.toml");
     let before = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, before.replace("shared_group", "shared_grup")).unwrap();
-    let out = check_deploy(&copy);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("gateway.toml differs"),
-        "{}",
-        text(&out.stderr)
-    );
     let check = tillwatch(&["check-config", "--config", config.to_str().unwrap()]);
     assert!(!check.status.success());
     assert!(
