@@ -30,6 +30,24 @@ fn tillwatch(args: &[&str]) -> Output {
         .expect("run tillwatch")
 }
 
+/// `tillwatch check-config` on `path`, reading token files or not.
+fn check_config(path: &Path, secret_files: bool) -> Output {
+    let path = path.to_str().expect("a UTF-8 path");
+    let mut args = vec!["check-config", "--config", path];
+    if !secret_files {
+        args.push("--no-secret-files");
+    }
+    tillwatch(&args)
+}
+
+/// `check-config` refuses `path` and its message names `named`.
+fn assert_refused_naming(path: &Path, named: &str) {
+    let check = check_config(path, true);
+    assert!(!check.status.success(), "{} was accepted", path.display());
+    let stderr = text(&check.stderr);
+    assert!(stderr.contains(named), "{stderr}");
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -98,12 +116,7 @@ fn the_compose_file_and_the_manifests_pass_their_schemas_and_run_real_commands()
             text(&run.stderr)
         );
         if let Some(i) = args.iter().position(|a| a == "--config") {
-            let check = tillwatch(&[
-                "check-config",
-                "--no-secret-files",
-                "--config",
-                &args[i + 1],
-            ]);
+            let check = check_config(Path::new(&args[i + 1]), false);
             assert!(
                 check.status.success(),
                 "{}: {} does not pass check-config:\n{}",
@@ -165,13 +178,7 @@ fn a_misspelt_key_fails_the_deploy_checks_by_name() {
     let config = copy.join("config/gateway.toml");
     let before = std::fs::read_to_string(&config).unwrap();
     std::fs::write(&config, before.replace("shared_group", "shared_grup")).unwrap();
-    let check = tillwatch(&["check-config", "--config", config.to_str().unwrap()]);
-    assert!(!check.status.success());
-    assert!(
-        text(&check.stderr).contains("shared_grup"),
-        "{}",
-        text(&check.stderr)
-    );
+    assert_refused_naming(&config, "shared_grup");
 }
 
 #[test]
@@ -183,12 +190,7 @@ fn every_role_configuration_passes_the_services_own_checks() {
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
-        let check = tillwatch(&[
-            "check-config",
-            "--no-secret-files",
-            "--config",
-            path.to_str().unwrap(),
-        ]);
+        let check = check_config(&path, false);
         assert!(
             check.status.success(),
             "{}:\n{}",
@@ -200,14 +202,7 @@ fn every_role_configuration_passes_the_services_own_checks() {
     assert!(checked >= 4, "only {checked} role configs in deploy/config");
     // Without the flag a token file that is not mounted is an error that
     // names it.
-    let api = dir.join("api.toml");
-    let check = tillwatch(&["check-config", "--config", api.to_str().unwrap()]);
-    assert!(!check.status.success());
-    assert!(
-        text(&check.stderr).contains("tillwatch-viewer-token"),
-        "{}",
-        text(&check.stderr)
-    );
+    assert_refused_naming(&dir.join("api.toml"), "tillwatch-viewer-token");
 }
 
 #[test]

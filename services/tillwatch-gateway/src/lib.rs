@@ -57,11 +57,6 @@ pub async fn shutdown_requested(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Where the gateway writes the lake (`lake.path`, else under `data_dir`).
-pub fn lake_dir(config: &Config) -> PathBuf {
-    config.lake_dir()
-}
-
 fn state_dir(config: &Config) -> PathBuf {
     config.data_dir.join("gateway").join(&config.mqtt.client_id)
 }
@@ -138,7 +133,7 @@ pub async fn run_gateway(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     metrics::describe();
-    let lake = Lake::new(lake_dir(config));
+    let lake = Lake::new(config.lake_dir());
     let state = state_dir(config);
     let recovery_lake = lake.clone();
     let (store, recovery) =

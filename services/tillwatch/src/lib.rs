@@ -653,7 +653,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     let config = clickhouse_config(&args.common, &args.clickhouse)?;
     let ch = require_clickhouse(&config)?;
-    let lake = tillwatch_storage::Lake::new(tillwatch_gateway::lake_dir(&config));
+    let lake = tillwatch_storage::Lake::new(config.lake_dir());
     let started = std::time::Instant::now();
     let mut bar = progress::Bar::new();
     let report = tillwatch_clickhouse::backfill(
