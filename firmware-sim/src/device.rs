@@ -110,6 +110,8 @@ pub(crate) struct Device {
     config: SimConfig,
     host: String,
     port: u16,
+    /// TLS, for an `mqtts://` broker.
+    transport: Option<rumqttc::Transport>,
     rng: StdRng,
     signals: Signals,
     boot_id: u64,
@@ -132,7 +134,13 @@ enum Sent {
 }
 
 impl Device {
-    pub(crate) fn new(plan: DevicePlan, config: &SimConfig, host: String, port: u16) -> Device {
+    pub(crate) fn new(
+        plan: DevicePlan,
+        config: &SimConfig,
+        host: String,
+        port: u16,
+        transport: Option<rumqttc::Transport>,
+    ) -> Device {
         let mut rng = StdRng::seed_from_u64(mix(config.seed, plan.index, 99));
         let signals = Signals::new(&mut rng, plan.model_index);
         let boot_id = rng.random::<u64>();
@@ -141,6 +149,7 @@ impl Device {
             config: config.clone(),
             host,
             port,
+            transport,
             rng,
             signals,
             boot_id,
@@ -217,6 +226,12 @@ impl Device {
                     QoS::AtLeastOnce,
                     true,
                 ));
+            if let Some(transport) = &self.transport {
+                options.set_transport(transport.clone());
+            }
+            if let Some(password) = &self.config.security.password {
+                options.set_credentials(self.plan.device_id.clone(), password.clone());
+            }
             let (client, eventloop) = AsyncClient::new(options, 16);
             let mut link = Link { client, eventloop };
             // Wait for the ConnAck, retrying while the broker is unreachable.

@@ -24,7 +24,7 @@ pub use device::DevicePlan;
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    /// `mqtt://HOST:PORT`.
+    /// `mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS.
     pub broker: String,
     pub devices: usize,
     pub merchants: usize,
@@ -39,6 +39,28 @@ pub struct SimConfig {
     pub faults: Faults,
     /// How many terminals connect at once.
     pub connect_concurrency: usize,
+    /// How terminals prove who they are to the broker.
+    pub security: DeviceSecurity,
+}
+
+/// Terminals' broker credentials and the CA they trust.
+#[derive(Clone, Default, PartialEq)]
+pub struct DeviceSecurity {
+    /// `mqtts://` only: the CA that signed the broker's certificate; unset
+    /// means the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// When set, every terminal logs in with its device id as the username
+    /// and this password.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for DeviceSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSecurity")
+            .field("ca_file", &self.ca_file)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for SimConfig {
@@ -54,6 +76,7 @@ impl Default for SimConfig {
             start_ms: None,
             faults: Faults::none(),
             connect_concurrency: 64,
+            security: DeviceSecurity::default(),
         }
     }
 }
@@ -217,7 +240,15 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> Result<R
             )));
         }
     }
-    let (host, port) = parse_broker(&config.broker)?;
+    let (host, port, tls) = parse_broker(&config.broker)?;
+    let transport = if tls {
+        Some(
+            tillwatch_proto::tls::client_transport(config.security.ca_file.as_deref())
+                .map_err(SimError::Config)?,
+        )
+    } else {
+        None
+    };
     let started = Instant::now();
     let connect_gate = Arc::new(tokio::sync::Semaphore::new(
         config.connect_concurrency.max(1),
@@ -225,7 +256,7 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> Result<R
     let mut tasks = Vec::with_capacity(config.devices);
     for index in 0..config.devices {
         let plan = DevicePlan::new(&config, index);
-        let device = device::Device::new(plan, &config, host.clone(), port);
+        let device = device::Device::new(plan, &config, host.clone(), port, transport.clone());
         tasks.push(tokio::spawn(
             device.run(shutdown.clone(), connect_gate.clone()),
         ));
@@ -239,16 +270,23 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> Result<R
     Ok(report)
 }
 
-fn parse_broker(url: &str) -> Result<(String, u16), SimError> {
-    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
-        SimError::Config(format!("--broker {url:?} must look like mqtt://HOST:PORT"))
-    })?;
+/// Host, port and whether it is TLS (`mqtts://`).
+fn parse_broker(url: &str) -> Result<(String, u16, bool), SimError> {
+    let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => {
+            return Err(SimError::Config(format!(
+                "--broker {url:?} must look like mqtt://HOST:PORT or mqtts://HOST:PORT"
+            )));
+        }
+    };
     match rest.trim_end_matches('/').rsplit_once(':') {
         Some((host, port)) => port
             .parse()
-            .map(|p| (host.to_string(), p))
+            .map(|p| (host.to_string(), p, tls))
             .map_err(|_| SimError::Config(format!("--broker {url:?} has an invalid port"))),
-        None => Ok((rest.to_string(), 1883)),
+        None => Ok((rest.to_string(), if tls { 8883 } else { 1883 }, tls)),
     }
 }
 

@@ -12,9 +12,17 @@ use tillwatch_sim::SimConfig;
     about = "Simulate a fleet of payment terminals publishing Tillwatch telemetry"
 )]
 struct Args {
-    /// The MQTT broker, mqtt://HOST:PORT.
+    /// The MQTT broker, mqtt://HOST:PORT or mqtts://HOST:PORT (TLS).
     #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
     broker: String,
+    /// For mqtts://: the PEM file of the CA that signed the broker's
+    /// certificate (default: the system's roots).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// Log every terminal in with its device id as the username and the
+    /// password in this file (or in TILLWATCH_SIM_PASSWORD).
+    #[arg(long)]
+    password_file: Option<std::path::PathBuf>,
     /// Number of terminals, each its own MQTT client.
     #[arg(long, default_value_t = 10)]
     devices: usize,
@@ -98,6 +106,18 @@ async fn run() -> anyhow::Result<()> {
         seed: args.seed,
         start_ms: args.start_time.as_deref().map(parse_start).transpose()?,
         faults: args.faults.unwrap_or_default(),
+        security: tillwatch_sim::DeviceSecurity {
+            ca_file: args.ca_file,
+            password: match &args.password_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("--password-file {}: {e}", path.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => std::env::var("TILLWATCH_SIM_PASSWORD").ok(),
+            },
+        },
         ..SimConfig::default()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

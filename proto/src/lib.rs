@@ -28,3 +28,6 @@ pub mod api {
 }
 
 pub mod topic;
+
+#[cfg(feature = "tls")]
+pub mod tls;

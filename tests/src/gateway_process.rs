@@ -57,6 +57,16 @@ impl RoleProcess {
     /// Runs `tillwatch ARGS` with `env` and reads its stdout up to the
     /// `http listening on ADDR` line every role prints last.
     pub fn role(args: &[&str], env: &[(&str, &str)]) -> RoleProcess {
+        RoleProcess::spawn(args, env, Stdio::inherit())
+    }
+
+    /// As [`RoleProcess::role`], its log (stderr) written to `log`.
+    pub fn role_logging_to(args: &[&str], env: &[(&str, &str)], log: &Path) -> RoleProcess {
+        let file = std::fs::File::create(log).expect("create the log file");
+        RoleProcess::spawn(args, env, Stdio::from(file))
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> RoleProcess {
         let mut command = Command::new(tillwatch_bin());
         command
             .args(args)
@@ -65,7 +75,7 @@ impl RoleProcess {
                 std::env::var("TILLWATCH_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             command.env(k, v);
         }
@@ -114,6 +124,12 @@ impl RoleProcess {
     pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
+    }
+
+    /// Sends `signal` (SIGSTOP to freeze it mid-work, SIGCONT to thaw it).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.id() as i32;
+        assert_eq!(send_signal(pid, signal), 0, "signal {signal} to {pid}");
     }
 
     pub fn terminate(&mut self) -> ExitStatus {

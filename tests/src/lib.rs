@@ -7,6 +7,7 @@ pub mod browser;
 mod clickhouse_server;
 mod gateway_process;
 pub mod grafana;
+pub mod tls;
 
 pub use alertmanager::Alertmanager;
 pub use clickhouse_server::{ClickHouseServer, TEST_PASSWORD, TEST_USER};
@@ -57,11 +58,37 @@ pub fn workspace_root() -> PathBuf {
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
+    tls: bool,
     _dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::launch(false, |port| {
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n")
+        })
+    }
+
+    /// With the production settings for terminals: MQTT over TLS with a
+    /// certificate from `ca`, logins from the password file `passwd`, and
+    /// the project's ACL (`deploy/mosquitto/acl`: a terminal writes only
+    /// under its own id).
+    pub fn start_secured(ca: &tls::TestCa, passwd: &Path) -> Mosquitto {
+        let acl = workspace_root().join("deploy/mosquitto/acl");
+        Mosquitto::launch(true, |port| {
+            format!(
+                "allow_anonymous false\npassword_file {}\nacl_file {}\n\
+                 listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                passwd.display(),
+                acl.display(),
+                ca.ca_cert.display(),
+                ca.broker_cert.display(),
+                ca.broker_key.display()
+            )
+        })
+    }
+
+    fn launch(tls: bool, listener: impl Fn(u16) -> String) -> Mosquitto {
         let dir = tempfile::tempdir().expect("tempdir");
         let base =
             std::fs::read_to_string(workspace_root().join("deploy/mosquitto/mosquitto.conf"))
@@ -70,8 +97,8 @@ impl Mosquitto {
             let port = free_port();
             let conf = dir.path().join("mosquitto.conf");
             let config = format!(
-                "{base}\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
-                 persistence_location {}/\nlog_dest file {}/mosquitto.log\nuser root\n",
+                "{base}\n{}persistence_location {}/\nlog_dest file {}/mosquitto.log\nuser root\n",
+                listener(port),
                 dir.path().display(),
                 dir.path().display()
             );
@@ -89,21 +116,24 @@ impl Mosquitto {
                     return Mosquitto {
                         child,
                         port,
+                        tls,
                         _dir: dir,
                     };
                 }
                 if let Ok(Some(_)) = child.try_wait() {
-                    break; // lost the port race; try another
+                    break; // lost the port race (or a bad config: see its log)
                 }
                 assert!(Instant::now() < until, "mosquitto did not listen on {port}");
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        panic!("mosquitto would not start; see its log in the temp dir");
+        let log = std::fs::read_to_string(dir.path().join("mosquitto.log")).unwrap_or_default();
+        panic!("mosquitto would not start; its log:\n{log}");
     }
 
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 }
 
@@ -505,4 +535,58 @@ pub fn clickhouse_readings(ch: &ClickHouseServer, database: &str) -> u64 {
             .unwrap_or(0)
     })
     .sum()
+}
+
+/// Writes a small fleet's battery readings (20 terminals, one a minute)
+/// for the `hours` whole hours before `now_ms` into the lake at `lake`, and
+/// the ingest watermark at `now_ms`, as a gateway would have. Returns the
+/// number of those hours that ended an hour or more before `now_ms`: the
+/// hourly partitions a scheduler must have run by then, whatever its
+/// lateness.
+pub fn write_fleet_hours(lake: &Path, now_ms: i64, hours: i64) -> usize {
+    use tillwatch_domain::{
+        Battery, BootId, DeviceId, MerchantId, Reading, Signal, StoreId, UtcMillis,
+    };
+    use tillwatch_storage::{Lake, Staging, StoredReading};
+    const HOUR: i64 = 3_600_000;
+    let lake = Lake::new(lake);
+    let last = now_ms - now_ms.rem_euclid(HOUR);
+    let mut staging = Staging::new();
+    let merchant = MerchantId::new("m-scale").expect("a valid id");
+    let store = StoreId::new("s-scale").expect("a valid id");
+    for d in 0..20u32 {
+        let device = DeviceId::new(&format!("scale-{d:02}")).expect("a valid id");
+        for (seq, m) in (0..hours * 60).enumerate() {
+            let at = last - hours * HOUR + m * 60_000 + i64::from(d) * 500;
+            let reading = Reading {
+                device_id: device.clone(),
+                boot_id: BootId(1),
+                seq: seq as u64 + 1,
+                sampled_at: UtcMillis(at),
+                signal: Signal::Battery(Battery {
+                    level_pct: 100 - (m as u32 / 30).min(90),
+                    charging: false,
+                    temperature_celsius: 25.0,
+                    voltage_mv: 4000,
+                    health_pct: 95,
+                    cycle_count: 10,
+                }),
+            };
+            staging.push_reading(StoredReading {
+                reading: &reading,
+                merchant_id: &merchant,
+                store_id: Some(&store),
+                received_at: UtcMillis(at + 200),
+            });
+        }
+    }
+    for part in staging.finish() {
+        let path = lake.file_path(part.table, part.hour, "fixture.parquet");
+        lake.write_part(&part, &path).expect("write the lake");
+    }
+    lake.write_watermark("fixture", now_ms)
+        .expect("write the watermark");
+    (0..hours)
+        .filter(|h| last - h * HOUR <= now_ms - HOUR)
+        .count()
 }

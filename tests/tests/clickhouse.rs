@@ -15,7 +15,7 @@ use tillwatch_integration_tests::{
 };
 use tillwatch_sim::{Faults, SimConfig};
 use tillwatch_storage::Table;
-use tillwatch_storage::clickhouse_ddl::MIGRATIONS;
+use tillwatch_storage::clickhouse_ddl::{MIGRATIONS, ServerVersion};
 use tokio::sync::watch;
 
 /// Runs the CLI to completion (at most two minutes); (success, stdout, stderr).
@@ -84,6 +84,7 @@ fn fleet(broker: String, devices: usize, readings: u64, seed: u64, faults: Fault
         start_ms: Some(start_across_hour(3)),
         faults,
         connect_concurrency: 32,
+        security: Default::default(),
     }
 }
 
@@ -181,6 +182,58 @@ fn migrate_twice_changes_nothing_and_the_schema_matches_the_encoder() {
 
     // The device_latest view answers (empty for now).
     assert_eq!(ch.scalar("SELECT count() FROM mig.device_latest"), 0);
+}
+
+/// The cluster layout (`clickhouse.cluster`) is generated from the same
+/// DDL files; the local server has no cluster or ZooKeeper to run it on,
+/// but it parses every statement: any refusal must come after parsing
+/// (no distributed DDL here), never a syntax error.
+#[test]
+fn the_cluster_ddl_parses_on_the_local_server() {
+    let ch = ClickHouseServer::start();
+    let version = ServerVersion::parse(&ch.q("SELECT version()")).unwrap();
+    let mut checked = 0;
+    for m in MIGRATIONS {
+        for statement in m
+            .render_for_cluster("clu", version.features(), "fleet")
+            .unwrap()
+        {
+            assert!(statement.contains(" ON CLUSTER `fleet`"), "{statement}");
+            if let Err(e) = ch.query(&statement) {
+                assert!(
+                    !e.contains("Code: 62") && !e.contains("Syntax error"),
+                    "{statement}\n{e}"
+                );
+                assert!(
+                    e.contains("DistributedDDL")
+                        || e.contains("cluster")
+                        || e.contains("ZooKeeper"),
+                    "refused for another reason than the missing cluster: {statement}\n{e}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "{checked} statements");
+    // The command prints the same layout.
+    let (ok, out, err) = run_cli(
+        &[
+            "migrate",
+            "--print-sql",
+            "--server-version",
+            "24.8",
+            "--cluster",
+            "fleet",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "ENGINE = Distributed('fleet', 'tillwatch', 'battery_local', cityHash64(device_id))"
+        ),
+        "{out}"
+    );
 }
 
 #[test]
@@ -644,6 +697,7 @@ async fn rows_clickhouse_cannot_read_are_set_aside_and_shipping_goes_on() {
         user: "default".into(),
         password: None,
         insert_timeout: Duration::from_secs(30),
+        cluster: None,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let shipper = tokio::spawn(run_shipper(

@@ -43,6 +43,7 @@ async fn sigkill_mid_stream_loses_nothing_and_doubles_nothing() {
         start_ms: Some(start_across_hour(4)),
         faults: tillwatch_sim::Faults::none(),
         connect_concurrency: 32,
+        security: Default::default(),
     };
     let sim = tokio::spawn(tillwatch_sim::run(fleet, watch::channel(false).1));
 

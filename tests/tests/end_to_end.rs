@@ -29,6 +29,7 @@ fn fleet(broker: String) -> SimConfig {
         start_ms: Some(start_across_hour(1)),
         faults: tillwatch_sim::Faults::all(),
         connect_concurrency: 32,
+        security: Default::default(),
     }
 }
 

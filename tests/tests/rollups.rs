@@ -312,6 +312,7 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
         user: "default".into(),
         password: None,
         insert_timeout: std::time::Duration::from_secs(60),
+        cluster: None,
     });
     tillwatch_clickhouse::migrate(&ch, None).await.unwrap();
     let day = chrono::NaiveDate::from_ymd_opt(2026, 11, 20).unwrap();

@@ -164,6 +164,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
         start_ms: Some(now - 26 * HOUR),
         faults: Faults::none(),
         connect_concurrency: 30,
+        security: Default::default(),
     };
     let report = tillwatch_sim::run(sim, watch::channel(false).1)
         .await

@@ -4,6 +4,12 @@
 //! store), acks a message once the store has taken what it said and the
 //! alerts it changed, and wakes for the next deadline (a silent device, a
 //! pending alert coming due, the evaluation interval).
+//!
+//! Alerters on one shared store take turns: only the holder of the
+//! `alerter` lease connects, evaluates and delivers; the others stand by
+//! and take over (under the same MQTT client id, so the broker hands them
+//! what queued meanwhile) once the holder stops renewing it. So two
+//! alerters never both page.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -117,7 +123,20 @@ fn report(changes: &[(DeviceId, Transition)]) {
     }
 }
 
-/// Runs until `shutdown` resolves.
+/// The lease the active alerter holds.
+pub const LEASE: &str = "alerter";
+
+/// Gauge: 1 while this process is the active alerter, 0 on standby.
+pub const ACTIVE: &str = "tillwatch_alerter_active";
+
+/// How a turn as the active alerter ended.
+enum Turn {
+    Stopped,
+    LostLease,
+}
+
+/// Runs until `shutdown` resolves: on standby until it holds the
+/// `alerter` lease, then as the active alerter for as long as it keeps it.
 pub async fn run_alerter(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send,
@@ -125,6 +144,10 @@ pub async fn run_alerter(
     metrics::describe_counter!(
         CONNECTIVITY_CHANGES,
         "Device connectivity changes, by the state entered"
+    );
+    metrics::describe_gauge!(
+        ACTIVE,
+        "1 while this alerter is the active one, 0 on standby"
     );
     let url = config.metadata_url();
     if url.starts_with("sqlite:") {
@@ -134,6 +157,74 @@ pub async fn run_alerter(
     }
     let store = MetaStore::connect(&url).await?;
     store.migrate().await?;
+    let holder = config
+        .alerter
+        .name
+        .clone()
+        .unwrap_or_else(|| tillwatch_config::process_name("alerter"));
+    let lease = config.alerter.lease;
+    tokio::pin!(shutdown);
+    loop {
+        metrics::gauge!(ACTIVE).set(0.0);
+        // Stand by until the lease is free (or lapsed).
+        let mut announced = false;
+        loop {
+            let now = UtcMillis::now().0;
+            match store
+                .acquire_lease(LEASE, &holder, now, now + lease.as_millis() as i64)
+                .await
+            {
+                Ok(true) => break,
+                Ok(false) => {
+                    if !announced {
+                        let current = store.lease_holder(LEASE).await.ok().flatten();
+                        info!(holder = ?current.map(|c| c.0), "another alerter is active; standing by");
+                        announced = true;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot reach the metadata store for the alerter lease")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(lease / 3) => {}
+                _ = &mut shutdown => return Ok(()),
+            }
+        }
+        info!(%holder, "this alerter is now the active one");
+        metrics::gauge!(ACTIVE).set(1.0);
+        match lead(config, &store, &holder, &mut shutdown).await? {
+            Turn::Stopped => {
+                if let Err(e) = store.release_lease(LEASE, &holder).await {
+                    warn!(error = %e, "cannot give the alerter lease up; it lapses by itself");
+                }
+                metrics::gauge!(ACTIVE).set(0.0);
+                info!("alerter stopped");
+                return Ok(());
+            }
+            Turn::LostLease => {
+                warn!(
+                    "this alerter lost its lease (the metadata store was unreachable for too long, or it was too slow to renew); standing by"
+                );
+            }
+        }
+    }
+}
+
+/// One turn as the active alerter: until `shutdown`, or until the lease
+/// cannot be renewed.
+async fn lead(
+    config: &Config,
+    store: &MetaStore,
+    holder: &str,
+    mut shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
+) -> Result<Turn, AlerterError> {
+    let lease = config.alerter.lease;
+    let mut renew = tokio::time::interval(lease / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
+    let mut held_until = UtcMillis::now().0 + lease.as_millis() as i64;
+    let mut lost = false;
     let receivers = config
         .alerting
         .all_receivers()
@@ -156,9 +247,14 @@ pub async fn run_alerter(
     );
     let wake = Arc::new(tokio::sync::Notify::new());
     let (stop_delivery, mut delivery_stopped) = tokio::sync::watch::channel(());
-    let delivery = tokio::spawn(run_delivery(store, receivers, wake.clone(), async move {
-        let _ = delivery_stopped.changed().await;
-    }));
+    let delivery = tokio::spawn(run_delivery(
+        store.clone(),
+        receivers,
+        wake.clone(),
+        async move {
+            let _ = delivery_stopped.changed().await;
+        },
+    ));
 
     // Its own session, never a shared group: it needs every device.
     let (client, mut eventloop) =
@@ -169,7 +265,6 @@ pub async fn run_alerter(
     let mut unsent_acks: VecDeque<Publish> = VecDeque::new();
     let filters = subscriptions(None);
     let limits = DecodeLimits::from_config(&config.gateway);
-    tokio::pin!(shutdown);
     // Messages taken but not yet in the store, and their acks: written as
     // one batch as soon as no more are ready (or the batch is full).
     let mut batch: Vec<Event> = Vec::new();
@@ -191,6 +286,23 @@ pub async fn run_alerter(
         tokio::select! {
             biased;
             _ = &mut shutdown => break,
+            _ = renew.tick() => {
+                let now = UtcMillis::now().0;
+                match store.acquire_lease(LEASE, holder, now, now + lease.as_millis() as i64).await {
+                    Ok(true) => held_until = now + lease.as_millis() as i64,
+                    Ok(false) => {
+                        lost = true;
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot renew the alerter lease");
+                        if now + (lease / 3).as_millis() as i64 >= held_until {
+                            lost = true;
+                            break;
+                        }
+                    }
+                }
+            }
             polled = eventloop.poll(), if !full => match polled {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     info!("alerter connected; subscribing");
@@ -265,6 +377,5 @@ pub async fn run_alerter(
     }
     drop(stop_delivery);
     let _ = delivery.await;
-    info!("alerter stopped");
-    Ok(())
+    Ok(if lost { Turn::LostLease } else { Turn::Stopped })
 }

@@ -15,6 +15,9 @@ pub struct Settings {
     pub user: String,
     pub password: Option<String>,
     pub insert_timeout: Duration,
+    /// The cluster `tillwatch migrate` lays the schema out on (`ON
+    /// CLUSTER`); `None` for one server.
+    pub cluster: Option<String>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -25,6 +28,7 @@ impl std::fmt::Debug for Settings {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("insert_timeout", &self.insert_timeout)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -157,6 +161,7 @@ impl ClickHouse {
             user: c.user.clone(),
             password: c.password.clone(),
             insert_timeout: c.insert_timeout,
+            cluster: c.cluster.clone(),
         }))
     }
 

@@ -54,11 +54,21 @@ struct AppliedRow {
 
 const BOOKKEEPING: &str = "schema_migrations";
 
+/// ` ON CLUSTER <name>` when the schema is laid out on a cluster.
+fn on_cluster(ch: &ClickHouse) -> String {
+    ch.settings()
+        .cluster
+        .as_deref()
+        .map(|c| format!(" ON CLUSTER {}", quote_ident(c)))
+        .unwrap_or_default()
+}
+
 async fn ensure_bookkeeping(ch: &ClickHouse) -> Result<(), ChError> {
     ch.execute(&format!(
-        "CREATE TABLE IF NOT EXISTS {} (version UInt32, name String, checksum String, \
+        "CREATE TABLE IF NOT EXISTS {}{} (version UInt32, name String, checksum String, \
          server_version String, applied_at DateTime) ENGINE = MergeTree() ORDER BY version",
-        ch.table(BOOKKEEPING)
+        ch.table(BOOKKEEPING),
+        on_cluster(ch)
     ))
     .await
 }
@@ -103,8 +113,9 @@ pub async fn migrate(
     let created_database = !ch.database_exists().await?;
     if created_database {
         ch.execute(&format!(
-            "CREATE DATABASE IF NOT EXISTS {}",
-            quote_ident(ch.database())
+            "CREATE DATABASE IF NOT EXISTS {}{}",
+            quote_ident(ch.database()),
+            on_cluster(ch)
         ))
         .await?;
         info!(database = ch.database(), "created the ClickHouse database");
@@ -135,7 +146,17 @@ pub async fn migrate(
             report.already_applied += 1;
             continue;
         }
-        for statement in m.render(ch.database(), features) {
+        let statements = match &ch.settings().cluster {
+            Some(cluster) => m
+                .render_for_cluster(ch.database(), features, cluster)
+                .map_err(|message| ChError {
+                    class: ErrorClass::Schema,
+                    url: ch.settings().url.clone(),
+                    message,
+                })?,
+            None => m.render(ch.database(), features),
+        };
+        for statement in statements {
             ch.execute(&statement).await?;
         }
         ch.client()
@@ -157,9 +178,15 @@ pub async fn migrate(
         let days = retention.as_secs().div_ceil(86_400).max(1);
         if features.ttl {
             for (table, column) in crate::RAW_TABLES_WITH_TIME {
+                // On a cluster the rows live in the shards' local tables.
+                let table = match ch.settings().cluster {
+                    Some(_) => format!("{table}_local"),
+                    None => table.to_string(),
+                };
                 ch.execute(&format!(
-                    "ALTER TABLE {} MODIFY TTL {column} + INTERVAL {days} DAY",
-                    ch.table(table)
+                    "ALTER TABLE {}{} MODIFY TTL {column} + INTERVAL {days} DAY",
+                    ch.table(&table),
+                    on_cluster(ch)
                 ))
                 .await?;
             }

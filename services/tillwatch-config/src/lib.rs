@@ -73,11 +73,13 @@ impl Default for Config {
 }
 
 /// How the gateway reaches the MQTT broker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
-    /// `mqtt://HOST:PORT`. Standalone mode ignores it unless `--broker` is
-    /// given and runs an embedded broker instead.
+    /// `mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS (verified against
+    /// `ca_file`, else the system's root certificates). Standalone mode
+    /// ignores it unless `--broker` is given and runs an embedded broker
+    /// instead.
     pub broker: String,
     /// Fixed per gateway: the broker keeps this client's persistent session
     /// (and its unacknowledged messages) under this id.
@@ -88,8 +90,49 @@ pub struct MqttConfig {
     #[serde(with = "humantime_serde")]
     pub keep_alive: Duration,
     pub username: Option<String>,
-    /// Better set through `TILLWATCH__MQTT__PASSWORD` than in a file.
+    /// Better given as `password_file` (a mounted secret) or through
+    /// `TILLWATCH__MQTT__PASSWORD` than written in a file.
     pub password: Option<String>,
+    /// A file holding the password (surrounding whitespace is ignored).
+    pub password_file: Option<PathBuf>,
+    /// `mqtts://` only: the PEM certificate(s) of the CA that signed the
+    /// broker's certificate; unset means the system's root certificates.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("broker", &self.broker)
+            .field("client_id", &self.client_id)
+            .field("shared_group", &self.shared_group)
+            .field("keep_alive", &self.keep_alive)
+            .field("username", &self.username)
+            .field("password", &redacted(&self.password))
+            .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// How a secret shows in `Debug` output: whether it is set, never what it is.
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
+/// A URL fit to print: any password in it replaced by `***`.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_string(),
+    }
 }
 
 impl Default for MqttConfig {
@@ -101,6 +144,8 @@ impl Default for MqttConfig {
             keep_alive: Duration::from_secs(30),
             username: None,
             password: None,
+            password_file: None,
+            ca_file: None,
         }
     }
 }
@@ -267,8 +312,22 @@ impl std::fmt::Debug for ApiToken {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbeddedBrokerConfig {
+    /// Plain MQTT.
     pub listen: SocketAddr,
     pub max_connections: usize,
+    /// Also MQTT over TLS on this address (8883 by convention), with
+    /// `cert_file` and `key_file`.
+    pub tls_listen: Option<SocketAddr>,
+    /// The broker's certificate chain, PEM, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// A Mosquitto password file (made with `mosquitto_passwd`): when set,
+    /// every client must log in with a username and password found in it,
+    /// on both listeners. Give each terminal its own (username = device
+    /// id). Tillwatch's own gateway and alerter in the same process use an
+    /// account made for the run.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Default for EmbeddedBrokerConfig {
@@ -276,13 +335,17 @@ impl Default for EmbeddedBrokerConfig {
         EmbeddedBrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_connections: 20_000,
+            tls_listen: None,
+            cert_file: None,
+            key_file: None,
+            password_file: None,
         }
     }
 }
 
 /// The ClickHouse sink. Off unless `url` is set; when set, every stored
 /// reading also goes to ClickHouse through a durable on-disk spool.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClickHouseConfig {
     /// HTTP interface, `http://HOST:8123` or `https://HOST:8443` (TLS,
@@ -290,8 +353,16 @@ pub struct ClickHouseConfig {
     pub url: Option<String>,
     pub database: String,
     pub user: String,
-    /// Better set through `TILLWATCH__CLICKHOUSE__PASSWORD` than in a file.
+    /// Better given as `password_file` or through
+    /// `TILLWATCH__CLICKHOUSE__PASSWORD` than written in a file.
     pub password: Option<String>,
+    /// A file holding the password (surrounding whitespace is ignored).
+    pub password_file: Option<PathBuf>,
+    /// A ClickHouse cluster (a name in the servers' `remote_servers`):
+    /// `tillwatch migrate` then creates every table `ON CLUSTER`, the raw
+    /// tables sharded by device over replicated local tables (see
+    /// `clickhouse/README.md`). Unset for one server.
+    pub cluster: Option<String>,
     /// Readings waiting for ClickHouse are kept on local disk up to this
     /// size; when it is full the gateway stops acking (back-pressure).
     pub spool_max_bytes: u64,
@@ -307,6 +378,23 @@ pub struct ClickHouseConfig {
     pub retention: Option<Duration>,
 }
 
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url.as_deref().map(without_password))
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &redacted(&self.password))
+            .field("password_file", &self.password_file)
+            .field("cluster", &self.cluster)
+            .field("spool_max_bytes", &self.spool_max_bytes)
+            .field("insert_max_rows", &self.insert_max_rows)
+            .field("insert_timeout", &self.insert_timeout)
+            .field("retention", &self.retention)
+            .finish()
+    }
+}
+
 impl Default for ClickHouseConfig {
     fn default() -> Self {
         ClickHouseConfig {
@@ -314,6 +402,8 @@ impl Default for ClickHouseConfig {
             database: "tillwatch".into(),
             user: "default".into(),
             password: None,
+            password_file: None,
+            cluster: None,
             spool_max_bytes: 1 << 30,
             insert_max_rows: 200_000,
             insert_timeout: Duration::from_secs(30),
@@ -323,13 +413,25 @@ impl Default for ClickHouseConfig {
 }
 
 /// Where device registry, state and alerts are kept.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {
     /// `sqlite://PATH` or `postgres://USER@HOST:PORT/DATABASE`; unset means
-    /// `sqlite://<data_dir>/metadata.db`. Put a PostgreSQL password in
-    /// `TILLWATCH__METADATA__URL` rather than a file.
+    /// `sqlite://<data_dir>/metadata.db`. A URL with a PostgreSQL password
+    /// in it is better given as `url_file` (a mounted secret) or through
+    /// `TILLWATCH__METADATA__URL` than written in a file.
     pub url: Option<String>,
+    /// A file holding the URL (surrounding whitespace is ignored).
+    pub url_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for MetadataConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetadataConfig")
+            .field("url", &self.url.as_deref().map(without_password))
+            .field("url_file", &self.url_file)
+            .finish()
+    }
 }
 
 /// Where the Parquet lake lives.
@@ -366,8 +468,18 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlerterConfig {
-    /// Fixed per alerter: its own persistent MQTT session.
+    /// The alerter's persistent MQTT session. Alerters sharing one
+    /// metadata store take turns (one active, the others on standby) and
+    /// should share this id too: the one taking over then receives what
+    /// queued for the session while none was active.
     pub client_id: String,
+    /// This alerter's name on the lease that makes it the active one;
+    /// unset means `<host>-<pid>`.
+    pub name: Option<String>,
+    /// How long the active alerter's lease holds unrenewed (it renews every
+    /// third of this): how soon a standby takes over from one that died.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
     /// A device is offline by silence after this many of its usual gaps
     /// between readings...
     pub silence_gaps: f64,
@@ -386,6 +498,8 @@ impl Default for AlerterConfig {
     fn default() -> Self {
         AlerterConfig {
             client_id: "tillwatch-alerter-1".into(),
+            name: None,
+            lease: Duration::from_secs(15),
             silence_gaps: 3.0,
             silence_floor: Duration::from_secs(30),
             silence_ceiling: Duration::from_secs(30 * 60),
@@ -394,20 +508,37 @@ impl Default for AlerterConfig {
     }
 }
 
-/// Host and port of an `mqtt://HOST:PORT` URL.
+/// `<host>-<pid>`: a process's default name on its claims and leases
+/// (`fallback` when the host has no name).
+pub fn process_name(fallback: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| fallback.into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Host and port of an `mqtt://HOST:PORT` or `mqtts://HOST:PORT` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
+    /// `mqtts://`: MQTT over TLS.
+    pub tls: bool,
 }
 
 impl BrokerAddr {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
-            format!(
-                "broker URL {url:?} must start with mqtt:// (for example mqtt://127.0.0.1:1883)"
-            )
-        })?;
+        let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => {
+                return Err(format!(
+                    "broker URL {url:?} must start with mqtt:// or mqtts:// (for example mqtt://127.0.0.1:1883)"
+                ));
+            }
+        };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => {
@@ -416,7 +547,7 @@ impl BrokerAddr {
                     .map_err(|_| format!("broker URL {url:?} has an invalid port {port:?}"))?;
                 (host, port)
             }
-            None => (rest, 1883),
+            None => (rest, if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() {
             return Err(format!("broker URL {url:?} has no host"));
@@ -427,6 +558,7 @@ impl BrokerAddr {
                 .trim_end_matches(']')
                 .to_string(),
             port,
+            tls,
         })
     }
 }
@@ -464,13 +596,65 @@ impl Config {
         env_vars.sort();
         // One variable at a time, so an error names the variable at fault.
         for (var, value) in &env_vars {
-            apply_env(&mut table, var, value)?;
-            config = parse(&table).map_err(|e| ConfigError::Env {
-                var: var.clone(),
-                message: e.to_string(),
-            })?;
+            let before = table.clone();
+            apply_env(&mut table, var, value, true)?;
+            config = match parse(&table) {
+                Ok(config) => config,
+                // `1234` is a number to TOML but may be meant as a string
+                // (an all-digit password): try the text as it is.
+                Err(typed) => {
+                    table = before;
+                    apply_env(&mut table, var, value, false)?;
+                    parse(&table).map_err(|_| ConfigError::Env {
+                        var: var.clone(),
+                        message: typed.to_string(),
+                    })?
+                }
+            };
         }
         Ok(config)
+    }
+
+    /// Reads every secret given as a file (`mqtt.password_file`,
+    /// `clickhouse.password_file`, `metadata.url_file`) into its value, so
+    /// a missing or unreadable secret stops the process at start, named.
+    /// Errors name the key and the file, never the contents. (API tokens'
+    /// `token_file`s are read when the API starts.)
+    pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        for (key, value, file) in [
+            (
+                "mqtt.password",
+                &mut self.mqtt.password,
+                &self.mqtt.password_file,
+            ),
+            (
+                "clickhouse.password",
+                &mut self.clickhouse.password,
+                &self.clickhouse.password_file,
+            ),
+            (
+                "metadata.url",
+                &mut self.metadata.url,
+                &self.metadata.url_file,
+            ),
+        ] {
+            let Some(path) = file else { continue };
+            if value.is_some() {
+                errors.push(format!("give one of {key} and {key}_file, not both"));
+                continue;
+            }
+            match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => *value = Some(text.trim().to_string()),
+                Ok(_) => errors.push(format!("{key}_file {}: the file is empty", path.display())),
+                Err(e) => errors.push(format!("{key}_file {}: {e}", path.display())),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
     }
 
     /// Parses a configuration from TOML text (no environment).
@@ -507,8 +691,13 @@ impl Config {
         {
             errors.push("lake.path: must not be empty (leave it out for <data_dir>/lake)".into());
         }
-        if let Err(e) = BrokerAddr::parse(&self.mqtt.broker) {
-            errors.push(format!("mqtt.broker: {e}"));
+        match BrokerAddr::parse(&self.mqtt.broker) {
+            Err(e) => errors.push(format!("mqtt.broker: {e}")),
+            Ok(addr) if !addr.tls && self.mqtt.ca_file.is_some() => errors.push(
+                "mqtt.ca_file: only used with an mqtts:// broker; mqtt.broker is plain mqtt://"
+                    .into(),
+            ),
+            Ok(_) => {}
         }
         if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
             errors.push("mqtt.client_id: must be 1 to 64 characters".into());
@@ -621,6 +810,12 @@ impl Config {
         if self.scheduler.tick.is_zero() {
             errors.push("scheduler.tick: must be more than 0s".into());
         }
+        if self.scheduler.lease < std::time::Duration::from_secs(1) {
+            errors.push("scheduler.lease: must be at least 1s".into());
+        }
+        if self.alerter.lease < std::time::Duration::from_secs(1) {
+            errors.push("alerter.lease: must be at least 1s".into());
+        }
         if self.scheduler.engine == RollupEngine::Clickhouse && self.clickhouse.url.is_none() {
             errors.push(
                 "scheduler.engine: \"clickhouse\" needs clickhouse.url (or use \"embedded\")"
@@ -657,6 +852,18 @@ impl Config {
         if self.embedded_broker.max_connections == 0 {
             errors.push("embedded_broker.max_connections: must be at least 1".into());
         }
+        let b = &self.embedded_broker;
+        match (b.tls_listen, &b.cert_file, &b.key_file) {
+            (Some(_), Some(_), Some(_)) | (None, None, None) => {}
+            (Some(_), _, _) => errors.push(
+                "embedded_broker.tls_listen: needs embedded_broker.cert_file and embedded_broker.key_file"
+                    .into(),
+            ),
+            (None, _, _) => errors.push(
+                "embedded_broker.cert_file, key_file: only used with embedded_broker.tls_listen"
+                    .into(),
+            ),
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -672,7 +879,12 @@ fn env_key(var: &str) -> Vec<String> {
         .collect()
 }
 
-fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+fn apply_env(
+    table: &mut toml::Table,
+    var: &str,
+    value: &str,
+    typed: bool,
+) -> Result<(), ConfigError> {
     let path = env_key(var);
     if path.iter().any(|p| p.is_empty()) {
         return Err(ConfigError::Env {
@@ -682,8 +894,9 @@ fn apply_env(table: &mut toml::Table, var: &str, value: &str) -> Result<(), Conf
     }
     // A value that parses as TOML (a number, a boolean, a quoted string) is
     // taken as such; anything else is a plain string.
-    let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
-        .ok()
+    let parsed = typed
+        .then(|| toml::from_str::<toml::Table>(&format!("v = {value}")).ok())
+        .flatten()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(value.to_string()));
     let (last, sections) = path.split_last().expect("at least one part");
@@ -753,6 +966,94 @@ mod tests {
     }
 
     #[test]
+    fn an_all_digit_password_from_the_environment_stays_text() {
+        let env = vec![
+            (
+                "TILLWATCH__MQTT__PASSWORD".to_string(),
+                "0123456".to_string(),
+            ),
+            (
+                "TILLWATCH__GATEWAY__FLUSH_MAX_ROWS".to_string(),
+                "99".to_string(),
+            ),
+        ];
+        let config = Config::load(None, env).unwrap();
+        assert_eq!(config.mqtt.password.as_deref(), Some("0123456"));
+        assert_eq!(config.gateway.flush_max_rows, 99);
+        // A number where one is due still fails by name when it is not one.
+        let env = vec![(
+            "TILLWATCH__GATEWAY__FLUSH_MAX_ROWS".to_string(),
+            "many".to_string(),
+        )];
+        let err = Config::load(None, env).unwrap_err().to_string();
+        assert!(err.contains("TILLWATCH__GATEWAY__FLUSH_MAX_ROWS"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_show_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let mqtt = dir.path().join("mqtt");
+        let pg = dir.path().join("pg");
+        std::fs::write(&mqtt, "mqtt-s3cret\n").unwrap();
+        std::fs::write(&pg, "postgres://tw:pg-s3cret@db:5432/tillwatch\n").unwrap();
+        let env = vec![
+            (
+                "TILLWATCH__MQTT__PASSWORD_FILE".to_string(),
+                mqtt.display().to_string(),
+            ),
+            (
+                "TILLWATCH__METADATA__URL_FILE".to_string(),
+                pg.display().to_string(),
+            ),
+            (
+                "TILLWATCH__CLICKHOUSE__PASSWORD".to_string(),
+                "ch-s3cret".to_string(),
+            ),
+        ];
+        let mut config = Config::load(None, env).unwrap();
+        config.read_secret_files().unwrap();
+        assert_eq!(config.mqtt.password.as_deref(), Some("mqtt-s3cret"));
+        assert_eq!(
+            config.metadata_url(),
+            "postgres://tw:pg-s3cret@db:5432/tillwatch"
+        );
+        let shown = format!("{config:?}");
+        for secret in ["mqtt-s3cret", "pg-s3cret", "ch-s3cret"] {
+            assert!(!shown.contains(secret), "{secret} shows in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://tw:***@db:5432/tillwatch"),
+            "{shown}"
+        );
+
+        // Both forms, or a missing file: refused, naming the key and file.
+        config.mqtt.password_file = Some(dir.path().join("nope"));
+        config.mqtt.password = None;
+        config.clickhouse.password_file = Some(mqtt.clone());
+        let err = config.read_secret_files().unwrap_err().to_string();
+        assert!(err.contains("mqtt.password_file"), "{err}");
+        assert!(err.contains("nope"), "{err}");
+        assert!(
+            err.contains("give one of clickhouse.password and clickhouse.password_file"),
+            "{err}"
+        );
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn printed_urls_keep_everything_but_the_password() {
+        for (url, shown) in [
+            ("postgres://u:p@h:5432/db", "postgres://u:***@h:5432/db"),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("sqlite:///var/lib/x.db", "sqlite:///var/lib/x.db"),
+            ("http://h:8123/?a=b@c", "http://h:8123/?a=b@c"),
+            ("no url", "no url"),
+        ] {
+            assert_eq!(without_password(url), shown);
+        }
+    }
+
+    #[test]
     fn a_bad_environment_key_names_the_variable() {
         let env = vec![(
             "TILLWATCH__GATEWAY__FLUSH_MAX_AGEE".to_string(),
@@ -782,10 +1083,13 @@ mod tests {
             BrokerAddr::parse("mqtt://10.0.0.5:1884").unwrap(),
             BrokerAddr {
                 host: "10.0.0.5".into(),
-                port: 1884
+                port: 1884,
+                tls: false,
             }
         );
         assert_eq!(BrokerAddr::parse("mqtt://broker").unwrap().port, 1883);
+        let tls = BrokerAddr::parse("mqtts://broker").unwrap();
+        assert_eq!((tls.port, tls.tls), (8883, true));
         assert!(BrokerAddr::parse("mqtt://h:99999").is_err());
         assert!(BrokerAddr::parse("http://h:1").is_err());
     }

@@ -31,6 +31,12 @@ pub struct SchedulerConfig {
     /// How often it looks for due partitions.
     #[serde(with = "humantime_serde")]
     pub tick: Duration,
+    /// How long a claim on a partition holds without renewal. A scheduler
+    /// renews its claims every third of this while it runs them; if it
+    /// dies, another scheduler takes its partitions over once this has
+    /// passed. The schedulers' clocks must agree to well within it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
     pub engine: RollupEngine,
     /// The first partition of jobs that set no `start` of their own: a date
     /// (`2026-11-01`) or how far back from when the scheduler starts
@@ -78,10 +84,7 @@ fn default_connect_timeout() -> Duration {
 impl std::fmt::Debug for DirectorySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may hold a password.
-        let url = match self.url.split_once('@') {
-            Some((_, host)) => format!("postgres://<redacted>@{host}"),
-            None => self.url.clone(),
-        };
+        let url = crate::without_password(&self.url);
         f.debug_struct("DirectorySource")
             .field("url", &url)
             .field("query", &self.query)
@@ -96,6 +99,7 @@ impl Default for SchedulerConfig {
             enabled: true,
             name: None,
             tick: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
             engine: RollupEngine::Auto,
             start: "7d".into(),
             jobs: BTreeMap::new(),

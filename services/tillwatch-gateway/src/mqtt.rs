@@ -68,6 +68,11 @@ pub fn session(config: &MqttConfig, client_id: &str) -> Result<(AsyncClient, Eve
     if let Some(user) = &config.username {
         options.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
     }
+    if addr.tls {
+        options.set_transport(tillwatch_proto::tls::client_transport(
+            config.ca_file.as_deref(),
+        )?);
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 16 * 1024);
     let mut network = rumqttc::NetworkOptions::new();
     network.set_connection_timeout(BROKER_WRITE_TIMEOUT_SECS);

@@ -164,9 +164,53 @@ impl MetaStore {
             if done.rows_affected() != 1 {
                 return Ok(false);
             }
+            if let Some(previous) = claim.expected_run_id {
+                // Taken over from a scheduler that stopped renewing its
+                // claim: its run will never report.
+                sqlx::query(
+                    "UPDATE job_runs SET status = 'abandoned', finished_ms = $2, \
+                       error = 'its scheduler stopped renewing the claim' \
+                     WHERE run_id = $1 AND status = 'running'",
+                )
+                .bind(previous)
+                .bind(run.started_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.db())?;
+            }
             self.insert_run(&mut tx, run).await?;
             tx.commit().await.map_err(self.db())?;
             Ok(true)
+        })
+    }
+
+    /// Extends the claims of these running runs to `until_ms`; returns the
+    /// runs whose claim is gone (another scheduler took the partition
+    /// over, or it was finished).
+    pub fn renew_leases<'a>(
+        &'a self,
+        run_ids: &'a [String],
+        until_ms: i64,
+    ) -> crate::StoreFuture<'a, Vec<String>> {
+        Box::pin(async move {
+            let mut lost = Vec::new();
+            let mut tx = self.pool().begin().await.map_err(self.db())?;
+            for run_id in run_ids {
+                let done = sqlx::query(
+                    "UPDATE job_partitions SET lease_until_ms = $2 \
+                     WHERE run_id = $1 AND status = 'running'",
+                )
+                .bind(run_id)
+                .bind(until_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(self.db())?;
+                if done.rows_affected() != 1 {
+                    lost.push(run_id.clone());
+                }
+            }
+            tx.commit().await.map_err(self.db())?;
+            Ok(lost)
         })
     }
 

@@ -14,6 +14,7 @@ mod batch;
 mod connectivity;
 mod findings;
 mod jobs;
+mod leases;
 mod migrations;
 pub mod testing;
 
@@ -176,17 +177,7 @@ pub fn signals_of(reading: &Reading) -> Vec<(&'static str, f64)> {
     }
 }
 
-/// A URL fit to print: any password replaced by `***`.
-pub fn without_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_string(),
-    }
-}
+pub use tillwatch_config::without_password;
 
 const DEVICE_COLUMNS: &str = "device_id, merchant_id, store_id, model, serial, firmware_version, \
      app_version, time_zone, first_seen_ms, last_seen_ms, info_at_ms";

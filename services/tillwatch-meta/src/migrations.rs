@@ -230,6 +230,19 @@ CREATE INDEX alerts_by_subject ON alerts (subject, updated_at_ms);
 CREATE INDEX alerts_by_update ON alerts (updated_at_ms);
 ",
     },
+    Migration {
+        version: 11,
+        name: "leases",
+        // One holder at a time for a role that must not run twice (the
+        // alerter): renewed while it runs, taken over when it lapses.
+        sql: "
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until_ms BIGINT NOT NULL
+);
+",
+    },
 ];
 
 /// What a migration run did.

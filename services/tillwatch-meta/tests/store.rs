@@ -54,7 +54,8 @@ async fn registry_behaviour(store: &MetaStore) {
             "007_rollup_findings",
             "008_connectivity_history_by_time",
             "009_alerts_by_subject",
-            "010_alerts_by_update"
+            "010_alerts_by_update",
+            "011_leases"
         ]
     );
     let again = store.migrate().await.unwrap();

@@ -112,15 +112,6 @@ pub fn engine(config: &Config) -> Option<ClickHouse> {
     }
 }
 
-fn default_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "scheduler".into());
-    format!("{host}-{}", std::process::id())
-}
-
 /// The store, the lake and a runner over the configured jobs, as the
 /// scheduler and the `jobs` commands use them.
 pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), SchedulerError> {
@@ -166,8 +157,15 @@ pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), Sched
         rules: config.alerting.rollup_rules.clone(),
         clock: clock.clone(),
     });
-    let name = config.scheduler.name.clone().unwrap_or_else(default_name);
-    Ok((Runner::new(catalog, store, executor, &name, clock), lake))
+    let name = config
+        .scheduler
+        .name
+        .clone()
+        .unwrap_or_else(|| tillwatch_config::process_name("scheduler"));
+    Ok((
+        Runner::new(catalog, store, executor, &name, clock).with_lease(config.scheduler.lease),
+        lake,
+    ))
 }
 
 pub fn wall_clock() -> Clock {

@@ -12,7 +12,8 @@
 //! - the job's run window (if any) is open now;
 //! - it has never run (and catch-up allows it: without catch-up only the
 //!   newest such partition starts), or its last attempt failed and the
-//!   backoff has passed with retries left, or it ran too long (timeout), or
+//!   backoff has passed with retries left, or it ran too long (timeout) or
+//!   its scheduler stopped renewing the claim (it died), or
 //!   it succeeded on inputs that have changed since (stale: late data), or
 //!   an operator asked for it again (a backfill or clear: forced, which
 //!   needs neither the schedule nor changed inputs, but still complete
@@ -45,6 +46,9 @@ pub struct PartitionRecord {
     pub next_attempt_ms: Option<i64>,
     /// Running: since when.
     pub started_ms: Option<i64>,
+    /// Running: until when its scheduler's claim holds (it renews the
+    /// claim while it runs; a scheduler that died stops renewing).
+    pub lease_until_ms: Option<i64>,
     /// The fingerprint of the inputs the last success (or the current
     /// attempt) read.
     pub inputs_fingerprint: Option<String>,
@@ -63,6 +67,9 @@ pub enum Reason {
     Retry,
     /// The previous attempt ran past the job's timeout.
     TimedOut,
+    /// The previous attempt's scheduler stopped renewing its claim: it died
+    /// or lost the metadata store mid-run.
+    LeaseExpired,
     /// Succeeded before, but its inputs changed since.
     Stale,
     /// Asked for by a backfill or clear.
@@ -70,12 +77,14 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// `scheduled`, `retry`, `timed_out`, `stale` or `forced`, as runs record it.
+    /// `scheduled`, `retry`, `timed_out`, `lease_expired`, `stale` or
+    /// `forced`, as runs record it.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Scheduled => "scheduled",
             Reason::Retry => "retry",
             Reason::TimedOut => "timed_out",
+            Reason::LeaseExpired => "lease_expired",
             Reason::Stale => "stale",
             Reason::Forced => "forced",
         }
@@ -191,6 +200,7 @@ pub fn plan(catalog: &Catalog, world: &World) -> Vec<Task> {
                 && r.status == Status::Running
                 && r.started_ms
                     .is_none_or(|s| world.now_ms - s < job.timeout_ms)
+                && r.lease_until_ms.is_none_or(|l| world.now_ms <= l)
             {
                 running += 1;
                 planned.insert(key);
@@ -229,9 +239,18 @@ pub fn plan(catalog: &Catalog, world: &World) -> Vec<Task> {
                     // Only ever forced.
                     Status::Queued => {}
                     Status::Running => {
-                        // Past its timeout: counts as a failed attempt.
+                        // Past its timeout, or its scheduler is gone:
+                        // counts as a failed attempt.
+                        let reason = if r.lease_until_ms.is_some_and(|l| world.now_ms > l)
+                            && r.started_ms
+                                .is_some_and(|s| world.now_ms - s < job.timeout_ms)
+                        {
+                            Reason::LeaseExpired
+                        } else {
+                            Reason::TimedOut
+                        };
                         if r.attempts <= job.retries {
-                            candidates.push(task(r.attempts + 1, Reason::TimedOut));
+                            candidates.push(task(r.attempts + 1, reason));
                         }
                     }
                     Status::Failed => {

@@ -48,9 +48,14 @@ pub struct Runner {
     /// This scheduler's name, on its claims and runs.
     name: String,
     clock: Clock,
+    /// How long a claim holds unrenewed; renewed every third of it.
+    lease_ms: i64,
     /// Runs claimed and not yet recorded as finished.
     active: Mutex<HashSet<String>>,
 }
+
+/// How long a claim holds unless the runner is told otherwise.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 type Key = (String, Partition);
 
@@ -82,8 +87,15 @@ impl Runner {
             executor,
             name: name.to_string(),
             clock,
+            lease_ms: DEFAULT_LEASE.as_millis() as i64,
             active: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Claims hold for `lease` unrenewed (at least 3 ms).
+    pub fn with_lease(mut self, lease: Duration) -> Runner {
+        self.lease_ms = (lease.as_millis() as i64).max(3);
+        self
     }
 
     pub fn store(&self) -> &MetaStore {
@@ -156,6 +168,7 @@ impl Runner {
                     attempts: row.attempts.max(0) as u32,
                     next_attempt_ms: row.next_attempt_ms,
                     started_ms: row.started_ms,
+                    lease_until_ms: row.lease_until_ms,
                     inputs_fingerprint: row.inputs_fingerprint,
                     output_fingerprint: row.output_fingerprint,
                     forced: row.forced_ms.is_some(),
@@ -290,7 +303,7 @@ impl Runner {
                     start_ms: task.partition.start_ms,
                     expected_run_id: runs.get(&key).map(String::as_str),
                     run: &run,
-                    lease_until_ms: started + job.timeout_ms,
+                    lease_until_ms: started + self.lease_ms,
                 })
                 .await?;
             if won {
@@ -301,17 +314,31 @@ impl Runner {
                 claimed.push((task, run.run_id, job));
             }
         }
-        let results = futures_util::future::join_all(claimed.iter().map(|(task, _, job)| {
+        // The claims are renewed while the runs go on; a run whose claim
+        // is gone (or cannot be renewed in time) is stopped, so it never
+        // runs beside the scheduler that took its partition over.
+        let (lost_tx, lost_rx) = tokio::sync::watch::channel(HashSet::<String>::new());
+        let runs = futures_util::future::join_all(claimed.iter().map(|(task, run_id, job)| {
             let timeout = Duration::from_millis(job.timeout_ms.max(0) as u64);
             let run = self.executor.run(job, task.partition);
+            let mut lost = lost_rx.clone();
             async move {
-                match tokio::time::timeout(timeout, run).await {
-                    Ok(result) => result,
-                    Err(_) => Err(format!("timed out after {timeout:?}")),
+                tokio::select! {
+                    result = tokio::time::timeout(timeout, run) => match result {
+                        Ok(result) => result,
+                        Err(_) => Err(format!("timed out after {timeout:?}")),
+                    },
+                    _ = lost.wait_for(|l| l.contains(run_id.as_str())) => Err(
+                        "stopped: its claim on the partition could not be renewed".to_string()
+                    ),
                 }
             }
-        }))
-        .await;
+        }));
+        let run_ids: Vec<String> = claimed.iter().map(|(_, id, _)| id.clone()).collect();
+        let results = tokio::select! {
+            results = runs => results,
+            never = self.renew_claims(&run_ids, &lost_tx) => match never {},
+        };
         let mut ran = Vec::new();
         for ((task, run_id, job), result) in claimed.into_iter().zip(results) {
             let finished = (self.clock)();
@@ -332,5 +359,37 @@ impl Runner {
             });
         }
         Ok(ran)
+    }
+
+    /// Renews the claims of `run_ids` every third of the lease, for as
+    /// long as it is polled; marks in `lost` the runs whose claim is gone,
+    /// and every run once the claims could not be renewed before they
+    /// lapse.
+    async fn renew_claims(
+        &self,
+        run_ids: &[String],
+        lost: &tokio::sync::watch::Sender<HashSet<String>>,
+    ) -> std::convert::Infallible {
+        let every = Duration::from_millis((self.lease_ms / 3) as u64);
+        let mut held_until = (self.clock)() + self.lease_ms;
+        loop {
+            tokio::time::sleep(every).await;
+            let now = (self.clock)();
+            match self.store.renew_leases(run_ids, now + self.lease_ms).await {
+                Ok(gone) => {
+                    held_until = now + self.lease_ms;
+                    if !gone.is_empty() {
+                        tracing::warn!(runs = ?gone, "claims taken over by another scheduler; stopping those runs");
+                        lost.send_modify(|l| l.extend(gone));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the claims on running partitions");
+                    if now + every.as_millis() as i64 >= held_until {
+                        lost.send_modify(|l| l.extend(run_ids.iter().cloned()));
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! The runner against the metadata store, on SQLite and on PostgreSQL,
 //! with an injected clock and a test executor that records what it ran:
 //! two schedulers never run a partition twice, a failure retries after its
-//! backoff, a dead scheduler's run is taken over after its timeout, late
+//! backoff, a dead scheduler's run is taken over after its timeout, a live
+//! one keeps its claim by renewing it (and stops if it is taken), late
 //! data re-runs exactly the affected partitions (read from the run
 //! history), and each run records the input partitions it read.
 
@@ -287,6 +288,154 @@ async fn a_dead_schedulers_run_is_taken_over_after_its_timeout(url: &str) {
     );
 }
 
+/// Runs that last until the test lets them go (or until they are stopped).
+#[derive(Default)]
+struct Held {
+    release: tokio::sync::Notify,
+    started: AtomicI64,
+    stopped: AtomicI64,
+}
+
+struct CountsDrop<'a>(&'a AtomicI64, bool);
+
+impl Drop for CountsDrop<'_> {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Executor for Held {
+    fn run<'a>(&'a self, job: &'a JobSpec, partition: Partition) -> RunFuture<'a> {
+        Box::pin(async move {
+            let mut dropped = CountsDrop(&self.stopped, false);
+            self.started.fetch_add(1, Ordering::SeqCst);
+            self.release.notified().await;
+            dropped.1 = true;
+            Ok(Output {
+                rows: 1,
+                fingerprint: format!("{}-{partition}", job.name),
+            })
+        })
+    }
+}
+
+/// Polls `check` until it holds, failing after 20 s.
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn a_long_run_keeps_its_claim_and_a_run_whose_claim_is_taken_stops(url: &str) {
+    let s = Setup::new(url, DAY0 + HOUR + 30 * MIN).await;
+    let mut hourly = JobSpec::new(
+        "device_health_hourly",
+        Grain::Hour,
+        vec![Input::Source("battery".into())],
+    );
+    hourly.start_ms = DAY0;
+    hourly.end_ms = Some(DAY0 + HOUR);
+    hourly.timeout_ms = 24 * HOUR;
+    let catalog = Catalog::new(vec![hourly]).unwrap();
+    let held = Arc::new(Held::default());
+    let clock = s.clock.clone();
+    let lease = std::time::Duration::from_millis(300);
+    let a = Runner::new(
+        catalog.clone(),
+        MetaStore::connect(url).await.unwrap(),
+        held.clone(),
+        "scheduler-a",
+        Arc::new(move || clock.load(Ordering::SeqCst)),
+    )
+    .with_lease(lease);
+    let b = s.runner_of(catalog, url, "scheduler-b").await;
+    let watermark = s.now();
+    let store = s.store.clone();
+    let lease_until = || async {
+        store.job_partitions().await.unwrap()[0]
+            .lease_until_ms
+            .unwrap_or(i64::MIN)
+    };
+    let check = async {
+        until("A to start its run", || async {
+            held.started.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        // An hour of the injected clock passes: far beyond the lease, which
+        // A keeps renewing while it runs.
+        s.at(s.now() + HOUR);
+        let renewed_past = s.now();
+        until("A to renew its claim", || async {
+            lease_until().await > renewed_past
+        })
+        .await;
+        assert!(
+            b.step(watermark, &unchanged).await.unwrap().is_empty(),
+            "a live scheduler's claim holds however long its run takes"
+        );
+        // Another scheduler takes the partition over anyway (as one would
+        // after A lost the store for longer than its lease): A's next
+        // renewal finds the claim gone and stops its run.
+        let run_id = store.job_partitions().await.unwrap()[0].run_id.clone();
+        let later = lease_until().await + 1;
+        let rival = JobRunRow {
+            run_id: "rival-run".into(),
+            scheduler: "scheduler-c".into(),
+            partition_key: "2026-11-20T00".into(),
+            attempt: 2,
+            ..dead_run(later)
+        };
+        assert!(
+            store
+                .claim_partition(&Claim {
+                    job: "device_health_hourly",
+                    partition_key: "2026-11-20T00",
+                    grain: "hour",
+                    start_ms: DAY0,
+                    expected_run_id: run_id.as_deref(),
+                    run: &rival,
+                    lease_until_ms: later + HOUR,
+                })
+                .await
+                .unwrap()
+        );
+    };
+    let (ran, ()) = tokio::join!(a.step(watermark, &unchanged), check);
+    let ran = ran.unwrap();
+    assert_eq!(ran.len(), 1);
+    let error = ran[0].result.as_ref().unwrap_err();
+    assert!(error.contains("claim"), "{error}");
+    assert_eq!(
+        held.stopped.load(Ordering::SeqCst),
+        1,
+        "A's run was stopped, not left running beside the new owner"
+    );
+    let runs = s
+        .store
+        .job_runs(None, Some("2026-11-20T00"), 10)
+        .await
+        .unwrap();
+    let states: Vec<_> = runs
+        .iter()
+        .map(|r| (r.scheduler.as_str(), r.status.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [("scheduler-c", "running"), ("scheduler-a", "abandoned")]
+    );
+}
+
 async fn late_data_reruns_the_hour_and_its_day_only(url: &str) {
     let s = Setup::new(url, DAY0 + 24 * HOUR + 30 * MIN).await;
     let runner = s.runner(url, "scheduler-a").await;
@@ -494,6 +643,7 @@ on_both_backends!(
     two_schedulers_never_run_a_partition_twice,
     failures_retry_after_backoff_and_runs_record_their_inputs,
     a_dead_schedulers_run_is_taken_over_after_its_timeout,
+    a_long_run_keeps_its_claim_and_a_run_whose_claim_is_taken_stops,
     late_data_reruns_the_hour_and_its_day_only,
     a_backfilled_week_runs_downstream_in_order_beside_a_scheduler,
 );

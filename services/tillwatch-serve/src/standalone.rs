@@ -85,6 +85,11 @@ pub async fn run_standalone(
     crate::http::metrics_handle();
     if let Some(broker) = broker {
         config.mqtt.broker = broker.url();
+        // The in-process clients' own account, when logins are required.
+        if let Some((user, password)) = broker.internal_login() {
+            config.mqtt.username = Some(user.clone());
+            config.mqtt.password = Some(password.clone());
+        }
         config.gateway.flush_max_unacked = config
             .gateway
             .flush_max_unacked

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+mod cluster;
+
 /// One versioned schema file.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
@@ -24,6 +26,19 @@ impl Migration {
     /// The statements of this file for a server with `features`, in order.
     pub fn render(&self, database: &str, features: Features) -> Vec<String> {
         render(self.template, database, features)
+    }
+
+    /// The statements of this file for the ClickHouse cluster `cluster`
+    /// (see [`cluster`]): each `ON CLUSTER`, raw tables sharded by device
+    /// over replicated local tables.
+    pub fn render_for_cluster(
+        &self,
+        database: &str,
+        features: Features,
+        cluster: &str,
+    ) -> Result<Vec<String>, String> {
+        cluster::for_cluster(&self.render(database, features), database, cluster)
+            .map_err(|e| format!("{}_{}: {e}", self.version, self.name))
     }
 }
 

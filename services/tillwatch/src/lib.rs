@@ -128,8 +128,9 @@ struct AlerterArgs {
 struct CheckConfigArgs {
     #[command(flatten)]
     common: Common,
-    /// Do not read `token_file`s: list them instead (for checking a
-    /// deployment's configuration where its secrets are not mounted).
+    /// Do not read secret files (`token_file`, `password_file`,
+    /// `url_file`): list them instead (for checking a deployment's
+    /// configuration where its secrets are not mounted).
     #[arg(long)]
     no_secret_files: bool,
 }
@@ -155,6 +156,11 @@ struct MigrateArgs {
     /// With --print-sql: the server version to render for, e.g. 18.16 or 24.8.
     #[arg(long)]
     server_version: Option<String>,
+    /// Lay the schema out on this ClickHouse cluster (config:
+    /// clickhouse.cluster): every statement ON CLUSTER, raw tables sharded
+    /// by device over replicated local tables.
+    #[arg(long)]
+    cluster: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -239,7 +245,15 @@ pub(crate) fn validate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The configuration with its secret files read.
 fn load(common: &Common) -> anyhow::Result<Config> {
+    let mut config = load_unread(common)?;
+    config.read_secret_files()?;
+    Ok(config)
+}
+
+/// The configuration as given: secret files named, not read.
+fn load_unread(common: &Common) -> anyhow::Result<Config> {
     let mut config = Config::load(common.config.as_deref(), std::env::vars())?;
     if let Some(dir) = &common.data_dir {
         config.data_dir = dir.clone();
@@ -296,13 +310,11 @@ fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<Config> {
 /// Starts the embedded broker off the async workers: it waits, blocking,
 /// until the broker accepts connections.
 async fn start_broker(
-    listen: SocketAddr,
-    max_connections: usize,
+    config: tillwatch_config::EmbeddedBrokerConfig,
 ) -> anyhow::Result<EmbeddedBroker> {
-    let broker =
-        tokio::task::spawn_blocking(move || EmbeddedBroker::start(listen, max_connections))
-            .await
-            .context("the embedded broker's start-up task failed")??;
+    let broker = tokio::task::spawn_blocking(move || EmbeddedBroker::start_with(&config))
+        .await
+        .context("the embedded broker's start-up task failed")??;
     Ok(broker)
 }
 
@@ -310,13 +322,7 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
     let config = standalone_config(&args)?;
     let broker = match &args.broker {
         Some(_) => None,
-        None => Some(
-            start_broker(
-                config.embedded_broker.listen,
-                config.embedded_broker.max_connections,
-            )
-            .await?,
-        ),
+        None => Some(start_broker(config.embedded_broker.clone()).await?),
     };
     let http = bind(config.http.listen, "--http-listen").await?;
     let grpc = match config.grpc.enabled {
@@ -350,6 +356,12 @@ fn print_where(
         );
     }
     println!("  MQTT broker   {mqtt}   (terminals publish to tw/v1/<merchant>/<device>/telemetry)");
+    if let Some(tls) = broker.and_then(EmbeddedBroker::tls_addr) {
+        println!("  MQTT over TLS mqtts://{tls}");
+    }
+    if broker.is_some_and(|b| b.internal_login().is_some()) {
+        println!("  MQTT logins   required (embedded_broker.password_file)");
+    }
     println!("  metrics       http://{http}/metrics");
     println!("  health        http://{http}/healthz  http://{http}/readyz");
     println!("  Parquet lake  {}", lake.display());
@@ -412,7 +424,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
                 Some(addr) => addr,
                 None => free_or_default(config.embedded_broker.listen, "MQTT"),
             };
-            Some(start_broker(listen, config.embedded_broker.max_connections).await?)
+            Some(
+                start_broker(tillwatch_config::EmbeddedBrokerConfig {
+                    listen,
+                    ..config.embedded_broker.clone()
+                })
+                .await?,
+            )
         }
     };
     let http_addr = match args.standalone.common.http_listen {
@@ -527,7 +545,20 @@ pub(crate) async fn role_http(
 }
 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
-    let mut config = load(&args.common)?;
+    let mut config = load_unread(&args.common)?;
+    if args.no_secret_files {
+        for (key, file) in [
+            ("mqtt.password", &config.mqtt.password_file),
+            ("clickhouse.password", &config.clickhouse.password_file),
+            ("metadata.url", &config.metadata.url_file),
+        ] {
+            if let Some(path) = file {
+                println!("{key}: read from {} (not checked)", path.display());
+            }
+        }
+    } else {
+        config.read_secret_files()?;
+    }
     if args.no_secret_files {
         for token in &mut config.http.tokens {
             if token.token.is_some() {
@@ -630,15 +661,25 @@ fn require_clickhouse(config: &Config) -> anyhow::Result<tillwatch_clickhouse::C
 }
 
 async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
-    let config = clickhouse_config(&args.common, &args.clickhouse)?;
+    let mut config = clickhouse_config(&args.common, &args.clickhouse)?;
+    if let Some(cluster) = args.cluster {
+        config.clickhouse.cluster = Some(cluster);
+    }
     if args.print_sql {
         let version = args.server_version.as_deref().unwrap_or_default();
         let version = tillwatch_storage::clickhouse_ddl::ServerVersion::parse(version)
             .map_err(anyhow::Error::msg)
             .context("--server-version")?;
+        let database = &config.clickhouse.database;
         for m in tillwatch_storage::clickhouse_ddl::MIGRATIONS {
             println!("-- {:03}_{}", m.version, m.name);
-            for statement in m.render(&config.clickhouse.database, version.features()) {
+            let statements = match &config.clickhouse.cluster {
+                Some(cluster) => m
+                    .render_for_cluster(database, version.features(), cluster)
+                    .map_err(anyhow::Error::msg)?,
+                None => m.render(database, version.features()),
+            };
+            for statement in statements {
                 println!("{statement};\n");
             }
         }

@@ -47,6 +47,7 @@ async fn main() {
         user: "default".into(),
         password: None,
         insert_timeout: std::time::Duration::from_secs(300),
+        cluster: None,
     });
     let columns = rowbinary::column_list(Table::Reading(Kind::Battery));
     let t = Instant::now();

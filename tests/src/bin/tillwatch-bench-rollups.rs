@@ -83,6 +83,7 @@ async fn main() {
             user: "default".into(),
             password: None,
             insert_timeout: Duration::from_secs(300),
+            cluster: None,
         });
         tillwatch_clickhouse::migrate(&ch, None)
             .await

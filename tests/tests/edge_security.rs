@@ -1,0 +1,344 @@
+//! Security at the edge, with a throwaway CA made by `openssl` and
+//! password files made by `mosquitto_passwd`:
+//!
+//! - The embedded broker of `standalone` takes MQTT over TLS and checks
+//!   every login against its password file: simulated terminals with their
+//!   own logins reach the lake over TLS; a wrong password, no login, a
+//!   client that does not trust the broker's CA, and plain MQTT on the TLS
+//!   port are all refused.
+//! - A gateway process reads a production-configured Mosquitto (TLS,
+//!   password file, the project's ACL) over TLS, its password from a file;
+//!   the ACL keeps a terminal from publishing under another's id; with its
+//!   log at debug level, no secret appears in it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tillwatch_config::{Config, EmbeddedBrokerConfig};
+use tillwatch_domain::UtcMillis;
+use tillwatch_integration_tests::tls::{TestCa, password_file};
+use tillwatch_integration_tests::{
+    LakeContents, Mosquitto, RoleProcess, http_get, start_across_hour, wait_for,
+};
+use tillwatch_proto::telemetry::v1 as pb;
+use tillwatch_serve::{EmbeddedBroker, run_standalone};
+use tillwatch_sim::{DeviceSecurity, Faults, SimConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+const FLEET_PASSWORD: &str = "fleet-test-password-7Hq2";
+
+/// Whether a client with these options gets a successful CONNACK within
+/// 10 s (false: refused, dropped, or the TLS handshake failed).
+async fn connects(options: MqttOptions) -> bool {
+    let (_client, mut eventloop) = AsyncClient::new(options, 10);
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                return ack.code == rumqttc::ConnectReturnCode::Success;
+            }
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) | Err(_) => return false,
+        }
+    }
+    false
+}
+
+fn options(id: &str, addr: SocketAddr, ca: Option<&Path>) -> MqttOptions {
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    if let Some(ca) = ca {
+        o.set_transport(tillwatch_proto::tls::client_transport(Some(ca)).unwrap());
+    }
+    o
+}
+
+/// Connects as `user` (the fleet password, over TLS trusting `ca`),
+/// publishes one QoS 1 message and waits for its PUBACK: `Err` when the
+/// broker refuses or drops the connection first.
+async fn publish_as(
+    addr: SocketAddr,
+    ca: &Path,
+    user: &str,
+    topic: &str,
+    payload: Vec<u8>,
+) -> Result<(), String> {
+    let mut o = options(user, addr, Some(ca));
+    o.set_credentials(user, FLEET_PASSWORD);
+    let (client, mut eventloop) = AsyncClient::new(o, 10);
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload)
+        .await
+        .map_err(|e| e.to_string())?;
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => return Ok(()),
+            Ok(Ok(_)) => continue,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => break,
+        }
+    }
+    Err("no PUBACK within 10 s".into())
+}
+
+fn fleet(broker: String, ca: &Path, devices: usize, readings: u64) -> SimConfig {
+    SimConfig {
+        broker,
+        devices,
+        merchants: 1,
+        stores_per_merchant: 1,
+        interval: Duration::from_secs(60),
+        readings_per_device: Some(readings),
+        seed: 5,
+        start_ms: Some(start_across_hour(2)),
+        faults: Faults::none(),
+        connect_concurrency: 8,
+        security: DeviceSecurity {
+            ca_file: Some(ca.to_path_buf()),
+            password: Some(FLEET_PASSWORD.into()),
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminals_reach_the_embedded_broker_over_tls_with_their_own_logins() {
+    let ca = TestCa::new("tillwatch-test-ca");
+    let stranger = TestCa::new("some-other-ca");
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    let devices: Vec<String> = (0..4).map(|i| format!("term-{i:05}")).collect();
+    let accounts: Vec<(&str, &str)> = devices
+        .iter()
+        .map(|d| (d.as_str(), FLEET_PASSWORD))
+        .collect();
+    password_file(&passwd, &accounts);
+
+    let broker = EmbeddedBroker::start_with(&EmbeddedBrokerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        cert_file: Some(ca.broker_cert.clone()),
+        key_file: Some(ca.broker_key.clone()),
+        password_file: Some(passwd.clone()),
+        ..EmbeddedBrokerConfig::default()
+    })
+    .unwrap();
+    let tls = broker.tls_addr().expect("a TLS listener");
+
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.scheduler.enabled = false;
+    config.mqtt.client_id = "tls-test-gateway".into();
+    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http.local_addr().unwrap();
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let service = tokio::spawn(async move {
+        run_standalone(config, http, None, Some(&broker), async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        })
+        .await
+    });
+    // The in-process gateway logs in with the run's own account.
+    wait_for("the gateway to subscribe", Duration::from_secs(30), || {
+        matches!(http_get(http_addr, "/readyz"), Ok((200, _)))
+    })
+    .await;
+
+    let report = tillwatch_sim::run(
+        fleet(format!("mqtts://{tls}"), &ca.ca_cert, devices.len(), 10),
+        watch::channel(false).1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.unacked_readings, 0);
+    assert_eq!(report.readings, 40);
+    let lake = dir.path().join("data/lake");
+    LakeContents::wait_for_readings(&lake, 40, Duration::from_secs(60)).await;
+
+    let login = |mut o: MqttOptions, user: &str, password: &str| {
+        o.set_credentials(user, password);
+        o
+    };
+    assert!(
+        connects(login(
+            options("term-00001", tls, Some(&ca.ca_cert)),
+            "term-00001",
+            FLEET_PASSWORD
+        ))
+        .await,
+        "the right login over TLS connects"
+    );
+    assert!(
+        !connects(login(
+            options("term-00001", tls, Some(&ca.ca_cert)),
+            "term-00001",
+            "not-the-password"
+        ))
+        .await,
+        "a wrong password is refused"
+    );
+    assert!(
+        !connects(login(
+            options("term-09999", tls, Some(&ca.ca_cert)),
+            "term-09999",
+            FLEET_PASSWORD
+        ))
+        .await,
+        "a username not in the file is refused"
+    );
+    assert!(
+        !connects(options("anonymous", tls, Some(&ca.ca_cert))).await,
+        "no login is refused"
+    );
+    assert!(
+        !connects(login(
+            options("term-00001", tls, Some(&stranger.ca_cert)),
+            "term-00001",
+            FLEET_PASSWORD
+        ))
+        .await,
+        "a client that does not trust the broker's CA does not connect"
+    );
+    assert!(
+        !connects(login(
+            options("term-00001", tls, None),
+            "term-00001",
+            FLEET_PASSWORD
+        ))
+        .await,
+        "plain MQTT on the TLS port does not connect"
+    );
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(60), service)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    LakeContents::read(&lake).assert_exactly(40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_reads_a_secured_mosquitto_over_tls_and_the_acl_pins_terminals_to_their_ids() {
+    let ca = TestCa::new("tillwatch-test-ca");
+    let dir = tempfile::tempdir().unwrap();
+    let gateway_password = "gateway-s3cret-Zr81kq";
+    let passwd = dir.path().join("passwd");
+    password_file(
+        &passwd,
+        &[
+            ("tillwatch-gateway", gateway_password),
+            ("term-00000", FLEET_PASSWORD),
+            ("term-00001", FLEET_PASSWORD),
+        ],
+    );
+    let mosquitto = Mosquitto::start_secured(&ca, &passwd);
+    let secret = dir.path().join("mqtt-password");
+    std::fs::write(&secret, format!("{gateway_password}\n")).unwrap();
+    let log = dir.path().join("gateway.log");
+    let url = mosquitto.url();
+    let data = dir.path().join("data");
+    let mut gateway = RoleProcess::role_logging_to(
+        &[
+            "gateway",
+            "--broker",
+            &url,
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[
+            ("TILLWATCH__MQTT__CLIENT_ID", "tls-gateway-1"),
+            ("TILLWATCH__MQTT__USERNAME", "tillwatch-gateway"),
+            ("TILLWATCH__MQTT__PASSWORD_FILE", secret.to_str().unwrap()),
+            ("TILLWATCH__MQTT__CA_FILE", ca.ca_cert.to_str().unwrap()),
+            ("RUST_LOG", "debug"),
+        ],
+        &log,
+    );
+    gateway.ready().await;
+
+    let report = tillwatch_sim::run(
+        fleet(url.clone(), &ca.ca_cert, 2, 10),
+        watch::channel(false).1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.unacked_readings, 0);
+    let lake = data.join("lake");
+    LakeContents::wait_for_readings(&lake, 20, Duration::from_secs(60)).await;
+
+    // term-00001, logged in as itself, publishes a reading that says it is
+    // term-00000, under term-00000's topic: consistent on its face, so only
+    // the broker's ACL can stop it (Mosquitto drops it, and closes the
+    // connection). Then it publishes its own reading, on a new connection:
+    // once that one is stored, the spoofed one would have been too.
+    let addr: SocketAddr = format!("127.0.0.1:{}", mosquitto.port).parse().unwrap();
+    let reading = |device: &str| {
+        pb::TelemetryBatch {
+            readings: vec![pb::Reading {
+                device_id: device.into(),
+                boot_id: 77,
+                seq: 0,
+                sampled_at_ms: UtcMillis::now().0,
+                kind: Some(pb::reading::Kind::Battery(pb::Battery {
+                    level_pct: 3,
+                    charging: false,
+                    temperature_celsius: 30.0,
+                    voltage_mv: 3500,
+                    health_pct: 90,
+                    cycle_count: 1,
+                })),
+            }],
+        }
+        .encode_to_vec()
+    };
+    let _refused = publish_as(
+        addr,
+        &ca.ca_cert,
+        "term-00001",
+        "tw/v1/m-000/term-00000/telemetry",
+        reading("term-00000"),
+    )
+    .await;
+    publish_as(
+        addr,
+        &ca.ca_cert,
+        "term-00001",
+        "tw/v1/m-000/term-00001/telemetry",
+        reading("term-00001"),
+    )
+    .await
+    .expect("a terminal publishes under its own id");
+    LakeContents::wait_for_readings(&lake, 21, Duration::from_secs(60)).await;
+    let contents = LakeContents::read(&lake);
+    contents.assert_exactly(21);
+    assert!(
+        contents
+            .readings
+            .iter()
+            .all(|r| r.boot_id != 77 || r.device_id != "term-00000"),
+        "the ACL let term-00001 publish as term-00000"
+    );
+
+    let status = gateway.terminate();
+    assert!(status.success(), "{status:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("DEBUG") && logged.contains("connected to the broker"),
+        "the gateway logged at debug level: {logged}"
+    );
+    for secret in [gateway_password, FLEET_PASSWORD] {
+        assert!(
+            !logged.contains(secret),
+            "a password appears in the gateway's log"
+        );
+    }
+}
