@@ -539,11 +539,8 @@ pub fn clickhouse_readings(ch: &ClickHouseServer, database: &str) -> u64 {
 
 /// Writes a small fleet's battery readings (20 terminals, one a minute)
 /// for the `hours` whole hours before `now_ms` into the lake at `lake`, and
-/// the ingest watermark at `now_ms`, as a gateway would have. Returns the
-/// number of those hours that ended an hour or more before `now_ms`: the
-/// hourly partitions a scheduler must have run by then, whatever its
-/// lateness.
-pub fn write_fleet_hours(lake: &Path, now_ms: i64, hours: i64) -> usize {
+/// the ingest watermark at `watermark_ms`, as a gateway would have.
+pub fn write_fleet_hours(lake: &Path, now_ms: i64, hours: i64, watermark_ms: i64) {
     use tillwatch_domain::{
         Battery, BootId, DeviceId, MerchantId, Reading, Signal, StoreId, UtcMillis,
     };
@@ -584,9 +581,6 @@ pub fn write_fleet_hours(lake: &Path, now_ms: i64, hours: i64) -> usize {
         let path = lake.file_path(part.table, part.hour, "fixture.parquet");
         lake.write_part(&part, &path).expect("write the lake");
     }
-    lake.write_watermark("fixture", now_ms)
+    lake.write_watermark("fixture", watermark_ms)
         .expect("write the watermark");
-    (0..hours)
-        .filter(|h| last - h * HOUR <= now_ms - HOUR)
-        .count()
 }

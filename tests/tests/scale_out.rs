@@ -20,8 +20,11 @@ use tillwatch_integration_tests::{
 };
 use tillwatch_meta::MetaStore;
 use tillwatch_meta::testing::TestDatabase;
+use tillwatch_scheduler::{Grain, Partition};
 use tillwatch_sim::SimConfig;
 use tokio::sync::watch;
+
+const HOUR: i64 = 3_600_000;
 
 fn gateway(broker: &str, id: &str, dir: &Path, lake: &Path) -> RoleProcess {
     let data = dir.join(id);
@@ -145,7 +148,21 @@ async fn a_scheduler_killed_mid_run_is_taken_over_and_no_partition_runs_twice() 
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let now = chrono::Utc::now().timestamp_millis();
-    let hours = tillwatch_integration_tests::write_fleet_hours(&dir.path().join("lake"), now, 24);
+    // The watermark just short of this hour: the hours due are fixed (the
+    // last one, its 5 minutes' lateness not passed, never is), so once they
+    // are done the schedulers have nothing left to start.
+    let watermark = now - now.rem_euclid(HOUR) - 1;
+    tillwatch_integration_tests::write_fleet_hours(&dir.path().join("lake"), now, 24, watermark);
+    // `start = "1d"`: from the start of yesterday (UTC, offsets [0, 0]).
+    let yesterday = Partition::containing(Grain::Day, now - 24 * HOUR);
+    let hours = Partition::range(Grain::Hour, yesterday.start_ms, watermark - 5 * 60_000);
+    let due = hours.len();
+    // Yesterday's daily and fleet rollups, once all its hours are due.
+    let days_due = usize::from(
+        hours
+            .last()
+            .is_some_and(|h| h.end_ms() >= yesterday.end_ms()),
+    );
 
     let mut a = Some(scheduler("sched-a", dir.path(), &db.url));
     let mut b = Some(scheduler("sched-b", dir.path(), &db.url));
@@ -193,17 +210,26 @@ async fn a_scheduler_killed_mid_run_is_taken_over_and_no_partition_runs_twice() 
     let until = std::time::Instant::now() + Duration::from_secs(180);
     let rows = loop {
         let rows = store.job_partitions().await.unwrap();
-        let hourly = rows
-            .iter()
-            .filter(|r| r.job == "device_health_hourly" && r.status == "succeeded")
-            .count();
+        let done = |job: &str| {
+            rows.iter()
+                .filter(|r| r.job == job && r.status == "succeeded")
+                .count()
+        };
         let settled = rows.iter().all(|r| r.status == "succeeded");
-        if settled && hourly >= hours {
+        if settled
+            && done("raw_compaction") == due
+            && done("device_health_hourly") == due
+            && done("device_health_daily") == days_due
+            && done("fleet_health_daily") == days_due
+        {
             break rows;
         }
         assert!(
             std::time::Instant::now() < until,
-            "the survivor did not finish: {rows:#?}"
+            "the survivor did not finish ({due} hours and {days_due} days due): {:?}",
+            rows.iter()
+                .map(|r| format!("{} {} {}", r.job, r.partition_key, r.status))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -240,9 +266,10 @@ async fn a_scheduler_killed_mid_run_is_taken_over_and_no_partition_runs_twice() 
         (retry.scheduler.as_str(), retry.reason.as_str()),
         (survivor, "lease_expired")
     );
+    let left: Vec<_> = runs.iter().filter(|r| r.status == "running").collect();
     assert!(
-        runs.iter().all(|r| r.status != "running"),
-        "no run is left running"
+        left.is_empty(),
+        "runs left running: {left:#?}\nkilled: {taken:#?}"
     );
 
     let mut last = a.or(b).unwrap();
