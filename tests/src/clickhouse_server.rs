@@ -22,72 +22,6 @@ pub struct ClickHouseServer {
     dir: tempfile::TempDir,
 }
 
-/// Makes a throwaway CA and a server certificate for 127.0.0.1 in `dir`
-/// with the `openssl` command: `ca.pem`, `server.crt`, `server.key`.
-fn make_certificates(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is installed (tests/run installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write ext.cnf");
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=tillwatch test CA",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-}
-
 fn write_config(dir: &Path, http_port: u16, tcp_port: u16, https_port: Option<u16>) {
     let tls = match https_port {
         Some(port) => format!(
@@ -163,7 +97,7 @@ impl ClickHouseServer {
     fn start_with(tls: bool) -> ClickHouseServer {
         let mut dir = tempfile::tempdir().expect("tempdir");
         if tls {
-            make_certificates(dir.path());
+            crate::tls::write_certificates(dir.path(), "tillwatch test CA");
         }
         for _attempt in 0..5 {
             let (http_port, tcp_port) = (free_port(), free_port());

@@ -584,3 +584,82 @@ pub fn write_fleet_hours(lake: &Path, now_ms: i64, hours: i64, watermark_ms: i64
     lake.write_watermark("fixture", watermark_ms)
         .expect("write the watermark");
 }
+
+/// A terminal's MQTT connection (client id `id`) whose last will is `will`,
+/// published retained on `<topic>/status`; the returned task polls it, and
+/// aborting that task breaks the socket without a DISCONNECT, so the broker
+/// sends the will.
+pub fn terminal_with_will(
+    port: u16,
+    id: &str,
+    topic: &str,
+    will: Vec<u8>,
+) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
+    use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_last_will(LastWill::new(
+            format!("{topic}/status"),
+            will,
+            QoS::AtLeastOnce,
+            true,
+        ));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let task = tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    (client, task)
+}
+
+/// `run_standalone` in this process, its HTTP API on a free port.
+pub struct InProcess {
+    pub http: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl InProcess {
+    /// Starts standalone with `config` on `broker` (the embedded one, or
+    /// `config.mqtt.broker` when `None`) and waits until its gateway has
+    /// subscribed.
+    pub async fn start(
+        config: tillwatch_config::Config,
+        broker: Option<tillwatch_serve::EmbeddedBroker>,
+    ) -> InProcess {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a free port");
+        let addr = http.local_addr().expect("its address");
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            tillwatch_serve::run_standalone(config, http, None, broker.as_ref(), async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+        });
+        wait_for("the gateway to subscribe", Duration::from_secs(30), || {
+            matches!(http_get(addr, "/readyz"), Ok((200, _)))
+        })
+        .await;
+        InProcess {
+            http: addr,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops it and waits (at most a minute) for a clean exit.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("standalone stops within a minute")
+            .expect("the standalone task does not panic")
+            .expect("standalone exits cleanly");
+    }
+}

@@ -9,11 +9,13 @@
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use tillwatch_config::Config;
 use tillwatch_domain::UtcMillis;
 use tillwatch_domain::connectivity::{ConnState, OfflineReason};
-use tillwatch_integration_tests::{Alertmanager, Mosquitto, free_port, wait_for};
+use tillwatch_integration_tests::{
+    Alertmanager, Mosquitto, free_port, terminal_with_will, wait_for,
+};
 use tillwatch_meta::MetaStore;
 use tillwatch_proto::telemetry::v1 as pb;
 use tokio::sync::watch;
@@ -55,27 +57,11 @@ fn telemetry(seq: u64) -> Vec<u8> {
 /// A terminal's MQTT connection with its last will; dropping the returned
 /// task's handle (aborting it) breaks the socket without a DISCONNECT.
 fn terminal(port: u16, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>) {
-    let mut options = MqttOptions::new(id, "127.0.0.1", port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_last_will(LastWill::new(
-            format!("{TOPIC}/status"),
-            status(
-                pb::ConnectionState::Offline,
-                pb::StatusReason::ConnectionLost,
-            ),
-            QoS::AtLeastOnce,
-            true,
-        ));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let task = tokio::spawn(async move {
-        loop {
-            if eventloop.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    });
-    (client, task)
+    let will = status(
+        pb::ConnectionState::Offline,
+        pb::StatusReason::ConnectionLost,
+    );
+    terminal_with_will(port, id, TOPIC, will)
 }
 
 async fn state_of(store: &MetaStore) -> Option<(ConnState, i64)> {

@@ -574,7 +574,7 @@ async fn a_gateway_killed_with_rows_in_its_spool_ships_them_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn standalone_creates_the_schema_and_fills_clickhouse() {
     use tillwatch_config::Config;
-    use tillwatch_serve::{EmbeddedBroker, run_standalone};
+    use tillwatch_serve::EmbeddedBroker;
 
     let ch = ClickHouseServer::start();
     let dir = tempfile::tempdir().unwrap();
@@ -586,22 +586,7 @@ async fn standalone_creates_the_schema_and_fills_clickhouse() {
     config.clickhouse.database = "standalone".into();
     let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
     let broker_url = broker.url();
-    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap();
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let service = tokio::spawn(async move {
-        run_standalone(config, http, None, Some(&broker), async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        })
-        .await
-    });
-    wait_for("standalone to subscribe", Duration::from_secs(30), || {
-        matches!(
-            tillwatch_integration_tests::http_get(http_addr, "/readyz"),
-            Ok((200, _))
-        )
-    })
-    .await;
+    let standalone = tillwatch_integration_tests::InProcess::start(config, Some(broker)).await;
 
     let report = tillwatch_sim::run(
         fleet(broker_url, 40, 20, 21, Faults::all()),
@@ -613,8 +598,7 @@ async fn standalone_creates_the_schema_and_fills_clickhouse() {
     let lake = dir.path().join("lake");
     LakeContents::wait_for_readings(&lake, report.readings, Duration::from_secs(120)).await;
     wait_for_clickhouse(&ch, "standalone", report.readings).await;
-    let _ = stop_tx.send(true);
-    service.await.unwrap().unwrap();
+    standalone.stop().await;
 
     assert_eq!(clickhouse_readings(&ch, "standalone"), report.readings);
     assert_same_rows(&ch, "standalone", &lake);

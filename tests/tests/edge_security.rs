@@ -21,12 +21,11 @@ use tillwatch_config::{Config, EmbeddedBrokerConfig};
 use tillwatch_domain::UtcMillis;
 use tillwatch_integration_tests::tls::{TestCa, password_file};
 use tillwatch_integration_tests::{
-    LakeContents, Mosquitto, RoleProcess, http_get, start_across_hour, wait_for,
+    InProcess, LakeContents, Mosquitto, RoleProcess, start_across_hour,
 };
 use tillwatch_proto::telemetry::v1 as pb;
-use tillwatch_serve::{EmbeddedBroker, run_standalone};
+use tillwatch_serve::EmbeddedBroker;
 use tillwatch_sim::{DeviceSecurity, Faults, SimConfig};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const FLEET_PASSWORD: &str = "fleet-test-password-7Hq2";
@@ -135,20 +134,8 @@ async fn terminals_reach_the_embedded_broker_over_tls_with_their_own_logins() {
     };
     config.scheduler.enabled = false;
     config.mqtt.client_id = "tls-test-gateway".into();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr = http.local_addr().unwrap();
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let service = tokio::spawn(async move {
-        run_standalone(config, http, None, Some(&broker), async move {
-            let _ = stop_rx.wait_for(|s| *s).await;
-        })
-        .await
-    });
     // The in-process gateway logs in with the run's own account.
-    wait_for("the gateway to subscribe", Duration::from_secs(30), || {
-        matches!(http_get(http_addr, "/readyz"), Ok((200, _)))
-    })
-    .await;
+    let standalone = InProcess::start(config, Some(broker)).await;
 
     let report = tillwatch_sim::run(
         fleet(format!("mqtts://{tls}"), &ca.ca_cert, devices.len(), 10),
@@ -215,12 +202,7 @@ async fn terminals_reach_the_embedded_broker_over_tls_with_their_own_logins() {
         "plain MQTT on the TLS port does not connect"
     );
 
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(60), service)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    standalone.stop().await;
     LakeContents::read(&lake).assert_exactly(40);
 }
 

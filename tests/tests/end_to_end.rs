@@ -4,17 +4,16 @@
 //! exactly the valid readings, once each, in their hour partitions, and the
 //! dead letters hold the bad messages.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use tillwatch_config::Config;
 use tillwatch_integration_tests::{
-    LakeContents, Mosquitto, duckdb_scalar, files_below, http_get, start_across_hour, wait_for,
+    InProcess, LakeContents, Mosquitto, duckdb_scalar, files_below, http_get, start_across_hour,
+    wait_for,
 };
-use tillwatch_serve::{EmbeddedBroker, run_standalone};
+use tillwatch_serve::EmbeddedBroker;
 use tillwatch_sim::{Report, SimConfig};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 fn fleet(broker: String) -> SimConfig {
@@ -53,23 +52,8 @@ async fn fleet_through(broker: Option<String>) {
         .clone()
         .unwrap_or_else(|| embedded.as_ref().unwrap().url());
 
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr: SocketAddr = http.local_addr().unwrap();
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let service = {
-        let config = config.clone();
-        tokio::spawn(async move {
-            let embedded = embedded;
-            run_standalone(config, http, None, embedded.as_ref(), async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
-        })
-    };
-    wait_for("the gateway to subscribe", Duration::from_secs(30), || {
-        matches!(http_get(http_addr, "/readyz"), Ok((200, _)))
-    })
-    .await;
+    let standalone = InProcess::start(config.clone(), embedded).await;
+    let http_addr = standalone.http;
 
     let report: Report = tillwatch_sim::run(fleet(broker_url), watch::channel(false).1)
         .await
@@ -113,12 +97,7 @@ async fn fleet_through(broker: Option<String>) {
         "a device id leaked into a metric label"
     );
 
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(30), service)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    standalone.stop().await;
 
     let contents = LakeContents::read(&lake);
     contents.assert_exactly(report.readings);

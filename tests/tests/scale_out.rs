@@ -342,7 +342,7 @@ fn alerter(name: &str, dir: &Path, db: &str, broker: &str, config: &Path) -> Rol
 /// last will.
 async fn terminal_drops(broker_port: u16, device: &str, store: &MetaStore) {
     use prost::Message;
-    use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS};
+    use rumqttc::QoS;
     use tillwatch_proto::telemetry::v1 as pb;
     let topic = format!("tw/v1/m-ha/{device}");
     let now = || chrono::Utc::now().timestamp_millis();
@@ -356,26 +356,12 @@ async fn terminal_drops(broker_port: u16, device: &str, store: &MetaStore) {
         }
         .encode_to_vec()
     };
-    let mut options = MqttOptions::new(device, "127.0.0.1", broker_port);
-    options
-        .set_keep_alive(Duration::from_secs(30))
-        .set_last_will(LastWill::new(
-            format!("{topic}/status"),
-            status(
-                pb::ConnectionState::Offline,
-                pb::StatusReason::ConnectionLost,
-            ),
-            QoS::AtLeastOnce,
-            true,
-        ));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
-    let connection = tokio::spawn(async move {
-        loop {
-            if eventloop.poll().await.is_err() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    });
+    let will = status(
+        pb::ConnectionState::Offline,
+        pb::StatusReason::ConnectionLost,
+    );
+    let (client, connection) =
+        tillwatch_integration_tests::terminal_with_will(broker_port, device, &topic, will);
     client
         .publish(
             format!("{topic}/status"),

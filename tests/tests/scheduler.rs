@@ -5,7 +5,6 @@
 //! `tillwatch jobs backfill … --downstream` and `jobs lineage` with the
 //! real command line, and the run history shows what the backfill re-ran.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -14,15 +13,14 @@ use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
 use tillwatch_config::{Config, JobSettings, RollupEngine};
 use tillwatch_domain::UtcMillis;
-use tillwatch_integration_tests::{http_call, http_get, test_tokens, tillwatch_bin, wait_for};
+use tillwatch_integration_tests::{InProcess, http_call, test_tokens, tillwatch_bin, wait_for};
 use tillwatch_meta::MetaStore;
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
 use tillwatch_scheduler::{Grain, Partition};
-use tillwatch_serve::{EmbeddedBroker, run_standalone};
+use tillwatch_serve::EmbeddedBroker;
 use tillwatch_sim::{Faults, SimConfig};
 use tillwatch_storage::{Lake, read_file};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const HOUR: i64 = 3_600_000;
@@ -133,22 +131,8 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     }
     let embedded = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
     let broker_url = embedded.url();
-    let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_addr: SocketAddr = http.local_addr().unwrap();
-    let (stop_tx, mut stop_rx) = watch::channel(false);
-    let service = {
-        let config = config.clone();
-        tokio::spawn(async move {
-            run_standalone(config, http, None, Some(&embedded), async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
-        })
-    };
-    wait_for("the gateway to subscribe", Duration::from_secs(30), || {
-        matches!(http_get(http_addr, "/readyz"), Ok((200, _)))
-    })
-    .await;
+    let standalone = InProcess::start(config.clone(), Some(embedded)).await;
+    let http_addr = standalone.http;
 
     // 30 terminals, a reading every 10 minutes from 26 hours ago.
     let now = UtcMillis::now().0;
@@ -309,12 +293,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("from"), "{body}");
 
-    stop_tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(60), service)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    standalone.stop().await;
 
     // Yesterday's daily rollup counts every battery reading of the day once,
     // and every terminal that reported.

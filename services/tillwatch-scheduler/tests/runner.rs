@@ -113,6 +113,17 @@ impl Setup {
     fn now(&self) -> i64 {
         self.clock.load(Ordering::SeqCst)
     }
+
+    /// `<scheduler> <status>` of each run of `partition`, newest first.
+    async fn runs_of(&self, partition: &str) -> Vec<String> {
+        self.store
+            .job_runs(None, Some(partition), 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| format!("{} {}", r.scheduler, r.status))
+            .collect()
+    }
 }
 
 fn unchanged(_: &str, _: Partition) -> String {
@@ -273,18 +284,9 @@ async fn a_dead_schedulers_run_is_taken_over_after_its_timeout(url: &str) {
             .await
             .unwrap()
     );
-    let runs = s
-        .store
-        .job_runs(None, Some("2026-11-20T00"), 10)
-        .await
-        .unwrap();
-    let states: Vec<_> = runs
-        .iter()
-        .map(|r| (r.scheduler.as_str(), r.status.as_str()))
-        .collect();
     assert_eq!(
-        states,
-        [("scheduler-b", "succeeded"), ("scheduler-a", "abandoned")]
+        s.runs_of("2026-11-20T00").await,
+        ["scheduler-b succeeded", "scheduler-a abandoned"]
     );
 }
 
@@ -421,18 +423,9 @@ async fn a_long_run_keeps_its_claim_and_a_run_whose_claim_is_taken_stops(url: &s
         1,
         "A's run was stopped, not left running beside the new owner"
     );
-    let runs = s
-        .store
-        .job_runs(None, Some("2026-11-20T00"), 10)
-        .await
-        .unwrap();
-    let states: Vec<_> = runs
-        .iter()
-        .map(|r| (r.scheduler.as_str(), r.status.as_str()))
-        .collect();
     assert_eq!(
-        states,
-        [("scheduler-c", "running"), ("scheduler-a", "abandoned")]
+        s.runs_of("2026-11-20T00").await,
+        ["scheduler-c running", "scheduler-a abandoned"]
     );
 }
 
