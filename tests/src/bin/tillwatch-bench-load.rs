@@ -311,27 +311,45 @@ async fn drain(broker: &str, client_id: &str, messages: u64) -> String {
     // Acks go out from a task of their own, as the gateway's do: the poll
     // loop never waits on the request queue it is the one to empty.
     let (acks, mut to_ack) = tokio::sync::mpsc::unbounded_channel::<rumqttc::Publish>();
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut acker = {
         let client = client.clone();
+        let acked = acked.clone();
         tokio::spawn(async move {
             while let Some(publish) = to_ack.recv().await {
                 if client.ack(&publish).await.is_err() {
                     return;
                 }
+                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         })
     };
     let mut received = 0u64;
     let mut bytes = 0u64;
+    // A drain that stops making progress says where it stands, every 10 s.
+    let mut watchdog = tokio::time::interval(Duration::from_secs(10));
+    watchdog.tick().await;
+    let mut at_last_tick = 0u64;
     while received < messages {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                received += 1;
-                bytes += p.payload.len() as u64;
-                acks.send(p).expect("the ack task runs");
+        tokio::select! {
+            polled = eventloop.poll() => match polled {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    received += 1;
+                    bytes += p.payload.len() as u64;
+                    acks.send(p).expect("the ack task runs");
+                }
+                Ok(_) => {}
+                Err(e) => panic!("drain: {e}"),
+            },
+            _ = watchdog.tick() => {
+                if received == at_last_tick {
+                    eprintln!(
+                        "drain {client_id}: no message for 10 s; {received} of {messages} received, {} acked",
+                        acked.load(std::sync::atomic::Ordering::Relaxed)
+                    );
+                }
+                at_last_tick = received;
             }
-            Ok(_) => {}
-            Err(e) => panic!("drain: {e}"),
         }
     }
     // The last acks go out before the clock stops.
