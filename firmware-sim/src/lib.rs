@@ -240,7 +240,9 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> Result<R
             )));
         }
     }
-    let (host, port, tls) = parse_broker(&config.broker)?;
+    let tillwatch_config::BrokerAddr { host, port, tls } =
+        tillwatch_config::BrokerAddr::parse(&config.broker)
+            .map_err(|e| SimError::Config(format!("--broker: {e}")))?;
     let transport = if tls {
         Some(
             tillwatch_proto::tls::client_transport(config.security.ca_file.as_deref())
@@ -268,26 +270,6 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> Result<R
     }
     report.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
-}
-
-/// Host, port and whether it is TLS (`mqtts://`).
-fn parse_broker(url: &str) -> Result<(String, u16, bool), SimError> {
-    let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
-        (Some(rest), _) => (rest, false),
-        (_, Some(rest)) => (rest, true),
-        _ => {
-            return Err(SimError::Config(format!(
-                "--broker {url:?} must look like mqtt://HOST:PORT or mqtts://HOST:PORT"
-            )));
-        }
-    };
-    match rest.trim_end_matches('/').rsplit_once(':') {
-        Some((host, port)) => port
-            .parse()
-            .map(|p| (host.to_string(), p, tls))
-            .map_err(|_| SimError::Config(format!("--broker {url:?} has an invalid port"))),
-        None => Ok((rest.to_string(), if tls { 8883 } else { 1883 }, tls)),
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
-use tillwatch_storage::clickhouse_ddl::{MIGRATIONS, ServerVersion, quote_ident};
+use tillwatch_storage::clickhouse_ddl::{MIGRATIONS, ServerVersion, quote_ident, rows_table};
 use tracing::info;
 
 use crate::client::{ChError, ClickHouse, ErrorClass};
@@ -146,16 +146,13 @@ pub async fn migrate(
             report.already_applied += 1;
             continue;
         }
-        let statements = match &ch.settings().cluster {
-            Some(cluster) => m
-                .render_for_cluster(ch.database(), features, cluster)
-                .map_err(|message| ChError {
-                    class: ErrorClass::Schema,
-                    url: ch.settings().url.clone(),
-                    message,
-                })?,
-            None => m.render(ch.database(), features),
-        };
+        let statements = m
+            .statements(ch.database(), features, ch.settings().cluster.as_deref())
+            .map_err(|message| ChError {
+                class: ErrorClass::Schema,
+                url: ch.settings().url.clone(),
+                message,
+            })?;
         for statement in statements {
             ch.execute(&statement).await?;
         }
@@ -178,11 +175,7 @@ pub async fn migrate(
         let days = retention.as_secs().div_ceil(86_400).max(1);
         if features.ttl {
             for (table, column) in crate::RAW_TABLES_WITH_TIME {
-                // On a cluster the rows live in the shards' local tables.
-                let table = match ch.settings().cluster {
-                    Some(_) => format!("{table}_local"),
-                    None => table.to_string(),
-                };
+                let table = rows_table(table, ch.settings().cluster.as_deref());
                 ch.execute(&format!(
                     "ALTER TABLE {}{} MODIFY TTL {column} + INTERVAL {days} DAY",
                     ch.table(&table),

@@ -302,7 +302,7 @@ impl std::fmt::Debug for ApiToken {
         f.debug_struct("ApiToken")
             .field("name", &self.name)
             .field("role", &self.role)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token", &redacted(&self.token))
             .field("token_file", &self.token_file)
             .finish()
     }

@@ -15,4 +15,4 @@ pub use interval::{Grain, Partition};
 pub use job::{Catalog, CatalogError, Input, JobSpec, RunWindow, Schedule};
 pub use ops::{Lineage, Progress, Snapshot, Target};
 pub use plan::{PartitionRecord, Reason, Status, Task, World, plan};
-pub use runner::{Clock, DEFAULT_LEASE, Executor, Output, Ran, RunFuture, Runner};
+pub use runner::{Clock, Executor, Output, Ran, RunFuture, Runner};

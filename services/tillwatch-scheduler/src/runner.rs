@@ -54,8 +54,9 @@ pub struct Runner {
     active: Mutex<HashSet<String>>,
 }
 
-/// How long a claim holds unless the runner is told otherwise.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// How long a claim holds unless the runner is told otherwise (the
+/// scheduler sets `scheduler.lease`).
+const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 type Key = (String, Partition);
 
@@ -372,21 +373,24 @@ impl Runner {
     ) -> std::convert::Infallible {
         let every = Duration::from_millis((self.lease_ms / 3) as u64);
         let mut held_until = (self.clock)() + self.lease_ms;
+        // The claims still held; a lost one is stopped and not renewed again.
+        let mut live = run_ids.to_vec();
         loop {
             tokio::time::sleep(every).await;
             let now = (self.clock)();
-            match self.store.renew_leases(run_ids, now + self.lease_ms).await {
+            match self.store.renew_leases(&live, now + self.lease_ms).await {
                 Ok(gone) => {
                     held_until = now + self.lease_ms;
                     if !gone.is_empty() {
                         tracing::warn!(runs = ?gone, "claims taken over by another scheduler; stopping those runs");
+                        live.retain(|id| !gone.contains(id));
                         lost.send_modify(|l| l.extend(gone));
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot renew the claims on running partitions");
                     if now + every.as_millis() as i64 >= held_until {
-                        lost.send_modify(|l| l.extend(run_ids.iter().cloned()));
+                        lost.send_modify(|l| l.extend(live.drain(..)));
                     }
                 }
             }

@@ -28,6 +28,19 @@ impl Migration {
         render(self.template, database, features)
     }
 
+    /// The statements of this file for one server, or for `cluster`.
+    pub fn statements(
+        &self,
+        database: &str,
+        features: Features,
+        cluster: Option<&str>,
+    ) -> Result<Vec<String>, String> {
+        match cluster {
+            Some(cluster) => self.render_for_cluster(database, features, cluster),
+            None => Ok(self.render(database, features)),
+        }
+    }
+
     /// The statements of this file for the ClickHouse cluster `cluster`
     /// (see [`cluster`]): each `ON CLUSTER`, raw tables sharded by device
     /// over replicated local tables.
@@ -63,6 +76,16 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(7, "007", "rollups"),
     migration!(8, "008", "rollup_inputs"),
 ];
+
+/// The table that holds `table`'s rows: itself on one server; on a
+/// cluster, a sharded table's `<table>_local` (its `Distributed` front
+/// holds none).
+pub fn rows_table(table: &str, cluster: Option<&str>) -> String {
+    match cluster {
+        Some(_) if cluster::is_sharded(table) => format!("{table}_local"),
+        _ => table.to_string(),
+    }
+}
 
 /// A server version, from `SELECT version()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -673,12 +673,13 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         let database = &config.clickhouse.database;
         for m in tillwatch_storage::clickhouse_ddl::MIGRATIONS {
             println!("-- {:03}_{}", m.version, m.name);
-            let statements = match &config.clickhouse.cluster {
-                Some(cluster) => m
-                    .render_for_cluster(database, version.features(), cluster)
-                    .map_err(anyhow::Error::msg)?,
-                None => m.render(database, version.features()),
-            };
+            let statements = m
+                .statements(
+                    database,
+                    version.features(),
+                    config.clickhouse.cluster.as_deref(),
+                )
+                .map_err(anyhow::Error::msg)?;
             for statement in statements {
                 println!("{statement};\n");
             }

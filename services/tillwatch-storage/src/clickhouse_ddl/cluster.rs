@@ -28,6 +28,11 @@ const SHARDED: &[&str] = &[
     "device_latest_state",
 ];
 
+/// Whether `table` is split across shards (over `<table>_local`).
+pub(super) fn is_sharded(table: &str) -> bool {
+    SHARDED.contains(&table)
+}
+
 /// Tables kept whole on every replica of the (single) shard.
 const REPLICATED: &[&str] = &[
     "device_health_hourly",
