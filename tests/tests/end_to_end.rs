@@ -71,9 +71,9 @@ async fn fleet_through(broker: Option<String>) {
     )
     .await;
 
-    let (status, metrics) = http_get(http_addr, "/metrics").unwrap();
-    assert_eq!(status, 200);
-    for expected in [
+    // The gateway publishes its counters once a second and after each
+    // flush: wait (with a deadline) until the last ones are out.
+    let expected = [
         "# HELP tillwatch_gateway_readings_stored_total",
         "tillwatch_gateway_readings_received_total{kind=\"battery\"}",
         "tillwatch_gateway_readings_stored_total{kind=\"connectivity\"}",
@@ -85,7 +85,17 @@ async fn fleet_through(broker: Option<String>) {
         "tillwatch_gateway_bytes_written_total",
         "tillwatch_gateway_acks_sent_total",
         "tillwatch_gateway_broker_connected",
-    ] {
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (status, body) = http_get(http_addr, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        if expected.iter().all(|e| body.contains(e)) || std::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for expected in expected {
         assert!(
             metrics.contains(expected),
             "/metrics lacks {expected}:\n{metrics}"
