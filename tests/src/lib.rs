@@ -7,6 +7,7 @@ pub mod browser;
 mod clickhouse_server;
 mod gateway_process;
 pub mod grafana;
+pub mod s3;
 pub mod tls;
 
 pub use alertmanager::Alertmanager;

@@ -5,11 +5,11 @@
 //! inserted, and each day's partition is merged (`OPTIMIZE … FINAL`) once
 //! its files are in, so even plain `count()` is exact afterwards.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bytes::Bytes;
 use chrono::NaiveDate;
-use tillwatch_storage::{Lake, Table, read_file};
+use tillwatch_storage::{Lake, Table};
 use tracing::info;
 
 use crate::client::{ChError, ClickHouse};
@@ -23,11 +23,6 @@ pub enum BackfillError {
     ClickHouse(#[from] ChError),
     #[error(transparent)]
     Lake(#[from] tillwatch_storage::LakeError),
-    #[error("listing {path}: {source}")]
-    List {
-        path: PathBuf,
-        source: std::io::Error,
-    },
 }
 
 /// Where a running backfill is, for a progress display.
@@ -62,9 +57,7 @@ fn list(lake: &Lake, from: NaiveDate, to: NaiveDate) -> Result<Vec<DayFiles>, Ba
             let dir = lake
                 .table_dir(table)
                 .join(format!("date={}", day.format("%Y-%m-%d")));
-            let mut files = Vec::new();
-            collect_parquet(&dir, &mut files)?;
-            files.sort();
+            let files = lake.parquet_files_under(&dir)?;
             if !files.is_empty() {
                 out.push(DayFiles { table, day, files });
             }
@@ -72,35 +65,6 @@ fn list(lake: &Lake, from: NaiveDate, to: NaiveDate) -> Result<Vec<DayFiles>, Ba
         }
     }
     Ok(out)
-}
-
-fn collect_parquet(dir: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<(), BackfillError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(BackfillError::List {
-                path: dir.to_path_buf(),
-                source,
-            });
-        }
-    };
-    for entry in entries {
-        let entry = entry.map_err(|source| BackfillError::List {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if path.is_dir() {
-            collect_parquet(&path, out)?;
-        } else if name.ends_with(".parquet") && !name.starts_with('.') {
-            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
-            out.push((path, len));
-        }
-    }
-    Ok(())
 }
 
 /// Loads every lake file of `from..=to` (UTC days) into ClickHouse.
@@ -137,9 +101,10 @@ pub async fn backfill(
             let table = day.table;
             // Reading and encoding are blocking: the buffer goes along.
             let mut pending = std::mem::take(&mut buf);
+            let lake = lake.clone();
             let (pending, n) = tokio::task::spawn_blocking(move || {
                 let mut n = 0;
-                for b in &read_file(&path)? {
+                for b in &lake.read_file(&path)? {
                     rowbinary::encode(table, b, &mut pending);
                     n += b.num_rows();
                 }

@@ -439,10 +439,46 @@ impl std::fmt::Debug for MetadataConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LakeConfig {
     /// A directory every role shares (gateways write it, the scheduler and
-    /// the API read it); unset means `<data_dir>/lake`. Split deployments
-    /// point it at one shared volume while each gateway keeps its own
-    /// `data_dir` for its dedup journal and ClickHouse spool.
+    /// the API read it), or an S3-compatible bucket as
+    /// `s3://bucket/prefix` (reached as `lake.s3` says); unset means
+    /// `<data_dir>/lake`. Split deployments point it at one shared volume
+    /// or bucket while each gateway keeps its own `data_dir` for its dedup
+    /// journal and ClickHouse spool.
     pub path: Option<PathBuf>,
+    pub s3: LakeS3Config,
+}
+
+/// How to reach the bucket of an `s3://` lake. Unset keys fall back to the
+/// standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, …).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LakeS3Config {
+    /// `http(s)://host:port` of a store other than AWS (MinIO, Ceph RGW,
+    /// …); requests go path-style to it.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    /// Better given as `secret_access_key_file` (a mounted secret) or
+    /// through `AWS_SECRET_ACCESS_KEY` than written in a file.
+    pub secret_access_key: Option<String>,
+    /// A file holding the secret key (surrounding whitespace is ignored).
+    pub secret_access_key_file: Option<PathBuf>,
+    /// Allow a plain-HTTP `endpoint` (a store on a private network).
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for LakeS3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LakeS3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &redacted(&self.secret_access_key))
+            .field("secret_access_key_file", &self.secret_access_key_file)
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
 }
 
 impl Config {
@@ -616,7 +652,8 @@ impl Config {
     }
 
     /// Reads every secret given as a file (`mqtt.password_file`,
-    /// `clickhouse.password_file`, `metadata.url_file`) into its value, so
+    /// `clickhouse.password_file`, `metadata.url_file`,
+    /// `lake.s3.secret_access_key_file`) into its value, so
     /// a missing or unreadable secret stops the process at start, named.
     /// Errors name the key and the file, never the contents. (API tokens'
     /// `token_file`s are read when the API starts.)
@@ -637,6 +674,11 @@ impl Config {
                 "metadata.url",
                 &mut self.metadata.url,
                 &self.metadata.url_file,
+            ),
+            (
+                "lake.s3.secret_access_key",
+                &mut self.lake.s3.secret_access_key,
+                &self.lake.s3.secret_access_key_file,
             ),
         ] {
             let Some(path) = file else { continue };
@@ -690,6 +732,30 @@ impl Config {
             .is_some_and(|p| p.as_os_str().is_empty())
         {
             errors.push("lake.path: must not be empty (leave it out for <data_dir>/lake)".into());
+        }
+        if let Some(url) = self.lake.path.as_ref().and_then(|p| p.to_str())
+            && url.contains("://")
+        {
+            match url.strip_prefix("s3://") {
+                None => errors.push(format!(
+                    "lake.path: {url:?} is not a directory or an s3://bucket/prefix URL"
+                )),
+                Some(rest) if rest.split('/').next().unwrap_or("").is_empty() => {
+                    errors.push(format!("lake.path: {url:?} names no bucket"))
+                }
+                Some(_) => {}
+            }
+        } else if self.lake.s3 != LakeS3Config::default() {
+            errors.push("lake.s3: only used when lake.path is an s3:// URL".into());
+        }
+        if let Some(e) = &self.lake.s3.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                errors.push(format!("lake.s3.endpoint: {e:?} is not an http(s):// URL"));
+            } else if e.starts_with("http://") && !self.lake.s3.allow_http {
+                errors.push(format!(
+                    "lake.s3.endpoint: {e:?} is plain HTTP; set lake.s3.allow_http = true to use it"
+                ));
+            }
         }
         match BrokerAddr::parse(&self.mqtt.broker) {
             Err(e) => errors.push(format!("mqtt.broker: {e}")),
@@ -987,6 +1053,59 @@ mod tests {
         )];
         let err = Config::load(None, env).unwrap_err().to_string();
         assert!(err.contains("TILLWATCH__GATEWAY__FLUSH_MAX_ROWS"), "{err}");
+    }
+
+    #[test]
+    fn an_s3_lake_is_checked_and_its_key_read_from_a_file_never_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("s3-key");
+        std::fs::write(&key, "s3-s3cret\n").unwrap();
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let mut config = Config::load(
+            None,
+            env(&[
+                ("TILLWATCH__LAKE__PATH", "s3://fleet-lake/prod"),
+                ("TILLWATCH__LAKE__S3__ENDPOINT", "http://minio:9000"),
+                ("TILLWATCH__LAKE__S3__ALLOW_HTTP", "true"),
+                (
+                    "TILLWATCH__LAKE__S3__SECRET_ACCESS_KEY_FILE",
+                    key.to_str().unwrap(),
+                ),
+            ]),
+        )
+        .unwrap();
+        config.validate().unwrap();
+        config.read_secret_files().unwrap();
+        assert_eq!(
+            config.lake.s3.secret_access_key.as_deref(),
+            Some("s3-s3cret")
+        );
+        assert_eq!(config.lake_dir(), PathBuf::from("s3://fleet-lake/prod"));
+        assert!(!format!("{config:?}").contains("s3-s3cret"));
+
+        let problems = |pairs: &[(&str, &str)]| match Config::load(None, env(pairs)) {
+            Ok(c) => c.validate().unwrap_err().to_string(),
+            Err(e) => e.to_string(),
+        };
+        let err = problems(&[("TILLWATCH__LAKE__PATH", "s3:///prod")]);
+        assert!(
+            err.contains("lake.path") && err.contains("no bucket"),
+            "{err}"
+        );
+        let err = problems(&[("TILLWATCH__LAKE__PATH", "gs://fleet/prod")]);
+        assert!(err.contains("s3://bucket/prefix"), "{err}");
+        let err = problems(&[("TILLWATCH__LAKE__S3__REGION", "eu-west-1")]);
+        assert!(err.contains("lake.s3: only used"), "{err}");
+        let err = problems(&[
+            ("TILLWATCH__LAKE__PATH", "s3://fleet-lake"),
+            ("TILLWATCH__LAKE__S3__ENDPOINT", "http://minio:9000"),
+        ]);
+        assert!(err.contains("lake.s3.allow_http"), "{err}");
     }
 
     #[test]

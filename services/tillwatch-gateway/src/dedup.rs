@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tillwatch_domain::{BootId, DeviceId, ReadingKey};
-use tillwatch_storage::{Lake, read_reading_keys};
+use tillwatch_storage::Lake;
 
 /// Sequence numbers seen within one boot, as disjoint half-open ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -413,9 +413,11 @@ impl DedupStore {
             let mut keys = Vec::new();
             for rel in files {
                 let path = store.lake.root().join(&rel);
-                let _ = fs::remove_file(Lake::temp_path(&path));
-                if path.exists() && !rel.starts_with("dead_letter/") {
-                    for (device, boot, seq) in read_reading_keys(&path)? {
+                if !store.lake.is_object_store() {
+                    let _ = fs::remove_file(Lake::temp_path(&path));
+                }
+                if !rel.starts_with("dead_letter/") && store.lake.exists(&path)? {
+                    for (device, boot, seq) in store.lake.read_reading_keys(&path)? {
                         if let Ok(device_id) = DeviceId::new(&device) {
                             keys.push(ReadingKey {
                                 device_id,

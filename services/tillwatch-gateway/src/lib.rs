@@ -49,6 +49,8 @@ pub enum GatewayError {
     ClickHouse(#[from] tillwatch_clickhouse::ChError),
     #[error("opening the ClickHouse spool: {0}")]
     Spool(#[from] tillwatch_clickhouse::SpoolError),
+    #[error("the lake: {0}")]
+    Lake(#[from] tillwatch_storage::LakeError),
 }
 
 /// Resolves once `rx` turns true, or when its sender is dropped: the one
@@ -133,7 +135,7 @@ pub async fn run_gateway(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
     metrics::describe();
-    let lake = Lake::new(config.lake_dir());
+    let lake = Lake::from_config(config)?;
     let state = state_dir(config);
     let recovery_lake = lake.clone();
     let (store, recovery) =

@@ -482,7 +482,7 @@ pub async fn service(config: &Config) -> Result<FleetService, String> {
         .map_err(|e| format!("migrating the metadata store: {e}"))?;
     Ok(FleetService::new(
         store,
-        Lake::new(config.lake_dir()),
+        Lake::from_config(config).map_err(|e| format!("the lake: {e}"))?,
         Arc::new(access),
         config.alerting.rules.battery_low.threshold,
         config.grpc.change_poll,

@@ -38,13 +38,10 @@ struct CohortsQuery {
 /// The newest day with a fleet rollup in the lake.
 fn newest_day(lake: &Lake) -> Option<Partition> {
     let dir = lake.root().join(FLEET_HEALTH_DAILY);
-    std::fs::read_dir(dir)
+    lake.subdirectories(&dir)
         .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            Partition::parse_key(name.strip_prefix("date=")?)
-        })
+        .into_iter()
+        .filter_map(|name| Partition::parse_key(name.strip_prefix("date=")?))
         .filter(|p| p.grain == Grain::Day)
         .max()
 }
@@ -67,8 +64,14 @@ async fn cohorts(
                 .ok_or_else(|| not_found("no day has been rolled up yet"))?
         }
     };
-    let path = Embedded::new(lake).output_path(FLEET_HEALTH_DAILY, day);
-    if !path.exists() {
+    let engine = Embedded::new(lake);
+    let path = engine.output_path(FLEET_HEALTH_DAILY, day);
+    if !engine.exists(&path).await.map_err(|e| {
+        ApiError(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the lake: {e}"),
+        )
+    })? {
         return Err(not_found(format!("{day} has not been rolled up")));
     }
     let failed = |e: String| {
@@ -77,7 +80,7 @@ async fn cohorts(
             format!("reading {FLEET_HEALTH_DAILY} {day}: {e}"),
         )
     };
-    let ctx = Embedded::context();
+    let ctx = engine.session();
     ctx.register_parquet("fleet", path.display().to_string(), Default::default())
         .await
         .map_err(|e| failed(e.to_string()))?;

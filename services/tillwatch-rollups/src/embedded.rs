@@ -1,17 +1,16 @@
 //! The embedded engine: DataFusion over the Parquet lake, for standalone
 //! mode. A partition's output is one Parquet file,
-//! `lake/<job>/date=…/hour=…/part.parquet`, written to a hidden temporary
-//! name, synced and renamed over the previous one: readers see the old
-//! output or the new, never a mix, and a run killed half way leaves the
-//! old output as it was.
+//! `lake/<job>/date=…/hour=…/part.parquet`, put in place whole
+//! ([`Lake::put`]: on disk a synced temp file renamed over the previous
+//! one, in object storage one PUT): readers see the old output or the new,
+//! never a mix, and a run killed half way leaves the old output as it was.
 
-use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tillwatch_domain::{HourPartition, Kind};
 use tillwatch_scheduler::{Executor, JobSpec, Output, Partition, RunFuture};
@@ -69,24 +68,6 @@ fn encode(
     Ok(bytes)
 }
 
-/// Writes `bytes` to `path` so that it appears whole or not at all.
-fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .expect("output files live in a partition directory");
-    fs::create_dir_all(dir)?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{name}.tmp"));
-    let mut file = fs::File::create(&temp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&temp, path)?;
-    fs::File::open(dir)?.sync_all()
-}
-
 impl Embedded {
     /// Over the lake alone: minutes online unknown, every day a UTC day.
     pub fn new(lake: Lake) -> Embedded {
@@ -125,6 +106,16 @@ impl Embedded {
         Ok(local)
     }
 
+    /// Whether a file is at `path` in the lake.
+    pub async fn exists(&self, path: &std::path::Path) -> Result<bool, String> {
+        let lake = self.lake.clone();
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || lake.exists(&path))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
     /// Where a job's partition lives in the lake.
     pub fn output_path(&self, job: &str, partition: Partition) -> PathBuf {
         let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
@@ -151,6 +142,21 @@ impl Embedded {
         );
         ctx.register_udaf(crate::quantile::udaf());
         ctx
+    }
+
+    /// [`Embedded::context`] that can read the lake's locations: for a lake
+    /// in object storage, its store is registered with the session.
+    pub fn session(&self) -> SessionContext {
+        let ctx = Self::context();
+        if let Some((url, store)) = self.lake.object_store() {
+            let url = ObjectStoreUrl::parse(&url).expect("the lake's store URL parses");
+            ctx.register_object_store(url.as_ref(), store);
+        }
+        ctx
+    }
+
+    pub fn lake(&self) -> &Lake {
+        &self.lake
     }
 
     /// Registers one raw table holding just `partition`'s hour: the files
@@ -228,8 +234,10 @@ impl Embedded {
             encode(schema, &batches).map_err(|e| format!("encoding {job} {partition}: {e}"))?;
         let path = self.output_path(job, partition);
         let fingerprint = fnv(&bytes);
+        let lake = self.lake.clone();
         tokio::task::spawn_blocking(move || {
-            replace_file(&path, &bytes).map_err(|e| format!("writing {}: {e}", path.display()))
+            lake.put(&path, bytes)
+                .map_err(|e| format!("writing {}: {e}", path.display()))
         })
         .await
         .map_err(|e| e.to_string())??;
@@ -265,11 +273,11 @@ impl Embedded {
         job: &JobSpec,
         partition: Partition,
     ) -> Result<Output, String> {
-        let ctx = Self::context();
+        let ctx = self.session();
         let mut files = Vec::new();
         for hour in job.input_partitions(partition, tillwatch_scheduler::Grain::Hour) {
             let path = self.output_path(DEVICE_HEALTH_HOURLY, hour);
-            if !path.exists() {
+            if !self.exists(&path).await? {
                 return Err(format!(
                     "{DEVICE_HEALTH_HOURLY} {hour} has no output at {}",
                     path.display()
@@ -298,9 +306,9 @@ impl Embedded {
 
     /// Runs `fleet_health_daily` for one UTC day from its device rollup.
     pub async fn fleet_health_daily(&self, partition: Partition) -> Result<Output, String> {
-        let ctx = Self::context();
+        let ctx = self.session();
         let path = self.output_path(DEVICE_HEALTH_DAILY, partition);
-        if !path.exists() {
+        if !self.exists(&path).await? {
             return Err(format!(
                 "{DEVICE_HEALTH_DAILY} {partition} has no output at {}",
                 path.display()
@@ -324,7 +332,7 @@ impl Embedded {
 
     /// Runs `device_health_hourly` for one hour.
     pub async fn device_health_hourly(&self, partition: Partition) -> Result<Output, String> {
-        let ctx = Self::context();
+        let ctx = self.session();
         for name in crate::jobs::RAW_TABLES {
             self.register_hour(&ctx, name, partition).await?;
         }

@@ -60,7 +60,7 @@ async fn register_days(
     for back in 0..i64::from(days.max(1)) {
         let d = Partition::containing(Grain::Day, day.start_ms - back * DAY_MS);
         let path = lake.output_path(job, d);
-        if path.exists() {
+        if lake.exists(&path).await? {
             paths.push(path.display().to_string());
         }
     }
@@ -138,17 +138,13 @@ fn device_finding(
     })
 }
 
-fn context() -> SessionContext {
-    Embedded::context()
-}
-
 async fn chronic_poor_connectivity(
     lake: &Embedded,
     rules: &RollupRulesConfig,
     day: Partition,
 ) -> Result<Vec<FindingRecord>, String> {
     let r = &rules.chronic_poor_connectivity;
-    let ctx = context();
+    let ctx = lake.session();
     register_days(&ctx, lake, DEVICE_HEALTH_DAILY, "daily", day, r.of_days).await?;
     let poor = format!(
         "CASE WHEN rssi_median_dbm < {} OR host_latency_p95_ms > {} OR disconnects > {} \
@@ -188,7 +184,7 @@ async fn battery_health(
     day: Partition,
 ) -> Result<Vec<FindingRecord>, String> {
     let r = &rules.battery_health;
-    let ctx = context();
+    let ctx = lake.session();
     register_days(
         &ctx,
         lake,
@@ -232,7 +228,7 @@ async fn cohort_regression(
     day: Partition,
 ) -> Result<Vec<FindingRecord>, String> {
     let r = &rules.cohort_regression;
-    let ctx = context();
+    let ctx = lake.session();
     register_days(
         &ctx,
         lake,

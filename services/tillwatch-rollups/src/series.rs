@@ -25,7 +25,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use datafusion::prelude::{ParquetReadOptions, col, lit};
+use datafusion::prelude::{ParquetReadOptions, SessionContext, col, lit};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tillwatch_api::{Answer, ApiError, Doc, Routes, bad, not_found};
@@ -149,6 +149,7 @@ type Points = BTreeMap<String, Vec<(i64, f64)>>;
 /// Reads `files`, keeps `device`'s rows in `[from, to)` by `time`, and adds
 /// each `(name, column)` present to `out`.
 async fn collect(
+    ctx: &SessionContext,
     files: Vec<String>,
     device: &str,
     time: &str,
@@ -159,7 +160,6 @@ async fn collect(
     if files.is_empty() {
         return Ok(());
     }
-    let ctx = Embedded::context();
     let frame = ctx
         .read_parquet(files, ParquetReadOptions::default())
         .await
@@ -267,6 +267,8 @@ pub async fn device_series(
         .collect();
     let hours = Partition::overlapping(Grain::Hour, from, to);
     let mut out = Points::new();
+    let outputs = Embedded::new(s.lake.clone());
+    let ctx = outputs.session();
     let failed = |e: String| {
         ApiError(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
@@ -286,17 +288,28 @@ pub async fn device_series(
             })
             .await
             .map_err(|e| failed(e.to_string()))?;
-            collect(files, &device, "sampled_at", columns, (from, to), &mut out)
-                .await
-                .map_err(failed)?;
+            collect(
+                &ctx,
+                files,
+                &device,
+                "sampled_at",
+                columns,
+                (from, to),
+                &mut out,
+            )
+            .await
+            .map_err(failed)?;
         }
     } else {
-        let outputs = Embedded::new(s.lake.clone());
+        let lake = s.lake.clone();
+        let paths: Vec<_> = hours
+            .iter()
+            .map(|h| outputs.output_path(DEVICE_HEALTH_HOURLY, *h))
+            .collect();
         let files: Vec<String> = tokio::task::spawn_blocking(move || {
-            hours
-                .iter()
-                .map(|h| outputs.output_path(DEVICE_HEALTH_HOURLY, *h))
-                .filter(|p| p.exists())
+            paths
+                .into_iter()
+                .filter(|p| lake.exists(p).unwrap_or(false))
                 .map(|p| p.display().to_string())
                 .collect()
         })
@@ -304,7 +317,7 @@ pub async fn device_series(
         .map_err(|e| failed(e.to_string()))?;
         // An hour counts whole when it starts in the range.
         let range = (Partition::containing(Grain::Hour, from).start_ms, to);
-        collect(files, &device, "hour", HOURLY, range, &mut out)
+        collect(&ctx, files, &device, "hour", HOURLY, range, &mut out)
             .await
             .map_err(failed)?;
     }

@@ -30,6 +30,8 @@ pub enum SchedulerError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("the lake: {0}")]
+    Lake(#[from] tillwatch_storage::LakeError),
 }
 
 /// The lake's raw data as the planner sees it: the ingest watermark and
@@ -126,7 +128,7 @@ pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), Sched
     }
     let store = MetaStore::connect(&url).await?;
     store.migrate().await?;
-    let lake = Lake::new(config.lake_dir());
+    let lake = Lake::from_config(config)?;
     let ch = engine(config);
     // Minutes online and the stores' time zones come from the store.
     let side: Arc<dyn crate::side::SideInputs> = Arc::new(store.clone());

@@ -103,7 +103,7 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
         .migrate()
         .await
         .context("migrating the metadata store")?;
-    let lake = tillwatch_storage::Lake::new(config.lake_dir());
+    let lake = tillwatch_storage::Lake::from_config(config)?;
     let mut api = tillwatch_api::fleet::router(tillwatch_api::fleet::Fleet::new(
         store.clone(),
         config.alerting.rules.battery_low.threshold,

@@ -18,9 +18,7 @@
 //! finishes deleting them). No reading is counted twice or missed.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
@@ -30,8 +28,9 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use tillwatch_domain::HourPartition;
 
-use crate::lake::{Lake, LakeError, io_err, read_file, sync_dir};
+use crate::lake::{Lake, LakeError};
 use crate::schema::{Table, schema};
+use crate::store::Backend;
 
 pub(crate) const MANIFEST: &str = "_compaction.json";
 const PREFIX: &str = "compacted-";
@@ -52,9 +51,10 @@ struct Manifest {
     replaces: Vec<String>,
 }
 
-fn read_manifest(dir: &Path) -> Option<Manifest> {
-    let text = fs::read_to_string(dir.join(MANIFEST)).ok()?;
-    serde_json::from_str(&text).ok()
+fn read_manifest(backend: &Backend, path: &Path) -> Result<Option<Manifest>, LakeError> {
+    Ok(backend
+        .get(path)?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
 }
 
 /// The fingerprint of the files a compacted file replaced, from its name.
@@ -62,13 +62,25 @@ pub(crate) fn replaced_fingerprint(name: &str) -> Option<&str> {
     name.strip_prefix(PREFIX)?.strip_suffix(".parquet")
 }
 
-/// The names `hour_files` must not list in `dir`: those a finished
-/// compaction replaced but has not deleted yet.
-pub(crate) fn hidden_by_manifest(dir: &Path) -> BTreeSet<String> {
-    match read_manifest(dir) {
-        Some(m) if dir.join(&m.new).exists() => m.replaces.into_iter().collect(),
-        _ => BTreeSet::new(),
-    }
+/// The names a reader of a directory must not list, given its manifest
+/// at `manifest` and the directory's `files`: those a finished compaction
+/// replaced but has not deleted yet.
+pub(crate) fn hidden_by_manifest(
+    backend: &Backend,
+    manifest: &Path,
+    files: &[(PathBuf, u64)],
+) -> Result<BTreeSet<String>, LakeError> {
+    let Some(m) = read_manifest(backend, manifest)? else {
+        return Ok(BTreeSet::new());
+    };
+    let finished = files
+        .iter()
+        .any(|(p, _)| p.file_name().is_some_and(|n| *n == *m.new));
+    Ok(if finished {
+        m.replaces.into_iter().collect()
+    } else {
+        BTreeSet::new()
+    })
 }
 
 fn name_of(path: &Path) -> String {
@@ -78,29 +90,21 @@ fn name_of(path: &Path) -> String {
 }
 
 /// Finishes or abandons a compaction a crash interrupted.
-fn recover(dir: &Path) -> Result<(), LakeError> {
+fn recover(backend: &Backend, dir: &Path) -> Result<(), LakeError> {
     let path = dir.join(MANIFEST);
-    let Some(manifest) = read_manifest(dir) else {
-        if path.exists() {
-            fs::remove_file(&path).map_err(io_err("remove", &path))?;
-        }
-        return Ok(());
+    let Some(manifest) = read_manifest(backend, &path)? else {
+        return backend.delete(&path);
     };
-    if dir.join(&manifest.new).exists() {
+    if backend.exists(&dir.join(&manifest.new))? {
         for name in &manifest.replaces {
-            let old = dir.join(name);
-            match fs::remove_file(&old) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove", &old)(e)),
-            }
+            backend.delete(&dir.join(name))?;
         }
     } else {
-        let temp = Lake::temp_path(&dir.join(&manifest.new));
-        let _ = fs::remove_file(temp);
+        // Cut short before the merged file was in place: a local disk may
+        // hold its temp file.
+        backend.delete(&crate::store::temp_path(&dir.join(&manifest.new)))?;
     }
-    fs::remove_file(&path).map_err(io_err("remove", &path))?;
-    sync_dir(dir)
+    backend.delete(&path)
 }
 
 /// Sorts by (device, boot, seq, arrival) and keeps the first of each
@@ -149,18 +153,16 @@ impl Lake {
     /// compacted file is left alone.
     pub fn compact_hour(&self, table: Table, hour: HourPartition) -> Result<Compacted, LakeError> {
         let dir = self.table_dir(table).join(hour.hive_path());
-        if !dir.exists() {
-            return Ok(Compacted::default());
-        }
-        recover(&dir)?;
-        let files = self.hour_files(table, hour);
-        let done = files.len() == 1 && name_of(&files[0]).starts_with(PREFIX);
+        let backend = self.backend();
+        recover(backend, &dir)?;
+        let files = self.hour_listing(table, hour)?;
+        let done = files.len() == 1 && name_of(&files[0].0).starts_with(PREFIX);
         if files.is_empty() || done {
             return Ok(Compacted::default());
         }
         let mut batches = Vec::new();
-        for f in &files {
-            batches.extend(read_file(f)?);
+        for (f, _) in &files {
+            batches.extend(self.read_file(f)?);
         }
         let schema = schema(table);
         let arrow_err = |source| LakeError::Arrow {
@@ -172,8 +174,6 @@ impl Lake {
 
         let new_name = format!("{PREFIX}{}.parquet", Self::fingerprint_files(&files));
         let new_path = dir.join(&new_name);
-        let temp = Lake::temp_path(&new_path);
-        let mut file = File::create(&temp).map_err(io_err("create", &temp))?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             // Sorted by terminal: small groups let a one-terminal read
@@ -182,31 +182,27 @@ impl Lake {
             .set_max_row_group_row_count(Some(16 * 1024))
             .build();
         let parquet_err = |source| LakeError::Parquet {
-            path: temp.clone(),
+            path: new_path.clone(),
             source,
         };
+        let mut encoded = Vec::new();
         let mut writer =
-            ArrowWriter::try_new(&mut file, schema.clone(), Some(props)).map_err(parquet_err)?;
+            ArrowWriter::try_new(&mut encoded, schema.clone(), Some(props)).map_err(parquet_err)?;
         writer.write(&merged).map_err(parquet_err)?;
         writer.close().map_err(parquet_err)?;
-        file.sync_all().map_err(io_err("sync", &temp))?;
-        drop(file);
 
         let manifest = Manifest {
             new: new_name,
-            replaces: files.iter().map(|f| name_of(f)).collect(),
+            replaces: files.iter().map(|(f, _)| name_of(f)).collect(),
         };
-        let manifest_path = dir.join(MANIFEST);
-        let manifest_temp = Lake::temp_path(&manifest_path);
-        let mut m = File::create(&manifest_temp).map_err(io_err("create", &manifest_temp))?;
-        m.write_all(&serde_json::to_vec(&manifest).expect("a manifest serialises"))
-            .and_then(|()| m.sync_all())
-            .map_err(io_err("write", &manifest_temp))?;
-        fs::rename(&manifest_temp, &manifest_path).map_err(io_err("rename", &manifest_path))?;
-        sync_dir(&dir)?;
-        fs::rename(&temp, &new_path).map_err(io_err("rename into place", &new_path))?;
-        sync_dir(&dir)?;
-        recover(&dir)?;
+        backend.put(
+            &dir.join(MANIFEST),
+            serde_json::to_vec(&manifest)
+                .expect("a manifest serialises")
+                .into(),
+        )?;
+        backend.put(&new_path, encoded.into())?;
+        recover(backend, &dir)?;
         Ok(Compacted {
             files_in: files.len(),
             rows_in: all.num_rows() as u64,
@@ -218,7 +214,9 @@ impl Lake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lake::read_file;
     use crate::sample;
+    use std::fs;
     use tillwatch_domain::Kind;
 
     fn rows(lake: &Lake, table: Table, hour: HourPartition) -> Vec<(String, u64)> {

@@ -1,6 +1,7 @@
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::{Array, StringArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
@@ -9,10 +10,12 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::file::reader::ChunkReader;
 use tillwatch_domain::HourPartition;
 
 use crate::schema::{KEY_COLUMNS, Table};
 use crate::staging::PartBatch;
+use crate::store::{Backend, ObjectLake, S3Options, is_object_url};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -32,6 +35,14 @@ pub enum LakeError {
         path: PathBuf,
         source: arrow::error::ArrowError,
     },
+    #[error("{action} {path}: {source}")]
+    Object {
+        action: &'static str,
+        path: PathBuf,
+        source: Box<object_store::Error>,
+    },
+    #[error("lake location {path}: {reason}")]
+    Location { path: PathBuf, reason: String },
     #[error("parquet file {path} lacks column {column:?} of type {expected}")]
     Column {
         path: PathBuf,
@@ -60,19 +71,75 @@ pub struct WrittenFile {
     pub bytes: u64,
 }
 
-/// The lake's root directory and its layout.
+/// The lake's root and its layout: a local directory, or an
+/// `s3://bucket/prefix` URL of an S3-compatible object store (see
+/// [`crate::store`]). Every location the lake hands out (files, partition
+/// directories, rollup outputs) is a path under that root, readable
+/// through the lake's own methods, and by DataFusion as it is.
 #[derive(Debug, Clone)]
 pub struct Lake {
     root: PathBuf,
+    backend: Backend,
 }
 
 impl Lake {
+    /// A lake in a local directory.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Lake { root: root.into() }
+        Lake {
+            root: root.into(),
+            backend: Backend::Local,
+        }
+    }
+
+    /// The lake at `root`: a local directory, or an `s3://bucket/prefix`
+    /// URL reached with `s3` (which fills in from the `AWS_*` environment
+    /// variables). Opening does no I/O.
+    pub fn open(root: impl Into<PathBuf>, s3: &S3Options) -> Result<Self, LakeError> {
+        let root: PathBuf = root.into();
+        if !is_object_url(&root) {
+            return Ok(Lake::new(root));
+        }
+        let object = ObjectLake::open(&root, s3)?;
+        let trimmed = root.to_string_lossy().trim_end_matches('/').to_string();
+        Ok(Lake {
+            root: PathBuf::from(trimmed),
+            backend: Backend::Object(Arc::new(object)),
+        })
+    }
+
+    /// The lake a configuration names (`lake.path`, `lake.s3`), its
+    /// secret files already read.
+    pub fn from_config(config: &tillwatch_config::Config) -> Result<Self, LakeError> {
+        let s3 = &config.lake.s3;
+        Lake::open(
+            config.lake_dir(),
+            &S3Options {
+                endpoint: s3.endpoint.clone(),
+                region: s3.region.clone(),
+                access_key_id: s3.access_key_id.clone(),
+                secret_access_key: s3.secret_access_key.clone(),
+                allow_http: s3.allow_http,
+            },
+        )
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Whether the lake is in object storage rather than a local directory.
+    pub fn is_object_store(&self) -> bool {
+        matches!(self.backend, Backend::Object(_))
+    }
+
+    /// For a lake in object storage, the store's URL (`s3://bucket`) and a
+    /// client for it, to register with a DataFusion session so it can read
+    /// the lake's locations; `None` for a local lake.
+    pub fn object_store(&self) -> Option<(String, Arc<dyn object_store::ObjectStore>)> {
+        match &self.backend {
+            Backend::Local => None,
+            Backend::Object(o) => Some((o.bucket_url.clone(), o.query_store())),
+        }
     }
 
     pub fn table_dir(&self, table: Table) -> PathBuf {
@@ -86,25 +153,57 @@ impl Lake {
 
     /// The complete Parquet files of one table's hour, sorted by name:
     /// what a reader of the hour must read, no more (files a finished
-    /// compaction replaced are left out until they are deleted).
+    /// compaction replaced are left out until they are deleted). An hour
+    /// that cannot be listed reads as empty; see [`Lake::try_hour_files`].
     pub fn hour_files(&self, table: Table, hour: HourPartition) -> Vec<PathBuf> {
-        let dir = self.table_dir(table).join(hour.hive_path());
-        let hidden = crate::compact::hidden_by_manifest(&dir);
-        let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        self.try_hour_files(table, hour).unwrap_or_default()
+    }
+
+    /// [`Lake::hour_files`], with a listing error reported.
+    pub fn try_hour_files(
+        &self,
+        table: Table,
+        hour: HourPartition,
+    ) -> Result<Vec<PathBuf>, LakeError> {
+        Ok(self
+            .hour_listing(table, hour)?
             .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-            .filter(|p| {
-                hidden.is_empty()
-                    || !p
-                        .file_name()
-                        .is_some_and(|n| hidden.contains(n.to_string_lossy().as_ref()))
-            })
-            .collect();
+            .map(|(p, _)| p)
+            .collect())
+    }
+
+    /// The hour's visible files with their sizes.
+    pub(crate) fn hour_listing(
+        &self,
+        table: Table,
+        hour: HourPartition,
+    ) -> Result<Vec<(PathBuf, u64)>, LakeError> {
+        let dir = self.table_dir(table).join(hour.hive_path());
+        let listing = self.backend.list(&dir)?;
+        self.visible(listing.files)
+    }
+
+    /// Of one directory's files, the Parquet files a reader must read,
+    /// sorted: a finished compaction's manifest hides the files it
+    /// replaced.
+    fn visible(&self, mut files: Vec<(PathBuf, u64)>) -> Result<Vec<(PathBuf, u64)>, LakeError> {
         files.sort();
-        files
+        let manifest = files
+            .iter()
+            .find(|(p, _)| p.file_name().is_some_and(|n| n == crate::compact::MANIFEST))
+            .map(|(p, _)| p.clone());
+        let hidden = match manifest {
+            Some(m) => crate::compact::hidden_by_manifest(&self.backend, &m, &files)?,
+            None => Default::default(),
+        };
+        files.retain(|(p, _)| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
+            name.ends_with(".parquet") && !hidden.contains(name.as_ref())
+        });
+        Ok(files)
     }
 
     /// What an hour of a table holds, as a short hex string that changes
@@ -112,27 +211,26 @@ impl Lake {
     /// immutable once visible: names and sizes say it all). An empty hour
     /// has a fingerprint too.
     pub fn hour_fingerprint(&self, table: Table, hour: HourPartition) -> String {
-        Self::fingerprint_files(&self.hour_files(table, hour))
+        Self::fingerprint_files(&self.hour_listing(table, hour).unwrap_or_default())
     }
 
     /// No files: the empty string. One compacted file stands for the files
     /// it replaced (its name carries their fingerprint), so compacting an
     /// hour does not change what the hour's readers see as its version;
     /// a late file beside it does.
-    pub(crate) fn fingerprint_files(files: &[PathBuf]) -> String {
+    pub(crate) fn fingerprint_files(files: &[(PathBuf, u64)]) -> String {
         if files.is_empty() {
             return String::new();
         }
-        if let [only] = files
+        if let [(only, _)] = files
             && let Some(name) = only.file_name().map(|n| n.to_string_lossy())
             && let Some(replaced) = crate::compact::replaced_fingerprint(&name)
         {
             return replaced.to_string();
         }
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for path in files {
+        for (path, size) in files {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            let size = fs::metadata(path).map(|m| m.len()).unwrap_or(0);
             for b in format!("{}:{size};", name.unwrap_or_default()).bytes() {
                 h ^= u64::from(b);
                 h = h.wrapping_mul(0x0100_0000_01b3);
@@ -142,30 +240,68 @@ impl Lake {
     }
 
     /// Every hour of `table` that has files, with its fingerprint (as
-    /// [`Lake::hour_fingerprint`]). Blocking: one directory listing per
-    /// hour present, none for hours absent.
+    /// [`Lake::hour_fingerprint`]). Blocking: one listing of the table
+    /// (on object storage, one request per 1,000 files).
     pub fn fingerprints(&self, table: Table) -> Vec<(HourPartition, String)> {
+        let dir = self.table_dir(table);
         let mut out = Vec::new();
-        let dirs = |p: &Path| -> Vec<(String, PathBuf)> {
-            fs::read_dir(p)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
-                .collect()
-        };
-        for (date, date_path) in dirs(&self.table_dir(table)) {
-            for (hour, _) in dirs(&date_path) {
-                if let Some(h) = HourPartition::from_hive(&date, &hour) {
-                    let fp = self.hour_fingerprint(table, h);
-                    if !fp.is_empty() {
-                        out.push((h, fp));
-                    }
-                }
+        for (hour_dir, files) in self.backend.list_tree(&dir).unwrap_or_default() {
+            let Ok(rel) = hour_dir.strip_prefix(&dir) else {
+                continue;
+            };
+            let mut parts = rel.iter().map(|p| p.to_string_lossy());
+            let (Some(date), Some(hour), None) = (parts.next(), parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(h) = HourPartition::from_hive(&date, &hour) else {
+                continue;
+            };
+            let fp = Self::fingerprint_files(&self.visible(files).unwrap_or_default());
+            if !fp.is_empty() {
+                out.push((h, fp));
             }
         }
         out.sort();
         out
+    }
+
+    /// The subdirectories of `dir` (a location under the root), by name.
+    pub fn subdirectories(&self, dir: &Path) -> Result<Vec<String>, LakeError> {
+        let mut names: Vec<String> = self
+            .backend
+            .list(dir)?
+            .dirs
+            .iter()
+            .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The Parquet files anywhere under `dir` with their sizes, sorted.
+    pub fn parquet_files_under(&self, dir: &Path) -> Result<Vec<(PathBuf, u64)>, LakeError> {
+        let mut out = Vec::new();
+        for (_, files) in self.backend.list_tree(dir)? {
+            out.extend(self.visible(files)?);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether a file is at `path`.
+    pub fn exists(&self, path: &Path) -> Result<bool, LakeError> {
+        self.backend.exists(path)
+    }
+
+    /// Puts `bytes` at `path` (a location under the root), replacing what
+    /// is there atomically and durably. Blocking.
+    pub fn put(&self, path: &Path, bytes: impl Into<bytes::Bytes>) -> Result<(), LakeError> {
+        self.backend.put(path, bytes.into())
+    }
+
+    /// Deletes the file at `path`, if there is one. Blocking.
+    pub fn delete(&self, path: &Path) -> Result<(), LakeError> {
+        self.backend.delete(path)
     }
 
     fn watermark_dir(&self) -> PathBuf {
@@ -176,67 +312,82 @@ impl Lake {
     /// durable in the lake (the ingest watermark), replacing its previous
     /// record atomically. Blocking.
     pub fn write_watermark(&self, writer: &str, at_ms: i64) -> Result<(), LakeError> {
-        let dir = self.watermark_dir();
-        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
-        let path = dir.join(writer);
-        let tmp = Self::temp_path(&path);
-        fs::write(&tmp, at_ms.to_string()).map_err(io_err("write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err("rename", &path))
+        self.put(&self.watermark_dir().join(writer), at_ms.to_string())
     }
 
     /// The ingest watermark: the earliest of the writers' records (every
     /// writer must have caught up), `None` before any writer recorded one.
     /// Blocking.
     pub fn watermark(&self) -> Option<i64> {
-        fs::read_dir(self.watermark_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-            .filter_map(|e| {
-                fs::read_to_string(e.path())
-                    .ok()?
-                    .trim()
-                    .parse::<i64>()
-                    .ok()
+        let listing = self.backend.list(&self.watermark_dir()).ok()?;
+        listing
+            .files
+            .iter()
+            .filter_map(|(path, _)| {
+                let bytes = self.backend.get(path).ok()??;
+                std::str::from_utf8(&bytes).ok()?.trim().parse::<i64>().ok()
             })
             .min()
     }
 
-    /// The hidden name a file is written under before it is renamed into
-    /// place; `*.parquet` globs never match it.
+    /// The hidden name a local file is written under before it is renamed
+    /// into place; `*.parquet` globs never match it.
     pub fn temp_path(final_path: &Path) -> PathBuf {
-        let name = final_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        final_path.with_file_name(format!(".{name}.tmp"))
+        crate::store::temp_path(final_path)
     }
 
     /// Writes one part as a Parquet file at `path` (from [`Lake::file_path`]):
-    /// temp file, fsync, rename, fsync of the directory. Blocking.
+    /// on disk a temp file, fsync, rename and fsync of the directory; in
+    /// object storage one PUT. Blocking.
     pub fn write_part(&self, part: &PartBatch, path: &Path) -> Result<WrittenFile, LakeError> {
-        let dir = path
-            .parent()
-            .expect("lake files live in a partition directory");
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        let tmp = Self::temp_path(path);
-        let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        encode_parquet(part, &mut file).map_err(|source| LakeError::Parquet {
-            path: tmp.clone(),
+        let mut buf = Vec::with_capacity(64 * 1024);
+        encode_parquet(part, &mut buf).map_err(|source| LakeError::Parquet {
+            path: path.to_path_buf(),
             source,
         })?;
-        file.sync_all().map_err(io_err("sync", &tmp))?;
-        let bytes = file.metadata().map_err(io_err("stat", &tmp))?.len();
-        drop(file);
-        fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
-        sync_dir(dir)?;
+        let bytes = buf.len() as u64;
+        self.put(path, buf)?;
         Ok(WrittenFile {
             table: part.table,
             path: path.to_path_buf(),
             rows: part.batch.num_rows(),
             bytes,
         })
+    }
+
+    /// Reads a whole Parquet file of the lake. Blocking.
+    pub fn read_file(&self, path: &Path) -> Result<Vec<RecordBatch>, LakeError> {
+        match self.backend {
+            Backend::Local => read_file(path),
+            Backend::Object(_) => {
+                let bytes = self.backend.get(path)?.ok_or_else(|| LakeError::Io {
+                    action: "open",
+                    path: path.to_path_buf(),
+                    source: io::ErrorKind::NotFound.into(),
+                })?;
+                read_batches(bytes, path)
+            }
+        }
+    }
+
+    /// Reads `(device_id, boot_id, seq)` of a reading file, as
+    /// [`read_reading_keys`]. Blocking.
+    pub fn read_reading_keys(&self, path: &Path) -> Result<Vec<(String, u64, u64)>, LakeError> {
+        match self.backend {
+            Backend::Local => read_reading_keys(path),
+            Backend::Object(_) => {
+                let bytes = self.backend.get(path)?.ok_or_else(|| LakeError::Io {
+                    action: "open",
+                    path: path.to_path_buf(),
+                    source: io::ErrorKind::NotFound.into(),
+                })?;
+                reading_keys(bytes, path)
+            }
+        }
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.backend
     }
 }
 
@@ -256,17 +407,17 @@ pub fn encode_parquet<W: std::io::Write + Send>(
     Ok(())
 }
 
-/// Makes a rename or create in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LakeError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync directory", dir))
-}
-
-/// Reads a whole Parquet file of the lake.
+/// Reads a whole Parquet file of a local lake.
 pub fn read_file(path: &Path) -> Result<Vec<RecordBatch>, LakeError> {
     let file = File::open(path).map_err(io_err("open", path))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    read_batches(file, path)
+}
+
+fn read_batches<R: ChunkReader + 'static>(
+    data: R,
+    path: &Path,
+) -> Result<Vec<RecordBatch>, LakeError> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(data)
         .and_then(|b| b.build())
         .map_err(|source| LakeError::Parquet {
             path: path.to_path_buf(),
@@ -281,14 +432,21 @@ pub fn read_file(path: &Path) -> Result<Vec<RecordBatch>, LakeError> {
 }
 
 /// Reads only `(device_id, boot_id, seq)` of a reading file: what the
-/// gateway needs to rebuild its dedup index after a crash.
+/// gateway needs to rebuild its dedup index after a crash. Local lakes.
 pub fn read_reading_keys(path: &Path) -> Result<Vec<(String, u64, u64)>, LakeError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    reading_keys(file, path)
+}
+
+fn reading_keys<R: ChunkReader + 'static>(
+    data: R,
+    path: &Path,
+) -> Result<Vec<(String, u64, u64)>, LakeError> {
     let parquet_err = |source| LakeError::Parquet {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io_err("open", path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(parquet_err)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(data).map_err(parquet_err)?;
     let mask = ProjectionMask::columns(builder.parquet_schema(), KEY_COLUMNS);
     let reader = builder.with_projection(mask).build().map_err(parquet_err)?;
     let mut keys = Vec::new();
@@ -340,6 +498,7 @@ pub fn read_reading_keys(path: &Path) -> Result<Vec<(String, u64, u64)>, LakeErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn an_hours_fingerprint_changes_when_a_file_arrives_and_only_then() {

@@ -551,6 +551,10 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
             ("mqtt.password", &config.mqtt.password_file),
             ("clickhouse.password", &config.clickhouse.password_file),
             ("metadata.url", &config.metadata.url_file),
+            (
+                "lake.s3.secret_access_key",
+                &config.lake.s3.secret_access_key_file,
+            ),
         ] {
             if let Some(path) = file {
                 println!("{key}: read from {} (not checked)", path.display());
@@ -695,7 +699,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
 async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
     let config = clickhouse_config(&args.common, &args.clickhouse)?;
     let ch = require_clickhouse(&config)?;
-    let lake = tillwatch_storage::Lake::new(config.lake_dir());
+    let lake = tillwatch_storage::Lake::from_config(&config)?;
     let started = std::time::Instant::now();
     let mut bar = progress::Bar::new();
     let report = tillwatch_clickhouse::backfill(

@@ -1,0 +1,402 @@
+//! Where the lake's bytes live: a local directory, or a bucket of an
+//! S3-compatible object store (AWS S3, MinIO, Ceph RGW, …) through the
+//! `object_store` crate.
+//!
+//! Both are addressed by *locations*: paths under the lake's root. A local
+//! lake's root is a directory; an object lake's is a URL,
+//! `s3://bucket/prefix`, and a location under it is that URL joined with the
+//! same `table/date=…/hour=…/file.parquet` layout, which DataFusion reads
+//! as it is once the store is registered with it.
+//!
+//! What the lake needs of either backend is small: list a directory (files
+//! with their sizes, and subdirectories), get a whole object, put one
+//! atomically and durably, delete one. On a local disk a put is a temp
+//! file, fsync, rename and directory fsync; on object storage a PUT is
+//! atomic and durable when it returns.
+//!
+//! The lake's API is blocking (its callers run it on blocking threads). An
+//! object store is async, so its requests run on a small runtime of their
+//! own, which works from any thread, in or out of an async context.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::lake::{LakeError, io_err};
+
+/// How to reach an S3-compatible store. Unset fields fall back to the
+/// standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, …).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    /// `http(s)://host:port` of a non-AWS store; unset means AWS itself.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Allow a plain-HTTP endpoint (a store on the same host or network).
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+/// The scheme of an object lake's root.
+pub const S3_SCHEME: &str = "s3://";
+
+/// Whether `root` names an object-store lake rather than a directory.
+pub fn is_object_url(root: &Path) -> bool {
+    root.to_str().is_some_and(|s| s.contains("://"))
+}
+
+/// The files and subdirectories directly in one directory.
+#[derive(Debug, Default)]
+pub(crate) struct Listing {
+    /// `(location, size in bytes)`, hidden names (`.…`) left out.
+    pub files: Vec<(PathBuf, u64)>,
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Local,
+    Object(Arc<ObjectLake>),
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Local => f.write_str("Local"),
+            Backend::Object(o) => write!(f, "Object({})", o.bucket_url),
+        }
+    }
+}
+
+pub(crate) struct ObjectLake {
+    store: Arc<dyn ObjectStore>,
+    /// `s3://bucket`, what DataFusion registers the store under.
+    pub bucket_url: String,
+    options: S3Options,
+    bucket: String,
+    /// The client DataFusion reads through, made on first use: it runs on
+    /// the caller's runtime, not the lake's.
+    query_store: OnceLock<Arc<dyn ObjectStore>>,
+}
+
+/// The runtime object-store requests run on.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("lake-io")
+            .enable_all()
+            .build()
+            .expect("the lake's I/O runtime starts")
+    })
+}
+
+/// Runs `fut` to completion on the lake's runtime and waits for it.
+fn block<F>(fut: F) -> F::Output
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime().spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv()
+        .expect("the lake's I/O runtime runs every request")
+}
+
+fn build_s3(bucket: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore>, String> {
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(e) = &options.endpoint {
+        b = b.with_endpoint(e);
+    }
+    if let Some(r) = &options.region {
+        b = b.with_region(r);
+    }
+    if let Some(k) = &options.access_key_id {
+        b = b.with_access_key_id(k);
+    }
+    if let Some(s) = &options.secret_access_key {
+        b = b.with_secret_access_key(s);
+    }
+    if options.allow_http {
+        b = b.with_allow_http(true);
+    }
+    b.build()
+        .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
+        .map_err(|e| e.to_string())
+}
+
+impl ObjectLake {
+    /// The store behind `root` (`s3://bucket[/prefix]`).
+    pub(crate) fn open(root: &Path, options: &S3Options) -> Result<ObjectLake, LakeError> {
+        let bad = |reason: String| LakeError::Location {
+            path: root.to_path_buf(),
+            reason,
+        };
+        let text = root.to_str().ok_or_else(|| bad("not valid UTF-8".into()))?;
+        let rest = text.strip_prefix(S3_SCHEME).ok_or_else(|| {
+            bad(format!(
+                "only {S3_SCHEME}bucket/prefix URLs or local directories can hold the lake"
+            ))
+        })?;
+        let bucket = rest.split('/').next().unwrap_or_default();
+        if bucket.is_empty() {
+            return Err(bad("names no bucket".into()));
+        }
+        let store = build_s3(bucket, options).map_err(bad)?;
+        Ok(ObjectLake {
+            store,
+            bucket_url: format!("{S3_SCHEME}{bucket}"),
+            options: options.clone(),
+            bucket: bucket.to_string(),
+            query_store: OnceLock::new(),
+        })
+    }
+
+    /// A client of its own for another runtime (DataFusion's).
+    pub(crate) fn query_store(&self) -> Arc<dyn ObjectStore> {
+        self.query_store
+            .get_or_init(|| {
+                build_s3(&self.bucket, &self.options).expect("the options built a store once")
+            })
+            .clone()
+    }
+
+    /// The object key of a location under the lake's root.
+    fn key(&self, path: &Path) -> Result<ObjectPath, LakeError> {
+        let text = path.to_str().unwrap_or_default();
+        let rest = text
+            .strip_prefix(&self.bucket_url)
+            .map(|r| r.trim_start_matches('/'))
+            .ok_or_else(|| LakeError::Location {
+                path: path.to_path_buf(),
+                reason: format!("not in {}", self.bucket_url),
+            })?;
+        ObjectPath::parse(rest).map_err(|e| LakeError::Location {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn location(&self, key: &ObjectPath) -> PathBuf {
+        PathBuf::from(format!("{}/{key}", self.bucket_url))
+    }
+
+    fn err(action: &'static str, path: &Path) -> impl FnOnce(object_store::Error) -> LakeError {
+        let path = path.to_path_buf();
+        move |source| LakeError::Object {
+            action,
+            path,
+            source: Box::new(source),
+        }
+    }
+}
+
+impl Backend {
+    pub(crate) fn list(&self, dir: &Path) -> Result<Listing, LakeError> {
+        match self {
+            Backend::Local => {
+                let mut out = Listing::default();
+                let entries = match fs::read_dir(dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                    Err(e) => return Err(io_err("list", dir)(e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io_err("list", dir))?;
+                    if entry.file_name().to_string_lossy().starts_with('.') {
+                        continue;
+                    }
+                    let Ok(meta) = entry.metadata() else { continue };
+                    if meta.is_dir() {
+                        out.dirs.push(entry.path());
+                    } else {
+                        out.files.push((entry.path(), meta.len()));
+                    }
+                }
+                Ok(out)
+            }
+            Backend::Object(o) => {
+                let prefix = o.key(dir)?;
+                let store = o.store.clone();
+                let listed = block(async move { store.list_with_delimiter(Some(&prefix)).await })
+                    .map_err(ObjectLake::err("list", dir))?;
+                Ok(Listing {
+                    files: listed
+                        .objects
+                        .iter()
+                        .filter(|m| !m.location.filename().unwrap_or("").starts_with('.'))
+                        .map(|m| (o.location(&m.location), m.size))
+                        .collect(),
+                    dirs: listed
+                        .common_prefixes
+                        .iter()
+                        .map(|p| o.location(p))
+                        .collect(),
+                })
+            }
+        }
+    }
+
+    /// Every file under `dir`, at any depth, grouped by the directory it
+    /// is in: one listing request per 1,000 objects on object storage
+    /// rather than one per directory.
+    pub(crate) fn list_tree(
+        &self,
+        dir: &Path,
+    ) -> Result<BTreeMap<PathBuf, Vec<(PathBuf, u64)>>, LakeError> {
+        let mut out: BTreeMap<PathBuf, Vec<(PathBuf, u64)>> = BTreeMap::new();
+        match self {
+            Backend::Local => {
+                let mut stack = vec![dir.to_path_buf()];
+                while let Some(d) = stack.pop() {
+                    let listing = self.list(&d)?;
+                    stack.extend(listing.dirs);
+                    if !listing.files.is_empty() {
+                        out.insert(d, listing.files);
+                    }
+                }
+            }
+            Backend::Object(o) => {
+                let prefix = o.key(dir)?;
+                let store = o.store.clone();
+                let objects =
+                    block(async move { store.list(Some(&prefix)).try_collect::<Vec<_>>().await })
+                        .map_err(ObjectLake::err("list", dir))?;
+                for m in objects {
+                    if m.location.filename().unwrap_or("").starts_with('.') {
+                        continue;
+                    }
+                    let path = o.location(&m.location);
+                    let parent = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                    out.entry(parent).or_default().push((path, m.size));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The whole of one file, `None` when there is none.
+    pub(crate) fn get(&self, path: &Path) -> Result<Option<Bytes>, LakeError> {
+        match self {
+            Backend::Local => match fs::read(path) {
+                Ok(b) => Ok(Some(Bytes::from(b))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(io_err("read", path)(e)),
+            },
+            Backend::Object(o) => {
+                let key = o.key(path)?;
+                let store = o.store.clone();
+                match block(async move { store.get(&key).await?.bytes().await }) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(e) => Err(ObjectLake::err("read", path)(e)),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn exists(&self, path: &Path) -> Result<bool, LakeError> {
+        match self {
+            Backend::Local => Ok(path.exists()),
+            Backend::Object(o) => {
+                let key = o.key(path)?;
+                let store = o.store.clone();
+                match block(async move { store.head(&key).await }) {
+                    Ok(_) => Ok(true),
+                    Err(object_store::Error::NotFound { .. }) => Ok(false),
+                    Err(e) => Err(ObjectLake::err("look up", path)(e)),
+                }
+            }
+        }
+    }
+
+    /// Puts `bytes` at `path`, replacing what is there: readers see the
+    /// old file or the new one, never part of one, and the new one is
+    /// durable when this returns.
+    pub(crate) fn put(&self, path: &Path, bytes: Bytes) -> Result<(), LakeError> {
+        match self {
+            Backend::Local => {
+                let dir = path.parent().expect("lake files live in a directory");
+                fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+                let tmp = temp_path(path);
+                let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+                file.write_all(&bytes)
+                    .and_then(|()| file.sync_all())
+                    .map_err(io_err("write", &tmp))?;
+                drop(file);
+                fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+                sync_dir(dir)
+            }
+            Backend::Object(o) => {
+                let key = o.key(path)?;
+                let store = o.store.clone();
+                block(async move { store.put(&key, PutPayload::from_bytes(bytes)).await })
+                    .map(|_| ())
+                    .map_err(ObjectLake::err("write", path))
+            }
+        }
+    }
+
+    /// Deletes one file; one that is not there is not an error.
+    pub(crate) fn delete(&self, path: &Path) -> Result<(), LakeError> {
+        match self {
+            Backend::Local => match fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err("remove", path)(e)),
+            },
+            Backend::Object(o) => {
+                let key = o.key(path)?;
+                let store = o.store.clone();
+                match block(async move { store.delete(&key).await }) {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(ObjectLake::err("delete", path)(e)),
+                }
+            }
+        }
+    }
+}
+
+/// The hidden name a local file is written under before it is renamed
+/// into place; `*.parquet` globs never match it.
+pub(crate) fn temp_path(final_path: &Path) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    final_path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// Makes a rename or create in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LakeError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync directory", dir))
+}
