@@ -193,6 +193,7 @@ impl ObjectLake {
         let text = path.to_str().unwrap_or_default();
         let rest = text
             .strip_prefix(&self.bucket_url)
+            .filter(|r| r.is_empty() || r.starts_with('/'))
             .map(|r| r.trim_start_matches('/'))
             .ok_or_else(|| LakeError::Location {
                 path: path.to_path_buf(),
@@ -399,4 +400,50 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LakeError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("sync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_map_to_keys_of_their_own_bucket_only() {
+        let options = S3Options {
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: Some("us-east-1".into()),
+            allow_http: true,
+            ..S3Options::default()
+        };
+        let lake = ObjectLake::open(Path::new("s3://fleet/lake"), &options).unwrap();
+        let file = Path::new("s3://fleet/lake/battery/date=2026-12-03/hour=06/a.parquet");
+        let key = lake.key(file).unwrap();
+        assert_eq!(
+            key.as_ref(),
+            "lake/battery/date=2026-12-03/hour=06/a.parquet"
+        );
+        assert_eq!(lake.location(&key), file);
+        assert_eq!(lake.key(Path::new("s3://fleet")).unwrap().as_ref(), "");
+        for elsewhere in ["s3://fleet2/lake/a.parquet", "/var/lib/lake/a.parquet"] {
+            let err = lake.key(Path::new(elsewhere)).unwrap_err().to_string();
+            assert!(
+                err.contains(elsewhere) && err.contains("s3://fleet"),
+                "{err}"
+            );
+        }
+        for bad in ["s3:///lake", "gs://fleet/lake"] {
+            let err = ObjectLake::open(Path::new(bad), &options)
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(err.contains(bad), "{err}");
+        }
+        let shown = format!(
+            "{:?}",
+            S3Options {
+                secret_access_key: Some("k-s3cret".into()),
+                ..options
+            }
+        );
+        assert!(!shown.contains("k-s3cret"), "{shown}");
+    }
 }
