@@ -55,13 +55,14 @@ impl S3Server {
     }
 
     /// The options a client of this server uses.
-    pub fn options(&self) -> tillwatch_storage::S3Options {
-        tillwatch_storage::S3Options {
+    pub fn options(&self) -> tillwatch_storage::LakeS3Config {
+        tillwatch_storage::LakeS3Config {
             endpoint: Some(self.endpoint()),
             region: Some("us-east-1".into()),
             access_key_id: Some(ACCESS_KEY_ID.into()),
             secret_access_key: Some(SECRET_ACCESS_KEY.into()),
             allow_http: true,
+            secret_access_key_file: None,
         }
     }
 

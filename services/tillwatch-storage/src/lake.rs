@@ -15,7 +15,7 @@ use tillwatch_domain::HourPartition;
 
 use crate::schema::{KEY_COLUMNS, Table};
 use crate::staging::PartBatch;
-use crate::store::{Backend, ObjectLake, S3Options, is_object_url};
+use crate::store::{Backend, LakeS3Config, ObjectLake, is_object_url};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -94,7 +94,7 @@ impl Lake {
     /// The lake at `root`: a local directory, or an `s3://bucket/prefix`
     /// URL reached with `s3` (which fills in from the `AWS_*` environment
     /// variables). Opening does no I/O.
-    pub fn open(root: impl Into<PathBuf>, s3: &S3Options) -> Result<Self, LakeError> {
+    pub fn open(root: impl Into<PathBuf>, s3: &LakeS3Config) -> Result<Self, LakeError> {
         let root: PathBuf = root.into();
         if !is_object_url(&root) {
             return Ok(Lake::new(root));
@@ -110,17 +110,7 @@ impl Lake {
     /// The lake a configuration names (`lake.path`, `lake.s3`), its
     /// secret files already read.
     pub fn from_config(config: &tillwatch_config::Config) -> Result<Self, LakeError> {
-        let s3 = &config.lake.s3;
-        Lake::open(
-            config.lake_dir(),
-            &S3Options {
-                endpoint: s3.endpoint.clone(),
-                region: s3.region.clone(),
-                access_key_id: s3.access_key_id.clone(),
-                secret_access_key: s3.secret_access_key.clone(),
-                allow_http: s3.allow_http,
-            },
-        )
+        Lake::open(config.lake_dir(), &config.lake.s3)
     }
 
     pub fn root(&self) -> &Path {
@@ -359,14 +349,7 @@ impl Lake {
     pub fn read_file(&self, path: &Path) -> Result<Vec<RecordBatch>, LakeError> {
         match self.backend {
             Backend::Local => read_file(path),
-            Backend::Object(_) => {
-                let bytes = self.backend.get(path)?.ok_or_else(|| LakeError::Io {
-                    action: "open",
-                    path: path.to_path_buf(),
-                    source: io::ErrorKind::NotFound.into(),
-                })?;
-                read_batches(bytes, path)
-            }
+            Backend::Object(_) => read_batches(self.object(path)?, path),
         }
     }
 
@@ -375,15 +358,17 @@ impl Lake {
     pub fn read_reading_keys(&self, path: &Path) -> Result<Vec<(String, u64, u64)>, LakeError> {
         match self.backend {
             Backend::Local => read_reading_keys(path),
-            Backend::Object(_) => {
-                let bytes = self.backend.get(path)?.ok_or_else(|| LakeError::Io {
-                    action: "open",
-                    path: path.to_path_buf(),
-                    source: io::ErrorKind::NotFound.into(),
-                })?;
-                reading_keys(bytes, path)
-            }
+            Backend::Object(_) => reading_keys(self.object(path)?, path),
         }
+    }
+
+    /// A whole file, one that is not there an error naming it.
+    fn object(&self, path: &Path) -> Result<bytes::Bytes, LakeError> {
+        self.backend.get(path)?.ok_or_else(|| LakeError::Io {
+            action: "open",
+            path: path.to_path_buf(),
+            source: io::ErrorKind::NotFound.into(),
+        })
     }
 
     pub(crate) fn backend(&self) -> &Backend {

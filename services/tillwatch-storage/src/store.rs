@@ -32,34 +32,10 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::lake::{LakeError, io_err};
 
-/// How to reach an S3-compatible store. Unset fields fall back to the
-/// standard `AWS_*` environment variables (`AWS_ACCESS_KEY_ID`,
-/// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`, …).
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct S3Options {
-    /// `http(s)://host:port` of a non-AWS store; unset means AWS itself.
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    /// Allow a plain-HTTP endpoint (a store on the same host or network).
-    pub allow_http: bool,
-}
-
-impl std::fmt::Debug for S3Options {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Options")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field("allow_http", &self.allow_http)
-            .finish()
-    }
-}
+/// How to reach an S3-compatible store: the `lake.s3` configuration
+/// (its secret file already read). Unset fields fall back to the standard
+/// `AWS_*` environment variables.
+pub use tillwatch_config::LakeS3Config;
 
 /// The scheme of an object lake's root.
 pub const S3_SCHEME: &str = "s3://";
@@ -96,7 +72,7 @@ pub(crate) struct ObjectLake {
     store: Arc<dyn ObjectStore>,
     /// `s3://bucket`, what DataFusion registers the store under.
     pub bucket_url: String,
-    options: S3Options,
+    options: LakeS3Config,
     bucket: String,
     /// The client DataFusion reads through, made on first use: it runs on
     /// the caller's runtime, not the lake's.
@@ -130,7 +106,7 @@ where
         .expect("the lake's I/O runtime runs every request")
 }
 
-fn build_s3(bucket: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore>, String> {
+fn build_s3(bucket: &str, options: &LakeS3Config) -> Result<Arc<dyn ObjectStore>, String> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
     if let Some(e) = &options.endpoint {
         b = b.with_endpoint(e);
@@ -154,7 +130,7 @@ fn build_s3(bucket: &str, options: &S3Options) -> Result<Arc<dyn ObjectStore>, S
 
 impl ObjectLake {
     /// The store behind `root` (`s3://bucket[/prefix]`).
-    pub(crate) fn open(root: &Path, options: &S3Options) -> Result<ObjectLake, LakeError> {
+    pub(crate) fn open(root: &Path, options: &LakeS3Config) -> Result<ObjectLake, LakeError> {
         let bad = |reason: String| LakeError::Location {
             path: root.to_path_buf(),
             reason,
@@ -408,11 +384,11 @@ mod tests {
 
     #[test]
     fn locations_map_to_keys_of_their_own_bucket_only() {
-        let options = S3Options {
+        let options = LakeS3Config {
             endpoint: Some("http://127.0.0.1:9".into()),
             region: Some("us-east-1".into()),
             allow_http: true,
-            ..S3Options::default()
+            ..LakeS3Config::default()
         };
         let lake = ObjectLake::open(Path::new("s3://fleet/lake"), &options).unwrap();
         let file = Path::new("s3://fleet/lake/battery/date=2026-12-03/hour=06/a.parquet");
@@ -437,13 +413,5 @@ mod tests {
                 .to_string();
             assert!(err.contains(bad), "{err}");
         }
-        let shown = format!(
-            "{:?}",
-            S3Options {
-                secret_access_key: Some("k-s3cret".into()),
-                ..options
-            }
-        );
-        assert!(!shown.contains("k-s3cret"), "{shown}");
     }
 }
