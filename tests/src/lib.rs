@@ -259,12 +259,32 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 impl LakeContents {
+    /// Everything in the lake's files. A compaction (the standalone
+    /// scheduler's `raw_compaction`) that is swapping an hour's files while
+    /// they are listed and read shows as a manifest or a vanished file:
+    /// then the lake is read again, until it holds still (at most 30 s).
     pub fn read(lake: &Path) -> LakeContents {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match LakeContents::read_once(lake) {
+                Some(contents) => return contents,
+                None if std::time::Instant::now() < until => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                None => panic!("the lake at {} never held still", lake.display()),
+            }
+        }
+    }
+
+    fn read_once(lake: &Path) -> Option<LakeContents> {
         let mut contents = LakeContents::default();
         for table in Table::ALL {
             let mut paths = Vec::new();
             files(&lake.join(table.name()), &mut paths);
             for path in paths {
+                if path.file_name().is_some_and(|n| n == "_compaction.json") {
+                    return None;
+                }
                 if path.extension().is_none_or(|e| e != "parquet") {
                     contents.stray_files.push(path);
                     continue;
@@ -274,7 +294,16 @@ impl LakeContents {
                     .and_then(|hour| Some((hour.parent()?.file_name()?, hour.file_name()?)))
                     .map(|(d, h)| format!("{}/{}", d.to_string_lossy(), h.to_string_lossy()))
                     .unwrap_or_default();
-                for batch in read_file(&path).expect("lake files are readable Parquet") {
+                let batches = match read_file(&path) {
+                    Ok(b) => b,
+                    Err(tillwatch_storage::LakeError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::NotFound =>
+                    {
+                        return None;
+                    }
+                    Err(e) => panic!("lake files are readable Parquet: {e}"),
+                };
+                for batch in batches {
                     if table == Table::DeadLetter {
                         let reasons = batch
                             .column_by_name("reason_code")
@@ -329,7 +358,7 @@ impl LakeContents {
                 }
             }
         }
-        contents
+        Some(contents)
     }
 
     pub fn dead_letters(&self) -> u64 {
