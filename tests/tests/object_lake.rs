@@ -180,6 +180,12 @@ fn a_bucket_that_is_not_there_is_an_error_naming_it() {
         err.contains("s3://no-such-bucket/lake/battery/") && err.contains("NoSuchBucket"),
         "{err}"
     );
+    // The scheduler's view of a lake it cannot list: nothing due, rather
+    // than hours that look empty.
+    assert!(lake.try_fingerprints(part.table).is_err());
+    let snapshot = tillwatch_rollups::service::lake_snapshot(&lake);
+    assert_eq!(snapshot.watermark_ms, i64::MIN);
+    assert!(snapshot.fingerprints.is_empty());
     let err = Lake::open("gs://bucket/lake", &s3.options())
         .unwrap_err()
         .to_string();

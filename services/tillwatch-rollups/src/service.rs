@@ -35,13 +35,27 @@ pub enum SchedulerError {
 }
 
 /// The lake's raw data as the planner sees it: the ingest watermark and
-/// every raw hour's fingerprint. Blocking (directory listings).
+/// every raw hour's fingerprint. Blocking (directory listings). A lake that
+/// cannot be listed (a bucket that does not answer) gives a snapshot with
+/// nothing due, never one where hours look empty and their rollups rerun
+/// over nothing.
 pub fn lake_snapshot(lake: &Lake) -> Snapshot {
     let mut fingerprints = std::collections::HashMap::new();
     for kind in Kind::ALL {
         let table = Table::Reading(kind);
-        for (hour, fp) in lake.fingerprints(table) {
-            fingerprints.insert((table.name().to_string(), hour.start().0), fp);
+        match lake.try_fingerprints(table) {
+            Ok(hours) => {
+                for (hour, fp) in hours {
+                    fingerprints.insert((table.name().to_string(), hour.start().0), fp);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the lake; nothing is due this tick");
+                return Snapshot {
+                    watermark_ms: i64::MIN,
+                    fingerprints: Default::default(),
+                };
+            }
         }
     }
     Snapshot {

@@ -233,9 +233,18 @@ impl Lake {
     /// [`Lake::hour_fingerprint`]). Blocking: one listing of the table
     /// (on object storage, one request per 1,000 files).
     pub fn fingerprints(&self, table: Table) -> Vec<(HourPartition, String)> {
+        self.try_fingerprints(table).unwrap_or_default()
+    }
+
+    /// [`Lake::fingerprints`], with a listing error reported rather than
+    /// read as an empty table.
+    pub fn try_fingerprints(
+        &self,
+        table: Table,
+    ) -> Result<Vec<(HourPartition, String)>, LakeError> {
         let dir = self.table_dir(table);
         let mut out = Vec::new();
-        for (hour_dir, files) in self.backend.list_tree(&dir).unwrap_or_default() {
+        for (hour_dir, files) in self.backend.list_tree(&dir)? {
             let Ok(rel) = hour_dir.strip_prefix(&dir) else {
                 continue;
             };
@@ -246,13 +255,13 @@ impl Lake {
             let Some(h) = HourPartition::from_hive(&date, &hour) else {
                 continue;
             };
-            let fp = Self::fingerprint_files(&self.visible(files).unwrap_or_default());
+            let fp = Self::fingerprint_files(&self.visible(files)?);
             if !fp.is_empty() {
                 out.push((h, fp));
             }
         }
         out.sort();
-        out
+        Ok(out)
     }
 
     /// The subdirectories of `dir` (a location under the root), by name.
