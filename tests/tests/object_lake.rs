@@ -9,8 +9,8 @@
 //!   subscription write it (one killed mid-stream and restarted, its dedup
 //!   journal recovered from the bucket), a scheduler compacts and rolls it
 //!   up, and the API serves a terminal's series from it (the alerter,
-//!   which keeps the device registry, runs beside them). No role writes a
-//!   lake to its local disk.
+//!   which keeps the device registry, runs beside them), or, its bucket
+//!   gone, an error naming it. No role writes a lake to its local disk.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -443,7 +443,45 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
         means.len() >= closed.len(),
         "an hourly mean for each rolled-up hour: {hourly}"
     );
-    for (name, role) in [("api", &mut api), ("alerter", &mut alerter)] {
+    // An API whose bucket is not there answers a series with an error
+    // naming the lake, not with a terminal that seems to have sent nothing.
+    let mut lost = RoleProcess::role(
+        &[
+            "api",
+            "--config",
+            config.to_str().unwrap(),
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.path().join("api-lost").to_str().unwrap(),
+        ],
+        &with(
+            &env,
+            &[
+                ("TILLWATCH__GRPC__LISTEN", "127.0.0.1:0"),
+                ("TILLWATCH__LAKE__PATH", "s3://no-such-bucket/fleet"),
+            ],
+        ),
+    );
+    lost.ready().await;
+    // (Raw hours are listed, which a missing bucket fails; an hourly
+    // output is looked up with HEAD, whose 404 cannot tell a missing bucket
+    // from a missing object.)
+    let path = format!(
+        "/api/v1/devices/{device}/series?from={first}&to={}&resolution=raw",
+        first + 6 * 3_600_000
+    );
+    let (status, body) = http_call(lost.http, "GET", &path, None, Some(VIEWER)).unwrap();
+    assert_eq!(status, 500, "{path}: {body}");
+    assert!(
+        body.contains("reading the lake") && body.contains("no-such-bucket"),
+        "{body}"
+    );
+    for (name, role) in [
+        ("api", &mut api),
+        ("api without its bucket", &mut lost),
+        ("alerter", &mut alerter),
+    ] {
         let status = role.terminate();
         assert!(status.success(), "the {name} stops cleanly: {status:?}");
     }

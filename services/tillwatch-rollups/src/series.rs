@@ -281,13 +281,19 @@ pub async fn device_series(
             let lake = s.lake.clone();
             let list = hours.clone();
             let files: Vec<String> = tokio::task::spawn_blocking(move || {
-                list.iter()
-                    .flat_map(|h| lake.hour_files(table, HourPartition(h.start_ms / HOUR_MS)))
-                    .map(|p| p.display().to_string())
-                    .collect()
+                let mut files = Vec::new();
+                for h in &list {
+                    let hour = HourPartition(h.start_ms / HOUR_MS);
+                    let listed = lake
+                        .try_hour_files(table, hour)
+                        .map_err(|e| e.to_string())?;
+                    files.extend(listed.iter().map(|p| p.display().to_string()));
+                }
+                Ok::<_, String>(files)
             })
             .await
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(failed)?;
             collect(
                 &ctx,
                 files,
@@ -307,14 +313,17 @@ pub async fn device_series(
             .map(|h| outputs.output_path(DEVICE_HEALTH_HOURLY, *h))
             .collect();
         let files: Vec<String> = tokio::task::spawn_blocking(move || {
-            paths
-                .into_iter()
-                .filter(|p| lake.exists(p).unwrap_or(false))
-                .map(|p| p.display().to_string())
-                .collect()
+            let mut files = Vec::new();
+            for p in paths {
+                if lake.exists(&p).map_err(|e| e.to_string())? {
+                    files.push(p.display().to_string());
+                }
+            }
+            Ok::<_, String>(files)
         })
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(failed)?;
         // An hour counts whole when it starts in the range.
         let range = (Partition::containing(Grain::Hour, from).start_ms, to);
         collect(&ctx, files, &device, "hour", HOURLY, range, &mut out)
