@@ -270,18 +270,16 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
     let mut a = gateway("gw-a");
     let b = gateway("gw-b");
     // The device registry the API answers from is the alerter's.
-    let mut alerter = RoleProcess::role(
-        &[
-            "alerter",
-            "--broker",
-            &url,
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("alerter").to_str().unwrap(),
-        ],
-        &with(&env, &[]),
-    );
+    let role = |args: &[&str], data: &str, more: &[(&str, &str)]| {
+        let data = dir.path().join(data);
+        let mut all = args.to_vec();
+        all.extend(["--http-listen", "127.0.0.1:0", "--data-dir"]);
+        all.push(data.to_str().unwrap());
+        let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        vars.extend_from_slice(more);
+        RoleProcess::role(&all, &vars)
+    };
+    let mut alerter = role(&["alerter", "--broker", &url], "alerter", &[]);
     a.ready().await;
     b.ready().await;
     alerter.ready().await;
@@ -343,23 +341,15 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
     assert!(hours.len() >= 3, "the readings span hours: {hours:?}");
     let now_hour = HourPartition(chrono::Utc::now().timestamp_millis() / 3_600_000);
     let closed: Vec<HourPartition> = hours.into_iter().filter(|h| *h < now_hour).collect();
-    let mut scheduler = RoleProcess::role(
+    let mut scheduler = role(
+        &["scheduler"],
+        "scheduler",
         &[
-            "scheduler",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("scheduler").to_str().unwrap(),
+            ("TILLWATCH__SCHEDULER__ENGINE", "embedded"),
+            ("TILLWATCH__SCHEDULER__START", "1d"),
+            ("TILLWATCH__SCHEDULER__TICK", "200ms"),
+            ("TILLWATCH__SCHEDULER__LOCAL_DAY_UTC_OFFSETS", "[0, 0]"),
         ],
-        &with(
-            &env,
-            &[
-                ("TILLWATCH__SCHEDULER__ENGINE", "embedded"),
-                ("TILLWATCH__SCHEDULER__START", "1d"),
-                ("TILLWATCH__SCHEDULER__TICK", "200ms"),
-                ("TILLWATCH__SCHEDULER__LOCAL_DAY_UTC_OFFSETS", "[0, 0]"),
-            ],
-        ),
     );
     scheduler.ready().await;
     let hourly = |h: &HourPartition| {
@@ -396,17 +386,11 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
         format!("[[http.tokens]]\nname = \"support\"\nrole = \"viewer\"\ntoken = \"{VIEWER}\"\n"),
     )
     .unwrap();
-    let mut api = RoleProcess::role(
-        &[
-            "api",
-            "--config",
-            config.to_str().unwrap(),
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("api").to_str().unwrap(),
-        ],
-        &with(&env, &[("TILLWATCH__GRPC__LISTEN", "127.0.0.1:0")]),
+    let api_args = ["api", "--config", config.to_str().unwrap()];
+    let mut api = role(
+        &api_args,
+        "api",
+        &[("TILLWATCH__GRPC__LISTEN", "127.0.0.1:0")],
     );
     api.ready().await;
     let device = "term-00007";
@@ -445,23 +429,13 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
     );
     // An API whose bucket is not there answers a series with an error
     // naming the lake, not with a terminal that seems to have sent nothing.
-    let mut lost = RoleProcess::role(
+    let mut lost = role(
+        &api_args,
+        "api-lost",
         &[
-            "api",
-            "--config",
-            config.to_str().unwrap(),
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            dir.path().join("api-lost").to_str().unwrap(),
+            ("TILLWATCH__GRPC__LISTEN", "127.0.0.1:0"),
+            ("TILLWATCH__LAKE__PATH", "s3://no-such-bucket/fleet"),
         ],
-        &with(
-            &env,
-            &[
-                ("TILLWATCH__GRPC__LISTEN", "127.0.0.1:0"),
-                ("TILLWATCH__LAKE__PATH", "s3://no-such-bucket/fleet"),
-            ],
-        ),
     );
     lost.ready().await;
     // (Raw hours are listed, which a missing bucket fails; an hourly
