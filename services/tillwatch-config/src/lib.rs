@@ -468,6 +468,25 @@ pub struct LakeS3Config {
     pub allow_http: bool,
 }
 
+/// What a lake root names: `None` for a local directory, the bucket of an
+/// `s3://bucket/prefix` URL, or an error saying what is wrong with another
+/// URL. The one reading of `lake.path`, for its validation and for opening
+/// the lake.
+pub fn lake_bucket(root: &Path) -> Result<Option<&str>, String> {
+    let Some(text) = root.to_str().filter(|t| t.contains("://")) else {
+        return Ok(None);
+    };
+    let Some(rest) = text.strip_prefix("s3://") else {
+        return Err(format!(
+            "{text:?} is not a directory or an s3://bucket/prefix URL"
+        ));
+    };
+    match rest.split('/').next() {
+        Some(bucket) if !bucket.is_empty() => Ok(Some(bucket)),
+        _ => Err(format!("{text:?} names no bucket")),
+    }
+}
+
 impl std::fmt::Debug for LakeS3Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LakeS3Config")
@@ -733,20 +752,13 @@ impl Config {
         {
             errors.push("lake.path: must not be empty (leave it out for <data_dir>/lake)".into());
         }
-        if let Some(url) = self.lake.path.as_ref().and_then(|p| p.to_str())
-            && url.contains("://")
-        {
-            match url.strip_prefix("s3://") {
-                None => errors.push(format!(
-                    "lake.path: {url:?} is not a directory or an s3://bucket/prefix URL"
-                )),
-                Some(rest) if rest.split('/').next().unwrap_or("").is_empty() => {
-                    errors.push(format!("lake.path: {url:?} names no bucket"))
-                }
-                Some(_) => {}
+        match self.lake.path.as_deref().map(lake_bucket) {
+            Some(Err(e)) => errors.push(format!("lake.path: {e}")),
+            Some(Ok(Some(_))) => {}
+            _ if self.lake.s3 != LakeS3Config::default() => {
+                errors.push("lake.s3: only used when lake.path is an s3:// URL".into())
             }
-        } else if self.lake.s3 != LakeS3Config::default() {
-            errors.push("lake.s3: only used when lake.path is an s3:// URL".into());
+            _ => {}
         }
         if let Some(e) = &self.lake.s3.endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {

@@ -15,7 +15,7 @@ use tillwatch_domain::HourPartition;
 
 use crate::schema::{KEY_COLUMNS, Table};
 use crate::staging::PartBatch;
-use crate::store::{Backend, LakeS3Config, ObjectLake, is_object_url};
+use crate::store::{Backend, LakeS3Config, ObjectLake};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
@@ -96,10 +96,15 @@ impl Lake {
     /// variables). Opening does no I/O.
     pub fn open(root: impl Into<PathBuf>, s3: &LakeS3Config) -> Result<Self, LakeError> {
         let root: PathBuf = root.into();
-        if !is_object_url(&root) {
+        let bucket =
+            tillwatch_config::lake_bucket(&root).map_err(|reason| LakeError::Location {
+                path: root.clone(),
+                reason,
+            })?;
+        let Some(bucket) = bucket else {
             return Ok(Lake::new(root));
-        }
-        let object = ObjectLake::open(&root, s3)?;
+        };
+        let object = ObjectLake::open(&root, bucket, s3)?;
         let trimmed = root.to_string_lossy().trim_end_matches('/').to_string();
         Ok(Lake {
             root: PathBuf::from(trimmed),

@@ -24,4 +24,4 @@ pub use compact::Compacted;
 pub use lake::{Lake, LakeError, WrittenFile, encode_parquet, read_file, read_reading_keys};
 pub use schema::{Table, schema};
 pub use staging::{DeadLetter, PartBatch, Staging, StoredReading};
-pub use store::{LakeS3Config, is_object_url};
+pub use store::LakeS3Config;

@@ -37,14 +37,6 @@ use crate::lake::{LakeError, io_err};
 /// `AWS_*` environment variables.
 pub use tillwatch_config::LakeS3Config;
 
-/// The scheme of an object lake's root.
-pub const S3_SCHEME: &str = "s3://";
-
-/// Whether `root` names an object-store lake rather than a directory.
-pub fn is_object_url(root: &Path) -> bool {
-    root.to_str().is_some_and(|s| s.contains("://"))
-}
-
 /// The files and subdirectories directly in one directory.
 #[derive(Debug, Default)]
 pub(crate) struct Listing {
@@ -129,26 +121,20 @@ fn build_s3(bucket: &str, options: &LakeS3Config) -> Result<Arc<dyn ObjectStore>
 }
 
 impl ObjectLake {
-    /// The store behind `root` (`s3://bucket[/prefix]`).
-    pub(crate) fn open(root: &Path, options: &LakeS3Config) -> Result<ObjectLake, LakeError> {
-        let bad = |reason: String| LakeError::Location {
+    /// The store behind a lake in `bucket` (from
+    /// [`tillwatch_config::lake_bucket`] of the root `root`).
+    pub(crate) fn open(
+        root: &Path,
+        bucket: &str,
+        options: &LakeS3Config,
+    ) -> Result<ObjectLake, LakeError> {
+        let store = build_s3(bucket, options).map_err(|reason| LakeError::Location {
             path: root.to_path_buf(),
             reason,
-        };
-        let text = root.to_str().ok_or_else(|| bad("not valid UTF-8".into()))?;
-        let rest = text.strip_prefix(S3_SCHEME).ok_or_else(|| {
-            bad(format!(
-                "only {S3_SCHEME}bucket/prefix URLs or local directories can hold the lake"
-            ))
         })?;
-        let bucket = rest.split('/').next().unwrap_or_default();
-        if bucket.is_empty() {
-            return Err(bad("names no bucket".into()));
-        }
-        let store = build_s3(bucket, options).map_err(bad)?;
         Ok(ObjectLake {
             store,
-            bucket_url: format!("{S3_SCHEME}{bucket}"),
+            bucket_url: format!("s3://{bucket}"),
             options: options.clone(),
             bucket: bucket.to_string(),
             query_store: OnceLock::new(),
@@ -390,7 +376,7 @@ mod tests {
             allow_http: true,
             ..LakeS3Config::default()
         };
-        let lake = ObjectLake::open(Path::new("s3://fleet/lake"), &options).unwrap();
+        let lake = ObjectLake::open(Path::new("s3://fleet/lake"), "fleet", &options).unwrap();
         let file = Path::new("s3://fleet/lake/battery/date=2026-12-03/hour=06/a.parquet");
         let key = lake.key(file).unwrap();
         assert_eq!(
@@ -407,9 +393,8 @@ mod tests {
             );
         }
         for bad in ["s3:///lake", "gs://fleet/lake"] {
-            let err = ObjectLake::open(Path::new(bad), &options)
-                .err()
-                .expect("refused")
+            let err = crate::Lake::open(bad, &options)
+                .expect_err("refused")
                 .to_string();
             assert!(err.contains(bad), "{err}");
         }
