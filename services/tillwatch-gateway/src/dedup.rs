@@ -413,9 +413,7 @@ impl DedupStore {
             let mut keys = Vec::new();
             for rel in files {
                 let path = store.lake.root().join(&rel);
-                if !store.lake.is_object_store() {
-                    let _ = fs::remove_file(Lake::temp_path(&path));
-                }
+                let _ = store.lake.discard_partial(&path);
                 if !rel.starts_with("dead_letter/") && store.lake.exists(&path)? {
                     for (device, boot, seq) in store.lake.read_reading_keys(&path)? {
                         if let Ok(device_id) = DeviceId::new(&device) {

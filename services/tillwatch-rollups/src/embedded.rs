@@ -155,10 +155,6 @@ impl Embedded {
         ctx
     }
 
-    pub fn lake(&self) -> &Lake {
-        &self.lake
-    }
-
     /// Registers one raw table holding just `partition`'s hour: the files
     /// [`Lake::hour_files`] lists, so a compaction in progress is never
     /// read twice.

@@ -100,9 +100,8 @@ fn recover(backend: &Backend, dir: &Path) -> Result<(), LakeError> {
             backend.delete(&dir.join(name))?;
         }
     } else {
-        // Cut short before the merged file was in place: a local disk may
-        // hold its temp file.
-        backend.delete(&crate::store::temp_path(&dir.join(&manifest.new)))?;
+        // Cut short before the merged file was in place.
+        backend.discard_partial(&dir.join(&manifest.new))?;
     }
     backend.delete(&path)
 }

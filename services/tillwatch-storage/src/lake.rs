@@ -303,9 +303,10 @@ impl Lake {
         self.backend.put(path, bytes.into())
     }
 
-    /// Deletes the file at `path`, if there is one. Blocking.
-    pub fn delete(&self, path: &Path) -> Result<(), LakeError> {
-        self.backend.delete(path)
+    /// Removes what a write of `path` cut short by a crash may have left
+    /// (a temp file on disk; nothing in object storage). Blocking.
+    pub fn discard_partial(&self, path: &Path) -> Result<(), LakeError> {
+        self.backend.discard_partial(path)
     }
 
     fn watermark_dir(&self) -> PathBuf {

@@ -327,6 +327,15 @@ impl Backend {
         }
     }
 
+    /// Removes what a put of `path` cut short may have left: on disk its
+    /// temp file; in object storage nothing (a PUT is whole or absent).
+    pub(crate) fn discard_partial(&self, path: &Path) -> Result<(), LakeError> {
+        match self {
+            Backend::Local => Backend::Local.delete(&temp_path(path)),
+            Backend::Object(_) => Ok(()),
+        }
+    }
+
     /// Deletes one file; one that is not there is not an error.
     pub(crate) fn delete(&self, path: &Path) -> Result<(), LakeError> {
         match self {
