@@ -678,7 +678,29 @@ impl Config {
     /// `token_file`s are read when the API starts.)
     pub fn read_secret_files(&mut self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
-        for (key, value, file) in [
+        for (key, value, file) in self.secret_fields() {
+            let Some(path) = file else { continue };
+            if value.is_some() {
+                errors.push(format!("give one of {key} and {key}_file, not both"));
+                continue;
+            }
+            match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => *value = Some(text.trim().to_string()),
+                Ok(_) => errors.push(format!("{key}_file {}: the file is empty", path.display())),
+                Err(e) => errors.push(format!("{key}_file {}: {e}", path.display())),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// Every secret that may be given as a file: its key, its value and
+    /// the `<key>_file` that holds it.
+    pub fn secret_fields(&mut self) -> [(&'static str, &mut Option<String>, &Option<PathBuf>); 4] {
+        [
             (
                 "mqtt.password",
                 &mut self.mqtt.password,
@@ -699,23 +721,7 @@ impl Config {
                 &mut self.lake.s3.secret_access_key,
                 &self.lake.s3.secret_access_key_file,
             ),
-        ] {
-            let Some(path) = file else { continue };
-            if value.is_some() {
-                errors.push(format!("give one of {key} and {key}_file, not both"));
-                continue;
-            }
-            match std::fs::read_to_string(path) {
-                Ok(text) if !text.trim().is_empty() => *value = Some(text.trim().to_string()),
-                Ok(_) => errors.push(format!("{key}_file {}: the file is empty", path.display())),
-                Err(e) => errors.push(format!("{key}_file {}: {e}", path.display())),
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(errors))
-        }
+        ]
     }
 
     /// Parses a configuration from TOML text (no environment).

@@ -547,15 +547,7 @@ pub(crate) async fn role_http(
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
     let mut config = load_unread(&args.common)?;
     if args.no_secret_files {
-        for (key, file) in [
-            ("mqtt.password", &config.mqtt.password_file),
-            ("clickhouse.password", &config.clickhouse.password_file),
-            ("metadata.url", &config.metadata.url_file),
-            (
-                "lake.s3.secret_access_key",
-                &config.lake.s3.secret_access_key_file,
-            ),
-        ] {
+        for (key, _, file) in config.secret_fields() {
             if let Some(path) = file {
                 println!("{key}: read from {} (not checked)", path.display());
             }
