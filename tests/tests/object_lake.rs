@@ -230,16 +230,6 @@ fn lake_env<'a>(s3: &'a S3Server, secret: &'a Path, db: &'a str) -> Vec<(&'stati
     ]
 }
 
-fn with<'a>(
-    env: &'a [(&'static str, String)],
-    more: &[(&'static str, &'a str)],
-) -> Vec<(&'a str, &'a str)> {
-    env.iter()
-        .map(|(k, v)| (*k, v.as_str()))
-        .chain(more.iter().copied())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
     let s3 = S3Server::start();
@@ -252,24 +242,7 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
     let lake = Lake::open(s3.url("fleet"), &s3.options()).unwrap();
     let url = mosquitto.url();
 
-    let gateway = |id: &str| {
-        let data = dir.path().join(id);
-        RoleProcess::start(
-            &url,
-            &data,
-            &with(
-                &env,
-                &[
-                    ("TILLWATCH__MQTT__CLIENT_ID", id),
-                    ("TILLWATCH__MQTT__SHARED_GROUP", "tillwatch"),
-                    ("TILLWATCH__GATEWAY__FLUSH_MAX_ROWS", "500"),
-                ],
-            ),
-        )
-    };
-    let mut a = gateway("gw-a");
-    let b = gateway("gw-b");
-    // The device registry the API answers from is the alerter's.
+    // `tillwatch ARGS` with its own data directory, on the bucket.
     let role = |args: &[&str], data: &str, more: &[(&str, &str)]| {
         let data = dir.path().join(data);
         let mut all = args.to_vec();
@@ -279,6 +252,20 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
         vars.extend_from_slice(more);
         RoleProcess::role(&all, &vars)
     };
+    let gateway = |id: &str| {
+        role(
+            &["gateway", "--broker", &url],
+            id,
+            &[
+                ("TILLWATCH__MQTT__CLIENT_ID", id),
+                ("TILLWATCH__MQTT__SHARED_GROUP", "tillwatch"),
+                ("TILLWATCH__GATEWAY__FLUSH_MAX_ROWS", "500"),
+            ],
+        )
+    };
+    let mut a = gateway("gw-a");
+    let b = gateway("gw-b");
+    // The device registry the API answers from is the alerter's.
     let mut alerter = role(&["alerter", "--broker", &url], "alerter", &[]);
     a.ready().await;
     b.ready().await;
