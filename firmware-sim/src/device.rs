@@ -103,6 +103,16 @@ impl DevicePlan {
     fn topic(&self, channel: Channel) -> String {
         device_topic(&self.merchant_id, &self.device_id, channel)
     }
+
+    /// The model its info message reports.
+    pub fn model(&self) -> &'static str {
+        MODELS[self.model_index]
+    }
+
+    /// The serial number its info message reports (fixed by the seed).
+    pub fn serial(&self, seed: u64) -> String {
+        format!("SN{:08}", mix(seed, self.index, 8) % 100_000_000)
+    }
 }
 
 pub(crate) struct Device {
@@ -180,11 +190,8 @@ impl Device {
         pb::DeviceInfo {
             device_id: self.plan.device_id.clone(),
             boot_id: self.boot_id,
-            model: MODELS[self.plan.model_index].to_string(),
-            serial: format!(
-                "SN{:08}",
-                mix(self.config.seed, self.plan.index, 8) % 100_000_000
-            ),
+            model: self.plan.model().to_string(),
+            serial: self.plan.serial(self.config.seed),
             firmware_version: self.signals.firmware_version.clone(),
             app_version: self.signals.app_version.clone(),
             merchant_id: self.plan.merchant_id.clone(),

@@ -37,6 +37,19 @@ pub async fn wait_for(what: &str, deadline: Duration, mut condition: impl FnMut(
     }
 }
 
+/// Polls `condition` until it holds (true) or `deadline` passes (false),
+/// for tests that then assert on what they saw, to show it on failure.
+pub async fn eventually(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + deadline;
+    while !condition() {
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
 /// A port the OS says is free now. Only for child processes that cannot
 /// be handed a bound socket (Mosquitto); everything in-process binds port 0.
 pub fn free_port() -> u16 {

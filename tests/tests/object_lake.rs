@@ -183,7 +183,11 @@ fn a_bucket_that_is_not_there_is_an_error_naming_it() {
     // The scheduler's view of a lake it cannot list: nothing due, rather
     // than hours that look empty.
     assert!(lake.try_fingerprints(part.table).is_err());
-    let snapshot = tillwatch_rollups::service::lake_snapshot(&lake);
+    let snapshot = tillwatch_rollups::service::lake_snapshot(
+        &lake,
+        tillwatch_domain::UtcMillis::now().0,
+        std::time::Duration::from_secs(300),
+    );
     assert_eq!(snapshot.watermark_ms, i64::MIN);
     assert!(snapshot.fingerprints.is_empty());
     let err = Lake::open("gs://bucket/lake", &s3.options())

@@ -34,6 +34,8 @@ pub struct Alerter {
     /// The newest rollup rule evaluation applied.
     findings_seen_ms: i64,
     rollup_rules: tillwatch_config::RollupRulesConfig,
+    /// Found by the scheduler, paged from here like the rollup rules.
+    watermark_rule: tillwatch_config::PipelineRule,
     /// Alerts changed in the store since [`Alerter::take_changed`].
     changed: bool,
 }
@@ -97,6 +99,7 @@ impl Alerter {
             stores_seen_ms,
             findings_seen_ms: i64::MIN,
             rollup_rules: config.rollup_rules.clone(),
+            watermark_rule: config.rules.ingest_watermark_stalled.clone(),
             changed: false,
         };
         alerter.tick(now).await?;
@@ -226,7 +229,9 @@ impl Alerter {
     async fn refresh_findings(&mut self, now: UtcMillis) -> Result<(), AlertingError> {
         use tillwatch_config::Severity;
         let r = &self.rollup_rules;
-        let rules: [(&str, bool, Severity); 3] = [
+        let w = &self.watermark_rule;
+        let rules: [(&str, bool, Severity); 4] = [
+            ("ingest_watermark_stalled", w.enabled, w.severity),
             (
                 "cohort_regression",
                 r.cohort_regression.enabled,

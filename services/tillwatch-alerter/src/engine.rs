@@ -1333,13 +1333,17 @@ impl Engine {
             let mut annotations = BTreeMap::from([
                 ("summary".to_string(), f.summary.clone()),
                 ("value".to_string(), shown(f.value)),
-                (
+            ]);
+            // A rule over the rollups says which day it read; a pipeline
+            // finding (a stalled gateway) is about now.
+            if f.scope != "gateway" {
+                annotations.insert(
                     "day".to_string(),
                     jiff::Timestamp::from_millisecond(f.day_ms)
                         .map(|t| t.strftime("%Y-%m-%d").to_string())
                         .unwrap_or_default(),
-                ),
-            ]);
+                );
+            }
             if f.scope == "device" {
                 annotations.insert(
                     "device_url".into(),

@@ -16,5 +16,5 @@ mod run;
 mod tracker;
 
 pub use alerter::{Alerter, AlertingError};
-pub use run::{ACTIVE, AlerterError, CONNECTIVITY_CHANGES, LEASE, run_alerter};
+pub use run::{ACTIVE, AlerterError, AlerterHealth, CONNECTIVITY_CHANGES, LEASE, run_alerter};
 pub use tracker::{Event, Tracker, TrackerError};

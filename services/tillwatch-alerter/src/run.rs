@@ -129,6 +129,26 @@ pub const LEASE: &str = "alerter";
 /// Gauge: 1 while this process is the active alerter, 0 on standby.
 pub const ACTIVE: &str = "tillwatch_alerter_active";
 
+/// Whether this alerter is subscribed to the broker: set on the broker's
+/// SUBACK, cleared when the connection drops. Standalone lets terminals
+/// into its embedded broker only once it is set (see
+/// `tillwatch_serve::EmbeddedBroker::open`).
+#[derive(Debug, Default)]
+pub struct AlerterHealth {
+    subscribed: std::sync::atomic::AtomicBool,
+}
+
+impl AlerterHealth {
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_subscribed(&self, subscribed: bool) {
+        self.subscribed
+            .store(subscribed, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// How a turn as the active alerter ended.
 enum Turn {
     Stopped,
@@ -139,6 +159,7 @@ enum Turn {
 /// `alerter` lease, then as the active alerter for as long as it keeps it.
 pub async fn run_alerter(
     config: &Config,
+    health: Arc<AlerterHealth>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AlerterError> {
     metrics::describe_counter!(
@@ -193,7 +214,9 @@ pub async fn run_alerter(
         }
         info!(%holder, "this alerter is now the active one");
         metrics::gauge!(ACTIVE).set(1.0);
-        match lead(config, &store, &holder, &mut shutdown).await? {
+        let turn = lead(config, &store, &holder, &health, &mut shutdown).await;
+        health.set_subscribed(false);
+        match turn? {
             Turn::Stopped => {
                 if let Err(e) = store.release_lease(LEASE, &holder).await {
                     warn!(error = %e, "cannot give the alerter lease up; it lapses by itself");
@@ -217,6 +240,7 @@ async fn lead(
     config: &Config,
     store: &MetaStore,
     holder: &str,
+    health: &AlerterHealth,
     mut shutdown: &mut std::pin::Pin<&mut (impl Future<Output = ()> + Send)>,
 ) -> Result<Turn, AlerterError> {
     let lease = config.alerter.lease;
@@ -310,6 +334,13 @@ async fn lead(
                         warn!(error = %e, "subscribing failed");
                     }
                 }
+                Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                    if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
+                        error!(filters = ?filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "the broker refused the alerter's subscription (check its ACL)");
+                    } else {
+                        health.set_subscribed(true);
+                    }
+                }
                 Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                     let now = UtcMillis::now();
                     let decoded = decode_message(&publish.topic, &publish.payload, now, &limits);
@@ -322,6 +353,7 @@ async fn lead(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    health.set_subscribed(false);
                     warn!(error = %e, "MQTT connection failed; reconnecting");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

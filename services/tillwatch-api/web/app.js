@@ -477,6 +477,13 @@ async function loadJobs() {
   document.getElementById("watermark").textContent = jobs.watermark_ms
     ? `Ingest watermark: every reading sampled before ${when(jobs.watermark_ms)} has arrived.`
     : "No ingest watermark yet (no gateway has written).";
+  // Gateways whose watermark stopped advancing no longer hold the rollups back.
+  const stalled = (jobs.writers || []).filter((w) => w.stalled);
+  const notice = document.getElementById("stalled");
+  notice.hidden = !stalled.length;
+  notice.replaceChildren(...stalled.map((w) => el("p", {},
+    `Gateway ${w.writer} has not advanced its ingest watermark since ${when(w.watermark_ms)}: the rollups no longer wait for it ` +
+    `(after ${span(jobs.watermark_stall_after_ms)}). If it was taken away for good: tillwatch gateway retire ${w.writer}`)));
   document.getElementById("lineage").replaceChildren(...lineageGraph(jobs.jobs));
   fill("jobs", jobs.jobs.map((j) =>
     el("tr", {}, el("td", {}, j.name), el("td", {}, j.grain), el("td", {}, j.schedule), el("td", {}, j.owner || ""),

@@ -123,6 +123,15 @@ pub struct StateRule {
     pub disabled_merchants: Vec<String>,
 }
 
+/// A rule on the pipeline itself, raised by another role (the scheduler)
+/// and delivered by the alerter: only whether it pages, and how loudly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineRule {
+    pub enabled: bool,
+    pub severity: Severity,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OfflineRule {
@@ -190,6 +199,9 @@ pub struct RulesConfig {
     pub offline_queue: LevelRule,
     pub tamper: StateRule,
     pub battery_forecast: BatteryForecastRule,
+    /// A gateway's ingest watermark stopped advancing for
+    /// `scheduler.watermark_stall_after` (found by the scheduler).
+    pub ingest_watermark_stalled: PipelineRule,
 }
 
 impl Default for RulesConfig {
@@ -236,6 +248,10 @@ impl Default for RulesConfig {
                 horizon: Duration::from_secs(2 * 3600),
                 disabled_merchants: Vec::new(),
             },
+            ingest_watermark_stalled: PipelineRule {
+                enabled: true,
+                severity: Severity::Warning,
+            },
         }
     }
 }
@@ -274,6 +290,7 @@ impl<'de> Deserialize<'de> for RulesConfig {
             offline_queue: take(&mut full, "offline_queue")?,
             tamper: take(&mut full, "tamper")?,
             battery_forecast: take(&mut full, "battery_forecast")?,
+            ingest_watermark_stalled: take(&mut full, "ingest_watermark_stalled")?,
         })
     }
 }

@@ -897,6 +897,19 @@ impl Config {
         if self.scheduler.lease < std::time::Duration::from_secs(1) {
             errors.push("scheduler.lease: must be at least 1s".into());
         }
+        // A gateway refreshes its watermark every second and after each
+        // flush: a stall time within that would leave healthy gateways out.
+        let refresh = self
+            .gateway
+            .flush_max_age
+            .max(std::time::Duration::from_secs(1));
+        if self.scheduler.watermark_stall_after <= refresh * 2 {
+            errors.push(format!(
+                "scheduler.watermark_stall_after: {:?} would count healthy gateways as stalled; \
+                 give more than twice gateway.flush_max_age and at least 2s (default 5m)",
+                self.scheduler.watermark_stall_after
+            ));
+        }
         if self.alerter.lease < std::time::Duration::from_secs(1) {
             errors.push("alerter.lease: must be at least 1s".into());
         }

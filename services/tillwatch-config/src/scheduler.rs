@@ -57,6 +57,15 @@ pub struct SchedulerConfig {
     /// earlier daily rollups (`[0, 2]` for western and central Europe);
     /// `[0, 0]` makes every day a UTC day.
     pub local_day_utc_offsets: [i8; 2],
+    /// A gateway whose ingest watermark has not advanced for this long
+    /// stops holding the rollups back (a warning, the
+    /// `tillwatch_scheduler_ingest_writers_stalled` metric, a line on the
+    /// jobs page and an `ingest_watermark_stalled` alert say so); it
+    /// counts again as soon as it advances. A healthy gateway advances
+    /// every second. Retire a gateway taken away on purpose with
+    /// `tillwatch gateway retire CLIENT_ID`.
+    #[serde(with = "humantime_serde")]
+    pub watermark_stall_after: Duration,
 }
 
 /// An external PostgreSQL holding the merchants and stores, and the query
@@ -105,6 +114,7 @@ impl Default for SchedulerConfig {
             jobs: BTreeMap::new(),
             merchant_directory: None,
             local_day_utc_offsets: [-12, 14],
+            watermark_stall_after: Duration::from_secs(5 * 60),
         }
     }
 }

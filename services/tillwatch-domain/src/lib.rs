@@ -5,6 +5,7 @@
 //! storage format. Protobuf is converted to these types in the gateway;
 //! Arrow and Parquet are built from them in the storage crate.
 
+pub mod attribution;
 pub mod connectivity;
 mod device;
 pub mod health;

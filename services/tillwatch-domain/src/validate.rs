@@ -47,6 +47,12 @@ pub enum RejectReason {
         value: String,
         range: &'static str,
     },
+    #[error("{field} is {length} bytes long; at most {limit} are accepted")]
+    TooLong {
+        field: &'static str,
+        length: usize,
+        limit: usize,
+    },
 }
 
 impl RejectReason {
@@ -64,11 +70,12 @@ impl RejectReason {
             RejectReason::SampledInFuture { .. } => "sampled_in_future",
             RejectReason::SampledTooLongAgo { .. } => "sampled_too_long_ago",
             RejectReason::OutOfRange { .. } => "out_of_range",
+            RejectReason::TooLong { .. } => "too_long",
         }
     }
 
     /// Every code, for declaring metrics up front.
-    pub const CODES: [&'static str; 11] = [
+    pub const CODES: [&'static str; 12] = [
         "bad_topic",
         "too_large",
         "malformed",
@@ -80,6 +87,7 @@ impl RejectReason {
         "sampled_in_future",
         "sampled_too_long_ago",
         "out_of_range",
+        "too_long",
     ];
 }
 

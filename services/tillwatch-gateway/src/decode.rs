@@ -113,7 +113,9 @@ pub fn decode_message(
             return decode_telemetry(&cx, merchant_id, device_id, payload, limits);
         }
         Channel::Status => decode_status(&device_id, payload).map(Decoded::Status),
-        Channel::Info => decode_info(&merchant_id, &device_id, payload).map(Decoded::Info),
+        Channel::Info => {
+            decode_info(&merchant_id, &device_id, payload, received_at, limits).map(Decoded::Info)
+        }
     };
     result.unwrap_or_else(|reason| Decoded::Rejected(cx.dead_letter(reason, payload)))
 }
@@ -253,13 +255,34 @@ fn decode_status(device_id: &DeviceId, payload: &[u8]) -> Result<DeviceStatus, R
     })
 }
 
+/// The longest model, serial, version or time zone an info message may
+/// carry: they are shown on pages and become alert labels.
+pub const MAX_INFO_FIELD_BYTES: usize = 64;
+
 fn decode_info(
     merchant_id: &MerchantId,
     device_id: &DeviceId,
     payload: &[u8],
+    received_at: UtcMillis,
+    limits: &DecodeLimits,
 ) -> Result<DeviceInfo, RejectReason> {
     let info = pb::DeviceInfo::decode(payload).map_err(malformed)?;
     same_device(device_id, &info.device_id)?;
+    for (field, value) in [
+        ("model", &info.model),
+        ("serial", &info.serial),
+        ("firmware_version", &info.firmware_version),
+        ("app_version", &info.app_version),
+        ("time_zone", &info.time_zone),
+    ] {
+        if value.len() > MAX_INFO_FIELD_BYTES {
+            return Err(RejectReason::TooLong {
+                field,
+                length: value.len(),
+                limit: MAX_INFO_FIELD_BYTES,
+            });
+        }
+    }
     if info.merchant_id != merchant_id.as_str() {
         return Err(RejectReason::MerchantMismatch {
             topic: merchant_id.to_string(),
@@ -284,8 +307,26 @@ fn decode_info(
         merchant_id: merchant_id.clone(),
         store_id,
         time_zone: info.time_zone,
-        at: UtcMillis(info.at_ms),
+        at: info_time(info.at_ms, received_at, &limits.sample_time),
     })
+}
+
+/// When an info message takes effect: the time the terminal stamped on it,
+/// unless that lies further ahead of or behind the receive time than a
+/// reading's sample time may (a clock not yet set, a hostile value); then
+/// the receive time, the best guess left. The info itself is kept: it is
+/// still what the terminal says it is now, and its retained copy may be
+/// delivered long after it was published.
+fn info_time(at_ms: i64, received_at: UtcMillis, limits: &tillwatch_domain::Limits) -> UtcMillis {
+    let ahead = i64::try_from(limits.max_future.as_millis()).unwrap_or(i64::MAX);
+    let behind = i64::try_from(limits.max_age.as_millis()).unwrap_or(i64::MAX);
+    let earliest = received_at.0.saturating_sub(behind);
+    let latest = received_at.0.saturating_add(ahead);
+    if (earliest..=latest).contains(&at_ms) {
+        UtcMillis(at_ms)
+    } else {
+        received_at
+    }
 }
 
 #[cfg(test)]
@@ -443,6 +484,35 @@ mod tests {
     }
 
     #[test]
+    fn an_info_message_is_checked_before_it_names_a_terminal() {
+        let info = |serial: String, at_ms: i64| {
+            pb::DeviceInfo {
+                device_id: "dev-1".into(),
+                merchant_id: "m-1".into(),
+                serial,
+                at_ms,
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let decode =
+            |payload: &[u8]| decode_message("tw/v1/m-1/dev-1/info", payload, NOW, &limits());
+        let long = decode(&info("x".repeat(1_000), NOW.0));
+        assert_eq!(rejected_code(long), "too_long");
+        for (at, want) in [
+            (NOW.0 - 60_000, NOW.0 - 60_000),
+            (i64::MAX, NOW.0),
+            (i64::MIN, NOW.0),
+            (NOW.0 + 3_600_000, NOW.0),
+        ] {
+            match decode(&info("SN1".into(), at)) {
+                Decoded::Info(i) => assert_eq!(i.at.0, want, "stamped {at}"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn status_and_info_decode() {
         let status = pb::DeviceStatus {
             device_id: "dev-1".into(),
@@ -476,7 +546,10 @@ mod tests {
             NOW,
             &limits(),
         ) {
-            Decoded::Info(i) => assert_eq!(i.store_id.unwrap().as_str(), "m-1-s2"),
+            Decoded::Info(i) => {
+                assert_eq!(i.store_id.unwrap().as_str(), "m-1-s2");
+                assert_eq!(i.at, NOW, "a time of 0 (a clock not set) is taken as now");
+            }
             other => panic!("{other:?}"),
         }
     }

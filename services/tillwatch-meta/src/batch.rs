@@ -131,11 +131,14 @@ impl MetaStore {
                 return Ok(());
             }
             let mut tx = self.pool().begin().await.map_err(self.db())?;
+            let recorded_at_ms = tillwatch_domain::UtcMillis::now().0;
             for info in &batch.infos {
                 self.info_statement(info)
                     .execute(&mut *tx)
                     .await
                     .map_err(self.db())?;
+                self.record_attributes(&mut tx, info, recorded_at_ms)
+                    .await?;
             }
             let seen: Vec<_> = batch.seen.iter().collect();
             for chunk in seen.chunks(CHUNK) {

@@ -10,6 +10,7 @@
 //! whose app died behind a live socket is not "seen".
 
 mod alerts;
+mod attributes;
 mod batch;
 mod connectivity;
 mod findings;
@@ -27,6 +28,7 @@ use tillwatch_domain::{DeviceInfo, MerchantId, Reading, Signal};
 pub use alerts::{
     AlertFilter, AlertRecord, AlertState, Delivery, MerchantRecord, SilenceRecord, StoreRecord,
 };
+pub use attributes::{AttributeVersion, AttributionInputs};
 pub use batch::StateBatch;
 pub use connectivity::{DeviceFacts, HistoryEntry, OnlineTime};
 pub use findings::{Evaluation, FindingRecord};
@@ -263,12 +265,12 @@ impl MetaStore {
     /// Keeps a device's info message: model, serial, versions, merchant,
     /// store, time zone. An info message older than the one held is ignored
     /// (retained messages arrive again after every reconnect).
+    /// The version it describes joins the terminal's attribute history
+    /// (see [`MetaStore::attribute_history`]).
     pub async fn record_info(&self, info: &DeviceInfo) -> Result<(), MetaError> {
-        self.info_statement(info)
-            .execute(&self.pool)
-            .await
-            .map_err(self.db())?;
-        Ok(())
+        let mut batch = StateBatch::default();
+        batch.info(info);
+        self.record_batch(&batch).await
     }
 
     pub(crate) fn info_statement<'q>(

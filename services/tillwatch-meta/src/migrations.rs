@@ -243,6 +243,35 @@ CREATE TABLE leases (
 );
 ",
     },
+    Migration {
+        version: 12,
+        name: "device_attributes",
+        // Each version of a terminal's identity (merchant, store, model,
+        // serial, versions, time zone), valid from the time its info
+        // message was stamped with until the next version: the rollups
+        // attribute readings from it (tillwatch_domain::attribution). The
+        // registry's current values start it.
+        sql: "
+CREATE TABLE device_attributes (
+    device_id TEXT NOT NULL,
+    valid_from_ms BIGINT NOT NULL,
+    merchant_id TEXT NOT NULL,
+    store_id TEXT,
+    model TEXT,
+    serial TEXT,
+    firmware_version TEXT,
+    app_version TEXT,
+    time_zone TEXT,
+    recorded_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (device_id, valid_from_ms)
+);
+INSERT INTO device_attributes (device_id, valid_from_ms, merchant_id, store_id, model, serial,
+    firmware_version, app_version, time_zone, recorded_at_ms)
+SELECT device_id, info_at_ms, merchant_id, store_id, model, serial, firmware_version,
+    app_version, time_zone, info_at_ms
+FROM devices WHERE info_at_ms IS NOT NULL;
+",
+    },
 ];
 
 /// What a migration run did.

@@ -55,7 +55,8 @@ async fn registry_behaviour(store: &MetaStore) {
             "008_connectivity_history_by_time",
             "009_alerts_by_subject",
             "010_alerts_by_update",
-            "011_leases"
+            "011_leases",
+            "012_device_attributes"
         ]
     );
     let again = store.migrate().await.unwrap();
@@ -92,6 +93,45 @@ async fn registry_behaviour(store: &MetaStore) {
     assert_eq!(d.info_at_ms, Some(30_000));
     assert_eq!(d.last_seen_ms, Some(20_000), "info is not activity");
     assert_eq!(d.first_seen_ms, 10_000);
+    // Both versions are history, in the order of their own times; the
+    // same info again (a retained copy after a reconnect) adds nothing,
+    // and an older one saying the same as the next version moves its
+    // start back instead of adding another.
+    let history = |store: &MetaStore| {
+        let store = store.clone();
+        async move {
+            store
+                .attribute_history("t-1")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|v| (v.valid_from_ms, v.store_id.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        history(store).await,
+        [(25_000, "s-9".to_string()), (30_000, "s-1".to_string())]
+    );
+    store
+        .record_info(&info("t-1", "s-1", 35_000, "2.9.0"))
+        .await
+        .unwrap();
+    store
+        .record_info(&info("t-1", "s-9", 20_000, "2.8.0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        history(store).await,
+        [(20_000, "s-9".to_string()), (30_000, "s-1".to_string())]
+    );
+    let inputs = store.attribution_inputs().await.unwrap();
+    assert_eq!(inputs.spans, [("t-1".to_string(), 10_000, 20_000)]);
+    assert_eq!(inputs.versions.len(), 2);
+    assert_eq!(
+        inputs.versions[1].firmware_version.as_deref(),
+        Some("2.9.0")
+    );
 
     // A late reading (replayed after an outage) neither moves last_seen
     // back nor overwrites the newer battery level.

@@ -34,6 +34,7 @@ use crate::service::{self, SchedulerError, parse_partition, wall_clock};
 struct Jobs {
     runner: Arc<Runner>,
     lake: Lake,
+    stall_after: std::time::Duration,
 }
 
 impl Jobs {
@@ -129,7 +130,7 @@ fn run_json(r: &JobRunRow) -> Value {
 }
 
 async fn list(State(s): State<Jobs>) -> Answer {
-    let snap = service::snapshot(s.lake.clone()).await;
+    let snap = service::snapshot(&s.runner, s.lake.clone(), s.stall_after).await;
     let rows = s.runner.store().job_partitions().await?;
     // What the scheduler would start now, and why: a `stale` partition
     // succeeded on inputs that have changed since.
@@ -194,8 +195,22 @@ async fn list(State(s): State<Jobs>) -> Answer {
             })
         })
         .collect();
+    // Each gateway's record: a stalled one no longer holds the rollups back.
+    let writers: Vec<Value> = snap
+        .writers
+        .iter()
+        .map(|w| {
+            json!({
+                "writer": w.writer,
+                "watermark_ms": w.at_ms,
+                "stalled": w.stalled,
+            })
+        })
+        .collect();
     Ok(Json(json!({
         "watermark_ms": (snap.watermark_ms != i64::MIN).then_some(snap.watermark_ms),
+        "watermark_stall_after_ms": s.stall_after.as_millis() as i64,
+        "writers": writers,
         "jobs": jobs,
         "due": due,
     })))
@@ -430,6 +445,7 @@ pub async fn router(config: &Config) -> Result<Routes, SchedulerError> {
     let state = Jobs {
         runner: Arc::new(runner),
         lake,
+        stall_after: config.scheduler.watermark_stall_after,
     };
     let job = "The job's name";
     let partition = "A day (2026-11-22) or an hour (2026-11-22T06)";

@@ -36,6 +36,8 @@ use crate::side::{self, NoSideInputs, SideInputs};
 const ONLINE: &str = "rollup_minutes_online";
 const DEVICES: &str = "rollup_devices";
 const ZONE_HOURS: &str = "rollup_zone_hours";
+/// Migration 009.
+const ATTRIBUTION: &str = "rollup_attribution";
 
 pub struct ClickHouseEngine {
     ch: ClickHouse,
@@ -54,10 +56,11 @@ pub fn partition_id(partition: Partition) -> i64 {
 /// The columns a job's rows are sorted by in its Parquet file, as the
 /// DataFusion statements sort them.
 fn sort_key(job: &str) -> &'static str {
-    if job == jobs::FLEET_HEALTH_DAILY {
-        "merchant_id, store_id, firmware_version, app_version, model"
-    } else {
-        "device_id"
+    match job {
+        jobs::FLEET_HEALTH_DAILY => "merchant_id, store_id, firmware_version, app_version, model",
+        // A terminal that moved during the day has a row per store.
+        jobs::DEVICE_HEALTH_DAILY => "device_id, store_id",
+        _ => "device_id",
     }
 }
 
@@ -146,10 +149,22 @@ impl ClickHouseEngine {
         };
         match job.name.as_str() {
             jobs::DEVICE_HEALTH_HOURLY => {
-                let online = self.lake.side_inputs().online_time(partition).await?;
+                let sides = self.lake.side_inputs();
+                let online = sides.online_time(partition).await?;
                 let rows = side::online_row_binary(partition, &online);
                 let columns = "hour, device_id, minutes_online, readings_expected";
-                Ok(fill(ONLINE, columns, rows).await?.into_iter().collect())
+                let attribution = side::hour_attribution(&sides.attribution().await?, partition);
+                let attributed = side::attribution_row_binary(partition, &attribution);
+                let filled = [
+                    fill(ONLINE, columns, rows).await?,
+                    fill(
+                        ATTRIBUTION,
+                        "hour, device_id, merchant_id, store_id",
+                        attributed,
+                    )
+                    .await?,
+                ];
+                Ok(filled.into_iter().flatten().collect())
             }
             jobs::DEVICE_HEALTH_DAILY => {
                 let local = self.lake.local_day(job, partition).await?;

@@ -334,6 +334,8 @@ impl Embedded {
         }
         let online = self.side.online_time(partition).await?;
         Self::register_batch(&ctx, "online", side::online_batch(&online))?;
+        let attribution = side::hour_attribution(&self.side.attribution().await?, partition);
+        Self::register_batch(&ctx, "attribution", side::attribution_batch(&attribution))?;
         self.query_into(
             ctx,
             DEVICE_HEALTH_HOURLY_SQL.datafusion,
@@ -358,6 +360,7 @@ impl Embedded {
                 .map_err(|e| e.to_string())?;
         }
         Self::register_batch(&ctx, "online", side::online_batch(&[]))?;
+        Self::register_batch(&ctx, "attribution", side::attribution_batch(&[]))?;
         let (devices, zone_hours) = side::local_day_batches(&LocalDay {
             devices: Vec::new(),
             zone_hours: Vec::new(),

@@ -151,10 +151,17 @@ async fn chronic_poor_connectivity(
          THEN 1 ELSE 0 END",
         r.rssi_median_below, r.host_latency_p95_above_ms, r.disconnects_above
     );
+    // A terminal that moved has a row per store on that day: a day is poor
+    // when it was poor in any of them, and counts once.
     let sql = format!(
-        "SELECT device_id, max(merchant_id) AS merchant_id, max(store_id) AS store_id, \
-                sum({poor}) AS poor_days, count(*) AS days \
-         FROM daily GROUP BY device_id HAVING sum({poor}) >= {} ORDER BY device_id",
+        "WITH per_day AS ( \
+           SELECT device_id, day, max(merchant_id) AS merchant_id, max(store_id) AS store_id, \
+                  max({poor}) AS poor \
+           FROM daily GROUP BY device_id, day) \
+         SELECT device_id, last_value(merchant_id ORDER BY day) AS merchant_id, \
+                last_value(store_id ORDER BY day) AS store_id, \
+                sum(poor) AS poor_days, count(*) AS days \
+         FROM per_day GROUP BY device_id HAVING sum(poor) >= {} ORDER BY device_id",
         r.min_days
     );
     let mut out = Vec::new();

@@ -105,12 +105,16 @@ pub fn raw_compaction() -> JobSpec {
 }
 
 /// The hourly job's definition for the scheduler: each hour once its raw
-/// files are compacted.
+/// files are compacted, and again when who its terminals belong to changes
+/// (`device_attributes`, see [`crate::service::DEVICE_ATTRIBUTES`]).
 pub fn device_health_hourly() -> JobSpec {
     owned(JobSpec::new(
         DEVICE_HEALTH_HOURLY,
         Grain::Hour,
-        vec![Input::Job(RAW_COMPACTION.into())],
+        vec![
+            Input::Job(RAW_COMPACTION.into()),
+            Input::Source(crate::service::DEVICE_ATTRIBUTES.into()),
+        ],
     ))
 }
 

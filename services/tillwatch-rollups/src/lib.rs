@@ -14,6 +14,7 @@ pub mod directory;
 pub mod embedded;
 pub mod findings;
 pub mod jobs;
+pub mod metrics;
 pub mod quantile;
 pub mod series;
 pub mod service;

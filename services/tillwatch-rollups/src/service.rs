@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tillwatch_config::Config;
 use tillwatch_domain::{Kind, UtcMillis};
 use tillwatch_meta::MetaStore;
-use tillwatch_scheduler::{Clock, Partition, Runner, Snapshot, ops};
+use tillwatch_scheduler::{Clock, Partition, Runner, Snapshot, ingest_watermark, ops};
 use tillwatch_storage::{Lake, Table};
 
 use tillwatch_clickhouse::ClickHouse;
@@ -34,12 +34,21 @@ pub enum SchedulerError {
     Lake(#[from] tillwatch_storage::LakeError),
 }
 
-/// The lake's raw data as the planner sees it: the ingest watermark and
-/// every raw hour's fingerprint. Blocking (directory listings). A lake that
+/// The lake's raw data as the planner sees it at `now_ms`: the ingest
+/// watermark (the slowest gateway's, leaving out gateways whose record is
+/// more than `stall_after` behind: see `tillwatch_scheduler::watermark`)
+/// and every raw hour's fingerprint. Blocking (listings). A lake that
 /// cannot be listed (a bucket that does not answer) gives a snapshot with
 /// nothing due, never one where hours look empty and their rollups rerun
 /// over nothing.
-pub fn lake_snapshot(lake: &Lake) -> Snapshot {
+pub fn lake_snapshot(lake: &Lake, now_ms: i64, stall_after: std::time::Duration) -> Snapshot {
+    let nothing_due = |e: &dyn std::fmt::Display| {
+        tracing::warn!(error = %e, "could not list the lake; nothing is due this tick");
+        Snapshot {
+            watermark_ms: i64::MIN,
+            ..Snapshot::default()
+        }
+    };
     let mut fingerprints = std::collections::HashMap::new();
     for kind in Kind::ALL {
         let table = Table::Reading(kind);
@@ -49,26 +58,78 @@ pub fn lake_snapshot(lake: &Lake) -> Snapshot {
                     fingerprints.insert((table.name().to_string(), hour.start().0), fp);
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not list the lake; nothing is due this tick");
-                return Snapshot {
-                    watermark_ms: i64::MIN,
-                    fingerprints: Default::default(),
-                };
-            }
+            Err(e) => return nothing_due(&e),
         }
     }
+    let records = match lake.watermarks() {
+        Ok(records) => records,
+        Err(e) => return nothing_due(&e),
+    };
+    let stall_ms = i64::try_from(stall_after.as_millis()).unwrap_or(i64::MAX);
+    let (watermark_ms, writers) = ingest_watermark(&records, now_ms, stall_ms);
     Snapshot {
-        watermark_ms: lake.watermark().unwrap_or(i64::MIN),
+        watermark_ms,
         fingerprints,
+        writers,
     }
 }
 
-/// [`lake_snapshot`] off the async workers.
-pub async fn snapshot(lake: Lake) -> Snapshot {
-    tokio::task::spawn_blocking(move || lake_snapshot(&lake))
+/// The source the hourly rollup reads beside the raw tables: which store
+/// each terminal belongs to, from the registry's history of its identity.
+/// Its fingerprint per hour changes when that hour's attribution does (a
+/// terminal's first info arriving after its readings, a move learnt late),
+/// so the hour rolls up again by itself.
+pub const DEVICE_ATTRIBUTES: &str = "device_attributes";
+
+/// What the planner sees: [`lake_snapshot`] (off the async workers), and
+/// each hour's attribution fingerprint from the metadata store, from the
+/// first job's start on. A store that cannot be read gives a snapshot with
+/// nothing due, like a lake that cannot be listed.
+pub async fn snapshot(runner: &Runner, lake: Lake, stall_after: std::time::Duration) -> Snapshot {
+    let now_ms = runner.now();
+    let mut snap = tokio::task::spawn_blocking(move || lake_snapshot(&lake, now_ms, stall_after))
         .await
-        .unwrap_or_default()
+        .unwrap_or_else(|_| Snapshot {
+            watermark_ms: i64::MIN,
+            ..Snapshot::default()
+        });
+    let first_job = runner
+        .catalog()
+        .jobs()
+        .iter()
+        .map(|j| j.start_ms)
+        .min()
+        .unwrap_or(0);
+    match runner.store().attribution_inputs().await {
+        Ok(inputs) => {
+            // The hours any terminal reported in, from the first job's start.
+            let from_ms = inputs
+                .spans
+                .iter()
+                .map(|s| s.1)
+                .min()
+                .unwrap_or(0)
+                .max(first_job);
+            let to_ms = inputs.spans.iter().map(|s| s.2).max().unwrap_or(0) + 1;
+            let fingerprints = tokio::task::spawn_blocking(move || {
+                crate::side::attribution_fingerprints(&inputs, from_ms, to_ms)
+            })
+            .await
+            .unwrap_or_default();
+            for (hour, fp) in fingerprints {
+                snap.fingerprints
+                    .insert((DEVICE_ATTRIBUTES.to_string(), hour), fp);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the devices' identity history; nothing is due this tick");
+            return Snapshot {
+                watermark_ms: i64::MIN,
+                ..Snapshot::default()
+            };
+        }
+    }
+    snap
 }
 
 /// Every job's executor: the source jobs here, the rollups on their
@@ -184,6 +245,99 @@ pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), Sched
     ))
 }
 
+/// The rule the alerter pages with when a gateway's watermark stalls.
+pub const INGEST_WATERMARK_STALLED: &str = "ingest_watermark_stalled";
+
+/// Tells of gateways whose ingest watermark stalled or advances again: a
+/// warning (and a note when it is back), the metrics, and the
+/// `ingest_watermark_stalled` findings the alerter turns into alerts that
+/// fire and resolve like any other.
+struct StallWatch {
+    store: MetaStore,
+    /// The stalled gateways last told of; `None` until the store has
+    /// taken a first report (so a restarted scheduler reports afresh).
+    told: std::sync::Mutex<Option<std::collections::BTreeSet<String>>>,
+}
+
+impl StallWatch {
+    async fn observe(&self, snap: &Snapshot, now_ms: i64, stall_after: std::time::Duration) {
+        use crate::metrics as m;
+        let lag = |at: i64| (now_ms.saturating_sub(at)) as f64 / 1000.0;
+        if snap.watermark_ms != i64::MIN {
+            metrics::gauge!(m::WATERMARK_LAG).set(lag(snap.watermark_ms));
+        }
+        for w in &snap.writers {
+            metrics::gauge!(m::WRITER_LAG, "writer" => w.writer.clone()).set(lag(w.at_ms));
+        }
+        let stalled: std::collections::BTreeSet<String> = snap
+            .writers
+            .iter()
+            .filter(|w| w.stalled)
+            .map(|w| w.writer.clone())
+            .collect();
+        metrics::gauge!(m::WRITERS_STALLED).set(stalled.len() as f64);
+        let told = self
+            .told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if told.as_ref() == Some(&stalled) {
+            return;
+        }
+        for w in snap.writers.iter().filter(|w| w.stalled) {
+            if told.as_ref().is_none_or(|t| !t.contains(&w.writer)) {
+                tracing::warn!(
+                    writer = %w.writer,
+                    watermark_ms = w.at_ms,
+                    "gateway {} has not advanced its ingest watermark for more than {:?} \
+                     (scheduler.watermark_stall_after); the rollups no longer wait for it, and \
+                     what it delivers later is late data. If it was taken away for good, run \
+                     `tillwatch gateway retire {}`",
+                    w.writer,
+                    stall_after,
+                    w.writer
+                );
+            }
+        }
+        for writer in told.iter().flatten().filter(|w| !stalled.contains(*w)) {
+            tracing::info!(%writer, "gateway {writer}'s ingest watermark advances again; the rollups wait for it again");
+        }
+        let findings: Vec<tillwatch_meta::FindingRecord> = snap
+            .writers
+            .iter()
+            .filter(|w| w.stalled)
+            .map(|w| tillwatch_meta::FindingRecord {
+                rule: INGEST_WATERMARK_STALLED.into(),
+                subject: format!("gateway:{}", w.writer),
+                scope: "gateway".into(),
+                labels: [("gateway".to_string(), w.writer.clone())].into(),
+                summary: format!(
+                    "gateway {} has not advanced its ingest watermark for {:.0} minutes; the rollups no longer wait for it",
+                    w.writer,
+                    lag(w.at_ms) / 60.0
+                ),
+                value: lag(w.at_ms),
+                day_ms: now_ms,
+            })
+            .collect();
+        match self
+            .store
+            .save_findings(INGEST_WATERMARK_STALLED, now_ms, now_ms, &findings)
+            .await
+        {
+            Ok(_) => {
+                *self
+                    .told
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stalled);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the stalled gateways; retrying next tick")
+            }
+        }
+    }
+}
+
 pub fn wall_clock() -> Clock {
     Arc::new(|| UtcMillis::now().0)
 }
@@ -200,9 +354,20 @@ pub async fn run_scheduler(
         tick = ?config.scheduler.tick,
         "scheduler running"
     );
+    crate::metrics::describe();
+    let stall_after = config.scheduler.watermark_stall_after;
+    let watch = StallWatch {
+        store: runner.store().clone(),
+        told: Default::default(),
+    };
+    let observed = || async {
+        let snap = snapshot(&runner, lake.clone(), stall_after).await;
+        watch.observe(&snap, runner.now(), stall_after).await;
+        snap
+    };
     ops::run_loop(
         &runner,
-        || snapshot(lake.clone()),
+        observed,
         config.scheduler.tick,
         shutdown,
         |ran| match &ran.result {

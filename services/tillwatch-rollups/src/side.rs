@@ -9,10 +9,17 @@
 //!   (`device_health_daily`, whose model column the fleet cohorts group
 //!   by).
 //!
+//! - which merchant and store each terminal's hour belongs to, from the
+//!   history of its identity the registry keeps (`device_health_hourly`;
+//!   see [`hour_attribution`]); and, for the scheduler, a fingerprint of
+//!   each hour's attribution, so an hour rolled up before its terminals'
+//!   info arrived (or before a move was known) runs again by itself.
+//!
 //! Both engines get them as small tables: DataFusion as in-memory tables,
 //! ClickHouse as rows inserted into `rollup_minutes_online`,
-//! `rollup_devices` and `rollup_zone_hours` (migration 008), one
-//! partition per interval, cleared before and after the run.
+//! `rollup_devices`, `rollup_zone_hours` (migration 008) and
+//! `rollup_attribution` (009), one partition per interval, cleared before
+//! and after the run.
 //!
 //! **Store-local days.** A daily partition is named by a date D. Each
 //! terminal's hours count in D when their start, read in the terminal's
@@ -34,7 +41,7 @@ use arrow::record_batch::RecordBatch;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use tillwatch_meta::MetaStore;
-pub use tillwatch_meta::{DeviceFacts, OnlineTime};
+pub use tillwatch_meta::{AttributionInputs, DeviceFacts, OnlineTime};
 use tillwatch_scheduler::{Grain, Partition};
 
 pub type SideFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
@@ -45,6 +52,8 @@ pub trait SideInputs: Send + Sync {
     fn online_time(&self, hour: Partition) -> SideFuture<'_, Vec<OnlineTime>>;
     /// Each known device's time zone and model.
     fn devices(&self) -> SideFuture<'_, Vec<DeviceFacts>>;
+    /// Every reporting device's span of samples and identity history.
+    fn attribution(&self) -> SideFuture<'_, AttributionInputs>;
 }
 
 /// No state history and no zones: minutes online unknown, every day a UTC
@@ -58,6 +67,10 @@ impl SideInputs for NoSideInputs {
 
     fn devices(&self) -> SideFuture<'_, Vec<DeviceFacts>> {
         Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn attribution(&self) -> SideFuture<'_, AttributionInputs> {
+        Box::pin(async { Ok(AttributionInputs::default()) })
     }
 }
 
@@ -77,6 +90,14 @@ impl SideInputs for MetaStore {
                 .map_err(|e| format!("reading the devices' time zones and models: {e}"))
         })
     }
+
+    fn attribution(&self) -> SideFuture<'_, AttributionInputs> {
+        Box::pin(async move {
+            self.attribution_inputs()
+                .await
+                .map_err(|e| format!("reading the devices' identity history: {e}"))
+        })
+    }
 }
 
 /// Side inputs given up front (tests): time online by hour start.
@@ -84,6 +105,7 @@ impl SideInputs for MetaStore {
 pub struct FixedSideInputs {
     pub online: BTreeMap<i64, Vec<OnlineTime>>,
     pub devices: Vec<DeviceFacts>,
+    pub attribution: AttributionInputs,
 }
 
 impl SideInputs for FixedSideInputs {
@@ -96,6 +118,164 @@ impl SideInputs for FixedSideInputs {
         let rows = self.devices.clone();
         Box::pin(async move { Ok(rows) })
     }
+
+    fn attribution(&self) -> SideFuture<'_, AttributionInputs> {
+        let inputs = self.attribution.clone();
+        Box::pin(async move { Ok(inputs) })
+    }
+}
+
+/// A terminal's merchant and store for one hour of the hourly rollup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourAttribution {
+    pub device_id: String,
+    pub merchant_id: String,
+    pub store_id: Option<String>,
+}
+
+/// Each device's versions, with their start times apart for the
+/// attribution rules, in device order.
+fn versions_by_device(
+    inputs: &AttributionInputs,
+) -> BTreeMap<&str, (Vec<i64>, Vec<&tillwatch_meta::AttributeVersion>)> {
+    let mut by_device: BTreeMap<&str, (Vec<i64>, Vec<&tillwatch_meta::AttributeVersion>)> =
+        BTreeMap::new();
+    for v in &inputs.versions {
+        let entry = by_device.entry(v.device_id.as_str()).or_default();
+        entry.0.push(v.valid_from_ms);
+        entry.1.push(v);
+    }
+    for (starts, versions) in by_device.values_mut() {
+        let mut order: Vec<usize> = (0..starts.len()).collect();
+        order.sort_by_key(|i| starts[*i]);
+        *versions = order.iter().map(|i| versions[*i]).collect();
+        *starts = order.iter().map(|i| starts[*i]).collect();
+    }
+    by_device
+}
+
+/// Which merchant and store each terminal that reported around `hour`
+/// belongs to for that hour: the version of its identity that held for
+/// most of the hour (`tillwatch_domain::attribution::version_for`).
+/// Terminals without any recorded info are left out: the rollup then
+/// keeps what the gateway wrote beside their readings.
+pub fn hour_attribution(inputs: &AttributionInputs, hour: Partition) -> Vec<HourAttribution> {
+    let by_device = versions_by_device(inputs);
+    let (start, end) = (hour.start_ms, hour.end_ms());
+    inputs
+        .spans
+        .iter()
+        .filter(|(_, first, last)| *first < end && *last >= start)
+        .filter_map(|(device, _, _)| {
+            let (starts, versions) = by_device.get(device.as_str())?;
+            let v = versions[tillwatch_domain::attribution::version_for(starts, start, end)?];
+            Some(HourAttribution {
+                device_id: device.clone(),
+                merchant_id: v.merchant_id.clone(),
+                store_id: v.store_id.clone(),
+            })
+        })
+        .collect()
+}
+
+fn attribution_hash(device: &str, merchant: &str, store: Option<&str>) -> u64 {
+    // FNV-1a over the three, separated: stable across builds.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [device, merchant, store.unwrap_or("\u{0}none")] {
+        for b in part.bytes().chain([0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// The fingerprint of each hour's attribution within `[from_ms, to_ms)`:
+/// for every terminal whose samples span the hour, who it belongs to then
+/// (as [`hour_attribution`] decides). An hour whose fingerprint changes
+/// (a first info arriving after the readings, a move learnt late) is
+/// stale and rolls up again. Hours no terminal spans are absent.
+///
+/// Design: a terminal's attribution changes only in the hours holding one
+/// of its version starts, so each version adds its hash to the run of
+/// hours it covers (a difference array over the hours) and only those
+/// hours are looked at one by one: the cost grows with terminals and
+/// versions, not with terminals times hours.
+pub fn attribution_fingerprints(
+    inputs: &AttributionInputs,
+    from_ms: i64,
+    to_ms: i64,
+) -> std::collections::HashMap<i64, String> {
+    use tillwatch_domain::attribution::{version_at, version_for};
+    let first_hour = from_ms.div_euclid(HOUR_MS);
+    let end_hour = to_ms.div_euclid(HOUR_MS) + i64::from(to_ms.rem_euclid(HOUR_MS) > 0);
+    if end_hour <= first_hour {
+        return Default::default();
+    }
+    let len = (end_hour - first_hour) as usize;
+    // Per hour: the sum of the hashes, and how many terminals span it.
+    let mut diff = vec![0u64; len + 1];
+    let mut spanned = vec![0i64; len + 1];
+    let by_device = versions_by_device(inputs);
+    let mut add = |from_h: i64, to_h: i64, value: u64, terminals: i64| {
+        let (a, b) = (from_h.max(first_hour), to_h.min(end_hour));
+        if a < b {
+            let (a, b) = ((a - first_hour) as usize, (b - first_hour) as usize);
+            diff[a] = diff[a].wrapping_add(value);
+            diff[b] = diff[b].wrapping_sub(value);
+            spanned[a] += terminals;
+            spanned[b] -= terminals;
+        }
+    };
+    let ceil_hour = |ms: i64| ms.div_euclid(HOUR_MS) + i64::from(ms.rem_euclid(HOUR_MS) > 0);
+    for (device, first, last) in &inputs.spans {
+        let Some((starts, versions)) = by_device.get(device.as_str()) else {
+            continue;
+        };
+        let (lo, hi) = (first.div_euclid(HOUR_MS), last.div_euclid(HOUR_MS) + 1);
+        let hashes: Vec<u64> = versions
+            .iter()
+            .map(|v| attribution_hash(device, &v.merchant_id, v.store_id.as_deref()))
+            .collect();
+        // Each hour by the version in effect at its start...
+        for i in 0..starts.len() {
+            let from_h = if i == 0 {
+                lo
+            } else {
+                ceil_hour(starts[i]).max(lo)
+            };
+            let to_h = starts.get(i + 1).map_or(hi, |s| ceil_hour(*s).min(hi));
+            add(from_h, to_h, hashes[i], 1);
+        }
+        // ...corrected where a version starting inside the hour held longer.
+        let mut inside: Vec<i64> = starts[1..]
+            .iter()
+            .filter(|s| s.rem_euclid(HOUR_MS) != 0)
+            .map(|s| s.div_euclid(HOUR_MS))
+            .filter(|h| (lo..hi).contains(h))
+            .collect();
+        inside.dedup();
+        for h in inside {
+            let (s, e) = (h * HOUR_MS, (h + 1) * HOUR_MS);
+            let (Some(base), Some(best)) = (version_at(starts, s), version_for(starts, s, e))
+            else {
+                continue;
+            };
+            if base != best {
+                add(h, h + 1, hashes[best].wrapping_sub(hashes[base]), 0);
+            }
+        }
+    }
+    let (mut sum, mut terminals) = (0u64, 0i64);
+    let mut out = std::collections::HashMap::new();
+    for i in 0..len {
+        sum = sum.wrapping_add(diff[i]);
+        terminals += spanned[i];
+        if terminals > 0 {
+            out.insert((first_hour + i as i64) * HOUR_MS, format!("{sum:016x}"));
+        }
+    }
+    out
 }
 
 /// The zone key of devices without a (valid) zone: they count UTC days.
@@ -219,6 +399,40 @@ pub fn online_batch(rows: &[OnlineTime]) -> RecordBatch {
         ],
     )
     .expect("the columns match the schema")
+}
+
+/// `attribution(device_id, merchant_id, store_id)` for DataFusion.
+pub fn attribution_batch(rows: &[HourAttribution]) -> RecordBatch {
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("device_id", DataType::Utf8, false),
+            Field::new("merchant_id", DataType::Utf8, false),
+            Field::new("store_id", DataType::Utf8, true),
+        ])),
+        vec![
+            strings(rows.iter().map(|a| a.device_id.clone())),
+            strings(rows.iter().map(|a| a.merchant_id.clone())),
+            Arc::new(
+                rows.iter()
+                    .map(|a| a.store_id.as_deref())
+                    .collect::<StringArray>(),
+            ),
+        ],
+    )
+    .expect("the columns match the schema")
+}
+
+/// `rollup_attribution (hour, device_id, merchant_id, store_id)` rows as
+/// RowBinary.
+pub fn attribution_row_binary(hour: Partition, rows: &[HourAttribution]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for a in rows {
+        put_time(&mut out, hour.start_ms);
+        put_string(&mut out, &a.device_id);
+        put_string(&mut out, &a.merchant_id);
+        put_nullable(&mut out, a.store_id.as_deref());
+    }
+    out
 }
 
 /// `devices(device_id, zone, model)` and `zone_hours(zone, hour)` for
@@ -394,6 +608,143 @@ mod tests {
         );
         assert_eq!(local.devices[0].2.as_deref(), Some("A920"));
         assert_eq!(local.warnings[0].0, "Mars/Olympus");
+    }
+
+    fn version(device: &str, from: i64, store: &str) -> tillwatch_meta::AttributeVersion {
+        tillwatch_meta::AttributeVersion {
+            device_id: device.into(),
+            valid_from_ms: from,
+            merchant_id: "m-1".into(),
+            store_id: Some(store.into()),
+            model: None,
+            serial: None,
+            firmware_version: None,
+            app_version: None,
+            time_zone: None,
+            recorded_at_ms: 0,
+        }
+    }
+
+    /// The fingerprints the slow way: every spanned hour looked at alone.
+    fn fingerprints_one_by_one(
+        inputs: &AttributionInputs,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> std::collections::HashMap<i64, String> {
+        let mut sums: BTreeMap<i64, u64> = BTreeMap::new();
+        for hour in Partition::overlapping(Grain::Hour, from_ms, to_ms) {
+            for a in hour_attribution(inputs, hour) {
+                let h = attribution_hash(&a.device_id, &a.merchant_id, a.store_id.as_deref());
+                let sum = sums.entry(hour.start_ms).or_default();
+                *sum = sum.wrapping_add(h);
+            }
+        }
+        sums.into_iter()
+            .map(|(h, s)| (h, format!("{s:016x}")))
+            .collect()
+    }
+
+    #[test]
+    fn an_hour_belongs_to_the_store_of_most_of_it_and_its_fingerprint_says_so() {
+        let m = 60_000;
+        let inputs = AttributionInputs {
+            spans: vec![
+                ("a".into(), 10 * HOUR_MS, 20 * HOUR_MS + 5 * m),
+                ("b".into(), 0, 30 * HOUR_MS),
+                ("no-info".into(), 0, 30 * HOUR_MS),
+            ],
+            versions: vec![
+                // Moved from s-1 to s-2 at 14:40 (first info at 12:00).
+                version("a", 14 * HOUR_MS + 40 * m, "s-2"),
+                version("a", 12 * HOUR_MS, "s-1"),
+                version("b", 5 * HOUR_MS, "s-3"),
+            ],
+        };
+        let at = |hour: i64| {
+            hour_attribution(&inputs, Partition::containing(Grain::Hour, hour * HOUR_MS))
+        };
+        let store_of = |hour: i64, device: &str| {
+            at(hour)
+                .into_iter()
+                .find(|a| a.device_id == device)
+                .and_then(|a| a.store_id)
+        };
+        assert_eq!(
+            store_of(10, "a").as_deref(),
+            Some("s-1"),
+            "before its first info"
+        );
+        assert_eq!(
+            store_of(14, "a").as_deref(),
+            Some("s-1"),
+            "40 of 60 minutes"
+        );
+        assert_eq!(store_of(15, "a").as_deref(), Some("s-2"));
+        assert_eq!(store_of(21, "a"), None, "after its last reading");
+        assert_eq!(store_of(2, "b").as_deref(), Some("s-3"));
+        assert!(at(3).iter().all(|a| a.device_id != "no-info"));
+
+        let fast = attribution_fingerprints(&inputs, 0, 40 * HOUR_MS);
+        assert_eq!(fast, fingerprints_one_by_one(&inputs, 0, 40 * HOUR_MS));
+        assert_eq!(
+            fast.len(),
+            31,
+            "hours 0 to 30 are spanned by terminals with info"
+        );
+        // A late first info for "no-info" changes exactly its span's hours.
+        let mut later = inputs.clone();
+        later.versions.push(version("no-info", 25 * HOUR_MS, "s-9"));
+        let after = attribution_fingerprints(&later, 0, 40 * HOUR_MS);
+        assert!((0..=30).all(|h| after[&(h * HOUR_MS)] != fast[&(h * HOUR_MS)]));
+        // Learning of the move only changes the hours from the move on.
+        let mut moved = inputs.clone();
+        moved
+            .versions
+            .push(version("b", 20 * HOUR_MS + 10 * m, "s-4"));
+        let after = attribution_fingerprints(&moved, 0, 40 * HOUR_MS);
+        let changed: Vec<i64> = (0..=30)
+            .filter(|h| after[&(h * HOUR_MS)] != fast[&(h * HOUR_MS)])
+            .collect();
+        assert_eq!(changed, (20..=30).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn fingerprints_the_fast_way_match_looking_at_every_hour() {
+        // Many shapes of history, compared with the obvious computation.
+        let mut seed = 7u64;
+        let mut next = |n: i64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            ((seed >> 33) as i64).rem_euclid(n)
+        };
+        for _ in 0..200 {
+            let mut inputs = AttributionInputs::default();
+            for d in 0..5 {
+                let device = format!("t-{d}");
+                let first = next(60) * HOUR_MS / 2 + next(HOUR_MS);
+                let last = first + next(40) * HOUR_MS / 3 + next(HOUR_MS);
+                inputs.spans.push((device.clone(), first, last));
+                for _ in 0..next(4) {
+                    let from = next(70) * HOUR_MS / 2 + next(3) * 20 * 60_000 + next(2) * 60_000;
+                    let store = format!("s-{}", next(3));
+                    if inputs
+                        .versions
+                        .iter()
+                        .all(|v| v.device_id != device || v.valid_from_ms != from)
+                    {
+                        inputs.versions.push(version(&device, from, &store));
+                    }
+                }
+            }
+            let (from, to) = (
+                next(20) * HOUR_MS + next(HOUR_MS),
+                50 * HOUR_MS + next(HOUR_MS),
+            );
+            assert_eq!(
+                attribution_fingerprints(&inputs, from, to),
+                fingerprints_one_by_one(&inputs, from, to),
+                "{inputs:?} from {from} to {to}"
+            );
+        }
     }
 
     #[test]

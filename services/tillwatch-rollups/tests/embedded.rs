@@ -469,6 +469,7 @@ async fn a_daily_partition_counts_each_terminals_local_day_and_its_minutes_onlin
                 model: None,
             },
         ],
+        ..FixedSideInputs::default()
     };
     let engine = Embedded::with_side_inputs(lake.clone(), Arc::new(side));
     let mut job = tillwatch_rollups::jobs::device_health_daily();

@@ -10,9 +10,11 @@ pub mod job;
 pub mod ops;
 pub mod plan;
 pub mod runner;
+pub mod watermark;
 
 pub use interval::{Grain, Partition};
 pub use job::{Catalog, CatalogError, Input, JobSpec, RunWindow, Schedule};
 pub use ops::{Lineage, Progress, Snapshot, Target};
 pub use plan::{PartitionRecord, Reason, Status, Task, World, plan};
 pub use runner::{Clock, Executor, Output, Ran, RunFuture, Runner};
+pub use watermark::{WriterWatermark, ingest_watermark};

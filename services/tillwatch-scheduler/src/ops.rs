@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub watermark_ms: i64,
     /// (raw table, hour) → fingerprint of its files; absent means no files.
     pub fingerprints: HashMap<(String, i64), String>,
+    /// Each gateway's watermark record, and whether it stalled (left out
+    /// of `watermark_ms`).
+    pub writers: Vec<crate::watermark::WriterWatermark>,
 }
 
 impl Snapshot {

@@ -103,6 +103,11 @@ impl Runner {
         &self.store
     }
 
+    /// The time on this runner's clock.
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
     /// Records the runs a round was still running when it was dropped (the
     /// scheduler is stopping) as failed, due again at once, so the next
     /// scheduler retries them without waiting for their lease to expire.

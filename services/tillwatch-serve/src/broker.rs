@@ -2,13 +2,13 @@
 //! MQTT over TLS (terminated here, in front of rumqttd's plain listener) and
 //! logins checked against a Mosquitto password file.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::protocol::v4::V4;
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tillwatch_config::EmbeddedBrokerConfig;
 use tracing::{debug, info};
 
@@ -37,11 +37,16 @@ pub enum EmbeddedBrokerError {
 /// A running embedded broker. rumqttd offers no way to stop it: it lives
 /// until the process exits.
 pub struct EmbeddedBroker {
+    /// Where terminals connect, once open.
     addr: SocketAddr,
+    /// Where Tillwatch's own clients connect (loopback), open from the start.
+    internal_addr: SocketAddr,
     tls_addr: Option<SocketAddr>,
     /// The account Tillwatch's own clients log in with when logins are
     /// required.
     internal_login: Option<(String, String)>,
+    /// Until [`EmbeddedBroker::open`]: what it starts.
+    closed: std::sync::Mutex<Option<Closed>>,
 }
 
 impl EmbeddedBroker {
@@ -49,8 +54,8 @@ impl EmbeddedBroker {
     /// `MAX_INFLIGHT`, fixed in rumqttd 0.20 whatever the settings say).
     pub const MAX_INFLIGHT: usize = 100;
 
-    /// Starts a broker on `listen` (port 0 picks a free port) and waits
-    /// until it accepts connections: open, plain MQTT only.
+    /// Starts a broker on `listen` (port 0 picks a free port), plain MQTT
+    /// only, closed to terminals until [`open`](EmbeddedBroker::open).
     pub fn start(listen: SocketAddr, max_connections: usize) -> Result<Self, EmbeddedBrokerError> {
         EmbeddedBroker::start_with(&EmbeddedBrokerConfig {
             listen,
@@ -62,6 +67,18 @@ impl EmbeddedBroker {
     /// Starts a broker as `config` says: the plain listener, the TLS one
     /// when `tls_listen` is set, logins when `password_file` is set. Files
     /// are read (and errors reported, named) before anything listens.
+    ///
+    /// Terminals cannot connect yet: the broker listens only on a private
+    /// loopback port for Tillwatch's own clients ([`internal_url`]) until
+    /// [`open`] lets terminals in. Standalone opens once its gateway and
+    /// alerter have subscribed, so no message a terminal publishes (its
+    /// info, above all) predates their subscriptions: rumqttd hands a new
+    /// subscription only as many retained messages as its in-flight window
+    /// has room for (100), and silently drops the rest, so a subscriber
+    /// that came late would miss most of a fleet's info messages.
+    ///
+    /// [`internal_url`]: EmbeddedBroker::internal_url
+    /// [`open`]: EmbeddedBroker::open
     pub fn start_with(config: &EmbeddedBrokerConfig) -> Result<Self, EmbeddedBrokerError> {
         let accounts = match &config.password_file {
             Some(path) => {
@@ -75,24 +92,27 @@ impl EmbeddedBroker {
             (Some(_), Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
             _ => None,
         };
-        let listen = config.listen;
-        let max_connections = config.max_connections;
-        let tls_listen = config.tls_listen;
-        // rumqttd binds on its own thread and only logs a failure, so bind
-        // here first to report a taken port clearly and to resolve port 0.
-        // The port is free again between this drop and rumqttd's bind: a
-        // short window, acceptable for a local standalone process.
-        let probe = TcpListener::bind(listen).map_err(|source| EmbeddedBrokerError::Bind {
-            addr: listen,
-            source,
-        })?;
-        let addr = probe
-            .local_addr()
-            .map_err(|source| EmbeddedBrokerError::Bind {
-                addr: listen,
-                source,
-            })?;
-        drop(probe);
+        // Terminals' listeners are bound here, to report a taken port
+        // clearly and to resolve port 0, and held until `open`: nobody else
+        // takes the port meanwhile, and a terminal that connects early
+        // waits in the backlog (then retries) instead of being refused.
+        let plain = bind_std(config.listen)?;
+        let addr = local_addr(&plain, config.listen)?;
+        let tls = match (config.tls_listen, acceptor) {
+            (Some(listen), Some(acceptor)) => {
+                let listener = bind_std(listen)?;
+                let tls_addr = local_addr(&listener, listen)?;
+                Some((listener, tls_addr, acceptor))
+            }
+            _ => None,
+        };
+        // The private port rumqttd binds itself: free a moment ago (a short
+        // window, acceptable on loopback for a local standalone process).
+        let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let internal_addr = {
+            let probe = bind_std(loopback)?;
+            local_addr(&probe, loopback)?
+        };
 
         let mut connections = ConnectionSettings {
             connection_timeout_ms: 60_000,
@@ -117,17 +137,17 @@ impl EmbeddedBroker {
                 }
             });
         }
-        let server = ServerSettings {
-            name: "tillwatch-embedded".into(),
-            listen: addr,
+        let server = |name: &str, listen: SocketAddr| ServerSettings {
+            name: name.into(),
+            listen,
             tls: None,
             next_connection_delay_ms: 0,
-            connections,
+            connections: connections.clone(),
         };
-        let config = Config {
-            id: 0,
-            router: RouterConfig {
-                max_connections,
+        let router = Router::new(
+            0,
+            RouterConfig {
+                max_connections: config.max_connections,
                 max_outgoing_packet_count: 200,
                 max_segment_size: 100 * 1024 * 1024,
                 max_segment_count: 10,
@@ -135,48 +155,70 @@ impl EmbeddedBroker {
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),
             },
-            v4: Some(HashMap::from([("1".to_string(), server)])),
-            ..Default::default()
-        };
-        let mut broker = Broker::new(config);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("embedded-broker".into())
-            .spawn(move || {
-                // start() blocks for the broker's lifetime on success.
-                if let Err(e) = broker.start() {
-                    let _ = ready_tx.send(e.to_string());
-                }
-            })
-            .map_err(|e| EmbeddedBrokerError::Start(e.to_string()))?;
-
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(message) = ready_rx.try_recv() {
-                return Err(EmbeddedBrokerError::Start(message));
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(EmbeddedBrokerError::NotListening(addr));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        info!(%addr, "embedded MQTT broker listening");
-        let tls_addr = match (tls_listen, acceptor) {
-            (Some(tls_listen), Some(acceptor)) => {
-                let tls_addr = start_tls_front(tls_listen, addr, acceptor)?;
-                info!(addr = %tls_addr, "embedded MQTT broker listening for TLS");
-                Some(tls_addr)
-            }
-            _ => None,
-        };
+        );
+        let router_tx = router.spawn();
+        spawn_server(Server::new(
+            server("tillwatch-internal", internal_addr),
+            router_tx.clone(),
+            V4,
+        ))?;
+        wait_listening(internal_addr)?;
+        info!(%internal_addr, "embedded MQTT broker listening for Tillwatch's own clients");
+        let public = Server::new(server("tillwatch-embedded", addr), router_tx, V4);
         Ok(EmbeddedBroker {
             addr,
-            tls_addr,
+            internal_addr,
+            tls_addr: tls.as_ref().map(|(_, a, _)| *a),
             internal_login: accounts.map(|a| a.1.clone()),
+            closed: std::sync::Mutex::new(Some(Closed {
+                plain,
+                public,
+                tls: tls.map(|(l, _, a)| (l, a)),
+            })),
         })
+    }
+
+    /// Lets terminals in: rumqttd takes the plain listener's port over and
+    /// the TLS front starts accepting. Returns once terminals can connect;
+    /// does nothing the second time.
+    pub async fn open(&self) -> Result<(), EmbeddedBrokerError> {
+        let Some(closed) = self
+            .closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        else {
+            return Ok(());
+        };
+        // rumqttd binds the address itself: give the port up just before.
+        drop(closed.plain);
+        spawn_server(closed.public)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(reachable(self.addr))
+            .await
+            .is_err()
+        {
+            if tokio::time::Instant::now() > deadline {
+                return Err(EmbeddedBrokerError::NotListening(self.addr));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        info!(addr = %self.addr, "embedded MQTT broker open to terminals");
+        if let Some((listener, acceptor)) = closed.tls {
+            start_tls_front(listener, self.internal_addr, acceptor)?;
+            if let Some(addr) = self.tls_addr {
+                info!(%addr, "embedded MQTT broker open to terminals over TLS");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether terminals can connect yet.
+    pub fn is_open(&self) -> bool {
+        self.closed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -194,10 +236,95 @@ impl EmbeddedBroker {
         self.internal_login.as_ref()
     }
 
-    /// `mqtt://HOST:PORT` for clients.
+    /// `mqtt://HOST:PORT` for terminals (once [`open`](EmbeddedBroker::open)).
     pub fn url(&self) -> String {
         format!("mqtt://{}", self.addr)
     }
+
+    /// `mqtt://127.0.0.1:PORT` for Tillwatch's own clients in this
+    /// process: open from the start.
+    pub fn internal_url(&self) -> String {
+        format!("mqtt://{}", self.internal_addr)
+    }
+}
+
+/// What [`EmbeddedBroker::open`] starts.
+struct Closed {
+    /// The terminals' plain port, held.
+    plain: TcpListener,
+    public: Server<V4>,
+    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+}
+
+fn bind_std(listen: SocketAddr) -> Result<TcpListener, EmbeddedBrokerError> {
+    TcpListener::bind(listen).map_err(|source| EmbeddedBrokerError::Bind {
+        addr: listen,
+        source,
+    })
+}
+
+fn local_addr(
+    listener: &TcpListener,
+    listen: SocketAddr,
+) -> Result<SocketAddr, EmbeddedBrokerError> {
+    listener
+        .local_addr()
+        .map_err(|source| EmbeddedBrokerError::Bind {
+            addr: listen,
+            source,
+        })
+}
+
+/// Runs one of rumqttd's listeners on a thread of its own, as rumqttd's
+/// `Broker::start` does (it only logs a failure to bind).
+fn spawn_server(mut server: Server<V4>) -> Result<(), EmbeddedBrokerError> {
+    std::thread::Builder::new()
+        .name("embedded-broker".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "the embedded broker's listener could not start");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                if let Err(e) = server.start(LinkType::Remote).await {
+                    tracing::error!(error = ?e, "the embedded broker's listener failed");
+                }
+            });
+        })
+        .map(|_| ())
+        .map_err(|e| EmbeddedBrokerError::Start(e.to_string()))
+}
+
+/// Where a listener on `addr` is reached from this host: a wildcard
+/// address on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+/// Waits (at most 10 s) until `addr` accepts connections.
+fn wait_listening(addr: SocketAddr) -> Result<(), EmbeddedBrokerError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&reachable(addr), Duration::from_millis(200)).is_err() {
+        if Instant::now() > deadline {
+            return Err(EmbeddedBrokerError::NotListening(addr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// An account for this process's own clients: a random name and password,
@@ -239,30 +366,21 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Em
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Takes TLS on `listen` and relays each connection, decrypted, to the
-/// plain listener at `backend`, on threads of its own (like rumqttd's).
+/// Takes TLS on `listener` and relays each connection, decrypted, to the
+/// plain listener at `backend` (loopback), on threads of its own (like
+/// rumqttd's).
 fn start_tls_front(
-    listen: SocketAddr,
+    listener: TcpListener,
     backend: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
-) -> Result<SocketAddr, EmbeddedBrokerError> {
-    let bind_error = |source| EmbeddedBrokerError::Bind {
-        addr: listen,
-        source,
-    };
-    let listener = TcpListener::bind(listen).map_err(bind_error)?;
-    listener.set_nonblocking(true).map_err(bind_error)?;
-    let addr = listener.local_addr().map_err(bind_error)?;
-    // A wildcard plain listener is reached on loopback.
-    let backend = match backend.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), backend.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), backend.port())
-        }
-        _ => backend,
-    };
+) -> Result<(), EmbeddedBrokerError> {
+    let listen = local_addr(&listener, backend)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| EmbeddedBrokerError::Bind {
+            addr: listen,
+            source,
+        })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("embedded-broker-tls")
@@ -313,7 +431,7 @@ fn start_tls_front(
             })
         })
         .map_err(|e| EmbeddedBrokerError::Start(e.to_string()))?;
-    Ok(addr)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -70,6 +70,35 @@ pub async fn spawn_grpc(
     }))
 }
 
+/// How long terminals wait for the in-process subscribers at most: past
+/// it, the broker opens anyway (with a warning) rather than keep a fleet
+/// out because one part is slow to start.
+const OPEN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the embedded broker to terminals once the gateway and the alerter
+/// have subscribed, so each sees every message a terminal publishes from
+/// its first connection on (see [`EmbeddedBroker::start_with`]).
+async fn open_when_subscribed(
+    broker: &EmbeddedBroker,
+    gateway: &GatewayHealth,
+    alerter: &tillwatch_alerter::AlerterHealth,
+) -> Result<(), crate::broker::EmbeddedBrokerError> {
+    let deadline = tokio::time::Instant::now() + OPEN_DEADLINE;
+    while !(gateway.is_ready() && alerter.is_subscribed()) {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                gateway = gateway.is_ready(),
+                alerter = alerter.is_subscribed(),
+                "opening the MQTT port to terminals although not every in-process subscriber has \
+                 subscribed after {OPEN_DEADLINE:?}; info messages published before it does may be missed"
+            );
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    broker.open().await
+}
+
 /// Runs the whole product in one process: the gateway (against `broker` if
 /// given, else `config.mqtt.broker`), the alerter, the rollup scheduler
 /// (unless `scheduler.enabled` is off), the HTTP endpoints on `http` and
@@ -84,7 +113,7 @@ pub async fn run_standalone(
     // Install the metrics recorder before anything records.
     crate::http::metrics_handle();
     if let Some(broker) = broker {
-        config.mqtt.broker = broker.url();
+        config.mqtt.broker = broker.internal_url();
         // The in-process clients' own account, when logins are required.
         if let Some((user, password)) = broker.internal_login() {
             config.mqtt.username = Some(user.clone());
@@ -137,10 +166,12 @@ pub async fn run_standalone(
         None => None,
     };
     // The alerter beside the gateway, on the same broker and data dir.
+    let alerter_health = Arc::new(tillwatch_alerter::AlerterHealth::default());
     let alerter = {
         let config = config.clone();
         let stop = shutdown_requested(stop_rx.clone());
-        tokio::spawn(async move { tillwatch_alerter::run_alerter(&config, stop).await })
+        let health = alerter_health.clone();
+        tokio::spawn(async move { tillwatch_alerter::run_alerter(&config, health, stop).await })
     };
     // The rollup scheduler over the same lake and metadata store.
     let scheduler = config.scheduler.enabled.then(|| {
@@ -148,7 +179,24 @@ pub async fn run_standalone(
         let stop = shutdown_requested(stop_rx.clone());
         tokio::spawn(async move { tillwatch_rollups::run_scheduler(&config, stop).await })
     });
-    let gateway = run_gateway(&config, health, shutdown_requested(stop_rx)).await;
+    let gateway = run_gateway(&config, health.clone(), shutdown_requested(stop_rx));
+    let gateway = match broker {
+        Some(broker) => {
+            tokio::pin!(gateway);
+            tokio::select! {
+                done = &mut gateway => done,
+                opened = open_when_subscribed(broker, &health, &alerter_health) => {
+                    if let Err(e) = opened {
+                        let _ = stop_tx.send(true);
+                        let _ = gateway.await;
+                        return Err(e).context("the embedded broker");
+                    }
+                    gateway.await
+                }
+            }
+        }
+        None => gateway.await,
+    };
     // The gateway only returns early on an error; take the rest down too.
     let _ = stop_tx.send(true);
     let http = http.await.context("the HTTP server task failed")?;

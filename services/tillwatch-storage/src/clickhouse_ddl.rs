@@ -75,6 +75,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(6, "006", "device_latest"),
     migration!(7, "007", "rollups"),
     migration!(8, "008", "rollup_inputs"),
+    migration!(9, "009", "rollup_attribution"),
 ];
 
 /// The table that holds `table`'s rows: itself on one server; on a

@@ -320,19 +320,44 @@ impl Lake {
         self.put(&self.watermark_dir().join(writer), at_ms.to_string())
     }
 
-    /// The ingest watermark: the earliest of the writers' records (every
-    /// writer must have caught up), `None` before any writer recorded one.
-    /// Blocking.
+    /// The earliest of the writers' records (every writer caught up),
+    /// `None` before any writer recorded one. Blocking. The scheduler
+    /// leaves writers that stopped advancing out (see
+    /// `tillwatch_scheduler::watermark`).
     pub fn watermark(&self) -> Option<i64> {
-        let listing = self.backend.list(&self.watermark_dir()).ok()?;
-        listing
+        self.watermarks().ok()?.into_iter().map(|(_, at)| at).min()
+    }
+
+    /// Every writer's record: `(writer, at_ms)`, by writer. Blocking.
+    pub fn watermarks(&self) -> Result<Vec<(String, i64)>, LakeError> {
+        let listing = self.backend.list(&self.watermark_dir())?;
+        let mut records: Vec<(String, i64)> = listing
             .files
             .iter()
             .filter_map(|(path, _)| {
+                let writer = path.file_name()?.to_str()?.to_string();
                 let bytes = self.backend.get(path).ok()??;
-                std::str::from_utf8(&bytes).ok()?.trim().parse::<i64>().ok()
+                let at = std::str::from_utf8(&bytes)
+                    .ok()?
+                    .trim()
+                    .parse::<i64>()
+                    .ok()?;
+                Some((writer, at))
             })
-            .min()
+            .collect();
+        records.sort();
+        Ok(records)
+    }
+
+    /// Removes `writer`'s record: a gateway taken away for good no longer
+    /// holds the watermark back. Returns whether there was one. Blocking.
+    pub fn retire_writer(&self, writer: &str) -> Result<bool, LakeError> {
+        let path = self.watermark_dir().join(writer);
+        let exists = self.backend.get(&path)?.is_some();
+        if exists {
+            self.backend.delete(&path)?;
+        }
+        Ok(exists)
     }
 
     /// The hidden name a local file is written under before it is renamed

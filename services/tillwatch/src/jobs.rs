@@ -158,7 +158,8 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
         JobsCommand::List(args) => {
             let config = config(&args)?;
             let (runner, lake) = service::open(&config, wall_clock()).await?;
-            let snap = service::snapshot(lake).await;
+            let snap =
+                service::snapshot(&runner, lake, config.scheduler.watermark_stall_after).await;
             let due = runner
                 .due(snap.watermark_ms, &|t, h| snap.fingerprint(t, h))
                 .await?;
@@ -283,6 +284,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
         }
         JobsCommand::Backfill(args) => {
             let (runner, lake, targets, now) = open_range(&args).await?;
+            let stall_after = config(&args.store)?.scheduler.watermark_stall_after;
             anyhow::ensure!(
                 !targets.is_empty(),
                 "nothing to run: no partition of {} in that range has ended within the job's start and end",
@@ -300,7 +302,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
                 &runner,
                 &targets,
                 now,
-                || service::snapshot(lake.clone()),
+                || service::snapshot(&runner, lake.clone(), stall_after),
                 Duration::from_secs(1),
                 |ran, states| {
                     let done = states.iter().filter(|p| p.finished()).count();

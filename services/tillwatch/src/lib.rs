@@ -207,7 +207,10 @@ struct StandaloneArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct GatewayArgs {
+    #[command(subcommand)]
+    action: Option<GatewayAction>,
     #[command(flatten)]
     common: Common,
     /// The MQTT broker, mqtt://HOST:PORT (config: mqtt.broker).
@@ -215,6 +218,26 @@ struct GatewayArgs {
     broker: Option<String>,
     #[command(flatten)]
     clickhouse: ClickHouseFlags,
+}
+
+#[derive(Debug, Subcommand)]
+enum GatewayAction {
+    /// Take a gateway out of the ingest watermark for good: its record in
+    /// the lake goes, so the rollups stop waiting for it at once (a stalled
+    /// one is left out after scheduler.watermark_stall_after anyway).
+    Retire(RetireArgs),
+}
+
+#[derive(Debug, Args)]
+struct RetireArgs {
+    /// The gateway's MQTT client id (its mqtt.client_id).
+    client_id: String,
+    /// Retire it even though it advanced its watermark recently (it seems
+    /// to be running: it would write its record again).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -486,7 +509,59 @@ fn serde_json_line(report: &tillwatch_sim::Report) -> String {
     )
 }
 
+/// `tillwatch gateway retire CLIENT_ID`.
+async fn retire_gateway(args: RetireArgs) -> anyhow::Result<()> {
+    let config = load(&args.common)?;
+    validate(&config)?;
+    let lake = tillwatch_storage::Lake::from_config(&config)?;
+    let writer = args.client_id.clone();
+    let stall_after = config.scheduler.watermark_stall_after;
+    let (records, retired) = tokio::task::spawn_blocking(move || {
+        let records = lake.watermarks()?;
+        let now = tillwatch_domain::UtcMillis::now().0;
+        let recent = records
+            .iter()
+            .find(|(w, _)| *w == writer)
+            .filter(|(_, at)| now.saturating_sub(*at) < stall_after.as_millis() as i64);
+        if let Some((_, at)) = recent
+            && !args.force
+        {
+            anyhow::bail!(
+                "gateway {writer} advanced its ingest watermark {} s ago: it looks alive and would \
+                 record it again; stop it first, or give --force",
+                now.saturating_sub(*at) / 1000
+            );
+        }
+        let retired = lake.retire_writer(&writer)?;
+        Ok::<_, anyhow::Error>((records, retired))
+    })
+    .await
+    .context("the retire task failed")??;
+    if retired {
+        println!(
+            "gateway {} retired: the rollups no longer wait for it",
+            args.client_id
+        );
+        Ok(())
+    } else {
+        let known: Vec<&str> = records.iter().map(|(w, _)| w.as_str()).collect();
+        anyhow::bail!(
+            "no gateway {:?} has a watermark in {}; the gateways there are: {}",
+            args.client_id,
+            config.lake_dir().display(),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )
+    }
+}
+
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    if let Some(GatewayAction::Retire(retire)) = args.action {
+        return retire_gateway(retire).await;
+    }
     let mut config = load(&args.common)?;
     if let Some(broker) = args.broker {
         config.mqtt.broker = broker;
@@ -636,8 +711,12 @@ async fn alerter(args: AlerterArgs) -> anyhow::Result<()> {
     tillwatch_serve::metrics_handle();
     let stop = stop_on_signal();
     let server = role_http(&config, Readiness::Started, Router::new(), &stop).await?;
-    let result =
-        tillwatch_alerter::run_alerter(&config, tillwatch_gateway::shutdown_requested(stop)).await;
+    let result = tillwatch_alerter::run_alerter(
+        &config,
+        Default::default(),
+        tillwatch_gateway::shutdown_requested(stop),
+    )
+    .await;
     server.abort();
     result.context("alerter")?;
     Ok(())

@@ -6,12 +6,14 @@
 -- NULLs, so an hour without a kind of reading does not count for it.
 -- INSERT … SELECT maps columns by position. ClickHouse aliases are
 -- query-wide, so a total that another figure reads from its hourly column
--- is named `all_…` here, not after that column.
+-- is named `all_…` here, not after that column. A terminal that moved
+-- during the day has a row for each store (and merchant) it was in, with
+-- the hours it spent there.
 SELECT
     toDateTime({start_s}, 'UTC') AS day,
     device_id,
-    max(merchant_id) AS merchant_id,
-    max(store_id) AS store_id,
+    merchant_id,
+    store_id,
     argMax(firmware_version, (isNotNull(firmware_version), hour)) AS firmware_version,
     argMax(app_version, (isNotNull(app_version), hour)) AS app_version,
     min(battery_min_pct) AS battery_min_pct,
@@ -62,4 +64,4 @@ FROM
         WHERE day = toDateTime({start_s}, 'UTC')
     )
 )
-GROUP BY device_id
+GROUP BY device_id, merchant_id, store_id

@@ -4,7 +4,9 @@
 -- `zone_hours` lists the hours of each zone's day: see src/side.rs). Minima, maxima, sums and counts are exact;
 -- means are weighted by the readings behind each hour; the last battery
 -- level is the latest hour's; daily quantiles are estimated from the
--- hourly ones, weighted by the readings (or transactions) behind each.
+-- hourly ones, weighted by the readings (or transactions) behind each. A
+-- terminal that moved during the day has a row for each store (and
+-- merchant) it was in, with the hours it spent there.
 WITH h AS (
     SELECT hourly.*, z.model AS model
     FROM hourly
@@ -14,8 +16,8 @@ WITH h AS (
 SELECT
     to_timestamp_millis({start_ms}) AS day,
     device_id,
-    max(merchant_id) AS merchant_id,
-    max(store_id) AS store_id,
+    merchant_id,
+    store_id,
     last_value(firmware_version ORDER BY CASE WHEN firmware_version IS NULL THEN 0 ELSE 1 END, hour) AS firmware_version,
     last_value(app_version ORDER BY CASE WHEN app_version IS NULL THEN 0 ELSE 1 END, hour) AS app_version,
     min(battery_min_pct) AS battery_min_pct,
@@ -47,5 +49,5 @@ SELECT
     sum(readings_expected) AS readings_expected,
     max(model) AS model
 FROM h
-GROUP BY device_id
-ORDER BY device_id
+GROUP BY device_id, merchant_id, store_id
+ORDER BY device_id, store_id

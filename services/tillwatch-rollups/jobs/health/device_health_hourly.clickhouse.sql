@@ -7,12 +7,15 @@
 -- t-digest can return nan when one is the largest value). Minutes online
 -- come from `rollup_minutes_online` (k = 5, filled by the run from the
 -- metadata store's state history); a terminal without readings in the
--- hour gets no row, as on DataFusion (HAVING).
+-- hour gets no row, as on DataFusion (HAVING). Merchant and store come
+-- from `rollup_attribution` (k = 6, the terminal's identity for most of the
+-- hour, from the metadata store), else from the readings (a terminal that
+-- never sent its info).
 SELECT
     toDateTime({start_s}, 'UTC') AS hour,
     device_id,
-    max(merchant_id) AS merchant_id,
-    nullIf(max(store_id), '') AS store_id,
+    if(countIf(k = 6) > 0, anyIf(merchant_id, k = 6), maxIf(merchant_id, k < 5)) AS merchant_id,
+    if(countIf(k = 6) > 0, nullIf(anyIf(store_id, k = 6), ''), nullIf(maxIf(store_id, k < 5), '')) AS store_id,
     if(countIf(k = 3) = 0, NULL, argMaxIf(s1, (t, seq), k = 3)) AS firmware_version,
     if(countIf(k = 3) = 0, NULL, argMaxIf(s2, (t, seq), k = 3)) AS app_version,
     if(countIf(k = 1) = 0, NULL, toUInt8(minIf(x1, k = 1))) AS battery_min_pct,
@@ -73,6 +76,12 @@ FROM
         toFloat64(0) AS x3, toFloat64(0) AS x4, '' AS s1, '' AS s2
     FROM {database}.rollup_minutes_online
     WHERE hour = toDateTime({start_s}, 'UTC')
+    UNION ALL
+    SELECT 6 AS k, device_id, merchant_id, ifNull(store_id, '') AS store_id, toUInt64(0) AS t, toUInt64(0) AS seq,
+        toFloat64(0) AS x1, toFloat64(0) AS x2,
+        toFloat64(0) AS x3, toFloat64(0) AS x4, '' AS s1, '' AS s2
+    FROM {database}.rollup_attribution
+    WHERE hour = toDateTime({start_s}, 'UTC')
 )
 GROUP BY device_id
-HAVING countIf(k != 5) > 0
+HAVING countIf(k < 5) > 0

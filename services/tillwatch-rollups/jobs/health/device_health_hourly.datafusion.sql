@@ -14,6 +14,10 @@
 --   the readings of each kind expected in that time at the terminal's
 --   reporting interval (`online`, from the metadata store; the last two
 --   columns; NULL when the terminal has no recorded state or interval).
+-- - Merchant and store: the terminal's, for most of the hour, from the
+--   history of its info messages the registry keeps (`attribution`, from
+--   the metadata store); a terminal that never sent one keeps what the
+--   gateway wrote beside its readings.
 WITH seen AS (
     SELECT device_id, merchant_id, store_id FROM battery
     UNION ALL SELECT device_id, merchant_id, store_id FROM connectivity
@@ -65,7 +69,10 @@ WITH seen AS (
 )
 SELECT
     to_timestamp_millis({start_ms}) AS hour,
-    d.device_id, d.merchant_id, d.store_id, a.firmware_version, a.app_version,
+    d.device_id,
+    CASE WHEN at.device_id IS NULL THEN d.merchant_id ELSE at.merchant_id END AS merchant_id,
+    CASE WHEN at.device_id IS NULL THEN d.store_id ELSE at.store_id END AS store_id,
+    a.firmware_version, a.app_version,
     b.battery_min_pct, b.battery_avg_pct, b.battery_last_pct, b.battery_drain_pct, b.charging_minutes,
     b.temperature_max_celsius,
     c.rssi_min_dbm, c.rssi_median_dbm, c.host_latency_p50_ms, c.host_latency_p95_ms,
@@ -87,4 +94,5 @@ LEFT JOIN c ON c.device_id = d.device_id
 LEFT JOIN a ON a.device_id = d.device_id
 LEFT JOIN p ON p.device_id = d.device_id
 LEFT JOIN online o ON o.device_id = d.device_id
+LEFT JOIN attribution at ON at.device_id = d.device_id
 ORDER BY d.device_id
