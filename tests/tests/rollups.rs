@@ -284,6 +284,41 @@ fn side_inputs() -> FixedSideInputs {
             .collect();
         side.online.insert(DAY + h * HOUR, rows);
     }
+    // Who each terminal belongs to, from the registry's history: the
+    // stores the readings name, except that t-03 moved to s-9 at 12:20,
+    // t-05's registry names another store than its readings (the registry
+    // wins), and t-09 never sent its info (its readings' store stays).
+    let version = |d: u32, from: i64, store: String| tillwatch_meta::AttributeVersion {
+        device_id: format!("t-{d:02}"),
+        valid_from_ms: from,
+        merchant_id: format!("m-{}", d % 2),
+        store_id: Some(store),
+        model: None,
+        serial: None,
+        firmware_version: None,
+        app_version: None,
+        time_zone: None,
+        recorded_at_ms: from,
+    };
+    for d in (0..DEVICES).filter(|d| *d != 9) {
+        let store = if d == 5 {
+            "s-5x".to_string()
+        } else {
+            format!("s-{}", d % 4)
+        };
+        side.attribution
+            .versions
+            .push(version(d, DAY - 2 * HOUR, store));
+        side.attribution
+            .spans
+            .push((format!("t-{d:02}"), DAY - 2 * HOUR, DAY + 30 * HOUR));
+    }
+    side.attribution
+        .versions
+        .push(version(3, DAY + 12 * HOUR + 20 * MIN, "s-9".into()));
+    side.attribution
+        .spans
+        .push(("t-09".into(), DAY - 2 * HOUR, DAY + 30 * HOUR));
     side.devices = (0..DEVICES)
         .map(|d| DeviceFacts {
             device_id: format!("t-{d:02}"),
@@ -388,7 +423,50 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
         day_partition,
     ));
     let col = |name: &str| columns.iter().position(|(c, _)| c == name).unwrap();
-    for (d, row) in rows.iter().enumerate() {
+    // t-03 moved at 12:20: its hours until 12:00 count for s-3, the rest
+    // for s-9, one row each; the registry's store wins over the readings'.
+    let stores_of = |device: &str| -> Vec<(Value, Value)> {
+        rows.iter()
+            .filter(|r| r[col("device_id")] == Value::Text(device.into()))
+            .map(|r| (r[col("store_id")].clone(), r[col("hours_reported")].clone()))
+            .collect()
+    };
+    assert_eq!(
+        stores_of("t-03"),
+        [
+            (Value::Text("s-3".into()), Value::Num(12.0)),
+            (Value::Text("s-9".into()), Value::Num(12.0))
+        ]
+    );
+    assert_eq!(stores_of("t-05")[0].0, Value::Text("s-5x".into()));
+    assert_eq!(
+        stores_of("t-09")[0].0,
+        Value::Text("s-1".into()),
+        "no info: the readings' store"
+    );
+    // Every other terminal has one row; the mover's two add up to its day.
+    let mut per_device: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for row in &rows {
+        let Value::Text(device) = &row[col("device_id")] else {
+            panic!("a device id")
+        };
+        match per_device.get_mut(device) {
+            None => {
+                per_device.insert(device.clone(), row.clone());
+            }
+            Some(merged) => {
+                for name in ["hours_reported", "minutes_online", "readings_expected"] {
+                    merged[col(name)] = match (&merged[col(name)], &row[col(name)]) {
+                        (Value::Num(a), Value::Num(b)) => Value::Num(a + b),
+                        (Value::Null, b) => b.clone(),
+                        (a, _) => a.clone(),
+                    };
+                }
+            }
+        }
+    }
+    assert_eq!(per_device.len(), DEVICES as usize);
+    for (d, row) in per_device.values().enumerate() {
         let d = d as u32;
         assert_eq!(row[col("device_id")], Value::Text(format!("t-{d:02}")));
         let (from, to) = match zone_of(d) {
@@ -433,7 +511,8 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
     );
     assert_eq!(
         server.scalar("SELECT count() FROM roll.device_health_daily"),
-        16
+        17,
+        "a row per terminal, two for the one that moved"
     );
     assert_eq!(
         server.scalar("SELECT count() FROM roll.fleet_health_daily"),
@@ -487,7 +566,8 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
     );
     assert_eq!(
         server.scalar("SELECT count() FROM roll.device_health_daily"),
-        16
+        17,
+        "a row per terminal, two for the one that moved"
     );
     assert_eq!(
         server.scalar("SELECT count() FROM roll.device_health_hourly_staging"),
@@ -498,23 +578,82 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
     // Every ClickHouse query of the provisioned Grafana dashboards (panels
     // and template variables), with the plugin's macros replaced as Grafana
     // would for the simulated day, runs here and returns rows.
-    let mut ran = 0;
-    for q in grafana::queries(&workspace_root().join("dashboards")) {
-        if q.datasource != "grafana-clickhouse-datasource" {
-            continue;
-        }
-        let vars = [("database", "roll"), ("device", "t-05")];
-        let sql = grafana::render(&q.text, DAY / 1000, DAY / 1000 + 86_400, &vars);
-        let rows = server
-            .query(&sql)
-            .unwrap_or_else(|e| panic!("{} / {}: {e}\n{sql}", q.dashboard, q.title));
-        assert!(
-            !rows.trim().is_empty(),
-            "{} / {} returns no rows:\n{sql}",
-            q.dashboard,
-            q.title
-        );
-        ran += 1;
+    let panels: Vec<(String, String)> = grafana::queries(&workspace_root().join("dashboards"))
+        .into_iter()
+        .filter(|q| q.datasource == "grafana-clickhouse-datasource")
+        .map(|q| {
+            let vars = [("database", "roll"), ("device", "t-05")];
+            (
+                format!("{} / {}", q.dashboard, q.title),
+                grafana::render(&q.text, DAY / 1000, DAY / 1000 + 86_400, &vars),
+            )
+        })
+        .collect();
+    // Each panel's rows, sorted (a panel orders by time only, so rows of
+    // one time may come in any order).
+    let answers = |what: &str| -> Vec<String> {
+        panels
+            .iter()
+            .map(|(title, sql)| {
+                let rows = server
+                    .query(sql)
+                    .unwrap_or_else(|e| panic!("{title} ({what}): {e}\n{sql}"));
+                assert!(!rows.trim().is_empty(), "{title} returns no rows:\n{sql}");
+                let mut lines: Vec<&str> = rows.lines().collect();
+                lines.sort_unstable();
+                lines.join("\n")
+            })
+            .collect()
+    };
+    let before = answers("as loaded");
+    assert!(
+        panels.len() >= 15,
+        "{} ClickHouse queries in the dashboards",
+        panels.len()
+    );
+
+    // By value: the readings-per-hour panel counts every reading of the
+    // day once.
+    let (_, per_hour) = panels
+        .iter()
+        .zip(&before)
+        .find(|((title, _), _)| title.contains("Readings per hour"))
+        .map(|((title, _), rows)| (title, rows))
+        .expect("the fleet dashboard's readings panel");
+    let counted: u64 = per_hour
+        .lines()
+        .map(|l| l.rsplit('\t').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(counted, readings as u64);
+
+    // Every reading of t-05 delivered a second time (a message redelivered
+    // to another gateway, a backfill repeated), with merges stopped so the
+    // copies stay: each panel answers as before, every reading once.
+    for table in [
+        "battery",
+        "connectivity",
+        "app_performance",
+        "payment_health",
+    ] {
+        server.q(&format!("SYSTEM STOP MERGES roll.{table}"));
+        server.q(&format!(
+            "INSERT INTO roll.{table} SELECT * FROM roll.{table} WHERE device_id = 't-05'"
+        ));
     }
-    assert!(ran >= 15, "{ran} ClickHouse queries in the dashboards");
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.battery WHERE device_id = 't-05'"),
+        2 * server.scalar("SELECT count() FROM roll.battery FINAL WHERE device_id = 't-05'"),
+        "the copies are there"
+    );
+    let after = answers("with every reading of t-05 twice");
+    for (((title, _), was), is) in panels.iter().zip(&before).zip(&after) {
+        assert!(
+            was == is,
+            "{title} counts a redelivered reading twice: {} rows before, {} after; first before: {:?}, after: {:?}",
+            was.lines().count(),
+            is.lines().count(),
+            was.lines().next(),
+            is.lines().next()
+        );
+    }
 }

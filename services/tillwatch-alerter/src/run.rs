@@ -129,13 +129,16 @@ pub const LEASE: &str = "alerter";
 /// Gauge: 1 while this process is the active alerter, 0 on standby.
 pub const ACTIVE: &str = "tillwatch_alerter_active";
 
-/// Whether this alerter is subscribed to the broker: set on the broker's
-/// SUBACK, cleared when the connection drops. Standalone lets terminals
-/// into its embedded broker only once it is set (see
-/// `tillwatch_serve::EmbeddedBroker::open`).
+/// Whether this alerter is subscribed to the broker (set on the broker's
+/// SUBACK, cleared when the connection drops) or standing by while another
+/// alerter holds the lease. Standalone lets terminals into its embedded
+/// broker only once it is subscribed (see
+/// `tillwatch_serve::EmbeddedBroker::open`); the alerter role's `/readyz`
+/// answers from it.
 #[derive(Debug, Default)]
 pub struct AlerterHealth {
     subscribed: std::sync::atomic::AtomicBool,
+    standby: std::sync::atomic::AtomicBool,
 }
 
 impl AlerterHealth {
@@ -143,9 +146,19 @@ impl AlerterHealth {
         self.subscribed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Subscribed, or a healthy standby.
+    pub fn is_ready(&self) -> bool {
+        self.is_subscribed() || self.standby.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn set_subscribed(&self, subscribed: bool) {
         self.subscribed
             .store(subscribed, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn set_standby(&self, standby: bool) {
+        self.standby
+            .store(standby, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -197,6 +210,7 @@ pub async fn run_alerter(
             {
                 Ok(true) => break,
                 Ok(false) => {
+                    health.set_standby(true);
                     if !announced {
                         let current = store.lease_holder(LEASE).await.ok().flatten();
                         info!(holder = ?current.map(|c| c.0), "another alerter is active; standing by");
@@ -212,6 +226,7 @@ pub async fn run_alerter(
                 _ = &mut shutdown => return Ok(()),
             }
         }
+        health.set_standby(false);
         info!(%holder, "this alerter is now the active one");
         metrics::gauge!(ACTIVE).set(1.0);
         let turn = lead(config, &store, &holder, &health, &mut shutdown).await;

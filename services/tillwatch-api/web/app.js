@@ -256,6 +256,19 @@ async function merchantPage() {
       el("td", { class: s.alerting ? "bad" : "" }, s.alerting))), "No stores.");
   fill("devices", m.devices.map((d) => deviceRow(d, false)), "No terminals.");
   fill("alerts", m.alerts.map((a) => alertRow(a, true)), "No merchant or store alerts.");
+  // Who served here on each rolled-up day: a terminal moved mid-day shows
+  // under each store with its hours there.
+  const history = await api("/api/v1/merchants/" + encodeURIComponent(id) + "/days" + query);
+  const rows = [];
+  for (const day of history.days) {
+    for (const t of day.terminals) {
+      rows.push(el("tr", {}, el("td", {}, day.day), el("td", {}, storeLink(m.merchant_id, t.store_id)),
+        el("td", {}, deviceLink(t.device_id)), el("td", {}, t.hours_reported), el("td", {}, t.transactions ?? ""),
+        el("td", { class: t.crashes + t.hangs > 0 ? "warn" : "" }, (t.crashes ?? 0) + (t.hangs ?? 0)),
+        el("td", {}, t.battery_min_pct ?? ""), el("td", {}, t.minutes_online == null ? "" : Math.round(t.minutes_online))));
+    }
+  }
+  fill("days", rows, "No day has been rolled up yet (a day is rolled up once it has ended in every store's time zone).");
 }
 
 // ---- Device -----------------------------------------------------------------

@@ -91,7 +91,7 @@ fn version_from_row(row: &AnyRow) -> Result<AttributeVersion, sqlx::Error> {
 /// reported, with the span of its sample times, and its versions.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AttributionInputs {
-    /// `(device, first sample or info time, newest sample time)`, by device.
+    /// `(device, oldest sample time, newest sample time)`, by device.
     pub spans: Vec<(String, i64, i64)>,
     /// Every version, by device, then oldest first.
     pub versions: Vec<AttributeVersion>,
@@ -197,8 +197,8 @@ impl MetaStore {
     /// and a rollup attribute its hour from the same facts.
     pub async fn attribution_inputs(&self) -> Result<AttributionInputs, MetaError> {
         let spans = sqlx::query(
-            "SELECT device_id, first_seen_ms, last_seen_ms FROM devices \
-             WHERE last_seen_ms IS NOT NULL ORDER BY device_id",
+            "SELECT device_id, first_sample_ms, last_seen_ms FROM devices \
+             WHERE last_seen_ms IS NOT NULL AND first_sample_ms IS NOT NULL ORDER BY device_id",
         )
         .fetch_all(self.pool())
         .await
@@ -207,7 +207,7 @@ impl MetaStore {
         .map(|r| {
             Ok((
                 r.try_get("device_id")?,
-                r.try_get("first_seen_ms")?,
+                r.try_get("first_sample_ms")?,
                 r.try_get("last_seen_ms")?,
             ))
         })

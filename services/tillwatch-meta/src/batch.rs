@@ -143,14 +143,16 @@ impl MetaStore {
             let seen: Vec<_> = batch.seen.iter().collect();
             for chunk in seen.chunks(CHUNK) {
                 let sql = values_sql(
-                    "INSERT INTO devices (device_id, merchant_id, first_seen_ms, last_seen_ms)",
-                    4,
+                    "INSERT INTO devices (device_id, merchant_id, first_seen_ms, last_seen_ms, first_sample_ms)",
+                    5,
                     chunk.len(),
                     "ON CONFLICT (device_id) DO UPDATE SET \
                      last_seen_ms = CASE WHEN devices.last_seen_ms IS NULL OR devices.last_seen_ms < excluded.last_seen_ms \
                        THEN excluded.last_seen_ms ELSE devices.last_seen_ms END, \
                      first_seen_ms = CASE WHEN excluded.first_seen_ms < devices.first_seen_ms \
-                       THEN excluded.first_seen_ms ELSE devices.first_seen_ms END",
+                       THEN excluded.first_seen_ms ELSE devices.first_seen_ms END, \
+                     first_sample_ms = CASE WHEN devices.first_sample_ms IS NULL OR excluded.first_sample_ms < devices.first_sample_ms \
+                       THEN excluded.first_sample_ms ELSE devices.first_sample_ms END",
                 );
                 let mut args = AnyArguments::default();
                 for (device, (merchant, s)) in chunk {
@@ -158,6 +160,7 @@ impl MetaStore {
                     add(&mut args, merchant.as_str()).map_err(self.db())?;
                     add(&mut args, s.first_ms).map_err(self.db())?;
                     add(&mut args, s.last_ms).map_err(self.db())?;
+                    add(&mut args, s.first_ms).map_err(self.db())?;
                 }
                 sqlx::query_with(&sql, args)
                     .execute(&mut *tx)

@@ -250,7 +250,9 @@ CREATE TABLE leases (
         // serial, versions, time zone), valid from the time its info
         // message was stamped with until the next version: the rollups
         // attribute readings from it (tillwatch_domain::attribution). The
-        // registry's current values start it.
+        // registry's current values start it. `first_sample_ms` is the
+        // oldest reading's sample time (`first_seen_ms` counts info too):
+        // with `last_seen_ms`, the span a terminal's readings may lie in.
         sql: "
 CREATE TABLE device_attributes (
     device_id TEXT NOT NULL,
@@ -270,6 +272,8 @@ INSERT INTO device_attributes (device_id, valid_from_ms, merchant_id, store_id, 
 SELECT device_id, info_at_ms, merchant_id, store_id, model, serial, firmware_version,
     app_version, time_zone, info_at_ms
 FROM devices WHERE info_at_ms IS NOT NULL;
+ALTER TABLE devices ADD COLUMN first_sample_ms BIGINT;
+UPDATE devices SET first_sample_ms = first_seen_ms WHERE last_seen_ms IS NOT NULL;
 ",
     },
 ];
@@ -299,14 +303,26 @@ impl MetaStore {
     /// processes at once.
     pub fn migrate(&self) -> StoreFuture<'_, MigrationReport> {
         Box::pin(async move {
+            // Under the lock too: PostgreSQL's CREATE TABLE IF NOT EXISTS is
+            // not safe against itself (two roles starting on a fresh
+            // database at once failed on pg_type's unique index).
+            let mut tx = self.pool().begin().await.map_err(self.db())?;
+            if self.backend() == Backend::Postgres {
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(self.db())?;
+            }
             sqlx::query(
                 "CREATE TABLE IF NOT EXISTS schema_migrations (\
                version BIGINT PRIMARY KEY, name TEXT NOT NULL, checksum BIGINT NOT NULL, \
                applied_at_ms BIGINT NOT NULL)",
             )
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await
             .map_err(self.db())?;
+            tx.commit().await.map_err(self.db())?;
             let mut report = MigrationReport {
                 applied: Vec::new(),
                 already_applied: 0,

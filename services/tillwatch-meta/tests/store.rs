@@ -204,6 +204,25 @@ async fn two_stores_migrate_one_sqlite_file_at_once() {
     }
 }
 
+/// Three roles (alerter, scheduler, api) starting on one new PostgreSQL
+/// database at once all migrate it: the others wait for the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn three_stores_migrate_one_new_postgresql_database_at_once() {
+    for _ in 0..3 {
+        let db = TestDatabase::postgres().await;
+        let migrate = || async { MetaStore::connect(&db.url).await?.migrate().await };
+        let (a, b, c) = tokio::join!(migrate(), migrate(), migrate());
+        for report in [a, b, c] {
+            let report = report.unwrap();
+            assert_eq!(
+                report.applied.len() + report.already_applied,
+                MIGRATIONS.len()
+            );
+        }
+        db.drop_it().await;
+    }
+}
+
 #[tokio::test]
 async fn the_registry_on_sqlite() {
     let db = TestDatabase::sqlite();

@@ -13,6 +13,7 @@ pub mod cohorts;
 pub mod directory;
 pub mod embedded;
 pub mod findings;
+pub mod history;
 pub mod jobs;
 pub mod metrics;
 pub mod quantile;

@@ -312,9 +312,11 @@ impl StallWatch {
                 scope: "gateway".into(),
                 labels: [("gateway".to_string(), w.writer.clone())].into(),
                 summary: format!(
-                    "gateway {} has not advanced its ingest watermark for {:.0} minutes; the rollups no longer wait for it",
+                    "gateway {} has not advanced its ingest watermark since {}; the rollups no longer wait for it",
                     w.writer,
-                    lag(w.at_ms) / 60.0
+                    jiff::Timestamp::from_millisecond(w.at_ms)
+                        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .unwrap_or_else(|_| w.at_ms.to_string())
                 ),
                 value: lag(w.at_ms),
                 day_ms: now_ms,

@@ -40,6 +40,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
+use tillwatch_domain::attribution::{Terminal, Version, hour_fingerprints};
 use tillwatch_meta::MetaStore;
 pub use tillwatch_meta::{AttributionInputs, DeviceFacts, OnlineTime};
 use tillwatch_scheduler::{Grain, Partition};
@@ -133,149 +134,63 @@ pub struct HourAttribution {
     pub store_id: Option<String>,
 }
 
-/// Each device's versions, with their start times apart for the
-/// attribution rules, in device order.
-fn versions_by_device(
-    inputs: &AttributionInputs,
-) -> BTreeMap<&str, (Vec<i64>, Vec<&tillwatch_meta::AttributeVersion>)> {
-    let mut by_device: BTreeMap<&str, (Vec<i64>, Vec<&tillwatch_meta::AttributeVersion>)> =
-        BTreeMap::new();
+/// The registry's facts as the attribution rules take them: each reporting
+/// terminal with its versions, oldest first.
+fn terminals(inputs: &AttributionInputs) -> Vec<Terminal<'_>> {
+    let mut by_device: BTreeMap<&str, Vec<Version<'_>>> = BTreeMap::new();
     for v in &inputs.versions {
-        let entry = by_device.entry(v.device_id.as_str()).or_default();
-        entry.0.push(v.valid_from_ms);
-        entry.1.push(v);
+        by_device.entry(&v.device_id).or_default().push(Version {
+            valid_from_ms: v.valid_from_ms,
+            merchant_id: &v.merchant_id,
+            store_id: v.store_id.as_deref(),
+        });
     }
-    for (starts, versions) in by_device.values_mut() {
-        let mut order: Vec<usize> = (0..starts.len()).collect();
-        order.sort_by_key(|i| starts[*i]);
-        *versions = order.iter().map(|i| versions[*i]).collect();
-        *starts = order.iter().map(|i| starts[*i]).collect();
+    for versions in by_device.values_mut() {
+        versions.sort_by_key(|v| v.valid_from_ms);
     }
-    by_device
+    inputs
+        .spans
+        .iter()
+        .map(|(device, first, last)| Terminal {
+            device_id: device,
+            first_ms: *first,
+            last_ms: *last,
+            versions: by_device.remove(device.as_str()).unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// Which merchant and store each terminal that reported around `hour`
 /// belongs to for that hour: the version of its identity that held for
-/// most of the hour (`tillwatch_domain::attribution::version_for`).
-/// Terminals without any recorded info are left out: the rollup then
-/// keeps what the gateway wrote beside their readings.
+/// most of the hour (`tillwatch_domain::attribution`). Terminals without
+/// any recorded info are left out: the rollup then keeps what the gateway
+/// wrote beside their readings.
 pub fn hour_attribution(inputs: &AttributionInputs, hour: Partition) -> Vec<HourAttribution> {
-    let by_device = versions_by_device(inputs);
-    let (start, end) = (hour.start_ms, hour.end_ms());
-    inputs
-        .spans
+    terminals(inputs)
         .iter()
-        .filter(|(_, first, last)| *first < end && *last >= start)
-        .filter_map(|(device, _, _)| {
-            let (starts, versions) = by_device.get(device.as_str())?;
-            let v = versions[tillwatch_domain::attribution::version_for(starts, start, end)?];
+        .filter_map(|t| {
+            let owner = t.owner(hour.start_ms, hour.end_ms())?;
             Some(HourAttribution {
-                device_id: device.clone(),
-                merchant_id: v.merchant_id.clone(),
-                store_id: v.store_id.clone(),
+                device_id: t.device_id.to_string(),
+                merchant_id: owner.merchant_id.to_string(),
+                store_id: owner.store_id.map(str::to_string),
             })
         })
         .collect()
 }
 
-fn attribution_hash(device: &str, merchant: &str, store: Option<&str>) -> u64 {
-    // FNV-1a over the three, separated: stable across builds.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in [device, merchant, store.unwrap_or("\u{0}none")] {
-        for b in part.bytes().chain([0xff]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
-}
-
-/// The fingerprint of each hour's attribution within `[from_ms, to_ms)`:
-/// for every terminal whose samples span the hour, who it belongs to then
-/// (as [`hour_attribution`] decides). An hour whose fingerprint changes
-/// (a first info arriving after the readings, a move learnt late) is
-/// stale and rolls up again. Hours no terminal spans are absent.
-///
-/// Design: a terminal's attribution changes only in the hours holding one
-/// of its version starts, so each version adds its hash to the run of
-/// hours it covers (a difference array over the hours) and only those
-/// hours are looked at one by one: the cost grows with terminals and
-/// versions, not with terminals times hours.
+/// The fingerprint of each hour's attribution within `[from_ms, to_ms)`
+/// (`tillwatch_domain::attribution::hour_fingerprints`), as the scheduler
+/// compares fingerprints.
 pub fn attribution_fingerprints(
     inputs: &AttributionInputs,
     from_ms: i64,
     to_ms: i64,
 ) -> std::collections::HashMap<i64, String> {
-    use tillwatch_domain::attribution::{version_at, version_for};
-    let first_hour = from_ms.div_euclid(HOUR_MS);
-    let end_hour = to_ms.div_euclid(HOUR_MS) + i64::from(to_ms.rem_euclid(HOUR_MS) > 0);
-    if end_hour <= first_hour {
-        return Default::default();
-    }
-    let len = (end_hour - first_hour) as usize;
-    // Per hour: the sum of the hashes, and how many terminals span it.
-    let mut diff = vec![0u64; len + 1];
-    let mut spanned = vec![0i64; len + 1];
-    let by_device = versions_by_device(inputs);
-    let mut add = |from_h: i64, to_h: i64, value: u64, terminals: i64| {
-        let (a, b) = (from_h.max(first_hour), to_h.min(end_hour));
-        if a < b {
-            let (a, b) = ((a - first_hour) as usize, (b - first_hour) as usize);
-            diff[a] = diff[a].wrapping_add(value);
-            diff[b] = diff[b].wrapping_sub(value);
-            spanned[a] += terminals;
-            spanned[b] -= terminals;
-        }
-    };
-    let ceil_hour = |ms: i64| ms.div_euclid(HOUR_MS) + i64::from(ms.rem_euclid(HOUR_MS) > 0);
-    for (device, first, last) in &inputs.spans {
-        let Some((starts, versions)) = by_device.get(device.as_str()) else {
-            continue;
-        };
-        let (lo, hi) = (first.div_euclid(HOUR_MS), last.div_euclid(HOUR_MS) + 1);
-        let hashes: Vec<u64> = versions
-            .iter()
-            .map(|v| attribution_hash(device, &v.merchant_id, v.store_id.as_deref()))
-            .collect();
-        // Each hour by the version in effect at its start...
-        for i in 0..starts.len() {
-            let from_h = if i == 0 {
-                lo
-            } else {
-                ceil_hour(starts[i]).max(lo)
-            };
-            let to_h = starts.get(i + 1).map_or(hi, |s| ceil_hour(*s).min(hi));
-            add(from_h, to_h, hashes[i], 1);
-        }
-        // ...corrected where a version starting inside the hour held longer.
-        let mut inside: Vec<i64> = starts[1..]
-            .iter()
-            .filter(|s| s.rem_euclid(HOUR_MS) != 0)
-            .map(|s| s.div_euclid(HOUR_MS))
-            .filter(|h| (lo..hi).contains(h))
-            .collect();
-        inside.dedup();
-        for h in inside {
-            let (s, e) = (h * HOUR_MS, (h + 1) * HOUR_MS);
-            let (Some(base), Some(best)) = (version_at(starts, s), version_for(starts, s, e))
-            else {
-                continue;
-            };
-            if base != best {
-                add(h, h + 1, hashes[best].wrapping_sub(hashes[base]), 0);
-            }
-        }
-    }
-    let (mut sum, mut terminals) = (0u64, 0i64);
-    let mut out = std::collections::HashMap::new();
-    for i in 0..len {
-        sum = sum.wrapping_add(diff[i]);
-        terminals += spanned[i];
-        if terminals > 0 {
-            out.insert((first_hour + i as i64) * HOUR_MS, format!("{sum:016x}"));
-        }
-    }
-    out
+    hour_fingerprints(&terminals(inputs), from_ms, to_ms)
+        .into_iter()
+        .map(|(hour, sum)| (hour, format!("{sum:016x}")))
+        .collect()
 }
 
 /// The zone key of devices without a (valid) zone: they count UTC days.
@@ -625,126 +540,36 @@ mod tests {
         }
     }
 
-    /// The fingerprints the slow way: every spanned hour looked at alone.
-    fn fingerprints_one_by_one(
-        inputs: &AttributionInputs,
-        from_ms: i64,
-        to_ms: i64,
-    ) -> std::collections::HashMap<i64, String> {
-        let mut sums: BTreeMap<i64, u64> = BTreeMap::new();
-        for hour in Partition::overlapping(Grain::Hour, from_ms, to_ms) {
-            for a in hour_attribution(inputs, hour) {
-                let h = attribution_hash(&a.device_id, &a.merchant_id, a.store_id.as_deref());
-                let sum = sums.entry(hour.start_ms).or_default();
-                *sum = sum.wrapping_add(h);
-            }
-        }
-        sums.into_iter()
-            .map(|(h, s)| (h, format!("{s:016x}")))
-            .collect()
-    }
-
     #[test]
-    fn an_hour_belongs_to_the_store_of_most_of_it_and_its_fingerprint_says_so() {
+    fn the_registry_s_facts_attribute_each_terminal_s_hour() {
         let m = 60_000;
         let inputs = AttributionInputs {
             spans: vec![
-                ("a".into(), 10 * HOUR_MS, 20 * HOUR_MS + 5 * m),
-                ("b".into(), 0, 30 * HOUR_MS),
+                ("a".into(), 10 * HOUR_MS, 20 * HOUR_MS),
                 ("no-info".into(), 0, 30 * HOUR_MS),
             ],
+            // In any order: the newest first here.
             versions: vec![
-                // Moved from s-1 to s-2 at 14:40 (first info at 12:00).
                 version("a", 14 * HOUR_MS + 40 * m, "s-2"),
                 version("a", 12 * HOUR_MS, "s-1"),
-                version("b", 5 * HOUR_MS, "s-3"),
             ],
         };
         let at = |hour: i64| {
             hour_attribution(&inputs, Partition::containing(Grain::Hour, hour * HOUR_MS))
         };
-        let store_of = |hour: i64, device: &str| {
-            at(hour)
-                .into_iter()
-                .find(|a| a.device_id == device)
-                .and_then(|a| a.store_id)
-        };
         assert_eq!(
-            store_of(10, "a").as_deref(),
-            Some("s-1"),
-            "before its first info"
+            at(14),
+            [HourAttribution {
+                device_id: "a".into(),
+                merchant_id: "m-1".into(),
+                store_id: Some("s-1".into())
+            }]
         );
-        assert_eq!(
-            store_of(14, "a").as_deref(),
-            Some("s-1"),
-            "40 of 60 minutes"
-        );
-        assert_eq!(store_of(15, "a").as_deref(), Some("s-2"));
-        assert_eq!(store_of(21, "a"), None, "after its last reading");
-        assert_eq!(store_of(2, "b").as_deref(), Some("s-3"));
-        assert!(at(3).iter().all(|a| a.device_id != "no-info"));
-
-        let fast = attribution_fingerprints(&inputs, 0, 40 * HOUR_MS);
-        assert_eq!(fast, fingerprints_one_by_one(&inputs, 0, 40 * HOUR_MS));
-        assert_eq!(
-            fast.len(),
-            31,
-            "hours 0 to 30 are spanned by terminals with info"
-        );
-        // A late first info for "no-info" changes exactly its span's hours.
-        let mut later = inputs.clone();
-        later.versions.push(version("no-info", 25 * HOUR_MS, "s-9"));
-        let after = attribution_fingerprints(&later, 0, 40 * HOUR_MS);
-        assert!((0..=30).all(|h| after[&(h * HOUR_MS)] != fast[&(h * HOUR_MS)]));
-        // Learning of the move only changes the hours from the move on.
-        let mut moved = inputs.clone();
-        moved
-            .versions
-            .push(version("b", 20 * HOUR_MS + 10 * m, "s-4"));
-        let after = attribution_fingerprints(&moved, 0, 40 * HOUR_MS);
-        let changed: Vec<i64> = (0..=30)
-            .filter(|h| after[&(h * HOUR_MS)] != fast[&(h * HOUR_MS)])
-            .collect();
-        assert_eq!(changed, (20..=30).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn fingerprints_the_fast_way_match_looking_at_every_hour() {
-        // Many shapes of history, compared with the obvious computation.
-        let mut seed = 7u64;
-        let mut next = |n: i64| {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            ((seed >> 33) as i64).rem_euclid(n)
-        };
-        for _ in 0..200 {
-            let mut inputs = AttributionInputs::default();
-            for d in 0..5 {
-                let device = format!("t-{d}");
-                let first = next(60) * HOUR_MS / 2 + next(HOUR_MS);
-                let last = first + next(40) * HOUR_MS / 3 + next(HOUR_MS);
-                inputs.spans.push((device.clone(), first, last));
-                for _ in 0..next(4) {
-                    let from = next(70) * HOUR_MS / 2 + next(3) * 20 * 60_000 + next(2) * 60_000;
-                    let store = format!("s-{}", next(3));
-                    if inputs
-                        .versions
-                        .iter()
-                        .all(|v| v.device_id != device || v.valid_from_ms != from)
-                    {
-                        inputs.versions.push(version(&device, from, &store));
-                    }
-                }
-            }
-            let (from, to) = (
-                next(20) * HOUR_MS + next(HOUR_MS),
-                50 * HOUR_MS + next(HOUR_MS),
-            );
-            assert_eq!(
-                attribution_fingerprints(&inputs, from, to),
-                fingerprints_one_by_one(&inputs, from, to),
-                "{inputs:?} from {from} to {to}"
-            );
-        }
+        assert_eq!(at(15)[0].store_id.as_deref(), Some("s-2"));
+        assert!(at(25).is_empty(), "after a's readings; no-info has no info");
+        let fingerprints = attribution_fingerprints(&inputs, 0, 40 * HOUR_MS);
+        assert_eq!(fingerprints.len(), 11, "a's hours 10 to 20");
+        assert!(fingerprints.values().all(|f| f.len() == 16));
     }
 
     #[test]

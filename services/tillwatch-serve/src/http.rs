@@ -47,8 +47,12 @@ pub fn metrics_handle() -> PrometheusHandle {
 pub enum Readiness {
     /// Ready while the gateway is connected and subscribed to the broker.
     Gateway(Arc<GatewayHealth>),
-    /// Ready while the process serves: the role (api, scheduler, alerter)
-    /// checked its configuration before it listened, and exits, for the
+    /// Ready while the alerter is subscribed to the broker, or standing by
+    /// while another alerter holds the lease (a standby is a healthy
+    /// replica); not while it connects or has lost the broker.
+    Alerter(Arc<tillwatch_alerter::AlerterHealth>),
+    /// Ready while the process serves: the role (api, scheduler) checked
+    /// its configuration before it listened, and exits, for the
     /// orchestrator to restart it, when it cannot open its store. The api
     /// role opens its store before it listens.
     Started,
@@ -67,6 +71,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let ready = match &state.ready {
         Readiness::Gateway(health) => health.is_ready(),
+        Readiness::Alerter(health) => health.is_ready(),
         Readiness::Started => true,
     };
     if ready {
@@ -109,7 +114,8 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
         config.alerting.rules.battery_low.threshold,
     ))
     .merge(tillwatch_rollups::series::router(lake.clone(), store))
-    .merge(tillwatch_rollups::cohorts::router(lake));
+    .merge(tillwatch_rollups::cohorts::router(lake.clone()))
+    .merge(tillwatch_rollups::history::router(lake));
     if config.scheduler.enabled {
         api = api.merge(
             tillwatch_rollups::api::router(config)

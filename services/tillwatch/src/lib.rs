@@ -710,10 +710,17 @@ async fn alerter(args: AlerterArgs) -> anyhow::Result<()> {
     validate(&config)?;
     tillwatch_serve::metrics_handle();
     let stop = stop_on_signal();
-    let server = role_http(&config, Readiness::Started, Router::new(), &stop).await?;
+    let health = Arc::new(tillwatch_alerter::AlerterHealth::default());
+    let server = role_http(
+        &config,
+        Readiness::Alerter(health.clone()),
+        Router::new(),
+        &stop,
+    )
+    .await?;
     let result = tillwatch_alerter::run_alerter(
         &config,
-        Default::default(),
+        health,
         tillwatch_gateway::shutdown_requested(stop),
     )
     .await;
