@@ -39,19 +39,17 @@ impl RoleProcess {
     /// Starts a gateway against `broker` with `data_dir`, plus `env`
     /// (`TILLWATCH__…` overrides), and reads the HTTP address it prints.
     pub fn start(broker: &str, data_dir: &Path, env: &[(&str, &str)]) -> RoleProcess {
+        RoleProcess::in_dir("gateway", data_dir, &["--broker", broker], env)
+    }
+
+    /// `tillwatch ROLE ARGS… --http-listen 127.0.0.1:0 --data-dir DATA_DIR`
+    /// with `env`.
+    pub fn in_dir(role: &str, data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RoleProcess {
         let data_dir = data_dir.to_str().expect("a UTF-8 path");
-        RoleProcess::role(
-            &[
-                "gateway",
-                "--broker",
-                broker,
-                "--http-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-                data_dir,
-            ],
-            env,
-        )
+        let mut all = vec![role];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--http-listen", "127.0.0.1:0", "--data-dir", data_dir]);
+        RoleProcess::role(&all, env)
     }
 
     /// Runs `tillwatch ARGS` with `env` and reads its stdout up to the

@@ -685,10 +685,24 @@ impl InProcess {
             })
             .await
         });
-        wait_for("the gateway to subscribe", Duration::from_secs(30), || {
+        let ready = eventually(Duration::from_secs(30), || {
             matches!(http_get(addr, "/readyz"), Ok((200, _)))
         })
         .await;
+        if !ready {
+            // Say what the gateway saw of the broker.
+            let metrics = http_get(addr, "/metrics")
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+            let broker: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("tillwatch_gateway_broker"))
+                .collect();
+            let finished = task.is_finished();
+            panic!(
+                "standalone's gateway did not subscribe within 30 s (standalone task ended: {finished}); {broker:?}"
+            );
+        }
         InProcess {
             http: addr,
             stop,

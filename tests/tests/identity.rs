@@ -106,6 +106,102 @@ fn hourly_stores(lake: &Path, hour: Partition) -> Vec<(String, String)> {
     rows
 }
 
+/// 60 terminals of 4 merchants (3 stores each) from three hours ago, one
+/// reading every `interval` each.
+fn fleet(broker: String, interval_s: u64, readings: u64, seed: u64, start_ms: i64) -> SimConfig {
+    SimConfig {
+        broker,
+        devices: 60,
+        merchants: 4,
+        stores_per_merchant: 3,
+        interval: Duration::from_secs(interval_s),
+        readings_per_device: Some(readings),
+        seed,
+        start_ms: Some(start_ms),
+        faults: Faults::none(),
+        connect_concurrency: 60,
+        security: Default::default(),
+    }
+}
+
+/// Waits (a minute at most) until the registry at `http` says of every
+/// terminal what its info says; then names every one that differs.
+async fn assert_registry_knows(
+    http: std::net::SocketAddr,
+    want: &BTreeMap<String, (String, String, String, String)>,
+) {
+    let mut seen = BTreeMap::new();
+    eventually(Duration::from_secs(60), || {
+        seen = registry(http);
+        seen == *want
+    })
+    .await;
+    let wrong: Vec<_> = want
+        .iter()
+        .filter(|(id, w)| seen.get(*id) != Some(*w))
+        .map(|(id, w)| format!("{id}: want {w:?}, registry has {:?}", seen.get(id)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} terminals are not as their info says:\n{}",
+        wrong.len(),
+        want.len(),
+        wrong.join("\n")
+    );
+}
+
+/// Each closed hour from `start_ms` on (at least two), once rolled up (two
+/// minutes at most): every terminal of `stores` that reported in it has
+/// its row under its store, all 60 in each whole hour.
+async fn assert_hours_in_their_stores(
+    lake: &Path,
+    start_ms: i64,
+    stores: &BTreeMap<String, String>,
+) {
+    let now = UtcMillis::now().0;
+    let closed: Vec<Partition> = Partition::overlapping(Grain::Hour, start_ms, now)
+        .into_iter()
+        .filter(|h| h.end_ms() + 6 * 60_000 < now)
+        .collect();
+    assert!(closed.len() >= 2, "{closed:?}");
+    for hour in closed {
+        let whole = hour.start_ms >= start_ms;
+        let mut rows = Vec::new();
+        eventually(Duration::from_secs(120), || {
+            let path = Embedded::new(Lake::new(lake)).output_path(jobs::DEVICE_HEALTH_HOURLY, hour);
+            path.exists() && {
+                rows = hourly_stores(lake, hour);
+                (!whole || rows.len() == 60) && rows.iter().all(|(d, s)| stores.get(d) == Some(s))
+            }
+        })
+        .await;
+        assert!(
+            !rows.is_empty(),
+            "hour {hour} was not rolled up within 2 minutes"
+        );
+        let wrong: Vec<_> = rows
+            .iter()
+            .filter(|(d, s)| stores.get(d) != Some(s))
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "hour {hour}: rows in the wrong store: {wrong:?}"
+        );
+        if whole {
+            assert_eq!(rows.len(), 60, "hour {hour}: every terminal reported");
+        }
+    }
+}
+
+/// Each terminal's store by device id.
+fn stores_of(
+    want: &BTreeMap<String, (String, String, String, String)>,
+) -> BTreeMap<String, String> {
+    want.iter()
+        .map(|(d, (_, store, _, _))| (d.clone(), store.clone()))
+        .collect()
+}
+
 /// Terminals that connect while standalone is still starting (before its
 /// gateway and alerter have subscribed) publish their retained info
 /// first; every one of them must end up in the registry with its model,
@@ -127,88 +223,19 @@ async fn terminals_that_connect_during_start_up_are_all_known() {
     config.scheduler.start = "1d".into();
     let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
     let start_ms = UtcMillis::now().0 - 3 * HOUR;
-    let sim = SimConfig {
-        broker: broker.url(),
-        devices: 60,
-        merchants: 4,
-        stores_per_merchant: 3,
-        interval: Duration::from_secs(600),
-        readings_per_device: Some(18),
-        seed: 22,
-        start_ms: Some(start_ms),
-        faults: Faults::none(),
-        connect_concurrency: 60,
-        security: Default::default(),
-    };
+    let sim = fleet(broker.url(), 600, 18, 22, start_ms);
     let want = expected(&sim);
-    let stores: BTreeMap<String, String> = want
-        .iter()
-        .map(|(d, (_, store, _, _))| (d.clone(), store.clone()))
-        .collect();
     // The fleet starts first: it connects as soon as the broker lets it.
-    let fleet = tokio::spawn(tillwatch_sim::run(sim, watch::channel(false).1));
+    let run = tokio::spawn(tillwatch_sim::run(sim, watch::channel(false).1));
     let standalone = InProcess::start(config, Some(broker)).await;
-    let report = fleet.await.unwrap().unwrap();
+    let report = run.await.unwrap().unwrap();
     assert_eq!(report.unacked_readings, 0);
     assert_eq!(report.readings, 60 * 18);
 
-    let http = standalone.http;
-    let mut seen = BTreeMap::new();
-    eventually(Duration::from_secs(60), || {
-        seen = registry(http);
-        seen == want
-    })
-    .await;
-    let wrong: Vec<_> = want
-        .iter()
-        .filter(|(id, w)| seen.get(*id) != Some(*w))
-        .map(|(id, w)| format!("{id}: want {w:?}, registry has {:?}", seen.get(id)))
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "{} of {} terminals are not as their info says:\n{}",
-        wrong.len(),
-        want.len(),
-        wrong.join("\n")
-    );
-
+    assert_registry_knows(standalone.http, &want).await;
     // Each closed hour of their readings, rolled up: every terminal, each
     // under its store.
-    let lake = dir.path().join("lake");
-    let closed: Vec<Partition> =
-        Partition::overlapping(Grain::Hour, start_ms, UtcMillis::now().0 - 10 * 60_000)
-            .into_iter()
-            .filter(|h| h.end_ms() + 6 * 60_000 < UtcMillis::now().0)
-            .collect();
-    assert!(closed.len() >= 2, "{closed:?}");
-    for hour in closed {
-        let mut rows = Vec::new();
-        eventually(Duration::from_secs(120), || {
-            let path =
-                Embedded::new(Lake::new(&lake)).output_path(jobs::DEVICE_HEALTH_HOURLY, hour);
-            path.exists() && {
-                rows = hourly_stores(&lake, hour);
-                rows.iter().all(|(d, s)| stores.get(d) == Some(s))
-            }
-        })
-        .await;
-        assert!(
-            !rows.is_empty(),
-            "hour {hour} was not rolled up within 2 minutes"
-        );
-        let wrong: Vec<_> = rows
-            .iter()
-            .filter(|(d, s)| stores.get(d) != Some(s))
-            .collect();
-        assert!(
-            wrong.is_empty(),
-            "hour {hour}: rows in the wrong store: {wrong:?}"
-        );
-        let full = hour.start_ms >= start_ms;
-        if full {
-            assert_eq!(rows.len(), 60, "hour {hour}: every terminal reported");
-        }
-    }
+    assert_hours_in_their_stores(&dir.path().join("lake"), start_ms, &stores_of(&want)).await;
     standalone.stop().await;
 }
 
@@ -571,36 +598,33 @@ async fn a_moved_terminal_counts_for_each_store_and_late_info_reattributes_its_h
     standalone.stop().await;
 }
 
-/// A role process over the shared PostgreSQL and lake.
-fn role(args: &[&str], db: &str, lake: &Path, env: &[(&str, &str)]) -> RoleProcess {
+/// `tillwatch ROLE ARGS…` over the shared PostgreSQL and lake, its data
+/// in `dir/ROLE`.
+fn role(
+    name: &str,
+    args: &[&str],
+    dir: &Path,
+    db: &str,
+    lake: &Path,
+    env: &[(&str, &str)],
+) -> RoleProcess {
     let mut all = vec![
         ("TILLWATCH__METADATA__URL", db),
         ("TILLWATCH__LAKE__PATH", lake.to_str().expect("UTF-8")),
         ("TILLWATCH__SCHEDULER__WATERMARK_STALL_AFTER", "20s"),
     ];
     all.extend_from_slice(env);
-    RoleProcess::role(args, &all)
+    RoleProcess::in_dir(name, &dir.join(name), args, &all)
 }
 
-fn gateway(broker: &str, id: &str, dir: &Path, db: &str, lake: &Path) -> RoleProcess {
-    let data = dir.join(id);
-    role(
-        &[
-            "gateway",
-            "--broker",
-            broker,
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().expect("UTF-8"),
-        ],
-        db,
-        lake,
-        &[
-            ("TILLWATCH__MQTT__CLIENT_ID", id),
-            ("TILLWATCH__MQTT__SHARED_GROUP", "tillwatch"),
-        ],
-    )
+/// A gateway of the shared group, its data in `dir/ID`.
+fn gateway(broker: &str, id: &str, dir: &Path, lake: &Path) -> RoleProcess {
+    let env = [
+        ("TILLWATCH__MQTT__CLIENT_ID", id),
+        ("TILLWATCH__MQTT__SHARED_GROUP", "tillwatch"),
+        ("TILLWATCH__LAKE__PATH", lake.to_str().expect("UTF-8")),
+    ];
+    RoleProcess::in_dir("gateway", &dir.join(id), &["--broker", broker], &env)
 }
 
 /// `GET /api/v1/jobs` of the api role: the watermark and each gateway's
@@ -645,34 +669,20 @@ async fn the_production_shape_knows_every_terminal_and_a_stopped_gateway_stops_h
     let url = mosquitto.url();
     let mut gateways: Vec<Option<RoleProcess>> = ["gw-a", "gw-b", "gw-c"]
         .iter()
-        .map(|id| Some(gateway(&url, id, dir.path(), &db.url, &lake)))
+        .map(|id| Some(gateway(&url, id, dir.path(), &lake)))
         .collect();
-    let alerter_data = dir.path().join("alerter");
     let alerter = role(
-        &[
-            "alerter",
-            "--broker",
-            &url,
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            alerter_data.to_str().unwrap(),
-            "--alertmanager-url",
-            &alertmanager.url(),
-        ],
+        "alerter",
+        &["--broker", &url, "--alertmanager-url", &alertmanager.url()],
+        dir.path(),
         &db.url,
         &lake,
         &[("TILLWATCH__ALERTING__EVALUATION_INTERVAL", "1s")],
     );
-    let scheduler_data = dir.path().join("scheduler");
     let scheduler = role(
-        &[
-            "scheduler",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            scheduler_data.to_str().unwrap(),
-        ],
+        "scheduler",
+        &[],
+        dir.path(),
         &db.url,
         &lake,
         &[
@@ -688,17 +698,10 @@ async fn the_production_shape_knows_every_terminal_and_a_stopped_gateway_stops_h
         format!("[[http.tokens]]\nname = \"support\"\nrole = \"viewer\"\ntoken = \"{VIEWER}\"\n"),
     )
     .unwrap();
-    let api_data = dir.path().join("api");
     let api = role(
-        &[
-            "api",
-            "--config",
-            api_config.to_str().unwrap(),
-            "--http-listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            api_data.to_str().unwrap(),
-        ],
+        "api",
+        &["--config", api_config.to_str().unwrap()],
+        dir.path(),
         &db.url,
         &lake,
         &[],
@@ -710,63 +713,15 @@ async fn the_production_shape_knows_every_terminal_and_a_stopped_gateway_stops_h
 
     // One reading per terminal per hour, for the last three hours.
     let start_ms = UtcMillis::now().0 - 3 * HOUR;
-    let sim = SimConfig {
-        broker: url.clone(),
-        devices: 60,
-        merchants: 4,
-        stores_per_merchant: 3,
-        interval: Duration::from_secs(3600),
-        readings_per_device: Some(3),
-        seed: 31,
-        start_ms: Some(start_ms),
-        faults: Faults::none(),
-        connect_concurrency: 30,
-        security: Default::default(),
-    };
+    let sim = fleet(url.clone(), 3600, 3, 31, start_ms);
     let want = expected(&sim);
-    let stores: BTreeMap<String, String> = want
-        .iter()
-        .map(|(d, (_, store, _, _))| (d.clone(), store.clone()))
-        .collect();
     let report = tillwatch_sim::run(sim, watch::channel(false).1)
         .await
         .unwrap();
     assert_eq!(report.unacked_readings, 0);
     LakeContents::wait_for_readings(&lake, 180, Duration::from_secs(60)).await;
-
-    let mut seen = BTreeMap::new();
-    eventually(Duration::from_secs(60), || {
-        seen = registry(api.http);
-        seen == want
-    })
-    .await;
-    assert_eq!(seen, want, "the registry as the api role serves it");
-    let closed: Vec<Partition> = Partition::overlapping(Grain::Hour, start_ms, UtcMillis::now().0)
-        .into_iter()
-        .filter(|h| h.end_ms() + 6 * 60_000 < UtcMillis::now().0)
-        .collect();
-    assert!(closed.len() >= 2, "{closed:?}");
-    for hour in &closed {
-        let mut rows = Vec::new();
-        eventually(Duration::from_secs(120), || {
-            let path =
-                Embedded::new(Lake::new(&lake)).output_path(jobs::DEVICE_HEALTH_HOURLY, *hour);
-            path.exists() && {
-                rows = hourly_stores(&lake, *hour);
-                rows.len() == 60 && rows.iter().all(|(d, s)| stores.get(d) == Some(s))
-            }
-        })
-        .await;
-        let wrong: Vec<_> = rows
-            .iter()
-            .filter(|(d, s)| stores.get(d) != Some(s))
-            .collect();
-        assert!(
-            wrong.is_empty(),
-            "hour {hour}: rows in the wrong store: {wrong:?}"
-        );
-        assert_eq!(rows.len(), 60, "hour {hour}: one row per terminal");
-    }
+    assert_registry_knows(api.http, &want).await;
+    assert_hours_in_their_stores(&lake, start_ms, &stores_of(&want)).await;
 
     // gw-c stops for good; its record stays in the lake.
     gateways[2].take().unwrap().kill();
@@ -813,7 +768,7 @@ async fn the_production_shape_knows_every_terminal_and_a_stopped_gateway_stops_h
     );
 
     // It comes back under its own id: it counts again, the page resolves.
-    let back = gateway(&url, "gw-c", dir.path(), &db.url, &lake);
+    let back = gateway(&url, "gw-c", dir.path(), &lake);
     back.ready().await;
     gateways[2] = Some(back);
     wait_for("gw-c to count again", Duration::from_secs(60), || {

@@ -97,6 +97,12 @@ pub struct AttributionInputs {
     pub versions: Vec<AttributeVersion>,
 }
 
+/// Which neighbour of a new version [`MetaStore::neighbour`] reads.
+enum Neighbour {
+    InEffect,
+    Next,
+}
+
 impl MetaStore {
     /// Records the version `info` describes, inside `tx`: nothing when the
     /// version in effect at its time already says the same; otherwise it
@@ -109,19 +115,7 @@ impl MetaStore {
         recorded_at_ms: i64,
     ) -> Result<(), MetaError> {
         let new = AttributeVersion::of_info(info, recorded_at_ms);
-        let before = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM device_attributes WHERE device_id = $1 AND valid_from_ms <= $2 \
-             ORDER BY valid_from_ms DESC LIMIT 1"
-        ))
-        .bind(&new.device_id)
-        .bind(new.valid_from_ms)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(self.db())?
-        .as_ref()
-        .map(version_from_row)
-        .transpose()
-        .map_err(self.db())?;
+        let before = self.neighbour(tx, &new, Neighbour::InEffect).await?;
         if before.as_ref().is_some_and(|b| b.same_identity(&new)) {
             return Ok(());
         }
@@ -148,19 +142,7 @@ impl MetaStore {
         .execute(&mut **tx)
         .await
         .map_err(self.db())?;
-        let after = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM device_attributes WHERE device_id = $1 AND valid_from_ms > $2 \
-             ORDER BY valid_from_ms LIMIT 1"
-        ))
-        .bind(&new.device_id)
-        .bind(new.valid_from_ms)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(self.db())?
-        .as_ref()
-        .map(version_from_row)
-        .transpose()
-        .map_err(self.db())?;
+        let after = self.neighbour(tx, &new, Neighbour::Next).await?;
         if let Some(after) = after.filter(|a| a.same_identity(&new)) {
             sqlx::query(
                 "DELETE FROM device_attributes WHERE device_id = $1 AND valid_from_ms = $2",
@@ -172,6 +154,33 @@ impl MetaStore {
             .map_err(self.db())?;
         }
         Ok(())
+    }
+
+    /// The version of `new`'s terminal in effect at `new`'s start, or the
+    /// one after it.
+    async fn neighbour(
+        &self,
+        tx: &mut Transaction<'_, Any>,
+        new: &AttributeVersion,
+        which: Neighbour,
+    ) -> Result<Option<AttributeVersion>, MetaError> {
+        let (condition, order) = match which {
+            Neighbour::InEffect => ("valid_from_ms <= $2", "valid_from_ms DESC"),
+            Neighbour::Next => ("valid_from_ms > $2", "valid_from_ms"),
+        };
+        sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM device_attributes WHERE device_id = $1 AND {condition} \
+             ORDER BY {order} LIMIT 1"
+        ))
+        .bind(&new.device_id)
+        .bind(new.valid_from_ms)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(self.db())?
+        .as_ref()
+        .map(version_from_row)
+        .transpose()
+        .map_err(self.db())
     }
 
     /// A terminal's versions, oldest first.

@@ -12,7 +12,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tillwatch_api::{Answer, ApiError, Doc, Routes, bad, not_found};
 use tillwatch_scheduler::{Grain, Partition};
 use tillwatch_storage::Lake;
@@ -91,19 +91,7 @@ async fn cohorts(
         .collect()
         .await
         .map_err(|e| failed(e.to_string()))?;
-    let mut buf = Vec::new();
-    {
-        let mut writer = arrow::json::ArrayWriter::new(&mut buf);
-        for b in &batches {
-            writer.write(b).map_err(|e| failed(e.to_string()))?;
-        }
-        writer.finish().map_err(|e| failed(e.to_string()))?;
-    }
-    let rows: Value = if buf.is_empty() {
-        json!([])
-    } else {
-        serde_json::from_slice(&buf).map_err(|e| failed(e.to_string()))?
-    };
+    let rows = Embedded::json_rows(&batches).map_err(failed)?;
     Ok(Json(json!({ "day": day.key(), "cohorts": rows })))
 }
 

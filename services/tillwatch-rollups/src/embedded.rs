@@ -107,6 +107,23 @@ impl Embedded {
     }
 
     /// Whether a file is at `path` in the lake.
+    /// Query results as a JSON array of objects, one per row (the HTTP
+    /// answers of the cohorts and the store history).
+    pub fn json_rows(batches: &[RecordBatch]) -> Result<serde_json::Value, String> {
+        let mut buf = Vec::new();
+        {
+            let mut writer = arrow::json::ArrayWriter::new(&mut buf);
+            for b in batches {
+                writer.write(b).map_err(|e| e.to_string())?;
+            }
+            writer.finish().map_err(|e| e.to_string())?;
+        }
+        if buf.is_empty() {
+            return Ok(serde_json::Value::Array(Vec::new()));
+        }
+        serde_json::from_slice(&buf).map_err(|e| e.to_string())
+    }
+
     pub async fn exists(&self, path: &std::path::Path) -> Result<bool, String> {
         let lake = self.lake.clone();
         let path = path.to_path_buf();

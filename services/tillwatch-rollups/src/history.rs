@@ -18,7 +18,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use datafusion::prelude::{ParquetReadOptions, col, lit};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tillwatch_api::{Answer, ApiError, Doc, Routes, bad};
 use tillwatch_scheduler::{Grain, Partition};
 use tillwatch_storage::Lake;
@@ -110,19 +110,7 @@ async fn days(
             .collect()
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let mut buf = Vec::new();
-        {
-            let mut writer = arrow::json::ArrayWriter::new(&mut buf);
-            for b in &batches {
-                writer.write(b).map_err(|e| failed(e.to_string()))?;
-            }
-            writer.finish().map_err(|e| failed(e.to_string()))?;
-        }
-        let terminals: Value = if buf.is_empty() {
-            json!([])
-        } else {
-            serde_json::from_slice(&buf).map_err(|e| failed(e.to_string()))?
-        };
+        let terminals = Embedded::json_rows(&batches).map_err(failed)?;
         out.push(json!({ "day": day.key(), "terminals": terminals }));
     }
     Ok(Json(json!({

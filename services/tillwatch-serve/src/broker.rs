@@ -2,10 +2,10 @@
 //! MQTT over TLS (terminated here, in front of rumqttd's plain listener) and
 //! logins checked against a Mosquitto password file.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttd::protocol::v4::V4;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
@@ -106,13 +106,7 @@ impl EmbeddedBroker {
             }
             _ => None,
         };
-        // The private port rumqttd binds itself: free a moment ago (a short
-        // window, acceptable on loopback for a local standalone process).
         let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        let internal_addr = {
-            let probe = bind_std(loopback)?;
-            local_addr(&probe, loopback)?
-        };
 
         let mut connections = ConnectionSettings {
             connection_timeout_ms: 60_000,
@@ -157,12 +151,29 @@ impl EmbeddedBroker {
             },
         );
         let router_tx = router.spawn();
-        spawn_server(Server::new(
-            server("tillwatch-internal", internal_addr),
-            router_tx.clone(),
-            V4,
-        ))?;
-        wait_listening(internal_addr)?;
+        // The private port rumqttd binds itself, free a moment ago: should
+        // another process take it in between, its bind fails, and another
+        // free port is tried.
+        let mut attempts = 0;
+        let internal_addr = loop {
+            let internal_addr = {
+                let probe = bind_std(loopback)?;
+                local_addr(&probe, loopback)?
+            };
+            let listening = spawn_server(Server::new(
+                server("tillwatch-internal", internal_addr),
+                router_tx.clone(),
+                V4,
+            ))?;
+            match bound(&listening, internal_addr) {
+                Ok(()) => break internal_addr,
+                Err(e) if attempts < 5 => {
+                    attempts += 1;
+                    tracing::debug!(error = %e, "the private port was taken; trying another");
+                }
+                Err(e) => return Err(e),
+            }
+        };
         info!(%internal_addr, "embedded MQTT broker listening for Tillwatch's own clients");
         let public = Server::new(server("tillwatch-embedded", addr), router_tx, V4);
         Ok(EmbeddedBroker {
@@ -192,16 +203,22 @@ impl EmbeddedBroker {
         };
         // rumqttd binds the address itself: give the port up just before.
         drop(closed.plain);
-        spawn_server(closed.public)?;
+        let listening = spawn_server(closed.public)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(reachable(self.addr))
-            .await
-            .is_err()
-        {
-            if tokio::time::Instant::now() > deadline {
-                return Err(EmbeddedBrokerError::NotListening(self.addr));
+        loop {
+            match listening.try_recv() {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    return Err(EmbeddedBrokerError::Start(format!(
+                        "listening on {}: {e}",
+                        self.addr
+                    )));
+                }
+                Err(_) if tokio::time::Instant::now() > deadline => {
+                    return Err(EmbeddedBrokerError::NotListening(self.addr));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         info!(addr = %self.addr, "embedded MQTT broker open to terminals");
         if let Some((listener, acceptor)) = closed.tls {
@@ -276,8 +293,14 @@ fn local_addr(
 }
 
 /// Runs one of rumqttd's listeners on a thread of its own, as rumqttd's
-/// `Broker::start` does (it only logs a failure to bind).
-fn spawn_server(mut server: Server<V4>) -> Result<(), EmbeddedBrokerError> {
+/// `Broker::start` does. The receiver says whether it bound its address:
+/// rumqttd binds in the first poll of `Server::start` (before that poll
+/// returns pending on its first accept), and only logs a failure, so the
+/// first poll is watched here.
+fn spawn_server(
+    mut server: Server<V4>,
+) -> Result<std::sync::mpsc::Receiver<Result<(), String>>, EmbeddedBrokerError> {
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("embedded-broker".into())
         .spawn(move || {
@@ -287,44 +310,45 @@ fn spawn_server(mut server: Server<V4>) -> Result<(), EmbeddedBrokerError> {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, "the embedded broker's listener could not start");
+                    let _ = bound_tx.send(Err(e.to_string()));
                     return;
                 }
             };
             runtime.block_on(async move {
-                if let Err(e) = server.start(LinkType::Remote).await {
+                let serving = server.start(LinkType::Remote);
+                tokio::pin!(serving);
+                tokio::select! {
+                    biased;
+                    failed = &mut serving => {
+                        let _ = bound_tx.send(Err(format!("{failed:?}")));
+                        return;
+                    }
+                    _ = std::future::ready(()) => {
+                        let _ = bound_tx.send(Ok(()));
+                    }
+                }
+                if let Err(e) = serving.await {
                     tracing::error!(error = ?e, "the embedded broker's listener failed");
                 }
             });
         })
-        .map(|_| ())
-        .map_err(|e| EmbeddedBrokerError::Start(e.to_string()))
+        .map_err(|e| EmbeddedBrokerError::Start(e.to_string()))?;
+    Ok(bound_rx)
 }
 
-/// Where a listener on `addr` is reached from this host: a wildcard
-/// address on loopback.
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
+/// Whether a listener spawned by [`spawn_server`] bound its address
+/// (waiting 10 s at most).
+fn bound(
+    rx: &std::sync::mpsc::Receiver<Result<(), String>>,
+    addr: SocketAddr,
+) -> Result<(), EmbeddedBrokerError> {
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(EmbeddedBrokerError::Start(format!(
+            "listening on {addr}: {e}"
+        ))),
+        Err(_) => Err(EmbeddedBrokerError::NotListening(addr)),
     }
-}
-
-/// Waits (at most 10 s) until `addr` accepts connections.
-fn wait_listening(addr: SocketAddr) -> Result<(), EmbeddedBrokerError> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect_timeout(&reachable(addr), Duration::from_millis(200)).is_err() {
-        if Instant::now() > deadline {
-            return Err(EmbeddedBrokerError::NotListening(addr));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 /// An account for this process's own clients: a random name and password,
