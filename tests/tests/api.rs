@@ -780,8 +780,31 @@ async fn in_a_browser_search_opens_the_terminal_with_charts_and_its_alert() {
     let now = UtcMillis::now().0;
     let from = now - now.rem_euclid(600_000) - 6 * 3_600_000;
     seed_battery(&api.dir.path().join("lake"), from, 36).await;
+    // The day of the seeded readings rolled up, each terminal in its store
+    // from the registry: the merchant page's "who served here" lists them.
+    {
+        use tillwatch_scheduler::{Executor, Grain, Partition};
+        let store = MetaStore::connect(&format!(
+            "sqlite://{}",
+            api.dir.path().join("metadata.db").display()
+        ))
+        .await
+        .unwrap();
+        let engine = tillwatch_rollups::embedded::Embedded::with_side_inputs(
+            tillwatch_storage::Lake::new(api.dir.path().join("lake")),
+            std::sync::Arc::new(store),
+        );
+        let day = Partition::containing(Grain::Day, T0);
+        for hour in day.covering(Grain::Hour) {
+            engine.device_health_hourly(hour).await.unwrap();
+        }
+        engine
+            .run(&tillwatch_rollups::jobs::device_health_daily(), day)
+            .await
+            .unwrap();
+    }
     let base = format!("http://{}", api.addr);
-    let shot = tokio::task::spawn_blocking(move || {
+    let (shot, merchant_shot) = tokio::task::spawn_blocking(move || {
         let browser = Browser::start();
         // The token first, as a user pastes it in (kept by the browser).
         browser.goto(&format!("{base}/ui/style.css"));
@@ -864,6 +887,23 @@ async fn in_a_browser_search_opens_the_terminal_with_charts_and_its_alert() {
             serde_json::json!([]),
         );
         assert_eq!(first, "t-2");
+        // Who served the merchant on its rolled-up day, with their hours.
+        browser.wait_until(
+            "the merchant's days",
+            "return document.querySelectorAll('#days tbody tr').length >= 2;",
+            Duration::from_secs(30),
+        );
+        let days = browser.execute(
+            "return [...document.querySelectorAll('#days tbody tr')].map(r => r.innerText);",
+            serde_json::json!([]),
+        );
+        let days = days.to_string();
+        assert!(
+            days.contains("t-1\\ts-1") || days.contains("s-1\\tt-1"),
+            "t-1 under its store: {days}"
+        );
+        assert!(days.contains("t-2"), "{days}");
+        let merchant_shot = browser.screenshot();
 
         // An operator silences the store's alerts from the alerts page, sees
         // the silence, and ends it.
@@ -903,14 +943,19 @@ async fn in_a_browser_search_opens_the_terminal_with_charts_and_its_alert() {
             "return document.querySelectorAll('#lineage .node[data-job]').length >= 4;",
             Duration::from_secs(30),
         );
-        shot
+        (shot, merchant_shot)
     })
     .await
     .unwrap();
-    assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n", "a PNG screenshot");
-    let path = artifact_dir().join("device-page.png");
-    std::fs::write(&path, &shot).unwrap();
-    eprintln!("screenshot: {}", path.display());
+    for (name, png) in [
+        ("device-page.png", shot),
+        ("merchant-page.png", merchant_shot),
+    ] {
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG screenshot");
+        let path = artifact_dir().join(name);
+        std::fs::write(&path, &png).unwrap();
+        eprintln!("screenshot: {}", path.display());
+    }
     api.stop.send(true).unwrap();
 }
 

@@ -268,7 +268,9 @@ async function merchantPage() {
         el("td", {}, t.battery_min_pct ?? ""), el("td", {}, t.minutes_online == null ? "" : Math.round(t.minutes_online))));
     }
   }
-  fill("days", rows, "No day has been rolled up yet (a day is rolled up once it has ended in every store's time zone).");
+  fill("days", rows, history.days.length
+    ? "No terminal reported here on the rolled-up days."
+    : "No day has been rolled up yet (a day is rolled up once it has ended in every store's time zone).");
 }
 
 // ---- Device -----------------------------------------------------------------

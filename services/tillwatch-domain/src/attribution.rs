@@ -81,12 +81,9 @@ impl<'a> Terminal<'a> {
     }
 
     /// Who it belongs to for the hour (or any interval) `[start_ms,
-    /// end_ms)`: the version that held for most of it; `None` outside the
-    /// span of its readings or without any version.
+    /// end_ms)`: the version that held for most of it; `None` without any
+    /// version. Whether it reported then is the readings' to say.
     pub fn owner(&self, start_ms: i64, end_ms: i64) -> Option<Version<'a>> {
-        if !self.spans(start_ms, end_ms) {
-            return None;
-        }
         version_for(&self.starts(), start_ms, end_ms).map(|i| self.versions[i])
     }
 }
@@ -105,7 +102,7 @@ fn owner_hash(device: &str, v: &Version) -> u64 {
 
 /// The fingerprint of each hour's attribution within `[from_ms, to_ms)`,
 /// by hour start: a hash over every terminal whose readings span the hour
-/// of who it belongs to then ([`Terminal::owner`]). An hour whose
+/// ([`Terminal::spans`]) of who it belongs to then ([`Terminal::owner`]). An hour whose
 /// fingerprint changes (a first info arriving after the readings, a move
 /// learnt late) must be rolled up again. Hours no terminal with a version
 /// spans are absent.
@@ -216,7 +213,7 @@ mod tests {
         let mut out = std::collections::HashMap::new();
         let mut hour = from_ms.div_euclid(H) * H;
         while hour < to_ms {
-            for t in terminals {
+            for t in terminals.iter().filter(|t| t.spans(hour, hour + H)) {
                 if let Some(owner) = t.owner(hour, hour + H) {
                     let sum = out.entry(hour).or_insert(0u64);
                     *sum = sum.wrapping_add(owner_hash(t.device_id, &owner));
@@ -248,7 +245,8 @@ mod tests {
         assert_eq!(store_of(&a, 10), Some("s-1"), "before its first info");
         assert_eq!(store_of(&a, 14), Some("s-1"), "40 of 60 minutes");
         assert_eq!(store_of(&a, 15), Some("s-2"));
-        assert_eq!(store_of(&a, 21), None, "after its last reading");
+        assert_eq!(store_of(&a, 21), Some("s-2"), "after its last reading too");
+        assert!(!a.spans(21 * H, 22 * H) && a.spans(20 * H, 21 * H));
         assert_eq!(store_of(&b, 2), Some("s-3"));
 
         let fleet = [a.clone(), b.clone()];

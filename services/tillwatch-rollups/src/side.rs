@@ -148,7 +148,7 @@ fn terminals(inputs: &AttributionInputs) -> Vec<Terminal<'_>> {
     for versions in by_device.values_mut() {
         versions.sort_by_key(|v| v.valid_from_ms);
     }
-    inputs
+    let mut terminals: Vec<Terminal<'_>> = inputs
         .spans
         .iter()
         .map(|(device, first, last)| Terminal {
@@ -157,14 +157,24 @@ fn terminals(inputs: &AttributionInputs) -> Vec<Terminal<'_>> {
             last_ms: *last,
             versions: by_device.remove(device.as_str()).unwrap_or_default(),
         })
-        .collect()
+        .collect();
+    // Known by their info alone so far: no span of readings yet.
+    terminals.extend(by_device.into_iter().map(|(device, versions)| Terminal {
+        device_id: device,
+        first_ms: i64::MAX,
+        last_ms: i64::MIN,
+        versions,
+    }));
+    terminals
 }
 
-/// Which merchant and store each terminal that reported around `hour`
-/// belongs to for that hour: the version of its identity that held for
-/// most of the hour (`tillwatch_domain::attribution`). Terminals without
-/// any recorded info are left out: the rollup then keeps what the gateway
-/// wrote beside their readings.
+/// Which merchant and store each terminal belongs to for `hour`: the
+/// version of its identity that held for most of the hour
+/// (`tillwatch_domain::attribution`), for every terminal with one, whether
+/// or not the registry has seen its readings of that hour yet (the rollup
+/// joins only the terminals with readings in it). Terminals without any
+/// recorded info are left out: the rollup then keeps what the gateway wrote
+/// beside their readings.
 pub fn hour_attribution(inputs: &AttributionInputs, hour: Partition) -> Vec<HourAttribution> {
     terminals(inputs)
         .iter()
@@ -548,27 +558,38 @@ mod tests {
                 ("a".into(), 10 * HOUR_MS, 20 * HOUR_MS),
                 ("no-info".into(), 0, 30 * HOUR_MS),
             ],
-            // In any order: the newest first here.
+            // In any order: the newest first here. "b" is known by its
+            // info alone (the registry has seen none of its readings).
             versions: vec![
                 version("a", 14 * HOUR_MS + 40 * m, "s-2"),
+                version("b", 0, "s-7"),
                 version("a", 12 * HOUR_MS, "s-1"),
             ],
         };
         let at = |hour: i64| {
             hour_attribution(&inputs, Partition::containing(Grain::Hour, hour * HOUR_MS))
         };
+        let store = |hour: i64, device: &str| {
+            at(hour)
+                .into_iter()
+                .find(|a| a.device_id == device)
+                .map(|a| (a.merchant_id, a.store_id.unwrap_or_default()))
+        };
+        assert_eq!(store(14, "a"), Some(("m-1".into(), "s-1".into())));
+        assert_eq!(store(15, "a").unwrap().1, "s-2");
+        assert_eq!(store(25, "a").unwrap().1, "s-2", "after its readings too");
+        assert_eq!(store(3, "b").unwrap().1, "s-7");
         assert_eq!(
-            at(14),
-            [HourAttribution {
-                device_id: "a".into(),
-                merchant_id: "m-1".into(),
-                store_id: Some("s-1".into())
-            }]
+            store(3, "no-info"),
+            None,
+            "no info: the gateway's store stays"
         );
-        assert_eq!(at(15)[0].store_id.as_deref(), Some("s-2"));
-        assert!(at(25).is_empty(), "after a's readings; no-info has no info");
         let fingerprints = attribution_fingerprints(&inputs, 0, 40 * HOUR_MS);
-        assert_eq!(fingerprints.len(), 11, "a's hours 10 to 20");
+        assert_eq!(
+            fingerprints.len(),
+            11,
+            "a's hours 10 to 20; b has no span yet"
+        );
         assert!(fingerprints.values().all(|f| f.len() == 16));
     }
 
