@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use metrics::counter;
 use rumqttc::{Event as MqttEvent, Packet, Publish, QoS};
+use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_message};
+use tillwatch_bus::{session, subscriptions};
 use tillwatch_config::Config;
 use tillwatch_domain::connectivity::{SilencePolicy, Transition};
 use tillwatch_domain::{DeviceId, UtcMillis};
-use tillwatch_gateway::decode::{DecodeLimits, Decoded, decode_message};
-use tillwatch_gateway::{session, subscriptions};
 use tillwatch_meta::MetaStore;
 use tracing::{error, info, warn};
 
@@ -296,8 +296,8 @@ async fn lead(
     ));
 
     // Its own session, never a shared group: it needs every device.
-    let (client, mut eventloop) =
-        session(&config.mqtt, &config.alerter.client_id).map_err(AlerterError::Config)?;
+    let (client, mut eventloop) = session(&config.mqtt, &config.alerter.client_id)
+        .map_err(|e| AlerterError::Config(e.to_string()))?;
     // Acks wait here for room in the client's request channel. Awaiting
     // `ack` inline would deadlock: the event loop hands out a burst of
     // publishes before it reads that channel again.

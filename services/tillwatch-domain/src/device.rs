@@ -35,3 +35,17 @@ pub struct DeviceStatus {
     pub reason: StatusReason,
     pub at: UtcMillis,
 }
+
+/// A message or reading that was rejected, kept with its raw bytes and the
+/// reason in words: what the `dead_letter` table holds.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub received_at: UtcMillis,
+    pub topic: String,
+    pub merchant_id: Option<String>,
+    pub device_id: Option<String>,
+    /// A stable code ([`crate::RejectReason::code`]).
+    pub reason_code: &'static str,
+    pub reason: String,
+    pub payload: Vec<u8>,
+}

@@ -16,7 +16,7 @@ mod reading;
 mod time;
 mod validate;
 
-pub use device::{DeviceInfo, DeviceStatus, StatusReason};
+pub use device::{DeadLetter, DeviceInfo, DeviceStatus, StatusReason};
 pub use ids::{BootId, DeviceId, IdError, MerchantId, StoreId};
 pub use reading::{
     AppPerformance, Battery, Connectivity, Kind, NetworkType, PaymentHealth, Reading, ReadingKey,

@@ -8,8 +8,8 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
+use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_message};
 use tillwatch_domain::{Limits, MerchantId, UtcMillis};
-use tillwatch_gateway::decode::{DecodeLimits, Decoded, decode_message};
 use tillwatch_proto::telemetry::v1 as pb;
 use tillwatch_storage::{Staging, StoredReading, encode_parquet};
 

@@ -9,7 +9,6 @@
 //! [`pipeline::run_pipeline`] ([`decode`], dedup, staging) → flush on a
 //! blocking thread → ack tokens → [`mqtt`]'s ack task.
 
-pub mod decode;
 pub mod dedup;
 pub mod metrics;
 mod mqtt;
@@ -27,11 +26,11 @@ use tracing::{info, warn};
 /// How long a stopping gateway keeps shipping its spool to ClickHouse.
 const SHIPPER_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub use mqtt::{GatewayHealth, session, subscriptions};
+pub use mqtt::GatewayHealth;
 
-use crate::decode::DecodeLimits;
 use crate::dedup::DedupStore;
 use crate::pipeline::PipelineConfig;
+use tillwatch_bus::decode::DecodeLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -51,12 +50,6 @@ pub enum GatewayError {
     Spool(#[from] tillwatch_clickhouse::SpoolError),
     #[error("the lake: {0}")]
     Lake(#[from] tillwatch_storage::LakeError),
-}
-
-/// Resolves once `rx` turns true, or when its sender is dropped: the one
-/// way services here wait for a shared shutdown signal.
-pub async fn shutdown_requested(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 fn state_dir(config: &Config) -> PathBuf {
@@ -152,8 +145,8 @@ pub async fn run_gateway(
     );
 
     let clickhouse = open_clickhouse(config).await?;
-    let (client, eventloop) =
-        mqtt::session(&config.mqtt, &config.mqtt.client_id).map_err(GatewayError::Config)?;
+    let (client, eventloop) = tillwatch_bus::session(&config.mqtt, &config.mqtt.client_id)
+        .map_err(|e| GatewayError::Config(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

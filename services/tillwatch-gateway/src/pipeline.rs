@@ -33,9 +33,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::decode::{DecodeLimits, Decoded, decode_message};
 use crate::dedup::{DedupError, DedupIndex, DedupStore};
 use crate::metrics as m;
+use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_message};
 
 /// What the broker side needs to acknowledge one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,8 +2,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use tillwatch_bus::shutdown_requested;
 use tillwatch_config::{ApiToken, Config, Role};
-use tillwatch_gateway::{GatewayHealth, run_gateway, shutdown_requested};
+use tillwatch_gateway::{GatewayHealth, run_gateway};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;

@@ -21,17 +21,7 @@ pub struct StoredReading<'a> {
     pub received_at: UtcMillis,
 }
 
-/// A message or reading that was rejected, kept with its raw bytes.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub received_at: UtcMillis,
-    pub topic: String,
-    pub merchant_id: Option<String>,
-    pub device_id: Option<String>,
-    pub reason_code: &'static str,
-    pub reason: String,
-    pub payload: Vec<u8>,
-}
+pub use tillwatch_domain::DeadLetter;
 
 /// The rows of one table in one hour, ready to become a file.
 pub struct PartBatch {

@@ -99,8 +99,7 @@ pub(crate) async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
     )
     .await?;
     let result =
-        tillwatch_rollups::run_scheduler(&config, tillwatch_gateway::shutdown_requested(stop))
-            .await;
+        tillwatch_rollups::run_scheduler(&config, tillwatch_bus::shutdown_requested(stop)).await;
     server.abort();
     result.context("scheduler")
 }

@@ -485,7 +485,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let stop_tx = Arc::new(stop_tx);
     let sim_stop = stop_rx.clone();
     let fleet = tokio::spawn(async move { tillwatch_sim::run(sim, sim_stop).await });
-    let gateway_stop = tillwatch_gateway::shutdown_requested(stop_rx.clone());
+    let gateway_stop = tillwatch_bus::shutdown_requested(stop_rx.clone());
     let signal_tx = stop_tx.clone();
     tokio::spawn(async move {
         signalled().await;
@@ -579,12 +579,9 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         &stop,
     )
     .await?;
-    let result = tillwatch_gateway::run_gateway(
-        &config,
-        health,
-        tillwatch_gateway::shutdown_requested(stop),
-    )
-    .await;
+    let result =
+        tillwatch_gateway::run_gateway(&config, health, tillwatch_bus::shutdown_requested(stop))
+            .await;
     server.abort();
     result.context("gateway")?;
     Ok(())
@@ -615,7 +612,7 @@ pub(crate) async fn role_http(
         http,
         ready,
         routes,
-        tillwatch_gateway::shutdown_requested(stop.clone()),
+        tillwatch_bus::shutdown_requested(stop.clone()),
     )))
 }
 
@@ -679,7 +676,7 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
                 tillwatch_serve::spawn_grpc(
                     &config,
                     listener,
-                    tillwatch_gateway::shutdown_requested(stop.clone()),
+                    tillwatch_bus::shutdown_requested(stop.clone()),
                 )
                 .await?,
             )
@@ -718,12 +715,9 @@ async fn alerter(args: AlerterArgs) -> anyhow::Result<()> {
         &stop,
     )
     .await?;
-    let result = tillwatch_alerter::run_alerter(
-        &config,
-        health,
-        tillwatch_gateway::shutdown_requested(stop),
-    )
-    .await;
+    let result =
+        tillwatch_alerter::run_alerter(&config, health, tillwatch_bus::shutdown_requested(stop))
+            .await;
     server.abort();
     result.context("alerter")?;
     Ok(())

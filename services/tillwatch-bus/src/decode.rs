@@ -5,6 +5,7 @@
 //! place that turns protobuf into domain types.
 
 use prost::Message;
+use tillwatch_domain::DeadLetter;
 use tillwatch_domain::{
     AppPerformance, Battery, BootId, Connectivity, DeviceId, DeviceInfo, DeviceStatus, Limits,
     MerchantId, NetworkType, PaymentHealth, Reading, RejectReason, Signal, StatusReason, StoreId,
@@ -12,7 +13,6 @@ use tillwatch_domain::{
 };
 use tillwatch_proto::telemetry::v1 as pb;
 use tillwatch_proto::topic::{Channel, DeviceTopic};
-use tillwatch_storage::DeadLetter;
 
 /// What the gateway does with one message.
 #[derive(Debug)]

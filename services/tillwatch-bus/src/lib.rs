@@ -1,0 +1,23 @@
+//! The device bus: what every Tillwatch consumer of the terminals' MQTT
+//! topics shares, the gateway and the alerter alike.
+//!
+//! - [`decode`]: an MQTT message (topic and bytes) to domain values or dead
+//!   letters. **Architecture Invariant:** the only place that turns the
+//!   telemetry contract's protobuf into domain types.
+//! - [`session`]: the persistent, manually acked MQTT session on every
+//!   device channel.
+//! - [`shutdown_requested`]: the one way services wait for a shared stop.
+//!
+//! It knows MQTT and the contract, and nothing of where data goes: no
+//! Arrow, Parquet, ClickHouse or SQL.
+
+pub mod decode;
+mod session;
+
+pub use session::{SessionError, session, subscriptions};
+
+/// Resolves once `rx` turns true, or when its sender is dropped: the one
+/// way services here wait for a shared shutdown signal.
+pub async fn shutdown_requested(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
