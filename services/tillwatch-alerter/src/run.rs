@@ -11,15 +11,13 @@
 //! what queued meanwhile) once the holder stops renewing it. So two
 //! alerters never both page.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
-use rumqttc::{Event as MqttEvent, Packet, Publish, QoS};
 use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_message};
-use tillwatch_bus::{session, subscriptions};
+use tillwatch_bus::{AckToken, BusHealth, ConsumerConfig, Incoming, Unobserved, consume};
 use tillwatch_config::Config;
 use tillwatch_domain::connectivity::{SilencePolicy, Transition};
 use tillwatch_domain::{DeviceId, UtcMillis};
@@ -43,6 +41,8 @@ pub enum AlerterError {
     Store(#[from] tillwatch_meta::MetaError),
     #[error(transparent)]
     Alerting(#[from] AlertingError),
+    #[error(transparent)]
+    Bus(#[from] tillwatch_bus::ConsumerError),
 }
 
 /// Where alert annotations link to: `alerting.public_url`, else the HTTP
@@ -137,23 +137,19 @@ pub const ACTIVE: &str = "tillwatch_alerter_active";
 /// answers from it.
 #[derive(Debug, Default)]
 pub struct AlerterHealth {
-    subscribed: std::sync::atomic::AtomicBool,
+    /// The active alerter's consumer on the device bus.
+    bus: Arc<BusHealth>,
     standby: std::sync::atomic::AtomicBool,
 }
 
 impl AlerterHealth {
     pub fn is_subscribed(&self) -> bool {
-        self.subscribed.load(std::sync::atomic::Ordering::SeqCst)
+        self.bus.is_subscribed()
     }
 
     /// Subscribed, or a healthy standby.
     pub fn is_ready(&self) -> bool {
         self.is_subscribed() || self.standby.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    fn set_subscribed(&self, subscribed: bool) {
-        self.subscribed
-            .store(subscribed, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn set_standby(&self, standby: bool) {
@@ -229,9 +225,7 @@ pub async fn run_alerter(
         health.set_standby(false);
         info!(%holder, "this alerter is now the active one");
         metrics::gauge!(ACTIVE).set(1.0);
-        let turn = lead(config, &store, &holder, &health, &mut shutdown).await;
-        health.set_subscribed(false);
-        match turn? {
+        match lead(config, &store, &holder, &health, &mut shutdown).await? {
             Turn::Stopped => {
                 if let Err(e) = store.release_lease(LEASE, &holder).await {
                     warn!(error = %e, "cannot give the alerter lease up; it lapses by itself");
@@ -295,26 +289,30 @@ async fn lead(
         },
     ));
 
-    // Its own session, never a shared group: it needs every device.
-    let (client, mut eventloop) = session(&config.mqtt, &config.alerter.client_id)
-        .map_err(|e| AlerterError::Config(e.to_string()))?;
-    // Acks wait here for room in the client's request channel. Awaiting
-    // `ack` inline would deadlock: the event loop hands out a burst of
-    // publishes before it reads that channel again.
-    let mut unsent_acks: VecDeque<Publish> = VecDeque::new();
-    let filters = subscriptions(None);
+    // Its own session, never a shared group: it needs every device. The
+    // consumer hands messages over as they come and acks what this loop
+    // gives back once the store has it.
+    let (input_tx, mut input) = tokio::sync::mpsc::channel::<Incoming>(MAX_BATCH);
+    let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<AckToken>>();
+    let (stop_consumer, consumer_stop) = tokio::sync::watch::channel(false);
+    let consumer = tokio::spawn(consume(
+        ConsumerConfig {
+            mqtt: config.mqtt.clone(),
+            client_id: config.alerter.client_id.clone(),
+            shared_group: None,
+        },
+        health.bus.clone(),
+        Arc::new(Unobserved),
+        input_tx,
+        ack_rx,
+        consumer_stop,
+    ));
     let limits = DecodeLimits::from_config(&config.gateway);
     // Messages taken but not yet in the store, and their acks: written as
     // one batch as soon as no more are ready (or the batch is full).
     let mut batch: Vec<Event> = Vec::new();
-    let mut batch_acks: Vec<Publish> = Vec::new();
+    let mut batch_acks: Vec<AckToken> = Vec::new();
     loop {
-        while let Some(ack) = unsent_acks.front() {
-            if client.try_ack(ack).is_err() {
-                break;
-            }
-            unsent_acks.pop_front();
-        }
         if alerter.take_changed() {
             wake.notify_one();
         }
@@ -342,36 +340,15 @@ async fn lead(
                     }
                 }
             }
-            polled = eventloop.poll(), if !full => match polled {
-                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                    info!("alerter connected; subscribing");
-                    if let Err(e) = client.subscribe_many(filters.clone()).await {
-                        warn!(error = %e, "subscribing failed");
-                    }
-                }
-                Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
-                    if ack.return_codes.iter().any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure)) {
-                        error!(filters = ?filters.iter().map(|f| &f.path).collect::<Vec<_>>(), "the broker refused the alerter's subscription (check its ACL)");
-                    } else {
-                        health.set_subscribed(true);
-                    }
-                }
-                Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
+            message = input.recv(), if !full => match message {
+                Some(message) => {
                     let now = UtcMillis::now();
-                    let decoded = decode_message(&publish.topic, &publish.payload, now, &limits);
+                    let decoded = decode_message(&message.topic, &message.payload, now, &limits);
                     batch.extend(to_event(decoded, now));
-                    if publish.qos != QoS::AtMostOnce {
-                        let mut ack = Publish::new("", publish.qos, Vec::new());
-                        ack.pkid = publish.pkid;
-                        batch_acks.push(ack);
-                    }
+                    batch_acks.extend(message.ack);
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    health.set_subscribed(false);
-                    warn!(error = %e, "MQTT connection failed; reconnecting");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                // The consumer stopped on its own: the broker refused it.
+                None => break,
             },
             // Nothing more ready (or the batch is full): store the batch.
             _ = std::future::ready(()), if !batch.is_empty() || !batch_acks.is_empty() => {
@@ -391,7 +368,7 @@ async fn lead(
                     break;
                 }
                 batch.clear();
-                unsent_acks.extend(batch_acks.drain(..));
+                let _ = ack_tx.send(std::mem::take(&mut batch_acks));
             }
             _ = tokio::time::sleep_until(wake_at) => {
                 match alerter.tick(UtcMillis::now()).await {
@@ -407,22 +384,18 @@ async fn lead(
             }
         }
     }
-    // Queue the DISCONNECT without waiting on a full request
-    // channel, then poll until it is out (or give up after 2 s):
-    // the acks queued before it go out first.
-    for ack in unsent_acks.drain(..) {
-        if client.try_ack(&ack).is_err() {
-            break;
-        }
-    }
-    let _ = client.try_disconnect();
-    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-    while let Ok(Ok(event)) = tokio::time::timeout_at(until, eventloop.poll()).await {
-        if matches!(event, MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) {
-            break;
-        }
-    }
+    // The consumer stops taking messages, sends the acks queued, then the
+    // DISCONNECT once this side's ack channel is closed (2 s at most here:
+    // what is not acked by then is redelivered).
+    let _ = stop_consumer.send(true);
+    drop(ack_tx);
+    drop(input);
+    let consumed = match tokio::time::timeout(Duration::from_secs(2), consumer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) | Err(_) => Ok(()),
+    };
     drop(stop_delivery);
     let _ = delivery.await;
+    consumed?;
     Ok(if lost { Turn::LostLease } else { Turn::Stopped })
 }

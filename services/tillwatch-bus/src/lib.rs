@@ -5,15 +5,21 @@
 //!   letters. **Architecture Invariant:** the only place that turns the
 //!   telemetry contract's protobuf into domain types.
 //! - [`session`]: the persistent, manually acked MQTT session on every
-//!   device channel.
+//!   device channel, and [`consume`]: the one loop over it (connect,
+//!   subscribe, notice refusals, hand messages on, ack what the handler
+//!   gives back, reconnect).
 //! - [`shutdown_requested`]: the one way services wait for a shared stop.
 //!
 //! It knows MQTT and the contract, and nothing of where data goes: no
 //! Arrow, Parquet, ClickHouse or SQL.
 
+mod consumer;
 pub mod decode;
 mod session;
 
+pub use consumer::{
+    AckToken, BusHealth, BusObserver, ConsumerConfig, ConsumerError, Incoming, Unobserved, consume,
+};
 pub use session::{SessionError, session, subscriptions};
 
 /// Resolves once `rx` turns true, or when its sender is dropped: the one

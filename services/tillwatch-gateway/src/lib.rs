@@ -38,12 +38,8 @@ pub enum GatewayError {
     Config(String),
     #[error("opening the dedup journal: {0}")]
     Dedup(#[from] dedup::DedupError),
-    #[error(
-        "broker {broker} refused the connection ({reason}); check mqtt.username, mqtt.password and mqtt.client_id"
-    )]
-    Refused { broker: String, reason: String },
-    #[error("the broker refused the subscription to {0}; check its ACLs")]
-    Subscribe(String),
+    #[error(transparent)]
+    Bus(#[from] tillwatch_bus::ConsumerError),
     #[error("{0}")]
     ClickHouse(#[from] tillwatch_clickhouse::ChError),
     #[error("opening the ClickHouse spool: {0}")]
@@ -145,8 +141,6 @@ pub async fn run_gateway(
     );
 
     let clickhouse = open_clickhouse(config).await?;
-    let (client, eventloop) = tillwatch_bus::session(&config.mqtt, &config.mqtt.client_id)
-        .map_err(|e| GatewayError::Config(e.to_string()))?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -185,21 +179,25 @@ pub async fn run_gateway(
         ack_tx,
         shutdown_rx.clone(),
     ));
-    let acker = tokio::spawn(mqtt::ack_task(client.clone(), ack_rx));
-    let polled = mqtt::poll_loop(
-        client,
-        eventloop,
-        config.mqtt.clone(),
+    let consumer = tillwatch_bus::ConsumerConfig {
+        mqtt: config.mqtt.clone(),
+        client_id: config.mqtt.client_id.clone(),
+        shared_group: config.mqtt.shared_group.clone(),
+    };
+    let polled = tillwatch_bus::consume(
+        consumer,
         health,
+        Arc::new(mqtt::GatewayObserver),
         input_tx,
+        ack_rx,
         shutdown_rx,
     )
-    .await;
-    // The poll loop dropped the pipeline's input, so the pipeline drains
+    .await
+    .map_err(GatewayError::from);
+    // The consumer dropped the pipeline's input, so the pipeline drains
     // and ends even after an early error; acks it releases then have no
     // connection to go to and the broker redelivers those messages.
     let _ = pipeline.await;
-    acker.abort();
     let _ = ship_stop_tx.send(true);
     if let Some(shipper) = shipper {
         let _ = shipper.await;

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use bytes::Bytes;
 use metrics::{counter, gauge, histogram};
 use tillwatch_clickhouse::{EncodedRows, Spool, SpoolError, encode_parts};
 use tillwatch_domain::{DeviceId, Kind, ReadingKey, StoreId, UtcMillis};
@@ -37,21 +36,7 @@ use crate::dedup::{DedupError, DedupIndex, DedupStore};
 use crate::metrics as m;
 use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_message};
 
-/// What the broker side needs to acknowledge one message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AckToken {
-    pub pkid: u16,
-    pub qos: u8,
-}
-
-/// One message from the broker.
-#[derive(Debug)]
-pub struct Incoming {
-    pub topic: String,
-    pub payload: Bytes,
-    /// `None` for QoS 0 messages, which need no ack.
-    pub ack: Option<AckToken>,
-}
+pub use tillwatch_bus::{AckToken, Incoming};
 
 /// At most this many messages are taken from the input per wake-up. Small
 /// against any flush limit, so a group overshoots them by little.
