@@ -524,7 +524,10 @@ impl Engine {
 
     /// Resumes a device's newest signal values (windows start empty).
     pub fn restore_signal(&mut self, device_id: &str, signal: &str, value: f64, at: i64) {
-        let Some(name) = tillwatch_meta::SIGNAL_NAMES.iter().find(|n| **n == signal) else {
+        let Some(name) = tillwatch_domain::signals::SIGNAL_NAMES
+            .iter()
+            .find(|n| **n == signal)
+        else {
             return;
         };
         let view = self.devices.entry(device_id.to_string()).or_default();
@@ -644,7 +647,7 @@ impl Engine {
         }
         for reading in readings {
             let t = reading.sampled_at.0;
-            for (signal, value) in tillwatch_meta::signals_of(reading) {
+            for (signal, value) in tillwatch_domain::signals::signals_of(reading) {
                 let newer = view.latest.get(signal).is_none_or(|(_, at)| *at <= t);
                 if newer {
                     view.latest.insert(signal, (value, t));

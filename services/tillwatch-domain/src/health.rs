@@ -72,7 +72,7 @@ pub struct HealthInput<'a> {
     pub offline_reason: Option<String>,
     pub last_telemetry_ms: Option<i64>,
     pub cadence_ms: Option<f64>,
-    /// Newest value of each signal (`tillwatch_meta::SIGNAL_NAMES`).
+    /// Newest value of each signal ([`crate::signals::SIGNAL_NAMES`]).
     pub signals: &'a HashMap<String, f64>,
     pub firing: &'a [FiringAlert],
     /// Changes to an offline state in the last 24 hours.

@@ -13,6 +13,7 @@ pub mod hours;
 mod ids;
 pub mod matchers;
 mod reading;
+pub mod signals;
 mod time;
 mod validate;
 

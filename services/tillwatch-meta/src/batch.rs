@@ -11,7 +11,9 @@ use sqlx::{Any, Arguments};
 use tillwatch_domain::connectivity::{ConnectivitySnapshot, Transition};
 use tillwatch_domain::{DeviceInfo, MerchantId, Reading};
 
-use crate::{MetaStore, StoreFuture, signals_of};
+use tillwatch_domain::signals::signals_of;
+
+use crate::{MetaStore, StoreFuture};
 
 /// Rows per statement: well under PostgreSQL's 65,535 bound parameters.
 const CHUNK: usize = 500;

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Row};
-use tillwatch_domain::{DeviceInfo, MerchantId, Reading, Signal};
+use tillwatch_domain::{DeviceInfo, MerchantId, Reading};
 
 pub use alerts::{
     AlertFilter, AlertRecord, AlertState, Delivery, MerchantRecord, SilenceRecord, StoreRecord,
@@ -113,70 +113,6 @@ pub struct LatestSignal {
     pub signal: String,
     pub value: f64,
     pub sampled_at_ms: i64,
-}
-
-/// Every signal name [`signals_of`] gives.
-pub const SIGNAL_NAMES: &[&str] = &[
-    "rssi_dbm",
-    "payment_host_latency_ms",
-    "disconnects",
-    "battery_level_pct",
-    "battery_charging",
-    "battery_temperature_celsius",
-    "transactions",
-    "transaction_latency_avg_ms",
-    "transaction_latency_max_ms",
-    "crashes",
-    "hangs",
-    "offline_queue_len",
-    "offline_queue_oldest_age_s",
-    "tamper_detected",
-    "printer_paper_low",
-];
-
-/// The numeric signals a reading carries, by the names the store keeps.
-pub fn signals_of(reading: &Reading) -> Vec<(&'static str, f64)> {
-    let flag = |b: bool| if b { 1.0 } else { 0.0 };
-    match &reading.signal {
-        Signal::Connectivity(c) => vec![
-            ("rssi_dbm", f64::from(c.rssi_dbm)),
-            (
-                "payment_host_latency_ms",
-                f64::from(c.payment_host_latency_ms),
-            ),
-            ("disconnects", f64::from(c.disconnects)),
-        ],
-        Signal::Battery(b) => vec![
-            ("battery_level_pct", f64::from(b.level_pct)),
-            ("battery_charging", flag(b.charging)),
-            (
-                "battery_temperature_celsius",
-                f64::from(b.temperature_celsius),
-            ),
-        ],
-        Signal::AppPerformance(a) => vec![
-            ("transactions", f64::from(a.transactions)),
-            (
-                "transaction_latency_avg_ms",
-                f64::from(a.transaction_latency_avg_ms),
-            ),
-            (
-                "transaction_latency_max_ms",
-                f64::from(a.transaction_latency_max_ms),
-            ),
-            ("crashes", f64::from(a.crashes)),
-            ("hangs", f64::from(a.hangs)),
-        ],
-        Signal::PaymentHealth(p) => vec![
-            ("offline_queue_len", f64::from(p.offline_queue_len)),
-            (
-                "offline_queue_oldest_age_s",
-                f64::from(p.offline_queue_oldest_age_s),
-            ),
-            ("tamper_detected", flag(p.tamper_detected)),
-            ("printer_paper_low", flag(p.printer_paper_low)),
-        ],
-    }
 }
 
 pub use tillwatch_config::without_password;
