@@ -96,7 +96,7 @@ struct FlushOutcome {
 #[derive(Default)]
 struct Tally {
     bytes: u64,
-    /// Messages by channel: telemetry, status, info, rejected.
+    /// Messages by [`Channel`].
     messages: [u64; 4],
     /// Readings received, by `Kind` index.
     readings: [u64; 4],
@@ -107,9 +107,38 @@ struct Tally {
     rejected: Vec<(&'static str, u64)>,
 }
 
-const CHANNELS: [&str; 4] = ["telemetry", "status", "info", "rejected"];
+/// What a message was, for the per-channel count.
+#[derive(Debug, Clone, Copy)]
+enum Channel {
+    Telemetry = 0,
+    Status = 1,
+    Info = 2,
+    Rejected = 3,
+}
+
+impl Channel {
+    const ALL: [Channel; 4] = [
+        Channel::Telemetry,
+        Channel::Status,
+        Channel::Info,
+        Channel::Rejected,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Channel::Telemetry => "telemetry",
+            Channel::Status => "status",
+            Channel::Info => "info",
+            Channel::Rejected => "rejected",
+        }
+    }
+}
 
 impl Tally {
+    fn message(&mut self, channel: Channel) {
+        self.messages[channel as usize] += 1;
+    }
+
     fn reject(&mut self, reason: &'static str) {
         match self.rejected.iter_mut().find(|(r, _)| *r == reason) {
             Some((_, n)) => *n += 1,
@@ -123,9 +152,12 @@ impl Tally {
         if bytes > 0 {
             counter!(m::MESSAGE_BYTES_RECEIVED).increment(bytes);
         }
-        for (channel, n) in CHANNELS.into_iter().zip(std::mem::take(&mut self.messages)) {
+        for (channel, n) in Channel::ALL
+            .into_iter()
+            .zip(std::mem::take(&mut self.messages))
+        {
             if n > 0 {
-                counter!(m::MESSAGES_RECEIVED, "channel" => channel).increment(n);
+                counter!(m::MESSAGES_RECEIVED, "channel" => channel.label()).increment(n);
             }
         }
         for (kind, n) in Kind::ALL
@@ -172,8 +204,153 @@ enum DedupOrLake {
     Spool(#[from] SpoolError),
 }
 
+/// The pipeline's state between wake-ups.
+struct Pipeline {
+    config: PipelineConfig,
+    lake: Lake,
+    /// The ClickHouse spool, when ClickHouse is configured.
+    spool: Option<Spool>,
+    /// Every reading already durable (the dedup index, which the flush
+    /// thread adds to).
+    committed: Arc<RwLock<DedupIndex>>,
+    /// Set on the way out: a flush that fails then gives up instead of
+    /// retrying, and its messages stay unacked.
+    stopping: Arc<AtomicBool>,
+    /// The dedup store: here between flushes, with the flush while one
+    /// runs.
+    store: Option<DedupStore>,
+    /// What the next flush writes.
+    batch: Batch,
+    /// Keys staged or being flushed: not yet in `committed`.
+    pending: HashSet<ReadingKey>,
+    /// Each device's store as this gateway's info messages said: the hint
+    /// written beside readings (the rollups attribute from the registry).
+    stores: HashMap<DeviceId, StoreId>,
+    /// The flush running now, and the buffered bytes it holds.
+    inflight: Option<(JoinHandle<FlushOutcome>, usize)>,
+    /// The oldest message of the flush in flight, by the wall clock (kept
+    /// when that flush gave up, for the watermark).
+    inflight_opened_ms: Option<i64>,
+    watermark: Watermark,
+    /// Whether intake is stopped for memory: the gauge's last value.
+    backpressure: bool,
+    window: WindowStall,
+    /// When the last flush's acks went out: a capped broker answers them
+    /// at once with its next burst.
+    last_release: Option<Instant>,
+    tally: Tally,
+    /// Where the acks of durable messages go.
+    acks: mpsc::UnboundedSender<Vec<AckToken>>,
+}
+
+impl Pipeline {
+    fn inflight_bytes(&self) -> usize {
+        self.inflight.as_ref().map_or(0, |(_, b)| *b)
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.batch.staging.approx_bytes() + self.inflight_bytes()
+    }
+
+    /// Starts a flush when the batch is due and none runs; says whether
+    /// it did.
+    fn flush_if_due(&mut self) -> bool {
+        let config = &self.config;
+        let by_size = self.batch.staging.rows() >= config.flush_max_rows
+            || self.batch.acks.len() >= config.flush_max_unacked
+            || self.buffered_bytes() >= config.max_buffered_bytes;
+        let by_age = self
+            .batch
+            .deadline(config.flush_max_age)
+            .is_some_and(|d| d <= Instant::now());
+        if self.batch.is_empty() || !(by_size || by_age) || self.inflight.is_some() {
+            return false;
+        }
+        if !by_size {
+            observe_window(&self.batch, self.last_release, config, &mut self.window);
+        }
+        let bytes = self.batch.staging.approx_bytes();
+        self.inflight_opened_ms = self.batch.opened_wall_ms;
+        let handle = start_flush(
+            std::mem::take(&mut self.batch),
+            self.store
+                .take()
+                .expect("the store is home when no flush runs"),
+            self.lake.clone(),
+            self.spool.clone(),
+            self.config.writer_id.clone(),
+            self.stopping.clone(),
+        );
+        self.inflight = Some((handle, bytes));
+        true
+    }
+
+    /// Whether the batch is full (intake waits for the running flush);
+    /// updates the memory gauges, warning when memory is the limit.
+    fn full(&mut self) -> bool {
+        let buffered = self.buffered_bytes();
+        // Only the memory bound is worth a warning: the row limit is the
+        // normal flush trigger.
+        let over_memory = buffered >= self.config.max_buffered_bytes;
+        if over_memory != self.backpressure {
+            self.backpressure = over_memory;
+            gauge!(m::BACKPRESSURE).set(if over_memory { 1.0 } else { 0.0 });
+            if over_memory {
+                warn!(
+                    buffered_bytes = buffered,
+                    limit = self.config.max_buffered_bytes,
+                    "buffer full: not taking messages until the current flush completes"
+                );
+            }
+        }
+        gauge!(m::BUFFERED_BYTES).set(buffered as f64);
+        over_memory || self.batch.staging.rows() >= self.config.flush_max_rows
+    }
+
+    /// The running flush ended: its acks go out (when it made it durable).
+    fn flushed(&mut self, outcome: FlushOutcome) {
+        let durable = outcome.result.is_ok();
+        self.tally.publish();
+        self.store = Some(finish_flush(outcome, &mut self.pending, &self.acks));
+        self.last_release = Some(Instant::now());
+        if durable {
+            self.inflight_opened_ms = None;
+        }
+        self.publish_watermark();
+    }
+
+    fn publish_watermark(&mut self) {
+        self.watermark
+            .publish(self.batch.opened_wall_ms, self.inflight_opened_ms);
+    }
+
+    /// Lets the running flush finish, then flushes what is staged.
+    async fn drain(mut self) {
+        self.tally.publish();
+        self.stopping.store(true, Ordering::SeqCst);
+        if let Some((handle, _)) = self.inflight.take() {
+            let outcome = handle.await.expect("the flush task does not panic");
+            self.store = Some(finish_flush(outcome, &mut self.pending, &self.acks));
+        }
+        if !self.batch.is_empty() {
+            let handle = start_flush(
+                std::mem::take(&mut self.batch),
+                self.store.take().expect("the store is home"),
+                self.lake.clone(),
+                self.spool.clone(),
+                self.config.writer_id.clone(),
+                self.stopping.clone(),
+            );
+            let outcome = handle.await.expect("the flush task does not panic");
+            finish_flush(outcome, &mut self.pending, &self.acks);
+        }
+        gauge!(m::BUFFERED_BYTES).set(0.0);
+        info!("pipeline drained");
+    }
+}
+
 /// Runs until `shutdown` turns true or `input` closes; then flushes what it
-/// holds and releases the last acks. Returns the dedup store for reuse.
+/// holds and releases the last acks.
 pub async fn run_pipeline(
     config: PipelineConfig,
     lake: Lake,
@@ -183,124 +360,57 @@ pub async fn run_pipeline(
     acks: mpsc::UnboundedSender<Vec<AckToken>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let committed = store.index();
-    let stopping = Arc::new(AtomicBool::new(false));
-    let mut store = Some(store);
-    let mut batch = Batch::default();
-    // Keys staged or being flushed: not yet in `committed`.
-    let mut pending: HashSet<ReadingKey> = HashSet::new();
-    let mut stores: HashMap<DeviceId, StoreId> = HashMap::new();
-    let mut inflight: Option<(JoinHandle<FlushOutcome>, usize)> = None;
-    // The oldest message of the flush in flight, by the wall clock.
-    let mut inflight_opened_ms: Option<i64> = None;
-    let mut watermark = Watermark::new(&lake, &config.writer_id);
-    let mut backpressure = false;
-    let mut window = WindowStall::default();
-    // When the last flush's acks went out: a capped broker answers them at
-    // once with its next burst.
-    let mut last_release: Option<Instant> = None;
-    let mut tally = Tally::default();
+    let watermark = Watermark::new(&lake, &config.writer_id);
+    let mut p = Pipeline {
+        committed: store.index(),
+        store: Some(store),
+        config,
+        lake,
+        spool,
+        stopping: Arc::new(AtomicBool::new(false)),
+        batch: Batch::default(),
+        pending: HashSet::new(),
+        stores: HashMap::new(),
+        inflight: None,
+        inflight_opened_ms: None,
+        watermark,
+        backpressure: false,
+        window: WindowStall::default(),
+        last_release: None,
+        tally: Tally::default(),
+        acks,
+    };
     // Messages taken from the channel per wake-up: the loop's bookkeeping
     // (limits, gauges, the select) is paid once per group, not per message.
     let mut arrived: Vec<Incoming> = Vec::with_capacity(RECEIVE_GROUP);
-
     loop {
-        let inflight_bytes = inflight.as_ref().map_or(0, |(_, b)| *b);
-        let by_size = batch.staging.rows() >= config.flush_max_rows
-            || batch.acks.len() >= config.flush_max_unacked
-            || batch.staging.approx_bytes() + inflight_bytes >= config.max_buffered_bytes;
-        let by_age = batch
-            .deadline(config.flush_max_age)
-            .is_some_and(|d| d <= Instant::now());
-        let due = !batch.is_empty() && (by_size || by_age);
-        if due && inflight.is_none() {
-            if !by_size {
-                observe_window(&batch, last_release, &config, &mut window);
-            }
-            let bytes = batch.staging.approx_bytes();
-            inflight_opened_ms = batch.opened_wall_ms;
-            let handle = start_flush(
-                std::mem::take(&mut batch),
-                store.take().expect("the store is home when no flush runs"),
-                lake.clone(),
-                spool.clone(),
-                config.writer_id.clone(),
-                stopping.clone(),
-            );
-            inflight = Some((handle, bytes));
+        if p.flush_if_due() {
             continue;
         }
-        let inflight_bytes = inflight.as_ref().map_or(0, |(_, b)| *b);
-        // A full batch waits for the running flush; only the memory bound
-        // is worth a warning (the row limit is the normal flush trigger).
-        let over_memory =
-            batch.staging.approx_bytes() + inflight_bytes >= config.max_buffered_bytes;
-        let full = over_memory || batch.staging.rows() >= config.flush_max_rows;
-        if over_memory != backpressure {
-            backpressure = over_memory;
-            gauge!(m::BACKPRESSURE).set(if over_memory { 1.0 } else { 0.0 });
-            if over_memory {
-                warn!(
-                    buffered_bytes = batch.staging.approx_bytes() + inflight_bytes,
-                    limit = config.max_buffered_bytes,
-                    "buffer full: not taking messages until the current flush completes"
-                );
-            }
-        }
-        gauge!(m::BUFFERED_BYTES).set((batch.staging.approx_bytes() + inflight_bytes) as f64);
-        let deadline = batch.deadline(config.flush_max_age);
-
+        let full = p.full();
+        let deadline = p.batch.deadline(p.config.flush_max_age);
         tokio::select! {
-            outcome = async { (&mut inflight.as_mut().expect("guarded").0).await }, if inflight.is_some() => {
-                inflight = None;
-                let outcome = outcome.expect("the flush task does not panic");
-                let durable = outcome.result.is_ok();
-                tally.publish();
-                store = Some(finish_flush(outcome, &mut pending, &acks));
-                last_release = Some(Instant::now());
-                if durable {
-                    inflight_opened_ms = None;
-                }
-                watermark.publish(batch.opened_wall_ms, inflight_opened_ms);
+            outcome = async { (&mut p.inflight.as_mut().expect("guarded").0).await }, if p.inflight.is_some() => {
+                p.inflight = None;
+                p.flushed(outcome.expect("the flush task does not panic"));
             }
-            _ = watermark.tick.tick() => {
-                tally.publish();
-                watermark.publish(batch.opened_wall_ms, inflight_opened_ms);
+            _ = p.watermark.tick.tick() => {
+                p.tally.publish();
+                p.publish_watermark();
             }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && inflight.is_none() => {}
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && p.inflight.is_none() => {}
             received = input.recv_many(&mut arrived, RECEIVE_GROUP), if !full => {
                 if received == 0 {
                     break;
                 }
                 for message in arrived.drain(..) {
-                    ingest(message, &config, &committed, &mut pending, &mut stores, &mut batch, &mut tally);
+                    p.ingest(message);
                 }
             }
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
-
-    // Drain: let the running flush finish, then flush what is staged.
-    tally.publish();
-    stopping.store(true, Ordering::SeqCst);
-    if let Some((handle, _)) = inflight.take() {
-        let outcome = handle.await.expect("the flush task does not panic");
-        store = Some(finish_flush(outcome, &mut pending, &acks));
-    }
-    if !batch.is_empty() {
-        let handle = start_flush(
-            batch,
-            store.take().expect("the store is home"),
-            lake,
-            spool,
-            config.writer_id.clone(),
-            stopping,
-        );
-        let outcome = handle.await.expect("the flush task does not panic");
-        finish_flush(outcome, &mut pending, &acks);
-    }
-    gauge!(m::BUFFERED_BYTES).set(0.0);
-    info!("pipeline drained");
+    p.drain().await;
 }
 
 /// The ingest watermark this gateway publishes in the lake: every message
@@ -416,84 +526,89 @@ fn observe_window(
     }
 }
 
-fn ingest(
-    message: Incoming,
-    config: &PipelineConfig,
-    committed: &RwLock<DedupIndex>,
-    pending: &mut HashSet<ReadingKey>,
-    stores: &mut HashMap<DeviceId, StoreId>,
-    batch: &mut Batch,
-    tally: &mut Tally,
-) {
-    let received_at = UtcMillis::now();
-    tally.bytes += message.payload.len() as u64;
-    let now = Instant::now();
-    batch.opened_at.get_or_insert(now);
-    batch.opened_wall_ms.get_or_insert(received_at.0);
-    batch.last_arrival = Some(now);
-    batch.messages += 1;
-    if let Some(token) = message.ack {
-        batch.acks.push(token);
-    }
-    match decode_message(
-        &message.topic,
-        &message.payload,
-        received_at,
-        &config.limits,
-    ) {
-        Decoded::Telemetry {
-            merchant_id,
-            device_id,
-            readings,
-            rejected,
-        } => {
-            tally.messages[0] += 1;
-            let store_id = stores.get(&device_id);
-            let index = committed.read().unwrap_or_else(PoisonError::into_inner);
-            for reading in &readings {
-                let kind = reading.kind() as usize;
-                tally.readings[kind] += 1;
-                let key = reading.key();
-                if index.contains(&key) || !pending.insert(key.clone()) {
-                    tally.duplicates += 1;
-                    continue;
+impl Pipeline {
+    /// Takes one message into the batch: its readings not yet stored,
+    /// its dead letters, its ack token.
+    fn ingest(&mut self, message: Incoming) {
+        let Pipeline {
+            config,
+            committed,
+            pending,
+            stores,
+            batch,
+            tally,
+            ..
+        } = self;
+        let received_at = UtcMillis::now();
+        tally.bytes += message.payload.len() as u64;
+        let now = Instant::now();
+        batch.opened_at.get_or_insert(now);
+        batch.opened_wall_ms.get_or_insert(received_at.0);
+        batch.last_arrival = Some(now);
+        batch.messages += 1;
+        if let Some(token) = message.ack {
+            batch.acks.push(token);
+        }
+        match decode_message(
+            &message.topic,
+            &message.payload,
+            received_at,
+            &config.limits,
+        ) {
+            Decoded::Telemetry {
+                merchant_id,
+                device_id,
+                readings,
+                rejected,
+            } => {
+                tally.message(Channel::Telemetry);
+                let store_id = stores.get(&device_id);
+                let index = committed.read().unwrap_or_else(PoisonError::into_inner);
+                for reading in &readings {
+                    let kind = reading.kind() as usize;
+                    tally.readings[kind] += 1;
+                    let key = reading.key();
+                    if index.contains(&key) || !pending.insert(key.clone()) {
+                        tally.duplicates += 1;
+                        continue;
+                    }
+                    batch.staging.push_reading(StoredReading {
+                        reading,
+                        merchant_id: &merchant_id,
+                        store_id,
+                        received_at,
+                    });
+                    batch.keys.push(key);
+                    batch.readings[kind] += 1;
                 }
-                batch.staging.push_reading(StoredReading {
-                    reading,
-                    merchant_id: &merchant_id,
-                    store_id,
-                    received_at,
-                });
-                batch.keys.push(key);
-                batch.readings[kind] += 1;
+                drop(index);
+                for dead in &rejected {
+                    tally.reject(dead.reason_code);
+                    batch.staging.push_dead_letter(dead);
+                    batch.dead_letters += 1;
+                }
             }
-            drop(index);
-            for dead in &rejected {
+            Decoded::Status(status) => {
+                tally.message(Channel::Status);
+                if status.online {
+                    tally.online += 1;
+                } else {
+                    tally.offline += 1;
+                }
+            }
+            Decoded::Info(info) => {
+                tally.message(Channel::Info);
+                match info.store_id {
+                    Some(store) => stores.insert(info.device_id, store),
+                    None => stores.remove(&info.device_id),
+                };
+            }
+            Decoded::Rejected(dead) => {
+                tally.message(Channel::Rejected);
                 tally.reject(dead.reason_code);
-                batch.staging.push_dead_letter(dead);
+                batch.staging.push_dead_letter(&dead);
                 batch.dead_letters += 1;
             }
-        }
-        Decoded::Status(status) => {
-            tally.messages[1] += 1;
-            if status.online {
-                tally.online += 1;
-            } else {
-                tally.offline += 1;
-            }
-        }
-        Decoded::Info(info) => {
-            tally.messages[2] += 1;
-            match info.store_id {
-                Some(store) => stores.insert(info.device_id, store),
-                None => stores.remove(&info.device_id),
-            };
-        }
-        Decoded::Rejected(dead) => {
-            tally.messages[3] += 1;
-            tally.reject(dead.reason_code);
-            batch.staging.push_dead_letter(&dead);
-            batch.dead_letters += 1;
         }
     }
 }
