@@ -25,6 +25,19 @@ impl From<tillwatch_meta::MetaError> for ApiError {
     }
 }
 
+impl From<tillwatch_query::QueryError> for ApiError {
+    fn from(e: tillwatch_query::QueryError) -> ApiError {
+        use tillwatch_query::QueryError as Q;
+        let status = match &e {
+            Q::InvalidArgument { .. } => StatusCode::BAD_REQUEST,
+            Q::NotFound(_) => StatusCode::NOT_FOUND,
+            Q::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Q::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(e: QueryRejection) -> ApiError {
         bad(e.body_text())

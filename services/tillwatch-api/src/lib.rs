@@ -9,6 +9,8 @@
 //! - [`fleet`]: the fleet's counts by merchant and store, devices (with
 //!   filters and keyset paging), one device's detail, merchants, stores,
 //!   alerts.
+//! - [`lake`]: a terminal's series, the cohorts of a day, who served a
+//!   merchant on each day (answered from the lake by `tillwatch-query`).
 //! - [`silences`]: list, create and end silences.
 //!
 //! - [`openapi`]: routes are declared with their documentation
@@ -22,6 +24,7 @@
 pub mod auth;
 pub mod error;
 pub mod fleet;
+pub mod lake;
 pub mod openapi;
 pub mod silences;
 pub mod ui;

@@ -24,13 +24,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
-use serde_json::Value;
 use tillwatch_api::auth::{Caller, Refusal};
 use tillwatch_api::view::{FleetView, ViewCache};
 use tillwatch_api::{Access, ApiError};
 use tillwatch_config::{Config, Role};
 use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, DeviceRecord, MetaStore};
 use tillwatch_proto::api::v1 as pb;
+use tillwatch_query::{Queries, QueryError, Resolution, SeriesRequest};
 use tillwatch_storage::Lake;
 use tonic::{Request, Response, Status};
 
@@ -38,7 +38,7 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct FleetService {
     store: MetaStore,
-    lake: Lake,
+    queries: Queries,
     access: Arc<Access>,
     low_battery_pct: f64,
     poll: Duration,
@@ -60,8 +60,8 @@ impl FleetService {
                 low_battery_pct,
                 tillwatch_api::fleet::VIEW_TTL,
             )),
+            queries: Queries::new(store.clone(), lake),
             store,
-            lake,
             access,
             low_battery_pct,
             poll,
@@ -88,6 +88,28 @@ fn status(e: ApiError) -> Status {
         404 => Status::not_found(e.1),
         503 => Status::unavailable(e.1),
         _ => Status::internal(e.1),
+    }
+}
+
+/// The field of a request that a query's parameter comes from.
+fn field(param: &str) -> &str {
+    match param {
+        "from" => "from_ms",
+        "to" => "to_ms",
+        other => other,
+    }
+}
+
+/// A read-side error as the matching gRPC status, naming the request's
+/// field.
+fn query_status(e: QueryError) -> Status {
+    match e {
+        QueryError::InvalidArgument { param, message } => {
+            Status::invalid_argument(format!("{}: {message}", field(param)))
+        }
+        QueryError::NotFound(m) => Status::not_found(m),
+        QueryError::Unavailable(m) => Status::unavailable(m),
+        QueryError::Internal(m) => Status::internal(m),
     }
 }
 
@@ -311,51 +333,39 @@ impl pb::fleet_server::Fleet for FleetService {
         self.authorize(&request, Role::Viewer)?;
         let q = request.into_inner();
         let given = |ms: i64| (ms != 0).then_some(ms);
-        let resolution = (!q.resolution.is_empty()).then_some(q.resolution.as_str());
-        let answer = tillwatch_rollups::series::device_series(
-            &self.lake,
-            &self.store,
-            &q.device_id,
-            given(q.from_ms),
-            given(q.to_ms),
-            resolution,
-        )
-        .await
-        .map_err(|e| {
-            // The HTTP messages name query parameters; here they are fields.
-            let e = ApiError(
-                e.0,
-                e.1.replacen("from:", "from_ms:", 1)
-                    .replacen("to:", "to_ms:", 1),
-            );
-            status(e)
-        })?;
-        let series = answer["series"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(name, points)| pb::Series {
-                name: name.clone(),
-                points: points
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|p| {
-                        Some(pb::Point {
-                            at_ms: p.get(0)?.as_i64()?,
-                            value: p.get(1)?.as_f64()?,
-                        })
-                    })
-                    .collect(),
-            })
-            .collect();
-        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        let resolution = match q.resolution.as_str() {
+            "" => Resolution::Auto,
+            text => Resolution::parse(text).map_err(query_status)?,
+        };
+        let answer = self
+            .queries
+            .device_series(
+                SeriesRequest {
+                    device_id: q.device_id,
+                    from_ms: given(q.from_ms),
+                    to_ms: given(q.to_ms),
+                    resolution,
+                },
+                tillwatch_domain::UtcMillis::now().0,
+            )
+            .await
+            .map_err(query_status)?;
         Ok(Response::new(pb::DeviceSeries {
-            device_id: text(&answer["device_id"]),
-            resolution: text(&answer["resolution"]),
-            from_ms: answer["from_ms"].as_i64().unwrap_or_default(),
-            to_ms: answer["to_ms"].as_i64().unwrap_or_default(),
-            series,
+            device_id: answer.device_id,
+            resolution: answer.resolution.as_str().to_string(),
+            from_ms: answer.from_ms,
+            to_ms: answer.to_ms,
+            series: answer
+                .series
+                .into_iter()
+                .map(|(name, points)| pb::Series {
+                    name,
+                    points: points
+                        .into_iter()
+                        .map(|(at_ms, value)| pb::Point { at_ms, value })
+                        .collect(),
+                })
+                .collect(),
         }))
     }
 

@@ -14,7 +14,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tillwatch_domain::{HourPartition, Kind};
 use tillwatch_scheduler::{Executor, JobSpec, Output, Partition, RunFuture};
-use tillwatch_storage::{Lake, Table, schema};
+use tillwatch_storage::{Lake, OutputGrain, Table, schema};
 
 use crate::jobs::{
     DEVICE_HEALTH_DAILY, DEVICE_HEALTH_DAILY_SQL, DEVICE_HEALTH_HOURLY, DEVICE_HEALTH_HOURLY_SQL,
@@ -107,23 +107,6 @@ impl Embedded {
     }
 
     /// Whether a file is at `path` in the lake.
-    /// Query results as a JSON array of objects, one per row (the HTTP
-    /// answers of the cohorts and the store history).
-    pub fn json_rows(batches: &[RecordBatch]) -> Result<serde_json::Value, String> {
-        let mut buf = Vec::new();
-        {
-            let mut writer = arrow::json::ArrayWriter::new(&mut buf);
-            for b in batches {
-                writer.write(b).map_err(|e| e.to_string())?;
-            }
-            writer.finish().map_err(|e| e.to_string())?;
-        }
-        if buf.is_empty() {
-            return Ok(serde_json::Value::Array(Vec::new()));
-        }
-        serde_json::from_slice(&buf).map_err(|e| e.to_string())
-    }
-
     pub async fn exists(&self, path: &std::path::Path) -> Result<bool, String> {
         let lake = self.lake.clone();
         let path = path.to_path_buf();
@@ -136,14 +119,11 @@ impl Embedded {
     /// Where a job's partition lives in the lake.
     pub fn output_path(&self, job: &str, partition: Partition) -> PathBuf {
         let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
-        let hive = hour.hive_path();
-        let dir = match partition.grain {
-            tillwatch_scheduler::Grain::Hour => hive,
-            tillwatch_scheduler::Grain::Day => {
-                hive.split('/').next().unwrap_or_default().to_string()
-            }
+        let grain = match partition.grain {
+            tillwatch_scheduler::Grain::Hour => OutputGrain::Hour,
+            tillwatch_scheduler::Grain::Day => OutputGrain::Day,
         };
-        self.lake.root().join(job).join(dir).join("part.parquet")
+        self.lake.output_path(job, hour, grain)
     }
 
     /// A DataFusion session: two partitions (this is a background job,

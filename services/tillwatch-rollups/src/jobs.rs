@@ -12,11 +12,9 @@
 //!   of `{database}` between `{start_s}` and `{end_s}` (Unix seconds).
 
 use tillwatch_scheduler::{Grain, Input, JobSpec};
-
-pub const RAW_COMPACTION: &str = "raw_compaction";
-pub const DEVICE_HEALTH_HOURLY: &str = "device_health_hourly";
-pub const DEVICE_HEALTH_DAILY: &str = "device_health_daily";
-pub const FLEET_HEALTH_DAILY: &str = "fleet_health_daily";
+pub use tillwatch_storage::outputs::{
+    DEVICE_HEALTH_DAILY, DEVICE_HEALTH_HOURLY, FLEET_HEALTH_DAILY, RAW_COMPACTION,
+};
 
 /// The team that owns the health rollups.
 pub const HEALTH_OWNER: &str = "health";

@@ -9,15 +9,12 @@
 pub mod api;
 pub mod catalog;
 pub mod clickhouse;
-pub mod cohorts;
 pub mod directory;
 pub mod embedded;
 pub mod findings;
-pub mod history;
 pub mod jobs;
 pub mod metrics;
 pub mod quantile;
-pub mod series;
 pub mod service;
 pub mod side;
 pub mod synthetic;

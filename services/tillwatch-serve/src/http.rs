@@ -113,9 +113,9 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
         store.clone(),
         config.alerting.rules.battery_low.threshold,
     ))
-    .merge(tillwatch_rollups::series::router(lake.clone(), store))
-    .merge(tillwatch_rollups::cohorts::router(lake.clone()))
-    .merge(tillwatch_rollups::history::router(lake));
+    .merge(tillwatch_api::lake::router(tillwatch_query::Queries::new(
+        store, lake,
+    )));
     if config.scheduler.enabled {
         api = api.merge(
             tillwatch_rollups::api::router(config)

@@ -385,6 +385,18 @@ impl Lake {
         })
     }
 
+    /// Where a job's output partition lives: `<root>/<job>/date=…/hour=…/part.parquet`
+    /// for an hour, `<root>/<job>/date=…/part.parquet` for a day starting
+    /// in `hour`.
+    pub fn output_path(&self, job: &str, hour: HourPartition, grain: OutputGrain) -> PathBuf {
+        let hive = hour.hive_path();
+        let dir = match grain {
+            OutputGrain::Hour => hive,
+            OutputGrain::Day => hive.split('/').next().unwrap_or_default().to_string(),
+        };
+        self.root.join(job).join(dir).join("part.parquet")
+    }
+
     /// Reads a whole Parquet file of the lake. Blocking.
     pub fn read_file(&self, path: &Path) -> Result<Vec<RecordBatch>, LakeError> {
         match self.backend {
@@ -403,7 +415,7 @@ impl Lake {
     }
 
     /// A whole file, one that is not there an error naming it.
-    fn object(&self, path: &Path) -> Result<bytes::Bytes, LakeError> {
+    pub(crate) fn object(&self, path: &Path) -> Result<bytes::Bytes, LakeError> {
         self.backend.get(path)?.ok_or_else(|| LakeError::Io {
             action: "open",
             path: path.to_path_buf(),
@@ -414,6 +426,13 @@ impl Lake {
     pub(crate) fn backend(&self) -> &Backend {
         &self.backend
     }
+}
+
+/// How much time one output partition covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputGrain {
+    Hour,
+    Day,
 }
 
 /// Encodes one part as a Parquet file (Snappy) into `out`: the lake's one

@@ -15,13 +15,18 @@
 pub mod clickhouse_ddl;
 mod compact;
 mod lake;
+pub mod outputs;
+mod rows;
 pub mod sample;
 mod schema;
 mod staging;
 pub mod store;
 
 pub use compact::Compacted;
-pub use lake::{Lake, LakeError, WrittenFile, encode_parquet, read_file, read_reading_keys};
+pub use lake::{
+    Lake, LakeError, OutputGrain, WrittenFile, encode_parquet, read_file, read_reading_keys,
+};
+pub use rows::Rows;
 pub use schema::{Table, schema};
 pub use staging::{DeadLetter, PartBatch, Staging, StoredReading};
 pub use store::LakeS3Config;
