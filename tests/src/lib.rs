@@ -459,6 +459,31 @@ impl LakeContents {
     }
 }
 
+/// Runs the Python `script` of the test venv (`TILLWATCH_PYTHON`, set by
+/// tests/run) with `input` on its stdin: (whether it succeeded, its stdout
+/// and stderr together).
+pub fn venv_python(script: &str, input: &str) -> (bool, String) {
+    use std::io::Write;
+    let python = std::env::var("TILLWATCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut child = Command::new(&python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {python}: {e}; run the tests through tests/run"));
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input.as_bytes())
+        .expect("the script reads its input");
+    let out = child.wait_with_output().expect("the script ends");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// Runs `sql` with DuckDB from the test venv (`TILLWATCH_PYTHON`, set by
 /// tests/run) and returns its single integer result.
 pub fn duckdb_scalar(sql: &str) -> i64 {

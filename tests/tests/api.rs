@@ -13,7 +13,7 @@ use tillwatch_domain::connectivity::{ConnState, ConnectivitySnapshot, OfflineRea
 use tillwatch_domain::{
     Battery, BootId, DeviceId, DeviceInfo, MerchantId, Reading, Signal, StoreId, UtcMillis,
 };
-use tillwatch_integration_tests::{http_call, http_get, test_tokens};
+use tillwatch_integration_tests::{http_call, http_get, test_tokens, venv_python};
 use tillwatch_meta::{AlertRecord, AlertState, MerchantRecord, MetaStore, StoreRecord};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -659,31 +659,11 @@ async fn the_openapi_document_is_valid_and_names_every_route() {
 
     // Valid OpenAPI, by a maintained validator (PyPI's
     // openapi-spec-validator, in the test venv).
-    let python = std::env::var("TILLWATCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut child = std::process::Command::new(&python)
-        .args([
-            "-c",
-            "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("the test venv's python (run through tests/run)");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(doc.to_string().as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the document is not valid OpenAPI: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let (valid, problems) = venv_python(
+        "import json, sys\nfrom openapi_spec_validator import validate\nvalidate(json.load(sys.stdin))",
+        &doc.to_string(),
     );
+    assert!(valid, "the document is not valid OpenAPI: {problems}");
 
     // Every documented operation is served (a handler answers, in JSON,
     // rather than the router's bare 404 or 405), with the documented role.
@@ -726,6 +706,265 @@ async fn the_openapi_document_is_valid_and_names_every_route() {
         assert!(paths.contains_key(path), "{path} is documented");
     }
     assert!(operations >= 15, "{operations} operations");
+    api.stop.send(true).unwrap();
+}
+
+/// Checks each `(method, documented path, status, body)` answer against
+/// the schema the document gives for that status, strictly: an object may
+/// hold only the properties its schema names, so a field added to an answer
+/// without its type, or a type changed without the answer, fails here.
+/// Validated by PyPI's `jsonschema` (JSON Schema 2020-12, OpenAPI 3.1's
+/// dialect) in the test venv.
+fn assert_answers_match(doc: &Value, answers: &[(String, String, u16, Value)]) {
+    const CHECK: &str = r#"
+import json, sys
+from jsonschema import Draft202012Validator
+given = json.load(sys.stdin)
+doc = given["doc"]
+def strict(node):
+    if isinstance(node, dict):
+        if "properties" in node and "additionalProperties" not in node:
+            node["additionalProperties"] = False
+        for v in node.values():
+            strict(v)
+    elif isinstance(node, list):
+        for v in node:
+            strict(v)
+strict(doc["components"])
+problems = []
+for method, path, status, body in given["answers"]:
+    op = doc["paths"][path][method.lower()]
+    response = op["responses"].get(str(status), {})
+    if "content" not in response:
+        problems.append(f"{method} {path} {status}: no schema for this status")
+        continue
+    schema = response["content"]["application/json"]["schema"]
+    strict(schema)
+    schema = dict(schema, components=doc["components"])
+    for e in Draft202012Validator(schema).iter_errors(body):
+        problems.append(f"{method} {path} {status}: {e.message} at {list(e.absolute_path)}")
+print("\n".join(problems))
+sys.exit(1 if problems else 0)
+"#;
+    let input = serde_json::json!({ "doc": doc, "answers": answers });
+    let (matched, problems) = venv_python(CHECK, &input.to_string());
+    assert!(
+        matched,
+        "answers that do not match their schema:\n{problems}"
+    );
+}
+
+/// Every operation of the document, called as a user would so that it
+/// succeeds, answers in the shape its schema gives; no operation is left
+/// out, and every schema is a named type, not an empty object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_answers_in_its_documented_shape() {
+    use tillwatch_rollups::jobs;
+    use tillwatch_scheduler::{Executor, Grain, Partition};
+    let api = start().await;
+    let (_, doc) = api.call("GET", "/api/v1/openapi.json", None, None).await;
+
+    // A rolled-up day, for the cohorts.
+    let lake = tillwatch_storage::Lake::new(api.dir.path().join("lake"));
+    let engine = tillwatch_rollups::embedded::Embedded::new(lake);
+    let day = Partition::containing(Grain::Day, T0);
+    for hour in day.covering(Grain::Hour) {
+        engine.device_health_hourly(hour).await.unwrap();
+    }
+    engine.run(&jobs::device_health_daily(), day).await.unwrap();
+    engine.run(&jobs::fleet_health_daily(), day).await.unwrap();
+
+    let mut answers: Vec<(String, String, u16, Value)> = Vec::new();
+    let mut call = async |method: &str, path: &str, concrete: &str, body: Option<&str>| {
+        let (status, answer) = api.call(method, concrete, body, Some(OPERATOR)).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {concrete}: {status} {answer}"
+        );
+        answers.push((method.into(), path.into(), status, answer.clone()));
+        answer
+    };
+    // Raw compaction: a job with only sources upstream.
+    let job = "raw_compaction";
+    // Two hours of two days ago: within the jobs' default start (7 days).
+    let day0 = Partition::containing(Grain::Day, UtcMillis::now().0 - 2 * 86_400_000);
+    let from = Partition::containing(Grain::Hour, day0.start_ms);
+    let (first, second) = (from.key(), from.next().key());
+    let range = format!(r#"{{"from": "{first}", "to": "{second}"}}"#);
+    let dry = format!(r#"{{"from": "{first}", "to": "{second}", "dry_run": true}}"#);
+    let lineage = format!("/api/v1/jobs/{job}/partitions/{first}/lineage");
+    let series = format!(
+        "/api/v1/devices/t-2/series?from={T0}&to={}",
+        T0 + 3 * 3_600_000
+    );
+    for (method, path, concrete, body) in [
+        ("GET", "/api/v1/fleet", "/api/v1/fleet", None),
+        ("GET", "/api/v1/devices", "/api/v1/devices?limit=2", None),
+        (
+            "GET",
+            "/api/v1/devices/{device_id}",
+            "/api/v1/devices/t-2",
+            None,
+        ),
+        (
+            "GET",
+            "/api/v1/devices/{device_id}/series",
+            series.as_str(),
+            None,
+        ),
+        ("GET", "/api/v1/search", "/api/v1/search?q=t-", None),
+        ("GET", "/api/v1/merchants", "/api/v1/merchants", None),
+        (
+            "GET",
+            "/api/v1/merchants/{merchant_id}",
+            "/api/v1/merchants/m-1",
+            None,
+        ),
+        (
+            "GET",
+            "/api/v1/merchants/{merchant_id}",
+            "/api/v1/merchants/m-1?store=s-1",
+            None,
+        ),
+        (
+            "GET",
+            "/api/v1/merchants/{merchant_id}/days",
+            "/api/v1/merchants/m-1/days",
+            None,
+        ),
+        ("GET", "/api/v1/stores", "/api/v1/stores", None),
+        ("GET", "/api/v1/alerts", "/api/v1/alerts?state=all", None),
+        (
+            "GET",
+            "/api/v1/fleet/cohorts",
+            "/api/v1/fleet/cohorts",
+            None,
+        ),
+        ("GET", "/api/v1/jobs", "/api/v1/jobs", None),
+        (
+            "POST",
+            "/api/v1/jobs/{job}/backfill",
+            "/api/v1/jobs/raw_compaction/backfill",
+            Some(dry.as_str()),
+        ),
+        (
+            "POST",
+            "/api/v1/jobs/{job}/clear",
+            "/api/v1/jobs/raw_compaction/clear",
+            Some(range.as_str()),
+        ),
+    ] {
+        call(method, path, concrete, body).await;
+    }
+    let silence = call(
+        "POST",
+        "/api/v1/silences",
+        "/api/v1/silences",
+        Some(r#"{"matchers": ["store_id=s-1"], "for": "1h", "comment": "refit"}"#),
+    )
+    .await;
+    call("GET", "/api/v1/silences", "/api/v1/silences", None).await;
+    let id = silence["silence_id"].as_str().unwrap().to_string();
+    call(
+        "DELETE",
+        "/api/v1/silences/{silence_id}",
+        &format!("/api/v1/silences/{id}"),
+        None,
+    )
+    .await;
+
+    // The backfill's runs, driven here as the scheduler would.
+    let requested = call(
+        "POST",
+        "/api/v1/jobs/{job}/backfill",
+        "/api/v1/jobs/raw_compaction/backfill",
+        Some(&range),
+    )
+    .await;
+    let mut config = Config {
+        data_dir: api.dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    config.scheduler.engine = RollupEngine::Embedded;
+    // The jobs start at the range, so no older partition is due first.
+    config.scheduler.start = day0.key();
+    // A gateway's record that everything up to now has arrived.
+    tillwatch_storage::Lake::new(api.dir.path().join("lake"))
+        .write_watermark("gateway-1", UtcMillis::now().0)
+        .unwrap();
+    let (runner, lake) =
+        tillwatch_rollups::service::open(&config, tillwatch_rollups::service::wall_clock())
+            .await
+            .unwrap();
+    let targets = tillwatch_scheduler::ops::targets(
+        runner.catalog(),
+        job,
+        from.start_ms,
+        from.end_ms() + 3_600_000,
+        false,
+        runner.now(),
+    )
+    .unwrap();
+    let stall = config.scheduler.watermark_stall_after;
+    let done = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tillwatch_scheduler::ops::drive(
+            &runner,
+            &targets,
+            requested["requested_ms"].as_i64().unwrap(),
+            || tillwatch_rollups::service::snapshot(&runner, lake.clone(), stall),
+            std::time::Duration::from_millis(50),
+            |_, _| {},
+        ),
+    )
+    .await
+    .expect("the backfill's runs end")
+    .unwrap();
+    assert!(done.iter().all(|p| p.finished()), "{done:?}");
+    let progress = requested["progress"].as_str().unwrap().to_string();
+    let finished = call("GET", "/api/v1/jobs/{job}/progress", &progress, None).await;
+    assert_eq!(finished["finished"], 2, "{finished}");
+    call("GET", "/api/v1/runs", "/api/v1/runs", None).await;
+    let runs = call(
+        "GET",
+        "/api/v1/jobs/{job}/runs",
+        "/api/v1/jobs/raw_compaction/runs",
+        None,
+    )
+    .await;
+    assert!(
+        runs["runs"][0]["inputs"]
+            .as_array()
+            .is_some_and(|i| !i.is_empty()),
+        "{runs}"
+    );
+    call(
+        "GET",
+        "/api/v1/jobs/{job}/partitions/{partition}/lineage",
+        &lineage,
+        None,
+    )
+    .await;
+
+    assert_answers_match(&doc, &answers);
+    // No operation untried, and each answer is a named type.
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, op) in methods.as_object().unwrap() {
+            let tried = answers
+                .iter()
+                .any(|(m, p, _, _)| m.to_lowercase() == *method && p == path);
+            assert!(tried, "{method} {path} is not tried here");
+            for (status, response) in op["responses"].as_object().unwrap() {
+                if status.starts_with('2') {
+                    let schema = &response["content"]["application/json"]["schema"];
+                    assert!(
+                        schema["$ref"].as_str().is_some(),
+                        "{method} {path} {status}: {schema}"
+                    );
+                }
+            }
+        }
+    }
     api.stop.send(true).unwrap();
 }
 

@@ -121,7 +121,8 @@ pub fn router(queries: Queries) -> Routes {
                 "string",
                 "End: ms since 1970 or RFC 3339 (default: now)",
             )
-            .query("resolution", "string", "auto (default), raw or hour"),
+            .query("resolution", "string", "auto (default), raw or hour")
+            .returns::<DeviceSeries>(),
             get(series),
         )
         .route(
@@ -130,7 +131,8 @@ pub fn router(queries: Queries) -> Routes {
                 "fleet",
                 "Firmware, app and model cohorts side by side for a day, worst crash rate first",
             )
-            .query("day", "string", "A day like 2026-11-22 (default: the newest rolled up)"),
+            .query("day", "string", "A day like 2026-11-22 (default: the newest rolled up)")
+            .returns::<Cohorts>(),
             get(cohorts),
         )
         .route(
@@ -141,7 +143,8 @@ pub fn router(queries: Queries) -> Routes {
             )
             .path_param("merchant_id", "The merchant")
             .query("store", "string", "Only this store")
-            .query("days", "integer", "1-31, default 7"),
+            .query("days", "integer", "1-31, default 7")
+            .returns::<MerchantDays>(),
             get(days),
         )
         .with_state(queries)

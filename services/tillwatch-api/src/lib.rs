@@ -9,6 +9,8 @@
 //! - [`fleet`]: the fleet's counts by merchant and store, devices (with
 //!   filters and keyset paging), one device's detail, merchants, stores,
 //!   alerts.
+//! - [`jobs`]: the scheduler's jobs, runs, lineage, backfills and their
+//!   progress.
 //! - [`lake`]: a terminal's series, the cohorts of a day, who served a
 //!   merchant on each day (answered from the lake by `tillwatch-query`).
 //! - [`silences`]: list, create and end silences.
@@ -24,11 +26,11 @@
 pub mod auth;
 pub mod error;
 pub mod fleet;
+pub mod jobs;
 pub mod lake;
 pub mod openapi;
 pub mod silences;
 pub mod ui;
-pub mod view;
 
 pub use auth::{Access, protect};
 pub use error::{Answer, ApiError, bad, not_found};

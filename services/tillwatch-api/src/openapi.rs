@@ -4,6 +4,8 @@
 
 use axum::Router;
 use axum::routing::MethodRouter;
+use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 use tillwatch_config::Role;
 
@@ -32,10 +34,24 @@ pub struct Doc {
     pub tag: &'static str,
     pub summary: &'static str,
     pub params: Vec<Param>,
-    /// A JSON request body, described.
-    pub body: Option<&'static str>,
+    /// A JSON request body: an example, and its schema from its Rust type
+    /// ([`Doc::accepts`]).
+    pub body: Option<(&'static str, SchemaFn)>,
     /// The success status (200, or 201 for a creation, 202 accepted).
     pub status: u16,
+    /// Another success status with the same answer (200 for a dry run of
+    /// what is otherwise 202).
+    pub also: Option<u16>,
+    /// The schema of the success answer's body, from its Rust type
+    /// ([`Doc::returns`]).
+    pub response: Option<SchemaFn>,
+}
+
+/// Makes a type's schema (a reference to it under `components/schemas`).
+pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+
+fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
+    generator.subschema_for::<T>()
 }
 
 impl Doc {
@@ -48,6 +64,8 @@ impl Doc {
             params: Vec::new(),
             body: None,
             status: 200,
+            also: None,
+            response: None,
         }
     }
 
@@ -93,13 +111,27 @@ impl Doc {
         self.param(In::Path, name, "string", d)
     }
 
-    pub fn body(mut self, description: &'static str) -> Doc {
-        self.body = Some(description);
+    /// The request body is a `T`, like `example`.
+    pub fn accepts<T: JsonSchema>(mut self, example: &'static str) -> Doc {
+        self.body = Some((example, schema_of::<T>));
+        self
+    }
+
+    /// The success answer is a `T` (its JSON Schema is made from the type,
+    /// so the document and the handler share one definition).
+    pub fn returns<T: JsonSchema>(mut self) -> Doc {
+        self.response = Some(schema_of::<T>);
         self
     }
 
     pub fn status(mut self, status: u16) -> Doc {
         self.status = status;
+        self
+    }
+
+    /// `status` is a success too, with the same answer.
+    pub fn also(mut self, status: u16) -> Doc {
+        self.also = Some(status);
         self
     }
 
@@ -146,15 +178,15 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     }
 }
 
-impl Routes<()> {
-    pub fn merge(mut self, other: Routes<()>) -> Routes<()> {
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    pub fn merge(mut self, other: Routes<S>) -> Routes<S> {
         self.router = self.router.merge(other.router);
         self.docs.extend(other.docs);
         self
     }
 }
 
-fn responses(doc: &Doc) -> Value {
+fn responses(doc: &Doc, generator: &mut SchemaGenerator) -> Value {
     let error = json!({
         "description": "",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -165,10 +197,16 @@ fn responses(doc: &Doc) -> Value {
         e
     };
     let mut r = Map::new();
-    r.insert(
-        doc.status.to_string(),
-        json!({"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}),
-    );
+    let ok = match doc.response {
+        Some(schema) => {
+            json!({"description": "OK", "content": {"application/json": {"schema": schema(generator)}}})
+        }
+        None => json!({"description": "OK"}),
+    };
+    if let Some(also) = doc.also {
+        r.insert(also.to_string(), ok.clone());
+    }
+    r.insert(doc.status.to_string(), ok);
     r.insert("400".into(), with("A bad parameter or body, named"));
     r.insert(
         "401".into(),
@@ -184,8 +222,21 @@ fn responses(doc: &Doc) -> Value {
     Value::Object(r)
 }
 
-/// The OpenAPI 3.0 document of `docs`.
+/// The OpenAPI 3.1 document of `docs`. Its schemas are JSON Schema
+/// (2020-12, OpenAPI 3.1's dialect), made from the answers' Rust types,
+/// each type once under `components/schemas`.
 pub fn document(docs: &[Doc]) -> Value {
+    // Answers as they are written (an `Option` field is always there, maybe
+    // `null`); request bodies as they are read (a defaulted field may be
+    // left out). The two sets of types do not overlap.
+    let settings = || {
+        let mut settings = SchemaSettings::draft2020_12();
+        settings.definitions_path = "/components/schemas".into();
+        settings.meta_schema = None;
+        settings
+    };
+    let mut generator = settings().for_serialize().into_generator();
+    let mut bodies = settings().for_deserialize().into_generator();
     let mut paths = Map::new();
     for doc in docs {
         let params: Vec<Value> = doc
@@ -207,14 +258,14 @@ pub fn document(docs: &[Doc]) -> Value {
             "operationId": format!("{}_{}", doc.method, doc.path.trim_start_matches("/api/v1/")
                 .replace(['/', '{', '}'], "_").trim_matches('_')),
             "parameters": params,
-            "responses": responses(doc),
+            "responses": responses(doc, &mut generator),
             "x-tillwatch-role": doc.role().as_str(),
         });
-        if let Some(body) = doc.body {
+        if let Some((example, schema)) = doc.body {
             op["requestBody"] = json!({
                 "required": true,
-                "description": body,
-                "content": {"application/json": {"schema": {"type": "object"}}},
+                "description": format!("For example {example}"),
+                "content": {"application/json": {"schema": schema(&mut bodies)}},
             });
         }
         let entry = paths
@@ -222,8 +273,18 @@ pub fn document(docs: &[Doc]) -> Value {
             .or_insert_with(|| Value::Object(Map::new()));
         entry[doc.method] = op;
     }
+    let mut schemas = generator.take_definitions(true);
+    schemas.extend(bodies.take_definitions(true));
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string", "description": "What was wrong"}},
+        }),
+    );
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "Tillwatch API",
             "version": "v1",
@@ -231,11 +292,7 @@ pub fn document(docs: &[Doc]) -> Value {
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Error": {
-                "type": "object",
-                "required": ["error"],
-                "properties": {"error": {"type": "string", "description": "What was wrong"}},
-            }},
+            "schemas": schemas,
         },
         "security": [{"bearer": []}],
         "paths": paths,

@@ -13,50 +13,84 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tillwatch_config::Role;
 use tillwatch_domain::UtcMillis;
 use tillwatch_meta::{MetaStore, SilenceRecord};
 
 use crate::auth::Caller;
-use crate::error::{Answer, ApiError, bad, not_found};
+use crate::error::{ApiError, bad, not_found};
 use crate::openapi::{Doc, Routes};
 
 /// The longest a silence may last: longer is a rule to change, not a
 /// silence.
 const MAX_SILENCE_MS: i64 = 90 * 24 * 3_600_000;
 
-fn silence_json(s: &SilenceRecord) -> Value {
-    json!({
-        "silence_id": s.silence_id,
-        "matchers": s.matchers,
-        "starts_at_ms": s.starts_at_ms,
-        "ends_at_ms": s.ends_at_ms,
-        "created_by": s.created_by,
-        "comment": s.comment,
-        "created_at_ms": s.created_at_ms,
-    })
+/// A silence: alerts matching every matcher are not paged while it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Silence {
+    pub silence_id: String,
+    /// `label=value`, `label!=value`, `label=~regex` or `label!~regex`.
+    pub matchers: Vec<String>,
+    pub starts_at_ms: i64,
+    pub ends_at_ms: i64,
+    /// The name of the token that made it.
+    pub created_by: String,
+    pub comment: String,
+    pub created_at_ms: i64,
 }
 
-async fn list(State(store): State<MetaStore>) -> Answer {
+impl From<SilenceRecord> for Silence {
+    fn from(s: SilenceRecord) -> Silence {
+        Silence {
+            silence_id: s.silence_id,
+            matchers: s.matchers,
+            starts_at_ms: s.starts_at_ms,
+            ends_at_ms: s.ends_at_ms,
+            created_by: s.created_by,
+            comment: s.comment,
+            created_at_ms: s.created_at_ms,
+        }
+    }
+}
+
+/// The silences that have not ended.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SilenceList {
+    pub silences: Vec<Silence>,
+}
+
+/// A silence ended.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct SilenceEnded {
+    pub silence_id: String,
+    /// Always `true`.
+    pub ended: bool,
+}
+
+async fn list(State(store): State<MetaStore>) -> Result<Json<SilenceList>, ApiError> {
     let now = UtcMillis::now().0;
-    let list: Vec<Value> = store
+    let silences = store
         .silences(now)
         .await?
-        .iter()
-        .map(silence_json)
+        .into_iter()
+        .map(Silence::from)
         .collect();
-    Ok(Json(json!({ "silences": list })))
+    Ok(Json(SilenceList { silences }))
 }
 
-#[derive(Deserialize)]
+/// A silence to make.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewSilence {
+    /// Every one must match: `label=value`, `label!=value`,
+    /// `label=~regex`, `label!~regex`.
     matchers: Vec<String>,
-    /// How long: `2h`, `30m`.
+    /// How long, from now: `2h`, `30m` (at most 90 days).
     #[serde(rename = "for")]
     duration: String,
+    /// Why (not empty).
     comment: String,
 }
 
@@ -64,14 +98,14 @@ async fn create(
     State(store): State<MetaStore>,
     caller: Option<Extension<Caller>>,
     body: Result<Json<NewSilence>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Silence>), ApiError> {
     let Json(body) = body.map_err(|e| bad(format!("the body: {}", e.body_text())))?;
     let author = caller
         .map(|Extension(c)| c.name)
         .unwrap_or_else(|| Role::Operator.as_str().to_string());
     let record =
         create_silence(&store, body.matchers, &body.duration, body.comment, author).await?;
-    Ok((StatusCode::CREATED, Json(silence_json(&record))))
+    Ok((StatusCode::CREATED, Json(record.into())))
 }
 
 /// Checks and saves a new silence from now for `duration` (`2h`); every
@@ -131,9 +165,15 @@ fn fnv(text: &str) -> u32 {
     h
 }
 
-async fn end(State(store): State<MetaStore>, Path(id): Path<String>) -> Answer {
+async fn end(
+    State(store): State<MetaStore>,
+    Path(id): Path<String>,
+) -> Result<Json<SilenceEnded>, ApiError> {
     if store.expire_silence(&id, UtcMillis::now().0).await? {
-        Ok(Json(json!({ "silence_id": id, "ended": true })))
+        Ok(Json(SilenceEnded {
+            silence_id: id,
+            ended: true,
+        }))
     } else {
         Err(not_found(format!("no silence {id:?}")))
     }
@@ -143,18 +183,21 @@ async fn end(State(store): State<MetaStore>, Path(id): Path<String>) -> Answer {
 pub fn router(store: MetaStore) -> Routes {
     Routes::new()
         .route(
-            Doc::get("/api/v1/silences", "alerts", "Silences that have not ended"),
+            Doc::get("/api/v1/silences", "alerts", "Silences that have not ended")
+                .returns::<SilenceList>(),
             get(list),
         )
         .route(
             Doc::post("/api/v1/silences", "alerts", "Mute alerts matching every matcher for a while")
-                .body("{\"matchers\": [\"alertname=offline\", \"store_id=~s-1.*\"], \"for\": \"2h\", \"comment\": \"why\"}")
+                .accepts::<NewSilence>("{\"matchers\": [\"alertname=offline\", \"store_id=~s-1.*\"], \"for\": \"2h\", \"comment\": \"why\"}")
+                .returns::<Silence>()
                 .status(201),
             post(create),
         )
         .route(
             Doc::delete("/api/v1/silences/{silence_id}", "alerts", "End a silence now")
-                .path_param("silence_id", "The silence"),
+                .path_param("silence_id", "The silence")
+                .returns::<SilenceEnded>(),
             delete(end),
         )
         .with_state(store)

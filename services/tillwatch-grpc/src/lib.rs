@@ -25,11 +25,11 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use tillwatch_api::auth::{Caller, Refusal};
-use tillwatch_api::view::{FleetView, ViewCache};
 use tillwatch_api::{Access, ApiError};
 use tillwatch_config::{Config, Role};
 use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, DeviceRecord, MetaStore};
 use tillwatch_proto::api::v1 as pb;
+use tillwatch_query::FleetView;
 use tillwatch_query::{Queries, QueryError, Resolution, SeriesRequest};
 use tillwatch_storage::Lake;
 use tonic::{Request, Response, Status};
@@ -40,9 +40,7 @@ pub struct FleetService {
     store: MetaStore,
     queries: Queries,
     access: Arc<Access>,
-    low_battery_pct: f64,
     poll: Duration,
-    views: Arc<ViewCache>,
 }
 
 impl FleetService {
@@ -55,15 +53,9 @@ impl FleetService {
         poll: Duration,
     ) -> FleetService {
         FleetService {
-            views: Arc::new(ViewCache::new(
-                store.clone(),
-                low_battery_pct,
-                tillwatch_api::fleet::VIEW_TTL,
-            )),
-            queries: Queries::new(store.clone(), lake),
+            queries: Queries::new(store.clone(), lake, low_battery_pct),
             store,
             access,
-            low_battery_pct,
             poll,
         }
     }
@@ -114,7 +106,7 @@ fn query_status(e: QueryError) -> Status {
 }
 
 fn store_error(e: tillwatch_meta::MetaError) -> Status {
-    status(ApiError::from(e))
+    query_status(QueryError::from(e))
 }
 
 fn device(d: &DeviceRecord, view: &FleetView) -> pb::Device {
@@ -274,7 +266,7 @@ impl pb::fleet_server::Fleet for FleetService {
         let Some(d) = self.store.device(&id).await.map_err(store_error)? else {
             return Err(Status::not_found(format!("no device {id:?}")));
         };
-        let view = FleetView::load_one(&self.store, &id, self.low_battery_pct)
+        let view = FleetView::load_one(&self.store, &id, self.queries.low_battery_pct())
             .await
             .map_err(store_error)?;
         Ok(Response::new(device(&d, &view)))
@@ -311,7 +303,7 @@ impl pb::fleet_server::Fleet for FleetService {
             )
             .await
             .map_err(store_error)?;
-        let view = self.views.get().await.map_err(store_error)?;
+        let view = self.queries.views().get().await.map_err(store_error)?;
         let next = if found.len() == size as usize {
             found
                 .last()

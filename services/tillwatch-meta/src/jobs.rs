@@ -55,6 +55,38 @@ pub struct JobRunRow {
     pub output_fingerprint: Option<String>,
 }
 
+/// One input partition a run read, from [`JobRunRow::inputs`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RunInput {
+    /// The raw table read, for a source input.
+    pub source: Option<String>,
+    /// The upstream job, for a job input.
+    pub job: Option<String>,
+    pub partition: String,
+    /// Empty for an input partition that held nothing.
+    pub fingerprint: String,
+}
+
+impl JobRunRow {
+    /// The input partitions the run read (none when the record cannot be
+    /// read: it is shown, never trusted for scheduling).
+    pub fn input_list(&self) -> Vec<RunInput> {
+        let Ok(items) = serde_json::from_str::<Vec<serde_json::Value>>(&self.inputs) else {
+            return Vec::new();
+        };
+        let text = |v: &serde_json::Value, key: &str| v[key].as_str().map(str::to_string);
+        items
+            .iter()
+            .map(|v| RunInput {
+                source: text(v, "source"),
+                job: text(v, "job"),
+                partition: text(v, "partition").unwrap_or_default(),
+                fingerprint: text(v, "fingerprint").unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
 /// A claim on a partition, to start a run.
 #[derive(Debug, Clone)]
 pub struct Claim<'a> {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 use tillwatch_domain::HourPartition;
 use tillwatch_scheduler::{Grain, Partition};
@@ -14,7 +15,7 @@ use crate::Queries;
 use crate::error::{QueryError, blocking};
 
 /// One firmware, app and model combination over the fleet on one day.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Cohort {
     pub firmware_version: String,
     pub app_version: String,
@@ -31,7 +32,7 @@ pub struct Cohort {
 }
 
 /// A day's cohorts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Cohorts {
     /// `2026-11-22`.
     pub day: String,

@@ -5,6 +5,7 @@
 //! `tillwatch_domain::attribution`): one moved mid-day shows on both
 //! stores' pages that day, each with its hours there.
 
+use schemars::JsonSchema;
 use serde::Serialize;
 use tillwatch_storage::outputs::DEVICE_HEALTH_DAILY;
 
@@ -16,7 +17,7 @@ use crate::error::{QueryError, blocking};
 pub const MAX_DAYS: u32 = 31;
 
 /// One terminal at one store on one day.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct TerminalDay {
     pub device_id: String,
     pub store_id: Option<String>,
@@ -29,7 +30,7 @@ pub struct TerminalDay {
 }
 
 /// The terminals of one day, by device and store.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct ServedDay {
     /// `2026-11-22`.
     pub day: String,
@@ -37,7 +38,7 @@ pub struct ServedDay {
 }
 
 /// A merchant's (or store's) last days, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct MerchantDays {
     pub merchant_id: String,
     pub store_id: Option<String>,

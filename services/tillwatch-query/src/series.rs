@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 use tillwatch_domain::{HourPartition, Kind};
 use tillwatch_scheduler::{Grain, Partition};
@@ -104,7 +105,7 @@ impl Resolution {
 }
 
 /// The resolution a series was served at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Served {
     Raw,
@@ -132,14 +133,14 @@ pub struct SeriesRequest {
 
 /// A change of the terminal's connectivity within the range (one before
 /// the range is shown at its start).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct StateChange {
     pub at_ms: i64,
     pub state: String,
 }
 
 /// How much of the expected telemetry arrived, counted in reports.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Completeness {
     pub received: f64,
     pub expected: f64,
@@ -148,7 +149,7 @@ pub struct Completeness {
 }
 
 /// A stretch with no telemetry at all.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Gap {
     pub from_ms: i64,
     pub to_ms: i64,
@@ -158,7 +159,7 @@ pub struct Gap {
 pub type Point = (i64, f64);
 
 /// One terminal's series over a range.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct DeviceSeries {
     pub device_id: String,
     pub resolution: Served,

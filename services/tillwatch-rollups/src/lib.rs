@@ -6,7 +6,6 @@
 //! swaps the interval's partition, and writes the same Parquet file. [`catalog`]
 //! applies the operator's settings; [`service`] is the scheduler process.
 
-pub mod api;
 pub mod catalog;
 pub mod clickhouse;
 pub mod directory;

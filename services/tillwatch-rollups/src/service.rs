@@ -340,6 +340,36 @@ impl StallWatch {
     }
 }
 
+/// The lake's snapshot (ingest watermark, raw tables' fingerprints) for
+/// the jobs answers of `tillwatch-query`.
+struct LakeSnapshots {
+    lake: Lake,
+    stall_after: std::time::Duration,
+}
+
+impl tillwatch_query::jobs::Snapshots for LakeSnapshots {
+    fn snapshot<'a>(
+        &'a self,
+        runner: &'a Runner,
+    ) -> std::pin::Pin<Box<dyn Future<Output = tillwatch_scheduler::Snapshot> + Send + 'a>> {
+        Box::pin(snapshot(runner, self.lake.clone(), self.stall_after))
+    }
+}
+
+/// The jobs' answers over the configured metadata store and lake (the
+/// jobs API of a process that serves HTTP).
+pub async fn job_queries(
+    config: &Config,
+) -> Result<tillwatch_query::jobs::JobQueries, SchedulerError> {
+    let (runner, lake) = open(config, wall_clock()).await?;
+    let stall_after = config.scheduler.watermark_stall_after;
+    Ok(tillwatch_query::jobs::JobQueries::new(
+        Arc::new(runner),
+        Arc::new(LakeSnapshots { lake, stall_after }),
+        stall_after,
+    ))
+}
+
 pub fn wall_clock() -> Clock {
     Arc::new(|| UtcMillis::now().0)
 }

@@ -82,9 +82,12 @@ pub fn targets(
     }
     let mut out = Vec::new();
     for j in jobs {
-        let first = Partition::containing(j.grain, from_ms);
-        let mut p = first;
-        while p.start_ms < to_ms {
+        // Only the job's life up to now can hold a partition: walking just
+        // that keeps a range of any width (year 1 to 9999) cheap.
+        let lo = from_ms.max(j.start_ms);
+        let hi = to_ms.min(now_ms).min(j.end_ms.unwrap_or(i64::MAX));
+        let mut p = Partition::containing(j.grain, lo);
+        while p.start_ms < hi {
             if p.start_ms >= j.start_ms
                 && p.end_ms() <= now_ms
                 && j.end_ms.is_none_or(|end| p.end_ms() <= end)

@@ -109,19 +109,16 @@ pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
         .await
         .context("migrating the metadata store")?;
     let lake = tillwatch_storage::Lake::from_config(config)?;
-    let mut api = tillwatch_api::fleet::router(tillwatch_api::fleet::Fleet::new(
-        store.clone(),
-        config.alerting.rules.battery_low.threshold,
-    ))
-    .merge(tillwatch_api::lake::router(tillwatch_query::Queries::new(
-        store, lake,
-    )));
+    let queries =
+        tillwatch_query::Queries::new(store, lake, config.alerting.rules.battery_low.threshold);
+    let mut api =
+        tillwatch_api::fleet::router(queries.clone()).merge(tillwatch_api::lake::router(queries));
     if config.scheduler.enabled {
-        api = api.merge(
-            tillwatch_rollups::api::router(config)
+        api = api.merge(tillwatch_api::jobs::router(
+            tillwatch_rollups::service::job_queries(config)
                 .await
                 .context("the jobs API")?,
-        );
+        ));
     }
     // The document of exactly these routes, readable without a token.
     let document = Arc::new(tillwatch_api::openapi::document(&api.docs));

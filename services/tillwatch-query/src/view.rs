@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::Serialize;
 use tillwatch_domain::UtcMillis;
 use tillwatch_domain::connectivity::{ConnState, ConnectivitySnapshot};
 use tillwatch_domain::health::{self, FiringAlert, Health, HealthInput};
@@ -173,31 +174,76 @@ impl FleetView {
     }
 
     /// A terminal's state for lists: online, score, grade, main reason.
-    pub fn brief(&self, device_id: &str) -> Value {
+    pub fn brief(&self, device_id: &str) -> DeviceState {
         let h = self.health(device_id);
-        json!({
-            "online": self.online(device_id),
-            "state": self.state(device_id),
-            "health_score": h.score,
-            "health_grade": h.grade(),
-            "main_reason": h.reasons.first().map(|r| r.detail.clone()),
-            "low_battery": self.low_battery(device_id),
-            "alerting": self.alerting(device_id),
-        })
+        DeviceState {
+            online: self.online(device_id),
+            state: self.state(device_id),
+            health_score: h.score,
+            health_grade: h.grade(),
+            main_reason: h.reasons.first().map(|r| r.detail.clone()),
+            low_battery: self.low_battery(device_id),
+            alerting: self.alerting(device_id),
+        }
     }
 }
 
-/// The score as the API shows it.
-pub fn health_json(h: &Health) -> Value {
-    json!({
-        "score": h.score,
-        "grade": h.grade(),
-        "reasons": h.reasons.iter().map(|r| json!({
-            "code": r.code,
-            "points": r.points,
-            "detail": r.detail,
-        })).collect::<Vec<_>>(),
-    })
+/// A terminal's state now, as lists show it.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct DeviceState {
+    /// `true` online, `false` offline, `null` never seen online.
+    pub online: Option<bool>,
+    /// `online`, `last_will`, `shutdown` or `silence`; `null` until first
+    /// seen online.
+    pub state: Option<&'static str>,
+    /// 0 to 100.
+    pub health_score: u32,
+    /// `healthy`, `degraded` or `unhealthy`.
+    pub health_grade: &'static str,
+    /// The finding that costs the most points.
+    pub main_reason: Option<String>,
+    pub low_battery: bool,
+    /// A device alert is firing.
+    pub alerting: bool,
+}
+
+/// A health score and the findings behind it, most points first.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct HealthScore {
+    /// 100 less the points of each reason.
+    pub score: u32,
+    /// `healthy` (80 and over), `degraded` (50 to 79) or `unhealthy`.
+    pub grade: &'static str,
+    pub reasons: Vec<HealthFinding>,
+}
+
+/// One finding behind a score.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct HealthFinding {
+    /// Stable name for tools: `offline`, `alert`, `battery_low`, …
+    pub code: &'static str,
+    /// Points taken off.
+    pub points: u32,
+    /// What a person reads, with the figures.
+    pub detail: String,
+}
+
+impl From<&Health> for HealthScore {
+    fn from(h: &Health) -> HealthScore {
+        HealthScore {
+            score: h.score,
+            grade: h.grade(),
+            reasons: h
+                .reasons
+                .iter()
+                .map(|r| HealthFinding {
+                    code: r.code,
+                    points: r.points,
+                    detail: r.detail.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The whole fleet's view, loaded at most once per `ttl` however many
