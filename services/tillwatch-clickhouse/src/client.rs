@@ -242,10 +242,10 @@ impl ClickHouse {
             .fetch_one()
             .await
             .map_err(|e| self.error(&e))?;
-        ServerVersion::parse(&row.version).map_err(|m| ChError {
+        ServerVersion::parse(&row.version).map_err(|e| ChError {
             class: ErrorClass::Server,
             url: self.settings.url.clone(),
-            message: m,
+            message: e.to_string(),
         })
     }
 

@@ -148,10 +148,10 @@ pub async fn migrate(
         }
         let statements = m
             .statements(ch.database(), features, ch.settings().cluster.as_deref())
-            .map_err(|message| ChError {
+            .map_err(|e| ChError {
                 class: ErrorClass::Schema,
                 url: ch.settings().url.clone(),
-                message,
+                message: e.to_string(),
             })?;
         for statement in statements {
             ch.execute(&statement).await?;

@@ -34,7 +34,7 @@ impl WeeklyHours {
         }
     }
 
-    pub fn parse(text: &str) -> Result<WeeklyHours, String> {
+    pub fn parse(text: &str) -> Result<WeeklyHours, HoursError> {
         let text = text.trim();
         let mut hours = WeeklyHours {
             days: Default::default(),
@@ -49,11 +49,7 @@ impl WeeklyHours {
             .map(str::trim)
             .filter(|e| !e.is_empty())
         {
-            let bad = || {
-                format!(
-                    "{entry:?}: expected DAY[-DAY] HH:MM-HH:MM, for example \"Mon-Fri 08:00-20:00\""
-                )
-            };
+            let bad = || HoursError::Syntax(entry.to_string());
             let (days, range) = entry.split_once(' ').ok_or_else(bad)?;
             let (first, last) = match days.split_once('-') {
                 Some((a, b)) => (day(a).ok_or_else(bad)?, day(b).ok_or_else(bad)?),
@@ -69,7 +65,7 @@ impl WeeklyHours {
                 minute(close).ok_or_else(bad)?,
             );
             if open == close {
-                return Err(format!("{entry:?}: opens and closes at the same time"));
+                return Err(HoursError::Empty(entry.to_string()));
             }
             let mut d = first;
             loop {
@@ -132,9 +128,30 @@ impl WeeklyHours {
     }
 }
 
+/// Why opening hours' text is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HoursError {
+    #[error("{0:?}: expected DAY[-DAY] HH:MM-HH:MM, for example \"Mon-Fri 08:00-20:00\"")]
+    Syntax(String),
+    #[error("{0:?}: opens and closes at the same time")]
+    Empty(String),
+}
+
+/// A time-zone name the database does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("time zone {name:?}: {source}")]
+pub struct TimeZoneError {
+    pub name: String,
+    #[source]
+    pub source: jiff::Error,
+}
+
 /// A time zone by IANA name, with the name in the error.
-pub fn time_zone(name: &str) -> Result<TimeZone, String> {
-    TimeZone::get(name).map_err(|e| format!("time zone {name:?}: {e}"))
+pub fn time_zone(name: &str) -> Result<TimeZone, TimeZoneError> {
+    TimeZone::get(name).map_err(|source| TimeZoneError {
+        name: name.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -208,14 +225,14 @@ mod tests {
 
     #[test]
     fn bad_hours_and_zones_say_what_is_wrong() {
-        let err = WeeklyHours::parse("Mon-Fri 8-20").unwrap_err();
+        let err = WeeklyHours::parse("Mon-Fri 8-20").unwrap_err().to_string();
         assert!(
             err.contains("Mon-Fri 8-20") && err.contains("HH:MM"),
             "{err}"
         );
         assert!(WeeklyHours::parse("Funday 08:00-09:00").is_err());
         assert!(WeeklyHours::parse("Mon 25:00-26:00").is_err());
-        let err = time_zone("Mars/Olympus").unwrap_err();
+        let err = time_zone("Mars/Olympus").unwrap_err().to_string();
         assert!(err.contains("Mars/Olympus"), "{err}");
     }
 }

@@ -7,6 +7,19 @@ use std::collections::BTreeMap;
 
 use regex::Regex;
 
+/// Why a matcher's text is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum MatcherError {
+    #[error("matcher {0:?}: expected label=value, label!=value, label=~regex or label!~regex")]
+    Syntax(String),
+    #[error("matcher {text:?}: {source}")]
+    Regex {
+        text: String,
+        #[source]
+        source: regex::Error,
+    },
+}
+
 #[derive(Debug, Clone)]
 pub struct Matcher {
     label: String,
@@ -22,12 +35,8 @@ enum Op {
 }
 
 impl Matcher {
-    pub fn parse(text: &str) -> Result<Matcher, String> {
-        let bad = || {
-            format!(
-                "matcher {text:?}: expected label=value, label!=value, label=~regex or label!~regex"
-            )
-        };
+    pub fn parse(text: &str) -> Result<Matcher, MatcherError> {
+        let bad = || MatcherError::Syntax(text.to_string());
         let at = text.find(['=', '!']).ok_or_else(bad)?;
         let (label, rest) = text.split_at(at);
         let label = label.trim();
@@ -35,7 +44,10 @@ impl Matcher {
             return Err(bad());
         }
         let regex = |r: &str| {
-            Regex::new(&format!("^(?:{r})$")).map_err(|e| format!("matcher {text:?}: {e}"))
+            Regex::new(&format!("^(?:{r})$")).map_err(|source| MatcherError::Regex {
+                text: text.to_string(),
+                source,
+            })
         };
         let unquote = |v: &str| v.trim().trim_matches('"').to_string();
         let op = if let Some(v) = rest.strip_prefix("=~") {
@@ -67,7 +79,7 @@ impl Matcher {
 }
 
 /// Parses every matcher, naming the first bad one.
-pub fn parse_all(texts: &[String]) -> Result<Vec<Matcher>, String> {
+pub fn parse_all(texts: &[String]) -> Result<Vec<Matcher>, MatcherError> {
     texts.iter().map(|t| Matcher::parse(t)).collect()
 }
 
@@ -103,7 +115,7 @@ mod tests {
     #[test]
     fn a_bad_matcher_is_named() {
         for bad in ["merchant", "=x", "a b=c", "x=~("] {
-            let err = Matcher::parse(bad).unwrap_err();
+            let err = Matcher::parse(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
         }
     }

@@ -19,24 +19,25 @@ pub fn builtin() -> Vec<JobSpec> {
 
 const DAY_MS: i64 = 86_400_000;
 
+/// A job's start or end that is neither a date nor a span.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is neither a date like 2026-11-01 nor a span like 7d")]
+pub struct StartError(String);
+
 /// A date (`2026-11-01`, midnight UTC) or a span back from `now_ms`
 /// (`7d`, to the start of that UTC day).
-pub fn parse_start(text: &str, now_ms: i64) -> Result<i64, String> {
+pub fn parse_start(text: &str, now_ms: i64) -> Result<i64, StartError> {
+    let bad = || StartError(text.to_string());
     if let Ok(date) = text.parse::<jiff::civil::Date>() {
         return date
             .to_zoned(jiff::tz::TimeZone::UTC)
             .map(|z| z.timestamp().as_millisecond())
-            .map_err(|e| format!("{text:?}: {e}"));
+            .map_err(|_| bad());
     }
-    match humantime::parse_duration(text) {
-        Ok(back) => {
-            let at = now_ms - i64::try_from(back.as_millis()).unwrap_or(i64::MAX / 2);
-            Ok(at.div_euclid(DAY_MS) * DAY_MS)
-        }
-        Err(_) => Err(format!(
-            "{text:?} is neither a date like 2026-11-01 nor a span like 7d"
-        )),
-    }
+    let back = humantime::parse_duration(text).map_err(|_| bad())?;
+    let back = i64::try_from(back.as_millis()).map_err(|_| bad())?;
+    let at = now_ms.checked_sub(back).ok_or_else(bad)?;
+    Ok(at.div_euclid(DAY_MS) * DAY_MS)
 }
 
 fn ms(d: Duration) -> i64 {

@@ -7,9 +7,24 @@ use std::collections::{BTreeMap, BTreeSet};
 use croner::Cron;
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
-use tillwatch_domain::hours::{WeeklyHours, time_zone};
+use tillwatch_domain::hours::{HoursError, TimeZoneError, WeeklyHours, time_zone};
 
 use crate::interval::{Grain, Partition};
+
+/// Why a schedule or run window's text is not one.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    #[error("schedule {text:?}: {source}")]
+    Cron {
+        text: String,
+        #[source]
+        source: croner::errors::CronError,
+    },
+    #[error(transparent)]
+    Hours(#[from] HoursError),
+    #[error(transparent)]
+    TimeZone(#[from] TimeZoneError),
+}
 
 /// When a job's partitions are considered: a cron expression (five fields,
 /// or `@hourly`, `@daily`, `@weekly`, `@monthly`) in a time zone. A
@@ -23,10 +38,11 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    pub fn parse(text: &str, tz: &str) -> Result<Schedule, String> {
-        let cron: Cron = text
-            .parse()
-            .map_err(|e| format!("schedule {text:?}: {e}"))?;
+    pub fn parse(text: &str, tz: &str) -> Result<Schedule, SettingError> {
+        let cron: Cron = text.parse().map_err(|source| SettingError::Cron {
+            text: text.to_string(),
+            source,
+        })?;
         Ok(Schedule {
             text: text.to_string(),
             cron,
@@ -58,7 +74,7 @@ pub struct RunWindow {
 }
 
 impl RunWindow {
-    pub fn parse(hours: &str, tz: &str) -> Result<RunWindow, String> {
+    pub fn parse(hours: &str, tz: &str) -> Result<RunWindow, SettingError> {
         Ok(RunWindow {
             hours: WeeklyHours::parse(hours)?,
             tz: time_zone(tz)?,
@@ -327,6 +343,7 @@ mod tests {
         assert!(
             Schedule::parse("61 * * * *", "UTC")
                 .unwrap_err()
+                .to_string()
                 .contains("61 * * * *")
         );
         let j = job("a", Grain::Hour, &[]);

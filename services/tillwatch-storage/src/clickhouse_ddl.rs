@@ -8,6 +8,8 @@ use std::fmt;
 
 mod cluster;
 
+pub use cluster::ClusterDdlError;
+
 /// One versioned schema file.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
@@ -34,7 +36,7 @@ impl Migration {
         database: &str,
         features: Features,
         cluster: Option<&str>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, ClusterDdlError> {
         match cluster {
             Some(cluster) => self.render_for_cluster(database, features, cluster),
             None => Ok(self.render(database, features)),
@@ -49,9 +51,13 @@ impl Migration {
         database: &str,
         features: Features,
         cluster: &str,
-    ) -> Result<Vec<String>, String> {
-        cluster::for_cluster(&self.render(database, features), database, cluster)
-            .map_err(|e| format!("{}_{}: {e}", self.version, self.name))
+    ) -> Result<Vec<String>, ClusterDdlError> {
+        cluster::for_cluster(&self.render(database, features), database, cluster).map_err(|e| {
+            ClusterDdlError::InMigration {
+                migration: format!("{}_{}", self.version, self.name),
+                source: Box::new(e),
+            }
+        })
     }
 }
 
@@ -88,6 +94,14 @@ pub fn rows_table(table: &str, cluster: Option<&str>) -> String {
     }
 }
 
+/// A version string that is not `major.minor[…]`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("server version {text:?}: no {part} number")]
+pub struct VersionError {
+    pub text: String,
+    pub part: &'static str,
+}
+
 /// A server version, from `SELECT version()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServerVersion {
@@ -97,13 +111,16 @@ pub struct ServerVersion {
 
 impl ServerVersion {
     /// Parses `18.16.1`, `24.8.4.13`, `23.3.1.2823-lts` and the like.
-    pub fn parse(text: &str) -> Result<ServerVersion, String> {
+    pub fn parse(text: &str) -> Result<ServerVersion, VersionError> {
         let mut parts = text.trim().split(['.', '-']);
-        let mut number = |what: &str| {
+        let mut number = |part: &'static str| {
             parts
                 .next()
                 .and_then(|p| p.parse::<u32>().ok())
-                .ok_or_else(|| format!("server version {text:?}: no {what} number"))
+                .ok_or_else(|| VersionError {
+                    text: text.to_string(),
+                    part,
+                })
         };
         Ok(ServerVersion {
             major: number("major")?,
@@ -264,7 +281,7 @@ mod tests {
             }
         );
         assert!(ServerVersion::parse("23.3-lts").is_ok());
-        let err = ServerVersion::parse("latest").unwrap_err();
+        let err = ServerVersion::parse("latest").unwrap_err().to_string();
         assert!(err.contains("latest"), "{err}");
     }
 

@@ -124,9 +124,7 @@ pub(crate) async fn run(command: AlertsCommand) -> anyhow::Result<()> {
             }
         }
         AlertsCommand::Silence(args) => {
-            tillwatch_alerter::matchers::parse_all(&args.matchers)
-                .map_err(anyhow::Error::msg)
-                .context("--matcher")?;
+            tillwatch_alerter::matchers::parse_all(&args.matchers).context("--matcher")?;
             anyhow::ensure!(!args.duration.is_zero(), "--for must be more than 0s");
             let store = open(&args.store).await?;
             let id = format!("{:x}-{:x}", now, std::process::id());

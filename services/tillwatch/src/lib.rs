@@ -744,18 +744,15 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     if args.print_sql {
         let version = args.server_version.as_deref().unwrap_or_default();
         let version = tillwatch_storage::clickhouse_ddl::ServerVersion::parse(version)
-            .map_err(anyhow::Error::msg)
             .context("--server-version")?;
         let database = &config.clickhouse.database;
         for m in tillwatch_storage::clickhouse_ddl::MIGRATIONS {
             println!("-- {:03}_{}", m.version, m.name);
-            let statements = m
-                .statements(
-                    database,
-                    version.features(),
-                    config.clickhouse.cluster.as_deref(),
-                )
-                .map_err(anyhow::Error::msg)?;
+            let statements = m.statements(
+                database,
+                version.features(),
+                config.clickhouse.cluster.as_deref(),
+            )?;
             for statement in statements {
                 println!("{statement};\n");
             }

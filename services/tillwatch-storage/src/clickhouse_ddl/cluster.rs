@@ -41,13 +41,34 @@ const REPLICATED: &[&str] = &[
     "merchant_directory",
 ];
 
+/// A single-server statement the cluster rewrite cannot take (a template
+/// of ours out of the shape it expects).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterDdlError {
+    #[error("{table}: {problem}")]
+    Engine {
+        table: String,
+        problem: &'static str,
+    },
+    #[error("{table} is declared AS {source_table}, not created before it")]
+    AsBeforeSource { table: String, source_table: String },
+    #[error("no cluster form for the statement starting {0:?}")]
+    Unsupported(String),
+    #[error("{migration}: {source}")]
+    InMigration {
+        migration: String,
+        #[source]
+        source: Box<ClusterDdlError>,
+    },
+}
+
 /// The statements for a cluster, from one file's statements as rendered
 /// for a single server (`database` already expanded in them).
 pub(super) fn for_cluster(
     statements: &[String],
     database: &str,
     cluster: &str,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, ClusterDdlError> {
     let db = quote_ident(database);
     let on = format!("ON CLUSTER {}", quote_ident(cluster));
     let prefix = format!("{db}.");
@@ -65,8 +86,9 @@ pub(super) fn for_cluster(
                     .iter()
                     .find(|(n, _)| n == source)
                     .map(|(_, b)| b.clone())
-                    .ok_or_else(|| {
-                        format!("{name} is declared AS {source}, not created before it")
+                    .ok_or_else(|| ClusterDdlError::AsBeforeSource {
+                        table: name.to_string(),
+                        source_table: source.to_string(),
                     })?;
                 out.push(format!(
                     "CREATE TABLE IF NOT EXISTS {prefix}{name} {on}{source_body}"
@@ -127,9 +149,8 @@ pub(super) fn for_cluster(
             }
             out.push(format!("ALTER TABLE {prefix}{name} {on}{body}"));
         } else {
-            return Err(format!(
-                "no cluster form for the statement starting {:?}",
-                s.chars().take(60).collect::<String>()
+            return Err(ClusterDdlError::Unsupported(
+                s.chars().take(60).collect::<String>(),
             ));
         }
     }
@@ -171,22 +192,26 @@ fn quote_string(s: &str) -> String {
 
 /// A CREATE TABLE body with its `ENGINE = XMergeTree(args)` made
 /// `ReplicatedXMergeTree('<zk path>', '{replica}'[, args])`.
-fn replicated(body: &str, database: &str, table: &str) -> Result<String, String> {
+fn replicated(body: &str, database: &str, table: &str) -> Result<String, ClusterDdlError> {
+    let bad = |problem: &'static str| ClusterDdlError::Engine {
+        table: table.to_string(),
+        problem,
+    };
     let at = body
         .find("ENGINE = ")
-        .ok_or_else(|| format!("{table}: no ENGINE clause"))?;
+        .ok_or_else(|| bad("no ENGINE clause"))?;
     let engine_start = at + "ENGINE = ".len();
     let rest = &body[engine_start..];
     let open = rest
         .find('(')
-        .ok_or_else(|| format!("{table}: the engine has no arguments"))?;
+        .ok_or_else(|| bad("the engine has no arguments"))?;
     let engine = &rest[..open];
     if !engine.ends_with("MergeTree") {
-        return Err(format!("{table}: engine {engine} is not a MergeTree"));
+        return Err(bad("the engine is not a MergeTree"));
     }
     let close = rest[open..]
         .find(')')
-        .ok_or_else(|| format!("{table}: unclosed engine arguments"))?
+        .ok_or_else(|| bad("unclosed engine arguments"))?
         + open;
     let args = rest[open + 1..close].trim();
     let path = quote_string(&format!("/clickhouse/tables/{{shard}}/{database}/{table}"));
