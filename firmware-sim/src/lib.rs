@@ -98,6 +98,11 @@ pub struct Faults {
     pub out_of_range: bool,
 }
 
+/// A fault name the simulator does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown fault {0:?}; use all, none or a list of {names}", names = Faults::NAMES.join(", "))]
+pub struct UnknownFault(pub String);
+
 impl Faults {
     pub const NAMES: [&'static str; 7] = [
         "outage",
@@ -126,7 +131,7 @@ impl Faults {
     }
 
     /// Parses `all`, `none` or a comma-separated list of [`Faults::NAMES`].
-    pub fn parse(list: &str) -> Result<Faults, String> {
+    pub fn parse(list: &str) -> Result<Faults, UnknownFault> {
         match list.trim() {
             "all" => return Ok(Faults::all()),
             "none" | "" => return Ok(Faults::none()),
@@ -142,12 +147,7 @@ impl Faults {
                 "malformed" => &mut faults.malformed,
                 "spoofed" => &mut faults.spoofed,
                 "out-of-range" => &mut faults.out_of_range,
-                other => {
-                    return Err(format!(
-                        "unknown fault {other:?}; use all, none or a list of {}",
-                        Faults::NAMES.join(", ")
-                    ));
-                }
+                other => return Err(UnknownFault(other.to_string())),
             };
             *flag = true;
         }
@@ -283,6 +283,8 @@ mod tests {
         let f = Faults::parse("reboot, spoofed").unwrap();
         assert!(f.reboot && f.spoofed && !f.outage && !f.malformed);
         let err = Faults::parse("reboot,gremlins").unwrap_err();
+        assert_eq!(err, UnknownFault("gremlins".into()));
+        let err = err.to_string();
         assert!(
             err.contains("gremlins") && err.contains("out-of-range"),
             "{err}"

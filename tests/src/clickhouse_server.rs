@@ -70,6 +70,38 @@ fn write_config(dir: &Path, http_port: u16, tcp_port: u16, https_port: Option<u1
     std::fs::write(dir.join("config.xml"), config).expect("write config.xml");
 }
 
+/// A query that did not answer: the connection failed, or the server
+/// refused it (its status line and message, e.g. `Code: 62 … Syntax error`).
+#[derive(Debug)]
+pub enum QueryError {
+    Io(std::io::Error),
+    Server(String),
+}
+
+impl From<std::io::Error> for QueryError {
+    fn from(e: std::io::Error) -> Self {
+        QueryError::Io(e)
+    }
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueryError::Io(e) => write!(f, "{e}"),
+            QueryError::Server(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+impl QueryError {
+    /// Whether the message holds `text` (`false` for a connection error).
+    pub fn contains(&self, text: &str) -> bool {
+        matches!(self, QueryError::Server(m) if m.contains(text))
+    }
+}
+
 impl ClickHouseServer {
     /// Starts a server and waits until it answers queries.
     pub fn start() -> ClickHouseServer {
@@ -172,28 +204,24 @@ impl ClickHouseServer {
 
     /// Runs `sql` over HTTP as the default user; the body (TSV) or the
     /// server's error.
-    pub fn query(&self, sql: &str) -> Result<String, String> {
-        let mut stream =
-            TcpStream::connect(("127.0.0.1", self.http_port)).map_err(|e| e.to_string())?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .map_err(|e| e.to_string())?;
+    pub fn query(&self, sql: &str) -> Result<String, QueryError> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         let request = format!(
             "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{sql}",
             sql.len()
         );
-        stream
-            .write_all(request.as_bytes())
-            .map_err(|e| e.to_string())?;
+        stream.write_all(request.as_bytes())?;
         let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .map_err(|e| e.to_string())?;
+        stream.read_to_string(&mut response)?;
         let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
         if head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200") {
             Ok(body.to_string())
         } else {
-            Err(format!("{}: {body}", head.lines().next().unwrap_or("")))
+            Err(QueryError::Server(format!(
+                "{}: {body}",
+                head.lines().next().unwrap_or("")
+            )))
         }
     }
 

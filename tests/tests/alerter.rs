@@ -134,7 +134,8 @@ async fn start_alerter_with(
     let task = {
         let config = config.clone();
         tokio::spawn(async move {
-            tillwatch_alerter::run_alerter(&config, Default::default(), async move {
+            let store = tillwatch_meta::MetaStore::open(&config).await?;
+            tillwatch_alerter::run_alerter(&config, store, Default::default(), async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             })
             .await

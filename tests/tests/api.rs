@@ -199,7 +199,9 @@ async fn start() -> Api {
     let store = MetaStore::connect(&config.metadata_url()).await.unwrap();
     seed(&store).await;
     seed_lake(&config.data_dir.join("lake")).await;
-    let router = tillwatch_serve::api_router(&config).await.unwrap();
+    let router = tillwatch_serve::api_router(&config, store.clone())
+        .await
+        .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = watch::channel(false);
@@ -214,7 +216,7 @@ async fn start() -> Api {
     ));
     let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc = grpc_listener.local_addr().unwrap();
-    let service = tillwatch_grpc::service(&config).await.unwrap();
+    let service = tillwatch_grpc::service(&config, store.clone()).unwrap();
     tokio::spawn(tillwatch_grpc::serve(
         service,
         grpc_listener,
@@ -892,9 +894,9 @@ async fn every_operation_answers_in_its_documented_shape() {
     tillwatch_storage::Lake::new(api.dir.path().join("lake"))
         .write_watermark("gateway-1", UtcMillis::now().0)
         .unwrap();
+    let store = MetaStore::open(&config).await.unwrap();
     let (runner, lake) =
-        tillwatch_rollups::service::open(&config, tillwatch_rollups::service::wall_clock())
-            .await
+        tillwatch_rollups::service::open(&config, store, tillwatch_rollups::service::wall_clock())
             .unwrap();
     let targets = tillwatch_scheduler::ops::targets(
         runner.catalog(),

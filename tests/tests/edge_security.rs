@@ -65,24 +65,23 @@ async fn publish_as(
     user: &str,
     topic: &str,
     payload: Vec<u8>,
-) -> Result<(), String> {
+) -> anyhow::Result<()> {
     let mut o = options(user, addr, Some(ca));
     o.set_credentials(user, FLEET_PASSWORD);
     let (client, mut eventloop) = AsyncClient::new(o, 10);
     client
         .publish(topic, QoS::AtLeastOnce, false, payload)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let until = Instant::now() + Duration::from_secs(10);
     while Instant::now() < until {
         match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
             Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => return Ok(()),
             Ok(Ok(_)) => continue,
-            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Err(e)) => return Err(e.into()),
             Err(_) => break,
         }
     }
-    Err("no PUBACK within 10 s".into())
+    anyhow::bail!("no PUBACK within 10 s")
 }
 
 fn fleet(broker: String, ca: &Path, devices: usize, readings: u64) -> SimConfig {

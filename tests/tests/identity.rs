@@ -420,7 +420,8 @@ async fn a_moved_terminal_counts_for_each_store_and_late_info_reattributes_its_h
     let http = standalone.http;
     let lake_dir = dir.path().join("lake");
     let lake = Lake::new(&lake_dir);
-    let (runner, _) = service::open(&config, service::wall_clock()).await.unwrap();
+    let store = tillwatch_meta::MetaStore::open(&config).await.unwrap();
+    let (runner, _) = service::open(&config, store, service::wall_clock()).unwrap();
 
     let day = Partition::containing(Grain::Day, UtcMillis::now().0 - 24 * HOUR);
     let at = |h: i64, m: i64| day.start_ms + h * HOUR + m * 60_000;

@@ -12,8 +12,8 @@ use crate::{Event, Tracker, TrackerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertingError {
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    StoreRecord(#[from] crate::engine::StoreRecordError),
     #[error(transparent)]
     Tracker(#[from] TrackerError),
     #[error(transparent)]
@@ -56,14 +56,14 @@ impl Alerter {
                     merchant_id: s.merchant_id.clone(),
                     store_id: s.store_id.clone(),
                     name: s.name.clone(),
-                    time_zone: s.time_zone.clone(),
-                    hours: Some(s.hours.clone()),
+                    time_zone: s.time_zone.as_ref().map(|z| z.text().to_string()),
+                    hours: Some(s.hours.text().to_string()),
                     updated_at_ms: now.0,
                 })
                 .await?;
         }
         let tracker = Tracker::open(store.clone(), policy).await?;
-        let mut engine = Engine::new(config, public_url, now.0).map_err(AlertingError::Config)?;
+        let mut engine = Engine::new(config, public_url, now);
         let mut devices = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -77,17 +77,15 @@ impl Alerter {
                 && let Some(conn) = tracker.state(&id)
                 && let Some(state) = conn.state()
             {
-                engine.restore_connectivity(&d.device_id, state, conn.since().0);
+                engine.restore_connectivity(&d.device_id, state, conn.since());
             }
         }
         let open = store.alerts(AlertFilter::Open, u32::MAX >> 1).await?;
         let stores = store.stores().await?;
         let stores_seen_ms = stores.iter().map(|s| s.updated_at_ms).max().unwrap_or(0);
-        engine
-            .restore(devices, open, stores)
-            .map_err(AlertingError::Config)?;
+        engine.restore(devices, open, stores)?;
         for (device, s) in store.all_latest_signals().await? {
-            engine.restore_signal(&device, &s.signal, s.value, s.sampled_at_ms);
+            engine.restore_signal(&device, &s.signal, s.value, UtcMillis(s.sampled_at_ms));
         }
         let mut alerter = Alerter {
             tracker,
@@ -128,7 +126,7 @@ impl Alerter {
         let changes = &mut self.unsaved;
         for event in events {
             match event {
-                Event::Info(info) => self.engine.on_info(info, now.0, changes),
+                Event::Info(info) => self.engine.on_info(info, now, changes),
                 Event::Telemetry {
                     merchant_id,
                     device_id,
@@ -138,7 +136,7 @@ impl Alerter {
                     merchant_id.as_str(),
                     device_id.as_str(),
                     readings,
-                    now.0,
+                    now,
                     changes,
                 ),
                 Event::Status { .. } => {}
@@ -146,7 +144,7 @@ impl Alerter {
         }
         for (device, t) in &transitions {
             self.engine
-                .on_connectivity(device.as_str(), t.to, t.at.0, now.0, changes);
+                .on_connectivity(device.as_str(), t.to, t.at, now, changes);
         }
         if let Err(e) = self.flush().await {
             tracing::warn!(error = %e, "alert changes not saved yet");
@@ -184,9 +182,9 @@ impl Alerter {
         let transitions = self.tracker.tick(now).await?;
         for (device, t) in &transitions {
             self.engine
-                .on_connectivity(device.as_str(), t.to, t.at.0, now.0, &mut self.unsaved);
+                .on_connectivity(device.as_str(), t.to, t.at, now, &mut self.unsaved);
         }
-        let due = self.engine.next_deadline().is_some_and(|d| d <= now.0);
+        let due = self.engine.next_deadline().is_some_and(|d| d <= now);
         if now.0 >= self.next_sweep || due {
             let silences = self.store.silences(now.0).await?;
             for problem in self.engine.set_silences(silences) {
@@ -196,7 +194,7 @@ impl Alerter {
                 self.refresh_stores().await?;
                 self.refresh_findings(now).await?;
             }
-            self.engine.sweep(now.0, &mut self.unsaved);
+            self.engine.sweep(now, &mut self.unsaved);
             if now.0 >= self.next_sweep {
                 self.next_sweep = now.0 + self.sweep_every_ms;
             }
@@ -264,7 +262,7 @@ impl Alerter {
                 Vec::new()
             };
             self.engine
-                .set_rollup_findings(rule, *severity, findings, now.0, &mut self.unsaved);
+                .set_rollup_findings(rule, *severity, findings, now, &mut self.unsaved);
         }
         Ok(())
     }
@@ -276,7 +274,7 @@ impl Alerter {
             next = next.min(d.0);
         }
         if let Some(d) = self.engine.next_deadline() {
-            next = next.min(d);
+            next = next.min(d.0);
         }
         UtcMillis(next)
     }

@@ -71,24 +71,50 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A receiver that cannot be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiverError {
+    #[error("receiver {0:?}: no url")]
+    NoUrl(String),
+    #[error("receiver {receiver:?}: environment variable {var} (its routing key) is not set")]
+    NoRoutingKey { receiver: String, var: String },
+}
+
+/// Why one delivery did not arrive (retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("bad request to {url}: {detail}")]
+    Request { url: String, detail: String },
+    #[error("{url}: no answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("{url}: {detail}")]
+    Connection { url: String, detail: String },
+    /// The receiver answered with an error; `body` is its first 300
+    /// characters.
+    #[error("{url}: HTTP {status}: {body}")]
+    Refused {
+        url: String,
+        status: hyper::StatusCode,
+        body: String,
+    },
+}
+
 impl Receiver {
     /// `env` looks up the environment variable naming a PagerDuty routing
     /// key (`|v| std::env::var(v).ok()` in production).
     pub fn new(
         config: ReceiverConfig,
         env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Receiver, String> {
+    ) -> Result<Receiver, ReceiverError> {
         let url = config
             .url_or_default()
-            .ok_or_else(|| format!("receiver {:?}: no url", config.name))?
+            .ok_or_else(|| ReceiverError::NoUrl(config.name.clone()))?
             .trim_end_matches('/')
             .to_string();
         let routing_key = match &config.routing_key_env {
-            Some(var) => Some(env(var).ok_or_else(|| {
-                format!(
-                    "receiver {:?}: environment variable {var} (its routing key) is not set",
-                    config.name
-                )
+            Some(var) => Some(env(var).ok_or_else(|| ReceiverError::NoRoutingKey {
+                receiver: config.name.clone(),
+                var: var.clone(),
             })?),
             None => None,
         };
@@ -108,16 +134,25 @@ impl Receiver {
         }
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Result<(), String> {
+    async fn post(&self, url: &str, body: &Value) -> Result<(), DeliveryError> {
         let request = hyper::Request::post(url)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::USER_AGENT, "tillwatch-alerter")
             .body(Full::new(Bytes::from(body.to_string())))
-            .map_err(|e| format!("bad request to {url}: {e}"))?;
+            .map_err(|e| DeliveryError::Request {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })?;
         let response = tokio::time::timeout(self.config.timeout, self.client.request(request))
             .await
-            .map_err(|_| format!("{url}: no answer within {:?}", self.config.timeout))?
-            .map_err(|e| format!("{url}: {e}"))?;
+            .map_err(|_| DeliveryError::Timeout {
+                url: url.to_string(),
+                timeout: self.config.timeout,
+            })?
+            .map_err(|e| DeliveryError::Connection {
+                url: url.to_string(),
+                detail: e.to_string(),
+            })?;
         let status = response.status();
         if status.is_success() {
             return Ok(());
@@ -134,7 +169,11 @@ impl Receiver {
                         .collect()
                 })
                 .unwrap_or_default();
-        Err(format!("{url}: HTTP {status}: {body}"))
+        Err(DeliveryError::Refused {
+            url: url.to_string(),
+            status,
+            body,
+        })
     }
 
     fn alertmanager_alert(&self, a: &AlertRecord, now: i64) -> Value {
@@ -213,7 +252,7 @@ impl Receiver {
             return Ok(0);
         }
         let mut sent = Vec::new();
-        let mut failed: Vec<(Vec<&Delivery>, String)> = Vec::new();
+        let mut failed: Vec<(Vec<&Delivery>, DeliveryError)> = Vec::new();
         match self.config.kind {
             ReceiverKind::Alertmanager => {
                 let body = Value::Array(
@@ -270,7 +309,7 @@ impl Receiver {
                 .collect();
             warn!(receiver = %name, alerts = ids.len(), retry_in_ms = backoff, %error, "alert delivery failed");
             store
-                .record_delivery_failed(&name, &ids, now + backoff, &error)
+                .record_delivery_failed(&name, &ids, now + backoff, &error.to_string())
                 .await?;
             counter!(DELIVERIES, "receiver" => name.clone(), "outcome" => "failed")
                 .increment(ids.len() as u64);

@@ -35,8 +35,8 @@ pub const CONNECTIVITY_CHANGES: &str = "tillwatch_alerter_connectivity_changes_t
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlerterError {
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Receiver(#[from] crate::deliver::ReceiverError),
     #[error(transparent)]
     Store(#[from] tillwatch_meta::MetaError),
     #[error(transparent)]
@@ -168,6 +168,7 @@ enum Turn {
 /// `alerter` lease, then as the active alerter for as long as it keeps it.
 pub async fn run_alerter(
     config: &Config,
+    store: MetaStore,
     health: Arc<AlerterHealth>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AlerterError> {
@@ -179,14 +180,6 @@ pub async fn run_alerter(
         ACTIVE,
         "1 while this alerter is the active one, 0 on standby"
     );
-    let url = config.metadata_url();
-    if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            AlerterError::Config(format!("data_dir {}: {e}", config.data_dir.display()))
-        })?;
-    }
-    let store = MetaStore::connect(&url).await?;
-    store.migrate().await?;
     let holder = config
         .alerter
         .name
@@ -263,8 +256,7 @@ async fn lead(
         .all_receivers()
         .into_iter()
         .map(|r| Receiver::new(r, |var| std::env::var(var).ok()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(AlerterError::Config)?;
+        .collect::<Result<Vec<_>, _>>()?;
     let mut alerter = Alerter::open(
         store.clone(),
         policy(config),

@@ -92,8 +92,8 @@ fn config() -> AlertingConfig {
                 merchant_id: "m-1".into(),
                 store_id: s.to_string(),
                 name: Some(format!("Store {s}")),
-                time_zone: Some("Europe/Berlin".into()),
-                hours: "Mon-Fri 08:00-20:00".into(),
+                time_zone: Some("Europe/Berlin".parse().unwrap()),
+                hours: "Mon-Fri 08:00-20:00".parse().unwrap(),
             })
             .collect(),
         ..AlertingConfig::default()

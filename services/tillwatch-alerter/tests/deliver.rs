@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use serde_json::Value;
-use tillwatch_alerter::deliver::Receiver;
+use tillwatch_alerter::deliver::{Receiver, ReceiverError};
 use tillwatch_config::{ReceiverConfig, ReceiverKind};
 use tillwatch_meta::testing::TestDatabase;
 use tillwatch_meta::{AlertRecord, AlertState, MetaStore};
@@ -244,5 +244,12 @@ async fn the_pagerduty_preset_triggers_and_resolves_by_dedup_key() {
     )
     .err()
     .expect("refused");
-    assert!(err.contains("TW_TEST_UNSET_VARIABLE"), "{err}");
+    assert_eq!(
+        err,
+        ReceiverError::NoRoutingKey {
+            receiver: "pagerduty".into(),
+            var: "TW_TEST_UNSET_VARIABLE".into()
+        }
+    );
+    assert!(err.to_string().contains("TW_TEST_UNSET_VARIABLE"), "{err}");
 }

@@ -38,21 +38,37 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// Why the configured tokens cannot be used (never quoting a token).
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("http.tokens {name:?}: {source}")]
+    Token {
+        name: String,
+        #[source]
+        source: tillwatch_config::TokenError,
+    },
+    #[error("http.tokens {first:?} and {second:?} have the same token")]
+    SameToken { first: String, second: String },
+}
+
 impl Access {
     /// From the configured tokens (read from their files); every problem
     /// named by the token's name.
-    pub fn new(tokens: &[ApiToken]) -> Result<Access, String> {
+    pub fn new(tokens: &[ApiToken]) -> Result<Access, AccessError> {
         let mut holders: Vec<Holder> = Vec::new();
         for t in tokens {
             let secret = t
                 .secret()
-                .map_err(|e| format!("http.tokens {:?}: {e}", t.name))?
+                .map_err(|source| AccessError::Token {
+                    name: t.name.clone(),
+                    source,
+                })?
                 .into_bytes();
             if let Some(other) = holders.iter().find(|h| same(&h.secret, &secret)) {
-                return Err(format!(
-                    "http.tokens {:?} and {:?} have the same token",
-                    other.name, t.name
-                ));
+                return Err(AccessError::SameToken {
+                    first: other.name.clone(),
+                    second: t.name.clone(),
+                });
             }
             holders.push(Holder {
                 name: t.name.clone(),
@@ -226,8 +242,11 @@ mod tests {
             token("a", Role::Viewer, "same-token-0123456789"),
             token("b", Role::Operator, "same-token-0123456789"),
         ]);
-        assert!(twice.is_err_and(|e| e.contains("same token")));
+        assert!(twice.is_err_and(|e| e.to_string().contains("same token")));
         let short = Access::new(&[token("a", Role::Viewer, "short")]);
-        assert!(short.is_err_and(|e| e.contains("\"a\"") && e.contains("16")));
+        assert!(short.is_err_and(|e| {
+            let e = e.to_string();
+            e.contains("\"a\"") && e.contains("16")
+        }));
     }
 }

@@ -32,6 +32,6 @@ pub mod openapi;
 pub mod silences;
 pub mod ui;
 
-pub use auth::{Access, protect};
+pub use auth::{Access, AccessError, protect};
 pub use error::{Answer, ApiError, bad, not_found};
 pub use openapi::{Doc, Routes};

@@ -18,20 +18,59 @@ fn asset(kind: &'static str, body: &'static str) -> impl IntoResponse + Clone {
     ([(CONTENT_TYPE, kind), (CACHE_CONTROL, "no-cache")], body)
 }
 
+/// Every page's frame (head, header, scripts) around its own `<main>`.
+const LAYOUT: &str = include_str!("../web/layout.html");
+
+/// One page: `main` (its file under `web/`) in the [`LAYOUT`], titled
+/// `title`, with `data-page` = `id` (which `app.js` dispatches on) and
+/// `head` added to the head.
+fn render(title: &str, id: &str, head: &str, main: &str) -> String {
+    LAYOUT
+        .replace("{{title}}", title)
+        .replace("{{page}}", id)
+        .replace("{{head}}", head)
+        .replace("{{main}}", main)
+}
+
+/// The pages, rendered once.
+struct Pages {
+    fleet: String,
+    device: String,
+    merchant: String,
+    alerts: String,
+    jobs: String,
+}
+
+static PAGES: std::sync::LazyLock<Pages> = std::sync::LazyLock::new(|| Pages {
+    fleet: render("Fleet", "fleet", "", include_str!("../web/index.html")),
+    device: render(
+        "Device",
+        "device",
+        "<link rel=\"stylesheet\" href=\"/ui/vendor/uplot.css\">\n",
+        include_str!("../web/device.html"),
+    ),
+    merchant: render(
+        "Merchant",
+        "merchant",
+        "",
+        include_str!("../web/merchant.html"),
+    ),
+    alerts: render("Alerts", "alerts", "", include_str!("../web/alerts.html")),
+    jobs: render("Jobs", "jobs", "", include_str!("../web/jobs.html")),
+});
+
 /// The page and asset routes.
 pub fn router() -> Router {
     let page = |kind, body| get(move || async move { asset(kind, body) });
+    let pages: &'static Pages = &PAGES;
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui", get(|| async { Redirect::temporary("/ui/") }))
-        .route("/ui/", page(HTML, include_str!("../web/index.html")))
-        .route("/ui/device", page(HTML, include_str!("../web/device.html")))
-        .route(
-            "/ui/merchant",
-            page(HTML, include_str!("../web/merchant.html")),
-        )
-        .route("/ui/alerts", page(HTML, include_str!("../web/alerts.html")))
-        .route("/ui/jobs", page(HTML, include_str!("../web/jobs.html")))
+        .route("/ui/", page(HTML, &pages.fleet))
+        .route("/ui/device", page(HTML, &pages.device))
+        .route("/ui/merchant", page(HTML, &pages.merchant))
+        .route("/ui/alerts", page(HTML, &pages.alerts))
+        .route("/ui/jobs", page(HTML, &pages.jobs))
         .route("/ui/app.js", page(JS, include_str!("../web/app.js")))
         .route("/ui/style.css", page(CSS, include_str!("../web/style.css")))
         .route(
@@ -48,4 +87,29 @@ pub fn router() -> Router {
                 include_str!("../web/vendor/uplot-1.6.32/uPlot.min.css"),
             ),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_page_is_whole_in_the_shared_frame() {
+        for (page, title, id) in [
+            (&PAGES.fleet, "Fleet", "fleet"),
+            (&PAGES.device, "Device", "device"),
+            (&PAGES.merchant, "Merchant", "merchant"),
+            (&PAGES.alerts, "Alerts", "alerts"),
+            (&PAGES.jobs, "Jobs", "jobs"),
+        ] {
+            assert!(!page.contains("{{"), "{id}: a placeholder is left");
+            assert!(page.starts_with("<!doctype html>"), "{id}");
+            assert!(page.contains(&format!("<title>Tillwatch · {title}</title>")));
+            assert!(page.contains(&format!("<body data-page=\"{id}\">")));
+            assert_eq!(page.matches("<main>").count(), 1, "{id}");
+            assert!(page.trim_end().ends_with("</html>"), "{id}");
+        }
+        assert!(PAGES.device.contains("/ui/vendor/uplot.css"));
+        assert!(PAGES.device.contains("/ui/vendor/uplot.js"));
+    }
 }

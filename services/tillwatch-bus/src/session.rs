@@ -10,7 +10,7 @@ use tillwatch_proto::topic::Channel;
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("mqtt.broker: {0}")]
-    Broker(String),
+    Broker(#[from] tillwatch_config::BrokerUrlError),
     #[error("MQTT over TLS: {0}")]
     Tls(String),
 }
@@ -37,7 +37,7 @@ pub fn session(
     config: &MqttConfig,
     client_id: &str,
 ) -> Result<(AsyncClient, EventLoop), SessionError> {
-    let addr = BrokerAddr::parse(&config.broker).map_err(SessionError::Broker)?;
+    let addr = BrokerAddr::parse(&config.broker)?;
     let mut options = MqttOptions::new(client_id, addr.host, addr.port);
     options
         .set_clean_session(false)

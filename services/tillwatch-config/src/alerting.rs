@@ -4,6 +4,9 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tillwatch_domain::hours::WeeklyHours;
+use tillwatch_domain::matchers::Matcher;
+use tillwatch_domain::written::{Written, Zone};
 
 /// How urgent an alert is; becomes the `severity` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -494,10 +497,10 @@ pub struct StoreConfig {
     pub name: Option<String>,
     /// IANA name, e.g. `Europe/Berlin`; unset: the terminals' own.
     #[serde(default)]
-    pub time_zone: Option<String>,
+    pub time_zone: Option<Zone>,
     /// e.g. `"Mon-Fri 08:00-20:00, Sat 09:00-14:00"`; days not named are
     /// closed; `24h` for always open.
-    pub hours: String,
+    pub hours: Written<WeeklyHours>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -506,16 +509,16 @@ pub struct MaintenanceConfig {
     pub name: String,
     /// Label matchers, all of which must match: `label=value`,
     /// `label!=value`, `label=~regex`, `label!~regex`.
-    pub matchers: Vec<String>,
+    pub matchers: Vec<Written<Matcher>>,
     /// When, in the same form as store hours, e.g. `"Sun 02:00-04:00"`.
-    pub schedule: String,
+    pub schedule: Written<WeeklyHours>,
     /// IANA time zone of `schedule`.
     #[serde(default = "utc")]
-    pub time_zone: String,
+    pub time_zone: Zone,
 }
 
-fn utc() -> String {
-    "UTC".into()
+fn utc() -> Zone {
+    "UTC".parse().expect("the zone database knows UTC")
 }
 
 impl AlertingConfig {
@@ -667,6 +670,61 @@ impl AlertingConfig {
 mod tests {
     use crate::Config;
     use std::time::Duration;
+
+    #[test]
+    fn hours_zones_and_matchers_are_parsed_at_load_and_a_bad_one_names_its_line() {
+        let config = Config::from_toml(
+            r#"
+            [[alerting.stores]]
+            merchant_id = "m-1"
+            store_id = "s-1"
+            time_zone = "Europe/Berlin"
+            hours = "Mon-Fri 08:00-20:00"
+            [[alerting.maintenance]]
+            name = "nightly"
+            matchers = ["merchant_id=~m-.*"]
+            schedule = "Sun 02:00-04:00"
+            "#,
+        )
+        .unwrap();
+        let store = &config.alerting.stores[0];
+        assert_eq!(store.hours.text(), "Mon-Fri 08:00-20:00");
+        assert_eq!(store.time_zone.as_ref().unwrap().text(), "Europe/Berlin");
+        let window = &config.alerting.maintenance[0];
+        assert_eq!(window.time_zone.text(), "UTC", "the default zone");
+        let labels = [("merchant_id".to_string(), "m-7".to_string())].into();
+        assert!(window.matchers[0].matches(&labels));
+        // Written back as written.
+        let again = Config::from_toml(&toml::to_string(&config).unwrap()).unwrap();
+        assert_eq!(again.alerting, config.alerting);
+
+        for (bad, named) in [
+            (
+                "[[alerting.stores]]\nmerchant_id = \"m-1\"\nstore_id = \"s-1\"\nhours = \"Mon-Fri 8-20\"\n",
+                "Mon-Fri 8-20",
+            ),
+            (
+                "[[alerting.stores]]\nmerchant_id = \"m-1\"\nstore_id = \"s-1\"\nhours = \"24h\"\ntime_zone = \"Europe/Nowhere\"\n",
+                "Europe/Nowhere",
+            ),
+            (
+                "[[alerting.maintenance]]\nname = \"nightly\"\nmatchers = [\"merchant\"]\nschedule = \"Sun 02:00-04:00\"\n",
+                "matcher \"merchant\"",
+            ),
+        ] {
+            let err = Config::from_toml(bad).unwrap_err().to_string();
+            assert!(err.contains(named), "{err}");
+            assert!(err.contains("line "), "the line is named: {err}");
+            // The same from a file (which goes through the environment's
+            // overrides first).
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("tillwatch.toml");
+            std::fs::write(&path, bad).unwrap();
+            let err = Config::load(Some(&path), []).unwrap_err().to_string();
+            assert!(err.contains(named), "{err}");
+            assert!(err.contains("line "), "the line is named: {err}");
+        }
+    }
 
     #[test]
     fn rollup_rules_and_the_directory_source_are_a_few_lines_and_mistakes_are_named() {

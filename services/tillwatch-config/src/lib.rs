@@ -279,22 +279,38 @@ pub const MIN_TOKEN_LEN: usize = 16;
 
 impl ApiToken {
     /// The token, from the config or its file.
-    pub fn secret(&self) -> Result<String, String> {
+    pub fn secret(&self) -> Result<String, TokenError> {
         let secret = match (&self.token, &self.token_file) {
             (Some(t), None) => t.clone(),
             (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("token_file {}: {e}", path.display()))?
+                .map_err(|source| TokenError::File {
+                    path: path.clone(),
+                    source,
+                })?
                 .trim()
                 .to_string(),
-            _ => return Err("give exactly one of token and token_file".into()),
+            _ => return Err(TokenError::NotOne),
         };
         if secret.chars().count() < MIN_TOKEN_LEN {
-            return Err(format!(
-                "the token must have at least {MIN_TOKEN_LEN} characters"
-            ));
+            return Err(TokenError::TooShort);
         }
         Ok(secret)
     }
+}
+
+/// Why an API token cannot be used (never quoting the token).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token_file {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("give exactly one of token and token_file")]
+    NotOne,
+    #[error("the token must have at least {MIN_TOKEN_LEN} characters")]
+    TooShort,
 }
 
 impl std::fmt::Debug for ApiToken {
@@ -472,19 +488,26 @@ pub struct LakeS3Config {
 /// `s3://bucket/prefix` URL, or an error saying what is wrong with another
 /// URL. The one reading of `lake.path`, for its validation and for opening
 /// the lake.
-pub fn lake_bucket(root: &Path) -> Result<Option<&str>, String> {
+pub fn lake_bucket(root: &Path) -> Result<Option<&str>, LakeRootError> {
     let Some(text) = root.to_str().filter(|t| t.contains("://")) else {
         return Ok(None);
     };
     let Some(rest) = text.strip_prefix("s3://") else {
-        return Err(format!(
-            "{text:?} is not a directory or an s3://bucket/prefix URL"
-        ));
+        return Err(LakeRootError::NotS3(text.to_string()));
     };
     match rest.split('/').next() {
         Some(bucket) if !bucket.is_empty() => Ok(Some(bucket)),
-        _ => Err(format!("{text:?} names no bucket")),
+        _ => Err(LakeRootError::NoBucket(text.to_string())),
     }
+}
+
+/// A lake root that is a URL but not one the lake can open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LakeRootError {
+    #[error("{0:?} is not a directory or an s3://bucket/prefix URL")]
+    NotS3(String),
+    #[error("{0:?} names no bucket")]
+    NoBucket(String),
 }
 
 impl std::fmt::Debug for LakeS3Config {
@@ -574,6 +597,19 @@ pub fn process_name(fallback: &str) -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// Why a broker URL is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    #[error(
+        "broker URL {0:?} must start with mqtt:// or mqtts:// (for example mqtt://127.0.0.1:1883)"
+    )]
+    Scheme(String),
+    #[error("broker URL {url:?} has an invalid port {port:?}")]
+    Port { url: String, port: String },
+    #[error("broker URL {0:?} has no host")]
+    NoHost(String),
+}
+
 /// Host and port of an `mqtt://HOST:PORT` or `mqtts://HOST:PORT` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
@@ -584,28 +620,25 @@ pub struct BrokerAddr {
 }
 
 impl BrokerAddr {
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, BrokerUrlError> {
         let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
             (Some(rest), _) => (rest, false),
             (_, Some(rest)) => (rest, true),
-            _ => {
-                return Err(format!(
-                    "broker URL {url:?} must start with mqtt:// or mqtts:// (for example mqtt://127.0.0.1:1883)"
-                ));
-            }
+            _ => return Err(BrokerUrlError::Scheme(url.to_string())),
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) => {
-                let port = port
-                    .parse::<u16>()
-                    .map_err(|_| format!("broker URL {url:?} has an invalid port {port:?}"))?;
+                let port = port.parse::<u16>().map_err(|_| BrokerUrlError::Port {
+                    url: url.to_string(),
+                    port: port.to_string(),
+                })?;
                 (host, port)
             }
             None => (rest, if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() {
-            return Err(format!("broker URL {url:?} has no host"));
+            return Err(BrokerUrlError::NoHost(url.to_string()));
         }
         Ok(BrokerAddr {
             host: host
@@ -625,7 +658,7 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let (mut table, source) = match path {
+        let (mut table, source, text) = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.to_path_buf(),
@@ -635,14 +668,20 @@ impl Config {
                     path: path.to_path_buf(),
                     message: e.to_string(),
                 })?;
-                (table, path.to_path_buf())
+                (table, path.to_path_buf(), Some(text))
             }
-            None => (toml::Table::new(), PathBuf::from("<defaults>")),
+            None => (toml::Table::new(), PathBuf::from("<defaults>"), None),
         };
         let parse = |table: &toml::Table| Config::deserialize(toml::Value::Table(table.clone()));
-        let mut config = parse(&table).map_err(|e| ConfigError::Parse {
-            path: source,
-            message: e.to_string(),
+        let mut config = parse(&table).map_err(|e| {
+            // Read from the file's own text, the error names its line.
+            let spanned = text
+                .as_deref()
+                .and_then(|t| toml::from_str::<Config>(t).err());
+            ConfigError::Parse {
+                path: source,
+                message: spanned.map_or_else(|| e.to_string(), |s| s.to_string()),
+            }
         })?;
         let mut env_vars: Vec<(String, String)> = env
             .into_iter()
@@ -744,61 +783,34 @@ impl Config {
         )
     }
 
-    /// Checks the whole configuration and reports every problem found.
+    /// Checks the whole configuration and reports every problem found:
+    /// each section checks itself, then the checks that span sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         if self.data_dir.as_os_str().is_empty() {
             errors.push("data_dir: must not be empty".to_string());
         }
-        if self
-            .lake
-            .path
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            errors.push("lake.path: must not be empty (leave it out for <data_dir>/lake)".into());
+        self.lake.validate(&mut errors);
+        self.mqtt.validate(&mut errors);
+        self.grpc.validate(&mut errors);
+        self.gateway.validate(&mut errors);
+        self.clickhouse.validate(&mut errors);
+        self.metadata.validate(&mut errors);
+        self.alerter.validate(&mut errors);
+        self.alerting.validate(&mut errors);
+        self.scheduler.validate(&mut errors);
+        self.http.validate(&mut errors);
+        self.embedded_broker.validate(&mut errors);
+        self.validate_across(&mut errors);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
         }
-        match self.lake.path.as_deref().map(lake_bucket) {
-            Some(Err(e)) => errors.push(format!("lake.path: {e}")),
-            Some(Ok(Some(_))) => {}
-            _ if self.lake.s3 != LakeS3Config::default() => {
-                errors.push("lake.s3: only used when lake.path is an s3:// URL".into())
-            }
-            _ => {}
-        }
-        if let Some(e) = &self.lake.s3.endpoint {
-            if !(e.starts_with("http://") || e.starts_with("https://")) {
-                errors.push(format!("lake.s3.endpoint: {e:?} is not an http(s):// URL"));
-            } else if e.starts_with("http://") && !self.lake.s3.allow_http {
-                errors.push(format!(
-                    "lake.s3.endpoint: {e:?} is plain HTTP; set lake.s3.allow_http = true to use it"
-                ));
-            }
-        }
-        match BrokerAddr::parse(&self.mqtt.broker) {
-            Err(e) => errors.push(format!("mqtt.broker: {e}")),
-            Ok(addr) if !addr.tls && self.mqtt.ca_file.is_some() => errors.push(
-                "mqtt.ca_file: only used with an mqtts:// broker; mqtt.broker is plain mqtt://"
-                    .into(),
-            ),
-            Ok(_) => {}
-        }
-        if self.mqtt.client_id.is_empty() || self.mqtt.client_id.len() > 64 {
-            errors.push("mqtt.client_id: must be 1 to 64 characters".into());
-        }
-        if let Some(group) = &self.mqtt.shared_group
-            && (group.is_empty() || group.contains(['/', '+', '#']))
-        {
-            errors.push(format!(
-                "mqtt.shared_group: {group:?} must be non-empty without / + #"
-            ));
-        }
-        if self.mqtt.keep_alive < Duration::from_secs(5) {
-            errors.push("mqtt.keep_alive: must be at least 5s".into());
-        }
-        if self.grpc.change_poll < Duration::from_millis(10) {
-            errors.push("grpc.change_poll: must be at least 10ms".into());
-        }
+    }
+
+    /// What one section cannot check alone.
+    fn validate_across(&self, errors: &mut Vec<String>) {
         if self.grpc.enabled && self.grpc.listen == self.http.listen && self.grpc.listen.port() != 0
         {
             errors.push(format!(
@@ -806,63 +818,160 @@ impl Config {
                 self.grpc.listen
             ));
         }
-        let g = &self.gateway;
-        if g.max_payload_bytes < 64 {
+        if self.alerter.client_id == self.mqtt.client_id {
+            errors.push(
+                "alerter.client_id: must differ from mqtt.client_id (each keeps its own session)"
+                    .into(),
+            );
+        }
+        // A gateway refreshes its watermark every second and after each
+        // flush: a stall time within that would leave healthy gateways out.
+        let refresh = self.gateway.flush_max_age.max(Duration::from_secs(1));
+        if self.scheduler.watermark_stall_after <= refresh * 2 {
+            errors.push(format!(
+                "scheduler.watermark_stall_after: {:?} would count healthy gateways as stalled; \
+                 give more than twice gateway.flush_max_age and at least 2s (default 5m)",
+                self.scheduler.watermark_stall_after
+            ));
+        }
+        if self.scheduler.engine == RollupEngine::Clickhouse && self.clickhouse.url.is_none() {
+            errors.push(
+                "scheduler.engine: \"clickhouse\" needs clickhouse.url (or use \"embedded\")"
+                    .into(),
+            );
+        }
+    }
+}
+
+impl LakeConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            errors.push("lake.path: must not be empty (leave it out for <data_dir>/lake)".into());
+        }
+        match self.path.as_deref().map(lake_bucket) {
+            Some(Err(e)) => errors.push(format!("lake.path: {e}")),
+            Some(Ok(Some(_))) => {}
+            _ if self.s3 != LakeS3Config::default() => {
+                errors.push("lake.s3: only used when lake.path is an s3:// URL".into())
+            }
+            _ => {}
+        }
+        if let Some(e) = &self.s3.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                errors.push(format!("lake.s3.endpoint: {e:?} is not an http(s):// URL"));
+            } else if e.starts_with("http://") && !self.s3.allow_http {
+                errors.push(format!(
+                    "lake.s3.endpoint: {e:?} is plain HTTP; set lake.s3.allow_http = true to use it"
+                ));
+            }
+        }
+    }
+}
+
+impl MqttConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        match BrokerAddr::parse(&self.broker) {
+            Err(e) => errors.push(format!("mqtt.broker: {e}")),
+            Ok(addr) if !addr.tls && self.ca_file.is_some() => errors.push(
+                "mqtt.ca_file: only used with an mqtts:// broker; mqtt.broker is plain mqtt://"
+                    .into(),
+            ),
+            Ok(_) => {}
+        }
+        if self.client_id.is_empty() || self.client_id.len() > 64 {
+            errors.push("mqtt.client_id: must be 1 to 64 characters".into());
+        }
+        if let Some(group) = &self.shared_group
+            && (group.is_empty() || group.contains(['/', '+', '#']))
+        {
+            errors.push(format!(
+                "mqtt.shared_group: {group:?} must be non-empty without / + #"
+            ));
+        }
+        if self.keep_alive < Duration::from_secs(5) {
+            errors.push("mqtt.keep_alive: must be at least 5s".into());
+        }
+    }
+}
+
+impl GrpcConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.change_poll < Duration::from_millis(10) {
+            errors.push("grpc.change_poll: must be at least 10ms".into());
+        }
+    }
+}
+
+impl GatewayConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.max_payload_bytes < 64 {
             errors.push("gateway.max_payload_bytes: must be at least 64".into());
         }
-        if g.flush_max_rows == 0 {
+        if self.flush_max_rows == 0 {
             errors.push("gateway.flush_max_rows: must be at least 1".into());
         }
-        if g.flush_max_unacked == 0 || g.flush_max_unacked > 65_535 {
+        if self.flush_max_unacked == 0 || self.flush_max_unacked > 65_535 {
             errors.push(
                 "gateway.flush_max_unacked: must be 1 to 65535 (MQTT packet ids are 16-bit)".into(),
             );
         }
-        if g.flush_max_age.is_zero() {
+        if self.flush_max_age.is_zero() {
             errors.push("gateway.flush_max_age: must be more than 0s".into());
         }
-        if g.max_buffered_bytes < g.max_payload_bytes.saturating_mul(4) {
+        if self.max_buffered_bytes < self.max_payload_bytes.saturating_mul(4) {
             errors.push(format!(
                 "gateway.max_buffered_bytes: {} is too small; make it at least 4 × gateway.max_payload_bytes ({})",
-                g.max_buffered_bytes,
-                g.max_payload_bytes.saturating_mul(4)
+                self.max_buffered_bytes,
+                self.max_payload_bytes.saturating_mul(4)
             ));
         }
-        if g.max_age.is_zero() {
+        if self.max_age.is_zero() {
             errors.push("gateway.max_age: must be more than 0s".into());
         }
-        let c = &self.clickhouse;
-        if let Some(url) = &c.url
+    }
+}
+
+impl ClickHouseConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if let Some(url) = &self.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             errors.push(format!(
                 "clickhouse.url: {url:?} must start with http:// or https:// (the HTTP interface, usually port 8123)"
             ));
         }
-        if c.database.is_empty()
-            || !c
+        if self.database.is_empty()
+            || !self
                 .database
                 .chars()
                 .all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
         {
             errors.push(format!(
                 "clickhouse.database: {:?} must be non-empty letters, digits and _",
-                c.database
+                self.database
             ));
         }
-        if c.spool_max_bytes < 16 * 1024 * 1024 {
+        if self.spool_max_bytes < 16 * 1024 * 1024 {
             errors.push("clickhouse.spool_max_bytes: must be at least 16 MiB".into());
         }
-        if c.insert_max_rows == 0 {
+        if self.insert_max_rows == 0 {
             errors.push("clickhouse.insert_max_rows: must be at least 1".into());
         }
-        if c.insert_timeout.is_zero() {
+        if self.insert_timeout.is_zero() {
             errors.push("clickhouse.insert_timeout: must be more than 0s".into());
         }
-        if c.retention.is_some_and(|r| r < Duration::from_secs(86_400)) {
+        if self
+            .retention
+            .is_some_and(|r| r < Duration::from_secs(86_400))
+        {
             errors.push("clickhouse.retention: must be at least 1 day".into());
         }
-        if let Some(url) = &self.metadata.url
+    }
+}
+
+impl MetadataConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if let Some(url) = &self.url
             && !(url.starts_with("sqlite:")
                 || url.starts_with("postgres://")
                 || url.starts_with("postgresql://"))
@@ -871,56 +980,33 @@ impl Config {
                 "metadata.url: {url:?} must be sqlite://PATH or postgres://USER@HOST:PORT/DATABASE"
             ));
         }
-        let a = &self.alerter;
-        if a.client_id.is_empty() || a.client_id.len() > 64 {
+    }
+}
+
+impl AlerterConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.client_id.is_empty() || self.client_id.len() > 64 {
             errors.push("alerter.client_id: must be 1 to 64 characters".into());
         }
-        if a.client_id == self.mqtt.client_id {
-            errors.push(
-                "alerter.client_id: must differ from mqtt.client_id (each keeps its own session)"
-                    .into(),
-            );
-        }
-        if a.silence_gaps.is_nan() || a.silence_gaps < 1.0 {
+        if self.silence_gaps.is_nan() || self.silence_gaps < 1.0 {
             errors.push("alerter.silence_gaps: must be at least 1".into());
         }
-        if a.silence_floor.is_zero() || a.silence_floor > a.silence_ceiling {
+        if self.silence_floor.is_zero() || self.silence_floor > self.silence_ceiling {
             errors.push(
                 "alerter.silence_floor: must be more than 0s and at most alerter.silence_ceiling"
                     .into(),
             );
         }
-        self.alerting.validate(&mut errors);
-        if self.scheduler.tick.is_zero() {
-            errors.push("scheduler.tick: must be more than 0s".into());
-        }
-        if self.scheduler.lease < std::time::Duration::from_secs(1) {
-            errors.push("scheduler.lease: must be at least 1s".into());
-        }
-        // A gateway refreshes its watermark every second and after each
-        // flush: a stall time within that would leave healthy gateways out.
-        let refresh = self
-            .gateway
-            .flush_max_age
-            .max(std::time::Duration::from_secs(1));
-        if self.scheduler.watermark_stall_after <= refresh * 2 {
-            errors.push(format!(
-                "scheduler.watermark_stall_after: {:?} would count healthy gateways as stalled; \
-                 give more than twice gateway.flush_max_age and at least 2s (default 5m)",
-                self.scheduler.watermark_stall_after
-            ));
-        }
-        if self.alerter.lease < std::time::Duration::from_secs(1) {
+        if self.lease < Duration::from_secs(1) {
             errors.push("alerter.lease: must be at least 1s".into());
         }
-        if self.scheduler.engine == RollupEngine::Clickhouse && self.clickhouse.url.is_none() {
-            errors.push(
-                "scheduler.engine: \"clickhouse\" needs clickhouse.url (or use \"embedded\")"
-                    .into(),
-            );
-        }
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
         let mut names = std::collections::BTreeSet::new();
-        for (i, t) in self.http.tokens.iter().enumerate() {
+        for (i, t) in self.tokens.iter().enumerate() {
             let at = format!("http.tokens[{i}] ({:?})", t.name);
             if t.name.trim().is_empty() {
                 errors.push(format!("http.tokens[{i}].name: must not be empty"));
@@ -931,26 +1017,15 @@ impl Config {
                 errors.push(format!("{at}: {e}"));
             }
         }
-        let [west, east] = self.scheduler.local_day_utc_offsets;
-        if !(-12..=0).contains(&west) || !(0..=14).contains(&east) {
-            errors.push(format!(
-                "scheduler.local_day_utc_offsets: [{west}, {east}] is not a span of UTC offsets: \
-                 the first must be from -12 to 0 and the second from 0 to 14"
-            ));
-        }
-        if let Some(d) = &self.scheduler.merchant_directory {
-            if !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
-                errors.push("scheduler.merchant_directory.url: must be a postgres:// URL".into());
-            }
-            if d.query.trim().is_empty() {
-                errors.push("scheduler.merchant_directory.query: must not be empty".into());
-            }
-        }
-        if self.embedded_broker.max_connections == 0 {
+    }
+}
+
+impl EmbeddedBrokerConfig {
+    fn validate(&self, errors: &mut Vec<String>) {
+        if self.max_connections == 0 {
             errors.push("embedded_broker.max_connections: must be at least 1".into());
         }
-        let b = &self.embedded_broker;
-        match (b.tls_listen, &b.cert_file, &b.key_file) {
+        match (self.tls_listen, &self.cert_file, &self.key_file) {
             (Some(_), Some(_), Some(_)) | (None, None, None) => {}
             (Some(_), _, _) => errors.push(
                 "embedded_broker.tls_listen: needs embedded_broker.cert_file and embedded_broker.key_file"
@@ -960,11 +1035,6 @@ impl Config {
                 "embedded_broker.cert_file, key_file: only used with embedded_broker.tls_listen"
                     .into(),
             ),
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(errors))
         }
     }
 }

@@ -102,6 +102,32 @@ impl std::fmt::Debug for DirectorySource {
     }
 }
 
+impl SchedulerConfig {
+    pub(crate) fn validate(&self, errors: &mut Vec<String>) {
+        if self.tick.is_zero() {
+            errors.push("scheduler.tick: must be more than 0s".into());
+        }
+        if self.lease < std::time::Duration::from_secs(1) {
+            errors.push("scheduler.lease: must be at least 1s".into());
+        }
+        let [west, east] = self.local_day_utc_offsets;
+        if !(-12..=0).contains(&west) || !(0..=14).contains(&east) {
+            errors.push(format!(
+                "scheduler.local_day_utc_offsets: [{west}, {east}] is not a span of UTC offsets: \
+                 the first must be from -12 to 0 and the second from 0 to 14"
+            ));
+        }
+        if let Some(d) = &self.merchant_directory {
+            if !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
+                errors.push("scheduler.merchant_directory.url: must be a postgres:// URL".into());
+            }
+            if d.query.trim().is_empty() {
+                errors.push("scheduler.merchant_directory.query: must not be empty".into());
+            }
+        }
+    }
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         SchedulerConfig {

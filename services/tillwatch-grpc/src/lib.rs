@@ -472,19 +472,21 @@ pub async fn serve(
         .await
 }
 
-/// The service for `config`: its metadata store (migrated), lake and tokens.
-pub async fn service(config: &Config) -> Result<FleetService, String> {
+/// Why the service cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Tokens(#[from] tillwatch_api::AccessError),
+    #[error("the lake: {0}")]
+    Lake(#[from] tillwatch_storage::LakeError),
+}
+
+/// The service for `config` over `store`: its lake and tokens.
+pub fn service(config: &Config, store: MetaStore) -> Result<FleetService, SetupError> {
     let access = Access::new(&config.http.tokens)?;
-    let store = MetaStore::connect(&config.metadata_url())
-        .await
-        .map_err(|e| format!("the metadata store: {e}"))?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| format!("migrating the metadata store: {e}"))?;
     Ok(FleetService::new(
         store,
-        Lake::from_config(config).map_err(|e| format!("the lake: {e}"))?,
+        Lake::from_config(config)?,
         Arc::new(access),
         config.alerting.rules.battery_low.threshold,
         config.grpc.change_poll,

@@ -229,16 +229,11 @@ impl MetaStore {
              WHERE ($2 = 'open' AND a.state <> 'resolved') OR $2 = 'all' OR a.state = $2 \
              ORDER BY a.updated_at_ms DESC, a.alert_id LIMIT $1"
         );
-        let rows = sqlx::query(&sql)
-            .bind(i64::from(limit))
-            .bind(wanted)
-            .fetch_all(self.pool())
-            .await
-            .map_err(self.db())?;
-        rows.iter()
-            .map(alert_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(self.db())
+        self.all(
+            sqlx::query(&sql).bind(i64::from(limit)).bind(wanted),
+            alert_from_row,
+        )
+        .await
     }
 
     /// Alerts changed at or after `since_ms`, oldest change first (at most
@@ -252,16 +247,11 @@ impl MetaStore {
             "SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.updated_at_ms >= $1 \
              ORDER BY a.updated_at_ms, a.alert_id LIMIT $2"
         );
-        let rows = sqlx::query(&sql)
-            .bind(since_ms)
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await
-            .map_err(self.db())?;
-        rows.iter()
-            .map(alert_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(self.db())
+        self.all(
+            sqlx::query(&sql).bind(since_ms).bind(i64::from(limit)),
+            alert_from_row,
+        )
+        .await
     }
 
     /// The alerts about one subject (a device id, `store:…`,
@@ -276,16 +266,11 @@ impl MetaStore {
              ORDER BY CASE WHEN a.state = 'resolved' THEN 1 ELSE 0 END, a.updated_at_ms DESC, a.alert_id \
              LIMIT $2"
         );
-        let rows = sqlx::query(&sql)
-            .bind(subject)
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await
-            .map_err(self.db())?;
-        rows.iter()
-            .map(alert_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(self.db())
+        self.all(
+            sqlx::query(&sql).bind(subject).bind(i64::from(limit)),
+            alert_from_row,
+        )
+        .await
     }
 
     /// Alerts due for `receiver` at `now`: firing ones it has not been sent
@@ -300,7 +285,7 @@ impl MetaStore {
         min_severity_rank: i64,
         limit: u32,
     ) -> Result<Vec<Delivery>, MetaError> {
-        let rows = sqlx::query(&format!(
+        self.all(sqlx::query(&format!(
             "SELECT {ALERT_COLUMNS}, d.delivered_state, d.attempts FROM alerts a \
              LEFT JOIN alert_deliveries d ON d.receiver = $1 AND d.alert_id = a.alert_id \
              WHERE a.notify IS NOT NULL \
@@ -315,12 +300,7 @@ impl MetaStore {
         .bind(now_ms)
         .bind(repeat_before_ms)
         .bind(min_severity_rank)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
+        .bind(i64::from(limit)), |r| {
                 let delivered: Option<String> = r.try_get("delivered_state")?;
                 let attempts: Option<i64> = r.try_get("attempts")?;
                 Ok(Delivery {
@@ -328,9 +308,7 @@ impl MetaStore {
                     delivered: delivered.as_deref().map(state_of).transpose()?,
                     attempts: attempts.unwrap_or(0),
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
+            }).await
     }
 
     /// `receiver` took these alerts in these states.
@@ -451,16 +429,11 @@ impl MetaStore {
 
     /// Silences that have not ended by `now_ms` (active or yet to start).
     pub async fn silences(&self, now_ms: i64) -> Result<Vec<SilenceRecord>, MetaError> {
-        let rows = sqlx::query(
+        self.all(sqlx::query(
             "SELECT silence_id, matchers, starts_at_ms, ends_at_ms, created_by, comment, created_at_ms \
              FROM silences WHERE ends_at_ms > $1 ORDER BY starts_at_ms, silence_id",
         )
-        .bind(now_ms)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
+        .bind(now_ms), |r| {
                 let matchers: String = r.try_get("matchers")?;
                 Ok(SilenceRecord {
                     silence_id: r.try_get("silence_id")?,
@@ -472,9 +445,7 @@ impl MetaStore {
                     comment: r.try_get("comment")?,
                     created_at_ms: r.try_get("created_at_ms")?,
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
+            }).await
     }
 
     pub async fn upsert_store(&self, s: &StoreRecord) -> Result<(), MetaError> {
@@ -539,22 +510,19 @@ impl MetaStore {
     }
 
     pub async fn merchants(&self) -> Result<Vec<MerchantRecord>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT merchant_id, name, updated_at_ms FROM merchants ORDER BY merchant_id",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
+        self.all(
+            sqlx::query(
+                "SELECT merchant_id, name, updated_at_ms FROM merchants ORDER BY merchant_id",
+            ),
+            |r| {
                 Ok(MerchantRecord {
                     merchant_id: r.try_get("merchant_id")?,
                     name: r.try_get("name")?,
                     updated_at_ms: r.try_get("updated_at_ms")?,
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
+            },
+        )
+        .await
     }
 
     pub async fn stores(&self) -> Result<Vec<StoreRecord>, MetaError> {
@@ -564,16 +532,13 @@ impl MetaStore {
     /// Stores changed after `after_ms` (by the configuration or the
     /// merchant directory), for the alerter to pick up.
     pub async fn stores_updated_after(&self, after_ms: i64) -> Result<Vec<StoreRecord>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT merchant_id, store_id, name, time_zone, hours, updated_at_ms FROM stores \
+        self.all(
+            sqlx::query(
+                "SELECT merchant_id, store_id, name, time_zone, hours, updated_at_ms FROM stores \
              WHERE updated_at_ms > $1 ORDER BY merchant_id, store_id",
-        )
-        .bind(after_ms)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
+            )
+            .bind(after_ms),
+            |r| {
                 Ok(StoreRecord {
                     merchant_id: r.try_get("merchant_id")?,
                     store_id: r.try_get("store_id")?,
@@ -582,8 +547,8 @@ impl MetaStore {
                     hours: r.try_get("hours")?,
                     updated_at_ms: r.try_get("updated_at_ms")?,
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
+            },
+        )
+        .await
     }
 }

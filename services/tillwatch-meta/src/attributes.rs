@@ -188,17 +188,10 @@ impl MetaStore {
         &self,
         device_id: &str,
     ) -> Result<Vec<AttributeVersion>, MetaError> {
-        let rows = sqlx::query(&format!(
+        self.all(sqlx::query(&format!(
             "SELECT {COLUMNS} FROM device_attributes WHERE device_id = $1 ORDER BY valid_from_ms"
         ))
-        .bind(device_id)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(version_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(self.db())
+        .bind(device_id), version_from_row).await
     }
 
     /// Every reporting terminal's span of sample times and every version:

@@ -46,16 +46,13 @@ impl MetaStore {
         &self,
         device_id: Option<&str>,
     ) -> Result<Vec<(String, ConnectivitySnapshot)>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT device_id, state, since_ms, boot_id, last_telemetry_ms, cadence_ms \
+        self.all(
+            sqlx::query(
+                "SELECT device_id, state, since_ms, boot_id, last_telemetry_ms, cadence_ms \
              FROM device_connectivity WHERE ($1 IS NULL OR device_id = $1)",
-        )
-        .bind(device_id.map(str::to_string))
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
+            )
+            .bind(device_id.map(str::to_string)),
+            |r| {
                 let state: Option<String> = r.try_get("state")?;
                 let boot: Option<i64> = r.try_get("boot_id")?;
                 let last: Option<i64> = r.try_get("last_telemetry_ms")?;
@@ -70,9 +67,9 @@ impl MetaStore {
                         gap_ms: gap.map(|g| g as f64),
                     },
                 ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
+            },
+        )
+        .await
     }
 
     /// One device's saved state machine.
@@ -94,19 +91,16 @@ impl MetaStore {
         device_id: &str,
         limit: u32,
     ) -> Result<Vec<HistoryEntry>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT at_ms, from_state, to_state FROM connectivity_history WHERE device_id = $1 \
+        self.all(
+            sqlx::query(
+                "SELECT at_ms, from_state, to_state FROM connectivity_history WHERE device_id = $1 \
              ORDER BY at_ms DESC LIMIT $2",
+            )
+            .bind(device_id)
+            .bind(i64::from(limit)),
+            history_entry,
         )
-        .bind(device_id)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
         .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(history_entry)
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
     }
 
     /// A device's state changes with `from_ms <= at_ms < to_ms`, oldest
@@ -154,19 +148,16 @@ impl MetaStore {
         since_ms: i64,
         limit: u32,
     ) -> Result<Vec<(String, HistoryEntry)>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT device_id, at_ms, from_state, to_state FROM connectivity_history \
+        self.all(
+            sqlx::query(
+                "SELECT device_id, at_ms, from_state, to_state FROM connectivity_history \
              WHERE at_ms >= $1 ORDER BY at_ms, device_id LIMIT $2",
+            )
+            .bind(since_ms)
+            .bind(i64::from(limit)),
+            |r| Ok((r.try_get("device_id")?, history_entry(r)?)),
         )
-        .bind(since_ms)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
         .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("device_id")?, history_entry(r)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
     }
 
     /// How many times each device went offline at or after `since_ms`
@@ -176,23 +167,20 @@ impl MetaStore {
         device_id: Option<&str>,
         since_ms: i64,
     ) -> Result<HashMap<String, u32>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT device_id, COUNT(*) AS n FROM connectivity_history \
+        self.all(
+            sqlx::query(
+                "SELECT device_id, COUNT(*) AS n FROM connectivity_history \
              WHERE at_ms >= $1 AND to_state <> 'online' AND ($2 IS NULL OR device_id = $2) \
              GROUP BY device_id",
-        )
-        .bind(since_ms)
-        .bind(device_id.map(str::to_string))
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
+            )
+            .bind(since_ms)
+            .bind(device_id.map(str::to_string)),
+            |r| {
                 let n: i64 = r.try_get("n")?;
                 Ok((r.try_get("device_id")?, n as u32))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
+            },
+        )
+        .await
     }
 }
 
@@ -335,24 +323,17 @@ impl MetaStore {
     /// time zone (its store's from the merchant directory, else the one
     /// the terminal reports) and its model.
     pub async fn device_facts(&self) -> Result<Vec<DeviceFacts>, MetaError> {
-        let rows = sqlx::query(
+        self.all(sqlx::query(
             "SELECT d.device_id, COALESCE(s.time_zone, d.time_zone) AS zone, d.model FROM devices d \
              LEFT JOIN stores s ON s.merchant_id = d.merchant_id AND s.store_id = d.store_id \
              ORDER BY d.device_id",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
+        ), |r| {
                 Ok(DeviceFacts {
                     device_id: r.try_get("device_id")?,
                     time_zone: r.try_get("zone")?,
                     model: r.try_get("model")?,
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
+            }).await
     }
 }
 

@@ -88,38 +88,32 @@ impl MetaStore {
 
     /// Rules evaluated after `after_ms`.
     pub async fn evaluations_after(&self, after_ms: i64) -> Result<Vec<Evaluation>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT rule, day_ms, evaluated_at_ms FROM rollup_evaluations \
+        self.all(
+            sqlx::query(
+                "SELECT rule, day_ms, evaluated_at_ms FROM rollup_evaluations \
              WHERE evaluated_at_ms > $1 ORDER BY rule",
-        )
-        .bind(after_ms)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
+            )
+            .bind(after_ms),
+            |r| {
                 Ok(Evaluation {
                     rule: r.try_get("rule")?,
                     day_ms: r.try_get("day_ms")?,
                     evaluated_at_ms: r.try_get("evaluated_at_ms")?,
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
+            },
+        )
+        .await
     }
 
     /// What `rule`'s newest evaluation found.
     pub async fn findings(&self, rule: &str) -> Result<Vec<FindingRecord>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT rule, subject, scope, labels, summary, value, day_ms FROM rollup_findings \
+        self.all(
+            sqlx::query(
+                "SELECT rule, subject, scope, labels, summary, value, day_ms FROM rollup_findings \
              WHERE rule = $1 ORDER BY subject",
-        )
-        .bind(rule)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
+            )
+            .bind(rule),
+            |r| {
                 let labels: String = r.try_get("labels")?;
                 Ok(FindingRecord {
                     rule: r.try_get("rule")?,
@@ -131,8 +125,8 @@ impl MetaStore {
                     value: r.try_get("value")?,
                     day_ms: r.try_get("day_ms")?,
                 })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
+            },
+        )
+        .await
     }
 }

@@ -147,16 +147,13 @@ fn run_from_row(r: &sqlx::any::AnyRow) -> Result<JobRunRow, sqlx::Error> {
 impl MetaStore {
     /// Every recorded partition (of every job).
     pub async fn job_partitions(&self) -> Result<Vec<JobPartitionRow>, MetaError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {PARTITION_COLUMNS} FROM job_partitions ORDER BY job, start_ms"
-        ))
-        .fetch_all(self.pool())
+        self.all(
+            sqlx::query(&format!(
+                "SELECT {PARTITION_COLUMNS} FROM job_partitions ORDER BY job, start_ms"
+            )),
+            partition_from_row,
+        )
         .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(partition_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(self.db())
     }
 
     /// Claims a partition and records its run as started, in one
@@ -376,19 +373,16 @@ impl MetaStore {
         partition_key: Option<&str>,
         limit: u32,
     ) -> Result<Vec<JobRunRow>, MetaError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM job_runs WHERE ($1 IS NULL OR job = $1) \
+        self.all(
+            sqlx::query(&format!(
+                "SELECT {RUN_COLUMNS} FROM job_runs WHERE ($1 IS NULL OR job = $1) \
              AND ($2 IS NULL OR partition_key = $2) ORDER BY started_ms DESC, run_id LIMIT $3"
-        ))
-        .bind(job.map(str::to_string))
-        .bind(partition_key.map(str::to_string))
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
+            ))
+            .bind(job.map(str::to_string))
+            .bind(partition_key.map(str::to_string))
+            .bind(i64::from(limit)),
+            run_from_row,
+        )
         .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(run_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(self.db())
     }
 }

@@ -51,6 +51,12 @@ pub enum MetaError {
         "metadata store {url}: migration {name} was changed after it was applied; add a new one instead"
     )]
     ChangedMigration { url: String, name: String },
+    #[error("data_dir {}: {source}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The future of a store call that runs a transaction, boxed as `Send`:
@@ -138,6 +144,22 @@ fn device_from_row(row: &sqlx::any::AnyRow) -> Result<DeviceRecord, sqlx::Error>
 
 impl MetaStore {
     /// Connects to `sqlite://PATH` (created if missing) or `postgres://…`.
+    /// The configured store, migrated: the one way a process opens it, so
+    /// the roles of one process share one pool (for the default SQLite
+    /// file, its directory is made first).
+    pub async fn open(config: &tillwatch_config::Config) -> Result<MetaStore, MetaError> {
+        let url = config.metadata_url();
+        if url.starts_with("sqlite:") {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| MetaError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        }
+        let store = MetaStore::connect(&url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
     pub async fn connect(url: &str) -> Result<MetaStore, MetaError> {
         let backend = Backend::of_url(url).ok_or_else(|| MetaError::BadUrl(url.to_string()))?;
         install_default_drivers();
@@ -188,6 +210,20 @@ impl MetaStore {
             url: self.shown_url.clone(),
             source,
         }
+    }
+
+    /// Runs `query` and reads every row it returns with `row`: how every
+    /// list is read from the store.
+    pub(crate) async fn all<'q, T, C: FromIterator<T>>(
+        &self,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        row: impl Fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+    ) -> Result<C, MetaError> {
+        let rows = query.fetch_all(self.pool()).await.map_err(self.db())?;
+        rows.iter()
+            .map(row)
+            .collect::<Result<_, _>>()
+            .map_err(self.db())
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {

@@ -309,14 +309,10 @@ fn run_log(r: &JobRunRow) -> Vec<String> {
 
 /// A partition key (`2026-11-22` or `2026-11-22T06`) for `param`.
 pub fn partition(param: &'static str, text: &str) -> Result<Partition, QueryError> {
-    Partition::parse_key(text).ok_or_else(|| {
-        QueryError::invalid(
-            param,
-            format!(
-                "{text:?} is not a partition: give a day (2026-11-22) or an hour (2026-11-22T06)"
-            ),
-        )
-    })
+    text.parse()
+        .map_err(|e: tillwatch_scheduler::PartitionKeyError| {
+            QueryError::invalid(param, e.to_string())
+        })
 }
 
 fn limit(value: Option<u32>, max: u32) -> Result<u32, QueryError> {
@@ -556,7 +552,7 @@ impl JobQueries {
             downstream,
             self.runner.now(),
         )
-        .map_err(|e| QueryError::invalid("from", e))
+        .map_err(|e| QueryError::invalid("from", e.to_string()))
     }
 
     /// Marks the range to run again (upstream first), or with `dry_run`

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use tillwatch_clickhouse::{ChError, ClickHouse};
-use tillwatch_scheduler::{Executor, Grain, JobSpec, Output, Partition, RunFuture};
+use tillwatch_scheduler::{Executor, Grain, JobError, JobSpec, Output, Partition, RunFuture};
 use tillwatch_storage::Lake;
 use tillwatch_storage::clickhouse_ddl::quote_ident;
 use tracing::debug;
@@ -64,9 +64,9 @@ fn sort_key(job: &str) -> &'static str {
     }
 }
 
-fn err(step: &str, job: &str, partition: Partition) -> impl Fn(ChError) -> String {
+fn err(step: &str, job: &str, partition: Partition) -> impl Fn(ChError) -> JobError {
     let context = format!("{step} for {job} {partition} on ClickHouse");
-    move |e| format!("{context}: {e}")
+    move |e| JobError::Query(format!("{context}: {e}"))
 }
 
 /// `schema` with every column nullable: what comes back over JSON is
@@ -100,8 +100,11 @@ impl ClickHouseEngine {
     }
 
     /// The `SELECT` of a job for one interval, ready to send.
-    pub fn select(&self, job: &JobSpec, partition: Partition) -> Result<String, String> {
-        let sql = jobs::sql(&job.name).ok_or_else(|| format!("no built-in job {:?}", job.name))?;
+    pub fn select(&self, job: &JobSpec, partition: Partition) -> Result<String, JobError> {
+        let sql = jobs::sql(&job.name).ok_or_else(|| JobError::UnknownJob {
+            engine: "ClickHouse",
+            job: job.name.clone(),
+        })?;
         let seconds = |ms: i64| ms.div_euclid(1000).to_string();
         Ok(sql
             .clickhouse
@@ -128,7 +131,7 @@ impl ClickHouseEngine {
         &self,
         job: &JobSpec,
         partition: Partition,
-    ) -> Result<Vec<&'static str>, String> {
+    ) -> Result<Vec<&'static str>, JobError> {
         let id = partition_id(partition);
         // Clears what a killed run may have left, fills the interval's
         // partition, and says whether there is anything to clear after.
@@ -139,7 +142,7 @@ impl ClickHouseEngine {
                 .await
                 .map_err(&fail)?;
             if rows.is_empty() {
-                return Ok::<_, String>(None);
+                return Ok::<_, JobError>(None);
             }
             self.ch
                 .insert_row_binary(table, columns, rows.into())
@@ -186,7 +189,7 @@ impl ClickHouseEngine {
         job: &str,
         staging: &str,
         partition: Partition,
-    ) -> Result<Vec<RecordBatch>, String> {
+    ) -> Result<Vec<RecordBatch>, JobError> {
         let schema = Embedded::output_schema(job).await?;
         let time = schema.field(0).name().clone();
         let columns: Vec<String> = schema
@@ -217,18 +220,18 @@ impl ClickHouseEngine {
             .with_setting("output_format_json_quote_64bit_integers", "0")
             .query(&sql)
             .fetch_bytes("JSONEachRow")
-            .map_err(|e| format!("reading back {job} {partition}: {e}"))?
+            .map_err(|e| JobError::read(format_args!("back {job} {partition}"), e))?
             .collect()
             .await
-            .map_err(|e| format!("reading back {job} {partition}: {e}"))?;
+            .map_err(|e| JobError::read(format_args!("back {job} {partition}"), e))?;
         let relaxed = relaxed(&schema);
         let reader = arrow::json::ReaderBuilder::new(relaxed.clone())
             .with_batch_size(65_536)
             .build(Cursor::new(bytes))
-            .map_err(|e| format!("decoding {job} {partition}: {e}"))?;
+            .map_err(|e| JobError::read(format_args!("back {job} {partition} (decoding)"), e))?;
         let mut batches = reader
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("decoding {job} {partition}: {e}"))?;
+            .map_err(|e| JobError::read(format_args!("back {job} {partition} (decoding)"), e))?;
         if batches.is_empty() {
             batches.push(RecordBatch::new_empty(relaxed));
         }
@@ -236,7 +239,7 @@ impl ClickHouseEngine {
     }
 
     /// Runs a built-in job for one interval (steps 1-5 above).
-    pub async fn run_job(&self, spec: &JobSpec, partition: Partition) -> Result<Output, String> {
+    pub async fn run_job(&self, spec: &JobSpec, partition: Partition) -> Result<Output, JobError> {
         let job = spec.name.as_str();
         if job == jobs::RAW_COMPACTION {
             // The lake's upkeep; ClickHouse merges its own parts.

@@ -26,7 +26,7 @@ use tillwatch_config::DirectorySource;
 use tillwatch_domain::hours::{WeeklyHours, time_zone};
 use tillwatch_domain::{MerchantId, StoreId};
 use tillwatch_meta::{MerchantRecord, MetaStore, StoreRecord};
-use tillwatch_scheduler::{Grain, JobSpec, Output, Partition};
+use tillwatch_scheduler::{Grain, JobError, JobSpec, Output, Partition};
 
 use crate::embedded::Embedded;
 use crate::jobs::PLATFORM_OWNER;
@@ -43,6 +43,44 @@ pub const COLUMNS: [&str; 6] = [
     "time_zone",
     "hours",
 ];
+
+/// What is wrong with the directory's answer: the query's shape, or one
+/// row (which is skipped and reported).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    #[error("the query returned no rows; check [scheduler.merchant_directory] query")]
+    NoRows,
+    #[error(
+        "the query returns a column {0:?}; the columns read are {columns} (rename with AS)",
+        columns = COLUMNS.join(", ")
+    )]
+    UnknownColumn(String),
+    #[error("the query returns no {0} column")]
+    MissingColumn(&'static str),
+    #[error("column {column}: {detail} (cast it to text in the query: {column}::text)")]
+    NotText { column: String, detail: String },
+    /// One row's field does not hold what it must.
+    #[error("store {merchant_id}/{store_id}: {field} {detail}")]
+    BadRow {
+        merchant_id: String,
+        store_id: String,
+        field: &'static str,
+        detail: String,
+    },
+    #[error("every row of the merchant directory was skipped: {rows}", rows = join(.0))]
+    AllSkipped(Vec<DirectoryError>),
+}
+
+fn join(errors: &[DirectoryError]) -> String {
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    texts.join("; ")
+}
+
+impl From<DirectoryError> for JobError {
+    fn from(e: DirectoryError) -> JobError {
+        JobError::input(e)
+    }
+}
 
 /// The job: hourly, no inputs, only the newest hour (a snapshot of the
 /// directory as it is now, not as it was).
@@ -66,15 +104,20 @@ pub struct Entry {
 
 impl Entry {
     /// Checks ids, time zone and hours; the error names the row and field.
-    pub fn check(self) -> Result<Entry, String> {
-        let at = format!("store {}/{}", self.merchant_id, self.store_id);
-        MerchantId::new(&self.merchant_id).map_err(|e| format!("{at}: merchant_id {e}"))?;
-        StoreId::new(&self.store_id).map_err(|e| format!("{at}: store_id {e}"))?;
+    pub fn check(self) -> Result<Entry, DirectoryError> {
+        let bad = |field: &'static str, detail: String| DirectoryError::BadRow {
+            merchant_id: self.merchant_id.clone(),
+            store_id: self.store_id.clone(),
+            field,
+            detail,
+        };
+        MerchantId::new(&self.merchant_id).map_err(|e| bad("merchant_id", e.to_string()))?;
+        StoreId::new(&self.store_id).map_err(|e| bad("store_id", e.to_string()))?;
         if let Some(tz) = &self.time_zone {
-            time_zone(tz).map_err(|e| format!("{at}: time_zone {e}"))?;
+            time_zone(tz).map_err(|e| bad("time_zone", e.to_string()))?;
         }
         if let Some(h) = &self.hours {
-            WeeklyHours::parse(h).map_err(|e| format!("{at}: hours {h:?}: {e}"))?;
+            WeeklyHours::parse(h).map_err(|e| bad("hours", format!("{h:?}: {e}")))?;
         }
         Ok(self)
     }
@@ -83,10 +126,10 @@ impl Entry {
 /// Turns the query's rows into entries: the good ones, and a message for
 /// each row skipped. Fails on a column Tillwatch does not read, a required
 /// one missing, a value that is not text, or no rows.
-pub fn entries(rows: &[sqlx::postgres::PgRow]) -> Result<(Vec<Entry>, Vec<String>), String> {
-    let first = rows
-        .first()
-        .ok_or("the query returned no rows; check [scheduler.merchant_directory] query")?;
+pub fn entries(
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<(Vec<Entry>, Vec<DirectoryError>), DirectoryError> {
+    let first = rows.first().ok_or(DirectoryError::NoRows)?;
     let names: Vec<String> = first
         .columns()
         .iter()
@@ -94,25 +137,26 @@ pub fn entries(rows: &[sqlx::postgres::PgRow]) -> Result<(Vec<Entry>, Vec<String
         .collect();
     for n in &names {
         if !COLUMNS.contains(&n.as_str()) {
-            return Err(format!(
-                "the query returns a column {n:?}; the columns read are {} (rename with AS)",
-                COLUMNS.join(", ")
-            ));
+            return Err(DirectoryError::UnknownColumn(n.clone()));
         }
     }
     for required in &COLUMNS[..2] {
         if !names.iter().any(|n| n == required) {
-            return Err(format!("the query returns no {required} column"));
+            return Err(DirectoryError::MissingColumn(required));
         }
     }
-    let text = |row: &sqlx::postgres::PgRow, name: &str| -> Result<Option<String>, String> {
-        if !names.iter().any(|n| n == name) {
-            return Ok(None);
-        }
-        row.try_get::<Option<String>, _>(name)
-            .map(|v| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
-            .map_err(|e| format!("column {name}: {e} (cast it to text in the query: {name}::text)"))
-    };
+    let text =
+        |row: &sqlx::postgres::PgRow, name: &str| -> Result<Option<String>, DirectoryError> {
+            if !names.iter().any(|n| n == name) {
+                return Ok(None);
+            }
+            row.try_get::<Option<String>, _>(name)
+                .map(|v| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+                .map_err(|e| DirectoryError::NotText {
+                    column: name.to_string(),
+                    detail: e.to_string(),
+                })
+        };
     let mut good = Vec::new();
     let mut skipped = Vec::new();
     for row in rows {
@@ -195,35 +239,37 @@ pub struct Directory {
 }
 
 impl Directory {
-    async fn fetch(&self) -> Result<Vec<sqlx::postgres::PgRow>, String> {
+    async fn fetch(&self) -> Result<Vec<sqlx::postgres::PgRow>, JobError> {
         let timeout = self.source.connect_timeout.max(Duration::from_millis(100));
         let mut conn = tokio::time::timeout(
             timeout,
             sqlx::postgres::PgConnection::connect(&self.source.url),
         )
         .await
-        .map_err(|_| format!("the merchant directory did not answer within {timeout:?}"))?
-        .map_err(|e| format!("connecting to the merchant directory: {e}"))?;
+        .map_err(|_| {
+            JobError::read(
+                "the merchant directory",
+                format_args!("no answer within {timeout:?}"),
+            )
+        })?
+        .map_err(|e| JobError::read("the merchant directory (connecting)", e))?;
         let rows = sqlx::query(&self.source.query)
             .fetch_all(&mut conn)
             .await
-            .map_err(|e| format!("the merchant directory query: {e}"))?;
+            .map_err(|e| JobError::read("the merchant directory (its query)", e))?;
         let _ = conn.close().await;
         Ok(rows)
     }
 
     /// One import (see the module docs).
-    pub async fn import(&self, partition: Partition) -> Result<Output, String> {
+    pub async fn import(&self, partition: Partition) -> Result<Output, JobError> {
         let rows = self.fetch().await?;
         let (entries, skipped) = entries(&rows)?;
         for problem in &skipped {
             tracing::warn!(%problem, "merchant directory row skipped");
         }
         if entries.is_empty() {
-            return Err(format!(
-                "every row of the merchant directory was skipped: {}",
-                skipped.join("; ")
-            ));
+            return Err(DirectoryError::AllSkipped(skipped).into());
         }
         let now = (self.clock)();
         let mut merchants: Vec<MerchantRecord> = Vec::new();
@@ -260,8 +306,9 @@ impl Directory {
             .await?;
         if let Some(ch) = &self.clickhouse {
             let staging = format!("{MERCHANT_DIRECTORY}_staging");
-            let fail =
-                |e: tillwatch_clickhouse::ChError| format!("ClickHouse {MERCHANT_DIRECTORY}: {e}");
+            let fail = |e: tillwatch_clickhouse::ChError| {
+                JobError::query(format_args!("ClickHouse {MERCHANT_DIRECTORY}: {e}"))
+            };
             let clear = format!("ALTER TABLE {} DROP PARTITION tuple()", ch.table(&staging));
             ch.execute(&clear).await.map_err(fail)?;
             ch.insert_row_binary(
@@ -283,7 +330,7 @@ impl Directory {
         self.store
             .import_directory(&merchants, &stores)
             .await
-            .map_err(|e| format!("saving the merchant directory: {e}"))?;
+            .map_err(|e| JobError::write("the merchant directory to the metadata store", e))?;
         tracing::info!(
             stores = entries.len(),
             merchants = merchants.len(),

@@ -13,7 +13,7 @@ use datafusion::datasource::MemTable;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tillwatch_domain::{HourPartition, Kind};
-use tillwatch_scheduler::{Executor, JobSpec, Output, Partition, RunFuture};
+use tillwatch_scheduler::{Executor, JobError, JobSpec, Output, Partition, RunFuture};
 use tillwatch_storage::{Lake, OutputGrain, Table, schema};
 
 use crate::jobs::{
@@ -85,16 +85,20 @@ impl Embedded {
     }
 
     /// Registers a batch as an in-memory table.
-    fn register_batch(ctx: &SessionContext, name: &str, batch: RecordBatch) -> Result<(), String> {
+    fn register_batch(
+        ctx: &SessionContext,
+        name: &str,
+        batch: RecordBatch,
+    ) -> Result<(), JobError> {
         let table =
-            MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(|e| e.to_string())?;
+            MemTable::try_new(batch.schema(), vec![vec![batch]]).map_err(JobError::query)?;
         ctx.register_table(name, Arc::new(table))
-            .map_err(|e| e.to_string())?;
+            .map_err(JobError::query)?;
         Ok(())
     }
 
     /// The local day of `day` as the daily job reads it.
-    pub async fn local_day(&self, job: &JobSpec, day: Partition) -> Result<LocalDay, String> {
+    pub async fn local_day(&self, job: &JobSpec, day: Partition) -> Result<LocalDay, JobError> {
         let devices = self.side.devices().await?;
         let local = side::local_day(
             day,
@@ -107,13 +111,14 @@ impl Embedded {
     }
 
     /// Whether a file is at `path` in the lake.
-    pub async fn exists(&self, path: &std::path::Path) -> Result<bool, String> {
+    pub async fn exists(&self, path: &std::path::Path) -> Result<bool, JobError> {
         let lake = self.lake.clone();
         let path = path.to_path_buf();
+        let what = path.display().to_string();
         tokio::task::spawn_blocking(move || lake.exists(&path))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
+            .map_err(|e| JobError::read(&what, e))?
+            .map_err(|e| JobError::read(&what, e))
     }
 
     /// Where a job's partition lives in the lake.
@@ -160,34 +165,35 @@ impl Embedded {
         ctx: &SessionContext,
         name: &str,
         partition: Partition,
-    ) -> Result<(), String> {
-        let table = raw_table(name).ok_or_else(|| format!("no raw table {name:?}"))?;
+    ) -> Result<(), JobError> {
+        let table =
+            raw_table(name).ok_or_else(|| JobError::input(format!("no raw table {name:?}")))?;
         let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
         let lake = self.lake.clone();
         let files = tokio::task::spawn_blocking(move || lake.hour_files(table, hour))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| JobError::read(format!("the lake's {name} files for {partition}"), e))?;
         let schema = schema(table);
         if files.is_empty() {
-            let empty = MemTable::try_new(schema, vec![vec![]]).map_err(|e| e.to_string())?;
+            let empty = MemTable::try_new(schema, vec![vec![]]).map_err(JobError::query)?;
             ctx.register_table(name, Arc::new(empty))
-                .map_err(|e| e.to_string())?;
+                .map_err(JobError::query)?;
             return Ok(());
         }
         let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         let frame = ctx
             .read_parquet(paths, ParquetReadOptions::default().schema(&schema))
             .await
-            .map_err(|e| format!("reading {name} {partition}: {e}"))?;
+            .map_err(|e| JobError::read(format_args!("{name} {partition}"), e))?;
         ctx.register_table(name, frame.into_view())
-            .map_err(|e| e.to_string())?;
+            .map_err(JobError::query)?;
         Ok(())
     }
 
     /// Compacts one hour of every raw table. The output's fingerprint is
     /// the compacted hour's, so a second run that finds nothing to do
     /// leaves the hourly rollup alone.
-    pub async fn raw_compaction(&self, partition: Partition) -> Result<Output, String> {
+    pub async fn raw_compaction(&self, partition: Partition) -> Result<Output, JobError> {
         let lake = self.lake.clone();
         tokio::task::spawn_blocking(move || {
             let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
@@ -195,9 +201,9 @@ impl Embedded {
             let mut fingerprints = String::new();
             for kind in Kind::ALL {
                 let table = Table::Reading(kind);
-                let done = lake
-                    .compact_hour(table, hour)
-                    .map_err(|e| format!("compacting {} {partition}: {e}", table.name()))?;
+                let done = lake.compact_hour(table, hour).map_err(|e| {
+                    JobError::write(format_args!("{} {partition} (compacting)", table.name()), e)
+                })?;
                 rows += done.rows_out;
                 fingerprints.push_str(&lake.hour_fingerprint(table, hour));
                 fingerprints.push(';');
@@ -208,7 +214,7 @@ impl Embedded {
             })
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| JobError::write(format_args!("the compaction of {partition}"), e))?
     }
 
     /// Writes `batches` as the job's partition in the lake, replacing it.
@@ -217,23 +223,23 @@ impl Embedded {
         job: &str,
         partition: Partition,
         batches: Vec<RecordBatch>,
-    ) -> Result<Output, String> {
+    ) -> Result<Output, JobError> {
         let schema = batches
             .first()
             .map(|b| b.schema())
-            .ok_or("the query gave no schema")?;
+            .ok_or_else(|| JobError::query("the query gave no schema"))?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-        let bytes =
-            encode(schema, &batches).map_err(|e| format!("encoding {job} {partition}: {e}"))?;
+        let bytes = encode(schema, &batches)
+            .map_err(|e| JobError::write(format_args!("{job} {partition}"), e))?;
         let path = self.output_path(job, partition);
         let fingerprint = fnv(&bytes);
         let lake = self.lake.clone();
         tokio::task::spawn_blocking(move || {
             lake.put(&path, bytes)
-                .map_err(|e| format!("writing {}: {e}", path.display()))
+                .map_err(|e| JobError::write(path.display(), e))
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| JobError::write(format_args!("{job} {partition}"), e))??;
         Ok(Output {
             rows: rows as u64,
             fingerprint,
@@ -247,11 +253,11 @@ impl Embedded {
         sql: &str,
         job: &str,
         partition: Partition,
-    ) -> Result<Output, String> {
+    ) -> Result<Output, JobError> {
         let sql = sql.replace("{start_ms}", &partition.start_ms.to_string());
-        let frame = ctx.sql(&sql).await.map_err(|e| e.to_string())?;
+        let frame = ctx.sql(&sql).await.map_err(JobError::query)?;
         let schema = frame.schema().inner().clone();
-        let mut batches = frame.collect().await.map_err(|e| e.to_string())?;
+        let mut batches = frame.collect().await.map_err(JobError::query)?;
         if batches.is_empty() {
             batches.push(RecordBatch::new_empty(schema));
         }
@@ -265,25 +271,27 @@ impl Embedded {
         &self,
         job: &JobSpec,
         partition: Partition,
-    ) -> Result<Output, String> {
+    ) -> Result<Output, JobError> {
         let ctx = self.session();
         let mut files = Vec::new();
         for hour in job.input_partitions(partition, tillwatch_scheduler::Grain::Hour) {
             let path = self.output_path(DEVICE_HEALTH_HOURLY, hour);
             if !self.exists(&path).await? {
-                return Err(format!(
+                return Err(JobError::input(format!(
                     "{DEVICE_HEALTH_HOURLY} {hour} has no output at {}",
                     path.display()
-                ));
+                )));
             }
             files.push(path.display().to_string());
         }
         let frame = ctx
             .read_parquet(files, ParquetReadOptions::default())
             .await
-            .map_err(|e| format!("reading {DEVICE_HEALTH_HOURLY} for {partition}: {e}"))?;
+            .map_err(|e| {
+                JobError::read(format_args!("{DEVICE_HEALTH_HOURLY} for {partition}"), e)
+            })?;
         ctx.register_table("hourly", frame.into_view())
-            .map_err(|e| e.to_string())?;
+            .map_err(JobError::query)?;
         let local = self.local_day(job, partition).await?;
         let (devices, zone_hours) = side::local_day_batches(&local);
         Self::register_batch(&ctx, "devices", devices)?;
@@ -298,14 +306,14 @@ impl Embedded {
     }
 
     /// Runs `fleet_health_daily` for one UTC day from its device rollup.
-    pub async fn fleet_health_daily(&self, partition: Partition) -> Result<Output, String> {
+    pub async fn fleet_health_daily(&self, partition: Partition) -> Result<Output, JobError> {
         let ctx = self.session();
         let path = self.output_path(DEVICE_HEALTH_DAILY, partition);
         if !self.exists(&path).await? {
-            return Err(format!(
+            return Err(JobError::input(format!(
                 "{DEVICE_HEALTH_DAILY} {partition} has no output at {}",
                 path.display()
-            ));
+            )));
         }
         ctx.register_parquet(
             "daily",
@@ -313,7 +321,7 @@ impl Embedded {
             ParquetReadOptions::default(),
         )
         .await
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        .map_err(|e| JobError::read(path.display(), e))?;
         self.query_into(
             ctx,
             FLEET_HEALTH_DAILY_SQL.datafusion,
@@ -324,7 +332,7 @@ impl Embedded {
     }
 
     /// Runs `device_health_hourly` for one hour.
-    pub async fn device_health_hourly(&self, partition: Partition) -> Result<Output, String> {
+    pub async fn device_health_hourly(&self, partition: Partition) -> Result<Output, JobError> {
         let ctx = self.session();
         for name in crate::jobs::RAW_TABLES {
             self.register_hour(&ctx, name, partition).await?;
@@ -344,17 +352,17 @@ impl Embedded {
 
     /// The Arrow schema of a built-in job's output, planned over empty
     /// inputs: the columns of its Parquet files whichever engine ran it.
-    pub async fn output_schema(job: &str) -> Result<arrow::datatypes::SchemaRef, String> {
+    pub async fn output_schema(job: &str) -> Result<arrow::datatypes::SchemaRef, JobError> {
         let ctx = Self::context();
-        let empty = |schema: arrow::datatypes::SchemaRef| -> Result<Arc<MemTable>, String> {
+        let empty = |schema: arrow::datatypes::SchemaRef| -> Result<Arc<MemTable>, JobError> {
             MemTable::try_new(schema, vec![vec![]])
                 .map(Arc::new)
-                .map_err(|e| e.to_string())
+                .map_err(JobError::query)
         };
         for name in crate::jobs::RAW_TABLES {
             let table = raw_table(name).expect("the raw tables are the lake's");
             ctx.register_table(name, empty(schema(table))?)
-                .map_err(|e| e.to_string())?;
+                .map_err(JobError::query)?;
         }
         Self::register_batch(&ctx, "online", side::online_batch(&[]))?;
         Self::register_batch(&ctx, "attribution", side::attribution_batch(&[]))?;
@@ -369,7 +377,7 @@ impl Embedded {
         let hourly = ctx
             .sql(&plan(DEVICE_HEALTH_HOURLY_SQL.datafusion))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(JobError::query)?
             .schema()
             .inner()
             .clone();
@@ -377,11 +385,11 @@ impl Embedded {
             return Ok(hourly);
         }
         ctx.register_table("hourly", empty(hourly)?)
-            .map_err(|e| e.to_string())?;
+            .map_err(JobError::query)?;
         let daily = ctx
             .sql(&plan(DEVICE_HEALTH_DAILY_SQL.datafusion))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(JobError::query)?
             .schema()
             .inner()
             .clone();
@@ -389,16 +397,19 @@ impl Embedded {
             DEVICE_HEALTH_DAILY => Ok(daily),
             FLEET_HEALTH_DAILY => {
                 ctx.register_table("daily", empty(daily)?)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(JobError::query)?;
                 Ok(ctx
                     .sql(&plan(FLEET_HEALTH_DAILY_SQL.datafusion))
                     .await
-                    .map_err(|e| e.to_string())?
+                    .map_err(JobError::query)?
                     .schema()
                     .inner()
                     .clone())
             }
-            other => Err(format!("no built-in job {other:?}")),
+            other => Err(JobError::UnknownJob {
+                engine: "embedded",
+                job: other.to_string(),
+            }),
         }
     }
 }
@@ -411,7 +422,10 @@ impl Executor for Embedded {
                 DEVICE_HEALTH_HOURLY => self.device_health_hourly(partition).await,
                 DEVICE_HEALTH_DAILY => self.device_health_daily(job, partition).await,
                 FLEET_HEALTH_DAILY => self.fleet_health_daily(partition).await,
-                other => Err(format!("the embedded engine has no job {other:?}")),
+                other => Err(JobError::UnknownJob {
+                    engine: "embedded",
+                    job: other.to_string(),
+                }),
             }
         })
     }

@@ -22,7 +22,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::{ParquetReadOptions, SessionContext};
 use tillwatch_config::RollupRulesConfig;
 use tillwatch_meta::FindingRecord;
-use tillwatch_scheduler::{Grain, Partition};
+use tillwatch_scheduler::{Grain, JobError, Partition};
 
 use crate::embedded::Embedded;
 use crate::jobs::{DEVICE_HEALTH_DAILY, FLEET_HEALTH_DAILY};
@@ -55,7 +55,7 @@ async fn register_days(
     name: &str,
     day: Partition,
     days: u32,
-) -> Result<(), String> {
+) -> Result<(), JobError> {
     let mut paths = Vec::new();
     for back in 0..i64::from(days.max(1)) {
         let d = Partition::containing(Grain::Day, day.start_ms - back * DAY_MS);
@@ -66,27 +66,27 @@ async fn register_days(
     }
     if paths.is_empty() {
         let schema = Embedded::output_schema(job).await?;
-        let empty = MemTable::try_new(schema, vec![vec![]]).map_err(|e| e.to_string())?;
+        let empty = MemTable::try_new(schema, vec![vec![]]).map_err(JobError::query)?;
         ctx.register_table(name, Arc::new(empty))
-            .map_err(|e| e.to_string())?;
+            .map_err(JobError::query)?;
         return Ok(());
     }
     let frame = ctx
         .read_parquet(paths, ParquetReadOptions::default())
         .await
-        .map_err(|e| format!("reading {job}: {e}"))?;
+        .map_err(|e| JobError::read(job, e))?;
     ctx.register_table(name, frame.into_view())
-        .map_err(|e| e.to_string())?;
+        .map_err(JobError::query)?;
     Ok(())
 }
 
-async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, String> {
+async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, JobError> {
     ctx.sql(sql)
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(JobError::query)?
         .collect()
         .await
-        .map_err(|e| e.to_string())
+        .map_err(JobError::query)
 }
 
 /// Column `name` of row `i`, as text or a number.
@@ -142,7 +142,7 @@ async fn chronic_poor_connectivity(
     lake: &Embedded,
     rules: &RollupRulesConfig,
     day: Partition,
-) -> Result<Vec<FindingRecord>, String> {
+) -> Result<Vec<FindingRecord>, JobError> {
     let r = &rules.chronic_poor_connectivity;
     let ctx = lake.session();
     register_days(&ctx, lake, DEVICE_HEALTH_DAILY, "daily", day, r.of_days).await?;
@@ -189,7 +189,7 @@ async fn battery_health(
     lake: &Embedded,
     rules: &RollupRulesConfig,
     day: Partition,
-) -> Result<Vec<FindingRecord>, String> {
+) -> Result<Vec<FindingRecord>, JobError> {
     let r = &rules.battery_health;
     let ctx = lake.session();
     register_days(
@@ -233,7 +233,7 @@ async fn cohort_regression(
     lake: &Embedded,
     rules: &RollupRulesConfig,
     day: Partition,
-) -> Result<Vec<FindingRecord>, String> {
+) -> Result<Vec<FindingRecord>, JobError> {
     let r = &rules.cohort_regression;
     let ctx = lake.session();
     register_days(
@@ -326,7 +326,7 @@ pub async fn evaluate(
     rules: &RollupRulesConfig,
     rule: &str,
     day: Partition,
-) -> Result<Option<Vec<FindingRecord>>, String> {
+) -> Result<Option<Vec<FindingRecord>>, JobError> {
     let found = match rule {
         COHORT_REGRESSION if rules.cohort_regression.enabled => {
             cohort_regression(lake, rules, day).await?

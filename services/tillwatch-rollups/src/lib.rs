@@ -4,7 +4,9 @@
 //! the partition as one Parquet file, replaced atomically; the ClickHouse
 //! engine ([`clickhouse`]) runs it as `INSERT … SELECT` in the server and
 //! swaps the interval's partition, and writes the same Parquet file. [`catalog`]
-//! applies the operator's settings; [`service`] is the scheduler process.
+//! applies the operator's settings; [`service`] builds the scheduler's
+//! runner over them and its snapshot of the lake (the process itself is
+//! `tillwatch_scheduler::process`, wired by `tillwatch-serve`).
 
 pub mod catalog;
 pub mod clickhouse;
@@ -12,10 +14,9 @@ pub mod directory;
 pub mod embedded;
 pub mod findings;
 pub mod jobs;
-pub mod metrics;
 pub mod quantile;
 pub mod service;
 pub mod side;
 pub mod synthetic;
 
-pub use service::{SchedulerError, run_scheduler};
+pub use service::SchedulerError;

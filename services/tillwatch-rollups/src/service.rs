@@ -7,12 +7,12 @@ use std::sync::Arc;
 use tillwatch_config::Config;
 use tillwatch_domain::{Kind, UtcMillis};
 use tillwatch_meta::MetaStore;
-use tillwatch_scheduler::{Clock, Partition, Runner, Snapshot, ingest_watermark, ops};
+use tillwatch_scheduler::{Clock, Partition, Runner, Snapshot, ingest_watermark};
 use tillwatch_storage::{Lake, Table};
 
 use tillwatch_clickhouse::ClickHouse;
 use tillwatch_config::{RollupEngine, RollupRulesConfig};
-use tillwatch_scheduler::{Executor, JobSpec, RunFuture};
+use tillwatch_scheduler::{Executor, JobError, JobSpec, RunFuture};
 
 use crate::clickhouse::ClickHouseEngine;
 use crate::directory::{Directory, MERCHANT_DIRECTORY};
@@ -25,11 +25,6 @@ pub enum SchedulerError {
     Config(Vec<String>),
     #[error(transparent)]
     Meta(#[from] tillwatch_meta::MetaError),
-    #[error("data_dir {path}: {source}")]
-    DataDir {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
     #[error("the lake: {0}")]
     Lake(#[from] tillwatch_storage::LakeError),
 }
@@ -146,7 +141,7 @@ struct Jobs {
 impl Jobs {
     /// Evaluates the rules that read `job`'s `day` and saves what they
     /// found. A failure fails the run, which is retried like any other.
-    async fn evaluate_rules(&self, job: &str, day: Partition) -> Result<(), String> {
+    async fn evaluate_rules(&self, job: &str, day: Partition) -> Result<(), JobError> {
         for rule in findings::rules_after(job) {
             let Some(found) = findings::evaluate(&self.lake, &self.rules, rule, day).await? else {
                 continue;
@@ -155,7 +150,7 @@ impl Jobs {
                 .store
                 .save_findings(rule, day.start_ms, (self.clock)(), &found)
                 .await
-                .map_err(|e| format!("saving the findings of {rule}: {e}"))?;
+                .map_err(|e| JobError::write(format_args!("the findings of {rule}"), e))?;
             tracing::info!(rule, day = %day, found = found.len(), saved, "rollup rule evaluated");
         }
         Ok(())
@@ -168,7 +163,7 @@ impl Executor for Jobs {
             if job.name == MERCHANT_DIRECTORY {
                 return match &self.directory {
                     Some(d) => d.import(partition).await,
-                    None => Err("[scheduler.merchant_directory] is not configured".into()),
+                    None => Err(JobError::NotConfigured("[scheduler.merchant_directory]")),
                 };
             }
             let output = self.rollups.run(job, partition).await?;
@@ -189,20 +184,16 @@ pub fn engine(config: &Config) -> Option<ClickHouse> {
     }
 }
 
-/// The store, the lake and a runner over the configured jobs, as the
-/// scheduler and the `jobs` commands use them.
-pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), SchedulerError> {
+/// The lake and a runner over the configured jobs and `store` (opened
+/// with [`MetaStore::open`]), as the scheduler and the `jobs` commands use
+/// them.
+pub fn open(
+    config: &Config,
+    store: MetaStore,
+    clock: Clock,
+) -> Result<(Runner, Lake), SchedulerError> {
     let catalog =
         crate::catalog::catalog(&config.scheduler, clock()).map_err(SchedulerError::Config)?;
-    let url = config.metadata_url();
-    if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| SchedulerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
-    }
-    let store = MetaStore::connect(&url).await?;
-    store.migrate().await?;
     let lake = Lake::from_config(config)?;
     let ch = engine(config);
     // Minutes online and the stores' time zones come from the store.
@@ -245,101 +236,6 @@ pub async fn open(config: &Config, clock: Clock) -> Result<(Runner, Lake), Sched
     ))
 }
 
-/// The rule the alerter pages with when a gateway's watermark stalls.
-pub const INGEST_WATERMARK_STALLED: &str = "ingest_watermark_stalled";
-
-/// Tells of gateways whose ingest watermark stalled or advances again: a
-/// warning (and a note when it is back), the metrics, and the
-/// `ingest_watermark_stalled` findings the alerter turns into alerts that
-/// fire and resolve like any other.
-struct StallWatch {
-    store: MetaStore,
-    /// The stalled gateways last told of; `None` until the store has
-    /// taken a first report (so a restarted scheduler reports afresh).
-    told: std::sync::Mutex<Option<std::collections::BTreeSet<String>>>,
-}
-
-impl StallWatch {
-    async fn observe(&self, snap: &Snapshot, now_ms: i64, stall_after: std::time::Duration) {
-        use crate::metrics as m;
-        let lag = |at: i64| (now_ms.saturating_sub(at)) as f64 / 1000.0;
-        if snap.watermark_ms != i64::MIN {
-            metrics::gauge!(m::WATERMARK_LAG).set(lag(snap.watermark_ms));
-        }
-        for w in &snap.writers {
-            metrics::gauge!(m::WRITER_LAG, "writer" => w.writer.clone()).set(lag(w.at_ms));
-        }
-        let stalled: std::collections::BTreeSet<String> = snap
-            .writers
-            .iter()
-            .filter(|w| w.stalled)
-            .map(|w| w.writer.clone())
-            .collect();
-        metrics::gauge!(m::WRITERS_STALLED).set(stalled.len() as f64);
-        let told = self
-            .told
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if told.as_ref() == Some(&stalled) {
-            return;
-        }
-        for w in snap.writers.iter().filter(|w| w.stalled) {
-            if told.as_ref().is_none_or(|t| !t.contains(&w.writer)) {
-                tracing::warn!(
-                    writer = %w.writer,
-                    watermark_ms = w.at_ms,
-                    "gateway {} has not advanced its ingest watermark for more than {:?} \
-                     (scheduler.watermark_stall_after); the rollups no longer wait for it, and \
-                     what it delivers later is late data. If it was taken away for good, run \
-                     `tillwatch gateway retire {}`",
-                    w.writer,
-                    stall_after,
-                    w.writer
-                );
-            }
-        }
-        for writer in told.iter().flatten().filter(|w| !stalled.contains(*w)) {
-            tracing::info!(%writer, "gateway {writer}'s ingest watermark advances again; the rollups wait for it again");
-        }
-        let findings: Vec<tillwatch_meta::FindingRecord> = snap
-            .writers
-            .iter()
-            .filter(|w| w.stalled)
-            .map(|w| tillwatch_meta::FindingRecord {
-                rule: INGEST_WATERMARK_STALLED.into(),
-                subject: format!("gateway:{}", w.writer),
-                scope: "gateway".into(),
-                labels: [("gateway".to_string(), w.writer.clone())].into(),
-                summary: format!(
-                    "gateway {} has not advanced its ingest watermark since {}; the rollups no longer wait for it",
-                    w.writer,
-                    jiff::Timestamp::from_millisecond(w.at_ms)
-                        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
-                        .unwrap_or_else(|_| w.at_ms.to_string())
-                ),
-                value: lag(w.at_ms),
-                day_ms: now_ms,
-            })
-            .collect();
-        match self
-            .store
-            .save_findings(INGEST_WATERMARK_STALLED, now_ms, now_ms, &findings)
-            .await
-        {
-            Ok(_) => {
-                *self
-                    .told
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stalled);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot record the stalled gateways; retrying next tick")
-            }
-        }
-    }
-}
-
 /// The lake's snapshot (ingest watermark, raw tables' fingerprints) for
 /// the jobs answers of `tillwatch-query`.
 struct LakeSnapshots {
@@ -358,10 +254,11 @@ impl tillwatch_query::jobs::Snapshots for LakeSnapshots {
 
 /// The jobs' answers over the configured metadata store and lake (the
 /// jobs API of a process that serves HTTP).
-pub async fn job_queries(
+pub fn job_queries(
     config: &Config,
+    store: MetaStore,
 ) -> Result<tillwatch_query::jobs::JobQueries, SchedulerError> {
-    let (runner, lake) = open(config, wall_clock()).await?;
+    let (runner, lake) = open(config, store, wall_clock())?;
     let stall_after = config.scheduler.watermark_stall_after;
     Ok(tillwatch_query::jobs::JobQueries::new(
         Arc::new(runner),
@@ -372,61 +269,4 @@ pub async fn job_queries(
 
 pub fn wall_clock() -> Clock {
     Arc::new(|| UtcMillis::now().0)
-}
-
-/// Runs the scheduler until `shutdown` resolves.
-pub async fn run_scheduler(
-    config: &Config,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), SchedulerError> {
-    let (runner, lake) = open(config, wall_clock()).await?;
-    tracing::info!(
-        jobs = runner.catalog().jobs().len(),
-        engine = if engine(config).is_some() { "clickhouse" } else { "embedded" },
-        tick = ?config.scheduler.tick,
-        "scheduler running"
-    );
-    crate::metrics::describe();
-    let stall_after = config.scheduler.watermark_stall_after;
-    let watch = StallWatch {
-        store: runner.store().clone(),
-        told: Default::default(),
-    };
-    let observed = || async {
-        let snap = snapshot(&runner, lake.clone(), stall_after).await;
-        watch.observe(&snap, runner.now(), stall_after).await;
-        snap
-    };
-    ops::run_loop(
-        &runner,
-        observed,
-        config.scheduler.tick,
-        shutdown,
-        |ran| match &ran.result {
-            Ok(out) => tracing::info!(
-                job = %ran.task.job,
-                partition = %ran.task.partition,
-                reason = ?ran.task.reason,
-                rows = out.rows,
-                "run succeeded"
-            ),
-            Err(e) => tracing::warn!(
-                job = %ran.task.job,
-                partition = %ran.task.partition,
-                attempt = ran.task.attempt,
-                error = %e,
-                "run failed"
-            ),
-        },
-    )
-    .await?;
-    Ok(())
-}
-
-/// A partition key from the command line or the API: `2026-11-22` or
-/// `2026-11-22T06`.
-pub fn parse_partition(text: &str) -> Result<Partition, String> {
-    Partition::parse_key(text).ok_or_else(|| {
-        format!("{text:?} is not a partition: give a day (2026-11-22) or an hour (2026-11-22T06)")
-    })
 }

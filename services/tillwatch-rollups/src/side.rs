@@ -43,9 +43,9 @@ use jiff::tz::TimeZone;
 use tillwatch_domain::attribution::{Terminal, Version, hour_fingerprints};
 use tillwatch_meta::MetaStore;
 pub use tillwatch_meta::{AttributionInputs, DeviceFacts, OnlineTime};
-use tillwatch_scheduler::{Grain, Partition};
+use tillwatch_scheduler::{Grain, JobError, Partition};
 
-pub type SideFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send + 'a>>;
+pub type SideFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, JobError>> + Send + 'a>>;
 
 /// The metadata the rollups read.
 pub trait SideInputs: Send + Sync {
@@ -80,7 +80,7 @@ impl SideInputs for MetaStore {
         Box::pin(async move {
             MetaStore::online_time(self, hour.start_ms, hour.end_ms())
                 .await
-                .map_err(|e| format!("reading the connectivity history of {hour}: {e}"))
+                .map_err(|e| JobError::read(format_args!("the connectivity history of {hour}"), e))
         })
     }
 
@@ -88,7 +88,7 @@ impl SideInputs for MetaStore {
         Box::pin(async move {
             self.device_facts()
                 .await
-                .map_err(|e| format!("reading the devices' time zones and models: {e}"))
+                .map_err(|e| JobError::read("the devices' time zones and models", e))
         })
     }
 
@@ -96,7 +96,7 @@ impl SideInputs for MetaStore {
         Box::pin(async move {
             self.attribution_inputs()
                 .await
-                .map_err(|e| format!("reading the devices' identity history: {e}"))
+                .map_err(|e| JobError::read("the devices' identity history", e))
         })
     }
 }

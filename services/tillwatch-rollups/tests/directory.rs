@@ -92,20 +92,20 @@ async fn stores_and_their_hours_come_from_the_crm() {
 
     // Mistakes in the query are named.
     let extra = directory("SELECT code AS store_id, 'm-1' AS merchant_id, label FROM crm_shops");
-    let e = extra.import(hour).await.unwrap_err();
+    let e = extra.import(hour).await.unwrap_err().to_string();
     assert!(
         e.contains("\"label\"") && e.contains("rename with AS"),
         "{e}"
     );
     let missing = directory("SELECT code AS store_id FROM crm_shops");
-    let e = missing.import(hour).await.unwrap_err();
+    let e = missing.import(hour).await.unwrap_err().to_string();
     assert!(e.contains("no merchant_id column"), "{e}");
     let typed = directory("SELECT merchant AS merchant_id, code AS store_id FROM crm_shops");
-    let e = typed.import(hour).await.unwrap_err();
+    let e = typed.import(hour).await.unwrap_err().to_string();
     assert!(e.contains("merchant_id::text"), "{e}");
     let empty =
         directory("SELECT code AS merchant_id, code AS store_id FROM crm_shops WHERE false");
-    let e = empty.import(hour).await.unwrap_err();
+    let e = empty.import(hour).await.unwrap_err().to_string();
     assert!(e.contains("no rows"), "{e}");
 
     crm.drop_it().await;

@@ -120,6 +120,21 @@ impl Partition {
     }
 }
 
+/// A partition key that names no partition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a partition: give a day (2026-11-22) or an hour (2026-11-22T06)")]
+pub struct PartitionKeyError(pub String);
+
+impl std::str::FromStr for Partition {
+    type Err = PartitionKeyError;
+
+    /// A key from the command line or the API: `2026-11-22` or
+    /// `2026-11-22T06`.
+    fn from_str(text: &str) -> Result<Partition, PartitionKeyError> {
+        Partition::parse_key(text).ok_or_else(|| PartitionKeyError(text.to_string()))
+    }
+}
+
 impl fmt::Display for Partition {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.key())

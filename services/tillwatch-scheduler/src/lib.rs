@@ -5,16 +5,19 @@
 //! due partition in the metadata store, runs it through an [`Executor`]
 //! and records the outcome with its lineage.
 
+pub mod error;
 pub mod interval;
 pub mod job;
 pub mod ops;
 pub mod plan;
+pub mod process;
 pub mod runner;
 pub mod watermark;
 
-pub use interval::{Grain, Partition};
+pub use error::JobError;
+pub use interval::{Grain, Partition, PartitionKeyError};
 pub use job::{Catalog, CatalogError, Input, JobSpec, RunWindow, Schedule};
-pub use ops::{Lineage, Progress, Snapshot, Target};
+pub use ops::{Lineage, Progress, RangeError, Snapshot, Target};
 pub use plan::{PartitionRecord, Reason, Status, Task, World, plan};
 pub use runner::{Clock, Executor, Output, Ran, RunFuture, Runner};
 pub use watermark::{WriterWatermark, ingest_watermark};

@@ -55,6 +55,15 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Why a backfill or clear range names nothing to run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    #[error("no job {job:?}; the jobs are {}", known.join(", "))]
+    UnknownJob { job: String, known: Vec<String> },
+    #[error("the range is empty: --to must come after --from")]
+    Empty,
+}
+
 /// The partitions a backfill or clear of `job` over `[from_ms, to_ms)`
 /// covers, upstream first and each job's oldest first: the job's own
 /// partitions overlapping the range and, with `downstream`, every
@@ -68,13 +77,13 @@ pub fn targets(
     to_ms: i64,
     downstream: bool,
     now_ms: i64,
-) -> Result<Vec<Target>, String> {
-    let root = catalog.job(job).ok_or_else(|| {
-        let names: Vec<&str> = catalog.jobs().iter().map(|j| j.name.as_str()).collect();
-        format!("no job {job:?}; the jobs are {}", names.join(", "))
+) -> Result<Vec<Target>, RangeError> {
+    let root = catalog.job(job).ok_or_else(|| RangeError::UnknownJob {
+        job: job.to_string(),
+        known: catalog.jobs().iter().map(|j| j.name.clone()).collect(),
     })?;
     if to_ms <= from_ms {
-        return Err("the range is empty: --to must come after --from".into());
+        return Err(RangeError::Empty);
     }
     let mut jobs = vec![root];
     if downstream {

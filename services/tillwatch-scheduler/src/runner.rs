@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tillwatch_meta::{Claim, JobRunRow, MetaError, MetaStore};
 
+use crate::error::JobError;
 use crate::interval::{Grain, Partition};
 use crate::job::{Catalog, Input, JobSpec};
 use crate::plan::{PartitionRecord, Reason, Status, Task, World, plan};
@@ -23,7 +24,7 @@ pub struct Output {
     pub fingerprint: String,
 }
 
-pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<Output, String>> + Send + 'a>>;
+pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<Output, JobError>> + Send + 'a>>;
 
 /// Runs one partition of one job: an engine, or a test's stand-in.
 pub trait Executor: Send + Sync {
@@ -38,7 +39,7 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 pub struct Ran {
     pub task: Task,
     pub run_id: String,
-    pub result: Result<Output, String>,
+    pub result: Result<Output, JobError>,
 }
 
 pub struct Runner {
@@ -332,11 +333,9 @@ impl Runner {
                 tokio::select! {
                     result = tokio::time::timeout(timeout, run) => match result {
                         Ok(result) => result,
-                        Err(_) => Err(format!("timed out after {timeout:?}")),
+                        Err(_) => Err(JobError::TimedOut(timeout)),
                     },
-                    _ = lost.wait_for(|l| l.contains(run_id.as_str())) => Err(
-                        "stopped: its claim on the partition could not be renewed".to_string()
-                    ),
+                    _ = lost.wait_for(|l| l.contains(run_id.as_str())) => Err(JobError::ClaimLost),
                 }
             }
         }));
@@ -348,12 +347,13 @@ impl Runner {
         let mut ran = Vec::new();
         for ((task, run_id, job), result) in claimed.into_iter().zip(results) {
             let finished = (self.clock)();
-            let outcome = match &result {
-                Ok(out) => Ok((out.rows as i64, out.fingerprint.as_str())),
-                Err(e) => {
+            let error = result.as_ref().err().map(JobError::to_string);
+            let outcome = match (&result, &error) {
+                (Ok(out), _) => Ok((out.rows as i64, out.fingerprint.as_str())),
+                (Err(_), error) => {
                     let retry_at = (task.attempt <= job.retries)
                         .then(|| finished + job.backoff_ms(task.attempt + 1));
-                    Err((e.as_str(), retry_at))
+                    Err((error.as_deref().unwrap_or_default(), retry_at))
                 }
             };
             self.store.finish_run(&run_id, finished, outcome).await?;

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use tillwatch_meta::testing::TestDatabase;
 use tillwatch_meta::{Claim, JobRunRow, MetaStore};
 use tillwatch_scheduler::{
-    Catalog, Executor, Grain, Input, JobSpec, Output, Partition, Progress, RunFuture, Runner,
-    Snapshot, ops,
+    Catalog, Executor, Grain, Input, JobError, JobSpec, Output, Partition, Progress, RunFuture,
+    Runner, Snapshot, ops,
 };
 
 const HOUR: i64 = 3_600_000;
@@ -45,7 +45,7 @@ impl Executor for Recorder {
                 && *left > 0
             {
                 *left -= 1;
-                return Err("injected failure".into());
+                return Err(JobError::input("injected failure"));
             }
             // A new output each run: downstream follows every re-run.
             Ok(Output {
@@ -417,7 +417,8 @@ async fn a_long_run_keeps_its_claim_and_a_run_whose_claim_is_taken_stops(url: &s
     let ran = ran.unwrap();
     assert_eq!(ran.len(), 1);
     let error = ran[0].result.as_ref().unwrap_err();
-    assert!(error.contains("claim"), "{error}");
+    assert_eq!(error, &JobError::ClaimLost);
+    assert!(error.to_string().contains("claim"), "{error}");
     assert_eq!(
         held.stopped.load(Ordering::SeqCst),
         1,

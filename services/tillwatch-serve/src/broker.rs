@@ -28,6 +28,11 @@ pub enum EmbeddedBrokerError {
     NotListening(SocketAddr),
     #[error("the embedded broker failed to start: {0}")]
     Start(String),
+    #[error("the embedded broker failed to start: listening on {addr}: {source}")]
+    Listener {
+        addr: SocketAddr,
+        source: Box<EmbeddedBrokerError>,
+    },
     #[error("embedded_broker.password_file: {0}")]
     Passwords(#[from] PasswordFileError),
     #[error("embedded_broker TLS: {0}")]
@@ -297,9 +302,12 @@ fn local_addr(
 /// rumqttd binds in the first poll of `Server::start` (before that poll
 /// returns pending on its first accept), and only logs a failure, so the
 /// first poll is watched here.
+/// Whether a listener bound its address, or what stopped it.
+type Bound = Result<(), EmbeddedBrokerError>;
+
 fn spawn_server(
     mut server: Server<V4>,
-) -> Result<std::sync::mpsc::Receiver<Result<(), String>>, EmbeddedBrokerError> {
+) -> Result<std::sync::mpsc::Receiver<Bound>, EmbeddedBrokerError> {
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("embedded-broker".into())
@@ -310,7 +318,7 @@ fn spawn_server(
             {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = bound_tx.send(Err(e.to_string()));
+                    let _ = bound_tx.send(Err(EmbeddedBrokerError::Start(e.to_string())));
                     return;
                 }
             };
@@ -320,7 +328,7 @@ fn spawn_server(
                 tokio::select! {
                     biased;
                     failed = &mut serving => {
-                        let _ = bound_tx.send(Err(format!("{failed:?}")));
+                        let _ = bound_tx.send(Err(EmbeddedBrokerError::Start(format!("{failed:?}"))));
                         return;
                     }
                     _ = std::future::ready(()) => {
@@ -339,14 +347,15 @@ fn spawn_server(
 /// Whether a listener spawned by [`spawn_server`] bound its address
 /// (waiting 10 s at most).
 fn bound(
-    rx: &std::sync::mpsc::Receiver<Result<(), String>>,
+    rx: &std::sync::mpsc::Receiver<Bound>,
     addr: SocketAddr,
 ) -> Result<(), EmbeddedBrokerError> {
     match rx.recv_timeout(Duration::from_secs(10)) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(EmbeddedBrokerError::Start(format!(
-            "listening on {addr}: {e}"
-        ))),
+        Ok(Err(e)) => Err(EmbeddedBrokerError::Listener {
+            addr,
+            source: Box::new(e),
+        }),
         Err(_) => Err(EmbeddedBrokerError::NotListening(addr)),
     }
 }

@@ -94,30 +94,19 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// The API under `/api/v1` behind the configured tokens: the fleet
 /// (devices, merchants, stores, alerts) and, with the scheduler on, the
 /// jobs.
-pub async fn api_router(config: &Config) -> anyhow::Result<Router> {
-    let access = Access::new(&config.http.tokens).map_err(anyhow::Error::msg)?;
-    let url = config.metadata_url();
-    if url.starts_with("sqlite:") {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("data_dir {}", config.data_dir.display()))?;
-    }
-    let store = MetaStore::connect(&url)
-        .await
-        .context("the metadata store")?;
-    store
-        .migrate()
-        .await
-        .context("migrating the metadata store")?;
+pub async fn api_router(config: &Config, store: MetaStore) -> anyhow::Result<Router> {
+    let access = Access::new(&config.http.tokens)?;
     let lake = tillwatch_storage::Lake::from_config(config)?;
-    let queries =
-        tillwatch_query::Queries::new(store, lake, config.alerting.rules.battery_low.threshold);
+    let queries = tillwatch_query::Queries::new(
+        store.clone(),
+        lake,
+        config.alerting.rules.battery_low.threshold,
+    );
     let mut api =
         tillwatch_api::fleet::router(queries.clone()).merge(tillwatch_api::lake::router(queries));
     if config.scheduler.enabled {
         api = api.merge(tillwatch_api::jobs::router(
-            tillwatch_rollups::service::job_queries(config)
-                .await
-                .context("the jobs API")?,
+            tillwatch_rollups::service::job_queries(config, store).context("the jobs API")?,
         ));
     }
     // The document of exactly these routes, readable without a token.

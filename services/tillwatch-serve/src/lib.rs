@@ -1,11 +1,13 @@
-//! Service wiring: the HTTP endpoints, the embedded MQTT broker and
-//! standalone mode (everything in one process).
+//! Service wiring: the HTTP endpoints, the embedded MQTT broker, each
+//! role's process ([`roles`]) and standalone mode (everything in one
+//! process, on one metadata store pool).
 //!
 //! Every entry point takes its configuration, already-bound listeners and a
 //! shutdown future, so tests start services in-process on port 0.
 
 mod broker;
 mod http;
+pub mod roles;
 mod standalone;
 
 pub use broker::{EmbeddedBroker, EmbeddedBrokerError};

@@ -5,6 +5,7 @@ use anyhow::Context;
 use tillwatch_bus::shutdown_requested;
 use tillwatch_config::{ApiToken, Config, Role};
 use tillwatch_gateway::{GatewayHealth, run_gateway};
+use tillwatch_meta::MetaStore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -55,15 +56,13 @@ pub fn make_tokens(config: &mut Config) -> anyhow::Result<Option<MadeTokens>> {
 
 /// Starts the gRPC API on `listener` over the configured store, lake and
 /// tokens, until `shutdown` resolves.
-pub async fn spawn_grpc(
+pub fn spawn_grpc(
     config: &Config,
+    store: MetaStore,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
-    let service = tillwatch_grpc::service(config)
-        .await
-        .map_err(anyhow::Error::msg)
-        .context("the gRPC API")?;
+    let service = tillwatch_grpc::service(config, store).context("the gRPC API")?;
     Ok(tokio::spawn(async move {
         tillwatch_grpc::serve(service, listener, shutdown)
             .await
@@ -150,9 +149,11 @@ pub async fn run_standalone(
             made.viewer, made.operator
         );
     }
+    // One metadata store pool for every role of the process.
+    let store = MetaStore::open(&config).await?;
     // The jobs API reads the scheduler's state; the scheduler does not
     // depend on it (it keeps running if the HTTP side fails).
-    let api = crate::http::api_router(&config).await?;
+    let api = crate::http::api_router(&config, store.clone()).await?;
     let http = tokio::spawn(serve_http(
         http,
         Readiness::Gateway(health.clone()),
@@ -161,9 +162,12 @@ pub async fn run_standalone(
     ));
     // The gRPC API, on the same store, lake and tokens.
     let grpc = match grpc {
-        Some(listener) => {
-            Some(spawn_grpc(&config, listener, shutdown_requested(stop_rx.clone())).await?)
-        }
+        Some(listener) => Some(spawn_grpc(
+            &config,
+            store.clone(),
+            listener,
+            shutdown_requested(stop_rx.clone()),
+        )?),
         None => None,
     };
     // The alerter beside the gateway, on the same broker and data dir.
@@ -172,13 +176,17 @@ pub async fn run_standalone(
         let config = config.clone();
         let stop = shutdown_requested(stop_rx.clone());
         let health = alerter_health.clone();
-        tokio::spawn(async move { tillwatch_alerter::run_alerter(&config, health, stop).await })
+        let store = store.clone();
+        tokio::spawn(
+            async move { tillwatch_alerter::run_alerter(&config, store, health, stop).await },
+        )
     };
     // The rollup scheduler over the same lake and metadata store.
     let scheduler = config.scheduler.enabled.then(|| {
         let config = config.clone();
         let stop = shutdown_requested(stop_rx.clone());
-        tokio::spawn(async move { tillwatch_rollups::run_scheduler(&config, stop).await })
+        let store = store.clone();
+        tokio::spawn(async move { crate::roles::run_scheduler(&config, store, stop).await })
     });
     let gateway = run_gateway(&config, health.clone(), shutdown_requested(stop_rx));
     let gateway = match broker {

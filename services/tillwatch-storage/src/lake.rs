@@ -41,8 +41,25 @@ pub enum LakeError {
         path: PathBuf,
         source: Box<object_store::Error>,
     },
+    #[error("lake location {path}: {source}")]
+    S3Client {
+        path: PathBuf,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+    #[error("lake location {path}: not in {root}")]
+    OutsideRoot { path: PathBuf, root: String },
+    #[error("lake location {path}: {source}")]
+    ObjectKey {
+        path: PathBuf,
+        #[source]
+        source: object_store::path::Error,
+    },
     #[error("lake location {path}: {reason}")]
-    Location { path: PathBuf, reason: String },
+    Location {
+        path: PathBuf,
+        reason: tillwatch_config::LakeRootError,
+    },
     #[error("parquet file {path} lacks column {column:?} of type {expected}")]
     Column {
         path: PathBuf,

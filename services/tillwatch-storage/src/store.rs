@@ -98,7 +98,10 @@ where
         .expect("the lake's I/O runtime runs every request")
 }
 
-fn build_s3(bucket: &str, options: &LakeS3Config) -> Result<Arc<dyn ObjectStore>, String> {
+fn build_s3(
+    bucket: &str,
+    options: &LakeS3Config,
+) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
     if let Some(e) = &options.endpoint {
         b = b.with_endpoint(e);
@@ -115,9 +118,7 @@ fn build_s3(bucket: &str, options: &LakeS3Config) -> Result<Arc<dyn ObjectStore>
     if options.allow_http {
         b = b.with_allow_http(true);
     }
-    b.build()
-        .map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
-        .map_err(|e| e.to_string())
+    b.build().map(|s| Arc::new(s) as Arc<dyn ObjectStore>)
 }
 
 impl ObjectLake {
@@ -128,9 +129,9 @@ impl ObjectLake {
         bucket: &str,
         options: &LakeS3Config,
     ) -> Result<ObjectLake, LakeError> {
-        let store = build_s3(bucket, options).map_err(|reason| LakeError::Location {
+        let store = build_s3(bucket, options).map_err(|source| LakeError::S3Client {
             path: root.to_path_buf(),
-            reason,
+            source: Box::new(source),
         })?;
         Ok(ObjectLake {
             store,
@@ -157,13 +158,13 @@ impl ObjectLake {
             .strip_prefix(&self.bucket_url)
             .filter(|r| r.is_empty() || r.starts_with('/'))
             .map(|r| r.trim_start_matches('/'))
-            .ok_or_else(|| LakeError::Location {
+            .ok_or_else(|| LakeError::OutsideRoot {
                 path: path.to_path_buf(),
-                reason: format!("not in {}", self.bucket_url),
+                root: self.bucket_url.clone(),
             })?;
-        ObjectPath::parse(rest).map_err(|e| LakeError::Location {
+        ObjectPath::parse(rest).map_err(|source| LakeError::ObjectKey {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            source,
         })
     }
 

@@ -73,9 +73,7 @@ async fn open(args: &StoreArgs) -> anyhow::Result<MetaStore> {
         config.metadata.url = Some(url.clone());
     }
     crate::validate(&config)?;
-    let store = MetaStore::connect(&config.metadata_url()).await?;
-    store.migrate().await?;
-    Ok(store)
+    Ok(MetaStore::open(&config).await?)
 }
 
 pub(crate) fn when(ms: i64) -> String {

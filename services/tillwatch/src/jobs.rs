@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tillwatch_config::Config;
-use tillwatch_rollups::service::{self, parse_partition, wall_clock};
-use tillwatch_scheduler::{Progress, Target, ops};
+use tillwatch_meta::MetaStore;
+use tillwatch_rollups::service::{self, wall_clock};
+use tillwatch_scheduler::{Partition, Progress, Target, ops};
 
 use crate::alerts::{StoreArgs, when};
 use crate::load;
@@ -78,6 +79,14 @@ pub(crate) struct LineageArgs {
     partition: String,
 }
 
+/// The runner over the configured jobs and store, and the lake.
+async fn open(
+    config: &Config,
+) -> anyhow::Result<(tillwatch_scheduler::Runner, tillwatch_storage::Lake)> {
+    let store = MetaStore::open(config).await?;
+    Ok(service::open(config, store, wall_clock())?)
+}
+
 fn config(args: &StoreArgs) -> anyhow::Result<Config> {
     let mut config = load(&args.common)?;
     if let Some(url) = &args.metadata_url {
@@ -88,30 +97,13 @@ fn config(args: &StoreArgs) -> anyhow::Result<Config> {
 }
 
 pub(crate) async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {
-    let config = config(&args.store)?;
-    tillwatch_serve::metrics_handle();
-    let stop = crate::stop_on_signal();
-    let server = crate::role_http(
-        &config,
-        tillwatch_serve::Readiness::Started,
-        tillwatch_serve::Router::new(),
-        &stop,
-    )
-    .await?;
-    let result =
-        tillwatch_rollups::run_scheduler(&config, tillwatch_bus::shutdown_requested(stop)).await;
-    server.abort();
-    result.context("scheduler")
+    tillwatch_serve::roles::scheduler(config(&args.store)?).await
 }
 
 /// `[from, to]` from the command line, as milliseconds `[from, to)`.
 fn range(from: &str, to: &str) -> anyhow::Result<(i64, i64)> {
-    let from = parse_partition(from)
-        .map_err(anyhow::Error::msg)
-        .context("--from")?;
-    let to = parse_partition(to)
-        .map_err(anyhow::Error::msg)
-        .context("--to")?;
+    let from: Partition = from.parse().context("--from")?;
+    let to: Partition = to.parse().context("--to")?;
     anyhow::ensure!(
         to.end_ms() > from.start_ms,
         "--to {to} comes before --from {from}"
@@ -130,11 +122,10 @@ async fn open_range(
     i64,
 )> {
     let config = config(&args.store)?;
-    let (runner, lake) = service::open(&config, wall_clock()).await?;
+    let (runner, lake) = open(&config).await?;
     let (from, to) = range(&args.from, &args.to)?;
     let now = wall_clock()();
-    let targets = ops::targets(runner.catalog(), &args.job, from, to, args.downstream, now)
-        .map_err(anyhow::Error::msg)?;
+    let targets = ops::targets(runner.catalog(), &args.job, from, to, args.downstream, now)?;
     Ok((runner, lake, targets, now))
 }
 
@@ -156,7 +147,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
     match command {
         JobsCommand::List(args) => {
             let config = config(&args)?;
-            let (runner, lake) = service::open(&config, wall_clock()).await?;
+            let (runner, lake) = open(&config).await?;
             let snap =
                 service::snapshot(&runner, lake, config.scheduler.watermark_stall_after).await;
             let due = runner
@@ -225,7 +216,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
         }
         JobsCommand::Runs(args) => {
             let config = config(&args.store)?;
-            let (runner, _) = service::open(&config, wall_clock()).await?;
+            let (runner, _) = open(&config).await?;
             if let Some(job) = &args.job {
                 anyhow::ensure!(
                     runner.catalog().job(job).is_some(),
@@ -233,9 +224,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
                 );
             }
             if let Some(p) = &args.partition {
-                parse_partition(p)
-                    .map_err(anyhow::Error::msg)
-                    .context("--partition")?;
+                p.parse::<Partition>().context("--partition")?;
             }
             let runs = runner
                 .store()
@@ -339,13 +328,13 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
         }
         JobsCommand::Lineage(args) => {
             let config = config(&args.store)?;
-            let (runner, _) = service::open(&config, wall_clock()).await?;
+            let (runner, _) = open(&config).await?;
             anyhow::ensure!(
                 runner.catalog().job(&args.job).is_some(),
                 "no job {:?} (see `tillwatch jobs list`)",
                 args.job
             );
-            let partition = parse_partition(&args.partition).map_err(anyhow::Error::msg)?;
+            let partition: Partition = args.partition.parse()?;
             let target = Target {
                 job: args.job.clone(),
                 partition,

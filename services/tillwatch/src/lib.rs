@@ -9,9 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tillwatch_config::Config;
-use tillwatch_serve::{EmbeddedBroker, Readiness, Router, run_standalone};
+use tillwatch_serve::roles::{bind, signalled};
+use tillwatch_serve::{EmbeddedBroker, run_standalone};
 use tokio::net::TcpListener;
-use tracing::info;
 
 mod alerts;
 mod jobs;
@@ -254,13 +254,11 @@ struct DemoArgs {
     interval_ms: u64,
 }
 
-/// The configuration's own checks, then the alerter's (store hours, time
-/// zones, matchers) and the scheduler's (job settings), so a bad value is
-/// refused before anything starts.
+/// The configuration's own checks (store hours, time zones and matchers
+/// were parsed when it loaded), then the scheduler's (job settings), so a
+/// bad value is refused before anything starts.
 pub(crate) fn validate(config: &Config) -> anyhow::Result<()> {
     config.validate()?;
-    tillwatch_alerter::engine::check_config(&config.alerting)
-        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     tillwatch_rollups::catalog::catalog(&config.scheduler, tillwatch_domain::UtcMillis::now().0)
         .map_err(|errors| {
             anyhow::anyhow!("invalid configuration:\n  - {}", errors.join("\n  - "))
@@ -285,35 +283,6 @@ fn load_unread(common: &Common) -> anyhow::Result<Config> {
         config.http.listen = addr;
     }
     Ok(config)
-}
-
-async fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}; choose another address with {flag}"))
-}
-
-/// Resolves on SIGINT or SIGTERM.
-async fn signalled() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    info!("shutting down: flushing and acknowledging what is buffered");
 }
 
 fn standalone_config(args: &StandaloneArgs) -> anyhow::Result<Config> {
@@ -568,52 +537,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     }
     args.clickhouse.apply(&mut config);
     validate(&config)?;
-    // Install the metrics recorder before the gateway records anything.
-    tillwatch_serve::metrics_handle();
-    let health = Arc::new(tillwatch_gateway::GatewayHealth::default());
-    let stop = stop_on_signal();
-    let server = role_http(
-        &config,
-        Readiness::Gateway(health.clone()),
-        Router::new(),
-        &stop,
-    )
-    .await?;
-    let result =
-        tillwatch_gateway::run_gateway(&config, health, tillwatch_bus::shutdown_requested(stop))
-            .await;
-    server.abort();
-    result.context("gateway")?;
-    Ok(())
-}
-
-/// A role's shutdown signal: SIGINT or SIGTERM turns it true.
-pub(crate) fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        signalled().await;
-        let _ = stop_tx.send(true);
-    });
-    stop_rx
-}
-
-/// Every role process serves `/healthz`, `/readyz` and `/metrics` (and
-/// the role's own routes) on `http.listen`, for probes and scraping; the
-/// address goes to stdout as `http listening on ADDR`.
-pub(crate) async fn role_http(
-    config: &Config,
-    ready: Readiness,
-    routes: Router,
-    stop: &tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let http = bind(config.http.listen, "--http-listen").await?;
-    println!("http listening on {}", http.local_addr()?);
-    Ok(tokio::spawn(tillwatch_serve::serve_http(
-        http,
-        ready,
-        routes,
-        tillwatch_bus::shutdown_requested(stop.clone()),
-    )))
+    tillwatch_serve::roles::gateway(config).await
 }
 
 fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
@@ -658,41 +582,7 @@ async fn api(args: ApiArgs) -> anyhow::Result<()> {
         config.metadata.url = Some(url);
     }
     validate(&config)?;
-    anyhow::ensure!(
-        !config.http.tokens.is_empty(),
-        "http.tokens is empty: the api role serves nobody without tokens; add [[http.tokens]] \
-         entries (name, role, token_file) to the config"
-    );
-    tillwatch_serve::metrics_handle();
-    let stop = stop_on_signal();
-    // The store is opened and migrated here, before the listener is served:
-    // a process that answers /readyz can answer the API.
-    let routes = tillwatch_serve::api_router(&config).await?;
-    let grpc = match config.grpc.enabled {
-        true => {
-            let listener = bind(config.grpc.listen, "grpc.listen").await?;
-            println!("grpc listening on {}", listener.local_addr()?);
-            Some(
-                tillwatch_serve::spawn_grpc(
-                    &config,
-                    listener,
-                    tillwatch_bus::shutdown_requested(stop.clone()),
-                )
-                .await?,
-            )
-        }
-        false => None,
-    };
-    let http = role_http(&config, Readiness::Started, routes, &stop).await?;
-    http.await
-        .context("the HTTP server task failed")?
-        .context("HTTP server")?;
-    if let Some(grpc) = grpc {
-        grpc.await
-            .context("the gRPC server task failed")?
-            .context("gRPC server")?;
-    }
-    Ok(())
+    tillwatch_serve::roles::api(config).await
 }
 
 async fn alerter(args: AlerterArgs) -> anyhow::Result<()> {
@@ -705,22 +595,7 @@ async fn alerter(args: AlerterArgs) -> anyhow::Result<()> {
     }
     args.alerting.apply(&mut config);
     validate(&config)?;
-    tillwatch_serve::metrics_handle();
-    let stop = stop_on_signal();
-    let health = Arc::new(tillwatch_alerter::AlerterHealth::default());
-    let server = role_http(
-        &config,
-        Readiness::Alerter(health.clone()),
-        Router::new(),
-        &stop,
-    )
-    .await?;
-    let result =
-        tillwatch_alerter::run_alerter(&config, health, tillwatch_bus::shutdown_requested(stop))
-            .await;
-    server.abort();
-    result.context("alerter")?;
-    Ok(())
+    tillwatch_serve::roles::alerter(config).await
 }
 
 fn clickhouse_config(common: &Common, flags: &ClickHouseFlags) -> anyhow::Result<Config> {

@@ -215,7 +215,12 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    let router = tillwatch_serve::api_router(&config).await.expect("the API");
+    let store = tillwatch_meta::MetaStore::open(&config)
+        .await
+        .expect("the metadata store");
+    let router = tillwatch_serve::api_router(&config, store)
+        .await
+        .expect("the API");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");

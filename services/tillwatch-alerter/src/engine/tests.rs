@@ -1,0 +1,279 @@
+use super::*;
+use tillwatch_domain::connectivity::OfflineReason;
+use tillwatch_domain::{
+    AppPerformance, Battery, BootId, Connectivity, DeviceId, NetworkType, PaymentHealth,
+};
+
+const MIN: i64 = 60_000;
+/// Monday 2026-11-23 09:00 UTC.
+const T0: i64 = 1_795_424_400_000;
+
+fn reading(seq: u64, at: i64, signal: Signal) -> Reading {
+    Reading {
+        device_id: DeviceId::new("t-1").unwrap(),
+        boot_id: BootId(1),
+        seq,
+        sampled_at: UtcMillis(at),
+        signal,
+    }
+}
+
+fn connectivity(rssi: i32, latency: u32, disconnects: u32) -> Signal {
+    Signal::Connectivity(Connectivity {
+        network_type: NetworkType::Cellular,
+        rssi_dbm: rssi,
+        payment_host_latency_ms: latency,
+        disconnects,
+        carrier_or_ssid: "carrier".into(),
+    })
+}
+
+fn app(transactions: u32, latency: u32, crashes: u32, hangs: u32) -> Signal {
+    Signal::AppPerformance(AppPerformance {
+        app_version: "4.12.1".into(),
+        firmware_version: "2.9.0".into(),
+        transactions,
+        transaction_latency_avg_ms: latency,
+        transaction_latency_max_ms: latency * 2,
+        startup_ms: None,
+        crashes,
+        hangs,
+        memory_used_kib: 1000,
+        cpu_pct: 10.0,
+    })
+}
+
+fn payment(queued: u32, oldest_s: u32, tamper: bool) -> Signal {
+    Signal::PaymentHealth(PaymentHealth {
+        offline_queue_len: queued,
+        offline_queue_oldest_age_s: oldest_s,
+        tamper_detected: tamper,
+        printer_paper_low: false,
+    })
+}
+
+fn battery(level: u32, charging: bool) -> Signal {
+    Signal::Battery(Battery {
+        level_pct: level,
+        charging,
+        temperature_celsius: 30.0,
+        voltage_mv: 4000,
+        health_pct: 90,
+        cycle_count: 1,
+    })
+}
+
+/// Feeds one signal a minute for `minutes`; returns the rule's alerts
+/// as saved, oldest first.
+fn run(
+    engine: &mut Engine,
+    rule: &str,
+    minutes: std::ops::Range<i64>,
+    signal: impl Fn(i64) -> Signal,
+) -> Vec<AlertRecord> {
+    let mut saved = Vec::new();
+    for m in minutes {
+        let mut changes = Changes::default();
+        let at = T0 + m * MIN;
+        engine.on_readings(
+            "m-1",
+            "t-1",
+            &[reading(m as u64, at, signal(m))],
+            UtcMillis(at),
+            &mut changes,
+        );
+        saved.extend(changes.saved.into_values().filter(|a| a.rule == rule));
+    }
+    saved
+}
+
+fn engine() -> Engine {
+    Engine::new(&AlertingConfig::default(), "http://tw", UtcMillis(T0))
+}
+
+fn fired(saved: &[AlertRecord]) -> Vec<i64> {
+    let mut at: Vec<i64> = saved.iter().filter_map(|a| a.fired_at_ms).collect();
+    at.dedup();
+    at.iter().map(|t| (t - T0) / MIN).collect()
+}
+
+fn resolved(saved: &[AlertRecord]) -> Vec<i64> {
+    saved
+        .iter()
+        .filter_map(|a| a.resolved_at_ms)
+        .map(|t| (t - T0) / MIN)
+        .collect()
+}
+
+#[test]
+fn poor_connectivity_fires_on_any_bad_signal_and_clears_only_when_all_are_good() {
+    let mut e = engine();
+    // Weak signal from minute 5 to 30, then good.
+    let saved = run(&mut e, "poor_connectivity", 0..60, |m| {
+        connectivity(if (5..30).contains(&m) { -105 } else { -70 }, 200, 0)
+    });
+    assert_eq!(fired(&saved), [15], "ten minutes under -100 dBm");
+    assert_eq!(resolved(&saved), [40], "ten minutes back above -95 dBm");
+    // A link dropping 10 times an hour, signal fine.
+    let mut e = engine();
+    let saved = run(&mut e, "poor_connectivity", 0..60, |m| {
+        connectivity(-70, 200, u32::from(m % 6 == 0))
+    });
+    // The seventh drop (minute 36) is over 6 an hour; ten minutes on.
+    assert_eq!(fired(&saved), [46], "disconnects per hour above 6");
+}
+
+#[test]
+fn crash_spikes_latency_queue_and_tamper() {
+    let mut e = engine();
+    let saved = run(&mut e, "crash_spike", 0..20, |m| {
+        app(10, 400, u32::from(m == 5 || m == 6 || m == 7 || m == 8), 0)
+    });
+    assert_eq!(fired(&saved), [8], "a fourth crash within 15 minutes");
+
+    let mut e = engine();
+    let saved = run(&mut e, "transaction_latency", 0..40, |m| {
+        app(20, if m >= 10 { 4000 } else { 500 }, 0, 0)
+    });
+    // p95 over 15 minutes passes 3 s once slow minutes are over 5 % of
+    // the transactions (minute 10), then five minutes of `for`.
+    assert_eq!(fired(&saved), [15]);
+
+    let mut e = engine();
+    let saved = run(&mut e, "offline_queue", 0..10, |m| {
+        payment(3, if m >= 4 { 5 * 3600 } else { 600 }, false)
+    });
+    assert_eq!(fired(&saved), [4], "payments queued over 4 hours: at once");
+    assert!(saved.last().unwrap().annotations["summary"].contains("money at risk"));
+
+    let mut e = engine();
+    let saved = run(&mut e, "tamper", 0..3, |m| payment(0, 0, m >= 1));
+    assert_eq!(fired(&saved), [1]);
+    assert_eq!(saved[0].severity, "critical");
+}
+
+#[test]
+fn a_battery_that_will_not_last_until_closing_time_warns() {
+    let mut config = AlertingConfig::default();
+    config.stores.push(tillwatch_config::StoreConfig {
+        merchant_id: "m-1".into(),
+        store_id: "s-1".into(),
+        name: None,
+        time_zone: Some("UTC".parse().unwrap()),
+        hours: "Mon-Fri 08:00-20:00".parse().unwrap(),
+    });
+    let mut e = Engine::new(&config, "http://tw", UtcMillis(T0));
+    e.set_store(StoreRecord {
+        merchant_id: "m-1".into(),
+        store_id: "s-1".into(),
+        name: None,
+        time_zone: Some("UTC".into()),
+        hours: Some("Mon-Fri 08:00-20:00".into()),
+        updated_at_ms: 0,
+    })
+    .unwrap();
+    let mut changes = Changes::default();
+    e.on_info(
+        &DeviceInfo {
+            device_id: DeviceId::new("t-1").unwrap(),
+            boot_id: BootId(1),
+            model: "A920".into(),
+            serial: "S".into(),
+            firmware_version: "2".into(),
+            app_version: "4".into(),
+            merchant_id: tillwatch_domain::MerchantId::new("m-1").unwrap(),
+            store_id: Some(tillwatch_domain::StoreId::new("s-1").unwrap()),
+            time_zone: "UTC".into(),
+            at: UtcMillis(T0),
+        },
+        UtcMillis(T0),
+        &mut changes,
+    );
+    // From 09:00, 80 % falling 10 %/h: critical (10 %) at 16:00, before
+    // closing at 20:00. A forecast needs ten minutes of history, then
+    // five minutes of `for`.
+    let saved = run(&mut e, "battery_forecast", 0..30, |m| {
+        battery(80 - (m / 6) as u32, false)
+    });
+    assert_eq!(fired(&saved), [15], "{saved:?}");
+    let summary = &saved.last().unwrap().annotations["summary"];
+    assert!(
+        summary.contains("%/h") && summary.contains("before the store closes"),
+        "{summary}"
+    );
+    // The same drain on a battery that lasts past closing: no warning.
+    let mut e = Engine::new(&config, "http://tw", UtcMillis(T0));
+    let saved = run(&mut e, "battery_forecast", 0..30, |m| {
+        battery(100 - (m / 30) as u32, false)
+    });
+    assert!(fired(&saved).is_empty());
+}
+
+#[test]
+fn a_merchant_wide_outage_is_one_merchant_alert_over_its_stores() {
+    let mut e = engine();
+    let mut changes = Changes::default();
+    let store_of = |i: usize| format!("s-{}", i / 3);
+    for i in 0..12 {
+        let id = format!("d-{i}");
+        e.on_info(
+            &DeviceInfo {
+                device_id: DeviceId::new(&id).unwrap(),
+                boot_id: BootId(1),
+                model: "A920".into(),
+                serial: id.clone(),
+                firmware_version: "2".into(),
+                app_version: "4".into(),
+                merchant_id: tillwatch_domain::MerchantId::new("m-1").unwrap(),
+                store_id: Some(tillwatch_domain::StoreId::new(&store_of(i)).unwrap()),
+                time_zone: "UTC".into(),
+                at: UtcMillis(T0),
+            },
+            UtcMillis(T0),
+            &mut changes,
+        );
+        e.on_connectivity(
+            &id,
+            ConnState::Online,
+            UtcMillis(T0),
+            UtcMillis(T0),
+            &mut changes,
+        );
+    }
+    // Stores 0, 1 and 2 lose every terminal within a minute; store 3 is fine.
+    for i in 0..9 {
+        let at = T0 + MIN + i as i64 * 5_000;
+        let id = format!("d-{i}");
+        e.on_connectivity(
+            &id,
+            ConnState::Offline(OfflineReason::LastWill),
+            UtcMillis(at),
+            UtcMillis(at),
+            &mut changes,
+        );
+    }
+    e.sweep(UtcMillis(T0 + 5 * MIN), &mut changes);
+    let open: Vec<&AlertRecord> = e.open_alerts().collect();
+    let merchant: Vec<_> = open.iter().filter(|a| a.rule == MERCHANT_OFFLINE).collect();
+    assert_eq!(merchant.len(), 1);
+    assert_eq!(merchant[0].notify, Some(AlertState::Firing));
+    assert_eq!(merchant[0].annotations["offline_stores"], "s-0,s-1,s-2");
+    let stores: Vec<_> = open.iter().filter(|a| a.rule == STORE_OFFLINE).collect();
+    assert_eq!(stores.len(), 3);
+    assert!(
+        stores
+            .iter()
+            .all(|a| a.held_by.as_deref() == Some(merchant[0].alert_id.as_str()))
+    );
+    // Stores paged before the merchant alert formed keep their page;
+    // the one that made it a merchant outage is held back.
+    assert_eq!(stores.iter().filter(|a| a.notify.is_some()).count(), 2);
+    let terminals: Vec<_> = open.iter().filter(|a| a.rule == OFFLINE).collect();
+    assert_eq!(terminals.len(), 9);
+    assert!(
+        terminals
+            .iter()
+            .all(|a| a.notify.is_none() && a.held_by.is_some()),
+        "{terminals:?}"
+    );
+}

@@ -1,0 +1,195 @@
+//! The scheduler process: rounds of the [`Runner`] every tick over the
+//! snapshot its caller gives (the lake's watermark and fingerprints), each
+//! run logged, and the gateways whose ingest watermark stalled told of (a
+//! warning, the metrics, and findings the alerter pages on).
+//!
+//! `writer` labels are gateway client ids: one per gateway of the
+//! deployment, a set the operator configures. Device, merchant and store
+//! ids never become labels.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tillwatch_meta::{FindingRecord, MetaError, MetaStore};
+
+use crate::ops::{self, Snapshot};
+use crate::runner::Runner;
+
+use metrics::{Unit, describe_gauge};
+
+/// How far the ingest watermark the rollups wait for is behind the clock.
+pub const WATERMARK_LAG: &str = "tillwatch_scheduler_ingest_watermark_lag_seconds";
+/// How far each gateway's own watermark record is behind the clock.
+pub const WRITER_LAG: &str = "tillwatch_scheduler_ingest_writer_lag_seconds";
+/// Gateways whose watermark stalled and no longer holds the rollups back.
+pub const WRITERS_STALLED: &str = "tillwatch_scheduler_ingest_writers_stalled";
+
+/// Registers descriptions with the installed recorder. Idempotent.
+fn describe() {
+    describe_gauge!(
+        WATERMARK_LAG,
+        Unit::Seconds,
+        "How far the ingest watermark (the slowest advancing gateway's) is behind the clock"
+    );
+    describe_gauge!(
+        WRITER_LAG,
+        Unit::Seconds,
+        "How far each gateway's ingest watermark record is behind the clock, by writer"
+    );
+    describe_gauge!(
+        WRITERS_STALLED,
+        Unit::Count,
+        "Gateways whose watermark has not advanced for scheduler.watermark_stall_after and no longer hold the rollups back"
+    );
+}
+
+/// The rule the alerter pages with when a gateway's watermark stalls.
+pub const INGEST_WATERMARK_STALLED: &str = "ingest_watermark_stalled";
+
+/// Tells of gateways whose ingest watermark stalled or advances again: a
+/// warning (and a note when it is back), the metrics, and the
+/// `ingest_watermark_stalled` findings the alerter turns into alerts that
+/// fire and resolve like any other.
+struct StallWatch {
+    store: MetaStore,
+    /// The stalled gateways last told of; `None` until the store has
+    /// taken a first report (so a restarted scheduler reports afresh).
+    told: std::sync::Mutex<Option<std::collections::BTreeSet<String>>>,
+}
+
+impl StallWatch {
+    async fn observe(&self, snap: &Snapshot, now_ms: i64, stall_after: std::time::Duration) {
+        use crate::process as m;
+        let lag = |at: i64| (now_ms.saturating_sub(at)) as f64 / 1000.0;
+        if snap.watermark_ms != i64::MIN {
+            metrics::gauge!(m::WATERMARK_LAG).set(lag(snap.watermark_ms));
+        }
+        for w in &snap.writers {
+            metrics::gauge!(m::WRITER_LAG, "writer" => w.writer.clone()).set(lag(w.at_ms));
+        }
+        let stalled: std::collections::BTreeSet<String> = snap
+            .writers
+            .iter()
+            .filter(|w| w.stalled)
+            .map(|w| w.writer.clone())
+            .collect();
+        metrics::gauge!(m::WRITERS_STALLED).set(stalled.len() as f64);
+        let told = self
+            .told
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if told.as_ref() == Some(&stalled) {
+            return;
+        }
+        for w in snap.writers.iter().filter(|w| w.stalled) {
+            if told.as_ref().is_none_or(|t| !t.contains(&w.writer)) {
+                tracing::warn!(
+                    writer = %w.writer,
+                    watermark_ms = w.at_ms,
+                    "gateway {} has not advanced its ingest watermark for more than {:?} \
+                     (scheduler.watermark_stall_after); the rollups no longer wait for it, and \
+                     what it delivers later is late data. If it was taken away for good, run \
+                     `tillwatch gateway retire {}`",
+                    w.writer,
+                    stall_after,
+                    w.writer
+                );
+            }
+        }
+        for writer in told.iter().flatten().filter(|w| !stalled.contains(*w)) {
+            tracing::info!(%writer, "gateway {writer}'s ingest watermark advances again; the rollups wait for it again");
+        }
+        let findings: Vec<FindingRecord> = snap
+            .writers
+            .iter()
+            .filter(|w| w.stalled)
+            .map(|w| FindingRecord {
+                rule: INGEST_WATERMARK_STALLED.into(),
+                subject: format!("gateway:{}", w.writer),
+                scope: "gateway".into(),
+                labels: [("gateway".to_string(), w.writer.clone())].into(),
+                summary: format!(
+                    "gateway {} has not advanced its ingest watermark since {}; the rollups no longer wait for it",
+                    w.writer,
+                    jiff::Timestamp::from_millisecond(w.at_ms)
+                        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+                        .unwrap_or_else(|_| w.at_ms.to_string())
+                ),
+                value: lag(w.at_ms),
+                day_ms: now_ms,
+            })
+            .collect();
+        match self
+            .store
+            .save_findings(INGEST_WATERMARK_STALLED, now_ms, now_ms, &findings)
+            .await
+        {
+            Ok(_) => {
+                *self
+                    .told
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(stalled);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the stalled gateways; retrying next tick")
+            }
+        }
+    }
+}
+
+/// How the process runs: a round every `tick`; a gateway whose watermark
+/// is `stall_after` behind no longer holds the rollups back.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    pub tick: Duration,
+    pub stall_after: Duration,
+}
+
+/// Runs `runner` until `shutdown` resolves, each round over `snapshot()`.
+pub async fn run<F, Fut>(
+    runner: &Runner,
+    snapshot: F,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), MetaError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Snapshot>,
+{
+    describe();
+    let watch = StallWatch {
+        store: runner.store().clone(),
+        told: Default::default(),
+    };
+    let observed = || async {
+        let snap = snapshot().await;
+        watch
+            .observe(&snap, runner.now(), settings.stall_after)
+            .await;
+        snap
+    };
+    ops::run_loop(
+        runner,
+        observed,
+        settings.tick,
+        shutdown,
+        |ran| match &ran.result {
+            Ok(out) => tracing::info!(
+                job = %ran.task.job,
+                partition = %ran.task.partition,
+                reason = ?ran.task.reason,
+                rows = out.rows,
+                "run succeeded"
+            ),
+            Err(e) => tracing::warn!(
+                job = %ran.task.job,
+                partition = %ran.task.partition,
+                attempt = ran.task.attempt,
+                error = %e,
+                "run failed"
+            ),
+        },
+    )
+    .await
+}
