@@ -575,7 +575,7 @@ async fn a_devices_series_comes_raw_for_hours_and_hourly_for_days() {
         .await;
     assert_eq!(status, 200, "{raw}");
     assert_eq!(raw["resolution"], "raw");
-    let battery = raw["series"]["battery_pct"].as_array().unwrap();
+    let battery = raw["series"]["battery_level_pct"].as_array().unwrap();
     assert_eq!(battery.len(), 12, "every reading of two hours: {raw}");
     assert_eq!(battery[0], serde_json::json!([T0, 100.0]));
     assert_eq!(battery[11], serde_json::json!([T0 + 11 * 600_000, 89.0]));
@@ -602,7 +602,7 @@ async fn a_devices_series_comes_raw_for_hours_and_hourly_for_days() {
         .await;
     assert_eq!(status, 200, "{hourly}");
     assert_eq!(hourly["resolution"], "hour");
-    let means: Vec<f64> = hourly["series"]["battery_pct"]
+    let means: Vec<f64> = hourly["series"]["battery_level_pct"]
         .as_array()
         .unwrap()
         .iter()
@@ -1069,7 +1069,7 @@ async fn in_a_browser_search_opens_the_terminal_with_charts_and_its_alert() {
         browser.click("#search button");
         browser.wait_until(
             "the terminal's page with its battery chart drawn",
-            "const c = document.querySelector('.chart[data-series=battery_pct]'); \
+            "const c = document.querySelector('.chart[data-series=battery_level_pct]'); \
              return location.pathname === '/ui/device' && c !== null \
              && Number(c.dataset.points) > 0 && c.querySelector('canvas') !== null \
              && document.querySelector('#alerts tbody tr') !== null;",
@@ -1354,7 +1354,11 @@ mod grpc {
             .unwrap()
             .into_inner();
         assert_eq!(s.resolution, "raw");
-        let battery = s.series.iter().find(|s| s.name == "battery_pct").unwrap();
+        let battery = s
+            .series
+            .iter()
+            .find(|s| s.name == "battery_level_pct")
+            .unwrap();
         assert_eq!(battery.points.len(), 12);
         assert_eq!(battery.points[0].at_ms, T0);
         assert_eq!(battery.points[0].value, 100.0);

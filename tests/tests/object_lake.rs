@@ -407,13 +407,13 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
     )
     .await;
     let raw = series(first, first + 6 * 3_600_000, "raw");
-    let points = raw["series"]["battery_pct"].as_array().unwrap().len();
+    let points = raw["series"]["battery_level_pct"].as_array().unwrap().len();
     assert!(
         points > 0 && points <= battery_rows,
         "{points} raw battery points of {battery_rows} stored keys: {raw}"
     );
     let hourly = series(first, first + 24 * 3_600_000, "hour");
-    let means = hourly["series"]["battery_pct"].as_array().unwrap();
+    let means = hourly["series"]["battery_level_pct"].as_array().unwrap();
     assert!(
         means.len() >= closed.len(),
         "an hourly mean for each rolled-up hour: {hourly}"

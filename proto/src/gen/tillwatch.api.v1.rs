@@ -99,7 +99,8 @@ pub struct Point {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Series {
-    /// battery_pct, rssi_dbm, host_latency_ms, txn_latency_ms, crashes, offline_queue, …
+    /// The signal's name (battery_level_pct, rssi_dbm, payment_host_latency_ms,
+    /// transaction_latency_ms, crashes, offline_queue_len, …), as in the HTTP API.
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "2")]

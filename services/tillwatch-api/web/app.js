@@ -276,12 +276,12 @@ async function merchantPage() {
 // ---- Device -----------------------------------------------------------------
 
 const CHARTS = [
-  ["battery_pct", "Battery (%)"],
+  ["battery_level_pct", "Battery (%)"],
   ["rssi_dbm", "Signal (dBm)"],
-  ["host_latency_ms", "Payment host latency (ms)"],
-  ["txn_latency_ms", "Transaction latency (ms)"],
+  ["payment_host_latency_ms", "Payment host latency (ms)"],
+  ["transaction_latency_ms", "Transaction latency (ms)"],
   ["crashes", "Crashes"],
-  ["offline_queue", "Offline payment queue"],
+  ["offline_queue_len", "Offline payment queue"],
   ["completeness_pct", "Telemetry completeness (%, hourly)"],
 ];
 

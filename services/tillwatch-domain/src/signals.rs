@@ -1,7 +1,10 @@
 //! The signal vocabulary: the numeric values a reading carries, by the one
 //! name each has in the registry, the alert rules and the API. (The lake's
 //! columns keep the contract's field names, `level_pct` for
-//! `battery_level_pct` and so on: [`signals_of`] is the one mapping.)
+//! `battery_level_pct` and so on: [`signals_of`] is the one mapping. The
+//! rollups' columns name aggregates of a signal, `battery_avg_pct`,
+//! `host_latency_p95_ms`; the API's series give them back under the
+//! signal's name, mapped in `tillwatch-query`'s `series`.)
 
 use crate::{Reading, Signal};
 

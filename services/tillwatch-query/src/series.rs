@@ -26,12 +26,12 @@ pub const MAX_RANGE_MS: i64 = 31 * 24 * HOUR_MS;
 
 /// (series name, raw column) per raw table.
 const RAW: [(Kind, &[(&str, &str)]); 4] = [
-    (Kind::Battery, &[("battery_pct", "level_pct")]),
+    (Kind::Battery, &[("battery_level_pct", "level_pct")]),
     (
         Kind::Connectivity,
         &[
             ("rssi_dbm", "rssi_dbm"),
-            ("host_latency_ms", "payment_host_latency_ms"),
+            ("payment_host_latency_ms", "payment_host_latency_ms"),
             ("disconnects", "disconnects"),
         ],
     ),
@@ -39,27 +39,27 @@ const RAW: [(Kind, &[(&str, &str)]); 4] = [
         Kind::AppPerformance,
         &[
             ("transactions", "transactions"),
-            ("txn_latency_ms", "transaction_latency_avg_ms"),
+            ("transaction_latency_ms", "transaction_latency_avg_ms"),
             ("crashes", "crashes"),
         ],
     ),
     (
         Kind::PaymentHealth,
-        &[("offline_queue", "offline_queue_len")],
+        &[("offline_queue_len", "offline_queue_len")],
     ),
 ];
 
 /// (series name, column of `device_health_hourly`).
 const HOURLY: &[(&str, &str)] = &[
-    ("battery_pct", "battery_avg_pct"),
-    ("battery_min_pct", "battery_min_pct"),
+    ("battery_level_pct", "battery_avg_pct"),
+    ("battery_level_min_pct", "battery_min_pct"),
     ("rssi_dbm", "rssi_median_dbm"),
-    ("host_latency_ms", "host_latency_p95_ms"),
+    ("payment_host_latency_ms", "host_latency_p95_ms"),
     ("disconnects", "disconnects"),
     ("transactions", "transactions"),
-    ("txn_latency_ms", "txn_latency_p95_ms"),
+    ("transaction_latency_ms", "txn_latency_p95_ms"),
     ("crashes", "crashes"),
-    ("offline_queue", "offline_queue_max"),
+    ("offline_queue_len", "offline_queue_max"),
     ("minutes_online", "minutes_online"),
     ("battery_readings", "battery_readings"),
     ("connectivity_readings", "connectivity_readings"),
@@ -71,7 +71,12 @@ const HOURLY: &[(&str, &str)] = &[
 /// One series per reading kind: every reading of the kind has a point in
 /// it (raw), or its hourly count of readings (hour); they count what
 /// arrived.
-const RAW_COUNTED: [&str; 4] = ["battery_pct", "rssi_dbm", "transactions", "offline_queue"];
+const RAW_COUNTED: [&str; 4] = [
+    "battery_level_pct",
+    "rssi_dbm",
+    "transactions",
+    "offline_queue_len",
+];
 const HOURLY_COUNTS: [&str; 4] = [
     "battery_readings",
     "connectivity_readings",
