@@ -207,6 +207,8 @@ impl Report {
 pub enum SimError {
     #[error("{0}")]
     Config(String),
+    #[error("--broker over TLS: {0}")]
+    Tls(#[from] tillwatch_proto::tls::TlsError),
 }
 
 /// Runs the fleet until every device has sent its readings or `shutdown`
@@ -244,10 +246,9 @@ pub async fn run(config: SimConfig, shutdown: watch::Receiver<bool>) -> Result<R
         tillwatch_config::BrokerAddr::parse(&config.broker)
             .map_err(|e| SimError::Config(format!("--broker: {e}")))?;
     let transport = if tls {
-        Some(
-            tillwatch_proto::tls::client_transport(config.security.ca_file.as_deref())
-                .map_err(SimError::Config)?,
-        )
+        Some(tillwatch_proto::tls::client_transport(
+            config.security.ca_file.as_deref(),
+        )?)
     } else {
         None
     };

@@ -42,6 +42,42 @@ impl RoleProcess {
         RoleProcess::in_dir("gateway", data_dir, &["--broker", broker], env)
     }
 
+    /// A gateway of the shared subscription group `tillwatch`, client id
+    /// `id`, writing to `lake`, its data in `dir/ID`, plus `env`.
+    pub fn shared_gateway(
+        broker: &str,
+        id: &str,
+        dir: &Path,
+        lake: &Path,
+        env: &[(&str, &str)],
+    ) -> RoleProcess {
+        let mut all = vec![
+            ("TILLWATCH__MQTT__CLIENT_ID", id),
+            ("TILLWATCH__MQTT__SHARED_GROUP", "tillwatch"),
+            (
+                "TILLWATCH__LAKE__PATH",
+                lake.to_str().expect("a UTF-8 path"),
+            ),
+        ];
+        all.extend_from_slice(env);
+        RoleProcess::start(broker, &dir.join(id), &all)
+    }
+
+    /// Three gateways of the shared group, `gw-a`, `gw-b` and `gw-c`
+    /// (as [`RoleProcess::shared_gateway`]); options, so that a test can
+    /// take one out.
+    pub fn shared_gateways(
+        broker: &str,
+        dir: &Path,
+        lake: &Path,
+        env: &[(&str, &str)],
+    ) -> Vec<Option<RoleProcess>> {
+        ["gw-a", "gw-b", "gw-c"]
+            .iter()
+            .map(|id| Some(RoleProcess::shared_gateway(broker, id, dir, lake, env)))
+            .collect()
+    }
+
     /// `tillwatch ROLE ARGS… --http-listen 127.0.0.1:0 --data-dir DATA_DIR`
     /// with `env`.
     pub fn in_dir(role: &str, data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RoleProcess {

@@ -176,6 +176,22 @@ pub fn test_tokens(viewer: &str, operator: &str) -> Vec<tillwatch_config::ApiTok
     .collect()
 }
 
+/// Lets one scheduler round start up to four stale hours of raw
+/// compaction and of hourly device health at once, so that a test's
+/// backlog of hours clears in a few rounds.
+pub fn widen_hourly_rounds(config: &mut tillwatch_config::Config) {
+    use tillwatch_rollups::jobs;
+    for job in [jobs::RAW_COMPACTION, jobs::DEVICE_HEALTH_HOURLY] {
+        config.scheduler.jobs.insert(
+            job.into(),
+            tillwatch_config::JobSettings {
+                concurrency: Some(4),
+                ..tillwatch_config::JobSettings::default()
+            },
+        );
+    }
+}
+
 /// A minimal HTTP/1.0 GET; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     http_request(addr, "GET", path, None)
@@ -190,6 +206,29 @@ pub fn http_request(
     json: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
     http_call(addr, method, path, json, None)
+}
+
+/// [`http_call`] for the JSON API: (status, JSON body). Panics, naming
+/// the path, when the call fails or the body is not JSON.
+pub fn api_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&str>,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let (status, body) = http_call(addr, method, path, json, token)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let answer = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
+    (status, answer)
+}
+
+/// A GET of the JSON API that must answer 200: its JSON body.
+pub fn api_get(addr: SocketAddr, path: &str, token: &str) -> serde_json::Value {
+    let (status, answer) = api_call(addr, "GET", path, None, Some(token));
+    assert_eq!(status, 200, "GET {path}: {answer}");
+    answer
 }
 
 /// [`http_request`] with an optional bearer token.

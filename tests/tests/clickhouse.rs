@@ -72,6 +72,38 @@ fn gateway_env<'a>(url: &'a str, database: &'a str, client: &'a str) -> Vec<(&'a
     ]
 }
 
+/// A Mosquitto, a ClickHouse with `database` migrated, and a gateway
+/// process (client `gw-{database}`) writing to it and to the lake in `dir`,
+/// ready.
+struct Rig {
+    mosquitto: Mosquitto,
+    ch: ClickHouseServer,
+    dir: tempfile::TempDir,
+    gateway: GatewayProcess,
+}
+
+impl Rig {
+    async fn start(database: &str) -> Rig {
+        let mosquitto = Mosquitto::start();
+        let ch = ClickHouseServer::start();
+        migrate(&ch, database);
+        let dir = tempfile::tempdir().unwrap();
+        let (url, client) = (ch.url(), format!("gw-{database}"));
+        let gateway = GatewayProcess::start(
+            &mosquitto.url(),
+            dir.path(),
+            &gateway_env(&url, database, &client),
+        );
+        gateway.ready().await;
+        Rig {
+            mosquitto,
+            ch,
+            dir,
+            gateway,
+        }
+    }
+}
+
 fn fleet(broker: String, devices: usize, readings: u64, seed: u64, faults: Faults) -> SimConfig {
     SimConfig {
         broker,
@@ -255,42 +287,41 @@ fn bad_credentials_and_a_missing_database_are_clear_errors_at_start() {
     ];
 
     // Each must stop the command at start, saying why.
-    let refused = |args: &[&str], env: &[(&str, &str)]| {
+    let refused = |args: &[&str], env: &[(&str, &str)], says: &[&str]| {
         let (ok, _, stderr) = run_cli(args, env);
         assert!(!ok, "{args:?} with {env:?} must fail");
-        stderr
+        for needle in says {
+            assert!(
+                stderr.contains(needle),
+                "the error must say {needle:?}: {stderr}"
+            );
+        }
     };
-    let stderr = refused(
+    // The user and the setting to fix.
+    refused(
         &args,
         &[
             ("TILLWATCH__CLICKHOUSE__USER", TEST_USER),
             ("TILLWATCH__CLICKHOUSE__PASSWORD", "not-the-password"),
         ],
+        &["user \"tillwatch\" was refused", "clickhouse.password"],
     );
-    assert!(
-        stderr.contains("user \"tillwatch\" was refused") && stderr.contains("clickhouse.password"),
-        "the error names the user and the setting to fix: {stderr}"
-    );
-
-    let stderr = refused(
+    // The database and the fix.
+    refused(
         &args,
         &[
             ("TILLWATCH__CLICKHOUSE__USER", TEST_USER),
             ("TILLWATCH__CLICKHOUSE__PASSWORD", TEST_PASSWORD),
             ("TILLWATCH__CLICKHOUSE__DATABASE", "nope"),
         ],
+        &["database \"nope\" does not exist", "tillwatch migrate"],
     );
-    assert!(
-        stderr.contains("database \"nope\" does not exist") && stderr.contains("tillwatch migrate"),
-        "the error names the database and the fix: {stderr}"
-    );
-
     // The same for migrate itself.
-    let stderr = refused(
+    refused(
         &["migrate", "--clickhouse-url", &url],
         &[("TILLWATCH__CLICKHOUSE__USER", "nobody")],
+        &["user \"nobody\" was refused"],
     );
-    assert!(stderr.contains("user \"nobody\" was refused"), "{stderr}");
 }
 
 /// `https://` URLs use TLS, verified against the system's roots (which
@@ -328,18 +359,14 @@ fn https_urls_are_verified_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_fleet_lands_in_clickhouse_with_the_same_rows_as_the_lake() {
-    let mosquitto = Mosquitto::start();
-    let ch = ClickHouseServer::start();
-    migrate(&ch, "fleet");
-    let dir = tempfile::tempdir().unwrap();
+    let Rig {
+        mosquitto,
+        ch,
+        dir,
+        gateway,
+    } = Rig::start("fleet").await;
     let lake = dir.path().join("lake");
     let url = ch.url();
-    let gateway = GatewayProcess::start(
-        &mosquitto.url(),
-        dir.path(),
-        &gateway_env(&url, "fleet", "gw-fleet"),
-    );
-    gateway.ready().await;
 
     // Retries send readings twice; malformed messages become dead letters.
     let faults = Faults::parse("retry,malformed").unwrap();
@@ -398,15 +425,15 @@ async fn the_fleet_lands_in_clickhouse_with_the_same_rows_as_the_lake() {
     let from = (today - chrono::Days::new(1)).to_string();
     let to = today.to_string();
     let data = dir.path().to_str().unwrap();
-    for round in 0..2 {
-        let (ok, stdout, stderr) = run_cli(
+    let backfill = |from: &str, to: &str| {
+        run_cli(
             &[
                 "clickhouse",
                 "backfill",
                 "--from",
-                &from,
+                from,
                 "--to",
-                &to,
+                to,
                 "--data-dir",
                 data,
                 "--clickhouse-url",
@@ -415,7 +442,10 @@ async fn the_fleet_lands_in_clickhouse_with_the_same_rows_as_the_lake() {
                 "refill",
             ],
             &[],
-        );
+        )
+    };
+    for round in 0..2 {
+        let (ok, stdout, stderr) = backfill(&from, &to);
         assert!(ok, "backfill round {round}: {stderr}");
         assert!(
             stdout.contains(&format!("backfilled {} rows", report.readings + dead)),
@@ -437,40 +467,19 @@ async fn the_fleet_lands_in_clickhouse_with_the_same_rows_as_the_lake() {
         raw, report.readings,
         "merged after backfill: each reading once"
     );
-    let (ok, _, stderr) = run_cli(
-        &[
-            "clickhouse",
-            "backfill",
-            "--from",
-            &to,
-            "--to",
-            &from,
-            "--data-dir",
-            data,
-            "--clickhouse-url",
-            &url,
-            "--clickhouse-database",
-            "refill",
-        ],
-        &[],
-    );
+    let (ok, _, stderr) = backfill(&to, &from);
     assert!(!ok && stderr.contains("is after --to"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_clickhouse_outage_under_load_loses_nothing_and_doubles_nothing() {
-    let mosquitto = Mosquitto::start();
-    let mut ch = ClickHouseServer::start();
-    migrate(&ch, "outage");
-    let dir = tempfile::tempdir().unwrap();
+    let Rig {
+        mosquitto,
+        mut ch,
+        dir,
+        gateway,
+    } = Rig::start("outage").await;
     let lake = dir.path().join("lake");
-    let url = ch.url();
-    let gateway = GatewayProcess::start(
-        &mosquitto.url(),
-        dir.path(),
-        &gateway_env(&url, "outage", "gw-outage"),
-    );
-    gateway.ready().await;
 
     // Paced in real time (a reading every 50 ms per terminal, about 20 s in
     // all), so the outage falls mid-stream however fast the machine is.
@@ -642,14 +651,7 @@ async fn rows_clickhouse_cannot_read_are_set_aside_and_shipping_goes_on() {
                 boot_id: BootId(1),
                 seq,
                 sampled_at: UtcMillis(UtcMillis::now().0 - 60_000 + seq as i64),
-                signal: Signal::Battery(Battery {
-                    level_pct: 50,
-                    charging: false,
-                    temperature_celsius: 30.0,
-                    voltage_mv: 4000,
-                    health_pct: 90,
-                    cycle_count: 100,
-                }),
+                signal: Signal::Battery(Battery::healthy(50, false)),
             };
             staging.push_reading(StoredReading {
                 reading: &reading,

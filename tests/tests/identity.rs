@@ -11,11 +11,11 @@ use arrow::array::{Array, AsArray};
 use prost::Message;
 use rumqttc::QoS;
 use serde_json::Value;
-use tillwatch_config::{Config, JobSettings, RollupEngine};
+use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::UtcMillis;
 use tillwatch_integration_tests::{
     Alertmanager, InProcess, LakeContents, Mosquitto, RoleProcess, eventually, http_call,
-    test_tokens, wait_for,
+    test_tokens, wait_for, widen_hourly_rounds,
 };
 use tillwatch_meta::testing::TestDatabase;
 use tillwatch_proto::telemetry::v1 as pb;
@@ -405,15 +405,7 @@ async fn a_moved_terminal_counts_for_each_store_and_late_info_reattributes_its_h
     config.scheduler.start = "3d".into();
     config.scheduler.local_day_utc_offsets = [0, 0];
     // A round may start every stale hour at once.
-    for job in [jobs::RAW_COMPACTION, jobs::DEVICE_HEALTH_HOURLY] {
-        config.scheduler.jobs.insert(
-            job.into(),
-            JobSettings {
-                concurrency: Some(4),
-                ..JobSettings::default()
-            },
-        );
-    }
+    widen_hourly_rounds(&mut config);
     let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
     let url = broker.url();
     let standalone = InProcess::start(config.clone(), Some(broker)).await;
@@ -618,16 +610,6 @@ fn role(
     RoleProcess::in_dir(name, &dir.join(name), args, &all)
 }
 
-/// A gateway of the shared group, its data in `dir/ID`.
-fn gateway(broker: &str, id: &str, dir: &Path, lake: &Path) -> RoleProcess {
-    let env = [
-        ("TILLWATCH__MQTT__CLIENT_ID", id),
-        ("TILLWATCH__MQTT__SHARED_GROUP", "tillwatch"),
-        ("TILLWATCH__LAKE__PATH", lake.to_str().expect("UTF-8")),
-    ];
-    RoleProcess::in_dir("gateway", &dir.join(id), &["--broker", broker], &env)
-}
-
 /// `GET /api/v1/jobs` of the api role: the watermark and each gateway's
 /// `(writer, watermark_ms, stalled)`.
 fn watermarks(api: std::net::SocketAddr) -> (i64, Vec<(String, i64, bool)>) {
@@ -668,10 +650,7 @@ async fn the_production_shape_knows_every_terminal_and_a_stopped_gateway_stops_h
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     let url = mosquitto.url();
-    let mut gateways: Vec<Option<RoleProcess>> = ["gw-a", "gw-b", "gw-c"]
-        .iter()
-        .map(|id| Some(gateway(&url, id, dir.path(), &lake)))
-        .collect();
+    let mut gateways = RoleProcess::shared_gateways(&url, dir.path(), &lake, &[]);
     let alerter = role(
         "alerter",
         &["--broker", &url, "--alertmanager-url", &alertmanager.url()],
@@ -769,7 +748,7 @@ async fn the_production_shape_knows_every_terminal_and_a_stopped_gateway_stops_h
     );
 
     // It comes back under its own id: it counts again, the page resolves.
-    let back = gateway(&url, "gw-c", dir.path(), &lake);
+    let back = RoleProcess::shared_gateway(&url, "gw-c", dir.path(), &lake, &[]);
     back.ready().await;
     gateways[2] = Some(back);
     wait_for("gw-c to count again", Duration::from_secs(60), || {

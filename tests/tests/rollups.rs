@@ -482,38 +482,36 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
             Value::Num(reported.len() as f64),
             "t-{d:02}"
         );
-        let online: Vec<f64> = reported
-            .iter()
-            .filter_map(|h| online_minutes(d, *h))
-            .collect();
-        let want = if online.is_empty() {
-            Value::Null
-        } else {
-            Value::Num(online.iter().sum())
+        // SQL's SUM over the reported hours: null when none has a value.
+        let sum = |per_hour: fn(u32, i64) -> Option<f64>| {
+            let values: Vec<f64> = reported.iter().filter_map(|h| per_hour(d, *h)).collect();
+            if values.is_empty() {
+                Value::Null
+            } else {
+                Value::Num(values.iter().sum())
+            }
         };
-        assert_eq!(row[col("minutes_online")], want, "t-{d:02}");
-        let expected: Vec<f64> = reported
-            .iter()
-            .filter_map(|h| readings_expected(d, *h))
-            .collect();
-        let want = if expected.is_empty() {
-            Value::Null
-        } else {
-            Value::Num(expected.iter().sum())
-        };
-        assert_eq!(row[col("readings_expected")], want, "t-{d:02}");
+        assert_eq!(row[col("minutes_online")], sum(online_minutes), "t-{d:02}");
+        assert_eq!(
+            row[col("readings_expected")],
+            sum(readings_expected),
+            "t-{d:02}"
+        );
     }
 
     // What the ClickHouse tables hold is what the lake copy holds.
-    assert_eq!(
-        server.scalar("SELECT count() FROM roll.device_health_hourly"),
-        hourly_rows[1]
-    );
-    assert_eq!(
-        server.scalar("SELECT count() FROM roll.device_health_daily"),
-        17,
-        "a row per terminal, two for the one that moved"
-    );
+    let rows_as_in_the_lake = || {
+        assert_eq!(
+            server.scalar("SELECT count() FROM roll.device_health_hourly"),
+            hourly_rows[1]
+        );
+        assert_eq!(
+            server.scalar("SELECT count() FROM roll.device_health_daily"),
+            17,
+            "a row per terminal, two for the one that moved"
+        );
+    };
+    rows_as_in_the_lake();
     assert_eq!(
         server.scalar("SELECT count() FROM roll.fleet_health_daily"),
         table(&output(&ch_lake, jobs::FLEET_HEALTH_DAILY, day_partition))
@@ -560,15 +558,7 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
     // killed run shows, the staging table is left empty.
     run(&clickhouse, &hourly, hours[5]).await;
     run(&clickhouse, &daily, day_partition).await;
-    assert_eq!(
-        server.scalar("SELECT count() FROM roll.device_health_hourly"),
-        hourly_rows[1]
-    );
-    assert_eq!(
-        server.scalar("SELECT count() FROM roll.device_health_daily"),
-        17,
-        "a row per terminal, two for the one that moved"
-    );
+    rows_as_in_the_lake();
     assert_eq!(
         server.scalar("SELECT count() FROM roll.device_health_hourly_staging"),
         0

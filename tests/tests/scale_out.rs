@@ -26,20 +26,8 @@ use tokio::sync::watch;
 
 const HOUR: i64 = 3_600_000;
 
-fn gateway(broker: &str, id: &str, dir: &Path, lake: &Path) -> RoleProcess {
-    let data = dir.join(id);
-    RoleProcess::start(
-        broker,
-        &data,
-        &[
-            ("TILLWATCH__MQTT__CLIENT_ID", id),
-            ("TILLWATCH__MQTT__SHARED_GROUP", "tillwatch"),
-            ("TILLWATCH__LAKE__PATH", lake.to_str().expect("UTF-8")),
-            // Small, frequent flushes: more boundaries for the kill to hit.
-            ("TILLWATCH__GATEWAY__FLUSH_MAX_ROWS", "500"),
-        ],
-    )
-}
+/// Small, frequent flushes: more boundaries for the kill to hit.
+const SMALL_FLUSHES: &[(&str, &str)] = &[("TILLWATCH__GATEWAY__FLUSH_MAX_ROWS", "500")];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_gateways_share_the_stream_and_one_killed_mid_stream_loses_and_doubles_nothing() {
@@ -47,10 +35,7 @@ async fn three_gateways_share_the_stream_and_one_killed_mid_stream_loses_and_dou
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     let url = mosquitto.url();
-    let mut gateways: Vec<Option<RoleProcess>> = ["gw-a", "gw-b", "gw-c"]
-        .iter()
-        .map(|id| Some(gateway(&url, id, dir.path(), &lake)))
-        .collect();
+    let mut gateways = RoleProcess::shared_gateways(&url, dir.path(), &lake, SMALL_FLUSHES);
     for g in gateways.iter().flatten() {
         g.ready().await;
     }
@@ -91,7 +76,7 @@ async fn three_gateways_share_the_stream_and_one_killed_mid_stream_loses_and_dou
     )
     .await;
     // Back under its own id: the broker hands it what it had in flight.
-    let back = gateway(&url, "gw-b", dir.path(), &lake);
+    let back = RoleProcess::shared_gateway(&url, "gw-b", dir.path(), &lake, SMALL_FLUSHES);
     back.ready().await;
     gateways[1] = Some(back);
 

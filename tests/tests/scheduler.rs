@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use arrow::array::AsArray;
 use arrow::datatypes::Int64Type;
-use tillwatch_config::{Config, JobSettings, RollupEngine};
+use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::UtcMillis;
-use tillwatch_integration_tests::{InProcess, http_call, test_tokens, tillwatch_bin, wait_for};
+use tillwatch_integration_tests::{
+    InProcess, api_call, api_get, test_tokens, tillwatch_bin, wait_for, widen_hourly_rounds,
+};
 use tillwatch_meta::MetaStore;
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
@@ -120,15 +122,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     // Daily rollups count the stores' local days (the simulated terminals
     // are in London): the span of their zone.
     config.scheduler.local_day_utc_offsets = SPAN;
-    for job in [jobs::RAW_COMPACTION, jobs::DEVICE_HEALTH_HOURLY] {
-        config.scheduler.jobs.insert(
-            job.into(),
-            JobSettings {
-                concurrency: Some(4),
-                ..JobSettings::default()
-            },
-        );
-    }
+    widen_hourly_rounds(&mut config);
     let embedded = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
     let broker_url = embedded.url();
     let standalone = InProcess::start(config.clone(), Some(embedded)).await;
@@ -166,9 +160,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     )
     .await;
     // The same operations over HTTP.
-    let (status, body) = http_call(http_addr, "GET", "/api/v1/jobs", None, Some(VIEWER)).unwrap();
-    assert_eq!(status, 200, "{body}");
-    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = api_get(http_addr, "/api/v1/jobs", VIEWER);
     let names: Vec<&str> = listed["jobs"]
         .as_array()
         .unwrap()
@@ -189,9 +181,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
         "/api/v1/jobs/{}/partitions/{yesterday}/lineage",
         jobs::DEVICE_HEALTH_DAILY
     );
-    let (status, body) = http_call(http_addr, "GET", &path, None, Some(VIEWER)).unwrap();
-    assert_eq!(status, 200, "{body}");
-    let lineage: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let lineage = api_get(http_addr, &path, VIEWER);
     assert_eq!(lineage["status"], "succeeded");
     assert_eq!(lineage["downstream"][0]["job"], jobs::FLEET_HEALTH_DAILY);
     assert_eq!(
@@ -199,30 +189,16 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
         25,
         "the day read its 24 hours and the hour before (UTC+1 in summer)"
     );
-    let (status, body) = http_call(
+    let runs = api_get(
         http_addr,
-        "GET",
         &format!("/api/v1/jobs/{}/runs?limit=5", jobs::DEVICE_HEALTH_HOURLY),
-        None,
-        Some(VIEWER),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let runs: serde_json::Value = serde_json::from_str(&body).unwrap();
+        VIEWER,
+    );
     assert_eq!(runs["runs"].as_array().unwrap().len(), 5);
     // Every job's runs, filtered by status, each with its log.
-    let (status, body) = http_call(
-        http_addr,
-        "GET",
-        "/api/v1/runs?status=succeeded&limit=3",
-        None,
-        Some(VIEWER),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let succeeded: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let succeeded = api_get(http_addr, "/api/v1/runs?status=succeeded&limit=3", VIEWER);
     let succeeded = succeeded["runs"].as_array().unwrap();
-    assert_eq!(succeeded.len(), 3, "{body}");
+    assert_eq!(succeeded.len(), 3, "{succeeded:?}");
     for run in succeeded {
         assert_eq!(run["status"], "succeeded");
         let log: Vec<&str> = run["log"]
@@ -260,38 +236,27 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
         ("/api/v1/runs?job=nope", 404, "nope"),
         ("/api/v1/runs?limit=5000", 400, "limit"),
     ] {
-        let (status, body) = http_call(http_addr, "GET", path, None, Some(VIEWER)).unwrap();
-        assert_eq!(status, want, "{path}: {body}");
-        let error: serde_json::Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {body}"));
+        let (status, answer) = api_call(http_addr, "GET", path, None, Some(VIEWER));
+        assert_eq!(status, want, "{path}: {answer}");
         assert!(
-            error["error"].as_str().unwrap().contains(needle),
-            "{path}: {body}"
+            answer["error"].as_str().unwrap().contains(needle),
+            "{path}: {answer}"
         );
     }
-    let (status, body) = http_call(
-        http_addr,
-        "POST",
-        &format!("/api/v1/jobs/{}/backfill", jobs::DEVICE_HEALTH_DAILY),
-        Some(&format!(
-            r#"{{"from": "{yesterday}", "to": "{yesterday}", "downstream": true, "dry_run": true}}"#
-        )),
-        Some(OPERATOR),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{body}");
-    let planned: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let backfill = format!("/api/v1/jobs/{}/backfill", jobs::DEVICE_HEALTH_DAILY);
+    let plan = format!(
+        r#"{{"from": "{yesterday}", "to": "{yesterday}", "downstream": true, "dry_run": true}}"#
+    );
+    let (status, planned) = api_call(http_addr, "POST", &backfill, Some(&plan), Some(OPERATOR));
+    assert_eq!(status, 200, "{planned}");
     assert_eq!(planned["partitions"].as_array().unwrap().len(), 2);
-    let (status, body) = http_call(
-        http_addr,
-        "POST",
-        &format!("/api/v1/jobs/{}/backfill", jobs::DEVICE_HEALTH_DAILY),
-        Some(r#"{"from": "2026-13-01", "to": "2026-11-01"}"#),
-        Some(OPERATOR),
-    )
-    .unwrap();
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("from"), "{body}");
+    let bad = r#"{"from": "2026-13-01", "to": "2026-11-01"}"#;
+    let (status, refused) = api_call(http_addr, "POST", &backfill, Some(bad), Some(OPERATOR));
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("from"),
+        "{refused}"
+    );
 
     standalone.stop().await;
 
@@ -329,36 +294,21 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
         Partition::containing(Grain::Hour, yesterday.start_ms + 23 * HOUR)
     );
     let data = dir.path();
-    let (ok, out, err) = cli(
-        &[
-            "jobs",
-            "backfill",
-            jobs::DEVICE_HEALTH_HOURLY,
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--downstream",
-            "--dry-run",
-        ],
-        data,
-    );
+    let backfill = [
+        "jobs",
+        "backfill",
+        jobs::DEVICE_HEALTH_HOURLY,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--downstream",
+    ];
+    let (ok, out, err) = cli(&[&backfill[..], &["--dry-run"]].concat(), data);
     assert!(ok, "{err}");
     assert!(out.contains("would run 8 partitions"), "{out}");
     let before = std::fs::metadata(&daily).unwrap().modified().unwrap();
-    let (ok, out, err) = cli(
-        &[
-            "jobs",
-            "backfill",
-            jobs::DEVICE_HEALTH_HOURLY,
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--downstream",
-        ],
-        data,
-    );
+    let (ok, out, err) = cli(&backfill, data);
     assert!(ok, "backfill failed:\n{out}\n{err}");
     assert!(out.contains("[  8/8]"), "progress is shown:\n{out}");
     assert!(out.contains("backfilled 8 partitions"), "{out}");

@@ -50,14 +50,7 @@ async fn main() {
                 boot_id: BootId(1),
                 seq: i / devices,
                 sampled_at: UtcMillis(at),
-                signal: Signal::Battery(Battery {
-                    level_pct: 80,
-                    charging: false,
-                    temperature_celsius: 30.0,
-                    voltage_mv: 4000,
-                    health_pct: 90,
-                    cycle_count: 1,
-                }),
+                signal: Signal::Battery(Battery::healthy(80, false)),
             }],
             received_at: UtcMillis(at),
         };

@@ -4,13 +4,15 @@
 //! a store outage is one store alert with its terminals' pages held, a
 //! silence mutes only what it matches, and a closed store does not page.
 
+mod common;
+
+use common::{battery, dev};
 use tillwatch_alerter::Alerter;
 use tillwatch_alerter::Event;
 use tillwatch_config::{AlertingConfig, StoreConfig};
 use tillwatch_domain::connectivity::SilencePolicy;
 use tillwatch_domain::{
-    Battery, BootId, DeviceId, DeviceInfo, DeviceStatus, MerchantId, Reading, Signal, StatusReason,
-    StoreId, UtcMillis,
+    BootId, DeviceInfo, DeviceStatus, MerchantId, StatusReason, StoreId, UtcMillis,
 };
 use tillwatch_meta::testing::TestDatabase;
 use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, MetaStore, SilenceRecord};
@@ -30,10 +32,6 @@ fn at_berlin(civil: &str) -> i64 {
         .as_millisecond()
 }
 
-fn dev(s: &str) -> DeviceId {
-    DeviceId::new(s).unwrap()
-}
-
 fn info(device: &str, store: &str, at: i64) -> Event {
     Event::Info(DeviceInfo {
         device_id: dev(device),
@@ -47,28 +45,6 @@ fn info(device: &str, store: &str, at: i64) -> Event {
         time_zone: "Europe/Berlin".into(),
         at: UtcMillis(at),
     })
-}
-
-fn battery(device: &str, seq: u64, at: i64, level: u32, charging: bool) -> Event {
-    Event::Telemetry {
-        merchant_id: MerchantId::new("m-1").unwrap(),
-        device_id: dev(device),
-        readings: vec![Reading {
-            device_id: dev(device),
-            boot_id: BootId(1),
-            seq,
-            sampled_at: UtcMillis(at),
-            signal: Signal::Battery(Battery {
-                level_pct: level,
-                charging,
-                temperature_celsius: 30.0,
-                voltage_mv: 4000,
-                health_pct: 90,
-                cycle_count: 1,
-            }),
-        }],
-        received_at: UtcMillis(at),
-    }
 }
 
 fn lost(device: &str, at: i64) -> Event {

@@ -3,38 +3,18 @@
 //! when its own cadence allows, and a restarted tracker resumes every
 //! device, silence deadlines included.
 
+mod common;
+
+use common::{battery, dev};
 use tillwatch_alerter::{Event, Tracker};
 use tillwatch_domain::connectivity::{ConnState, OfflineReason, SilencePolicy};
-use tillwatch_domain::{
-    Battery, BootId, DeviceId, DeviceStatus, MerchantId, Reading, Signal, StatusReason, UtcMillis,
-};
+use tillwatch_domain::{BootId, DeviceStatus, StatusReason, UtcMillis};
 use tillwatch_meta::MetaStore;
 use tillwatch_meta::testing::TestDatabase;
 
-fn dev(s: &str) -> DeviceId {
-    DeviceId::new(s).unwrap()
-}
-
+/// A healthy reading.
 fn telemetry(device: &str, seq: u64, at: i64) -> Event {
-    Event::Telemetry {
-        merchant_id: MerchantId::new("m-1").unwrap(),
-        device_id: dev(device),
-        readings: vec![Reading {
-            device_id: dev(device),
-            boot_id: BootId(1),
-            seq,
-            sampled_at: UtcMillis(at),
-            signal: Signal::Battery(Battery {
-                level_pct: 60,
-                charging: false,
-                temperature_celsius: 30.0,
-                voltage_mv: 4000,
-                health_pct: 90,
-                cycle_count: 1,
-            }),
-        }],
-        received_at: UtcMillis(at),
-    }
+    battery(device, seq, at, 60, false)
 }
 
 fn status(device: &str, online: bool, reason: StatusReason, at: i64) -> Event {

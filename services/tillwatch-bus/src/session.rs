@@ -12,7 +12,7 @@ pub enum SessionError {
     #[error("mqtt.broker: {0}")]
     Broker(#[from] tillwatch_config::BrokerUrlError),
     #[error("MQTT over TLS: {0}")]
-    Tls(String),
+    Tls(#[from] tillwatch_proto::tls::TlsError),
 }
 
 /// Largest packet the client accepts: MQTT's own maximum. Oversized
@@ -48,10 +48,9 @@ pub fn session(
         options.set_credentials(user.clone(), config.password.clone().unwrap_or_default());
     }
     if addr.tls {
-        options.set_transport(
-            tillwatch_proto::tls::client_transport(config.ca_file.as_deref())
-                .map_err(SessionError::Tls)?,
-        );
+        options.set_transport(tillwatch_proto::tls::client_transport(
+            config.ca_file.as_deref(),
+        )?);
     }
     let (client, mut eventloop) = AsyncClient::new(options, 16 * 1024);
     let mut network = rumqttc::NetworkOptions::new();

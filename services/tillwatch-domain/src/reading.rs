@@ -115,6 +115,22 @@ pub struct Battery {
     pub cycle_count: u32,
 }
 
+impl Battery {
+    /// A healthy battery at `level_pct` (30 °C, 4.0 V, 90 % health, ten
+    /// cycles): what tests, examples and benchmarks write where only the
+    /// level and charging matter.
+    pub fn healthy(level_pct: u32, charging: bool) -> Battery {
+        Battery {
+            level_pct,
+            charging,
+            temperature_celsius: 30.0,
+            voltage_mv: 4000,
+            health_pct: 90,
+            cycle_count: 10,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppPerformance {
     pub app_version: String,

@@ -159,8 +159,7 @@ impl MetaStore {
             if alerts.is_empty() {
                 return Ok(());
             }
-            let mut tx = self.pool().begin().await.map_err(self.db())?;
-            for a in alerts {
+            self.execute_each(alerts, |a| {
                 sqlx::query(
                     "INSERT INTO alerts (alert_id, rule, subject, scope, severity, state, \
                      pending_since_ms, fired_at_ms, clearing_since_ms, resolved_at_ms, held_by, \
@@ -190,26 +189,18 @@ impl MetaStore {
                 .bind(serde_json::to_string(&a.labels).expect("string map"))
                 .bind(serde_json::to_string(&a.annotations).expect("string map"))
                 .bind(a.updated_at_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.db())?;
-            }
-            tx.commit().await.map_err(self.db())
+            })
+            .await
         })
     }
 
     /// Forgets pending alerts that went away without firing.
     pub fn drop_alerts<'a>(&'a self, alert_ids: &'a [String]) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut tx = self.pool().begin().await.map_err(self.db())?;
-            for id in alert_ids {
-                sqlx::query("DELETE FROM alerts WHERE alert_id = $1 AND state = 'pending'")
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(self.db())?;
-            }
-            tx.commit().await.map_err(self.db())
+            self.execute_each(alert_ids, |id| {
+                sqlx::query("DELETE FROM alerts WHERE alert_id = $1 AND state = 'pending'").bind(id)
+            })
+            .await
         })
     }
 
@@ -319,8 +310,7 @@ impl MetaStore {
         at_ms: i64,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut tx = self.pool().begin().await.map_err(self.db())?;
-            for (alert_id, state) in sent {
+            self.execute_each(sent, |(alert_id, state)| {
                 sqlx::query(
                     "INSERT INTO alert_deliveries (receiver, alert_id, delivered_state, delivered_at_ms, \
                      attempts, next_attempt_ms, last_error) VALUES ($1, $2, $3, $4, 0, 0, NULL) \
@@ -332,11 +322,8 @@ impl MetaStore {
                 .bind(alert_id)
                 .bind(state.as_str())
                 .bind(at_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.db())?;
-            }
-            tx.commit().await.map_err(self.db())
+            })
+            .await
         })
     }
 
@@ -349,8 +336,7 @@ impl MetaStore {
         error: &'a str,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut tx = self.pool().begin().await.map_err(self.db())?;
-            for alert_id in alert_ids {
+            self.execute_each(alert_ids, |alert_id| {
                 sqlx::query(
                     "INSERT INTO alert_deliveries (receiver, alert_id, delivered_state, delivered_at_ms, \
                      attempts, next_attempt_ms, last_error) VALUES ($1, $2, NULL, NULL, 1, $3, $4) \
@@ -362,11 +348,8 @@ impl MetaStore {
                 .bind(alert_id)
                 .bind(retry_at_ms)
                 .bind(error)
-                .execute(&mut *tx)
-                .await
-                .map_err(self.db())?;
-            }
-            tx.commit().await.map_err(self.db())
+            })
+            .await
         })
     }
 

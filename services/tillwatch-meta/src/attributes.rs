@@ -198,33 +198,30 @@ impl MetaStore {
     /// two reads, so the scheduler can fingerprint each hour's attribution
     /// and a rollup attribute its hour from the same facts.
     pub async fn attribution_inputs(&self) -> Result<AttributionInputs, MetaError> {
-        let spans = sqlx::query(
-            "SELECT device_id, first_sample_ms, last_seen_ms FROM devices \
-             WHERE last_seen_ms IS NOT NULL AND first_sample_ms IS NOT NULL ORDER BY device_id",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?
-        .iter()
-        .map(|r| {
-            Ok((
-                r.try_get("device_id")?,
-                r.try_get("first_sample_ms")?,
-                r.try_get("last_seen_ms")?,
-            ))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(self.db())?;
-        let versions = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM device_attributes ORDER BY device_id, valid_from_ms"
-        ))
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?
-        .iter()
-        .map(version_from_row)
-        .collect::<Result<_, _>>()
-        .map_err(self.db())?;
+        let spans = self
+            .all(
+                sqlx::query(
+                    "SELECT device_id, first_sample_ms, last_seen_ms FROM devices \
+                     WHERE last_seen_ms IS NOT NULL AND first_sample_ms IS NOT NULL \
+                     ORDER BY device_id",
+                ),
+                |r| {
+                    Ok((
+                        r.try_get("device_id")?,
+                        r.try_get("first_sample_ms")?,
+                        r.try_get("last_seen_ms")?,
+                    ))
+                },
+            )
+            .await?;
+        let versions = self
+            .all(
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM device_attributes ORDER BY device_id, valid_from_ms"
+                )),
+                version_from_row,
+            )
+            .await?;
         Ok(AttributionInputs { spans, versions })
     }
 }

@@ -287,26 +287,23 @@ impl MetaStore {
                 before.push((device, state));
             }
         }
-        let changes = sqlx::query(
-            "SELECT device_id, at_ms, to_state FROM connectivity_history \
-             WHERE at_ms >= $1 AND at_ms < $2",
-        )
-        .bind(start_ms)
-        .bind(end_ms)
-        .fetch_all(self.pool())
-        .await
-        .map_err(self.db())?;
-        let changes = changes
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("device_id")?,
-                    r.try_get("at_ms")?,
-                    r.try_get("to_state")?,
-                ))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(self.db())?;
+        let changes: Vec<(String, i64, String)> = self
+            .all(
+                sqlx::query(
+                    "SELECT device_id, at_ms, to_state FROM connectivity_history \
+                     WHERE at_ms >= $1 AND at_ms < $2",
+                )
+                .bind(start_ms)
+                .bind(end_ms),
+                |r| {
+                    Ok((
+                        r.try_get("device_id")?,
+                        r.try_get("at_ms")?,
+                        r.try_get("to_state")?,
+                    ))
+                },
+            )
+            .await?;
         Ok(minutes_online(&before, &changes, start_ms, end_ms)
             .into_iter()
             .map(|(device_id, minutes_online)| OnlineTime {

@@ -126,6 +126,14 @@ pub use tillwatch_config::without_password;
 const DEVICE_COLUMNS: &str = "device_id, merchant_id, store_id, model, serial, firmware_version, \
      app_version, time_zone, first_seen_ms, last_seen_ms, info_at_ms";
 
+fn latest_signal(r: &sqlx::any::AnyRow) -> Result<LatestSignal, sqlx::Error> {
+    Ok(LatestSignal {
+        signal: r.try_get("signal")?,
+        value: r.try_get("value")?,
+        sampled_at_ms: r.try_get("sampled_at_ms")?,
+    })
+}
+
 fn device_from_row(row: &sqlx::any::AnyRow) -> Result<DeviceRecord, sqlx::Error> {
     Ok(DeviceRecord {
         device_id: row.try_get("device_id")?,
@@ -226,6 +234,19 @@ impl MetaStore {
             .map_err(self.db())
     }
 
+    /// Runs `query` for each item, all in one transaction.
+    pub(crate) async fn execute_each<'q, T: Sync>(
+        &self,
+        items: &'q [T],
+        query: impl Fn(&'q T) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<(), MetaError> {
+        let mut tx = self.pool().begin().await.map_err(self.db())?;
+        for item in items {
+            query(item).execute(&mut *tx).await.map_err(self.db())?;
+        }
+        tx.commit().await.map_err(self.db())
+    }
+
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
@@ -312,23 +333,20 @@ impl MetaStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeviceRecord>, MetaError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices \
-             WHERE ($1 IS NULL OR merchant_id = $1) AND ($2 IS NULL OR store_id = $2) \
-               AND ($3 IS NULL OR device_id > $3) \
-             ORDER BY device_id LIMIT $4"
-        ))
-        .bind(merchant_id.map(str::to_string))
-        .bind(store_id.map(str::to_string))
-        .bind(after.map(str::to_string))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        self.all(
+            sqlx::query(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices \
+                 WHERE ($1 IS NULL OR merchant_id = $1) AND ($2 IS NULL OR store_id = $2) \
+                   AND ($3 IS NULL OR device_id > $3) \
+                 ORDER BY device_id LIMIT $4"
+            ))
+            .bind(merchant_id.map(str::to_string))
+            .bind(store_id.map(str::to_string))
+            .bind(after.map(str::to_string))
+            .bind(i64::from(limit)),
+            device_from_row,
+        )
         .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(device_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(self.db())
     }
 
     /// Devices whose id, serial, merchant or store is `text`, or whose id
@@ -345,66 +363,41 @@ impl MetaStore {
                 c => vec![c],
             })
             .collect();
-        let rows = sqlx::query(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices \
-             WHERE device_id = $1 OR serial = $1 OR merchant_id = $1 OR store_id = $1 \
-                OR device_id LIKE $2 ESCAPE '\\' OR serial LIKE $2 ESCAPE '\\' \
-             ORDER BY CASE WHEN device_id = $1 OR serial = $1 THEN 0 ELSE 1 END, device_id \
-             LIMIT $3"
-        ))
-        .bind(text)
-        .bind(format!("{escaped}%"))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        self.all(
+            sqlx::query(&format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices \
+                 WHERE device_id = $1 OR serial = $1 OR merchant_id = $1 OR store_id = $1 \
+                    OR device_id LIKE $2 ESCAPE '\\' OR serial LIKE $2 ESCAPE '\\' \
+                 ORDER BY CASE WHEN device_id = $1 OR serial = $1 THEN 0 ELSE 1 END, device_id \
+                 LIMIT $3"
+            ))
+            .bind(text)
+            .bind(format!("{escaped}%"))
+            .bind(i64::from(limit)),
+            device_from_row,
+        )
         .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(device_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(self.db())
     }
 
     /// The newest value of every signal of every device, by device id.
     pub async fn all_latest_signals(&self) -> Result<Vec<(String, LatestSignal)>, MetaError> {
-        let rows =
-            sqlx::query("SELECT device_id, signal, value, sampled_at_ms FROM device_signals")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("device_id")?,
-                    LatestSignal {
-                        signal: r.try_get("signal")?,
-                        value: r.try_get("value")?,
-                        sampled_at_ms: r.try_get("sampled_at_ms")?,
-                    },
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
+        self.all(
+            sqlx::query("SELECT device_id, signal, value, sampled_at_ms FROM device_signals"),
+            |r| Ok((r.try_get("device_id")?, latest_signal(r)?)),
+        )
+        .await
     }
 
     /// The newest value of each signal of a device, by signal name.
     pub async fn latest_signals(&self, device_id: &str) -> Result<Vec<LatestSignal>, MetaError> {
-        let rows = sqlx::query(
-            "SELECT signal, value, sampled_at_ms FROM device_signals WHERE device_id = $1 ORDER BY signal",
+        self.all(
+            sqlx::query(
+                "SELECT signal, value, sampled_at_ms FROM device_signals WHERE device_id = $1 ORDER BY signal",
+            )
+            .bind(device_id),
+            latest_signal,
         )
-        .bind(device_id)
-        .fetch_all(&self.pool)
         .await
-        .map_err(self.db())?;
-        rows.iter()
-            .map(|r| {
-                Ok(LatestSignal {
-                    signal: r.try_get("signal")?,
-                    value: r.try_get("value")?,
-                    sampled_at_ms: r.try_get("sampled_at_ms")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(self.db())
     }
 }
 

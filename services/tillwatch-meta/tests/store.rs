@@ -29,14 +29,7 @@ fn battery(device: &str, seq: u64, at: i64, level: u32) -> Reading {
         boot_id: BootId(1),
         seq,
         sampled_at: UtcMillis(at),
-        signal: Signal::Battery(Battery {
-            level_pct: level,
-            charging: false,
-            temperature_celsius: 30.0,
-            voltage_mv: 4000,
-            health_pct: 90,
-            cycle_count: 10,
-        }),
+        signal: Signal::Battery(Battery::healthy(level, false)),
     }
 }
 

@@ -37,14 +37,7 @@ fn write_battery(
             boot_id: BootId(1),
             seq: m as u64,
             sampled_at: UtcMillis(DAY0 + m * MIN),
-            signal: Signal::Battery(Battery {
-                level_pct: level,
-                charging: false,
-                temperature_celsius: 30.0,
-                voltage_mv: 4000,
-                health_pct: 90,
-                cycle_count: 1,
-            }),
+            signal: Signal::Battery(Battery::healthy(level, false)),
         })
         .collect();
     let mut staging = Staging::new();

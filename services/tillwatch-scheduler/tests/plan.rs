@@ -15,37 +15,37 @@ const MIN: i64 = 60_000;
 /// 2026-11-20T00:00Z.
 const DAY0: i64 = 1_795_132_800_000;
 
-fn hourly() -> JobSpec {
-    let mut j = JobSpec::new(
-        "device_health_hourly",
-        Grain::Hour,
-        vec![Input::Source("battery".into())],
-    );
+/// A job of the test's catalog: from DAY0, as many partitions at once as
+/// the plan offers.
+fn job(name: &str, grain: Grain, input: Input) -> JobSpec {
+    let mut j = JobSpec::new(name, grain, vec![input]);
     j.start_ms = DAY0;
     j.concurrency = 100;
     j
+}
+
+fn hourly() -> JobSpec {
+    job(
+        "device_health_hourly",
+        Grain::Hour,
+        Input::Source("battery".into()),
+    )
 }
 
 fn daily() -> JobSpec {
-    let mut j = JobSpec::new(
+    job(
         "device_health_daily",
         Grain::Day,
-        vec![Input::Job("device_health_hourly".into())],
-    );
-    j.start_ms = DAY0;
-    j.concurrency = 100;
-    j
+        Input::Job("device_health_hourly".into()),
+    )
 }
 
 fn fleet() -> JobSpec {
-    let mut j = JobSpec::new(
+    job(
         "fleet_health_daily",
         Grain::Day,
-        vec![Input::Job("device_health_daily".into())],
-    );
-    j.start_ms = DAY0;
-    j.concurrency = 100;
-    j
+        Input::Job("device_health_daily".into()),
+    )
 }
 
 type States = HashMap<(String, Partition), PartitionRecord>;
@@ -283,6 +283,14 @@ fn a_run_past_its_timeout_is_tried_again() {
     assert_eq!((tasks[0].attempt, tasks[0].reason), (2, Reason::TimedOut));
 }
 
+/// What late data in 2026-11-20T13 re-runs: the hour, its day and the
+/// fleet's day.
+const LATE_13H_RERUNS: [&str; 3] = [
+    "device_health_hourly 2026-11-20T13",
+    "device_health_daily 2026-11-20",
+    "fleet_health_daily 2026-11-20",
+];
+
 #[test]
 fn late_data_reruns_exactly_the_hour_its_day_and_the_fleet_day() {
     let catalog = Catalog::new(vec![hourly(), daily(), fleet()]).unwrap();
@@ -299,14 +307,7 @@ fn late_data_reruns_exactly_the_hour_its_day_and_the_fleet_day() {
     // A terminal replays its offline backlog into 2026-11-20T13.
     files.insert(Partition::parse_key("2026-11-20T13").unwrap(), "v2".into());
     let rerun = settle(&catalog, &mut states, now + 5 * MIN, &files);
-    assert_eq!(
-        keys(&rerun),
-        [
-            "device_health_hourly 2026-11-20T13",
-            "device_health_daily 2026-11-20",
-            "fleet_health_daily 2026-11-20"
-        ]
-    );
+    assert_eq!(keys(&rerun), LATE_13H_RERUNS);
     assert!(rerun.iter().all(|t| t.reason == Reason::Stale));
 }
 
@@ -352,14 +353,7 @@ fn a_store_local_day_reads_and_waits_for_the_hours_of_its_time_zones() {
     settle(&catalog, &mut states, now, &files);
     files.insert(Partition::parse_key("2026-11-20T13").unwrap(), "v2".into());
     let rerun = settle(&catalog, &mut states, now + 5 * MIN, &files);
-    assert_eq!(
-        keys(&rerun),
-        [
-            "device_health_hourly 2026-11-20T13",
-            "device_health_daily 2026-11-20",
-            "fleet_health_daily 2026-11-20"
-        ]
-    );
+    assert_eq!(keys(&rerun), LATE_13H_RERUNS);
     files.insert(Partition::parse_key("2026-11-20T23").unwrap(), "v2".into());
     let rerun = settle(&catalog, &mut states, now + 5 * MIN, &files);
     assert_eq!(

@@ -225,21 +225,27 @@ fn dead_run(started: i64) -> JobRunRow {
     }
 }
 
+/// A fresh claim of 2026-11-20T00 for `run`, leased for ten minutes from
+/// `now`.
+fn first_hour(run: &JobRunRow, now: i64) -> Claim<'_> {
+    Claim {
+        job: "device_health_hourly",
+        partition_key: "2026-11-20T00",
+        grain: "hour",
+        start_ms: DAY0,
+        expected_run_id: None,
+        run,
+        lease_until_ms: now + 10 * MIN,
+    }
+}
+
 async fn a_dead_schedulers_run_is_taken_over_after_its_timeout(url: &str) {
     let s = Setup::new(url, DAY0 + HOUR + 30 * MIN).await;
     // Scheduler A claims 2026-11-20T00 and dies without a word.
     let started = s.now();
     let claimed = s
         .store
-        .claim_partition(&Claim {
-            job: "device_health_hourly",
-            partition_key: "2026-11-20T00",
-            grain: "hour",
-            start_ms: DAY0,
-            expected_run_id: None,
-            run: &dead_run(started),
-            lease_until_ms: started + 10 * MIN,
-        })
+        .claim_partition(&first_hour(&dead_run(started), started))
         .await
         .unwrap();
     assert!(claimed);
@@ -251,15 +257,7 @@ async fn a_dead_schedulers_run_is_taken_over_after_its_timeout(url: &str) {
     };
     let lost = s
         .store
-        .claim_partition(&Claim {
-            job: "device_health_hourly",
-            partition_key: "2026-11-20T00",
-            grain: "hour",
-            start_ms: DAY0,
-            expected_run_id: None,
-            run: &rival,
-            lease_until_ms: started + 10 * MIN,
-        })
+        .claim_partition(&first_hour(&rival, started))
         .await
         .unwrap();
     assert!(!lost, "a partition is claimed once");

@@ -53,14 +53,7 @@ fn payment(queued: u32, oldest_s: u32, tamper: bool) -> Signal {
 }
 
 fn battery(level: u32, charging: bool) -> Signal {
-    Signal::Battery(Battery {
-        level_pct: level,
-        charging,
-        temperature_celsius: 30.0,
-        voltage_mv: 4000,
-        health_pct: 90,
-        cycle_count: 1,
-    })
+    Signal::Battery(Battery::healthy(level, charging))
 }
 
 /// Feeds one signal a minute for `minutes`; returns the rule's alerts
