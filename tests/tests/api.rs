@@ -212,6 +212,7 @@ async fn start() -> Api {
         listener,
         tillwatch_serve::Readiness::Started,
         router,
+        tillwatch_serve::HttpLimits::of(&config),
         until_stopped(stopped.clone()),
     ));
     let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -234,6 +235,32 @@ impl Api {
     /// GET as the viewer: (status, JSON body).
     async fn get(&self, path: &str) -> (u16, Value) {
         self.call("GET", path, None, Some(VIEWER)).await
+    }
+
+    /// Rolls up T0's day in the lake (its hours, then the day's device
+    /// health and fleet cohorts), as the scheduler would.
+    async fn roll_up_day_of_t0(&self) {
+        use tillwatch_rollups::jobs;
+        use tillwatch_scheduler::{Executor, Grain, Partition};
+        let lake = tillwatch_storage::Lake::new(self.dir.path().join("lake"));
+        let engine = tillwatch_rollups::embedded::Embedded::new(lake);
+        let day = Partition::containing(Grain::Day, T0);
+        for hour in day.covering(Grain::Hour) {
+            engine.device_health_hourly(hour).await.unwrap();
+        }
+        engine.run(&jobs::device_health_daily(), day).await.unwrap();
+        engine.run(&jobs::fleet_health_daily(), day).await.unwrap();
+    }
+
+    /// Every GET of `prefix` + case answers the case's status with an
+    /// error that names what was wrong.
+    async fn assert_refused(&self, prefix: &str, cases: &[(&str, u16, &str)]) {
+        for &(case, want, needle) in cases {
+            let path = format!("{prefix}{case}");
+            let (status, body) = self.get(&path).await;
+            assert_eq!(status, want, "{path}: {body}");
+            assert!(error(&body).contains(needle), "{path}: {body}");
+        }
     }
 
     async fn call(
@@ -373,19 +400,19 @@ async fn devices_page_and_filter_and_one_device_explains_itself() {
     assert_eq!(quiet["health"]["reasons"][0]["code"], "never_online");
 
     // Bad input is named.
-    for (path, want, needle) in [
-        ("/api/v1/devices/nope", 404, "nope"),
-        ("/api/v1/devices?limit=0", 400, "limit"),
-        ("/api/v1/devices?limit=lots", 400, "limit"),
-        ("/api/v1/devices?colour=red", 400, "colour"),
-        ("/api/v1/devices?store=s-1", 400, "merchant"),
-        ("/api/v1/alerts?state=burning", 400, "state"),
-        ("/api/v1/stores?city=x", 400, "city"),
-    ] {
-        let (status, body) = api.get(path).await;
-        assert_eq!(status, want, "{path}: {body}");
-        assert!(error(&body).contains(needle), "{path}: {body}");
-    }
+    api.assert_refused(
+        "",
+        &[
+            ("/api/v1/devices/nope", 404, "nope"),
+            ("/api/v1/devices?limit=0", 400, "limit"),
+            ("/api/v1/devices?limit=lots", 400, "limit"),
+            ("/api/v1/devices?colour=red", 400, "colour"),
+            ("/api/v1/devices?store=s-1", 400, "merchant"),
+            ("/api/v1/alerts?state=burning", 400, "state"),
+            ("/api/v1/stores?city=x", 400, "city"),
+        ],
+    )
+    .await;
     api.stop.send(true).unwrap();
 }
 
@@ -456,15 +483,15 @@ async fn merchants_stores_and_alerts() {
     assert_eq!(ids(&s2["devices"]), ["t-2"]);
     assert_eq!(s2["alerts"][0]["rule"], "store_offline");
     assert_eq!(s2["stores"].as_array().unwrap().len(), 1);
-    for (path, want, needle) in [
-        ("/api/v1/merchants/m-9", 404, "m-9"),
-        ("/api/v1/merchants/m-1?store=s-9", 404, "s-9"),
-        ("/api/v1/merchants/m-1?shop=s-1", 400, "shop"),
-    ] {
-        let (status, body) = api.get(path).await;
-        assert_eq!(status, want, "{path}: {body}");
-        assert!(error(&body).contains(needle), "{path}: {body}");
-    }
+    api.assert_refused(
+        "",
+        &[
+            ("/api/v1/merchants/m-9", 404, "m-9"),
+            ("/api/v1/merchants/m-1?store=s-9", 404, "s-9"),
+            ("/api/v1/merchants/m-1?shop=s-1", 400, "shop"),
+        ],
+    )
+    .await;
     api.stop.send(true).unwrap();
 }
 
@@ -630,22 +657,27 @@ async fn a_devices_series_comes_raw_for_hours_and_hourly_for_days() {
         "{longer}"
     );
 
-    for (query, want, needle) in [
-        ("?from=yesterday", 400, "from"),
-        ("?from=1795132800000&to=1795132800000", 400, "from"),
-        ("?from=1700000000000&to=1795132800000", 400, "31 days"),
-        (
-            "?from=1795132800000&to=1795219200000&resolution=raw",
-            400,
-            "resolution",
-        ),
-        ("?resolution=minute", 400, "resolution"),
-        ("?window=1h", 400, "window"),
-    ] {
-        let (status, body) = api.get(&format!("{base}{query}")).await;
-        assert_eq!(status, want, "{query}: {body}");
-        assert!(error(&body).contains(needle), "{query}: {body}");
-    }
+    api.assert_refused(
+        base,
+        &[
+            ("?from=yesterday", 400, "from"),
+            ("?from=1795132800000&to=1795132800000", 400, "from"),
+            ("?from=1700000000000&to=1795132800000", 400, "31 days"),
+            (
+                "?from=1795132800000&to=1795219200000&resolution=raw",
+                400,
+                "resolution",
+            ),
+            ("?resolution=minute", 400, "resolution"),
+            ("?window=1h", 400, "window"),
+            // Absurd ranges: refused by name, never computed.
+            ("?to=9223372036854775807", 400, "to"),
+            ("?from=-9223372036854775808", 400, "from"),
+            ("?from=0&to=9223372036854775807&resolution=hour", 400, "to"),
+            ("?to=99999999999999999999", 400, "to"),
+        ],
+    )
+    .await;
     let (status, body) = api.get("/api/v1/devices/nope/series").await;
     assert_eq!(status, 404, "{body}");
     let (status, _) = api.call("GET", base, None, None).await;
@@ -761,20 +793,12 @@ sys.exit(1 if problems else 0)
 /// out, and every schema is a named type, not an empty object.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_answers_in_its_documented_shape() {
-    use tillwatch_rollups::jobs;
-    use tillwatch_scheduler::{Executor, Grain, Partition};
+    use tillwatch_scheduler::{Grain, Partition};
     let api = start().await;
     let (_, doc) = api.call("GET", "/api/v1/openapi.json", None, None).await;
 
     // A rolled-up day, for the cohorts.
-    let lake = tillwatch_storage::Lake::new(api.dir.path().join("lake"));
-    let engine = tillwatch_rollups::embedded::Embedded::new(lake);
-    let day = Partition::containing(Grain::Day, T0);
-    for hour in day.covering(Grain::Hour) {
-        engine.device_health_hourly(hour).await.unwrap();
-    }
-    engine.run(&jobs::device_health_daily(), day).await.unwrap();
-    engine.run(&jobs::fleet_health_daily(), day).await.unwrap();
+    api.roll_up_day_of_t0().await;
 
     let mut answers: Vec<(String, String, u16, Value)> = Vec::new();
     let mut call = async |method: &str, path: &str, concrete: &str, body: Option<&str>| {
@@ -1202,19 +1226,10 @@ async fn in_a_browser_search_opens_the_terminal_with_charts_and_its_alert() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cohorts_of_a_rolled_up_day() {
-    use tillwatch_rollups::jobs;
-    use tillwatch_scheduler::{Executor, Grain, Partition};
     let api = start().await;
     let (status, body) = api.get("/api/v1/fleet/cohorts").await;
     assert_eq!(status, 404, "nothing rolled up yet: {body}");
-    let lake = tillwatch_storage::Lake::new(api.dir.path().join("lake"));
-    let engine = tillwatch_rollups::embedded::Embedded::new(lake);
-    let day = Partition::containing(Grain::Day, T0);
-    for hour in day.covering(Grain::Hour) {
-        engine.device_health_hourly(hour).await.unwrap();
-    }
-    engine.run(&jobs::device_health_daily(), day).await.unwrap();
-    engine.run(&jobs::fleet_health_daily(), day).await.unwrap();
+    api.roll_up_day_of_t0().await;
 
     let (status, newest) = api.get("/api/v1/fleet/cohorts").await;
     assert_eq!(status, 200, "{newest}");
@@ -1222,16 +1237,16 @@ async fn cohorts_of_a_rolled_up_day() {
     assert_eq!(newest["cohorts"][0]["devices"], 2, "{newest}");
     let (_, same) = api.get("/api/v1/fleet/cohorts?day=2026-11-20").await;
     assert_eq!(same, newest);
-    for (query, want, needle) in [
-        ("?day=2026-11-21", 404, "2026-11-21"),
-        ("?day=yesterday", 400, "day"),
-        ("?day=2026-11-20T05", 400, "day"),
-        ("?cohort=x", 400, "cohort"),
-    ] {
-        let (status, body) = api.get(&format!("/api/v1/fleet/cohorts{query}")).await;
-        assert_eq!(status, want, "{query}: {body}");
-        assert!(error(&body).contains(needle), "{query}: {body}");
-    }
+    api.assert_refused(
+        "/api/v1/fleet/cohorts",
+        &[
+            ("?day=2026-11-21", 404, "2026-11-21"),
+            ("?day=yesterday", 400, "day"),
+            ("?day=2026-11-20T05", 400, "day"),
+            ("?cohort=x", 400, "cohort"),
+        ],
+    )
+    .await;
     api.stop.send(true).unwrap();
 }
 
@@ -1362,9 +1377,14 @@ mod grpc {
         assert_eq!(battery.points.len(), 12);
         assert_eq!(battery.points[0].at_ms, T0);
         assert_eq!(battery.points[0].value, 100.0);
+        // Absurd ranges are refused by name, and the service lives on.
         for (bad, field) in [
             (series(T0, T0, ""), "from_ms"),
             (series(T0, T0 + 3_600_000, "minute"), "resolution"),
+            (series(T0, i64::MAX, ""), "to_ms"),
+            (series(i64::MIN, T0, ""), "from_ms"),
+            (series(0, i64::MAX, "hour"), "to_ms"),
+            (series(-1, T0, ""), "from_ms"),
         ] {
             let e = c
                 .get_device_series(req(bad, Some(VIEWER)))
@@ -1373,6 +1393,21 @@ mod grpc {
             assert_eq!(e.code(), Code::InvalidArgument, "{e}");
             assert!(e.message().contains(field), "{e}");
         }
+        // A huge id is not echoed back.
+        let huge = pb::GetDeviceSeriesRequest {
+            device_id: "x".repeat(2_000_000),
+            ..series(T0, T0 + 3_600_000, "")
+        };
+        let e = c
+            .get_device_series(req(huge, Some(VIEWER)))
+            .await
+            .unwrap_err();
+        assert!(e.message().len() < 1_000, "{} bytes", e.message().len());
+        let s = c
+            .get_device_series(req(series(T0, T0 + 3_600_000, ""), Some(VIEWER)))
+            .await
+            .expect("still serving");
+        assert_eq!(s.into_inner().resolution, "raw");
 
         // Alerts.
         let alerts = |state: &str| pb::ListAlertsRequest {

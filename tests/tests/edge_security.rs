@@ -61,12 +61,12 @@ fn options(id: &str, addr: SocketAddr, ca: Option<&Path>) -> MqttOptions {
 /// broker refuses or drops the connection first.
 async fn publish_as(
     addr: SocketAddr,
-    ca: &Path,
+    ca: Option<&Path>,
     user: &str,
     topic: &str,
     payload: Vec<u8>,
 ) -> anyhow::Result<()> {
-    let mut o = options(user, addr, Some(ca));
+    let mut o = options(user, addr, ca);
     o.set_credentials(user, FLEET_PASSWORD);
     let (client, mut eventloop) = AsyncClient::new(o, 10);
     client
@@ -82,6 +82,52 @@ async fn publish_as(
         }
     }
     anyhow::bail!("no PUBACK within 10 s")
+}
+
+/// A battery reading at 3 % of `device`, boot 77 (which no simulated
+/// terminal uses), as its telemetry payload.
+fn forged_reading(device: &str) -> Vec<u8> {
+    pb::TelemetryBatch {
+        readings: vec![pb::Reading {
+            device_id: device.into(),
+            boot_id: 77,
+            seq: 0,
+            sampled_at_ms: UtcMillis::now().0,
+            kind: Some(pb::reading::Kind::Battery(pb::Battery {
+                level_pct: 3,
+                charging: false,
+                temperature_celsius: 30.0,
+                voltage_mv: 3500,
+                health_pct: 90,
+                cycle_count: 1,
+            })),
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// Connects as `user` with the fleet password (plain MQTT) and subscribes
+/// to `filter`: whether the broker granted it (a SUBACK without failure)
+/// before closing the connection.
+async fn subscribes_as(addr: SocketAddr, user: &str, filter: &str) -> bool {
+    let mut o = options(user, addr, None);
+    o.set_credentials(user, FLEET_PASSWORD);
+    let (client, mut eventloop) = AsyncClient::new(o, 10);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
+                return ack
+                    .return_codes
+                    .iter()
+                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
+            }
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) | Err(_) => return false,
+        }
+    }
+    false
 }
 
 fn fleet(broker: String, ca: &Path, devices: usize, readings: u64) -> SimConfig {
@@ -205,6 +251,108 @@ async fn terminals_reach_the_embedded_broker_over_tls_with_their_own_logins() {
     LakeContents::read(&lake).assert_exactly(40);
 }
 
+/// With logins on the embedded broker, a terminal is only itself: it
+/// cannot publish a reading or a status on another terminal's topics, nor
+/// subscribe to the fleet's; each attempt closes its connection and is
+/// counted, and its own readings still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_broker_a_terminal_cannot_act_as_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    password_file(
+        &passwd,
+        &[
+            ("term-00000", FLEET_PASSWORD),
+            ("term-00001", FLEET_PASSWORD),
+        ],
+    );
+    let broker = EmbeddedBroker::start_with(&EmbeddedBrokerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        password_file: Some(passwd),
+        ..EmbeddedBrokerConfig::default()
+    })
+    .unwrap();
+    let addr = broker.addr();
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.scheduler.enabled = false;
+    config.mqtt.client_id = "acl-test-gateway".into();
+    let standalone = InProcess::start(config, Some(broker)).await;
+
+    let status = pb::DeviceStatus {
+        device_id: "term-00000".into(),
+        boot_id: 77,
+        state: pb::ConnectionState::Offline as i32,
+        reason: pb::StatusReason::Shutdown as i32,
+        at_ms: UtcMillis::now().0,
+    }
+    .encode_to_vec();
+    for (topic, payload) in [
+        (
+            "tw/v1/m-000/term-00000/telemetry",
+            forged_reading("term-00000"),
+        ),
+        ("tw/v1/m-000/term-00000/status", status),
+        (
+            "tw/v1/m-000/term-00001/telemetry/extra",
+            forged_reading("term-00001"),
+        ),
+    ] {
+        let sent = publish_as(addr, None, "term-00001", topic, payload).await;
+        assert!(sent.is_err(), "term-00001 published on {topic}");
+    }
+    for filter in [
+        "#",
+        "tw/v1/#",
+        "tw/v1/+/+/telemetry",
+        "tw/v1/m-000/term-00000/#",
+    ] {
+        assert!(
+            !subscribes_as(addr, "term-00001", filter).await,
+            "term-00001 subscribed to {filter}"
+        );
+    }
+    assert!(
+        subscribes_as(addr, "term-00001", "tw/v1/m-000/term-00001/#").await,
+        "a terminal may subscribe to its own topics"
+    );
+    publish_as(
+        addr,
+        None,
+        "term-00001",
+        "tw/v1/m-000/term-00001/telemetry",
+        forged_reading("term-00001"),
+    )
+    .await
+    .expect("a terminal publishes under its own id");
+
+    let lake = dir.path().join("data/lake");
+    LakeContents::wait_for_readings(&lake, 1, Duration::from_secs(60)).await;
+    let (code, metrics) =
+        tillwatch_integration_tests::http_get(standalone.http, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    for reason in ["foreign_publish", "not_a_device_topic", "foreign_subscribe"] {
+        assert!(
+            metrics.contains(&format!(
+                "tillwatch_broker_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason} is counted: {metrics}"
+        );
+    }
+    let (_, devices) =
+        tillwatch_integration_tests::http_get(standalone.http, "/api/v1/devices").unwrap();
+    standalone.stop().await;
+    let contents = LakeContents::read(&lake);
+    contents.assert_exactly(1);
+    assert_eq!(contents.readings[0].device_id, "term-00001");
+    assert!(
+        !devices.contains("term-00000"),
+        "the forged status made term-00000 known: {devices}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_reads_a_secured_mosquitto_over_tls_and_the_acl_pins_terminals_to_their_ids() {
     let ca = TestCa::new("tillwatch-test-ca");
@@ -262,39 +410,20 @@ async fn a_gateway_reads_a_secured_mosquitto_over_tls_and_the_acl_pins_terminals
     // connection). Then it publishes its own reading, on a new connection:
     // once that one is stored, the spoofed one would have been too.
     let addr: SocketAddr = format!("127.0.0.1:{}", mosquitto.port).parse().unwrap();
-    let reading = |device: &str| {
-        pb::TelemetryBatch {
-            readings: vec![pb::Reading {
-                device_id: device.into(),
-                boot_id: 77,
-                seq: 0,
-                sampled_at_ms: UtcMillis::now().0,
-                kind: Some(pb::reading::Kind::Battery(pb::Battery {
-                    level_pct: 3,
-                    charging: false,
-                    temperature_celsius: 30.0,
-                    voltage_mv: 3500,
-                    health_pct: 90,
-                    cycle_count: 1,
-                })),
-            }],
-        }
-        .encode_to_vec()
-    };
     let _refused = publish_as(
         addr,
-        &ca.ca_cert,
+        Some(&ca.ca_cert),
         "term-00001",
         "tw/v1/m-000/term-00000/telemetry",
-        reading("term-00000"),
+        forged_reading("term-00000"),
     )
     .await;
     publish_as(
         addr,
-        &ca.ca_cert,
+        Some(&ca.ca_cert),
         "term-00001",
         "tw/v1/m-000/term-00001/telemetry",
-        reading("term-00001"),
+        forged_reading("term-00001"),
     )
     .await
     .expect("a terminal publishes under its own id");
@@ -322,4 +451,71 @@ async fn a_gateway_reads_a_secured_mosquitto_over_tls_and_the_acl_pins_terminals
             "a password appears in the gateway's log"
         );
     }
+}
+
+/// Idle sockets cannot take the service down: 3,000 connections that
+/// never send a request, against `http.max_connections = 200`. The oldest
+/// are shed as new ones come, so the server holds at most 200 and the
+/// process's descriptors stay bounded; `/healthz` answers within a second
+/// in the middle of it; an idle socket the server kept is closed after
+/// `http.header_read_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_neither_exhaust_descriptors_nor_lock_anyone_out() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.scheduler.enabled = false;
+    config.mqtt.client_id = "idle-test-gateway".into();
+    config.http.max_connections = 200;
+    config.http.header_read_timeout = Duration::from_secs(2);
+    let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 100).unwrap();
+    let standalone = InProcess::start(config, Some(broker)).await;
+    let descriptors = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = descriptors();
+
+    let http = standalone.http;
+    let mut idle: Vec<std::net::TcpStream> = tokio::task::spawn_blocking(move || {
+        (0..3_000)
+            .map(|_| std::net::TcpStream::connect(http).unwrap())
+            .collect()
+    })
+    .await
+    .unwrap();
+    let asked = Instant::now();
+    let (code, body) = tillwatch_integration_tests::http_get(standalone.http, "/healthz").unwrap();
+    let took = asked.elapsed();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+    // Ours are 3,000; the server's, 200 at most once the shed ones close.
+    tillwatch_integration_tests::wait_for(
+        "the server to hold at most 200 connections",
+        Duration::from_secs(30),
+        || descriptors() <= before + 3_000 + 200 + 20,
+    )
+    .await;
+    let mut newest = idle.pop().unwrap();
+    newest
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let waited = Instant::now();
+    let read = newest.read(&mut [0u8; 16]);
+    let closed = match &read {
+        Ok(n) => *n == 0,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    };
+    assert!(
+        closed,
+        "an idle socket is closed by the server: {read:?} after {:?}",
+        waited.elapsed()
+    );
+    drop(idle);
+    let (code, _) = tillwatch_integration_tests::http_get(standalone.http, "/healthz").unwrap();
+    assert_eq!(code, 200);
+    standalone.stop().await;
 }

@@ -247,14 +247,15 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
     let url = mosquitto.url();
 
     // `tillwatch ARGS` with its own data directory, on the bucket.
-    let role = |args: &[&str], data: &str, more: &[(&str, &str)]| {
-        let data = dir.path().join(data);
+    let role = |args: &[&str], name: &str, more: &[(&str, &str)]| {
+        let data = dir.path().join(name);
         let mut all = args.to_vec();
         all.extend(["--http-listen", "127.0.0.1:0", "--data-dir"]);
         all.push(data.to_str().unwrap());
         let mut vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         vars.extend_from_slice(more);
-        RoleProcess::role(&all, &vars)
+        // Each role's log in DATA.log, for what the server keeps to itself.
+        RoleProcess::role_logging_to(&all, &vars, &dir.path().join(format!("{name}.log")))
     };
     let gateway = |id: &str| {
         role(
@@ -438,9 +439,15 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
     );
     let (status, body) = http_call(lost.http, "GET", &path, None, Some(VIEWER)).unwrap();
     assert_eq!(status, 500, "{path}: {body}");
+    // The client hears that the server failed; the operator reads why.
     assert!(
-        body.contains("reading the lake") && body.contains("no-such-bucket"),
+        body.contains("internal error") && !body.contains("no-such-bucket"),
         "{body}"
+    );
+    let logged = std::fs::read_to_string(dir.path().join("api-lost.log")).unwrap();
+    assert!(
+        logged.contains("reading the lake") && logged.contains("no-such-bucket"),
+        "{logged}"
     );
     for (name, role) in [
         ("api", &mut api),

@@ -18,10 +18,7 @@ impl IntoResponse for ApiError {
 
 impl From<tillwatch_meta::MetaError> for ApiError {
     fn from(e: tillwatch_meta::MetaError) -> ApiError {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the metadata store: {e}"),
-        )
+        ApiError::from(tillwatch_query::QueryError::from(e))
     }
 }
 
@@ -34,7 +31,7 @@ impl From<tillwatch_query::QueryError> for ApiError {
             Q::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Q::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError(status, e.to_string())
+        ApiError(status, e.for_client())
     }
 }
 

@@ -205,6 +205,12 @@ pub struct HttpConfig {
     /// standalone and demo commands make a viewer and an operator token for
     /// the run and print them.
     pub tokens: Vec<ApiToken>,
+    /// Connections served at once at most; one more is closed at accept.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this, and an idle
+    /// keep-alive connection is closed after it.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
 }
 
 /// The gRPC API (`tillwatch.api.v1.Fleet`, with server reflection), on
@@ -235,6 +241,8 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
             tokens: Vec::new(),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -328,9 +336,19 @@ impl std::fmt::Debug for ApiToken {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbeddedBrokerConfig {
-    /// Plain MQTT.
+    /// Plain MQTT (closed when `tls_listen` is set, unless
+    /// `plain_with_tls`).
     pub listen: SocketAddr,
+    /// Terminals connected at once at most. Each costs three of the
+    /// process's file descriptors (its socket and the relay to rumqttd), so
+    /// at most 5,000 under a 20,000 open-file limit.
     pub max_connections: usize,
+    /// Keep the plain listener open beside `tls_listen`.
+    pub plain_with_tls: bool,
+    /// Accept clients without a login on an address reachable from other
+    /// machines. Without it, a `listen` or `tls_listen` beyond loopback
+    /// needs `password_file`.
+    pub allow_anonymous: bool,
     /// Also MQTT over TLS on this address (8883 by convention), with
     /// `cert_file` and `key_file`.
     pub tls_listen: Option<SocketAddr>,
@@ -350,7 +368,9 @@ impl Default for EmbeddedBrokerConfig {
     fn default() -> Self {
         EmbeddedBrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
-            max_connections: 20_000,
+            max_connections: 5_000,
+            plain_with_tls: false,
+            allow_anonymous: false,
             tls_listen: None,
             cert_file: None,
             key_file: None,
@@ -1003,8 +1023,25 @@ impl AlerterConfig {
     }
 }
 
+/// The most terminals the embedded broker takes (see
+/// [`EmbeddedBrokerConfig::max_connections`]).
+pub const MAX_EMBEDDED_CONNECTIONS: usize = 5_000;
+
 impl HttpConfig {
     fn validate(&self, errors: &mut Vec<String>) {
+        if !(1..=10_000).contains(&self.max_connections) {
+            errors.push(format!(
+                "http.max_connections: {} is not between 1 and 10000",
+                self.max_connections
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.header_read_timeout)
+        {
+            errors.push(format!(
+                "http.header_read_timeout: {:?} is not between 1s and 10m",
+                self.header_read_timeout
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, t) in self.tokens.iter().enumerate() {
             let at = format!("http.tokens[{i}] ({:?})", t.name);
@@ -1022,8 +1059,26 @@ impl HttpConfig {
 
 impl EmbeddedBrokerConfig {
     fn validate(&self, errors: &mut Vec<String>) {
-        if self.max_connections == 0 {
-            errors.push("embedded_broker.max_connections: must be at least 1".into());
+        if !(1..=MAX_EMBEDDED_CONNECTIONS).contains(&self.max_connections) {
+            errors.push(format!(
+                "embedded_broker.max_connections: {} is not between 1 and {MAX_EMBEDDED_CONNECTIONS} \
+                 (each terminal holds three of the process's file descriptors)",
+                self.max_connections
+            ));
+        }
+        let beyond_loopback = [Some(self.listen), self.tls_listen]
+            .into_iter()
+            .flatten()
+            .find(|a| !a.ip().is_loopback());
+        if let Some(addr) = beyond_loopback
+            && self.password_file.is_none()
+            && !self.allow_anonymous
+        {
+            errors.push(format!(
+                "embedded_broker: {addr} is reachable from other machines and no \
+                 password_file is set, so anyone could publish as any terminal; set \
+                 embedded_broker.password_file, or allow_anonymous = true to accept that"
+            ));
         }
         match (self.tls_listen, &self.cert_file, &self.key_file) {
             (Some(_), Some(_), Some(_)) | (None, None, None) => {}

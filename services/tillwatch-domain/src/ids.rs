@@ -12,6 +12,8 @@ pub enum IdError {
     TooLong(usize),
     #[error("id contains {0:?}; only letters, digits and . _ : - are allowed")]
     BadChar(char),
+    #[error("id is only dots; it names a directory, not a terminal, merchant or store")]
+    Dots,
 }
 
 fn check_id(s: &str) -> Result<(), IdError> {
@@ -26,6 +28,10 @@ fn check_id(s: &str) -> Result<(), IdError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
     {
         return Err(IdError::BadChar(c));
+    }
+    // Ids become path segments (the lake's files, the pages' links).
+    if s.chars().all(|c| c == '.') {
+        return Err(IdError::Dots);
     }
     Ok(())
 }
@@ -94,5 +100,8 @@ mod tests {
         assert_eq!(DeviceId::new(&"x".repeat(65)), Err(IdError::TooLong(65)));
         assert_eq!(DeviceId::new("dev/1"), Err(IdError::BadChar('/')));
         assert_eq!(DeviceId::new("dev 1"), Err(IdError::BadChar(' ')));
+        assert_eq!(DeviceId::new("."), Err(IdError::Dots));
+        assert_eq!(StoreId::new(".."), Err(IdError::Dots));
+        assert!(DeviceId::new("..a").is_ok());
     }
 }

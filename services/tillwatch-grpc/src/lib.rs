@@ -95,13 +95,13 @@ fn field(param: &str) -> &str {
 /// A read-side error as the matching gRPC status, naming the request's
 /// field.
 fn query_status(e: QueryError) -> Status {
-    match e {
-        QueryError::InvalidArgument { param, message } => {
-            Status::invalid_argument(format!("{}: {message}", field(param)))
-        }
-        QueryError::NotFound(m) => Status::not_found(m),
-        QueryError::Unavailable(m) => Status::unavailable(m),
-        QueryError::Internal(m) => Status::internal(m),
+    match &e {
+        QueryError::InvalidArgument { param, message } => Status::invalid_argument(
+            tillwatch_query::clipped(format!("{}: {message}", field(param))),
+        ),
+        QueryError::NotFound(_) => Status::not_found(e.for_client()),
+        QueryError::Unavailable(_) => Status::unavailable(e.for_client()),
+        QueryError::Internal(_) => Status::internal(e.for_client()),
     }
 }
 

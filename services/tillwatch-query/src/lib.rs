@@ -24,7 +24,7 @@ use tillwatch_storage::Lake;
 
 pub use cohorts::{Cohort, Cohorts};
 pub use days::{MAX_DAYS, MerchantDays, ServedDay, TerminalDay};
-pub use error::QueryError;
+pub use error::{MAX_CLIENT_MESSAGE, QueryError, clipped};
 pub use fleet::AlertsWanted;
 pub use series::{DeviceSeries, Resolution, SeriesRequest};
 pub use view::{FleetView, ViewCache};

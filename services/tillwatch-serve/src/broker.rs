@@ -1,6 +1,8 @@
-//! The in-process MQTT broker of standalone mode (rumqttd), with optional
-//! MQTT over TLS (terminated here, in front of rumqttd's plain listener) and
-//! logins checked against a Mosquitto password file.
+//! The in-process MQTT broker of standalone mode: rumqttd on a private
+//! loopback port, behind a front ([`front`]) that takes the terminals'
+//! connections (plain MQTT, and MQTT over TLS terminated there) and holds
+//! each terminal to its own topics; logins are checked against a Mosquitto
+//! password file.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
@@ -10,8 +12,9 @@ use std::time::Duration;
 use rumqttd::protocol::v4::V4;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tillwatch_config::EmbeddedBrokerConfig;
-use tracing::{debug, info};
+use tracing::info;
 
+pub mod front;
 mod passwords;
 pub use passwords::{PasswordFile, PasswordFileError};
 
@@ -50,8 +53,13 @@ pub struct EmbeddedBroker {
     /// The account Tillwatch's own clients log in with when logins are
     /// required.
     internal_login: Option<(String, String)>,
-    /// Until [`EmbeddedBroker::open`]: what it starts.
-    closed: std::sync::Mutex<Option<Closed>>,
+    /// Terminals connected at once at most.
+    max_connections: usize,
+    /// Whether terminals may use plain MQTT (always without TLS; beside
+    /// TLS only when `plain_with_tls` asks).
+    plain_open: bool,
+    /// Until [`EmbeddedBroker::open`]: the terminals' listeners, held.
+    closed: std::sync::Mutex<Option<front::Listeners>>,
 }
 
 impl EmbeddedBroker {
@@ -119,7 +127,9 @@ impl EmbeddedBroker {
             max_inflight_count: Self::MAX_INFLIGHT,
             auth: None,
             external_auth: None,
-            dynamic_filters: true,
+            // A publish no subscription matches is dropped, not kept in a
+            // log of its own nobody reads.
+            dynamic_filters: false,
         };
         if let Some(accounts) = &accounts {
             let accounts = accounts.clone();
@@ -146,10 +156,13 @@ impl EmbeddedBroker {
         let router = Router::new(
             0,
             RouterConfig {
-                max_connections: config.max_connections,
+                // The terminals, and this process's own clients.
+                max_connections: config.max_connections + 64,
                 max_outgoing_packet_count: 200,
-                max_segment_size: 100 * 1024 * 1024,
-                max_segment_count: 10,
+                // What one subscription filter keeps for readers that lag:
+                // 256 MiB at most (rumqttd's own default is 1 GiB).
+                max_segment_size: 32 * 1024 * 1024,
+                max_segment_count: 8,
                 custom_segment: None,
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),
@@ -180,25 +193,25 @@ impl EmbeddedBroker {
             }
         };
         info!(%internal_addr, "embedded MQTT broker listening for Tillwatch's own clients");
-        let public = Server::new(server("tillwatch-embedded", addr), router_tx, V4);
         Ok(EmbeddedBroker {
             addr,
             internal_addr,
             tls_addr: tls.as_ref().map(|(_, a, _)| *a),
             internal_login: accounts.map(|a| a.1.clone()),
-            closed: std::sync::Mutex::new(Some(Closed {
-                plain,
-                public,
+            max_connections: config.max_connections,
+            plain_open: tls.is_none() || config.plain_with_tls,
+            closed: std::sync::Mutex::new(Some(front::Listeners {
+                plain: Some(plain),
                 tls: tls.map(|(l, _, a)| (l, a)),
             })),
         })
     }
 
-    /// Lets terminals in: rumqttd takes the plain listener's port over and
-    /// the TLS front starts accepting. Returns once terminals can connect;
-    /// does nothing the second time.
+    /// Lets terminals in: the front starts accepting on the terminals'
+    /// listeners (bound since [`start_with`](EmbeddedBroker::start_with)).
+    /// Does nothing the second time.
     pub async fn open(&self) -> Result<(), EmbeddedBrokerError> {
-        let Some(closed) = self
+        let Some(mut listeners) = self
             .closed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -206,31 +219,20 @@ impl EmbeddedBroker {
         else {
             return Ok(());
         };
-        // rumqttd binds the address itself: give the port up just before.
-        drop(closed.plain);
-        let listening = spawn_server(closed.public)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            match listening.try_recv() {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => {
-                    return Err(EmbeddedBrokerError::Start(format!(
-                        "listening on {}: {e}",
-                        self.addr
-                    )));
-                }
-                Err(_) if tokio::time::Instant::now() > deadline => {
-                    return Err(EmbeddedBrokerError::NotListening(self.addr));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
+        if !self.plain_open {
+            // TLS only: the plain port is given up.
+            listeners.plain = None;
         }
-        info!(addr = %self.addr, "embedded MQTT broker open to terminals");
-        if let Some((listener, acceptor)) = closed.tls {
-            start_tls_front(listener, self.internal_addr, acceptor)?;
-            if let Some(addr) = self.tls_addr {
-                info!(%addr, "embedded MQTT broker open to terminals over TLS");
-            }
+        let gate = front::Gate {
+            logins: self.internal_login.as_ref().map(|(user, _)| user.clone()),
+        };
+        front::start(listeners, self.internal_addr, gate, self.max_connections)
+            .map_err(|e| EmbeddedBrokerError::Start(e.to_string()))?;
+        if self.plain_open {
+            info!(addr = %self.addr, "embedded MQTT broker open to terminals");
+        }
+        if let Some(addr) = self.tls_addr {
+            info!(%addr, "embedded MQTT broker open to terminals over TLS");
         }
         Ok(())
     }
@@ -258,9 +260,13 @@ impl EmbeddedBroker {
         self.internal_login.as_ref()
     }
 
-    /// `mqtt://HOST:PORT` for terminals (once [`open`](EmbeddedBroker::open)).
+    /// Where terminals connect (once [`open`](EmbeddedBroker::open)):
+    /// `mqtt://HOST:PORT`, or `mqtts://HOST:PORT` when only TLS is open.
     pub fn url(&self) -> String {
-        format!("mqtt://{}", self.addr)
+        match self.tls_addr {
+            Some(tls) if !self.plain_open => format!("mqtts://{tls}"),
+            _ => format!("mqtt://{}", self.addr),
+        }
     }
 
     /// `mqtt://127.0.0.1:PORT` for Tillwatch's own clients in this
@@ -268,14 +274,6 @@ impl EmbeddedBroker {
     pub fn internal_url(&self) -> String {
         format!("mqtt://{}", self.internal_addr)
     }
-}
-
-/// What [`EmbeddedBroker::open`] starts.
-struct Closed {
-    /// The terminals' plain port, held.
-    plain: TcpListener,
-    public: Server<V4>,
-    tls: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
 }
 
 fn bind_std(listen: SocketAddr) -> Result<TcpListener, EmbeddedBrokerError> {
@@ -397,74 +395,6 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Em
         .with_single_cert(chain, key_der)
         .map_err(|e| bad("cert_file and key_file", cert, &e))?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Takes TLS on `listener` and relays each connection, decrypted, to the
-/// plain listener at `backend` (loopback), on threads of its own (like
-/// rumqttd's).
-fn start_tls_front(
-    listener: TcpListener,
-    backend: SocketAddr,
-    acceptor: tokio_rustls::TlsAcceptor,
-) -> Result<(), EmbeddedBrokerError> {
-    let listen = local_addr(&listener, backend)?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| EmbeddedBrokerError::Bind {
-            addr: listen,
-            source,
-        })?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("embedded-broker-tls")
-        .enable_all()
-        .build()
-        .map_err(|e| EmbeddedBrokerError::Start(e.to_string()))?;
-    std::thread::Builder::new()
-        .name("embedded-broker-tls".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!(error = %e, "the TLS listener failed");
-                        return;
-                    }
-                };
-                loop {
-                    let (tcp, peer) = match listener.accept().await {
-                        Ok(accepted) => accepted,
-                        Err(e) => {
-                            debug!(error = %e, "TLS accept failed");
-                            continue;
-                        }
-                    };
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let handshake =
-                            tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
-                        let mut tls = match handshake.await {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                info!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                info!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
-                            return;
-                        };
-                        let _ = plain.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
-                    });
-                }
-            })
-        })
-        .map_err(|e| EmbeddedBrokerError::Start(e.to_string()))?;
-    Ok(())
 }
 
 #[cfg(test)]

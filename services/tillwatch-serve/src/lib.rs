@@ -11,7 +11,7 @@ pub mod roles;
 mod standalone;
 
 pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
-pub use http::{Readiness, api_router, metrics_handle, serve_http};
+pub use http::{HttpLimits, Readiness, api_router, metrics_handle, serve_http};
 pub use standalone::{MadeTokens, make_tokens, run_standalone, spawn_grpc};
 
 /// For callers that add routes to [`serve_http`].

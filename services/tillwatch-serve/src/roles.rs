@@ -73,6 +73,7 @@ async fn role_http(
         http,
         ready,
         routes,
+        crate::http::HttpLimits::of(config),
         shutdown_requested(stop.clone()),
     )))
 }

@@ -158,6 +158,7 @@ pub async fn run_standalone(
         http,
         Readiness::Gateway(health.clone()),
         api,
+        crate::http::HttpLimits::of(&config),
         shutdown_requested(stop_rx.clone()),
     ));
     // The gRPC API, on the same store, lake and tokens.

@@ -348,7 +348,9 @@ fn print_where(
         );
     }
     println!("  MQTT broker   {mqtt}   (terminals publish to tw/v1/<merchant>/<device>/telemetry)");
-    if let Some(tls) = broker.and_then(EmbeddedBroker::tls_addr) {
+    if let Some(tls) = broker.and_then(EmbeddedBroker::tls_addr)
+        && !mqtt.starts_with("mqtts://")
+    {
         println!("  MQTT over TLS mqtts://{tls}");
     }
     if broker.is_some_and(|b| b.internal_login().is_some()) {

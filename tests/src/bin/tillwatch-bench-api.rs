@@ -229,6 +229,7 @@ async fn main() {
         listener,
         tillwatch_serve::Readiness::Started,
         router,
+        tillwatch_serve::HttpLimits::of(&tillwatch_config::Config::default()),
         std::future::pending(),
     ));
 
