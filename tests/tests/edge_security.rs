@@ -418,6 +418,35 @@ async fn a_gateway_reads_a_secured_mosquitto_over_tls_and_the_acl_pins_terminals
         forged_reading("term-00000"),
     )
     .await;
+    // term-00000 tries to read the fleet: the ACL gives a terminal no read
+    // rights, so whatever its subscriptions, nothing reaches it.
+    let mut spy_options = options("term-00000", addr, Some(&ca.ca_cert));
+    spy_options.set_credentials("term-00000", FLEET_PASSWORD);
+    let (spy, mut spy_events) = AsyncClient::new(spy_options, 10);
+    for filter in [
+        "#",
+        "tw/v1/+/+/telemetry",
+        "tw/v1/m-000/term-00001/telemetry",
+    ] {
+        spy.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    }
+    let (subscribed_tx, mut subscribed) = watch::channel(0usize);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let spied = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(event) = spy_events.poll().await {
+                match event {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        subscribed_tx.send_modify(|n| *n += 1);
+                    }
+                    Event::Incoming(Packet::Publish(p)) => seen.lock().unwrap().push(p.topic),
+                    _ => {}
+                }
+            }
+        })
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), subscribed.wait_for(|n| *n == 3)).await;
     publish_as(
         addr,
         Some(&ca.ca_cert),
@@ -428,6 +457,15 @@ async fn a_gateway_reads_a_secured_mosquitto_over_tls_and_the_acl_pins_terminals
     .await
     .expect("a terminal publishes under its own id");
     LakeContents::wait_for_readings(&lake, 21, Duration::from_secs(60)).await;
+    // The gateway, subscribed like the spy, has stored it: had the broker
+    // sent it to the spy, it would have arrived by now.
+    spied.abort();
+    drop(spy);
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.is_empty(),
+        "term-00000 read other terminals' messages: {seen:?}"
+    );
     let contents = LakeContents::read(&lake);
     contents.assert_exactly(21);
     assert!(

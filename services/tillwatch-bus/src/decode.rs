@@ -62,14 +62,31 @@ impl Context<'_> {
     fn dead_letter(&self, reason: RejectReason, payload: &[u8]) -> DeadLetter {
         DeadLetter {
             received_at: self.received_at,
-            topic: self.topic.to_string(),
+            topic: clip(self.topic, MAX_DEAD_LETTER_TOPIC).to_string(),
             merchant_id: self.merchant_id.map(str::to_string),
             device_id: self.device_id.map(str::to_string),
             reason_code: reason.code(),
-            reason: reason.to_string(),
-            payload: payload.to_vec(),
+            reason: clip(&reason.to_string(), MAX_DEAD_LETTER_REASON).to_string(),
+            payload: payload[..payload.len().min(MAX_DEAD_LETTER_PAYLOAD)].to_vec(),
         }
     }
+}
+
+/// How much of a rejected message's payload a dead letter keeps: enough
+/// to see what the terminal sent, not a copy of a flood.
+pub const MAX_DEAD_LETTER_PAYLOAD: usize = 4 * 1024;
+/// How much of its topic and of the reason (which may quote the message)
+/// a dead letter keeps.
+pub const MAX_DEAD_LETTER_TOPIC: usize = 256;
+pub const MAX_DEAD_LETTER_REASON: usize = 512;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn clip(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Decodes and validates one message. Never panics on any input.
@@ -389,6 +406,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_a_bounded_sample_of_what_came() {
+        let l = DecodeLimits {
+            max_payload_bytes: 256 * 1024,
+            sample_time: Limits::default(),
+        };
+        let topic = format!("tw/v1/m-1/{}/telemetry", "d".repeat(5_000));
+        match decode_message(&topic, &vec![7u8; 300 * 1024], NOW, &l) {
+            Decoded::Rejected(d) => {
+                assert_eq!(d.payload.len(), MAX_DEAD_LETTER_PAYLOAD);
+                assert!(d.topic.len() <= MAX_DEAD_LETTER_TOPIC, "{}", d.topic.len());
+                assert!(
+                    d.reason.len() <= MAX_DEAD_LETTER_REASON,
+                    "{}",
+                    d.reason.len()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(clip("ab€", 3), "ab", "cut on a character boundary");
     }
 
     #[test]

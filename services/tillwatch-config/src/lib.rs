@@ -154,7 +154,7 @@ impl Default for MqttConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
-    /// Larger payloads go to dead letters (cut to this size).
+    /// Larger payloads go to dead letters (which keep their first 4 KiB).
     pub max_payload_bytes: usize,
     /// Flush when this many rows are buffered...
     pub flush_max_rows: usize,
@@ -177,6 +177,11 @@ pub struct GatewayConfig {
     /// Sample times older than this are rejected.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// Dead letters stored per second at most (with bursts of ten
+    /// seconds' worth); beyond it they are only counted
+    /// (`tillwatch_gateway_dead_letters_dropped_total`), so a flood of
+    /// garbage cannot fill the lake.
+    pub dead_letters_per_second: u32,
 }
 
 impl Default for GatewayConfig {
@@ -189,6 +194,7 @@ impl Default for GatewayConfig {
             max_buffered_bytes: 64 * 1024 * 1024,
             max_future: Duration::from_secs(5 * 60),
             max_age: Duration::from_secs(30 * 24 * 3600),
+            dead_letters_per_second: 100,
         }
     }
 }

@@ -155,6 +155,7 @@ pub async fn run_gateway(
         flush_max_age: config.gateway.flush_max_age,
         max_buffered_bytes: config.gateway.max_buffered_bytes,
         writer_id: config.mqtt.client_id.clone(),
+        dead_letters_per_second: config.gateway.dead_letters_per_second,
     };
     // The shipper outlives the pipeline: it stops after the last flush has
     // been spooled, draining for a moment before leaving the rest on disk.

@@ -13,6 +13,7 @@ pub const READINGS_STORED: &str = "tillwatch_gateway_readings_stored_total";
 pub const READINGS_DUPLICATE: &str = "tillwatch_gateway_readings_duplicate_total";
 pub const REJECTED: &str = "tillwatch_gateway_rejected_total";
 pub const DEAD_LETTERS_STORED: &str = "tillwatch_gateway_dead_letters_stored_total";
+pub const DEAD_LETTERS_DROPPED: &str = "tillwatch_gateway_dead_letters_dropped_total";
 pub const FLUSH_ROWS: &str = "tillwatch_gateway_flush_rows";
 pub const FLUSH_DURATION: &str = "tillwatch_gateway_flush_duration_seconds";
 pub const FLUSH_ERRORS: &str = "tillwatch_gateway_flush_errors_total";
@@ -63,6 +64,11 @@ pub fn describe() {
         DEAD_LETTERS_STORED,
         Unit::Count,
         "Dead letters durably written to the lake"
+    );
+    describe_counter!(
+        DEAD_LETTERS_DROPPED,
+        Unit::Count,
+        "Rejected messages counted but not stored: over gateway.dead_letters_per_second"
     );
     describe_histogram!(FLUSH_ROWS, Unit::Count, "Rows written per flush");
     describe_histogram!(

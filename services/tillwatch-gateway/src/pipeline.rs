@@ -51,6 +51,48 @@ pub struct PipelineConfig {
     pub max_buffered_bytes: usize,
     /// Prefix of every file this gateway writes; unique per gateway.
     pub writer_id: String,
+    /// Dead letters stored per second at most (see [`DeadLetterBudget`]).
+    pub dead_letters_per_second: u32,
+}
+
+/// How many dead letters may still be stored: a token bucket refilled at
+/// `per_second`, holding ten seconds' worth, on the messages' receive
+/// clock. A flood of garbage is counted, not stored.
+#[derive(Debug)]
+pub struct DeadLetterBudget {
+    per_second: u32,
+    tokens: f64,
+    last_ms: Option<i64>,
+}
+
+impl DeadLetterBudget {
+    pub fn new(per_second: u32) -> DeadLetterBudget {
+        DeadLetterBudget {
+            per_second,
+            tokens: Self::capacity(per_second),
+            last_ms: None,
+        }
+    }
+
+    fn capacity(per_second: u32) -> f64 {
+        f64::from(per_second) * 10.0
+    }
+
+    /// Whether one more dead letter, received at `now_ms`, may be stored.
+    pub fn take(&mut self, now_ms: i64) -> bool {
+        let elapsed_ms = self
+            .last_ms
+            .map_or(0, |last| now_ms.saturating_sub(last).max(0));
+        self.last_ms = Some(self.last_ms.map_or(now_ms, |last| last.max(now_ms)));
+        self.tokens = (self.tokens + elapsed_ms as f64 * f64::from(self.per_second) / 1000.0)
+            .min(Self::capacity(self.per_second));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Rows and acks gathered since the last flush started.
@@ -101,6 +143,8 @@ struct Tally {
     /// Readings received, by `Kind` index.
     readings: [u64; 4],
     duplicates: u64,
+    /// Rejected messages over the dead-letter budget: counted, not stored.
+    dead_letters_dropped: u64,
     online: u64,
     offline: u64,
     /// Rejections by reason code (a small, fixed set).
@@ -172,6 +216,10 @@ impl Tally {
         if duplicates > 0 {
             counter!(m::READINGS_DUPLICATE).increment(duplicates);
         }
+        let dropped = std::mem::take(&mut self.dead_letters_dropped);
+        if dropped > 0 {
+            counter!(m::DEAD_LETTERS_DROPPED).increment(dropped);
+        }
         let states = [
             ("online", std::mem::take(&mut self.online)),
             ("offline", std::mem::take(&mut self.offline)),
@@ -226,6 +274,8 @@ struct Pipeline {
     /// Each device's store as this gateway's info messages said: the hint
     /// written beside readings (the rollups attribute from the registry).
     stores: HashMap<DeviceId, StoreId>,
+    /// Dead letters that may still be stored.
+    dead_letter_budget: DeadLetterBudget,
     /// The flush running now, and the buffered bytes it holds.
     inflight: Option<(JoinHandle<FlushOutcome>, usize)>,
     /// The oldest message of the flush in flight, by the wall clock (kept
@@ -361,6 +411,7 @@ pub async fn run_pipeline(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let watermark = Watermark::new(&lake, &config.writer_id);
+    let dead_letter_budget = DeadLetterBudget::new(config.dead_letters_per_second);
     let mut p = Pipeline {
         committed: store.index(),
         store: Some(store),
@@ -371,6 +422,7 @@ pub async fn run_pipeline(
         batch: Batch::default(),
         pending: HashSet::new(),
         stores: HashMap::new(),
+        dead_letter_budget,
         inflight: None,
         inflight_opened_ms: None,
         watermark,
@@ -537,6 +589,7 @@ impl Pipeline {
             stores,
             batch,
             tally,
+            dead_letter_budget,
             ..
         } = self;
         let received_at = UtcMillis::now();
@@ -584,8 +637,12 @@ impl Pipeline {
                 drop(index);
                 for dead in &rejected {
                     tally.reject(dead.reason_code);
-                    batch.staging.push_dead_letter(dead);
-                    batch.dead_letters += 1;
+                    if dead_letter_budget.take(received_at.0) {
+                        batch.staging.push_dead_letter(dead);
+                        batch.dead_letters += 1;
+                    } else {
+                        tally.dead_letters_dropped += 1;
+                    }
                 }
             }
             Decoded::Status(status) => {
@@ -606,8 +663,12 @@ impl Pipeline {
             Decoded::Rejected(dead) => {
                 tally.message(Channel::Rejected);
                 tally.reject(dead.reason_code);
-                batch.staging.push_dead_letter(&dead);
-                batch.dead_letters += 1;
+                if dead_letter_budget.take(received_at.0) {
+                    batch.staging.push_dead_letter(&dead);
+                    batch.dead_letters += 1;
+                } else {
+                    tally.dead_letters_dropped += 1;
+                }
             }
         }
     }
@@ -756,6 +817,26 @@ fn finish_flush(
 }
 
 #[cfg(test)]
+mod budget_tests {
+    use super::DeadLetterBudget;
+
+    #[test]
+    fn a_flood_of_dead_letters_is_stored_at_the_budgets_rate() {
+        let mut budget = DeadLetterBudget::new(10);
+        // A burst of ten seconds' worth, then nothing until it refills.
+        let stored = (0..1_000).filter(|_| budget.take(0)).count();
+        assert_eq!(stored, 100);
+        assert!(!budget.take(50), "half a token after 50 ms");
+        assert!(budget.take(100), "one after 100 ms");
+        // A minute of 1,000 a second stores 10 a second.
+        let stored = (0..60_000).filter(|i| budget.take(1_000 + i)).count();
+        assert!((600..=610).contains(&stored), "{stored}");
+        // A clock that goes back adds nothing.
+        assert!(!budget.take(0));
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::time::Duration;
 
@@ -798,26 +879,9 @@ mod tests {
         JoinHandle<()>,
     );
 
-    /// Starts a pipeline over `lake_root` with the given limits; it runs
-    /// until its input closes.
+    /// Starts a pipeline over `lake_root` with the given limits (and a
+    /// ClickHouse spool, if any); it runs until its input closes.
     fn spawn_pipeline(
-        dir: &std::path::Path,
-        lake_root: &std::path::Path,
-        flush_max_rows: usize,
-        max_buffered_bytes: usize,
-        channel: usize,
-    ) -> Running {
-        spawn_pipeline_with_spool(
-            dir,
-            lake_root,
-            flush_max_rows,
-            max_buffered_bytes,
-            channel,
-            None,
-        )
-    }
-
-    fn spawn_pipeline_with_spool(
         dir: &std::path::Path,
         lake_root: &std::path::Path,
         flush_max_rows: usize,
@@ -837,6 +901,7 @@ mod tests {
             flush_max_age: Duration::from_millis(20),
             max_buffered_bytes,
             writer_id: "test".into(),
+            dead_letters_per_second: 1_000,
         };
         let (input_tx, input_rx) = mpsc::channel(channel);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
@@ -882,7 +947,7 @@ mod tests {
         // A file where the lake's directory should be: every write fails.
         std::fs::write(&lake_root, b"not a directory").unwrap();
         let (input_tx, mut ack_rx, pipeline) =
-            spawn_pipeline(dir.path(), &lake_root, 10_000, 4_000, 4);
+            spawn_pipeline(dir.path(), &lake_root, 10_000, 4_000, 4, None);
 
         const TOTAL: u64 = 500;
         let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -933,7 +998,7 @@ mod tests {
     async fn a_full_clickhouse_spool_holds_acks_until_rows_ship() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open_with_segment_size(&dir.path().join("spool"), 3_000, 1_000).unwrap();
-        let (input_tx, mut ack_rx, pipeline) = spawn_pipeline_with_spool(
+        let (input_tx, mut ack_rx, pipeline) = spawn_pipeline(
             dir.path(),
             &dir.path().join("lake"),
             5,
@@ -1015,7 +1080,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::new(dir.path().join("lake"));
         let (input_tx, mut ack_rx, pipeline) =
-            spawn_pipeline(dir.path(), &dir.path().join("lake"), 1000, 1 << 20, 16);
+            spawn_pipeline(dir.path(), &dir.path().join("lake"), 1000, 1 << 20, 16, None);
         // Nothing received: everything received is durable, so it moves.
         wait_for("an idle watermark", || lake.watermark().is_some()).await;
         let sent_at = tillwatch_domain::UtcMillis::now().0;
@@ -1038,7 +1103,7 @@ mod tests {
     async fn duplicates_are_acked_but_stored_once() {
         let dir = tempfile::tempdir().unwrap();
         let (input_tx, mut ack_rx, pipeline) =
-            spawn_pipeline(dir.path(), &dir.path().join("lake"), 3, 1 << 20, 16);
+            spawn_pipeline(dir.path(), &dir.path().join("lake"), 3, 1 << 20, 16, None);
         // Each reading three times, spread over several flushes.
         for round in 0..3 {
             for seq in 0..5 {

@@ -106,9 +106,44 @@ pub struct MerchantRecord {
     pub updated_at_ms: i64,
 }
 
-const ALERT_COLUMNS: &str = "a.alert_id, a.rule, a.subject, a.scope, a.severity, a.state, \
-     a.pending_since_ms, a.fired_at_ms, a.clearing_since_ms, a.resolved_at_ms, a.held_by, \
-     a.silenced_by, a.notify, a.labels, a.annotations, a.updated_at_ms";
+/// `SELECT` of every alert column from `alerts a`, then the rest of the
+/// query: one literal, so each query is a constant.
+macro_rules! select_alerts {
+    ($($rest:literal),* $(,)?) => {
+        concat!(
+            "SELECT a.alert_id, a.rule, a.subject, a.scope, a.severity, a.state, \
+             a.pending_since_ms, a.fired_at_ms, a.clearing_since_ms, a.resolved_at_ms, a.held_by, \
+             a.silenced_by, a.notify, a.labels, a.annotations, a.updated_at_ms",
+            $($rest),*
+        )
+    };
+}
+
+const ALERTS_BY_STATE: &str = select_alerts!(
+    " FROM alerts a \
+     WHERE ($2 = 'open' AND a.state <> 'resolved') OR $2 = 'all' OR a.state = $2 \
+     ORDER BY a.updated_at_ms DESC, a.alert_id LIMIT $1"
+);
+const ALERTS_CHANGED_SINCE: &str = select_alerts!(
+    " FROM alerts a WHERE a.updated_at_ms >= $1 ORDER BY a.updated_at_ms, a.alert_id LIMIT $2"
+);
+const ALERTS_OF_SUBJECT: &str = select_alerts!(
+    " FROM alerts a WHERE a.subject = $1 \
+     ORDER BY CASE WHEN a.state = 'resolved' THEN 1 ELSE 0 END, a.updated_at_ms DESC, a.alert_id \
+     LIMIT $2"
+);
+
+const DUE_DELIVERIES: &str = select_alerts!(
+    ", d.delivered_state, d.attempts FROM alerts a \
+     LEFT JOIN alert_deliveries d ON d.receiver = $1 AND d.alert_id = a.alert_id \
+     WHERE a.notify IS NOT NULL \
+       AND (d.next_attempt_ms IS NULL OR d.next_attempt_ms <= $2) \
+       AND ((a.notify = 'firing' \
+             AND (d.delivered_state IS NULL OR d.delivered_state <> 'firing' OR d.delivered_at_ms <= $3) \
+             AND ($4 < 1 OR a.severity <> 'info') AND ($4 < 2 OR a.severity = 'critical')) \
+         OR (a.notify = 'resolved' AND d.delivered_state = 'firing')) \
+     ORDER BY a.updated_at_ms, a.alert_id LIMIT $5"
+);
 
 fn json_map(text: &str) -> Result<BTreeMap<String, String>, sqlx::Error> {
     serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -215,16 +250,10 @@ impl MetaStore {
             AlertFilter::All => "all",
             AlertFilter::State(s) => s.as_str(),
         };
-        let sql = format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts a \
-             WHERE ($2 = 'open' AND a.state <> 'resolved') OR $2 = 'all' OR a.state = $2 \
-             ORDER BY a.updated_at_ms DESC, a.alert_id LIMIT $1"
-        );
-        self.all(
-            sqlx::query(&sql).bind(i64::from(limit)).bind(wanted),
-            alert_from_row,
-        )
-        .await
+        let query = sqlx::query(ALERTS_BY_STATE)
+            .bind(i64::from(limit))
+            .bind(wanted);
+        self.all(query, alert_from_row).await
     }
 
     /// Alerts changed at or after `since_ms`, oldest change first (at most
@@ -234,15 +263,10 @@ impl MetaStore {
         since_ms: i64,
         limit: u32,
     ) -> Result<Vec<AlertRecord>, MetaError> {
-        let sql = format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.updated_at_ms >= $1 \
-             ORDER BY a.updated_at_ms, a.alert_id LIMIT $2"
-        );
-        self.all(
-            sqlx::query(&sql).bind(since_ms).bind(i64::from(limit)),
-            alert_from_row,
-        )
-        .await
+        let query = sqlx::query(ALERTS_CHANGED_SINCE)
+            .bind(since_ms)
+            .bind(i64::from(limit));
+        self.all(query, alert_from_row).await
     }
 
     /// The alerts about one subject (a device id, `store:…`,
@@ -252,16 +276,10 @@ impl MetaStore {
         subject: &str,
         limit: u32,
     ) -> Result<Vec<AlertRecord>, MetaError> {
-        let sql = format!(
-            "SELECT {ALERT_COLUMNS} FROM alerts a WHERE a.subject = $1 \
-             ORDER BY CASE WHEN a.state = 'resolved' THEN 1 ELSE 0 END, a.updated_at_ms DESC, a.alert_id \
-             LIMIT $2"
-        );
-        self.all(
-            sqlx::query(&sql).bind(subject).bind(i64::from(limit)),
-            alert_from_row,
-        )
-        .await
+        let query = sqlx::query(ALERTS_OF_SUBJECT)
+            .bind(subject)
+            .bind(i64::from(limit));
+        self.all(query, alert_from_row).await
     }
 
     /// Alerts due for `receiver` at `now`: firing ones it has not been sent
@@ -276,22 +294,14 @@ impl MetaStore {
         min_severity_rank: i64,
         limit: u32,
     ) -> Result<Vec<Delivery>, MetaError> {
-        self.all(sqlx::query(&format!(
-            "SELECT {ALERT_COLUMNS}, d.delivered_state, d.attempts FROM alerts a \
-             LEFT JOIN alert_deliveries d ON d.receiver = $1 AND d.alert_id = a.alert_id \
-             WHERE a.notify IS NOT NULL \
-               AND (d.next_attempt_ms IS NULL OR d.next_attempt_ms <= $2) \
-               AND ((a.notify = 'firing' \
-                     AND (d.delivered_state IS NULL OR d.delivered_state <> 'firing' OR d.delivered_at_ms <= $3) \
-                     AND ($4 < 1 OR a.severity <> 'info') AND ($4 < 2 OR a.severity = 'critical')) \
-                 OR (a.notify = 'resolved' AND d.delivered_state = 'firing')) \
-             ORDER BY a.updated_at_ms, a.alert_id LIMIT $5"
-        ))
-        .bind(receiver)
-        .bind(now_ms)
-        .bind(repeat_before_ms)
-        .bind(min_severity_rank)
-        .bind(i64::from(limit)), |r| {
+        self.all(
+            sqlx::query(DUE_DELIVERIES)
+                .bind(receiver)
+                .bind(now_ms)
+                .bind(repeat_before_ms)
+                .bind(min_severity_rank)
+                .bind(i64::from(limit)),
+            |r| {
                 let delivered: Option<String> = r.try_get("delivered_state")?;
                 let attempts: Option<i64> = r.try_get("attempts")?;
                 Ok(Delivery {
@@ -299,7 +309,9 @@ impl MetaStore {
                     delivered: delivered.as_deref().map(state_of).transpose()?,
                     attempts: attempts.unwrap_or(0),
                 })
-            }).await
+            },
+        )
+        .await
     }
 
     /// `receiver` took these alerts in these states.
