@@ -224,6 +224,18 @@ pub fn api_call(
     (status, answer)
 }
 
+/// Every GET of `prefix` + case, with `token`, answers the case's status
+/// with a JSON error that names what was wrong (its needle).
+pub fn assert_refused(addr: SocketAddr, token: &str, prefix: &str, cases: &[(&str, u16, &str)]) {
+    for &(case, want, needle) in cases {
+        let path = format!("{prefix}{case}");
+        let (status, answer) = api_call(addr, "GET", &path, None, Some(token));
+        assert_eq!(status, want, "{path}: {answer}");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(error.contains(needle), "{path}: {answer}");
+    }
+}
+
 /// A GET of the JSON API that must answer 200: its JSON body.
 pub fn api_get(addr: SocketAddr, path: &str, token: &str) -> serde_json::Value {
     let (status, answer) = api_call(addr, "GET", path, None, Some(token));

@@ -1079,8 +1079,14 @@ mod tests {
     async fn the_ingest_watermark_advances_when_idle_and_covers_acked_messages() {
         let dir = tempfile::tempdir().unwrap();
         let lake = Lake::new(dir.path().join("lake"));
-        let (input_tx, mut ack_rx, pipeline) =
-            spawn_pipeline(dir.path(), &dir.path().join("lake"), 1000, 1 << 20, 16, None);
+        let (input_tx, mut ack_rx, pipeline) = spawn_pipeline(
+            dir.path(),
+            &dir.path().join("lake"),
+            1000,
+            1 << 20,
+            16,
+            None,
+        );
         // Nothing received: everything received is durable, so it moves.
         wait_for("an idle watermark", || lake.watermark().is_some()).await;
         let sent_at = tillwatch_domain::UtcMillis::now().0;
