@@ -557,3 +557,133 @@ async fn idle_sockets_neither_exhaust_descriptors_nor_lock_anyone_out() {
     assert_eq!(code, 200);
     standalone.stop().await;
 }
+
+/// The process's resident memory, from /proc.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib / 1024.0
+}
+
+/// Publishes `payload` on `topic` as one client (QoS 1): whether the
+/// broker acked it before the connection ended.
+async fn flood_publish(
+    addr: SocketAddr,
+    id: &str,
+    topic: &str,
+    payload: Vec<u8>,
+    retain: bool,
+) -> bool {
+    let mut o = options(id, addr, None);
+    o.set_max_packet_size(2 * 1024 * 1024, 2 * 1024 * 1024);
+    let (client, mut eventloop) = AsyncClient::new(o, 10);
+    client
+        .publish(topic, QoS::AtLeastOnce, retain, payload)
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => return true,
+            Ok(Ok(_)) => continue,
+            Ok(Err(_)) | Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// `tillwatch standalone` as a process, its embedded broker flooded the
+/// ways the audit found: 1 MB messages to topics nobody reads, 1 MB
+/// readings (300 MB: more than the broker keeps for a subscription), 20 KB
+/// retained messages on a thousand terminals' topics, and 3,000 idle
+/// sockets on each of its MQTT and HTTP ports. It keeps answering
+/// `/healthz` within a second, its memory stays within 250 MiB of where it
+/// started, and a terminal's reading still lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooded_embedded_broker_stays_bounded_and_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (
+        tillwatch_integration_tests::free_port(),
+        tillwatch_integration_tests::free_port(),
+    );
+    let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    let mqtt: SocketAddr = format!("127.0.0.1:{mqtt_port}").parse().unwrap();
+    let mut child = std::process::Command::new(tillwatch_integration_tests::tillwatch_bin())
+        .args(["standalone", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--http-listen",
+            &http.to_string(),
+            "--mqtt-listen",
+            &mqtt.to_string(),
+        ])
+        .env("TILLWATCH__GRPC__ENABLED", "false")
+        .env("TILLWATCH__SCHEDULER__ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let healthy = || {
+        let asked = Instant::now();
+        matches!(
+            tillwatch_integration_tests::http_get(http, "/healthz"),
+            Ok((200, _))
+        ) && asked.elapsed() < Duration::from_secs(1)
+    };
+    tillwatch_integration_tests::wait_for("standalone to answer", Duration::from_secs(60), || {
+        matches!(
+            tillwatch_integration_tests::http_get(http, "/readyz"),
+            Ok((200, _))
+        )
+    })
+    .await;
+    let start_mib = rss_mib(pid);
+
+    let megabyte = vec![0x5au8; 1_000_000];
+    for i in 0..100 {
+        let topic = format!("tw/v1/m-1/junk-{i}/nobody/reads/this");
+        assert!(!flood_publish(mqtt, &format!("f-{i}"), &topic, megabyte.clone(), false).await);
+    }
+    for i in 0..300 {
+        let topic = format!("tw/v1/m-1/big-{i}/telemetry");
+        // Taken by the broker, then dead-lettered by the gateway.
+        flood_publish(mqtt, &format!("b-{i}"), &topic, megabyte.clone(), false).await;
+    }
+    let retained = vec![0x11u8; 20_000];
+    for i in 0..1_000 {
+        let topic = format!("tw/v1/m-1/r-{i}/info");
+        assert!(!flood_publish(mqtt, &format!("r-{i}"), &topic, retained.clone(), true).await);
+    }
+    let idle: Vec<std::net::TcpStream> = tokio::task::spawn_blocking(move || {
+        (0..3_000)
+            .flat_map(|_| [mqtt, http])
+            .map(|addr| std::net::TcpStream::connect(addr).unwrap())
+            .collect()
+    })
+    .await
+    .unwrap();
+    assert!(
+        healthy(),
+        "/healthz within a second, 6,000 idle sockets open"
+    );
+    let flooded_mib = rss_mib(pid);
+    assert!(
+        flooded_mib < start_mib + 250.0,
+        "memory grew from {start_mib:.0} to {flooded_mib:.0} MiB"
+    );
+
+    // A terminal still gets through.
+    let reading = forged_reading("t-ok");
+    assert!(flood_publish(mqtt, "t-ok", "tw/v1/m-1/t-ok/telemetry", reading, false).await);
+    LakeContents::wait_for_readings(&dir.path().join("lake"), 1, Duration::from_secs(60)).await;
+    assert!(healthy());
+    drop(idle);
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("standalone RSS: {start_mib:.0} MiB at start, {flooded_mib:.0} MiB flooded");
+}

@@ -160,8 +160,9 @@ impl EmbeddedBroker {
                 max_connections: config.max_connections + 64,
                 max_outgoing_packet_count: 200,
                 // What one subscription filter keeps for readers that lag:
-                // 256 MiB at most (rumqttd's own default is 1 GiB).
-                max_segment_size: 32 * 1024 * 1024,
+                // 128 MiB at most (rumqttd's own default is 1 GiB), some
+                // 250,000 messages of a terminal's usual size.
+                max_segment_size: 16 * 1024 * 1024,
                 max_segment_count: 8,
                 custom_segment: None,
                 initialized_filters: None,
