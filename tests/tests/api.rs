@@ -212,7 +212,7 @@ async fn start() -> Api {
         listener,
         tillwatch_serve::Readiness::Started,
         router,
-        tillwatch_serve::HttpLimits::of(&config),
+        tillwatch_serve::HttpServing::of(&config).unwrap(),
         until_stopped(stopped.clone()),
     ));
     let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -221,6 +221,7 @@ async fn start() -> Api {
     tokio::spawn(tillwatch_grpc::serve(
         service,
         grpc_listener,
+        None,
         until_stopped(stopped),
     ));
     Api {

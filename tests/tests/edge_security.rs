@@ -687,3 +687,114 @@ async fn a_flooded_embedded_broker_stays_bounded_and_answering() {
     let _ = child.wait();
     println!("standalone RSS: {start_mib:.0} MiB at start, {flooded_mib:.0} MiB flooded");
 }
+
+/// Runs curl with `args`: (exit status success, stdout, stderr).
+fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl is installed (tests/run installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// With `http.tls_cert_file` and `tls_key_file`, HTTP and gRPC speak TLS:
+/// a client trusting the CA reads `/healthz` and calls the gRPC API; plain
+/// HTTP on the same port gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_grpc_speak_tls_when_configured() {
+    let ca = TestCa::new("tillwatch-http-ca");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.scheduler.enabled = false;
+    config.mqtt.client_id = "https-test-gateway".into();
+    config.http.tls_cert_file = Some(ca.broker_cert.clone());
+    config.http.tls_key_file = Some(ca.broker_key.clone());
+    let viewer = "viewer-token-for-the-tls-test-0123456789";
+    config.http.tokens =
+        tillwatch_integration_tests::test_tokens(viewer, "operator-token-for-the-tls-test-987654");
+    let broker = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 100).unwrap();
+    // Ready means answering over TLS: InProcess polls plain HTTP, so it is
+    // started without waiting and polled here.
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = http.local_addr().unwrap();
+    let (stop, mut stopped) = watch::channel(false);
+    let served = {
+        let config = config.clone();
+        tokio::spawn(async move {
+            tillwatch_serve::run_standalone(config, http, None, Some(&broker), async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    let ca_file = ca.ca_cert.to_str().unwrap().to_string();
+    let url = format!("https://127.0.0.1:{}/healthz", addr.port());
+    let answered = tillwatch_integration_tests::eventually(Duration::from_secs(30), || {
+        curl(&["--cacert", &ca_file, &url]).1 == "ok\n"
+    })
+    .await;
+    assert!(
+        answered,
+        "/healthz over TLS: {:?}",
+        curl(&["--cacert", &ca_file, &url])
+    );
+    let plain = tillwatch_integration_tests::http_get(addr, "/healthz");
+    assert!(
+        !matches!(plain, Ok((200, _))),
+        "plain HTTP on the TLS port: {plain:?}"
+    );
+    let (ok, _, err) = curl(&[&url]);
+    assert!(!ok, "a client that does not trust the CA connects: {err}");
+
+    // gRPC on its own port with the same certificate.
+    let store = tillwatch_meta::MetaStore::open(&config).await.unwrap();
+    let service = tillwatch_grpc::service(&config, store).unwrap();
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = grpc.local_addr().unwrap();
+    let tls = tillwatch_serve::tls::grpc_acceptor(&config).unwrap();
+    tokio::spawn(tillwatch_grpc::serve(
+        service,
+        grpc,
+        tls,
+        std::future::pending(),
+    ));
+    // An empty ListDevicesRequest, framed as gRPC does.
+    let frame = dir.path().join("frame");
+    std::fs::write(&frame, [0u8, 0, 0, 0, 0]).unwrap();
+    let body = format!("@{}", frame.display());
+    let method = format!(
+        "https://127.0.0.1:{}/tillwatch.api.v1.Fleet/ListDevices",
+        grpc_addr.port()
+    );
+    let auth = format!("authorization: Bearer {viewer}");
+    let (ok, _, verbose) = curl(&[
+        "-v",
+        "--http2",
+        "--cacert",
+        &ca_file,
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "-H",
+        &auth,
+        "--data-binary",
+        &body,
+        "-o",
+        "/dev/null",
+        &method,
+    ]);
+    assert!(ok, "{verbose}");
+    assert!(verbose.contains("grpc-status: 0"), "{verbose}");
+
+    stop.send(true).unwrap();
+    served.await.unwrap().unwrap();
+}

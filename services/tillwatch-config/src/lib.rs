@@ -217,6 +217,11 @@ pub struct HttpConfig {
     /// keep-alive connection is closed after it.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Serve HTTP (and gRPC) over TLS with this PEM certificate chain,
+    /// leaf first, and `tls_key_file` (both or neither).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// The gRPC API (`tillwatch.api.v1.Fleet`, with server reflection), on
@@ -249,6 +254,8 @@ impl Default for HttpConfig {
             tokens: Vec::new(),
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -1040,6 +1047,9 @@ impl HttpConfig {
                 "http.max_connections: {} is not between 1 and 10000",
                 self.max_connections
             ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            errors.push("http.tls_cert_file and http.tls_key_file: give both or neither".into());
         }
         if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.header_read_timeout)
         {

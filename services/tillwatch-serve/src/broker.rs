@@ -5,7 +5,6 @@
 //! password file.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +38,7 @@ pub enum EmbeddedBrokerError {
     #[error("embedded_broker.password_file: {0}")]
     Passwords(#[from] PasswordFileError),
     #[error("embedded_broker TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsSetupError),
 }
 
 /// A running embedded broker. rumqttd offers no way to stop it: it lives
@@ -102,7 +101,7 @@ impl EmbeddedBroker {
             None => None,
         };
         let acceptor = match (&config.tls_listen, &config.cert_file, &config.key_file) {
-            (Some(_), Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            (Some(_), Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key, &[])?),
             _ => None,
         };
         // Terminals' listeners are bound here, to report a taken port
@@ -372,30 +371,6 @@ fn internal_login() -> (String, String) {
         format!("tillwatch-internal-{}", hex(&bytes[..4])),
         hex(&bytes[4..]),
     )
-}
-
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, EmbeddedBrokerError> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
-        EmbeddedBrokerError::Tls(format!("{what} {}: {e}", path.display()))
-    };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| bad("cert_file", cert, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad("cert_file", cert, &e))?;
-    if chain.is_empty() {
-        return Err(bad("cert_file", cert, &"no PEM certificate in it"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("key_file", key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| EmbeddedBrokerError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| bad("cert_file and key_file", cert, &e))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 #[cfg(test)]

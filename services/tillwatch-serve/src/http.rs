@@ -123,26 +123,35 @@ pub async fn api_router(config: &Config, store: MetaStore) -> anyhow::Result<Rou
         .merge(tillwatch_api::ui::router()))
 }
 
-/// How many connections the HTTP server takes and how long a client may
-/// take to send a request's headers (`[http]`).
-#[derive(Debug, Clone, Copy)]
-pub struct HttpLimits {
+/// How the HTTP server serves (`[http]`): how many connections it takes,
+/// how long a client may take to send a request's headers, and TLS when
+/// configured.
+#[derive(Clone)]
+pub struct HttpServing {
     pub max_connections: usize,
     pub header_read_timeout: std::time::Duration,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
-impl HttpLimits {
-    pub fn of(config: &Config) -> HttpLimits {
-        HttpLimits {
+impl HttpServing {
+    /// As `config` says; reads the TLS files, naming them when they fail.
+    pub fn of(config: &Config) -> Result<HttpServing, crate::tls::TlsSetupError> {
+        let tls = match (&config.http.tls_cert_file, &config.http.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key, &[b"http/1.1"])?),
+            _ => None,
+        };
+        Ok(HttpServing {
             max_connections: config.http.max_connections,
             header_read_timeout: config.http.header_read_timeout,
-        }
+            tls,
+        })
     }
 }
 
 /// Serves `/healthz` (the process is up), `/readyz` (see [`Readiness`]),
 /// `/metrics` (Prometheus text) and the routes of `api` until `shutdown`
-/// resolves, within `limits`: a connection that sends no request headers
+/// resolves, as `serving` says (over TLS when it has an acceptor), within
+/// its limits: a connection that sends no request headers
 /// within `header_read_timeout` (idle keep-alive included) is closed, and
 /// at `max_connections` a new connection makes the oldest one close
 /// (after its request in flight, if any; counted in
@@ -152,7 +161,7 @@ pub async fn serve_http(
     listener: TcpListener,
     ready: Readiness,
     api: Router,
-    limits: HttpLimits,
+    serving: HttpServing,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let state = AppState {
@@ -165,7 +174,7 @@ pub async fn serve_http(
         .route("/metrics", get(metrics))
         .with_state(state)
         .merge(api);
-    serve_bounded(listener, app, limits, shutdown).await;
+    serve_bounded(listener, app, serving, shutdown).await;
     Ok(())
 }
 
@@ -176,15 +185,45 @@ struct Open {
     connections: std::collections::BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
 }
 
+/// A connection on the open list, taken off it when its task ends.
+struct Registered {
+    id: u64,
+    open: Arc<std::sync::Mutex<Open>>,
+    /// Connections whose task still runs, and the notice each gives when
+    /// it ends.
+    live: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .connections
+            .remove(&self.id);
+        self.live
+            .0
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.live.1.notify_one();
+    }
+}
+
+/// A connection's stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 async fn serve_bounded(
     listener: TcpListener,
     app: Router,
-    limits: HttpLimits,
+    limits: HttpServing,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     let open = Arc::new(std::sync::Mutex::new(Open::default()));
-    let closed_one = Arc::new(tokio::sync::Notify::new());
+    let live = Arc::new((
+        std::sync::atomic::AtomicUsize::new(0),
+        tokio::sync::Notify::new(),
+    ));
     let mut last_error_logged: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
@@ -221,14 +260,38 @@ async fn serve_bounded(
             id
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(64 * 1024);
-        let connection = http1.serve_connection(TokioIo::new(tcp), service);
-        let (open, closed_one) = (open.clone(), closed_one.clone());
+        live.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let registered = Registered {
+            id,
+            open: open.clone(),
+            live: live.clone(),
+        };
+        let (tls, header_read_timeout) = (limits.tls.clone(), limits.header_read_timeout);
         tokio::spawn(async move {
+            let _registered = registered;
+            let io: Option<Box<dyn Io>> = match tls {
+                None => Some(Box::new(tcp)),
+                // The handshake has the headers' time.
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_read_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => Some(Box::new(stream)),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            None
+                        }
+                        Err(_) => None,
+                    }
+                }
+            };
+            let Some(io) = io else {
+                return;
+            };
+            let mut http1 = hyper::server::conn::http1::Builder::new();
+            http1
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .max_buf_size(64 * 1024);
+            let connection = http1.serve_connection(TokioIo::new(io), service);
             let mut connection = std::pin::pin!(connection);
             let mut close_rx = close_rx;
             let mut closing = false;
@@ -246,14 +309,6 @@ async fn serve_bounded(
             if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended");
             }
-            open.lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .connections
-                .remove(&id);
-            // Let go of the list before saying so: the server's stop waits
-            // until nobody holds it.
-            drop(open);
-            closed_one.notify_one();
         });
     }
     // Requests in flight finish (10 s at most); idle connections close at
@@ -269,8 +324,8 @@ async fn serve_bounded(
     }
     let drained = async {
         loop {
-            let notified = closed_one.notified();
-            if Arc::strong_count(&open) == 1 {
+            let notified = live.1.notified();
+            if live.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
                 return;
             }
             notified.await;

@@ -9,9 +9,10 @@ mod broker;
 mod http;
 pub mod roles;
 mod standalone;
+pub mod tls;
 
 pub use broker::{EmbeddedBroker, EmbeddedBrokerError};
-pub use http::{HttpLimits, Readiness, api_router, metrics_handle, serve_http};
+pub use http::{HttpServing, Readiness, api_router, metrics_handle, serve_http};
 pub use standalone::{MadeTokens, make_tokens, run_standalone, spawn_grpc};
 
 /// For callers that add routes to [`serve_http`].

@@ -73,7 +73,7 @@ async fn role_http(
         http,
         ready,
         routes,
-        crate::http::HttpLimits::of(config),
+        crate::http::HttpServing::of(config).context("http TLS")?,
         shutdown_requested(stop.clone()),
     )))
 }

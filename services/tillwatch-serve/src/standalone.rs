@@ -63,8 +63,10 @@ pub fn spawn_grpc(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let service = tillwatch_grpc::service(config, store).context("the gRPC API")?;
+    // The same certificate as HTTP, speaking HTTP/2.
+    let tls = crate::tls::grpc_acceptor(config).context("grpc TLS (http.tls_cert_file)")?;
     Ok(tokio::spawn(async move {
-        tillwatch_grpc::serve(service, listener, shutdown)
+        tillwatch_grpc::serve(service, listener, tls, shutdown)
             .await
             .map_err(anyhow::Error::from)
     }))
@@ -158,7 +160,7 @@ pub async fn run_standalone(
         http,
         Readiness::Gateway(health.clone()),
         api,
-        crate::http::HttpLimits::of(&config),
+        crate::http::HttpServing::of(&config).context("http TLS")?,
         shutdown_requested(stop_rx.clone()),
     ));
     // The gRPC API, on the same store, lake and tokens.

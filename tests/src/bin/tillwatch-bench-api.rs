@@ -229,7 +229,7 @@ async fn main() {
         listener,
         tillwatch_serve::Readiness::Started,
         router,
-        tillwatch_serve::HttpLimits::of(&tillwatch_config::Config::default()),
+        tillwatch_serve::HttpServing::of(&tillwatch_config::Config::default()).unwrap(),
         std::future::pending(),
     ));
 
