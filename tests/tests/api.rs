@@ -338,6 +338,31 @@ async fn tokens_decide_who_reads_and_who_changes() {
     // The jobs are readable by a viewer.
     let (status, jobs) = api.get("/api/v1/jobs").await;
     assert_eq!(status, 200, "{jobs}");
+
+    // Guessing tokens is slow: after 20 failures a minute, the address is
+    // refused (429, with Retry-After), right token or wrong, until the
+    // minute is over; the probes stay open.
+    let mut failures = 3; // the three above
+    while failures < 20 {
+        let (status, _) = api
+            .call(
+                "GET",
+                "/api/v1/devices",
+                None,
+                Some("a-wrong-guess-0123456789"),
+            )
+            .await;
+        assert_eq!(status, 401);
+        failures += 1;
+    }
+    let (status, body) = api.call("GET", "/api/v1/devices", None, Some(VIEWER)).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(error(&body).contains("try again in"), "{body}");
+    let health = tokio::task::spawn_blocking(move || http_get(addr, "/healthz"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(health.0, 200);
     api.stop.send(true).unwrap();
 }
 

@@ -1,6 +1,7 @@
 //! Bearer tokens with two roles.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -12,9 +13,65 @@ use tillwatch_config::{ApiToken, Role};
 
 use crate::error::ApiError;
 
-/// The tokens the API accepts.
+/// The tokens the API accepts, and the addresses that have failed too
+/// often.
 pub struct Access {
     tokens: Vec<Holder>,
+    failures: FailedTokens,
+}
+
+/// Failed token checks per client address: after [`MAX_FAILURES`] within
+/// [`FAILURE_WINDOW`], every request from that address is refused until
+/// the window ends (right or wrong, so a guess tells nothing), which
+/// keeps anyone from trying tokens at speed. At most
+/// [`MAX_REMEMBERED_ADDRESSES`] addresses are remembered. Behind a proxy
+/// the proxy is the address: keep its own limits in front.
+#[derive(Default)]
+pub struct FailedTokens {
+    by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (Instant, u32)>>,
+}
+
+pub const MAX_FAILURES: u32 = 20;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+pub const MAX_REMEMBERED_ADDRESSES: usize = 10_000;
+
+impl FailedTokens {
+    /// How long `address` is still refused at `now`, if it is.
+    pub fn refused_for(&self, address: std::net::IpAddr, now: Instant) -> Option<Duration> {
+        let map = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let (since, failures) = map.get(&address)?;
+        let until = *since + FAILURE_WINDOW;
+        (*failures >= MAX_FAILURES && now < until).then(|| until - now)
+    }
+
+    /// Counts one failed check from `address` at `now`.
+    pub fn failed(&self, address: std::net::IpAddr, now: Instant) {
+        let mut map = self
+            .by_address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_REMEMBERED_ADDRESSES && !map.contains_key(&address) {
+            map.retain(|_, (since, _)| now < *since + FAILURE_WINDOW);
+            if map.len() >= MAX_REMEMBERED_ADDRESSES {
+                // Full of live windows: forget the oldest.
+                if let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, (since, _))| *since)
+                    .map(|(a, _)| *a)
+                {
+                    map.remove(&oldest);
+                }
+            }
+        }
+        let entry = map.entry(address).or_insert((now, 0));
+        if now >= entry.0 + FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+    }
 }
 
 struct Holder {
@@ -76,7 +133,10 @@ impl Access {
                 secret,
             });
         }
-        Ok(Access { tokens: holders })
+        Ok(Access {
+            tokens: holders,
+            failures: FailedTokens::default(),
+        })
     }
 
     /// Who holds `token`, if anyone.
@@ -98,6 +158,28 @@ impl Access {
     /// `need`.
     pub fn check(&self, header: Option<&HeaderValue>, need: Role) -> Result<Caller, Refusal> {
         self.check_text(header.map(|h| h.to_str().unwrap_or("")), need)
+    }
+
+    /// [`Access::check_text`] for a request from `peer` (when known) at
+    /// `now`: refused outright while `peer` has failed too often, and a
+    /// failure counted against it.
+    pub fn check_from(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        header: Option<&str>,
+        need: Role,
+        now: Instant,
+    ) -> Result<Caller, Refusal> {
+        if let Some(address) = peer
+            && let Some(wait) = self.failures.refused_for(address, now)
+        {
+            return Err(Refusal::TooManyFailures(wait.as_secs().max(1)));
+        }
+        let checked = self.check_text(header, need);
+        if let (Some(address), Err(Refusal::Unauthenticated(_))) = (peer, &checked) {
+            self.failures.failed(address, now);
+        }
+        checked
     }
 
     /// [`Access::check`] for an `authorization` value as text (gRPC
@@ -136,6 +218,18 @@ pub enum Refusal {
     Unauthenticated(String),
     /// 403: a known token without the role.
     Forbidden(String),
+    /// 429: the address failed too often; try again in this many seconds.
+    TooManyFailures(u64),
+}
+
+impl Refusal {
+    /// What the client is told of a [`Refusal::TooManyFailures`].
+    pub fn too_many(wait_s: u64) -> String {
+        format!(
+            "{MAX_FAILURES} failed tokens from this address within {} s; try again in {wait_s} s",
+            FAILURE_WINDOW.as_secs()
+        )
+    }
 }
 
 impl IntoResponse for Refusal {
@@ -150,6 +244,13 @@ impl IntoResponse for Refusal {
                 r
             }
             Refusal::Forbidden(m) => ApiError(StatusCode::FORBIDDEN, m).into_response(),
+            Refusal::TooManyFailures(wait_s) => {
+                let mut r = ApiError(StatusCode::TOO_MANY_REQUESTS, Refusal::too_many(wait_s))
+                    .into_response();
+                r.headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(wait_s));
+                r
+            }
         }
     }
 }
@@ -166,7 +267,15 @@ pub fn needed_role(method: &Method) -> Role {
 
 async fn authorize(State(access): State<Arc<Access>>, mut req: Request, next: Next) -> Response {
     let need = needed_role(req.method());
-    match access.check(req.headers().get(AUTHORIZATION), need) {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|h| h.to_str().unwrap_or(""));
+    match access.check_from(peer, header, need, Instant::now()) {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
@@ -194,6 +303,46 @@ mod tests {
             token: Some(secret.into()),
             token_file: None,
         }
+    }
+
+    #[test]
+    fn an_address_that_fails_too_often_waits_out_the_window() {
+        let access =
+            Access::new(&[token("support", Role::Viewer, "viewer-token-0123456789")]).unwrap();
+        let t0 = Instant::now();
+        let (guesser, other) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let try_as = |who, token: &str, at| {
+            access.check_from(
+                Some(who),
+                Some(&format!("Bearer {token}")),
+                Role::Viewer,
+                at,
+            )
+        };
+        for i in 0..MAX_FAILURES {
+            let at = t0 + Duration::from_millis(u64::from(i));
+            assert!(matches!(
+                try_as(guesser, "wrong-token-guess-000", at),
+                Err(Refusal::Unauthenticated(_))
+            ));
+        }
+        // Refused outright now, even with the right token: a guess tells nothing.
+        let soon = t0 + Duration::from_secs(1);
+        assert!(matches!(
+            try_as(guesser, "viewer-token-0123456789", soon),
+            Err(Refusal::TooManyFailures(59))
+        ));
+        // Others are not held up; the guesser is let in after the window.
+        assert!(try_as(other, "viewer-token-0123456789", soon).is_ok());
+        let later = t0 + FAILURE_WINDOW;
+        assert!(try_as(guesser, "viewer-token-0123456789", later).is_ok());
+        // Memory stays bounded however many addresses fail.
+        for i in 0..(MAX_REMEMBERED_ADDRESSES as u32 + 100) {
+            access
+                .failures
+                .failed(std::net::IpAddr::from(i.to_be_bytes()), later);
+        }
+        assert!(access.failures.by_address.lock().unwrap().len() <= MAX_REMEMBERED_ADDRESSES);
     }
 
     #[test]

@@ -66,10 +66,16 @@ impl FleetService {
             .metadata()
             .get("authorization")
             .map(|v| v.to_str().unwrap_or(""));
-        self.access.check_text(header, need).map_err(|r| match r {
-            Refusal::Unauthenticated(m) => Status::unauthenticated(m),
-            Refusal::Forbidden(m) => Status::permission_denied(m),
-        })
+        let peer = request.remote_addr().map(|a| a.ip());
+        self.access
+            .check_from(peer, header, need, std::time::Instant::now())
+            .map_err(|r| match r {
+                Refusal::Unauthenticated(m) => Status::unauthenticated(m),
+                Refusal::Forbidden(m) => Status::permission_denied(m),
+                Refusal::TooManyFailures(wait_s) => {
+                    Status::resource_exhausted(Refusal::too_many(wait_s))
+                }
+            })
     }
 }
 

@@ -259,7 +259,17 @@ async fn serve_bounded(
             open.connections.insert(id, close_tx);
             id
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // Handlers see who connected (the failed-token limit is per address).
+        let service =
+            hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+                app.clone(),
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    request
+                        .extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    request
+                },
+            ));
         live.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let registered = Registered {
             id,
