@@ -541,7 +541,12 @@ fn tls_incoming(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            let (tcp, peer) = match listener.accept().await {
+            // Ends, letting the port go, once the server stops reading.
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = tx.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::debug!(error = %e, "gRPC accept failed");
@@ -549,9 +554,6 @@ fn tls_incoming(
                     continue;
                 }
             };
-            if tx.is_closed() {
-                return;
-            }
             let (tx, acceptor) = (tx.clone(), acceptor.clone());
             tokio::spawn(async move {
                 let handshake = acceptor.accept(tcp);
