@@ -155,6 +155,20 @@ impl RoleProcess {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
+    /// The value of a metric for the label set containing `label`
+    /// (`name="value"`), if exported yet.
+    pub fn metric_labelled(&self, name: &str, label: &str) -> Option<f64> {
+        let (_, body) = http_get(self.http, "/metrics").ok()?;
+        body.lines().find_map(|l| {
+            let labels = l.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = labels.split_once("} ")?;
+            labels
+                .split(',')
+                .any(|l| l == label)
+                .then(|| value.trim().parse().ok())?
+        })
+    }
+
     pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");

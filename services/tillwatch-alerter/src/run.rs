@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::counter;
-use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_message};
+use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_provisioned};
+use tillwatch_bus::provisioning::ProvisioningSource;
 use tillwatch_bus::{AckToken, BusHealth, ConsumerConfig, Incoming, Unobserved, consume};
 use tillwatch_config::Config;
 use tillwatch_domain::connectivity::{SilencePolicy, Transition};
@@ -43,6 +44,8 @@ pub enum AlerterError {
     Alerting(#[from] AlertingError),
     #[error(transparent)]
     Bus(#[from] tillwatch_bus::ConsumerError),
+    #[error(transparent)]
+    Provisioning(#[from] tillwatch_bus::provisioning::ProvisioningError),
 }
 
 /// Where alert annotations link to: `alerting.public_url`, else the HTTP
@@ -257,6 +260,12 @@ async fn lead(
         .into_iter()
         .map(|r| Receiver::new(r, |var| std::env::var(var).ok()))
         .collect::<Result<Vec<_>, _>>()?;
+    // The same record the gateway checks: a terminal cannot move itself to
+    // another merchant's store here either.
+    let provisioning = match &config.gateway.provisioning_file {
+        Some(path) => Some(ProvisioningSource::open(path)?),
+        None => None,
+    };
     let mut alerter = Alerter::open(
         store.clone(),
         policy(config),
@@ -287,6 +296,7 @@ async fn lead(
     let (input_tx, mut input) = tokio::sync::mpsc::channel::<Incoming>(MAX_BATCH);
     let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<AckToken>>();
     let (stop_consumer, consumer_stop) = tokio::sync::watch::channel(false);
+    let stop_rx = consumer_stop.clone();
     let consumer = tokio::spawn(consume(
         ConsumerConfig {
             mqtt: config.mqtt.clone(),
@@ -300,6 +310,9 @@ async fn lead(
         consumer_stop,
     ));
     let limits = DecodeLimits::from_config(&config.gateway);
+    if let Some(source) = &provisioning {
+        source.spawn_reloader(tillwatch_bus::provisioning::RELOAD_EVERY, stop_rx);
+    }
     // Messages taken but not yet in the store, and their acks: written as
     // one batch as soon as no more are ready (or the batch is full).
     let mut batch: Vec<Event> = Vec::new();
@@ -335,7 +348,14 @@ async fn lead(
             message = input.recv(), if !full => match message {
                 Some(message) => {
                     let now = UtcMillis::now();
-                    let decoded = decode_message(&message.topic, &message.payload, now, &limits);
+                    let provisioned = provisioning.as_ref().map(ProvisioningSource::current);
+                    let decoded = decode_provisioned(
+                        &message.topic,
+                        &message.payload,
+                        now,
+                        &limits,
+                        provisioned.as_deref(),
+                    );
                     batch.extend(to_event(decoded, now));
                     batch_acks.extend(message.ack);
                 }

@@ -137,6 +137,83 @@ pub fn decode_message(
     result.unwrap_or_else(|reason| Decoded::Rejected(cx.dead_letter(reason, payload)))
 }
 
+/// A dead letter for one reading of a telemetry message that decoded but
+/// is refused later (by the gateway's own limits): it keeps that
+/// reading's protobuf, found again in `payload` by its boot and sequence
+/// number, as a reading refused by validation keeps it.
+pub fn refused_reading(
+    topic: &str,
+    payload: &[u8],
+    received_at: UtcMillis,
+    key: &tillwatch_domain::ReadingKey,
+    merchant_id: &MerchantId,
+    reason: RejectReason,
+) -> DeadLetter {
+    let cx = Context {
+        topic,
+        received_at,
+        merchant_id: Some(merchant_id.as_str()),
+        device_id: Some(key.device_id.as_str()),
+    };
+    let raw = pb::TelemetryBatch::decode(payload).ok().and_then(|batch| {
+        batch
+            .readings
+            .into_iter()
+            .find(|r| r.boot_id == key.boot_id.0 && r.seq == key.seq)
+    });
+    match raw {
+        Some(raw) => cx.dead_letter(reason, &raw.encode_to_vec()),
+        None => cx.dead_letter(reason, payload),
+    }
+}
+
+/// [`decode_message`], then, with a provisioning record, the check that
+/// the terminal sends under the merchant (and, in an info message, names
+/// the store) it was provisioned for: a message that fails it is rejected
+/// whole, with the reason, like any other dead letter.
+pub fn decode_provisioned(
+    topic: &str,
+    payload: &[u8],
+    received_at: UtcMillis,
+    limits: &DecodeLimits,
+    provisioning: Option<&crate::provisioning::Provisioning>,
+) -> Decoded {
+    let decoded = decode_message(topic, payload, received_at, limits);
+    let Some(provisioning) = provisioning else {
+        return decoded;
+    };
+    let checked = match &decoded {
+        Decoded::Telemetry {
+            merchant_id,
+            device_id,
+            ..
+        } => provisioning.check(merchant_id.as_str(), device_id.as_str(), None),
+        Decoded::Info(info) => provisioning.check(
+            info.merchant_id.as_str(),
+            info.device_id.as_str(),
+            info.store_id.as_ref().map(StoreId::as_str),
+        ),
+        Decoded::Status(status) => match DeviceTopic::parse(topic) {
+            Some(t) => provisioning.check(t.merchant_id, status.device_id.as_str(), None),
+            None => Ok(()),
+        },
+        Decoded::Rejected(_) => Ok(()),
+    };
+    match checked {
+        Ok(()) => decoded,
+        Err(reason) => {
+            let parsed = DeviceTopic::parse(topic);
+            let cx = Context {
+                topic,
+                received_at,
+                merchant_id: parsed.map(|t| t.merchant_id),
+                device_id: parsed.map(|t| t.device_id),
+            };
+            Decoded::Rejected(cx.dead_letter(reason, payload))
+        }
+    }
+}
+
 fn malformed(e: prost::DecodeError) -> RejectReason {
     RejectReason::Malformed(e.to_string())
 }

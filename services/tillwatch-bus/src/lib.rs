@@ -8,13 +8,22 @@
 //!   device channel, and [`consume`]: the one loop over it (connect,
 //!   subscribe, notice refusals, hand messages on, ack what the handler
 //!   gives back, reconnect).
+//! - [`access`]: who may publish and subscribe to what (a terminal is only
+//!   itself), as the embedded broker's front applies it to each packet;
+//!   [`passwords`]: the Mosquitto password files logins are checked
+//!   against.
+//! - [`provisioning`]: the operator's record of which merchant and store
+//!   each terminal belongs to, checked against every message's topic.
 //! - [`shutdown_requested`]: the one way services wait for a shared stop.
 //!
 //! It knows MQTT and the contract, and nothing of where data goes: no
 //! Arrow, Parquet, ClickHouse or SQL.
 
+pub mod access;
 mod consumer;
 pub mod decode;
+pub mod passwords;
+pub mod provisioning;
 mod session;
 
 pub use consumer::{

@@ -182,6 +182,18 @@ pub struct GatewayConfig {
     /// (`tillwatch_gateway_dead_letters_dropped_total`), so a flood of
     /// garbage cannot fill the lake.
     pub dead_letters_per_second: u32,
+    /// Boots of one terminal kept apart in the dedup index within
+    /// `max_age`; readings of a boot beyond this are dead-lettered
+    /// (`too_many_boots`), so random boot ids cannot grow memory without
+    /// bound.
+    pub max_boots_per_device: usize,
+    /// The operator's record of which merchant (and store) each terminal
+    /// belongs to (`device_id,merchant_id[,store_id]` per line). When set,
+    /// every consumer of device topics (gateway, alerter) dead-letters a
+    /// message from a terminal that is not in it, or that sends under
+    /// another merchant or names another store. Read again when it
+    /// changes.
+    pub provisioning_file: Option<PathBuf>,
 }
 
 impl Default for GatewayConfig {
@@ -195,6 +207,8 @@ impl Default for GatewayConfig {
             max_future: Duration::from_secs(5 * 60),
             max_age: Duration::from_secs(30 * 24 * 3600),
             dead_letters_per_second: 100,
+            max_boots_per_device: 1000,
+            provisioning_file: None,
         }
     }
 }
@@ -960,6 +974,9 @@ impl GatewayConfig {
         }
         if self.max_age.is_zero() {
             errors.push("gateway.max_age: must be more than 0s".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_boots_per_device) {
+            errors.push("gateway.max_boots_per_device: must be 1 to 1000000".into());
         }
     }
 }

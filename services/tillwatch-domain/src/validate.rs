@@ -53,6 +53,29 @@ pub enum RejectReason {
         length: usize,
         limit: usize,
     },
+    #[error(
+        "boot_id {boot_id} would be this terminal's boot number {count} within gateway.max_age; \
+         at most {limit} are kept apart (gateway.max_boots_per_device)"
+    )]
+    TooManyBoots {
+        boot_id: u64,
+        count: usize,
+        limit: usize,
+    },
+    #[error("terminal {device_id} has no provisioning record (provisioning.file)")]
+    NotProvisioned { device_id: String },
+    #[error("terminal {device_id} is provisioned for merchant {provisioned}, not {claimed}")]
+    WrongMerchant {
+        device_id: String,
+        provisioned: String,
+        claimed: String,
+    },
+    #[error("terminal {device_id} is provisioned for store {provisioned}, not {claimed}")]
+    WrongStore {
+        device_id: String,
+        provisioned: String,
+        claimed: String,
+    },
 }
 
 impl RejectReason {
@@ -71,11 +94,15 @@ impl RejectReason {
             RejectReason::SampledTooLongAgo { .. } => "sampled_too_long_ago",
             RejectReason::OutOfRange { .. } => "out_of_range",
             RejectReason::TooLong { .. } => "too_long",
+            RejectReason::TooManyBoots { .. } => "too_many_boots",
+            RejectReason::NotProvisioned { .. } => "not_provisioned",
+            RejectReason::WrongMerchant { .. } => "wrong_merchant",
+            RejectReason::WrongStore { .. } => "wrong_store",
         }
     }
 
     /// Every code, for declaring metrics up front.
-    pub const CODES: [&'static str; 12] = [
+    pub const CODES: [&'static str; 16] = [
         "bad_topic",
         "too_large",
         "malformed",
@@ -88,6 +115,10 @@ impl RejectReason {
         "sampled_too_long_ago",
         "out_of_range",
         "too_long",
+        "too_many_boots",
+        "not_provisioned",
+        "wrong_merchant",
+        "wrong_store",
     ];
 }
 

@@ -25,18 +25,31 @@ use tillwatch_domain::{BootId, DeviceId, ReadingKey};
 use tillwatch_storage::Lake;
 
 /// Sequence numbers seen within one boot, as disjoint half-open ranges.
+///
+/// Almost every boot is one unbroken run, so that case is held inline (no
+/// allocation); a boot with gaps keeps its ranges in a tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SeqRanges {
+pub struct SeqRanges(Ranges);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+enum Ranges {
+    #[default]
+    Empty,
+    One(u64, u64),
     // start -> end (exclusive); ranges never touch or overlap.
-    ranges: BTreeMap<u64, u64>,
+    Many(BTreeMap<u64, u64>),
 }
 
 impl SeqRanges {
     pub fn contains(&self, seq: u64) -> bool {
-        self.ranges
-            .range(..=seq)
-            .next_back()
-            .is_some_and(|(_, &end)| seq < end)
+        match &self.0 {
+            Ranges::Empty => false,
+            Ranges::One(s, e) => *s <= seq && seq < *e,
+            Ranges::Many(ranges) => ranges
+                .range(..=seq)
+                .next_back()
+                .is_some_and(|(_, &end)| seq < end),
+        }
     }
 
     /// Adds `seq`; false when it was already there.
@@ -53,30 +66,62 @@ impl SeqRanges {
         if start >= end {
             return;
         }
-        // Ranges are disjoint and sorted, so their ends are sorted too: the
-        // ones to merge are the last few starting at or before `end`.
-        let merge: Vec<(u64, u64)> = self
-            .ranges
-            .range(..=end)
-            .rev()
-            .take_while(|(_, e)| **e >= start)
-            .map(|(s, e)| (*s, *e))
-            .collect();
-        for (s, e) in merge {
-            self.ranges.remove(&s);
-            start = start.min(s);
-            end = end.max(e);
+        match &mut self.0 {
+            Ranges::Empty => self.0 = Ranges::One(start, end),
+            Ranges::One(s, e) => {
+                if start <= *e && *s <= end {
+                    *s = (*s).min(start);
+                    *e = (*e).max(end);
+                } else {
+                    self.0 = Ranges::Many(BTreeMap::from([(*s, *e), (start, end)]));
+                }
+            }
+            Ranges::Many(ranges) => {
+                // Ranges are disjoint and sorted, so their ends are sorted
+                // too: the ones to merge are the last few starting at or
+                // before `end`.
+                let merge: Vec<(u64, u64)> = ranges
+                    .range(..=end)
+                    .rev()
+                    .take_while(|(_, e)| **e >= start)
+                    .map(|(s, e)| (*s, *e))
+                    .collect();
+                for (s, e) in merge {
+                    ranges.remove(&s);
+                    start = start.min(s);
+                    end = end.max(e);
+                }
+                ranges.insert(start, end);
+                if ranges.len() == 1 {
+                    self.0 = Ranges::One(start, end);
+                }
+            }
         }
-        self.ranges.insert(start, end);
     }
 
     pub fn range_count(&self) -> usize {
-        self.ranges.len()
+        match &self.0 {
+            Ranges::Empty => 0,
+            Ranges::One(..) => 1,
+            Ranges::Many(ranges) => ranges.len(),
+        }
     }
 
-    fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.ranges.iter().map(|(s, e)| (*s, *e))
+    fn to_vec(&self) -> Vec<(u64, u64)> {
+        match &self.0 {
+            Ranges::Empty => Vec::new(),
+            Ranges::One(s, e) => vec![(*s, *e)],
+            Ranges::Many(ranges) => ranges.iter().map(|(s, e)| (*s, *e)).collect(),
+        }
     }
+}
+
+/// What is known of one boot: its stored sequence numbers and the newest
+/// sample time among them.
+#[derive(Debug, Clone, Default)]
+struct Boot {
+    seqs: SeqRanges,
+    newest_ms: i64,
 }
 
 /// Every reading key known to be stored.
@@ -84,7 +129,7 @@ impl SeqRanges {
 pub struct DedupIndex {
     // By device, then boot: a lookup (once per reading) borrows the key's
     // device id instead of building an owned (device, boot) pair.
-    devices: HashMap<DeviceId, HashMap<BootId, SeqRanges>>,
+    devices: HashMap<DeviceId, HashMap<BootId, Boot>>,
 }
 
 impl DedupIndex {
@@ -92,23 +137,29 @@ impl DedupIndex {
         self.devices
             .get(&key.device_id)
             .and_then(|boots| boots.get(&key.boot_id))
-            .is_some_and(|r| r.contains(key.seq))
+            .is_some_and(|b| b.seqs.contains(key.seq))
     }
 
-    pub fn insert(&mut self, key: &ReadingKey) -> bool {
-        if let Some(boots) = self.devices.get_mut(&key.device_id) {
-            return boots.entry(key.boot_id).or_default().insert(key.seq);
-        }
-        self.boot_entry(key.device_id.clone(), key.boot_id)
-            .insert(key.seq)
+    /// Adds a stored reading sampled at `sampled_ms`; false when its key was
+    /// already there.
+    pub fn insert(&mut self, key: &ReadingKey, sampled_ms: i64) -> bool {
+        let boot = match self.devices.get_mut(&key.device_id) {
+            Some(boots) => boots.entry(key.boot_id).or_default(),
+            None => self.boot_entry(key.device_id.clone(), key.boot_id),
+        };
+        boot.newest_ms = boot.newest_ms.max(sampled_ms);
+        boot.seqs.insert(key.seq)
     }
 
-    fn boot_entry(&mut self, device: DeviceId, boot: BootId) -> &mut SeqRanges {
+    fn boot_entry(&mut self, device: DeviceId, boot: BootId) -> &mut Boot {
         self.devices
             .entry(device)
             .or_default()
             .entry(boot)
-            .or_default()
+            .or_insert(Boot {
+                seqs: SeqRanges::default(),
+                newest_ms: i64::MIN,
+            })
     }
 
     /// (device, boot) pairs tracked.
@@ -116,19 +167,59 @@ impl DedupIndex {
         self.devices.values().map(HashMap::len).sum()
     }
 
-    fn iter(&self) -> impl Iterator<Item = (&DeviceId, BootId, &SeqRanges)> + '_ {
-        self.devices.iter().flat_map(|(device, boots)| {
-            boots
-                .iter()
-                .map(move |(boot, ranges)| (device, *boot, ranges))
-        })
+    /// Devices tracked.
+    pub fn devices(&self) -> usize {
+        self.devices.len()
+    }
+
+    /// Boots tracked for `device`.
+    pub fn boots_of(&self, device: &DeviceId) -> usize {
+        self.devices.get(device).map_or(0, HashMap::len)
+    }
+
+    /// Whether anything of `boot` of `device` is stored.
+    pub fn knows_boot(&self, device: &DeviceId, boot: BootId) -> bool {
+        self.devices
+            .get(device)
+            .is_some_and(|boots| boots.contains_key(&boot))
+    }
+
+    /// Forgets every boot whose newest stored reading was sampled before
+    /// `cutoff_ms`; returns how many. Safe once the cutoff is older than
+    /// the oldest sample time the gateway accepts: a redelivered reading of
+    /// such a boot is sampled no later than its newest, so it is refused as
+    /// too old before the index is asked.
+    pub fn evict_sampled_before(&mut self, cutoff_ms: i64) -> usize {
+        let before = self.boots();
+        self.devices.retain(|_, boots| {
+            boots.retain(|_, b| b.newest_ms >= cutoff_ms);
+            if boots.capacity() > 2 * boots.len() + 8 {
+                boots.shrink_to_fit();
+            }
+            !boots.is_empty()
+        });
+        let evicted = before - self.boots();
+        if evicted > 0 {
+            self.devices.shrink_to_fit();
+        }
+        evicted
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&DeviceId, BootId, &Boot)> + '_ {
+        self.devices
+            .iter()
+            .flat_map(|(device, boots)| boots.iter().map(move |(boot, b)| (device, *boot, b)))
     }
 }
 
 const TAG_INTENT: u8 = 1;
-const TAG_COMMIT: u8 = 2;
-const TAG_SNAPSHOT_ENTRY: u8 = 3;
+// Written before boots carried their newest sample time; still read, the
+// time taken as the moment of reading (so they are kept the longest).
+const TAG_COMMIT_UNTIMED: u8 = 2;
+const TAG_SNAPSHOT_ENTRY_UNTIMED: u8 = 3;
 const TAG_SNAPSHOT_END: u8 = 4;
+const TAG_COMMIT: u8 = 5;
+const TAG_SNAPSHOT_ENTRY: u8 = 6;
 const MAX_RECORD: usize = 256 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -174,19 +265,16 @@ impl Enc {
         self.u32(s.len() as u32);
         self.0.extend_from_slice(s.as_bytes());
     }
-    fn ranges(
-        &mut self,
-        device: &str,
-        boot: u64,
-        ranges: impl ExactSizeIterator<Item = (u64, u64)>,
-    ) {
+    fn boot(&mut self, device: &str, boot: u64, seqs: &SeqRanges, newest_ms: i64) {
         self.str(device);
         self.u64(boot);
+        let ranges = seqs.to_vec();
         self.u32(ranges.len() as u32);
         for (s, e) in ranges {
             self.u64(s);
             self.u64(e);
         }
+        self.u64(newest_ms as u64);
     }
     fn framed(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.0.len() + 8);
@@ -197,8 +285,9 @@ impl Enc {
     }
 }
 
-/// A device id, a boot id and that boot's stored sequence ranges.
-type BootRanges = (String, u64, Vec<(u64, u64)>);
+/// A device id, a boot id, that boot's stored sequence ranges and its
+/// newest sample time.
+type BootRanges = (String, u64, Vec<(u64, u64)>, i64);
 
 struct Dec<'a>(&'a [u8]);
 
@@ -226,7 +315,9 @@ impl Dec<'_> {
         let n = self.u32()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).ok()
     }
-    fn ranges(&mut self) -> Option<BootRanges> {
+    /// One boot's entry; `untimed` (the older format) has no sample time
+    /// and gets `now_ms`.
+    fn boot(&mut self, untimed: Option<i64>) -> Option<BootRanges> {
         let device = self.str()?;
         let boot = self.u64()?;
         let n = self.u32()? as usize;
@@ -234,7 +325,11 @@ impl Dec<'_> {
         for _ in 0..n {
             ranges.push((self.u64()?, self.u64()?));
         }
-        Some((device, boot, ranges))
+        let newest_ms = match untimed {
+            Some(now_ms) => now_ms,
+            None => self.u64()? as i64,
+        };
+        Some((device, boot, ranges, newest_ms))
     }
 }
 
@@ -311,7 +406,9 @@ impl DedupStore {
     }
 
     /// Opens (or creates) the store in `dir`, replaying and repairing it.
-    pub fn open(dir: &Path, lake: Lake) -> Result<(DedupStore, Recovery), DedupError> {
+    /// `now_ms` stands for the sample time of entries written before boots
+    /// carried one, and of keys recovered from an interrupted flush.
+    pub fn open(dir: &Path, lake: Lake, now_ms: i64) -> Result<(DedupStore, Recovery), DedupError> {
         fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         let mut index = DedupIndex::default();
         let mut next_flush_id = 1u64;
@@ -324,11 +421,12 @@ impl DedupStore {
             for body in &records {
                 let mut d = Dec(body);
                 match d.u8() {
-                    Some(TAG_SNAPSHOT_ENTRY) => {
-                        let (device, boot, ranges) = d
-                            .ranges()
+                    Some(tag @ (TAG_SNAPSHOT_ENTRY | TAG_SNAPSHOT_ENTRY_UNTIMED)) => {
+                        let untimed = (tag == TAG_SNAPSHOT_ENTRY_UNTIMED).then_some(now_ms);
+                        let entry = d
+                            .boot(untimed)
                             .ok_or_else(|| DedupError::BadSnapshot(snapshot.clone()))?;
-                        apply_ranges(&mut index, &device, boot, &ranges);
+                        apply_boot(&mut index, entry);
                     }
                     Some(TAG_SNAPSHOT_END) => {
                         next_flush_id = d
@@ -358,15 +456,16 @@ impl DedupStore {
                     let files: Option<Vec<String>> = (0..n).map(|_| d.str()).collect();
                     intents.insert(flush_id, files.unwrap_or_default());
                 }
-                Some(TAG_COMMIT) => {
+                Some(tag @ (TAG_COMMIT | TAG_COMMIT_UNTIMED)) => {
                     intents.remove(&flush_id);
                     recovery.committed_flushes += 1;
+                    let untimed = (tag == TAG_COMMIT_UNTIMED).then_some(now_ms);
                     let n = d.u32().unwrap_or(0);
                     for _ in 0..n {
-                        let Some((device, boot, ranges)) = d.ranges() else {
+                        let Some(entry) = d.boot(untimed) else {
                             break;
                         };
-                        apply_ranges(&mut index, &device, boot, &ranges);
+                        apply_boot(&mut index, entry);
                     }
                 }
                 _ => {}
@@ -417,11 +516,12 @@ impl DedupStore {
                 if !rel.starts_with("dead_letter/") && store.lake.exists(&path)? {
                     for (device, boot, seq) in store.lake.read_reading_keys(&path)? {
                         if let Ok(device_id) = DeviceId::new(&device) {
-                            keys.push(ReadingKey {
+                            let key = ReadingKey {
                                 device_id,
                                 boot_id: BootId(boot),
                                 seq,
-                            });
+                            };
+                            keys.push((key, now_ms));
                         }
                     }
                 }
@@ -476,22 +576,22 @@ impl DedupStore {
         self.append(&e)
     }
 
-    /// Records, durably, that flush `flush_id` stored `keys`, and adds them
-    /// to the index.
-    pub fn commit(&mut self, flush_id: u64, keys: &[ReadingKey]) -> Result<(), DedupError> {
-        let mut sorted: Vec<&ReadingKey> = keys.iter().collect();
-        sorted.sort();
-        sorted.dedup();
-        let mut groups: Vec<(&DeviceId, BootId, SeqRanges)> = Vec::new();
-        for key in sorted {
+    /// Records, durably, that flush `flush_id` stored `keys` (each with
+    /// its reading's sample time), and adds them to the index.
+    pub fn commit(&mut self, flush_id: u64, keys: &[(ReadingKey, i64)]) -> Result<(), DedupError> {
+        let mut sorted: Vec<&(ReadingKey, i64)> = keys.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut groups: Vec<(&DeviceId, BootId, SeqRanges, i64)> = Vec::new();
+        for (key, sampled_ms) in sorted {
             match groups.last_mut() {
-                Some((d, b, ranges)) if *d == &key.device_id && *b == key.boot_id => {
+                Some((d, b, ranges, newest)) if *d == &key.device_id && *b == key.boot_id => {
                     ranges.insert(key.seq);
+                    *newest = (*newest).max(*sampled_ms);
                 }
                 _ => {
                     let mut ranges = SeqRanges::default();
                     ranges.insert(key.seq);
-                    groups.push((&key.device_id, key.boot_id, ranges));
+                    groups.push((&key.device_id, key.boot_id, ranges, *sampled_ms));
                 }
             }
         }
@@ -499,18 +599,14 @@ impl DedupStore {
         e.u8(TAG_COMMIT);
         e.u64(flush_id);
         e.u32(groups.len() as u32);
-        for (device, boot, ranges) in &groups {
-            e.ranges(
-                device.as_str(),
-                boot.0,
-                ranges.iter().collect::<Vec<_>>().into_iter(),
-            );
+        for (device, boot, ranges, newest_ms) in &groups {
+            e.boot(device.as_str(), boot.0, ranges, *newest_ms);
         }
         self.append(&e)?;
         {
             let mut index = self.index.write().unwrap_or_else(PoisonError::into_inner);
-            for key in keys {
-                index.insert(key);
+            for (key, sampled_ms) in keys {
+                index.insert(key, *sampled_ms);
             }
         }
         if self.journal_bytes > self.snapshot_after_bytes {
@@ -526,14 +622,10 @@ impl DedupStore {
         let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
         let mut buf = io::BufWriter::new(&mut file);
         let index = self.index.read().unwrap_or_else(PoisonError::into_inner);
-        for (device, boot, ranges) in index.iter() {
+        for (device, boot, entry) in index.iter() {
             let mut e = Enc::default();
             e.u8(TAG_SNAPSHOT_ENTRY);
-            e.ranges(
-                device.as_str(),
-                boot.0,
-                ranges.iter().collect::<Vec<_>>().into_iter(),
-            );
+            e.boot(device.as_str(), boot.0, &entry.seqs, entry.newest_ms);
             buf.write_all(&e.framed()).map_err(io_err("write", &tmp))?;
         }
         let mut e = Enc::default();
@@ -563,19 +655,36 @@ impl DedupStore {
         Ok(())
     }
 
+    /// Forgets every boot whose newest reading was sampled before
+    /// `cutoff_ms` (see [`DedupIndex::evict_sampled_before`]) and, when
+    /// any was, rewrites the snapshot so a restart does not load them
+    /// again. Returns how many boots were forgotten.
+    pub fn evict_sampled_before(&mut self, cutoff_ms: i64) -> Result<usize, DedupError> {
+        let evicted = self
+            .index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .evict_sampled_before(cutoff_ms);
+        if evicted > 0 {
+            self.snapshot()?;
+        }
+        Ok(evicted)
+    }
+
     #[cfg(test)]
     fn set_snapshot_after_bytes(&mut self, bytes: u64) {
         self.snapshot_after_bytes = bytes;
     }
 }
 
-fn apply_ranges(index: &mut DedupIndex, device: &str, boot: u64, ranges: &[(u64, u64)]) {
-    let Ok(device_id) = DeviceId::new(device) else {
+fn apply_boot(index: &mut DedupIndex, (device, boot, ranges, newest_ms): BootRanges) {
+    let Ok(device_id) = DeviceId::new(&device) else {
         return;
     };
     let entry = index.boot_entry(device_id, BootId(boot));
+    entry.newest_ms = entry.newest_ms.max(newest_ms);
     for (s, e) in ranges {
-        entry.insert_range(*s, *e);
+        entry.seqs.insert_range(s, e);
     }
 }
 
@@ -589,6 +698,12 @@ mod tests {
             boot_id: BootId(boot),
             seq,
         }
+    }
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn at(key: ReadingKey) -> (ReadingKey, i64) {
+        (key, NOW)
     }
 
     #[test]
@@ -611,6 +726,71 @@ mod tests {
         assert!(r.contains(29) && !r.contains(30) && !r.contains(9));
         r.insert_range(7, 11);
         assert_eq!(r.range_count(), 1);
+        assert_eq!(r, SeqRanges(Ranges::One(0, 30)), "one run is held inline");
+    }
+
+    #[test]
+    fn boots_not_sampled_within_the_horizon_are_forgotten_and_stay_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path().join("lake"));
+        let state = dir.path().join("state");
+        let day = 86_400_000;
+        {
+            let (mut store, _) = DedupStore::open(&state, lake.clone(), NOW).unwrap();
+            let id = store.next_flush_id();
+            store
+                .commit(
+                    id,
+                    &[
+                        (key("old", 1, 0), NOW - 40 * day),
+                        (key("mixed", 1, 0), NOW - 40 * day),
+                        (key("mixed", 2, 0), NOW - 40 * day),
+                        // A boot's newest sample counts, not its oldest.
+                        (key("mixed", 2, 1), NOW - day),
+                        (key("new", 1, 0), NOW),
+                    ],
+                )
+                .unwrap();
+            assert_eq!(store.evict_sampled_before(NOW - 31 * day).unwrap(), 2);
+            assert!(!store.is_stored(&key("old", 1, 0)));
+            assert!(!store.is_stored(&key("mixed", 1, 0)));
+            assert!(store.is_stored(&key("mixed", 2, 0)));
+            assert!(store.is_stored(&key("new", 1, 0)));
+            let index = store.index();
+            let index = index.read().unwrap();
+            assert_eq!((index.devices(), index.boots()), (2, 2));
+        }
+        let (store, _) = DedupStore::open(&state, lake, NOW).unwrap();
+        let index = store.index();
+        let index = index.read().unwrap();
+        assert_eq!((index.devices(), index.boots()), (2, 2), "not loaded again");
+        assert!(index.knows_boot(&DeviceId::new("mixed").unwrap(), BootId(2)));
+        assert_eq!(index.boots_of(&DeviceId::new("mixed").unwrap()), 1);
+    }
+
+    #[test]
+    fn entries_written_before_sample_times_are_read_as_sampled_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir_all(&state).unwrap();
+        // A commit record as earlier versions wrote it: no sample time.
+        let mut e = Enc::default();
+        e.u8(TAG_COMMIT_UNTIMED);
+        e.u64(1);
+        e.u32(1);
+        e.str("legacy");
+        e.u64(3);
+        e.u32(1);
+        e.u64(0);
+        e.u64(10);
+        fs::write(state.join("dedup.journal"), e.framed()).unwrap();
+        let (mut store, recovery) =
+            DedupStore::open(&state, Lake::new(dir.path().join("lake")), NOW).unwrap();
+        assert_eq!(recovery.committed_flushes, 1);
+        assert!((0..10).all(|s| store.is_stored(&key("legacy", 3, s))));
+        assert_eq!(store.evict_sampled_before(NOW - 1).unwrap(), 0);
+        assert_eq!(store.evict_sampled_before(NOW + 1).unwrap(), 1);
+        assert_eq!(store.next_flush_id(), 2);
     }
 
     #[test]
@@ -619,14 +799,17 @@ mod tests {
         let lake = Lake::new(dir.path().join("lake"));
         let state = dir.path().join("state");
         {
-            let (mut store, _) = DedupStore::open(&state, lake.clone()).unwrap();
+            let (mut store, _) = DedupStore::open(&state, lake.clone(), NOW).unwrap();
             let id = store.next_flush_id();
             store.write_intent(id, &[]).unwrap();
             store
-                .commit(id, &[key("a", 1, 0), key("a", 1, 1), key("b", 2, 9)])
+                .commit(
+                    id,
+                    &[at(key("a", 1, 0)), at(key("a", 1, 1)), at(key("b", 2, 9))],
+                )
                 .unwrap();
         }
-        let (mut store, recovery) = DedupStore::open(&state, lake.clone()).unwrap();
+        let (mut store, recovery) = DedupStore::open(&state, lake.clone(), NOW).unwrap();
         assert_eq!(recovery.committed_flushes, 1);
         assert!(store.is_stored(&key("a", 1, 1)));
         assert!(store.is_stored(&key("b", 2, 9)));
@@ -640,11 +823,11 @@ mod tests {
         let lake = Lake::new(dir.path().join("lake"));
         let state = dir.path().join("state");
         {
-            let (mut store, _) = DedupStore::open(&state, lake.clone()).unwrap();
+            let (mut store, _) = DedupStore::open(&state, lake.clone(), NOW).unwrap();
             store.set_snapshot_after_bytes(200);
             for seq in 0..50 {
                 let id = store.next_flush_id();
-                store.commit(id, &[key("dev", 7, seq)]).unwrap();
+                store.commit(id, &[at(key("dev", 7, seq))]).unwrap();
             }
         }
         // A half-written record at the end, as a crash mid-append leaves.
@@ -652,7 +835,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&journal).unwrap();
         f.write_all(&[40, 0, 0, 0, 1, 2, 3]).unwrap();
         drop(f);
-        let (mut store, recovery) = DedupStore::open(&state, lake).unwrap();
+        let (mut store, recovery) = DedupStore::open(&state, lake, NOW).unwrap();
         assert_eq!(recovery.truncated_bytes, 7);
         assert!((0..50).all(|s| store.is_stored(&key("dev", 7, s))));
         assert!(!store.is_stored(&key("dev", 7, 50)));
@@ -665,7 +848,7 @@ mod tests {
         let state = dir.path().join("state");
         fs::create_dir_all(&state).unwrap();
         fs::write(state.join("dedup.snapshot"), b"garbage!garbage!").unwrap();
-        let err = DedupStore::open(&state, Lake::new(dir.path().join("lake")))
+        let err = DedupStore::open(&state, Lake::new(dir.path().join("lake")), NOW)
             .err()
             .expect("fails")
             .to_string();

@@ -31,6 +31,7 @@ pub use mqtt::GatewayHealth;
 use crate::dedup::DedupStore;
 use crate::pipeline::PipelineConfig;
 use tillwatch_bus::decode::DecodeLimits;
+use tillwatch_bus::provisioning::{ProvisioningError, ProvisioningSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -46,6 +47,8 @@ pub enum GatewayError {
     Spool(#[from] tillwatch_clickhouse::SpoolError),
     #[error("the lake: {0}")]
     Lake(#[from] tillwatch_storage::LakeError),
+    #[error(transparent)]
+    Provisioning(#[from] ProvisioningError),
 }
 
 fn state_dir(config: &Config) -> PathBuf {
@@ -127,10 +130,18 @@ pub async fn run_gateway(
     let lake = Lake::from_config(config)?;
     let state = state_dir(config);
     let recovery_lake = lake.clone();
-    let (store, recovery) =
-        tokio::task::spawn_blocking(move || DedupStore::open(&state, recovery_lake))
-            .await
-            .expect("opening the dedup store does not panic")?;
+    let max_age = config.gateway.max_age;
+    let (store, recovery) = tokio::task::spawn_blocking(move || {
+        let now_ms = tillwatch_domain::UtcMillis::now().0;
+        let (mut store, recovery) = DedupStore::open(&state, recovery_lake, now_ms)?;
+        // Boots past the horizon are not loaded for long: a restart frees
+        // what the last run would have forgotten.
+        pipeline::evict(&mut store, pipeline::eviction_cutoff(now_ms, max_age));
+        pipeline::report_index(&store);
+        Ok::<_, dedup::DedupError>((store, recovery))
+    })
+    .await
+    .expect("opening the dedup store does not panic")?;
     info!(
         committed_flushes = recovery.committed_flushes,
         interrupted_flushes = recovery.interrupted_flushes,
@@ -140,12 +151,22 @@ pub async fn run_gateway(
         "dedup journal replayed"
     );
 
+    let provisioning = match &config.gateway.provisioning_file {
+        Some(path) => Some(ProvisioningSource::open(path)?),
+        None => None,
+    };
     let clickhouse = open_clickhouse(config).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
+    if let Some(source) = &provisioning {
+        source.spawn_reloader(
+            tillwatch_bus::provisioning::RELOAD_EVERY,
+            shutdown_rx.clone(),
+        );
+    }
     let (input_tx, input_rx) = mpsc::channel(256);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let pipeline_config = PipelineConfig {
@@ -156,6 +177,8 @@ pub async fn run_gateway(
         max_buffered_bytes: config.gateway.max_buffered_bytes,
         writer_id: config.mqtt.client_id.clone(),
         dead_letters_per_second: config.gateway.dead_letters_per_second,
+        max_boots_per_device: config.gateway.max_boots_per_device,
+        provisioning,
     };
     // The shipper outlives the pipeline: it stops after the last flush has
     // been spooled, draining for a moment before leaving the rest on disk.

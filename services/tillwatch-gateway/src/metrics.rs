@@ -27,6 +27,8 @@ pub const BROKER_CONNECTION_ERRORS: &str = "tillwatch_gateway_broker_connection_
 pub const REDELIVERIES: &str = "tillwatch_gateway_redeliveries_total";
 pub const WINDOW_LIMITED_FLUSHES: &str = "tillwatch_gateway_window_limited_flushes_total";
 pub const DEVICE_STATUS: &str = "tillwatch_gateway_device_status_total";
+pub const DEDUP_BOOTS: &str = "tillwatch_gateway_dedup_boots";
+pub const DEDUP_BOOTS_EVICTED: &str = "tillwatch_gateway_dedup_boots_evicted_total";
 
 /// Registers descriptions with the installed recorder. Idempotent.
 pub fn describe() {
@@ -69,6 +71,16 @@ pub fn describe() {
         DEAD_LETTERS_DROPPED,
         Unit::Count,
         "Rejected messages counted but not stored: over gateway.dead_letters_per_second"
+    );
+    describe_gauge!(
+        DEDUP_BOOTS,
+        Unit::Count,
+        "Terminal boots the dedup index holds (each costs tens of bytes)"
+    );
+    describe_counter!(
+        DEDUP_BOOTS_EVICTED,
+        Unit::Count,
+        "Boots the dedup index forgot: newest reading older than gateway.max_age"
     );
     describe_histogram!(FLUSH_ROWS, Unit::Count, "Rows written per flush");
     describe_histogram!(

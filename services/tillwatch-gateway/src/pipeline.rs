@@ -25,16 +25,17 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use tillwatch_clickhouse::{EncodedRows, Spool, SpoolError, encode_parts};
-use tillwatch_domain::{DeviceId, Kind, ReadingKey, StoreId, UtcMillis};
+use tillwatch_domain::{BootId, DeviceId, Kind, ReadingKey, RejectReason, StoreId, UtcMillis};
 use tillwatch_storage::{Lake, PartBatch, Staging, StoredReading};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::dedup::{DedupError, DedupIndex, DedupStore};
 use crate::metrics as m;
-use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_message};
+use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_provisioned};
+use tillwatch_bus::provisioning::ProvisioningSource;
 
 pub use tillwatch_bus::{AckToken, Incoming};
 
@@ -53,7 +54,15 @@ pub struct PipelineConfig {
     pub writer_id: String,
     /// Dead letters stored per second at most (see [`DeadLetterBudget`]).
     pub dead_letters_per_second: u32,
+    /// Boots of one device the dedup index tells apart (readings of more
+    /// are dead-lettered).
+    pub max_boots_per_device: usize,
+    /// Which merchant and store each terminal belongs to, when configured.
+    pub provisioning: Option<ProvisioningSource>,
 }
+
+/// How often the dedup index forgets boots past the sample-time horizon.
+const EVICT_EVERY_MS: i64 = 3_600_000;
 
 /// How many dead letters may still be stored: a token bucket refilled at
 /// `per_second`, holding ten seconds' worth, on the messages' receive
@@ -99,7 +108,10 @@ impl DeadLetterBudget {
 #[derive(Default)]
 struct Batch {
     staging: Staging,
-    keys: Vec<ReadingKey>,
+    /// The staged readings' keys, each with its sample time.
+    keys: Vec<(ReadingKey, i64)>,
+    /// Boots staged that the dedup index does not know yet, by device.
+    new_boots: HashMap<DeviceId, Vec<BootId>>,
     acks: Vec<AckToken>,
     messages: usize,
     /// Readings staged, by `Kind` index.
@@ -125,7 +137,7 @@ impl Batch {
 struct FlushOutcome {
     store: DedupStore,
     result: Result<FlushStats, DedupOrLake>,
-    batch_keys: Vec<ReadingKey>,
+    batch_keys: Vec<(ReadingKey, i64)>,
     acks: Vec<AckToken>,
     readings: [u64; 4],
     dead_letters: u64,
@@ -271,9 +283,13 @@ struct Pipeline {
     batch: Batch,
     /// Keys staged or being flushed: not yet in `committed`.
     pending: HashSet<ReadingKey>,
+    /// When the dedup index last forgot old boots (wall clock, ms).
+    evicted_at_ms: i64,
     /// Each device's store as this gateway's info messages said: the hint
-    /// written beside readings (the rollups attribute from the registry).
-    stores: HashMap<DeviceId, StoreId>,
+    /// written beside readings (the rollups attribute from the registry),
+    /// with when the device last sent anything (wall clock, ms): a device
+    /// silent past `max_age` is forgotten at the next eviction.
+    stores: HashMap<DeviceId, (StoreId, i64)>,
     /// Dead letters that may still be stored.
     dead_letter_budget: DeadLetterBudget,
     /// The flush running now, and the buffered bytes it holds.
@@ -321,6 +337,15 @@ impl Pipeline {
         }
         let bytes = self.batch.staging.approx_bytes();
         self.inflight_opened_ms = self.batch.opened_wall_ms;
+        let now_ms = UtcMillis::now().0;
+        let evict_before =
+            (now_ms.saturating_sub(self.evicted_at_ms) >= EVICT_EVERY_MS).then(|| {
+                self.evicted_at_ms = now_ms;
+                let cutoff = eviction_cutoff(now_ms, self.config.limits.sample_time.max_age);
+                self.stores.retain(|_, (_, seen_ms)| *seen_ms >= cutoff);
+                self.stores.shrink_to_fit();
+                cutoff
+            });
         let handle = start_flush(
             std::mem::take(&mut self.batch),
             self.store
@@ -330,6 +355,7 @@ impl Pipeline {
             self.spool.clone(),
             self.config.writer_id.clone(),
             self.stopping.clone(),
+            evict_before,
         );
         self.inflight = Some((handle, bytes));
         true
@@ -390,6 +416,7 @@ impl Pipeline {
                 self.spool.clone(),
                 self.config.writer_id.clone(),
                 self.stopping.clone(),
+                None,
             );
             let outcome = handle.await.expect("the flush task does not panic");
             finish_flush(outcome, &mut self.pending, &self.acks);
@@ -421,6 +448,7 @@ pub async fn run_pipeline(
         stopping: Arc::new(AtomicBool::new(false)),
         batch: Batch::default(),
         pending: HashSet::new(),
+        evicted_at_ms: UtcMillis::now().0,
         stores: HashMap::new(),
         dead_letter_budget,
         inflight: None,
@@ -602,11 +630,16 @@ impl Pipeline {
         if let Some(token) = message.ack {
             batch.acks.push(token);
         }
-        match decode_message(
+        let provisioning = config
+            .provisioning
+            .as_ref()
+            .map(ProvisioningSource::current);
+        match decode_provisioned(
             &message.topic,
             &message.payload,
             received_at,
             &config.limits,
+            provisioning.as_deref(),
         ) {
             Decoded::Telemetry {
                 merchant_id,
@@ -615,12 +648,38 @@ impl Pipeline {
                 rejected,
             } => {
                 tally.message(Channel::Telemetry);
-                let store_id = stores.get(&device_id);
+                let store_id = stores.get_mut(&device_id).map(|(store, seen_ms)| {
+                    *seen_ms = received_at.0;
+                    &*store
+                });
                 let index = committed.read().unwrap_or_else(PoisonError::into_inner);
                 for reading in &readings {
                     let kind = reading.kind() as usize;
                     tally.readings[kind] += 1;
                     let key = reading.key();
+                    if let Err(reason) = admit_boot(
+                        &index,
+                        &mut batch.new_boots,
+                        &key,
+                        config.max_boots_per_device,
+                    ) {
+                        tally.reject(reason.code());
+                        if dead_letter_budget.take(received_at.0) {
+                            let dead = tillwatch_bus::decode::refused_reading(
+                                &message.topic,
+                                &message.payload,
+                                received_at,
+                                &key,
+                                &merchant_id,
+                                reason,
+                            );
+                            batch.staging.push_dead_letter(&dead);
+                            batch.dead_letters += 1;
+                        } else {
+                            tally.dead_letters_dropped += 1;
+                        }
+                        continue;
+                    }
                     if index.contains(&key) || !pending.insert(key.clone()) {
                         tally.duplicates += 1;
                         continue;
@@ -631,7 +690,7 @@ impl Pipeline {
                         store_id,
                         received_at,
                     });
-                    batch.keys.push(key);
+                    batch.keys.push((key, reading.sampled_at.0));
                     batch.readings[kind] += 1;
                 }
                 drop(index);
@@ -656,7 +715,7 @@ impl Pipeline {
             Decoded::Info(info) => {
                 tally.message(Channel::Info);
                 match info.store_id {
-                    Some(store) => stores.insert(info.device_id, store),
+                    Some(store) => stores.insert(info.device_id, (store, received_at.0)),
                     None => stores.remove(&info.device_id),
                 };
             }
@@ -674,6 +733,38 @@ impl Pipeline {
     }
 }
 
+/// Whether a reading of `key`'s boot may be staged: always for a boot the
+/// index or this batch already holds; for a new one, while its device has
+/// fewer than `limit` boots. (A flush in flight may hold a few more, so the
+/// bound is the limit plus what one flush adds.)
+fn admit_boot(
+    index: &DedupIndex,
+    new_boots: &mut HashMap<DeviceId, Vec<BootId>>,
+    key: &ReadingKey,
+    limit: usize,
+) -> Result<(), RejectReason> {
+    if index.knows_boot(&key.device_id, key.boot_id) {
+        return Ok(());
+    }
+    let staged = new_boots.get(&key.device_id);
+    if staged.is_some_and(|b| b.contains(&key.boot_id)) {
+        return Ok(());
+    }
+    let count = index.boots_of(&key.device_id) + staged.map_or(0, Vec::len);
+    if count >= limit {
+        return Err(RejectReason::TooManyBoots {
+            boot_id: key.boot_id.0,
+            count: count + 1,
+            limit,
+        });
+    }
+    new_boots
+        .entry(key.device_id.clone())
+        .or_default()
+        .push(key.boot_id);
+    Ok(())
+}
+
 fn start_flush(
     batch: Batch,
     mut store: DedupStore,
@@ -681,6 +772,7 @@ fn start_flush(
     spool: Option<Spool>,
     writer_id: String,
     stopping: Arc<AtomicBool>,
+    evict_before: Option<i64>,
 ) -> JoinHandle<FlushOutcome> {
     tokio::task::spawn_blocking(move || {
         let parts = batch.staging.finish();
@@ -719,6 +811,10 @@ fn start_flush(
             }
         };
         histogram!(m::FLUSH_DURATION).record(started.elapsed().as_secs_f64());
+        if let (Ok(_), Some(cutoff)) = (&result, evict_before) {
+            evict(&mut store, cutoff);
+        }
+        report_index(&store);
         FlushOutcome {
             store,
             result,
@@ -730,6 +826,44 @@ fn start_flush(
     })
 }
 
+/// The oldest sample time the dedup index must still know at `now_ms`:
+/// readings sampled before `now - max_age` are refused before the index is
+/// asked; an hour more covers the clock moving between the two.
+pub(crate) fn eviction_cutoff(now_ms: i64, max_age: Duration) -> i64 {
+    let max_age_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+    now_ms
+        .saturating_sub(max_age_ms)
+        .saturating_sub(EVICT_EVERY_MS)
+}
+
+/// Forgets boots sampled before `cutoff` (on the flush thread: it may
+/// rewrite the snapshot), and publishes the index's size.
+pub(crate) fn evict(store: &mut DedupStore, cutoff: i64) {
+    match store.evict_sampled_before(cutoff) {
+        Ok(0) => {}
+        Ok(n) => {
+            counter!(m::DEDUP_BOOTS_EVICTED).increment(n as u64);
+            debug!(
+                boots = n,
+                "dedup index forgot boots older than gateway.max_age"
+            );
+        }
+        Err(e) => {
+            warn!(error = %e, "dedup index: writing the snapshot after eviction failed; retried next hour")
+        }
+    }
+}
+
+/// Publishes the dedup index's size.
+pub(crate) fn report_index(store: &DedupStore) {
+    let boots = store
+        .index()
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .boots();
+    gauge!(m::DEDUP_BOOTS).set(boots as f64);
+}
+
 /// Spool, intent, files, commit: see `dedup` for why this order survives a
 /// crash at any point. The spool goes first so that rows the dedup index
 /// counts as stored (after a crash, from the files) are always spooled too.
@@ -739,7 +873,7 @@ fn write_flush(
     clickhouse: Option<(&Spool, &Vec<EncodedRows>)>,
     writer_id: &str,
     parts: &[PartBatch],
-    keys: &[ReadingKey],
+    keys: &[(ReadingKey, i64)],
     stopping: &AtomicBool,
 ) -> Result<FlushStats, DedupOrLake> {
     if parts.is_empty() {
@@ -787,7 +921,7 @@ fn finish_flush(
         readings,
         dead_letters,
     } = outcome;
-    for key in &batch_keys {
+    for (key, _) in &batch_keys {
         pending.remove(key);
     }
     match result {
@@ -889,9 +1023,30 @@ mod tests {
         channel: usize,
         spool: Option<Spool>,
     ) -> Running {
+        spawn_pipeline_with(
+            dir,
+            lake_root,
+            flush_max_rows,
+            max_buffered_bytes,
+            channel,
+            spool,
+            |_| {},
+        )
+    }
+
+    fn spawn_pipeline_with(
+        dir: &std::path::Path,
+        lake_root: &std::path::Path,
+        flush_max_rows: usize,
+        max_buffered_bytes: usize,
+        channel: usize,
+        spool: Option<Spool>,
+        tweak: impl FnOnce(&mut PipelineConfig),
+    ) -> Running {
         let lake = Lake::new(lake_root);
-        let (store, _) = DedupStore::open(&dir.join("state"), lake.clone()).unwrap();
-        let config = PipelineConfig {
+        let (store, _) =
+            DedupStore::open(&dir.join("state"), lake.clone(), UtcMillis::now().0).unwrap();
+        let mut config = PipelineConfig {
             limits: DecodeLimits {
                 max_payload_bytes: 1024,
                 sample_time: Limits::default(),
@@ -902,7 +1057,10 @@ mod tests {
             max_buffered_bytes,
             writer_id: "test".into(),
             dead_letters_per_second: 1_000,
+            max_boots_per_device: 1_000,
+            provisioning: None,
         };
+        tweak(&mut config);
         let (input_tx, input_rx) = mpsc::channel(channel);
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -913,6 +1071,7 @@ mod tests {
         (input_tx, ack_rx, pipeline)
     }
 
+    /// Readings in the lake's reading tables (dead letters not counted).
     fn stored_readings(root: &std::path::Path) -> usize {
         let mut stored = 0;
         let mut stack = vec![root.to_path_buf()];
@@ -920,7 +1079,9 @@ mod tests {
             for entry in std::fs::read_dir(dir).unwrap() {
                 let path = entry.unwrap().path();
                 if path.is_dir() {
-                    stack.push(path);
+                    if !path.ends_with("dead_letter") {
+                        stack.push(path);
+                    }
                 } else if path.extension().is_some_and(|e| e == "parquet") {
                     stored += tillwatch_storage::read_reading_keys(&path).unwrap().len();
                 }
@@ -1131,10 +1292,90 @@ mod tests {
         let (store, _) = DedupStore::open(
             &dir.path().join("state"),
             Lake::new(dir.path().join("lake")),
+            UtcMillis::now().0,
         )
         .unwrap();
         assert_eq!(store.index().read().unwrap().boots(), 1);
         let stored = stored_readings(&dir.path().join("lake"));
         assert_eq!(stored, 5);
+    }
+
+    /// Dead letters in the lake with `code`, and the boot ids their
+    /// payloads (the refused readings) carry.
+    fn dead_letter_boots(root: &std::path::Path, code: &str) -> Vec<u64> {
+        use arrow::array::{Array, BinaryArray, StringArray};
+        let mut boots = Vec::new();
+        let mut stack = vec![root.join("dead_letter")];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                for batch in tillwatch_storage::read_file(&path).unwrap() {
+                    let codes = batch.column_by_name("reason_code").unwrap();
+                    let codes = codes.as_any().downcast_ref::<StringArray>().unwrap();
+                    let payloads = batch.column_by_name("payload").unwrap();
+                    let payloads = payloads.as_any().downcast_ref::<BinaryArray>().unwrap();
+                    for i in 0..codes.len() {
+                        if codes.value(i) == code {
+                            let raw = pb::Reading::decode(payloads.value(i)).unwrap();
+                            boots.push(raw.boot_id);
+                        }
+                    }
+                }
+            }
+        }
+        boots.sort_unstable();
+        boots
+    }
+
+    /// A terminal that makes up a boot id per reading is held to
+    /// `max_boots_per_device` boots: the rest are dead-lettered with the
+    /// reading kept (and acked), while further readings of a boot already
+    /// known are stored as usual.
+    #[tokio::test]
+    async fn boots_beyond_the_per_device_limit_are_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = dir.path().join("lake");
+        let (input_tx, mut ack_rx, pipeline) =
+            spawn_pipeline_with(dir.path(), &lake, 3, 1 << 20, 16, None, |c| {
+                c.max_boots_per_device = 4;
+            });
+        let with_boot = |boot: u64, seq: u64, pkid: u16| {
+            let mut m = message(seq);
+            let mut batch = pb::TelemetryBatch::decode(m.payload.as_ref()).unwrap();
+            batch.readings[0].boot_id = boot;
+            m.payload = batch.encode_to_vec().into();
+            m.ack = Some(AckToken { pkid, qos: 1 });
+            m
+        };
+        for boot in 0..10u64 {
+            input_tx
+                .send(with_boot(boot, 0, boot as u16 + 1))
+                .await
+                .unwrap();
+        }
+        // A known boot goes on.
+        input_tx.send(with_boot(2, 1, 100)).await.unwrap();
+        drop(input_tx);
+        pipeline.await.unwrap();
+        let mut acked = 0;
+        while let Ok(tokens) = ack_rx.try_recv() {
+            acked += tokens.len();
+        }
+        assert_eq!(
+            acked, 11,
+            "refused readings are acked too: they are kept as dead letters"
+        );
+        assert_eq!(stored_readings(&lake), 5);
+        assert_eq!(
+            dead_letter_boots(&lake, "too_many_boots"),
+            vec![4, 5, 6, 7, 8, 9]
+        );
     }
 }

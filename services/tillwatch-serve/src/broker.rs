@@ -14,8 +14,7 @@ use tillwatch_config::EmbeddedBrokerConfig;
 use tracing::info;
 
 pub mod front;
-mod passwords;
-pub use passwords::{PasswordFile, PasswordFileError};
+pub use tillwatch_bus::passwords::{PasswordFile, PasswordFileError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedBrokerError {

@@ -571,6 +571,14 @@ fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
         }
     }
     validate(&config)?;
+    if let Some(path) = &config.gateway.provisioning_file {
+        let source = tillwatch_bus::provisioning::ProvisioningSource::open(path)?;
+        println!(
+            "gateway.provisioning_file: {} terminals provisioned in {}",
+            source.current().len(),
+            path.display()
+        );
+    }
     println!("configuration OK");
     Ok(())
 }

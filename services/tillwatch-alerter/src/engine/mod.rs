@@ -28,7 +28,7 @@ mod tests;
 mod windows;
 
 use catalog::{DeviceRule, built_in_rules, ms};
-use windows::{DeviceView, prune};
+use windows::DeviceView;
 
 pub const STORE_OFFLINE: &str = "store_offline";
 pub const MERCHANT_OFFLINE: &str = "merchant_offline";
@@ -42,6 +42,9 @@ const FORECAST_FOR_MS: i64 = 300_000;
 /// A margin that means "no risk" (charging, not discharging).
 const NO_RISK_S: f64 = 1e9;
 const HOUR_MS: i64 = 3_600_000;
+/// A terminal silent this long (offline, no open alert) leaves the
+/// engine's memory; the registry keeps it.
+const FORGET_SILENT_AFTER_MS: i64 = 30 * 24 * HOUR_MS;
 
 /// Alerts to write to the store: changed ones, and pending ones that went
 /// away without firing.
@@ -179,6 +182,11 @@ impl Engine {
             view.firmware_version = d.firmware_version;
             view.app_version = d.app_version;
             view.time_zone = d.time_zone;
+            view.last_seen_ms = view.last_seen_ms.max(
+                d.last_seen_ms
+                    .unwrap_or(d.first_seen_ms)
+                    .max(d.info_at_ms.unwrap_or(i64::MIN)),
+            );
             self.place(&d.device_id, d.store_id);
         }
         for a in open {
@@ -204,7 +212,9 @@ impl Engine {
 
     /// Resumes a device's connectivity state, without evaluating.
     pub fn restore_connectivity(&mut self, device_id: &str, state: ConnState, since: UtcMillis) {
-        self.devices.entry(device_id.to_string()).or_default().conn = Some((state, since.0));
+        let view = self.devices.entry(device_id.to_string()).or_default();
+        view.conn = Some((state, since.0));
+        view.last_seen_ms = view.last_seen_ms.max(since.0);
     }
 
     pub fn set_store(&mut self, s: StoreRecord) -> Result<(), StoreRecordError> {
@@ -294,6 +304,7 @@ impl Engine {
         view.firmware_version = Some(info.firmware_version.clone());
         view.app_version = Some(info.app_version.clone());
         view.time_zone = (!info.time_zone.is_empty()).then(|| info.time_zone.clone());
+        view.last_seen_ms = view.last_seen_ms.max(now);
         self.place(id, info.store_id.as_ref().map(|s| s.as_str().to_string()));
         self.evaluate_device(id, now, changes);
     }
@@ -307,11 +318,7 @@ impl Engine {
         changes: &mut Changes,
     ) {
         let now = now.0;
-        let keep_from = now
-            - HOUR_MS
-                .max(self.crash_window_ms)
-                .max(self.latency_window_ms);
-        let forecast_from = now - self.forecast_window_ms;
+        let (keep_from, forecast_from) = self.windows_from(now);
         let view = self
             .devices
             .entry(device_id.to_string())
@@ -322,6 +329,7 @@ impl Engine {
         if view.merchant_id.is_empty() {
             view.merchant_id = merchant_id.to_string();
         }
+        view.last_seen_ms = view.last_seen_ms.max(now);
         for reading in readings {
             let t = reading.sampled_at.0;
             for (signal, value) in tillwatch_domain::signals::signals_of(reading) {
@@ -354,11 +362,45 @@ impl Engine {
         view.crashes.make_contiguous().sort_by_key(|s| s.0);
         view.latency.make_contiguous().sort_by_key(|s| s.0);
         view.battery.make_contiguous().sort_by_key(|s| s.0);
-        prune(&mut view.disconnects, |s| s.0, keep_from);
-        prune(&mut view.crashes, |s| s.0, keep_from);
-        prune(&mut view.latency, |s| s.0, keep_from);
-        prune(&mut view.battery, |s| s.0, forecast_from);
+        view.prune(keep_from, forecast_from);
         self.evaluate_device(device_id, now, changes);
+    }
+
+    /// Where the windows start at `now`: (disconnects, crashes and
+    /// latency; the battery forecast).
+    fn windows_from(&self, now: i64) -> (i64, i64) {
+        let keep_from = now
+            - HOUR_MS
+                .max(self.crash_window_ms)
+                .max(self.latency_window_ms);
+        (keep_from, now - self.forecast_window_ms)
+    }
+
+    /// Frees what no rule can use any more: samples that left every
+    /// window of a device that went quiet, and devices silent since
+    /// before `FORGET_SILENT_AFTER_MS` that are not online and have no
+    /// open alert (they stay in the registry; their next message brings
+    /// them back). Returns how many devices were forgotten.
+    fn forget_old(&mut self, now: i64) -> usize {
+        let (keep_from, forecast_from) = self.windows_from(now);
+        let cutoff = now.saturating_sub(FORGET_SILENT_AFTER_MS);
+        let mut forget = Vec::new();
+        for (id, view) in self.devices.iter_mut() {
+            view.prune(keep_from, forecast_from);
+            let online = matches!(view.conn, Some((ConnState::Online, _)));
+            if view.last_seen_ms < cutoff && !online && !self.open_rules.contains_key(id) {
+                forget.push(id.clone());
+            }
+        }
+        for id in &forget {
+            self.place(id, None);
+            self.devices.remove(id);
+        }
+        if !forget.is_empty() {
+            self.by_store.retain(|_, members| !members.is_empty());
+            self.devices.shrink_to_fit();
+        }
+        forget.len()
     }
 
     /// A device's connectivity changed (from the tracker).
@@ -391,6 +433,13 @@ impl Engine {
     /// close, silences and maintenance windows start and end.
     pub fn sweep(&mut self, now: UtcMillis, changes: &mut Changes) {
         let now = now.0;
+        let forgotten = self.forget_old(now);
+        if forgotten > 0 {
+            tracing::debug!(
+                devices = forgotten,
+                "alerter forgot terminals silent for 30 days"
+            );
+        }
         let ids: Vec<String> = self.devices.keys().cloned().collect();
         for id in &ids {
             self.evaluate_device(id, now, changes);

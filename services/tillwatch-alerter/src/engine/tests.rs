@@ -270,3 +270,63 @@ fn a_merchant_wide_outage_is_one_merchant_alert_over_its_stores() {
         "{terminals:?}"
     );
 }
+
+/// What the engine holds per terminal is bounded: samples leave memory
+/// when they leave every window, even if the terminal goes quiet, and a
+/// terminal silent for 30 days that is neither online nor alerting is
+/// forgotten (its next message brings it back).
+#[test]
+fn quiet_terminals_give_their_memory_back() {
+    let mut e = engine();
+    let mut changes = Changes::default();
+    for (seq, id) in ["quiet", "online", "alerting"].into_iter().enumerate() {
+        e.on_readings(
+            "m-1",
+            id,
+            &[reading(seq as u64, T0, app(10, 300, 1, 0))],
+            UtcMillis(T0),
+            &mut changes,
+        );
+    }
+    e.on_connectivity(
+        "online",
+        ConnState::Online,
+        UtcMillis(T0),
+        UtcMillis(T0),
+        &mut changes,
+    );
+    e.on_connectivity(
+        "alerting",
+        ConnState::Offline(OfflineReason::LastWill),
+        UtcMillis(T0),
+        UtcMillis(T0),
+        &mut changes,
+    );
+    assert_eq!(e.devices["quiet"].crashes.len(), 1);
+
+    e.sweep(UtcMillis(T0 + 2 * HOUR_MS), &mut changes);
+    assert!(
+        e.devices["quiet"].crashes.is_empty() && e.devices["quiet"].latency.is_empty(),
+        "samples out of every window are dropped without a new reading"
+    );
+    assert!(
+        e.open_rules.contains_key("alerting"),
+        "the offline alert is open"
+    );
+
+    e.sweep(UtcMillis(T0 + 31 * 24 * HOUR_MS), &mut changes);
+    let mut left: Vec<&str> = e.devices.keys().map(String::as_str).collect();
+    left.sort_unstable();
+    assert_eq!(left, ["alerting", "online"]);
+
+    // Its next reading brings it back.
+    let back = T0 + 32 * 24 * HOUR_MS;
+    e.on_readings(
+        "m-1",
+        "quiet",
+        &[reading(9, back, battery(80, false))],
+        UtcMillis(back),
+        &mut changes,
+    );
+    assert_eq!(e.devices["quiet"].latest["battery_level_pct"].0, 80.0);
+}

@@ -28,6 +28,28 @@ pub(super) struct DeviceView {
     /// Levels while discharging.
     pub(super) battery: VecDeque<(i64, f64)>,
     pub(super) conn: Option<(ConnState, i64)>,
+    /// When anything last came from or about it: a reading or info
+    /// message arriving, a connectivity change.
+    pub(super) last_seen_ms: i64,
+}
+
+impl DeviceView {
+    /// Drops samples older than the windows (`keep_from`, and
+    /// `forecast_from` for the battery), giving back emptied buffers.
+    pub(super) fn prune(&mut self, keep_from: i64, forecast_from: i64) {
+        prune(&mut self.disconnects, |s| s.0, keep_from);
+        prune(&mut self.crashes, |s| s.0, keep_from);
+        prune(&mut self.latency, |s| s.0, keep_from);
+        prune(&mut self.battery, |s| s.0, forecast_from);
+        for empty in [&mut self.disconnects, &mut self.crashes, &mut self.battery] {
+            if empty.is_empty() && empty.capacity() > 0 {
+                *empty = VecDeque::new();
+            }
+        }
+        if self.latency.is_empty() && self.latency.capacity() > 0 {
+            self.latency = VecDeque::new();
+        }
+    }
 }
 
 /// Weighted 95th percentile of per-interval mean latencies.

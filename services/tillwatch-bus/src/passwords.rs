@@ -129,8 +129,13 @@ impl PasswordFile {
         Ok(PasswordFile { accounts })
     }
 
+    /// How many logins the file holds.
     pub fn len(&self) -> usize {
         self.accounts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
     }
 
     /// Whether `password` is `username`'s.
