@@ -5,6 +5,8 @@
 //! brings it back online and resolves the page. An Alertmanager that is
 //! down when the page is due gets it once it is back. A store of the
 //! simulated fleet losing its uplink is one store page, its terminals' held.
+//! Every link a page carries is followed: it opens Tillwatch's page (served
+//! by the API on the alerter's metadata store) for that terminal or store.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,8 @@ use tillwatch_proto::telemetry::v1 as pb;
 use tokio::sync::watch;
 
 const DEVICE: &str = "term-will-1";
+/// On-call's token for the API behind the pages.
+const VIEWER: &str = "alerter-test-viewer-token";
 const TOPIC: &str = "tw/v1/m-1/term-will-1";
 
 fn status(state: pb::ConnectionState, reason: pb::StatusReason) -> Vec<u8> {
@@ -106,6 +110,8 @@ async fn report_until_online(client: &AsyncClient, store: &MetaStore, seq: &mut 
 /// `alertmanager_url` as soon as a terminal is offline (no `for`).
 struct Running {
     store: MetaStore,
+    /// The pages and API on the same metadata store (`alerting.public_url`).
+    pages: std::net::SocketAddr,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), tillwatch_alerter::AlerterError>>,
     _dir: tempfile::TempDir,
@@ -128,6 +134,11 @@ async fn start_alerter_with(
     config.mqtt.broker = mosquitto.url();
     config.alerting.alertmanager_url = Some(alertmanager_url.to_string());
     config.alerting.rules.offline.for_ = Duration::ZERO;
+    let pages_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pages = pages_listener.local_addr().unwrap();
+    config.alerting.public_url = Some(format!("http://{pages}/"));
+    config.http.tokens =
+        tillwatch_integration_tests::test_tokens(VIEWER, "alerter-test-operator-token");
     tweak(&mut config);
     config.validate().unwrap();
     let (stop, mut stop_rx) = watch::channel(false);
@@ -142,8 +153,22 @@ async fn start_alerter_with(
         })
     };
     let store = MetaStore::connect(&config.metadata_url()).await.unwrap();
+    let router = tillwatch_serve::api_router(&config, store.clone())
+        .await
+        .unwrap();
+    let mut stopped = stop.subscribe();
+    tokio::spawn(tillwatch_serve::serve_http(
+        pages_listener,
+        tillwatch_serve::Readiness::Started,
+        router,
+        tillwatch_serve::HttpServing::of(&config).unwrap(),
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+    ));
     Running {
         store,
+        pages,
         stop,
         task,
         _dir: dir,
@@ -151,6 +176,27 @@ async fn start_alerter_with(
 }
 
 impl Running {
+    /// Opens `link` as on-call would from the page: it must be one of
+    /// Tillwatch's pages on this server, and it must load. Returns the
+    /// link's query parameters.
+    fn follow(&self, link: &str) -> std::collections::BTreeMap<String, String> {
+        let base = format!("http://{}", self.pages);
+        let path = link
+            .strip_prefix(&base)
+            .unwrap_or_else(|| panic!("{link} is not on {base}"));
+        let (status, body) = tillwatch_integration_tests::http_get(self.pages, path).unwrap();
+        assert_eq!(status, 200, "{link}: {body}");
+        assert!(body.contains("<html"), "{link} is not a page: {body}");
+        let query = path.split_once('?').map(|(_, q)| q).unwrap_or_default();
+        form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect()
+    }
+
+    /// GET `path` on the API as on-call: (status, JSON body).
+    fn api(&self, path: &str) -> (u16, serde_json::Value) {
+        tillwatch_integration_tests::api_call(self.pages, "GET", path, None, Some(VIEWER))
+    }
     async fn stop(self) -> MetaStore {
         let _ = self.stop.send(true);
         self.task.await.unwrap().unwrap();
@@ -225,11 +271,18 @@ async fn an_unclean_disconnect_is_offline_by_last_will_and_paged_at_alertmanager
     let alert = &alertmanager.alerts_named("offline", "device_id", DEVICE)[0];
     assert_eq!(alert["labels"]["merchant_id"], "m-1", "{alert}");
     assert_eq!(alert["labels"]["severity"], "critical");
-    assert!(
-        alert["generatorURL"]
-            .as_str()
-            .is_some_and(|u| u.ends_with(&format!("/devices/{DEVICE}"))),
-        "{alert}"
+    // The link in the page opens the terminal's page, and that page's
+    // data is the terminal's.
+    let link = alert["generatorURL"].as_str().unwrap_or_default();
+    assert_eq!(alert["annotations"]["device_url"], link, "{alert}");
+    let query = running.follow(link);
+    assert_eq!(query.get("id").map(String::as_str), Some(DEVICE), "{link}");
+    let (status, card) = running.api(&format!("/api/v1/devices/{}", query["id"]));
+    assert_eq!(status, 200, "{card}");
+    assert_eq!(card["device"]["device_id"], DEVICE, "{card}");
+    assert_eq!(
+        card["alerts"][0]["rule"], "offline",
+        "the page shows the alert: {card}"
     );
 
     // It reconnects and reports: online again, and the page resolves.
@@ -359,6 +412,24 @@ async fn a_simulated_store_outage_is_one_page_at_alertmanager() {
             .is_some_and(|s| s.contains("of 6 terminals")),
         "{}",
         pages[0]
+    );
+    // Its link opens the store's page, whose data lists the store.
+    let link = pages[0]["generatorURL"].as_str().unwrap_or_default();
+    let query = running.follow(link);
+    assert_eq!(query.get("id").map(String::as_str), Some("m-000"), "{link}");
+    assert_eq!(
+        query.get("store").map(String::as_str),
+        Some("m-000-s0"),
+        "{link}"
+    );
+    let (status, merchant) = running.api(&format!(
+        "/api/v1/merchants/{}?store={}",
+        query["id"], query["store"]
+    ));
+    assert_eq!(status, 200, "{merchant}");
+    assert!(
+        merchant["devices"].as_array().is_some_and(|d| d.len() == 6),
+        "the store's six terminals: {merchant}"
     );
     // Each terminal's own alert is there, attached to the store's.
     let alerts = store

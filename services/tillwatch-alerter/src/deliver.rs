@@ -65,6 +65,14 @@ fn http_client() -> HttpClient {
     Client::builder(TokioExecutor::new()).build(builder.https_or_http().enable_http1().build())
 }
 
+/// The page an alert links to: its terminal's, its store's or its
+/// merchant's.
+fn page_link(a: &AlertRecord) -> Option<String> {
+    ["device_url", "store_url", "merchant_url"]
+        .iter()
+        .find_map(|k| a.annotations.get(*k).cloned())
+}
+
 fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.to_string())
@@ -186,7 +194,7 @@ impl Receiver {
             "annotations": a.annotations,
             "startsAt": rfc3339(a.fired_at_ms.unwrap_or(a.pending_since_ms)),
             "endsAt": rfc3339(ends),
-            "generatorURL": a.annotations.get("device_url").or(a.annotations.get("store_url")).cloned().unwrap_or_default(),
+            "generatorURL": page_link(a).unwrap_or_default(),
         })
     }
 
@@ -214,10 +222,7 @@ impl Receiver {
         let resolve = a.notify == Some(AlertState::Resolved);
         let mut details: BTreeMap<String, String> = a.labels.clone();
         details.extend(a.annotations.clone());
-        let link = a
-            .annotations
-            .get("device_url")
-            .or(a.annotations.get("store_url"));
+        let link = page_link(a);
         json!({
             "routing_key": self.routing_key,
             "event_action": if resolve { "resolve" } else { "trigger" },

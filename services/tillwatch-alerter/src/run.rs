@@ -49,13 +49,27 @@ pub enum AlerterError {
 }
 
 /// Where alert annotations link to: `alerting.public_url`, else the HTTP
-/// listener.
+/// listener (https when it serves TLS). A listener on every interface has
+/// no address a browser can open, so that case is warned about.
 pub fn public_url(config: &Config) -> String {
-    config
-        .alerting
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", config.http.listen))
+    if let Some(url) = &config.alerting.public_url {
+        return url.clone();
+    }
+    let http = &config.http;
+    if http.listen.ip().is_unspecified() {
+        tracing::warn!(
+            listen = %http.listen,
+            "alerting.public_url is not set and http.listen is every interface: \
+             the links in alerts will not open; set alerting.public_url to the \
+             address people reach Tillwatch at"
+        );
+    }
+    let scheme = if http.tls_cert_file.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    format!("{scheme}://{}", http.listen)
 }
 
 /// Retries `$op` (an expression giving a future of a `Result`) with

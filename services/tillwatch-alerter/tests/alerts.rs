@@ -163,7 +163,7 @@ async fn draining_battery_pages_once_and_survives_a_restart(url: &str) {
     assert_eq!(fired.labels["severity"], "warning");
     assert_eq!(
         fired.annotations["device_url"],
-        "http://tillwatch.test/devices/t-1"
+        "http://tillwatch.test/ui/device?id=t-1"
     );
     assert_eq!(
         fired.annotations["value_battery_level_pct"], "15",

@@ -71,7 +71,7 @@ fn firing(id: &str) -> AlertRecord {
         .collect(),
         annotations: [
             ("summary", "Battery at 8 % and not charging"),
-            ("device_url", "http://tw.test/devices/t-1"),
+            ("device_url", "http://tw.test/ui/device?id=t-1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -231,7 +231,10 @@ async fn the_pagerduty_preset_triggers_and_resolves_by_dedup_key() {
         bodies[0]["payload"]["summary"],
         "Battery at 8 % and not charging"
     );
-    assert_eq!(bodies[0]["links"][0]["href"], "http://tw.test/devices/t-1");
+    assert_eq!(
+        bodies[0]["links"][0]["href"],
+        "http://tw.test/ui/device?id=t-1"
+    );
     assert_eq!(bodies[1]["event_action"], "resolve");
     assert_eq!(bodies[1]["dedup_key"], "battery_critical:t-1:1000");
 

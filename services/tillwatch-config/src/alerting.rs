@@ -31,7 +31,8 @@ impl Severity {
 #[serde(deny_unknown_fields, default)]
 pub struct AlertingConfig {
     /// Where people open Tillwatch's pages; alert annotations link to
-    /// `<public_url>/devices/<device_id>`. Unset: the `http.listen` address.
+    /// `<public_url>/ui/device?id=<device_id>` (and the merchant page for
+    /// store and merchant alerts). Unset: the `http.listen` address.
     pub public_url: Option<String>,
     /// Shorthand for one Alertmanager receiver (also `--alertmanager-url`).
     pub alertmanager_url: Option<String>,

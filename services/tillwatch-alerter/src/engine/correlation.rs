@@ -174,7 +174,7 @@ impl Engine {
             ("offline_stores".to_string(), listed),
             (
                 "merchant_url".to_string(),
-                format!("{}/merchants/{merchant}", self.public_url),
+                self.page_url("merchant", &[("id", merchant)]),
             ),
         ]);
         self.apply_grouped(&subject, step, labels, annotations, now, changes);
@@ -279,7 +279,7 @@ impl Engine {
                 ("offline_devices".to_string(), listed),
                 (
                     "store_url".to_string(),
-                    format!("{}/merchants/{merchant}/stores/{store}", self.public_url),
+                    self.page_url("merchant", &[("id", merchant), ("store", store)]),
                 ),
             ]);
             self.apply_grouped(&subject, step, labels, annotations, now, changes);

@@ -111,10 +111,7 @@ impl Engine {
                 .filter(|name| *name != "store_closed")
                 .filter_map(|name| Some((format!("value_{name}"), shown(*signals.get(name)?))))
                 .collect();
-            annotations.insert(
-                "device_url".into(),
-                format!("{}/devices/{device_id}", self.public_url),
-            );
+            annotations.insert("device_url".into(), self.device_url(device_id));
             annotations.insert("summary".into(), summary);
             let draft = Draft {
                 key,
@@ -368,10 +365,7 @@ impl Engine {
                 );
             }
             if f.scope == "device" {
-                annotations.insert(
-                    "device_url".into(),
-                    format!("{}/devices/{}", self.public_url, f.subject),
-                );
+                annotations.insert("device_url".into(), self.device_url(&f.subject));
             }
             // Already firing: a newer day's summary replaces the old one so
             // the page says what is true now; nothing else changes.

@@ -28,6 +28,7 @@ mod tests;
 mod windows;
 
 use catalog::{DeviceRule, built_in_rules, ms};
+use correlation::Subject;
 use windows::DeviceView;
 
 pub const STORE_OFFLINE: &str = "store_offline";
@@ -133,6 +134,21 @@ pub enum StoreRecordError {
 }
 
 impl Engine {
+    /// The address of one of Tillwatch's pages (`/ui/device`,
+    /// `/ui/merchant`) with its query, as a browser opens it from an
+    /// alert.
+    fn page_url(&self, page: &str, query: &[(&str, &str)]) -> String {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(query)
+            .finish();
+        format!("{}/ui/{page}?{query}", self.public_url)
+    }
+
+    /// The page of terminal `device_id`.
+    pub(crate) fn device_url(&self, device_id: &str) -> String {
+        self.page_url("device", &[("id", device_id)])
+    }
+
     /// An engine for `config` (its hours, zones and matchers were parsed
     /// when it loaded).
     pub fn new(config: &AlertingConfig, public_url: &str, now: UtcMillis) -> Engine {
@@ -447,6 +463,19 @@ impl Engine {
         let stores: Vec<(String, String)> = self.by_store.keys().cloned().collect();
         for (merchant, store) in stores {
             self.evaluate_store(&merchant, &store, now, changes);
+        }
+        // A merchant alert clears on its own clock once its stores have:
+        // no store changes any more to evaluate it, so the tick does.
+        let merchants: Vec<String> = self
+            .open
+            .keys()
+            .filter_map(|(rule, subject)| match Subject::parse(rule, subject) {
+                Some(Subject::Merchant(merchant)) => Some(merchant),
+                _ => None,
+            })
+            .collect();
+        for merchant in merchants {
+            self.evaluate_merchant(&merchant, now, changes);
         }
         let subjects: Vec<String> = self.open_rules.keys().cloned().collect();
         for subject in subjects {

@@ -269,6 +269,58 @@ fn a_merchant_wide_outage_is_one_merchant_alert_over_its_stores() {
             .all(|a| a.notify.is_none() && a.held_by.is_some()),
         "{terminals:?}"
     );
+    assert_eq!(
+        merchant[0].annotations["merchant_url"],
+        "http://tw/ui/merchant?id=m-1"
+    );
+    let s0 = stores
+        .iter()
+        .find(|a| a.subject == "store:m-1/s-0")
+        .unwrap();
+    assert_eq!(
+        s0.annotations["store_url"],
+        "http://tw/ui/merchant?id=m-1&store=s-0"
+    );
+
+    // Every terminal is back at minute 6. The stores clear after their
+    // two minutes; the merchant, whose stores are all clear, follows
+    // within two more minutes of evaluation ticks, with no further input.
+    let back = T0 + 6 * MIN;
+    for i in 0..9 {
+        e.on_connectivity(
+            &format!("d-{i}"),
+            ConnState::Online,
+            UtcMillis(back),
+            UtcMillis(back),
+            &mut changes,
+        );
+    }
+    let mut resolved_at = BTreeMap::new();
+    for tick in 0..=(8 * 4) {
+        let now = back + tick * 15_000;
+        let mut changes = Changes::default();
+        e.sweep(UtcMillis(now), &mut changes);
+        for a in changes.saved.into_values() {
+            if let Some(at) = a.resolved_at_ms {
+                resolved_at.insert((a.rule.clone(), a.subject.clone()), at);
+            }
+        }
+    }
+    let open: Vec<&AlertRecord> = e.open_alerts().collect();
+    assert!(open.is_empty(), "still open: {open:?}");
+    let merchant_resolved =
+        resolved_at[&(MERCHANT_OFFLINE.to_string(), "merchant:m-1".to_string())];
+    let last_store = resolved_at
+        .iter()
+        .filter(|((rule, _), _)| rule == STORE_OFFLINE)
+        .map(|(_, at)| *at)
+        .max()
+        .expect("the stores resolved");
+    assert!(last_store <= back + 2 * MIN + 15_000, "{resolved_at:?}");
+    assert!(
+        (last_store..=last_store + 2 * MIN + 15_000).contains(&merchant_resolved),
+        "{resolved_at:?}"
+    );
 }
 
 /// What the engine holds per terminal is bounded: samples leave memory
