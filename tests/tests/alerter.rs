@@ -107,7 +107,8 @@ async fn report_until_online(client: &AsyncClient, store: &MetaStore, seq: &mut 
 }
 
 /// The alerter running in-process against `mosquitto`, paging
-/// `alertmanager_url` as soon as a terminal is offline (no `for`).
+/// `alertmanager_url` as soon as a terminal is offline (no `for`, no
+/// correlation wait).
 struct Running {
     store: MetaStore,
     /// The pages and API on the same metadata store (`alerting.public_url`).
@@ -134,6 +135,7 @@ async fn start_alerter_with(
     config.mqtt.broker = mosquitto.url();
     config.alerting.alertmanager_url = Some(alertmanager_url.to_string());
     config.alerting.rules.offline.for_ = Duration::ZERO;
+    config.alerting.correlation.wait = Duration::ZERO;
     let pages_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let pages = pages_listener.local_addr().unwrap();
     config.alerting.public_url = Some(format!("http://{pages}/"));
@@ -363,6 +365,10 @@ async fn a_simulated_store_outage_is_one_page_at_alertmanager() {
         // Long enough for the store's terminals to be recognised together,
         // shorter than the simulated outage (9 ticks of 300 ms).
         c.alerting.rules.offline.for_ = Duration::from_secs(1);
+        // The store's first terminals wait for its outage to form rather
+        // than page on their own.
+        c.alerting.correlation.wait = Duration::from_secs(2);
+        c.alerting.correlation.clear_after = Duration::from_secs(2);
     })
     .await;
     let store = running.store.clone();
@@ -381,22 +387,22 @@ async fn a_simulated_store_outage_is_one_page_at_alertmanager() {
         },
         ..tillwatch_sim::SimConfig::default()
     };
-    let report = tillwatch_sim::run(sim, watch::channel(false).1)
-        .await
-        .unwrap();
-    assert_eq!(report.outages, 6, "{report:?}");
-
+    let sim = tokio::spawn(tillwatch_sim::run(sim, watch::channel(false).1));
+    // The page arrives while the outage lasts (it resolves 2 s after).
+    let mut pages = Vec::new();
     wait_for(
         "the store page at Alertmanager",
         Duration::from_secs(30),
         || {
-            !alertmanager
-                .alerts_named("store_offline", "store_id", "m-000-s0")
-                .is_empty()
+            pages = alertmanager.alerts();
+            pages
+                .iter()
+                .any(|a| a["labels"]["alertname"] == "store_offline")
         },
     )
     .await;
-    let pages = alertmanager.alerts();
+    let report = sim.await.unwrap().unwrap();
+    assert_eq!(report.outages, 6, "{report:?}");
     let names: Vec<_> = pages
         .iter()
         .map(|a| format!("{} {}", a["labels"]["alertname"], a["labels"]["store_id"]))
@@ -447,5 +453,203 @@ async fn a_simulated_store_outage_is_one_page_at_alertmanager() {
             .all(|a| a.held_by.as_deref() == Some(store_alert.alert_id.as_str())),
         "{held:?}"
     );
+    // The outage ended with the simulated one (its terminals reconnected):
+    // the store's page resolves at Alertmanager.
+    wait_for(
+        "the store page resolved at Alertmanager",
+        Duration::from_secs(60),
+        || {
+            alertmanager
+                .alerts_named("store_offline", "store_id", "m-000-s0")
+                .is_empty()
+        },
+    )
+    .await;
+    running.stop().await;
+}
+
+/// What terminal `id` of merchant `m-9`, store `store`, says when it
+/// connects: who it is, that it is online, and one reading.
+async fn announce(client: &AsyncClient, id: &str, store: &str) {
+    let topic = format!("tw/v1/m-9/{id}");
+    let info = pb::DeviceInfo {
+        device_id: id.into(),
+        boot_id: 7,
+        model: "A920".into(),
+        serial: format!("sn-{id}"),
+        firmware_version: "2.9.0".into(),
+        app_version: "4.1.0".into(),
+        merchant_id: "m-9".into(),
+        store_id: store.into(),
+        time_zone: "UTC".into(),
+        at_ms: UtcMillis::now().0,
+    };
+    let online = pb::DeviceStatus {
+        device_id: id.into(),
+        boot_id: 7,
+        state: pb::ConnectionState::Online as i32,
+        reason: pb::StatusReason::Birth as i32,
+        at_ms: UtcMillis::now().0,
+    };
+    let mut reading = pb::TelemetryBatch::decode(telemetry(1).as_slice()).unwrap();
+    reading.readings[0].device_id = id.into();
+    reading.readings[0].boot_id = 7;
+    for (leaf, payload, retain) in [
+        ("info", info.encode_to_vec(), true),
+        ("status", online.encode_to_vec(), true),
+        ("telemetry", reading.encode_to_vec(), false),
+    ] {
+        client
+            .publish(format!("{topic}/{leaf}"), QoS::AtLeastOnce, retain, payload)
+            .await
+            .unwrap();
+    }
+}
+
+/// The audit's merchant outage: every terminal of a merchant's three
+/// stores loses its connection at once (last wills), then comes back.
+/// Alertmanager gets one page, the merchant's, whose link opens the
+/// merchant's page; once the terminals are back the store alerts and then
+/// the merchant alert resolve there (`correlation.clear_after`, 2 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_outage_is_one_page_that_resolves_when_its_terminals_return() {
+    let mosquitto = Mosquitto::start();
+    let alertmanager = Alertmanager::start();
+    let running = start_alerter_with(&mosquitto, &alertmanager.url(), |c| {
+        c.alerting.rules.offline.for_ = Duration::from_secs(1);
+        c.alerting.correlation.wait = Duration::from_secs(3);
+        c.alerting.correlation.clear_after = Duration::from_secs(2);
+    })
+    .await;
+    let store = running.store.clone();
+    let ids: Vec<String> = (0..9).map(|i| format!("term-m9-{i}")).collect();
+    let store_of = |i: usize| format!("m-9-s{}", i / 3);
+    let connect = |i: usize| {
+        let will = pb::DeviceStatus {
+            device_id: ids[i].clone(),
+            boot_id: 7,
+            state: pb::ConnectionState::Offline as i32,
+            reason: pb::StatusReason::ConnectionLost as i32,
+            at_ms: UtcMillis::now().0,
+        }
+        .encode_to_vec();
+        terminal_with_will(
+            mosquitto.port,
+            &ids[i],
+            &format!("tw/v1/m-9/{}", ids[i]),
+            will,
+        )
+    };
+    let all_online = |store: MetaStore, ids: Vec<String>| async move {
+        for id in &ids {
+            let history = store.connectivity_history(id, 1).await.unwrap_or_default();
+            if !history
+                .first()
+                .is_some_and(|h| matches!(h.to, ConnState::Online))
+            {
+                return false;
+            }
+        }
+        true
+    };
+    let mut terminals = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (client, task) = connect(i);
+        announce(&client, id, &store_of(i)).await;
+        terminals.push((client, task));
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while !all_online(store.clone(), ids.clone()).await {
+        assert!(Instant::now() < until, "the terminals never came online");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // All nine lose their connections at once.
+    for (client, task) in terminals.drain(..) {
+        task.abort();
+        drop(client);
+    }
+    wait_for(
+        "the merchant page at Alertmanager",
+        Duration::from_secs(60),
+        || {
+            !alertmanager
+                .alerts_named("merchant_offline", "merchant_id", "m-9")
+                .is_empty()
+        },
+    )
+    .await;
+    // Every terminal's and store's alert fires, held by the merchant's:
+    // none of them will page.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts = store
+            .alerts(tillwatch_meta::AlertFilter::All, 100)
+            .await
+            .unwrap();
+        let held = |rule: &str| {
+            alerts
+                .iter()
+                .filter(|a| {
+                    a.rule == rule
+                        && a.state == tillwatch_meta::AlertState::Firing
+                        && a.held_by.is_some()
+                })
+                .count()
+        };
+        if held("offline") == 9 && held("store_offline") == 3 {
+            break;
+        }
+        assert!(Instant::now() < until, "not all held: {alerts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: Vec<String> = alertmanager
+        .alerts()
+        .iter()
+        .map(|a| a["labels"]["alertname"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(names, ["merchant_offline"], "one page for the outage");
+    let page = &alertmanager.alerts_named("merchant_offline", "merchant_id", "m-9")[0];
+    assert_eq!(
+        page["annotations"]["offline_stores"], "m-9-s0,m-9-s1,m-9-s2",
+        "{page}"
+    );
+    let link = page["generatorURL"].as_str().unwrap_or_default();
+    let query = running.follow(link);
+    assert_eq!(query.get("id").map(String::as_str), Some("m-9"), "{link}");
+    let (status, merchant) = running.api("/api/v1/merchants/m-9");
+    assert_eq!(status, 200, "{merchant}");
+    assert_eq!(
+        merchant["stores"].as_array().map(Vec::len),
+        Some(3),
+        "{merchant}"
+    );
+
+    // They come back: the stores resolve, then the merchant.
+    for (i, id) in ids.iter().enumerate() {
+        let (client, task) = connect(i);
+        announce(&client, id, &store_of(i)).await;
+        terminals.push((client, task));
+    }
+    wait_for(
+        "every page resolved at Alertmanager",
+        Duration::from_secs(60),
+        || alertmanager.alerts().is_empty(),
+    )
+    .await;
+    let alerts = store
+        .alerts(tillwatch_meta::AlertFilter::All, 100)
+        .await
+        .unwrap();
+    for rule in ["merchant_offline", "store_offline"] {
+        let of_rule: Vec<_> = alerts.iter().filter(|a| a.rule == rule).collect();
+        assert!(!of_rule.is_empty(), "no {rule} alert: {alerts:?}");
+        assert!(
+            of_rule
+                .iter()
+                .all(|a| a.state == tillwatch_meta::AlertState::Resolved),
+            "{of_rule:?}"
+        );
+    }
     running.stop().await;
 }

@@ -404,6 +404,18 @@ pub struct CorrelationConfig {
     pub min_fraction: f64,
     /// A merchant alert (holding its store alerts) needs this many stores down.
     pub merchant_min_stores: u32,
+    /// How long a terminal's offline alert and a store's alert wait, once
+    /// firing, for the store or merchant outage they may be part of before
+    /// they page on their own (Alertmanager's `group_wait`, one level up):
+    /// a store outage is one page, not its first terminals' pages and
+    /// then the store's. The price is this much delay before any offline
+    /// page. Zero pages at once.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    /// A store or merchant alert resolves once its outage has been over
+    /// this long.
+    #[serde(with = "humantime_serde")]
+    pub clear_after: Duration,
     pub severity: Severity,
 }
 
@@ -415,6 +427,8 @@ impl Default for CorrelationConfig {
             min_devices: 3,
             min_fraction: 0.5,
             merchant_min_stores: 3,
+            wait: Duration::from_secs(30),
+            clear_after: Duration::from_secs(120),
             severity: Severity::Critical,
         }
     }
@@ -615,6 +629,12 @@ impl AlertingConfig {
         }
         if c.merchant_min_stores < 2 {
             errors.push("alerting.correlation.merchant_min_stores: must be at least 2".into());
+        }
+        if c.wait > Duration::from_secs(3600) {
+            errors.push("alerting.correlation.wait: must be at most 1h".into());
+        }
+        if c.clear_after > Duration::from_secs(86_400) {
+            errors.push("alerting.correlation.clear_after: must be at most 24h".into());
         }
         if self.evaluation_interval < Duration::from_secs(1) {
             errors.push("alerting.evaluation_interval: must be at least 1s".into());

@@ -8,7 +8,7 @@ use tillwatch_meta::AlertState;
 
 use super::catalog::{cond, ms};
 use super::lifecycle::{Draft, phase_of};
-use super::{Changes, Engine, MERCHANT_OFFLINE, OFFLINE, STORE_CLEAR_MS, STORE_OFFLINE};
+use super::{Changes, Engine, MERCHANT_OFFLINE, OFFLINE, STORE_OFFLINE};
 use crate::rules::{Cmp, Phase, ThresholdRule};
 
 /// What a grouped alert is about. Stored (and shown) as text:
@@ -151,7 +151,7 @@ impl Engine {
             fire: vec![cond("stores_out", Cmp::Above(min as f64 - 0.5), None)],
             clear: vec![cond("stores_out", Cmp::Below(min as f64 - 0.5), None)],
             for_ms: 0,
-            clear_for_ms: STORE_CLEAR_MS,
+            clear_for_ms: ms(self.correlation.clear_after),
         };
         let listed = out.join(",");
         let Some(step) =
@@ -251,7 +251,7 @@ impl Engine {
             fire: vec![cond("store_outage", Cmp::Above(0.5), Some("store_closed"))],
             clear: vec![cond("store_outage_over", Cmp::Above(0.5), None)],
             for_ms: 0,
-            clear_for_ms: STORE_CLEAR_MS,
+            clear_for_ms: ms(self.correlation.clear_after),
         };
         names.truncate(50);
         // A firing store alert follows its outage: which terminals are down.

@@ -244,10 +244,16 @@ impl Engine {
             let held_by = self.holder(&key);
             let record = &self.open[&key];
             let silenced_by = self.silencer(&record.labels, now);
+            // Still within the correlation wait: not paged yet, in case its
+            // store's or merchant's outage forms.
+            let waiting = self
+                .correlation_wait_ends(record)
+                .is_some_and(|end| now < end);
             let notify = match record.state {
                 AlertState::Firing
                     if silenced_by.is_none()
-                        && (held_by.is_none() || record.notify == Some(AlertState::Firing)) =>
+                        && (record.notify == Some(AlertState::Firing)
+                            || (held_by.is_none() && !waiting)) =>
                 {
                     Some(AlertState::Firing)
                 }

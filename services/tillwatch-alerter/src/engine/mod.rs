@@ -34,8 +34,6 @@ use windows::DeviceView;
 pub const STORE_OFFLINE: &str = "store_offline";
 pub const MERCHANT_OFFLINE: &str = "merchant_offline";
 const OFFLINE: &str = "offline";
-/// A store alert resolves once its outage has been over this long.
-const STORE_CLEAR_MS: i64 = 120_000;
 /// Hysteresis of the battery forecast: fire at a margin under 0 s, clear
 /// above this, each held for `FORECAST_FOR_MS`.
 const FORECAST_CLEAR_MARGIN_S: f64 = 1800.0;
@@ -483,6 +481,21 @@ impl Engine {
         }
     }
 
+    /// When a firing offline or store alert that has not paged yet stops
+    /// waiting for the store or merchant outage it may belong to
+    /// (`alerting.correlation.wait`, counted from when its condition
+    /// began, so a rule's own `for` counts towards it); `None` for any
+    /// other alert.
+    fn correlation_wait_ends(&self, a: &AlertRecord) -> Option<i64> {
+        let waits = self.correlation.enabled
+            && (a.rule == OFFLINE || a.rule == STORE_OFFLINE)
+            && a.state == AlertState::Firing
+            && a.notify.is_none()
+            && a.held_by.is_none()
+            && a.silenced_by.is_none();
+        waits.then(|| a.pending_since_ms + ms(self.correlation.wait))
+    }
+
     /// When a pending or clearing alert next comes due without new input.
     pub fn next_deadline(&self) -> Option<UtcMillis> {
         self.open
@@ -490,7 +503,7 @@ impl Engine {
             .filter_map(|a| {
                 let (for_ms, clear_for_ms) =
                     if a.rule == STORE_OFFLINE || a.rule == MERCHANT_OFFLINE {
-                        (0, STORE_CLEAR_MS)
+                        (0, ms(self.correlation.clear_after))
                     } else {
                         let r = &self.rules.iter().find(|r| r.rule.name == a.rule)?.rule;
                         (r.for_ms, r.clear_for_ms)
@@ -501,6 +514,11 @@ impl Engine {
                     _ => None,
                 }
             })
+            .chain(
+                self.open
+                    .values()
+                    .filter_map(|a| self.correlation_wait_ends(a)),
+            )
             .min()
             .map(UtcMillis)
     }

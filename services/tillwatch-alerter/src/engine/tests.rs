@@ -258,9 +258,9 @@ fn a_merchant_wide_outage_is_one_merchant_alert_over_its_stores() {
             .iter()
             .all(|a| a.held_by.as_deref() == Some(merchant[0].alert_id.as_str()))
     );
-    // Stores paged before the merchant alert formed keep their page;
-    // the one that made it a merchant outage is held back.
-    assert_eq!(stores.iter().filter(|a| a.notify.is_some()).count(), 2);
+    // The stores waited (alerting.correlation.wait) and the merchant's
+    // outage formed within it: one page, the merchant's.
+    assert_eq!(stores.iter().filter(|a| a.notify.is_some()).count(), 0);
     let terminals: Vec<_> = open.iter().filter(|a| a.rule == OFFLINE).collect();
     assert_eq!(terminals.len(), 9);
     assert!(
@@ -381,4 +381,62 @@ fn quiet_terminals_give_their_memory_back() {
         &mut changes,
     );
     assert_eq!(e.devices["quiet"].latest["battery_level_pct"].0, 80.0);
+}
+
+/// A terminal's offline alert waits `alerting.correlation.wait` for a
+/// store outage before it pages on its own; the engine says when the wait
+/// ends so the alerter wakes for it.
+#[test]
+fn a_lone_offline_terminal_pages_once_the_correlation_wait_is_over() {
+    // Offline fires at once, so the wait is all that holds the page.
+    let mut config = AlertingConfig::default();
+    config.rules.offline.for_ = std::time::Duration::ZERO;
+    let mut e = Engine::new(&config, "http://tw", UtcMillis(T0));
+    let mut changes = Changes::default();
+    for i in 0..4 {
+        let id = format!("d-{i}");
+        e.on_info(
+            &DeviceInfo {
+                device_id: DeviceId::new(&id).unwrap(),
+                boot_id: BootId(1),
+                model: "A920".into(),
+                serial: id.clone(),
+                firmware_version: "2".into(),
+                app_version: "4".into(),
+                merchant_id: tillwatch_domain::MerchantId::new("m-1").unwrap(),
+                store_id: Some(tillwatch_domain::StoreId::new("s-0").unwrap()),
+                time_zone: "UTC".into(),
+                at: UtcMillis(T0),
+            },
+            UtcMillis(T0),
+            &mut changes,
+        );
+        e.on_connectivity(
+            &id,
+            ConnState::Online,
+            UtcMillis(T0),
+            UtcMillis(T0),
+            &mut changes,
+        );
+    }
+    let off = T0 + MIN;
+    e.on_connectivity(
+        "d-0",
+        ConnState::Offline(OfflineReason::LastWill),
+        UtcMillis(off),
+        UtcMillis(off),
+        &mut changes,
+    );
+    let wait = config.correlation.wait.as_millis() as i64;
+    assert_eq!(e.next_deadline(), Some(UtcMillis(off + wait)));
+    let paged = |e: &Engine| {
+        e.open_alerts()
+            .filter(|a| a.rule == OFFLINE && a.notify == Some(AlertState::Firing))
+            .count()
+    };
+    e.sweep(UtcMillis(off + wait - 1_000), &mut changes);
+    assert_eq!(paged(&e), 0, "still waiting for a store outage");
+    e.sweep(UtcMillis(off + wait), &mut changes);
+    assert_eq!(paged(&e), 1, "no outage formed: it pages on its own");
+    assert_eq!(e.next_deadline(), None);
 }
