@@ -306,12 +306,18 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     let (ok, out, err) = cli(&[&backfill[..], &["--dry-run"]].concat(), data);
     assert!(ok, "{err}");
     assert!(out.contains("would run 8 partitions"), "{out}");
-    let before = std::fs::metadata(&daily).unwrap().modified().unwrap();
+    // Outputs are written aside and renamed into place: a rewritten day
+    // is a new file.
+    let before = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&daily).unwrap());
     let (ok, out, err) = cli(&backfill, data);
     assert!(ok, "backfill failed:\n{out}\n{err}");
     assert!(out.contains("[  8/8]"), "progress is shown:\n{out}");
     assert!(out.contains("backfilled 8 partitions"), "{out}");
-    assert!(std::fs::metadata(&daily).unwrap().modified().unwrap() >= before);
+    assert_ne!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&daily).unwrap()),
+        before,
+        "the backfill rewrote the day downstream"
+    );
     assert_eq!(
         sum_column(&daily, "battery_readings"),
         raw,
