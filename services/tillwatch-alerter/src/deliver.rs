@@ -68,7 +68,7 @@ fn http_client() -> HttpClient {
 /// The page an alert links to: its terminal's, its store's or its
 /// merchant's.
 fn page_link(a: &AlertRecord) -> Option<String> {
-    ["device_url", "store_url", "merchant_url"]
+    ["device_url", "store_url", "merchant_url", "fleet_url"]
         .iter()
         .find_map(|k| a.annotations.get(*k).cloned())
 }

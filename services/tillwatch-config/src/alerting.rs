@@ -404,6 +404,13 @@ pub struct CorrelationConfig {
     pub min_fraction: f64,
     /// A merchant alert (holding its store alerts) needs this many stores down.
     pub merchant_min_stores: u32,
+    /// A fleet-wide drop (`ingest_outage`, holding every merchant, store and
+    /// terminal alert under it) needs at least this many terminals gone
+    /// offline within `window`…
+    pub fleet_min_devices: u32,
+    /// …and at least this share of every terminal known: so many at once
+    /// points at the broker, the network in front of it or the gateway.
+    pub fleet_min_fraction: f64,
     /// How long a terminal's offline alert and a store's alert wait, once
     /// firing, for the store or merchant outage they may be part of before
     /// they page on their own (Alertmanager's `group_wait`, one level up):
@@ -427,6 +434,8 @@ impl Default for CorrelationConfig {
             min_devices: 3,
             min_fraction: 0.5,
             merchant_min_stores: 3,
+            fleet_min_devices: 10,
+            fleet_min_fraction: 0.5,
             wait: Duration::from_secs(30),
             clear_after: Duration::from_secs(120),
             severity: Severity::Critical,
@@ -629,6 +638,12 @@ impl AlertingConfig {
         }
         if c.merchant_min_stores < 2 {
             errors.push("alerting.correlation.merchant_min_stores: must be at least 2".into());
+        }
+        if c.fleet_min_devices < 2 {
+            errors.push("alerting.correlation.fleet_min_devices: must be at least 2".into());
+        }
+        if !(c.fleet_min_fraction > 0.0 && c.fleet_min_fraction <= 1.0) {
+            errors.push("alerting.correlation.fleet_min_fraction: must be in (0, 1]".into());
         }
         if c.wait > Duration::from_secs(3600) {
             errors.push("alerting.correlation.wait: must be at most 1h".into());

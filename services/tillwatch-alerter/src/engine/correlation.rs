@@ -8,7 +8,7 @@ use tillwatch_meta::AlertState;
 
 use super::catalog::{cond, ms};
 use super::lifecycle::{Draft, phase_of};
-use super::{Changes, Engine, MERCHANT_OFFLINE, OFFLINE, STORE_OFFLINE};
+use super::{Changes, Engine, FLEET, INGEST_OUTAGE, MERCHANT_OFFLINE, OFFLINE, STORE_OFFLINE};
 use crate::rules::{Cmp, Phase, ThresholdRule};
 
 /// What a grouped alert is about. Stored (and shown) as text:
@@ -127,6 +127,83 @@ impl Engine {
             annotations,
         };
         self.transition(draft, (phase, resolved), now, changes);
+    }
+
+    /// The fleet-wide drop: `fleet_min_devices` terminals and
+    /// `fleet_min_fraction` of every terminal known went offline within
+    /// the correlation window. One `ingest_outage` alert, which holds every
+    /// merchant, store and terminal page under it; it resolves once fewer
+    /// than that share are offline, for `clear_after`.
+    pub(super) fn evaluate_fleet(&mut self, now: i64, changes: &mut Changes) {
+        if !self.correlation.enabled {
+            return;
+        }
+        let window = ms(self.correlation.window);
+        let (mut known, mut offline, mut recent) = (0u32, 0u32, 0u32);
+        for view in self.devices.values() {
+            let Some((state, since)) = view.conn else {
+                continue;
+            };
+            known += 1;
+            if self.counts_as_offline(state) {
+                offline += 1;
+                if since >= now - window {
+                    recent += 1;
+                }
+            }
+        }
+        let c = &self.correlation;
+        let total = f64::from(known.max(1));
+        let outage =
+            recent >= c.fleet_min_devices && f64::from(recent) / total >= c.fleet_min_fraction;
+        let over =
+            offline < c.fleet_min_devices || f64::from(offline) / total < c.fleet_min_fraction;
+        let signals = HashMap::from([
+            ("fleet_outage", f64::from(u8::from(outage))),
+            ("fleet_outage_over", f64::from(u8::from(over))),
+        ]);
+        let rule = ThresholdRule {
+            name: INGEST_OUTAGE.into(),
+            fire: vec![cond("fleet_outage", Cmp::Above(0.5), None)],
+            clear: vec![cond("fleet_outage_over", Cmp::Above(0.5), None)],
+            for_ms: 0,
+            clear_for_ms: ms(self.correlation.clear_after),
+        };
+        let key = (INGEST_OUTAGE.to_string(), FLEET.to_string());
+        let current = self.open.get(&key);
+        let before = phase_of(current);
+        let mut phase = before;
+        let event = rule.step(&mut phase, &signals, now);
+        if phase == before && event.is_none() {
+            return;
+        }
+        let resolved = matches!(event, Some(crate::rules::AlertEvent::Resolved { .. }));
+        let labels = BTreeMap::from([("scope".to_string(), "fleet".to_string())]);
+        let annotations = BTreeMap::from([
+            (
+                "summary".to_string(),
+                format!(
+                    "{offline} of {known} terminals are offline, {recent} of them within \
+                     {}: the cause is likely the broker, the network in front of it or \
+                     the gateway, not the stores",
+                    humantime::format_duration(self.correlation.window)
+                ),
+            ),
+            ("fleet_url".to_string(), self.page_url("", &[])),
+        ]);
+        let draft = Draft {
+            key,
+            scope: "fleet".into(),
+            severity: self.correlation.severity,
+            labels,
+            annotations,
+        };
+        self.transition(draft, (phase, resolved), now, changes);
+        // Hold back (or release) everything under it.
+        let subjects: Vec<String> = self.open_rules.keys().cloned().collect();
+        for subject in subjects {
+            self.settle_subject(&subject, now, changes);
+        }
     }
 
     /// A merchant alert while `merchant_min_stores` of its stores are out.

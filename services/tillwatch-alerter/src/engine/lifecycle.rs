@@ -11,7 +11,7 @@ use tillwatch_meta::{AlertRecord, AlertState, FindingRecord};
 use super::catalog::{EXTRA_VALUES, shown};
 use super::correlation::Subject;
 use super::windows::DeviceView;
-use super::{Changes, Engine, MERCHANT_OFFLINE, OFFLINE, STORE_OFFLINE};
+use super::{Changes, Engine, FLEET, INGEST_OUTAGE, MERCHANT_OFFLINE, OFFLINE, STORE_OFFLINE};
 use crate::matchers::all_match;
 use crate::rules::Phase;
 
@@ -282,26 +282,36 @@ impl Engine {
                 .filter(|a| a.state == AlertState::Firing)
                 .map(|a| a.alert_id.clone())
         };
+        // Under everything, the fleet-wide drop.
+        let fleet = || firing(INGEST_OUTAGE, FLEET.to_string());
+        if rule == MERCHANT_OFFLINE {
+            return fleet();
+        }
         if rule == STORE_OFFLINE {
             let merchant = Subject::parse(rule, subject)?.merchant().to_string();
-            return firing(MERCHANT_OFFLINE, Subject::Merchant(merchant).to_string());
+            return firing(MERCHANT_OFFLINE, Subject::Merchant(merchant).to_string())
+                .or_else(fleet);
         }
         if rule != OFFLINE {
             return None;
         }
-        let view = self.devices.get(subject)?;
+        let Some(view) = self.devices.get(subject) else {
+            return fleet();
+        };
         let store = view.store_id.as_ref().and_then(|s| {
             firing(
                 STORE_OFFLINE,
                 Subject::store(&view.merchant_id, s).to_string(),
             )
         });
-        store.or_else(|| {
-            firing(
-                MERCHANT_OFFLINE,
-                Subject::Merchant(view.merchant_id.clone()).to_string(),
-            )
-        })
+        store
+            .or_else(|| {
+                firing(
+                    MERCHANT_OFFLINE,
+                    Subject::Merchant(view.merchant_id.clone()).to_string(),
+                )
+            })
+            .or_else(fleet)
     }
 
     pub(super) fn silencer(&self, labels: &BTreeMap<String, String>, now: i64) -> Option<String> {

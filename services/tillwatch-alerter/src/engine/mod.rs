@@ -33,6 +33,9 @@ use windows::DeviceView;
 
 pub const STORE_OFFLINE: &str = "store_offline";
 pub const MERCHANT_OFFLINE: &str = "merchant_offline";
+/// The fleet-wide drop, and the subject of its one alert.
+pub const INGEST_OUTAGE: &str = "ingest_outage";
+const FLEET: &str = "fleet";
 const OFFLINE: &str = "offline";
 /// Hysteresis of the battery forecast: fire at a margin under 0 s, clear
 /// above this, each held for `FORECAST_FOR_MS`.
@@ -139,7 +142,11 @@ impl Engine {
         let query = form_urlencoded::Serializer::new(String::new())
             .extend_pairs(query)
             .finish();
-        format!("{}/ui/{page}?{query}", self.public_url)
+        if query.is_empty() {
+            format!("{}/ui/{page}", self.public_url)
+        } else {
+            format!("{}/ui/{page}?{query}", self.public_url)
+        }
     }
 
     /// The page of terminal `device_id`.
@@ -475,20 +482,24 @@ impl Engine {
         for merchant in merchants {
             self.evaluate_merchant(&merchant, now, changes);
         }
+        // Fleet-wide, on the tick only (it looks at every terminal): within
+        // the correlation wait, so merchants and stores wait for it.
+        self.evaluate_fleet(now, changes);
         let subjects: Vec<String> = self.open_rules.keys().cloned().collect();
         for subject in subjects {
             self.settle_subject(&subject, now, changes);
         }
     }
 
-    /// When a firing offline or store alert that has not paged yet stops
-    /// waiting for the store or merchant outage it may belong to
+    /// When a firing offline, store or merchant alert that has not paged
+    /// yet stops waiting for the store, merchant or fleet-wide outage it
+    /// may belong to
     /// (`alerting.correlation.wait`, counted from when its condition
     /// began, so a rule's own `for` counts towards it); `None` for any
     /// other alert.
     fn correlation_wait_ends(&self, a: &AlertRecord) -> Option<i64> {
         let waits = self.correlation.enabled
-            && (a.rule == OFFLINE || a.rule == STORE_OFFLINE)
+            && (a.rule == OFFLINE || a.rule == STORE_OFFLINE || a.rule == MERCHANT_OFFLINE)
             && a.state == AlertState::Firing
             && a.notify.is_none()
             && a.held_by.is_none()
@@ -501,13 +512,15 @@ impl Engine {
         self.open
             .values()
             .filter_map(|a| {
-                let (for_ms, clear_for_ms) =
-                    if a.rule == STORE_OFFLINE || a.rule == MERCHANT_OFFLINE {
-                        (0, ms(self.correlation.clear_after))
-                    } else {
-                        let r = &self.rules.iter().find(|r| r.rule.name == a.rule)?.rule;
-                        (r.for_ms, r.clear_for_ms)
-                    };
+                let (for_ms, clear_for_ms) = if a.rule == STORE_OFFLINE
+                    || a.rule == MERCHANT_OFFLINE
+                    || a.rule == INGEST_OUTAGE
+                {
+                    (0, ms(self.correlation.clear_after))
+                } else {
+                    let r = &self.rules.iter().find(|r| r.rule.name == a.rule)?.rule;
+                    (r.for_ms, r.clear_for_ms)
+                };
                 match (a.state, a.clearing_since_ms) {
                     (AlertState::Pending, _) => Some(a.pending_since_ms + for_ms),
                     (AlertState::Firing, Some(since)) => Some(since + clear_for_ms),

@@ -440,3 +440,94 @@ fn a_lone_offline_terminal_pages_once_the_correlation_wait_is_over() {
     assert_eq!(paged(&e), 1, "no outage formed: it pages on its own");
     assert_eq!(e.next_deadline(), None);
 }
+
+/// Every terminal of four merchants (three stores each) drops within ten
+/// seconds: one `ingest_outage` page, which holds every merchant, store
+/// and terminal alert under it; when they are back, all of it resolves.
+#[test]
+fn a_fleet_wide_drop_is_one_ingest_outage_page_that_resolves() {
+    let mut e = engine();
+    let mut changes = Changes::default();
+    let ids: Vec<String> = (0..36).map(|i| format!("d-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        e.on_info(
+            &DeviceInfo {
+                device_id: DeviceId::new(id).unwrap(),
+                boot_id: BootId(1),
+                model: "A920".into(),
+                serial: id.clone(),
+                firmware_version: "2".into(),
+                app_version: "4".into(),
+                merchant_id: tillwatch_domain::MerchantId::new(&format!("m-{}", i / 9)).unwrap(),
+                store_id: Some(tillwatch_domain::StoreId::new(&format!("s-{}", i / 3)).unwrap()),
+                time_zone: "UTC".into(),
+                at: UtcMillis(T0),
+            },
+            UtcMillis(T0),
+            &mut changes,
+        );
+        e.on_connectivity(
+            id,
+            ConnState::Online,
+            UtcMillis(T0),
+            UtcMillis(T0),
+            &mut changes,
+        );
+    }
+    let drop = T0 + MIN;
+    for (i, id) in ids.iter().enumerate() {
+        let at = drop + (i as i64 % 10) * 1_000;
+        e.on_connectivity(
+            id,
+            ConnState::Offline(OfflineReason::LastWill),
+            UtcMillis(at),
+            UtcMillis(at),
+            &mut changes,
+        );
+    }
+    // The alerter's tick, every 15 s, for five minutes.
+    for tick in 1..=20 {
+        e.sweep(UtcMillis(drop + tick * 15_000), &mut changes);
+    }
+    let open: Vec<&AlertRecord> = e.open_alerts().collect();
+    let paged: Vec<&str> = open
+        .iter()
+        .filter(|a| a.notify == Some(AlertState::Firing))
+        .map(|a| a.rule.as_str())
+        .collect();
+    assert_eq!(paged, [INGEST_OUTAGE], "{open:?}");
+    let count = |rule: &str| open.iter().filter(|a| a.rule == rule).count();
+    assert_eq!(
+        (
+            count(MERCHANT_OFFLINE),
+            count(STORE_OFFLINE),
+            count(OFFLINE)
+        ),
+        (4, 12, 36),
+        "every level is there, held"
+    );
+    let fleet = open.iter().find(|a| a.rule == INGEST_OUTAGE).unwrap();
+    assert!(
+        fleet.annotations["summary"].starts_with("36 of 36 terminals are offline"),
+        "{fleet:?}"
+    );
+    assert_eq!(fleet.annotations["fleet_url"], "http://tw/ui/");
+
+    // All back at once: everything resolves within the clearing time
+    // (two minutes per level, the fleet last).
+    let back = drop + 6 * MIN;
+    for id in &ids {
+        e.on_connectivity(
+            id,
+            ConnState::Online,
+            UtcMillis(back),
+            UtcMillis(back),
+            &mut changes,
+        );
+    }
+    for tick in 1..=40 {
+        e.sweep(UtcMillis(back + tick * 15_000), &mut changes);
+    }
+    let open: Vec<&AlertRecord> = e.open_alerts().collect();
+    assert!(open.is_empty(), "still open: {open:?}");
+}
