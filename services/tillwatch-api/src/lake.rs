@@ -132,7 +132,8 @@ pub fn router(queries: Queries) -> Routes {
                 "Firmware, app and model cohorts side by side for a day, worst crash rate first",
             )
             .query("day", "string", "A day like 2026-11-22 (default: the newest rolled up)")
-            .returns::<Cohorts>(),
+            .returns::<Cohorts>()
+            .not_found("No day has been rolled up yet, or not the day asked for"),
             get(cohorts),
         )
         .route(

@@ -45,6 +45,9 @@ pub struct Doc {
     /// The schema of the success answer's body, from its Rust type
     /// ([`Doc::returns`]).
     pub response: Option<SchemaFn>,
+    /// When a 404 means something other than an unknown path parameter
+    /// (or the operation has none): what is missing.
+    pub not_found: Option<&'static str>,
 }
 
 /// Makes a type's schema (a reference to it under `components/schemas`).
@@ -66,6 +69,7 @@ impl Doc {
             status: 200,
             also: None,
             response: None,
+            not_found: None,
         }
     }
 
@@ -126,6 +130,12 @@ impl Doc {
 
     pub fn status(mut self, status: u16) -> Doc {
         self.status = status;
+        self
+    }
+
+    /// The operation answers 404 when `what` is missing.
+    pub fn not_found(mut self, what: &'static str) -> Doc {
+        self.not_found = Some(what);
         self
     }
 
@@ -215,7 +225,9 @@ fn responses(doc: &Doc, generator: &mut SchemaGenerator) -> Value {
     if doc.role() == Role::Operator {
         r.insert("403".into(), with("The token lacks the operator role"));
     }
-    if doc.params.iter().any(|p| p.at == In::Path) {
+    if let Some(what) = doc.not_found {
+        r.insert("404".into(), with(what));
+    } else if doc.params.iter().any(|p| p.at == In::Path) {
         r.insert("404".into(), with("No such thing"));
     }
     r.insert("503".into(), with("The metadata store is unavailable"));
