@@ -24,7 +24,8 @@ fn day(name: &str) -> Option<usize> {
 fn minute(text: &str) -> Option<u16> {
     let (h, m) = text.trim().split_once(':')?;
     let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
-    (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+    // Lazily: an hour out of range must not reach the multiplication.
+    (m < 60 && (h < 24 || (h == 24 && m == 0))).then(|| h * 60 + m)
 }
 
 impl WeeklyHours {
@@ -157,6 +158,16 @@ pub fn time_zone(name: &str) -> Result<TimeZone, TimeZoneError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `schedules` fuzz target: an hour too large for
+    /// minutes overflowed before it was refused.
+    #[test]
+    fn an_hour_past_any_day_is_refused_not_multiplied() {
+        assert!(WeeklyHours::parse("fri 62551:0-23:00").is_err());
+        assert!(WeeklyHours::parse("mon 65535:59-24:00").is_err());
+        assert_eq!(minute("24:00"), Some(1440));
+        assert_eq!(minute("24:01"), None);
+    }
 
     fn at(civil: &str, tz: &str) -> i64 {
         let dt: jiff::civil::DateTime = civil.parse().unwrap();
