@@ -430,6 +430,7 @@ async fn two_alerters_take_turns_and_never_send_a_page_twice() {
         &config,
         format!(
             "[alerting.rules.offline]\nfor = \"0s\"\n\n\
+             [alerting.correlation]\nwait = \"0s\"\n\n\
              [[alerting.receivers]]\nname = \"oncall\"\nkind = \"webhook\"\nurl = \"{hook}\"\n"
         ),
     )
