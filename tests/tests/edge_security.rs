@@ -665,27 +665,7 @@ async fn flood_publish(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooded_embedded_broker_stays_bounded_and_answering() {
     let dir = tempfile::tempdir().unwrap();
-    let (http_port, mqtt_port) = (
-        tillwatch_integration_tests::free_port(),
-        tillwatch_integration_tests::free_port(),
-    );
-    let http: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
-    let mqtt: SocketAddr = format!("127.0.0.1:{mqtt_port}").parse().unwrap();
-    let mut child = std::process::Command::new(tillwatch_integration_tests::tillwatch_bin())
-        .args(["standalone", "--data-dir"])
-        .arg(dir.path())
-        .args([
-            "--http-listen",
-            &http.to_string(),
-            "--mqtt-listen",
-            &mqtt.to_string(),
-        ])
-        .env("TILLWATCH__GRPC__ENABLED", "false")
-        .env("TILLWATCH__SCHEDULER__ENABLED", "false")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, http, mqtt) = standalone_process(dir.path()).await;
     let pid = child.id();
     let healthy = || {
         let asked = Instant::now();
@@ -694,13 +674,6 @@ async fn a_flooded_embedded_broker_stays_bounded_and_answering() {
             Ok((200, _))
         ) && asked.elapsed() < Duration::from_secs(1)
     };
-    tillwatch_integration_tests::wait_for("standalone to answer", Duration::from_secs(60), || {
-        matches!(
-            tillwatch_integration_tests::http_get(http, "/readyz"),
-            Ok((200, _))
-        )
-    })
-    .await;
     let start_mib = rss_mib(pid);
 
     let megabyte = vec![0x5au8; 1_000_000];

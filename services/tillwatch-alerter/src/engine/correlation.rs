@@ -82,13 +82,13 @@ impl Engine {
     /// nothing did.
     fn step_grouped(
         &self,
-        subject: &Subject,
+        key: &(String, String),
         rule: &ThresholdRule,
         signals: &HashMap<&str, f64>,
         (listing, listed): (&str, &str),
         now: i64,
     ) -> Option<(Phase, bool, bool)> {
-        let current = self.open.get(&subject.key());
+        let current = self.open.get(key);
         let before = phase_of(current);
         let mut phase = before;
         let event = rule.step(&mut phase, signals, now);
@@ -170,27 +170,26 @@ impl Engine {
             clear_for_ms: ms(self.correlation.clear_after),
         };
         let key = (INGEST_OUTAGE.to_string(), FLEET.to_string());
-        let current = self.open.get(&key);
-        let before = phase_of(current);
-        let mut phase = before;
-        let event = rule.step(&mut phase, &signals, now);
-        if phase == before && event.is_none() {
+        // A firing alert follows the drop: how many are offline now.
+        let summary = format!(
+            "{offline} of {known} terminals are offline, {recent} of them within {}: the \
+             cause is likely the broker, the network in front of it or the gateway, not \
+             the stores",
+            humantime::format_duration(self.correlation.window)
+        );
+        let Some((phase, resolved, grown)) =
+            self.step_grouped(&key, &rule, &signals, ("summary", &summary), now)
+        else {
             return;
-        }
-        let resolved = matches!(event, Some(crate::rules::AlertEvent::Resolved { .. }));
+        };
         let labels = BTreeMap::from([("scope".to_string(), "fleet".to_string())]);
         let annotations = BTreeMap::from([
-            (
-                "summary".to_string(),
-                format!(
-                    "{offline} of {known} terminals are offline, {recent} of them within \
-                     {}: the cause is likely the broker, the network in front of it or \
-                     the gateway, not the stores",
-                    humantime::format_duration(self.correlation.window)
-                ),
-            ),
+            ("summary".to_string(), summary),
             ("fleet_url".to_string(), self.page_url("", &[])),
         ]);
+        if grown && let Some(record) = self.open.get_mut(&key) {
+            record.annotations = annotations.clone();
+        }
         let draft = Draft {
             key,
             scope: "fleet".into(),
@@ -231,8 +230,7 @@ impl Engine {
             clear_for_ms: ms(self.correlation.clear_after),
         };
         let listed = out.join(",");
-        let Some(step) =
-            self.step_grouped(&subject, &rule, &signals, ("offline_stores", &listed), now)
+        let Some(step) = self.step_grouped(&key, &rule, &signals, ("offline_stores", &listed), now)
         else {
             return;
         };
@@ -333,7 +331,7 @@ impl Engine {
         names.truncate(50);
         // A firing store alert follows its outage: which terminals are down.
         let listed = names.join(",");
-        let step = self.step_grouped(&subject, &rule, &signals, ("offline_devices", &listed), now);
+        let step = self.step_grouped(&key, &rule, &signals, ("offline_devices", &listed), now);
         if let Some(step) = step {
             let name = self
                 .stores

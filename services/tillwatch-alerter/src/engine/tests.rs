@@ -84,6 +84,27 @@ fn engine() -> Engine {
     Engine::new(&AlertingConfig::default(), "http://tw", UtcMillis(T0))
 }
 
+/// Terminal `id` of `merchant`'s `store`, known and online from `T0`.
+fn online_at_t0(e: &mut Engine, id: &str, merchant: &str, store: &str, changes: &mut Changes) {
+    e.on_info(
+        &DeviceInfo {
+            device_id: DeviceId::new(id).unwrap(),
+            boot_id: BootId(1),
+            model: "A920".into(),
+            serial: id.to_string(),
+            firmware_version: "2".into(),
+            app_version: "4".into(),
+            merchant_id: tillwatch_domain::MerchantId::new(merchant).unwrap(),
+            store_id: Some(tillwatch_domain::StoreId::new(store).unwrap()),
+            time_zone: "UTC".into(),
+            at: UtcMillis(T0),
+        },
+        UtcMillis(T0),
+        changes,
+    );
+    e.on_connectivity(id, ConnState::Online, UtcMillis(T0), UtcMillis(T0), changes);
+}
+
 fn fired(saved: &[AlertRecord]) -> Vec<i64> {
     let mut at: Vec<i64> = saved.iter().filter_map(|a| a.fired_at_ms).collect();
     at.dedup();
@@ -206,30 +227,12 @@ fn a_battery_that_will_not_last_until_closing_time_warns() {
 fn a_merchant_wide_outage_is_one_merchant_alert_over_its_stores() {
     let mut e = engine();
     let mut changes = Changes::default();
-    let store_of = |i: usize| format!("s-{}", i / 3);
     for i in 0..12 {
-        let id = format!("d-{i}");
-        e.on_info(
-            &DeviceInfo {
-                device_id: DeviceId::new(&id).unwrap(),
-                boot_id: BootId(1),
-                model: "A920".into(),
-                serial: id.clone(),
-                firmware_version: "2".into(),
-                app_version: "4".into(),
-                merchant_id: tillwatch_domain::MerchantId::new("m-1").unwrap(),
-                store_id: Some(tillwatch_domain::StoreId::new(&store_of(i)).unwrap()),
-                time_zone: "UTC".into(),
-                at: UtcMillis(T0),
-            },
-            UtcMillis(T0),
-            &mut changes,
-        );
-        e.on_connectivity(
-            &id,
-            ConnState::Online,
-            UtcMillis(T0),
-            UtcMillis(T0),
+        online_at_t0(
+            &mut e,
+            &format!("d-{i}"),
+            "m-1",
+            &format!("s-{}", i / 3),
             &mut changes,
         );
     }
@@ -394,30 +397,7 @@ fn a_lone_offline_terminal_pages_once_the_correlation_wait_is_over() {
     let mut e = Engine::new(&config, "http://tw", UtcMillis(T0));
     let mut changes = Changes::default();
     for i in 0..4 {
-        let id = format!("d-{i}");
-        e.on_info(
-            &DeviceInfo {
-                device_id: DeviceId::new(&id).unwrap(),
-                boot_id: BootId(1),
-                model: "A920".into(),
-                serial: id.clone(),
-                firmware_version: "2".into(),
-                app_version: "4".into(),
-                merchant_id: tillwatch_domain::MerchantId::new("m-1").unwrap(),
-                store_id: Some(tillwatch_domain::StoreId::new("s-0").unwrap()),
-                time_zone: "UTC".into(),
-                at: UtcMillis(T0),
-            },
-            UtcMillis(T0),
-            &mut changes,
-        );
-        e.on_connectivity(
-            &id,
-            ConnState::Online,
-            UtcMillis(T0),
-            UtcMillis(T0),
-            &mut changes,
-        );
+        online_at_t0(&mut e, &format!("d-{i}"), "m-1", "s-0", &mut changes);
     }
     let off = T0 + MIN;
     e.on_connectivity(
@@ -450,29 +430,8 @@ fn a_fleet_wide_drop_is_one_ingest_outage_page_that_resolves() {
     let mut changes = Changes::default();
     let ids: Vec<String> = (0..36).map(|i| format!("d-{i}")).collect();
     for (i, id) in ids.iter().enumerate() {
-        e.on_info(
-            &DeviceInfo {
-                device_id: DeviceId::new(id).unwrap(),
-                boot_id: BootId(1),
-                model: "A920".into(),
-                serial: id.clone(),
-                firmware_version: "2".into(),
-                app_version: "4".into(),
-                merchant_id: tillwatch_domain::MerchantId::new(&format!("m-{}", i / 9)).unwrap(),
-                store_id: Some(tillwatch_domain::StoreId::new(&format!("s-{}", i / 3)).unwrap()),
-                time_zone: "UTC".into(),
-                at: UtcMillis(T0),
-            },
-            UtcMillis(T0),
-            &mut changes,
-        );
-        e.on_connectivity(
-            id,
-            ConnState::Online,
-            UtcMillis(T0),
-            UtcMillis(T0),
-            &mut changes,
-        );
+        let (merchant, store) = (format!("m-{}", i / 9), format!("s-{}", i / 3));
+        online_at_t0(&mut e, id, &merchant, &store, &mut changes);
     }
     let drop = T0 + MIN;
     for (i, id) in ids.iter().enumerate() {
