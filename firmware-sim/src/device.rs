@@ -1,5 +1,6 @@
 //! One simulated terminal: its identity, its fault plan and its MQTT client.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tillwatch_proto::telemetry::v1 as pb;
-use tillwatch_proto::topic::{Channel, device_topic};
+use tillwatch_proto::topic::{Channel, DURABLE, device_topic, durable_topic};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
@@ -127,12 +128,32 @@ pub(crate) struct Device {
     boot_id: u64,
     seq: u64,
     report: Report,
+    /// Readings sent that no durable notice has named yet, by (boot, seq).
+    unconfirmed: BTreeMap<(u64, u64), pb::Reading>,
+    /// When a notice last confirmed something, or the first unconfirmed
+    /// reading was sent: `resend_after` counts from here.
+    last_progress: Instant,
+    /// A new connection was made with readings unconfirmed: send them again.
+    resend_due: bool,
 }
 
 /// A connection that publishes one message at a time and waits for its ack.
 struct Link {
     client: AsyncClient,
     eventloop: EventLoop,
+    /// Durable notices received and not yet applied.
+    notices: Vec<pb::DurableReadings>,
+}
+
+impl Link {
+    /// Keeps a durable notice that arrived while the link was polled.
+    fn note(&mut self, publish: &rumqttc::Publish) {
+        if publish.topic.ends_with(DURABLE)
+            && let Ok(notice) = pb::DurableReadings::decode(&publish.payload[..])
+        {
+            self.notices.push(notice);
+        }
+    }
 }
 
 enum Sent {
@@ -168,6 +189,9 @@ impl Device {
                 devices: 1,
                 ..Default::default()
             },
+            unconfirmed: BTreeMap::new(),
+            last_progress: Instant::now(),
+            resend_due: false,
         }
     }
 
@@ -240,7 +264,11 @@ impl Device {
                 options.set_credentials(self.plan.device_id.clone(), password.clone());
             }
             let (client, eventloop) = AsyncClient::new(options, 16);
-            let mut link = Link { client, eventloop };
+            let mut link = Link {
+                client,
+                eventloop,
+                notices: Vec::new(),
+            };
             // Wait for the ConnAck, retrying while the broker is unreachable.
             loop {
                 let failed = tokio::select! {
@@ -273,9 +301,107 @@ impl Device {
                 }
             }
             if !lost {
+                if self.config.durability.unconfirmed_max > 0 {
+                    // Clean session: subscribe on every connect.
+                    let _ = link.client.try_subscribe(
+                        durable_topic(&self.plan.merchant_id, &self.plan.device_id),
+                        QoS::AtMostOnce,
+                    );
+                    self.resend_due = !self.unconfirmed.is_empty();
+                }
                 return Some(link);
             }
         }
+    }
+
+    /// Keeps readings the broker acked until a notice names them.
+    fn hold(&mut self, readings: &[pb::Reading]) {
+        let max = self.config.durability.unconfirmed_max;
+        if max == 0 {
+            return;
+        }
+        if self.unconfirmed.is_empty() {
+            self.last_progress = Instant::now();
+        }
+        for r in readings {
+            self.unconfirmed.insert((r.boot_id, r.seq), r.clone());
+        }
+        while self.unconfirmed.len() > max {
+            self.unconfirmed.pop_first();
+            self.report.unconfirmed_dropped += 1;
+        }
+    }
+
+    /// Forgets what the notices received name as durable.
+    fn absorb(&mut self, link: &mut Option<Link>) {
+        let Some(l) = link else { return };
+        for notice in l.notices.drain(..) {
+            let before = self.unconfirmed.len();
+            for range in &notice.ranges {
+                if range.from_seq >= range.to_seq {
+                    continue;
+                }
+                let named: Vec<(u64, u64)> = self
+                    .unconfirmed
+                    .range((notice.boot_id, range.from_seq)..(notice.boot_id, range.to_seq))
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in named {
+                    self.unconfirmed.remove(&k);
+                }
+            }
+            if self.unconfirmed.len() < before {
+                self.last_progress = Instant::now();
+            }
+        }
+    }
+
+    /// Whether what is held should go out again: after a reconnect, or
+    /// after `resend_after` without a notice.
+    fn resend_is_due(&self) -> bool {
+        !self.unconfirmed.is_empty()
+            && (self.resend_due
+                || self.last_progress.elapsed() >= self.config.durability.resend_after)
+    }
+
+    /// Publishes again everything held; false when stopped first.
+    async fn resend(
+        &mut self,
+        link: &mut Option<Link>,
+        topic: &str,
+        t_ms: i64,
+        gate: &Semaphore,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if link.is_none() {
+            *link = self.connect(gate, t_ms, shutdown).await;
+            if link.is_none() {
+                return false;
+            }
+        }
+        // A reconnect during the resend sets it again: what went out
+        // before it may be lost with the broker.
+        self.resend_due = false;
+        self.last_progress = Instant::now();
+        let held: Vec<pb::Reading> = self.unconfirmed.values().cloned().collect();
+        for chunk in held.chunks(REPLAY_BATCH) {
+            if !self
+                .send(
+                    link,
+                    topic.to_string(),
+                    Self::batch(chunk.to_vec()),
+                    t_ms,
+                    gate,
+                    shutdown,
+                )
+                .await
+            {
+                return false;
+            }
+            self.report.resent_readings += chunk.len() as u64;
+            self.absorb(link);
+        }
+        true
     }
 
     /// Publishes until acked, reconnecting as needed. Returns false when
@@ -401,6 +527,14 @@ impl Device {
                 tick += 1;
                 continue;
             }
+            self.absorb(&mut link);
+            if self.resend_is_due()
+                && !self
+                    .resend(&mut link, &telemetry, t_ms, &gate, &mut shutdown)
+                    .await
+            {
+                return self.finish(link, t_ms, &gate, &mut shutdown).await;
+            }
             if !backlog.is_empty() {
                 let late = std::mem::take(&mut backlog);
                 let telemetry = telemetry.clone();
@@ -408,7 +542,7 @@ impl Device {
                     .replay(&mut link, telemetry, late, t_ms, &gate, &mut shutdown)
                     .await
                 {
-                    return self.finish(link, t_ms).await;
+                    return self.finish(link, t_ms, &gate, &mut shutdown).await;
                 }
             }
 
@@ -428,6 +562,8 @@ impl Device {
                 break;
             }
             self.report.readings += 1;
+            self.hold(std::slice::from_ref(&reading));
+            self.absorb(&mut link);
             messages += 1;
             if self
                 .plan
@@ -530,7 +666,7 @@ impl Device {
         } else {
             self.report.unacked_readings += backlog.len() as u64;
         }
-        self.finish(link, t_ms).await
+        self.finish(link, t_ms, &gate, &mut shutdown).await
     }
 
     /// Publishes a backlog in batches of [`REPLAY_BATCH`]; false when
@@ -557,11 +693,40 @@ impl Device {
                 return false;
             }
             self.report.readings += chunk.len() as u64;
+            self.hold(chunk);
+            self.absorb(link);
         }
         true
     }
 
-    async fn finish(mut self, link: Option<Link>, t_ms: i64) -> Report {
+    async fn finish(
+        mut self,
+        mut link: Option<Link>,
+        t_ms: i64,
+        gate: &Semaphore,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Report {
+        // Wait (a while) for the notices of what is still held, resending
+        // after a reconnect.
+        let until = Instant::now() + self.config.durability.wait_at_end;
+        let telemetry = self.plan.topic(Channel::Telemetry);
+        while !self.unconfirmed.is_empty() && Instant::now() < until && !*shutdown.borrow() {
+            if link.is_none() || self.resend_is_due() {
+                if !self
+                    .resend(&mut link, &telemetry, t_ms, gate, shutdown)
+                    .await
+                {
+                    break;
+                }
+                continue;
+            }
+            let step = (Instant::now() + Duration::from_millis(100)).min(until);
+            if !wait_until(&mut link, step, shutdown).await {
+                break;
+            }
+            self.absorb(&mut link);
+        }
+        self.report.unconfirmed_readings = self.unconfirmed.len() as u64;
         if let Some(mut l) = link {
             let bye = self.status(false, pb::StatusReason::Shutdown, t_ms);
             let mut never = watch::channel(false).1;
@@ -607,6 +772,7 @@ async fn publish(
             event = link.eventloop.poll() => match event {
                 Ok(Event::Outgoing(Outgoing::Publish(id))) => pkid = Some(id),
                 Ok(Event::Incoming(Packet::PubAck(ack))) if Some(ack.pkid) == pkid => return Sent::Acked,
+                Ok(Event::Incoming(Packet::Publish(p))) => link.note(&p),
                 Ok(_) => {}
                 Err(_) => return Sent::Lost,
             },
@@ -625,7 +791,11 @@ async fn wait_until(
         match link {
             Some(l) => tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
-                event = l.eventloop.poll() => if event.is_err() { *link = None; },
+                event = l.eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::Publish(p))) => l.note(&p),
+                    Ok(_) => {}
+                    Err(_) => *link = None,
+                },
                 _ = stopped(shutdown) => return false,
             },
             None => tokio::select! {

@@ -41,6 +41,34 @@ pub struct SimConfig {
     pub connect_concurrency: usize,
     /// How terminals prove who they are to the broker.
     pub security: DeviceSecurity,
+    /// What terminals keep until Tillwatch says it is durable.
+    pub durability: Durability,
+}
+
+/// The firmware side of "nothing acked is lost": each terminal keeps the
+/// readings it sent until a `DurableReadings` notice on its durable topic
+/// names them, and publishes the rest again after it reconnects, or after
+/// `resend_after` without a notice.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Durability {
+    /// Readings a terminal keeps unconfirmed at most (its flash); past it
+    /// the oldest are dropped and counted. 0: keep nothing (fire and
+    /// forget at the broker's PUBACK).
+    pub unconfirmed_max: usize,
+    pub resend_after: Duration,
+    /// At the end of a run, how long a terminal waits for the notices of
+    /// what it still holds (resending after reconnects meanwhile).
+    pub wait_at_end: Duration,
+}
+
+impl Default for Durability {
+    fn default() -> Self {
+        Durability {
+            unconfirmed_max: 50_000,
+            resend_after: Duration::from_secs(60),
+            wait_at_end: Duration::ZERO,
+        }
+    }
 }
 
 /// Terminals' broker credentials and the CA they trust.
@@ -77,6 +105,7 @@ impl Default for SimConfig {
             faults: Faults::none(),
             connect_concurrency: 64,
             security: DeviceSecurity::default(),
+            durability: Durability::default(),
         }
     }
 }
@@ -178,6 +207,15 @@ pub struct Report {
     pub out_of_range_sent: u64,
     /// Readings not acknowledged because the run was stopped.
     pub unacked_readings: u64,
+    /// Readings published again because no durable notice had named them
+    /// (after a reconnect, or `resend_after` without one).
+    pub resent_readings: u64,
+    /// Readings still held at the end without a durable notice (in the
+    /// broker or the gateway's buffer, or lost with a broker that died).
+    pub unconfirmed_readings: u64,
+    /// Readings dropped unconfirmed because a terminal held
+    /// `unconfirmed_max` already.
+    pub unconfirmed_dropped: u64,
     pub elapsed_s: f64,
 }
 
@@ -195,6 +233,9 @@ impl Report {
         self.spoofed_sent += other.spoofed_sent;
         self.out_of_range_sent += other.out_of_range_sent;
         self.unacked_readings += other.unacked_readings;
+        self.resent_readings += other.resent_readings;
+        self.unconfirmed_readings += other.unconfirmed_readings;
+        self.unconfirmed_dropped += other.unconfirmed_dropped;
     }
 
     /// Messages the gateway should dead-letter: the bad ones sent.

@@ -49,6 +49,15 @@ struct Args {
     /// spoofed, out-of-range.
     #[arg(long, value_name = "LIST", num_args = 0..=1, default_missing_value = "all", value_parser = tillwatch_sim::Faults::parse)]
     faults: Option<tillwatch_sim::Faults>,
+    /// Readings each terminal keeps until Tillwatch names them durable
+    /// (then it sends again what was not named, after a reconnect or a
+    /// minute without word); 0 forgets each at the broker's PUBACK.
+    #[arg(long, default_value_t = 50_000)]
+    unconfirmed_max: usize,
+    /// At the end of a run, wait up to this many seconds for the durable
+    /// notices of what terminals still hold.
+    #[arg(long, default_value_t = 10)]
+    wait_durable_s: u64,
 }
 
 fn parse_start(s: &str) -> anyhow::Result<i64> {
@@ -117,6 +126,11 @@ async fn run() -> anyhow::Result<()> {
                 ),
                 None => std::env::var("TILLWATCH_SIM_PASSWORD").ok(),
             },
+        },
+        durability: tillwatch_sim::Durability {
+            unconfirmed_max: args.unconfirmed_max,
+            wait_at_end: Duration::from_secs(args.wait_durable_s),
+            ..Default::default()
         },
         ..SimConfig::default()
     };

@@ -71,6 +71,17 @@ impl<'a> DeviceTopic<'a> {
     }
 }
 
+/// The last level of the topic on which Tillwatch tells a terminal which
+/// of its readings are durable (`DurableReadings`); not a [`Channel`]: no
+/// terminal publishes there.
+pub const DURABLE: &str = "durable";
+
+/// The topic on which Tillwatch tells terminal `device_id` of
+/// `merchant_id` which of its readings are durable.
+pub fn durable_topic(merchant_id: &str, device_id: &str) -> String {
+    format!("{PREFIX}/{merchant_id}/{device_id}/{DURABLE}")
+}
+
 /// Formats the topic of one channel of one device.
 pub fn device_topic(merchant_id: &str, device_id: &str, channel: Channel) -> String {
     format!("{PREFIX}/{merchant_id}/{device_id}/{}", channel.as_str())

@@ -74,6 +74,7 @@ pub struct Mosquitto {
     pub port: u16,
     tls: bool,
     _dir: tempfile::TempDir,
+    conf: PathBuf,
 }
 
 impl Mosquitto {
@@ -132,6 +133,7 @@ impl Mosquitto {
                         port,
                         tls,
                         _dir: dir,
+                        conf,
                     };
                 }
                 if let Ok(Some(_)) = child.try_wait() {
@@ -143,6 +145,44 @@ impl Mosquitto {
         }
         let log = std::fs::read_to_string(dir.path().join("mosquitto.log")).unwrap_or_default();
         panic!("mosquitto would not start; its log:\n{log}");
+    }
+
+    /// Stops it as an operator or a rolling update does (SIGTERM: it
+    /// writes its persistence file and exits) and waits for the exit.
+    pub fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is touched.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM to mosquitto");
+        let _ = self.child.wait();
+    }
+
+    /// Kills it (SIGKILL): what it held only in memory since its last
+    /// autosave is gone.
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again, stopped by [`Mosquitto::stop`] or
+    /// [`Mosquitto::crash`], on the same port
+    /// with the same configuration and persistence directory.
+    pub fn start_again(&mut self) {
+        self.child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed");
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "mosquitto did not listen on {} again",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self) -> String {

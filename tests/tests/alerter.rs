@@ -653,3 +653,160 @@ async fn a_merchant_outage_is_one_page_that_resolves_when_its_terminals_return()
     }
     running.stop().await;
 }
+
+/// Publishes telemetry for `device` every 500 ms, whatever the broker's
+/// state (a publish the client cannot queue is dropped; QoS 1 resends the
+/// rest after a reconnect).
+fn keep_reporting(
+    port: u16,
+    device: &'static str,
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    let topic = format!("tw/v1/m-1/{device}");
+    let will = pb::DeviceStatus {
+        device_id: device.into(),
+        boot_id: 42,
+        state: pb::ConnectionState::Offline as i32,
+        reason: pb::StatusReason::ConnectionLost as i32,
+        at_ms: UtcMillis::now().0,
+    }
+    .encode_to_vec();
+    let (client, connection) = terminal_with_will(port, device, &topic, will);
+    let reporter = tokio::spawn(async move {
+        for seq in 1.. {
+            let batch = pb::TelemetryBatch {
+                readings: vec![pb::Reading {
+                    device_id: device.into(),
+                    boot_id: 42,
+                    seq,
+                    sampled_at_ms: UtcMillis::now().0,
+                    kind: Some(pb::reading::Kind::Battery(pb::Battery {
+                        level_pct: 70,
+                        charging: false,
+                        temperature_celsius: 30.0,
+                        voltage_mv: 4000,
+                        health_pct: 95,
+                        cycle_count: 3,
+                    })),
+                }],
+            };
+            let _ = client.try_publish(
+                format!("{topic}/telemetry"),
+                QoS::AtLeastOnce,
+                false,
+                batch.encode_to_vec(),
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    (reporter, connection)
+}
+
+/// The broker is stopped (as an upgrade or a crash loop does) for longer
+/// than any terminal's allowed silence. The alerter knows its own
+/// connection is down: no terminal is paged for the silence it could not
+/// hear; the outage is one `ingest_outage` page saying the broker is lost,
+/// and it resolves once the broker is back. A terminal that does not come
+/// back with the others is still paged, a full allowed silence after the
+/// alerter hears again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_is_one_page_not_a_page_per_terminal_and_it_ends() {
+    let mut mosquitto = Mosquitto::start();
+    let alertmanager = Alertmanager::start();
+    let running = start_alerter_with(&mosquitto, &alertmanager.url(), |c| {
+        c.alerter.silence_floor = Duration::from_secs(3);
+        c.alerter.silence_ceiling = Duration::from_secs(3);
+        c.alerter.silence_initial_gap = Duration::from_secs(1);
+        c.alerting.correlation.clear_after = Duration::from_secs(2);
+    })
+    .await;
+    let store = running.store.clone();
+    let port = mosquitto.port;
+    let (back_reporter, _back_connection) = keep_reporting(port, "t-back");
+    let (gone_reporter, gone_connection) = keep_reporting(port, "t-gone");
+    let online = |device: &'static str| {
+        let store = store.clone();
+        async move {
+            let history = store.connectivity_history(device, 1).await.ok();
+            history.and_then(|h| h.first().map(|h| h.to)) == Some(ConnState::Online)
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while !(online("t-back").await && online("t-gone").await) {
+        assert!(Instant::now() < until, "the terminals never came online");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The broker goes away past the 30 s the alerter waits before paging
+    // its own lost connection: ten times the allowed silence. t-gone dies
+    // meanwhile, so it will not be back.
+    mosquitto.stop();
+    let stopped = Instant::now();
+    gone_reporter.abort();
+    gone_connection.abort();
+    let fleet = || alertmanager.alerts_named("ingest_outage", "scope", "fleet");
+    wait_for(
+        "the ingest_outage page for the lost broker",
+        Duration::from_secs(60),
+        || !fleet().is_empty(),
+    )
+    .await;
+    let summary = fleet()[0]["annotations"]["summary"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        summary.contains("no connection to the MQTT broker"),
+        "{summary}"
+    );
+    let paged_after = stopped.elapsed();
+    assert!(
+        paged_after >= Duration::from_secs(30),
+        "paged {paged_after:?} after the broker stopped: before the wait"
+    );
+    // Thirty seconds is ten allowed silences: neither was taken offline.
+    for device in ["t-back", "t-gone"] {
+        assert!(
+            online(device).await,
+            "{device} was taken offline for a silence the alerter could not hear"
+        );
+    }
+
+    // Back: t-back reconnects and reports; the outage resolves.
+    mosquitto.start_again();
+    wait_for(
+        "the ingest_outage page to resolve",
+        Duration::from_secs(60),
+        || fleet().is_empty(),
+    )
+    .await;
+    // t-gone is silent after the return: paged on its own.
+    wait_for(
+        "the offline page for t-gone",
+        Duration::from_secs(30),
+        || {
+            !alertmanager
+                .alerts_named("offline", "device_id", "t-gone")
+                .is_empty()
+        },
+    )
+    .await;
+    assert!(online("t-back").await);
+    back_reporter.abort();
+    let store = running.stop().await;
+    let alerts = store
+        .alerts(tillwatch_meta::AlertFilter::All, 100)
+        .await
+        .unwrap();
+    let paged: Vec<(&str, &str)> = alerts
+        .iter()
+        .filter(|a| a.fired_at_ms.is_some())
+        .map(|a| (a.rule.as_str(), a.subject.as_str()))
+        .collect();
+    assert_eq!(
+        paged.len(),
+        2,
+        "one page for the outage, one for the terminal that stayed away: {paged:?}"
+    );
+    assert!(paged.contains(&("ingest_outage", "fleet")), "{paged:?}");
+    assert!(paged.contains(&("offline", "t-gone")), "{paged:?}");
+}

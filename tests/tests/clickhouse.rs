@@ -117,6 +117,7 @@ fn fleet(broker: String, devices: usize, readings: u64, seed: u64, faults: Fault
         faults,
         connect_concurrency: 32,
         security: Default::default(),
+        durability: Default::default(),
     }
 }
 

@@ -255,3 +255,45 @@ fn the_dockerfile_builds_packages_and_binaries_the_workspace_has() {
         );
     }
 }
+
+/// The Prometheus configuration loads its alert rules, and the rules fire
+/// and end as `rules.test.yml` says (a gateway whose disk is full, one
+/// without its broker, no active alerter), by Prometheus's own `promtool`.
+/// Each rule's metric is one the roles export.
+#[test]
+fn the_prometheus_alert_rules_load_and_fire_when_they_should() {
+    let dir = workspace_root().join("deploy/prometheus");
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["test", "rules", "rules.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool is installed (tests/run installs prometheus)");
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    let rules = std::fs::read_to_string(dir.join("rules.yml")).unwrap();
+    let sources = [
+        "services/tillwatch-gateway/src/metrics.rs",
+        "services/tillwatch-alerter/src/run.rs",
+    ]
+    .map(|p| std::fs::read_to_string(workspace_root().join(p)).unwrap())
+    .concat();
+    for metric in rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("tillwatch_"))
+    {
+        assert!(
+            sources.contains(&format!("\"{metric}\"")),
+            "rules.yml uses {metric}, which no role exports"
+        );
+    }
+}

@@ -146,6 +146,7 @@ fn fleet(broker: String, ca: &Path, devices: usize, readings: u64) -> SimConfig 
             ca_file: Some(ca.to_path_buf()),
             password: Some(FLEET_PASSWORD.into()),
         },
+        durability: Default::default(),
     }
 }
 

@@ -29,6 +29,7 @@ fn fleet(broker: String) -> SimConfig {
         faults: tillwatch_sim::Faults::all(),
         connect_concurrency: 32,
         security: Default::default(),
+        durability: Default::default(),
     }
 }
 

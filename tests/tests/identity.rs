@@ -121,6 +121,7 @@ fn fleet(broker: String, interval_s: u64, readings: u64, seed: u64, start_ms: i6
         faults: Faults::none(),
         connect_concurrency: 60,
         security: Default::default(),
+        durability: Default::default(),
     }
 }
 

@@ -289,6 +289,7 @@ async fn gateways_a_scheduler_and_the_api_share_one_lake_in_a_bucket() {
         faults: tillwatch_sim::Faults::none(),
         connect_concurrency: 16,
         security: Default::default(),
+        durability: Default::default(),
     };
     let sim = tokio::spawn(tillwatch_sim::run(fleet, watch::channel(false).1));
 

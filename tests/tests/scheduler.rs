@@ -144,6 +144,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
         faults: Faults::none(),
         connect_concurrency: 30,
         security: Default::default(),
+        durability: Default::default(),
     };
     let report = tillwatch_sim::run(sim, watch::channel(false).1)
         .await

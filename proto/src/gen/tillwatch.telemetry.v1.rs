@@ -166,6 +166,34 @@ pub struct DeviceInfo {
     #[prost(int64, tag = "10")]
     pub at_ms: i64,
 }
+/// What Tillwatch publishes to a terminal (on its durable topic, QoS 0, not
+/// retained) once readings are durable in its lake: every reading of boot
+/// `boot_id` whose sequence number lies in one of `ranges` is stored and
+/// will not be lost. MQTT's acknowledgement ends at the broker, which may
+/// still lose what it holds in memory (a broker crash); a terminal that
+/// keeps each reading until it is named here, and publishes again what is
+/// not named after it reconnects (or after a minute without word), loses
+/// nothing. Publishing a reading again is always safe: Tillwatch stores it
+/// once. A terminal subscribes to its own durable topic only; a notice may
+/// be lost (QoS 0), which costs only a resend. The ranges are the newest
+/// 64 at most, newest last.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DurableReadings {
+    #[prost(string, tag = "1")]
+    pub device_id: ::prost::alloc::string::String,
+    #[prost(fixed64, tag = "2")]
+    pub boot_id: u64,
+    #[prost(message, repeated, tag = "3")]
+    pub ranges: ::prost::alloc::vec::Vec<SeqRange>,
+}
+/// Sequence numbers from `from_seq` up to, not including, `to_seq`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct SeqRange {
+    #[prost(uint64, tag = "1")]
+    pub from_seq: u64,
+    #[prost(uint64, tag = "2")]
+    pub to_seq: u64,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum NetworkType {

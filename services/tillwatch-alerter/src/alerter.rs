@@ -50,6 +50,22 @@ impl Alerter {
         public_url: &str,
         now: UtcMillis,
     ) -> Result<Alerter, AlertingError> {
+        Alerter::open_listening(store, policy, config, public_url, now, true).await
+    }
+
+    /// [`Alerter::open`] for an alerter that is not subscribed yet
+    /// (`listening` false): no terminal goes offline for a silence from
+    /// before it hears the broker, so a restarted alerter does not take
+    /// every terminal offline before its session's backlog arrives (see
+    /// [`Alerter::set_listening`]).
+    pub async fn open_listening(
+        store: MetaStore,
+        policy: SilencePolicy,
+        config: &AlertingConfig,
+        public_url: &str,
+        now: UtcMillis,
+        listening: bool,
+    ) -> Result<Alerter, AlertingError> {
         for s in &config.stores {
             store
                 .upsert_store(&StoreRecord {
@@ -100,6 +116,9 @@ impl Alerter {
             watermark_rule: config.rules.ingest_watermark_stalled.clone(),
             changed: false,
         };
+        if !listening {
+            alerter.set_listening(false, now);
+        }
         alerter.tick(now).await?;
         Ok(alerter)
     }
@@ -265,6 +284,32 @@ impl Alerter {
                 .set_rollup_findings(rule, *severity, findings, now, &mut self.unsaved);
         }
         Ok(())
+    }
+
+    /// This alerter's broker connection went down (`false`) or came back
+    /// (`true`) at `now`: while it is down no terminal is silent on its
+    /// account, and if it stays down past the correlation wait the one
+    /// `ingest_outage` page says so (see [`Tracker::set_listening`]).
+    pub fn set_listening(&mut self, listening: bool, now: UtcMillis) {
+        let first = self.tracker.listening_since().is_none();
+        if self.tracker.set_listening(listening, now) {
+            self.engine
+                .set_deaf_since(self.tracker.deaf_since().map(|t| t.0));
+            // Re-evaluated at once (the fleet alert starts clearing).
+            self.next_sweep = self.next_sweep.min(now.0);
+            match (listening, first) {
+                (true, true) => {
+                    tracing::debug!("the alerter hears the broker: silences count from now")
+                }
+                (true, false) => tracing::info!(
+                    "the alerter hears the broker again: every online terminal has its allowed silence from now"
+                ),
+                (false, true) => {}
+                (false, false) => tracing::warn!(
+                    "the alerter lost the broker: no terminal goes offline by silence until it is back"
+                ),
+            }
+        }
     }
 
     /// When [`Alerter::tick`] next has work.

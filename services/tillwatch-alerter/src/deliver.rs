@@ -3,8 +3,10 @@
 //! fails is retried with exponential backoff (1 s doubling to 5 min); its
 //! alerts wait in the store meanwhile, so an outage delays pages and never
 //! loses one. Sending twice is possible after a crash between sending and
-//! recording; Alertmanager and PagerDuty both deduplicate (by label set and
-//! by `dedup_key`), and webhook bodies carry `alert_id` for the same.
+//! recording (a webhook or PagerDuty page is recorded as soon as its
+//! request succeeds, so that is the one page in flight); Alertmanager and
+//! PagerDuty both deduplicate (by label set and by `dedup_key`), and
+//! webhook bodies carry `alert_id` for the same.
 //!
 //! Bodies:
 //! - Alertmanager: `POST <url>/api/v2/alerts` with a JSON array of
@@ -281,30 +283,17 @@ impl Receiver {
                         self.pagerduty_body(&d.alert)
                     };
                     match self.post(&self.url, &body).await {
-                        Ok(()) => sent.push(d),
+                        // One page per request: recorded at once, so a
+                        // crash re-sends at most the page in flight.
+                        Ok(()) => self.record_sent(store, &[d], now).await?,
                         Err(e) => failed.push((vec![d], e)),
                     }
                 }
             }
         }
         let name = self.config.name.clone();
-        if !sent.is_empty() {
-            let states: Vec<(String, AlertState)> = sent
-                .iter()
-                .map(|d| {
-                    (
-                        d.alert.alert_id.clone(),
-                        d.alert.notify.unwrap_or(AlertState::Firing),
-                    )
-                })
-                .collect();
-            store.record_delivered(&name, &states, now).await?;
-            counter!(DELIVERIES, "receiver" => name.clone(), "outcome" => "sent")
-                .increment(sent.len() as u64);
-            for d in &sent {
-                info!(receiver = %name, alert = %d.alert.alert_id, state = ?d.alert.notify, "alert delivered");
-            }
-        }
+        self.record_sent(store, &sent, now).await?;
+        let failed_count: usize = failed.iter().map(|(d, _)| d.len()).sum();
         for (deliveries, error) in failed {
             let attempts = deliveries.iter().map(|d| d.attempts).max().unwrap_or(0);
             let backoff = (1000i64 << attempts.clamp(0, 20)).min(MAX_BACKOFF_MS);
@@ -319,7 +308,35 @@ impl Receiver {
             counter!(DELIVERIES, "receiver" => name.clone(), "outcome" => "failed")
                 .increment(ids.len() as u64);
         }
-        Ok(sent.len())
+        Ok(due.len() - failed_count)
+    }
+
+    async fn record_sent(
+        &self,
+        store: &MetaStore,
+        sent: &[&Delivery],
+        now: i64,
+    ) -> Result<(), MetaError> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        let name = &self.config.name;
+        let states: Vec<(String, AlertState)> = sent
+            .iter()
+            .map(|d| {
+                (
+                    d.alert.alert_id.clone(),
+                    d.alert.notify.unwrap_or(AlertState::Firing),
+                )
+            })
+            .collect();
+        store.record_delivered(name, &states, now).await?;
+        counter!(DELIVERIES, "receiver" => name.clone(), "outcome" => "sent")
+            .increment(sent.len() as u64);
+        for d in sent {
+            info!(receiver = %name, alert = %d.alert.alert_id, state = ?d.alert.notify, "alert delivered");
+        }
+        Ok(())
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use metrics::counter;
 use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_provisioned};
 use tillwatch_bus::provisioning::ProvisioningSource;
-use tillwatch_bus::{AckToken, BusHealth, ConsumerConfig, Incoming, Unobserved, consume};
+use tillwatch_bus::{AckToken, BusHealth, ConsumerConfig, Incoming, Release, consume};
 use tillwatch_config::Config;
 use tillwatch_domain::connectivity::{SilencePolicy, Transition};
 use tillwatch_domain::{DeviceId, UtcMillis};
@@ -175,6 +175,17 @@ impl AlerterHealth {
     }
 }
 
+/// Tells the alerter loop when its consumer is subscribed and when its
+/// connection drops (the silence of terminals it cannot hear is not
+/// theirs).
+struct Listening(tokio::sync::watch::Sender<bool>);
+
+impl tillwatch_bus::BusObserver for Listening {
+    fn ready(&self, ready: bool) {
+        self.0.send_replace(ready);
+    }
+}
+
 /// How a turn as the active alerter ended.
 enum Turn {
     Stopped,
@@ -280,12 +291,15 @@ async fn lead(
         Some(path) => Some(ProvisioningSource::open(path)?),
         None => None,
     };
-    let mut alerter = Alerter::open(
+    // Deaf until the first SUBACK: a terminal silent meanwhile (or while
+    // no alerter ran) gets its allowed silence counted from then.
+    let mut alerter = Alerter::open_listening(
         store.clone(),
         policy(config),
         &config.alerting,
         &public_url(config),
         UtcMillis::now(),
+        false,
     )
     .await?;
     info!(
@@ -308,9 +322,10 @@ async fn lead(
     // consumer hands messages over as they come and acks what this loop
     // gives back once the store has it.
     let (input_tx, mut input) = tokio::sync::mpsc::channel::<Incoming>(MAX_BATCH);
-    let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<AckToken>>();
+    let (ack_tx, ack_rx) = tokio::sync::mpsc::unbounded_channel::<Release>();
     let (stop_consumer, consumer_stop) = tokio::sync::watch::channel(false);
     let stop_rx = consumer_stop.clone();
+    let (listening_tx, mut listening) = tokio::sync::watch::channel(false);
     let consumer = tokio::spawn(consume(
         ConsumerConfig {
             mqtt: config.mqtt.clone(),
@@ -318,7 +333,7 @@ async fn lead(
             shared_group: None,
         },
         health.bus.clone(),
-        Arc::new(Unobserved),
+        Arc::new(Listening(listening_tx)),
         input_tx,
         ack_rx,
         consumer_stop,
@@ -359,6 +374,10 @@ async fn lead(
                     }
                 }
             }
+            Ok(()) = listening.changed() => {
+                let up = *listening.borrow_and_update();
+                alerter.set_listening(up, UtcMillis::now());
+            }
             message = input.recv(), if !full => match message {
                 Some(message) => {
                     let now = UtcMillis::now();
@@ -394,7 +413,7 @@ async fn lead(
                     break;
                 }
                 batch.clear();
-                let _ = ack_tx.send(std::mem::take(&mut batch_acks));
+                let _ = ack_tx.send(std::mem::take(&mut batch_acks).into());
             }
             _ = tokio::time::sleep_until(wake_at) => {
                 match alerter.tick(UtcMillis::now()).await {

@@ -31,12 +31,22 @@ pub enum Event {
 }
 
 /// Live state of every device, backed by the metadata store.
+///
+/// Silence is only the device's when the listener could have heard it:
+/// while the listener's own broker connection is down
+/// ([`Tracker::set_listening`]) nobody goes offline by silence, and once
+/// it is back every online device gets its full allowed silence counted
+/// from then.
 #[derive(Debug)]
 pub struct Tracker {
     store: MetaStore,
     policy: SilencePolicy,
     devices: HashMap<DeviceId, DeviceConnectivity>,
     timers: SilenceTimers,
+    /// `Some(since)` while the listener cannot hear the devices.
+    deaf_since: Option<UtcMillis>,
+    /// When the listener last started hearing again.
+    listening_since: Option<UtcMillis>,
 }
 
 impl Tracker {
@@ -56,7 +66,41 @@ impl Tracker {
             policy,
             devices,
             timers,
+            deaf_since: None,
+            listening_since: None,
         })
+    }
+
+    /// The listener's broker connection went down (`false`) or came back
+    /// (`true`) at `now`. Coming back re-arms every online device's
+    /// silence from `now`. Returns whether anything changed.
+    pub fn set_listening(&mut self, listening: bool, now: UtcMillis) -> bool {
+        match (listening, self.deaf_since) {
+            (false, None) => {
+                self.deaf_since = Some(now);
+                true
+            }
+            (true, Some(_)) => {
+                self.deaf_since = None;
+                self.listening_since = Some(now);
+                for (device, conn) in &self.devices {
+                    self.timers
+                        .set(device, conn.silence_deadline_since(&self.policy, Some(now)));
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// When the listener last started hearing, if it ever did.
+    pub fn listening_since(&self) -> Option<UtcMillis> {
+        self.listening_since
+    }
+
+    /// Since when the listener has not heard the devices, if it cannot.
+    pub fn deaf_since(&self) -> Option<UtcMillis> {
+        self.deaf_since
     }
 
     /// Applies one event; returns the connectivity changes it caused.
@@ -141,7 +185,8 @@ impl Tracker {
             return Err(e.into());
         }
         for device in touched.keys() {
-            let deadline = self.devices[device].silence_deadline(&self.policy);
+            let deadline =
+                self.devices[device].silence_deadline_since(&self.policy, self.listening_since);
             self.timers.set(device, deadline);
         }
         Ok(())
@@ -153,6 +198,10 @@ impl Tracker {
         &mut self,
         now: UtcMillis,
     ) -> Result<Vec<(DeviceId, Transition)>, TrackerError> {
+        if self.deaf_since.is_some() {
+            // Deaf: no silence is the devices' (re-armed when it hears).
+            return Ok(Vec::new());
+        }
         let mut batch = StateBatch::default();
         let mut touched = HashMap::new();
         let mut changes = Vec::new();
@@ -163,7 +212,7 @@ impl Tracker {
             }
             self.remember(&mut touched, device_id);
             let conn = self.devices.get_mut(device_id).expect("checked");
-            let change = conn.on_time(now, &self.policy);
+            let change = conn.on_time_since(now, &self.policy, self.listening_since);
             batch.connectivity(device_id.as_str(), conn.snapshot(), change.as_ref());
             changes.extend(change.map(|c| (device_id.clone(), c)));
         }
@@ -179,6 +228,9 @@ impl Tracker {
 
     /// When [`Tracker::tick`] next has work: sleep until then.
     pub fn next_deadline(&mut self) -> Option<UtcMillis> {
+        if self.deaf_since.is_some() {
+            return None;
+        }
         self.timers.next_deadline()
     }
 

@@ -171,3 +171,64 @@ async fn the_tracker_on_postgresql() {
     behaviour(&db.url).await;
     db.drop_it().await;
 }
+
+/// The alerter's own broker connection is down for ten minutes: nobody
+/// goes offline by silence meanwhile (nothing could be heard), and once it
+/// is back each terminal gets its allowed silence from then. One that
+/// speaks stays online; one that does not goes offline a full allowed
+/// silence after the reconnect.
+#[tokio::test]
+async fn silence_while_the_alerter_cannot_hear_is_not_the_terminals() {
+    let db = TestDatabase::sqlite();
+    let store = MetaStore::connect(&db.url).await.unwrap();
+    store.migrate().await.unwrap();
+    let mut tracker = Tracker::open(store, SilencePolicy::default())
+        .await
+        .unwrap();
+    for device in ["t-back", "t-gone"] {
+        for i in 0..10 {
+            tracker
+                .handle(telemetry(device, i, i as i64 * 20_000))
+                .await
+                .unwrap();
+        }
+    }
+    let last = 9 * 20_000;
+    assert!(tracker.set_listening(false, UtcMillis(last + 1_000)));
+    assert!(!tracker.set_listening(false, UtcMillis(last + 2_000)));
+    assert_eq!(tracker.next_deadline(), None, "no deadline while deaf");
+    let lost = tracker.tick(UtcMillis(last + 600_000)).await.unwrap();
+    assert!(lost.is_empty(), "{lost:?}");
+
+    let back = last + 600_000;
+    assert!(tracker.set_listening(true, UtcMillis(back)));
+    assert_eq!(tracker.next_deadline(), Some(UtcMillis(back + 60_000)));
+    tracker
+        .handle(telemetry("t-back", 11, back + 5_000))
+        .await
+        .unwrap();
+    assert!(
+        tracker
+            .tick(UtcMillis(back + 59_999))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let changes = tracker.tick(UtcMillis(back + 60_000)).await.unwrap();
+    let seen: Vec<_> = changes
+        .iter()
+        .map(|(d, c)| (d.as_str(), c.to, c.at))
+        .collect();
+    assert_eq!(
+        seen,
+        [(
+            "t-gone",
+            ConnState::Offline(OfflineReason::Silence),
+            UtcMillis(back + 60_000)
+        )]
+    );
+    assert_eq!(
+        tracker.state(&dev("t-back")).unwrap().state(),
+        Some(ConnState::Online)
+    );
+}

@@ -238,6 +238,24 @@ mod tests {
         assert_eq!(may_subscribe(&Who::Anyone, "tw/v1/m-1/t-2/#"), Ok(()));
     }
 
+    /// Its durable notices: a terminal reads its own, never another's, and
+    /// cannot forge one (only Tillwatch's own clients publish there).
+    #[test]
+    fn a_terminal_reads_its_own_durable_notices_and_cannot_forge_them() {
+        let t1 = device("t-1");
+        let own = tillwatch_proto::topic::durable_topic("m-1", "t-1");
+        assert_eq!(may_subscribe(&t1, &own), Ok(()));
+        assert_eq!(may_subscribe(&t1, "tw/v1/+/t-1/durable"), Ok(()));
+        assert!(may_subscribe(&t1, "tw/v1/+/t-2/durable").is_err());
+        assert!(may_subscribe(&t1, "tw/v1/+/+/durable").is_err());
+        for who in [t1, Who::Anyone] {
+            assert!(matches!(
+                may_publish(&who, &own, false, 10),
+                Err(Refusal::NotADeviceTopic { .. })
+            ));
+        }
+    }
+
     #[test]
     fn logins_name_the_device_and_the_internal_account_stays_inside() {
         use rumqttc::mqttbytes::QoS;

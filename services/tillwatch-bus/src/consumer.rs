@@ -4,7 +4,8 @@
 //!
 //! The handler (the gateway's pipeline, the alerter) reads [`Incoming`]
 //! messages from a bounded channel and sends back, in order, the
-//! [`AckToken`]s of what it has made durable. A full channel stops this
+//! [`AckToken`]s of what it has made durable (with any [`Notice`]s to
+//! publish, as a [`Release`]). A full channel stops this
 //! loop reading the socket, so the broker holds the rest: back-pressure,
 //! never dropping. On shutdown the loop stops taking messages (the broker
 //! redelivers them) and runs on only to send the last acks and the
@@ -32,6 +33,31 @@ use crate::session::{SessionError, session, subscriptions};
 pub struct AckToken {
     pub pkid: u16,
     pub qos: u8,
+}
+
+/// A message the handler asks the consumer to publish (QoS 0, not
+/// retained): the gateway's notices to terminals of what is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub topic: String,
+    pub payload: Bytes,
+}
+
+/// What the handler gives back, in order: the acks of messages it has made
+/// durable, then notices to publish.
+#[derive(Debug, Default)]
+pub struct Release {
+    pub acks: Vec<AckToken>,
+    pub notices: Vec<Notice>,
+}
+
+impl From<Vec<AckToken>> for Release {
+    fn from(acks: Vec<AckToken>) -> Release {
+        Release {
+            acks,
+            notices: Vec::new(),
+        }
+    }
 }
 
 /// One message from the broker.
@@ -116,7 +142,7 @@ pub async fn consume(
     health: Arc<BusHealth>,
     observer: Arc<dyn BusObserver>,
     input: mpsc::Sender<Incoming>,
-    acks: mpsc::UnboundedReceiver<Vec<AckToken>>,
+    acks: mpsc::UnboundedReceiver<Release>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConsumerError> {
     let (client, eventloop) = session(&config.mqtt, &config.client_id)?;
@@ -130,14 +156,19 @@ pub async fn consume(
     polled
 }
 
-/// Sends the acks the handler releases, in order; disconnects cleanly
-/// once the handler has finished and every ack is queued.
+/// Sends the acks the handler releases, in order, and its notices;
+/// disconnects cleanly once the handler has finished and every ack is
+/// queued.
 async fn ack_task(
     client: AsyncClient,
-    mut acks: mpsc::UnboundedReceiver<Vec<AckToken>>,
+    mut releases: mpsc::UnboundedReceiver<Release>,
     observer: Arc<dyn BusObserver>,
 ) {
-    while let Some(tokens) = acks.recv().await {
+    while let Some(Release {
+        acks: tokens,
+        notices,
+    }) = releases.recv().await
+    {
         for token in &tokens {
             let qos = match token.qos {
                 2 => QoS::ExactlyOnce,
@@ -152,6 +183,16 @@ async fn ack_task(
             }
         }
         observer.acked(tokens.len());
+        for notice in notices {
+            // At most once: a lost notice costs the terminal a resend.
+            if client
+                .publish_bytes(notice.topic, QoS::AtMostOnce, false, notice.payload)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
     }
     let _ = client.disconnect().await;
 }

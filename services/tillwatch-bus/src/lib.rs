@@ -27,7 +27,8 @@ pub mod provisioning;
 mod session;
 
 pub use consumer::{
-    AckToken, BusHealth, BusObserver, ConsumerConfig, ConsumerError, Incoming, Unobserved, consume,
+    AckToken, BusHealth, BusObserver, ConsumerConfig, ConsumerError, Incoming, Notice, Release,
+    Unobserved, consume,
 };
 pub use session::{SessionError, session, subscriptions};
 

@@ -194,6 +194,11 @@ pub struct GatewayConfig {
     /// another merchant or names another store. Read again when it
     /// changes.
     pub provisioning_file: Option<PathBuf>,
+    /// After each flush, tell every terminal whose readings it held which
+    /// of them are durable (`DurableReadings` on
+    /// `tw/v1/MERCHANT/DEVICE/durable`, QoS 0), so firmware that keeps
+    /// readings until then loses nothing even when the broker does.
+    pub confirm_durable: bool,
 }
 
 impl Default for GatewayConfig {
@@ -209,6 +214,7 @@ impl Default for GatewayConfig {
             dead_letters_per_second: 100,
             max_boots_per_device: 1000,
             provisioning_file: None,
+            confirm_durable: true,
         }
     }
 }

@@ -215,18 +215,44 @@ impl DeviceConnectivity {
 
     /// When the device counts as silent if nothing arrives, while online.
     pub fn silence_deadline(&self, policy: &SilencePolicy) -> Option<UtcMillis> {
+        self.silence_deadline_since(policy, None)
+    }
+
+    /// [`DeviceConnectivity::silence_deadline`] counting silence from no
+    /// earlier than `listening_since`: the moment whoever listens could
+    /// hear the device again (its broker connection came back), so a
+    /// silence it could not have heard is not the device's.
+    pub fn silence_deadline_since(
+        &self,
+        policy: &SilencePolicy,
+        listening_since: Option<UtcMillis>,
+    ) -> Option<UtcMillis> {
         if self.state != Some(ConnState::Online) {
             return None;
         }
-        let last = self.last_telemetry.unwrap_or(self.since);
+        let mut last = self.last_telemetry.unwrap_or(self.since);
+        if let Some(floor) = listening_since {
+            last = last.max(floor);
+        }
         let gap = self.gap_ms.unwrap_or(policy.initial_gap_ms as f64);
         let allowed = ((gap * policy.gaps) as i64).clamp(policy.floor_ms, policy.ceiling_ms);
-        Some(UtcMillis(last.0 + allowed))
+        Some(UtcMillis(last.0.saturating_add(allowed)))
     }
 
     /// The clock reached `now`: silent devices go offline.
     pub fn on_time(&mut self, now: UtcMillis, policy: &SilencePolicy) -> Option<Transition> {
-        match self.silence_deadline(policy) {
+        self.on_time_since(now, policy, None)
+    }
+
+    /// [`DeviceConnectivity::on_time`] with silence counted from no
+    /// earlier than `listening_since`.
+    pub fn on_time_since(
+        &mut self,
+        now: UtcMillis,
+        policy: &SilencePolicy,
+        listening_since: Option<UtcMillis>,
+    ) -> Option<Transition> {
+        match self.silence_deadline_since(policy, listening_since) {
             Some(deadline) if now >= deadline => {
                 self.go(ConnState::Offline(OfflineReason::Silence), deadline)
             }
@@ -367,6 +393,35 @@ mod tests {
             None
         );
         assert_eq!(d.state(), Some(ConnState::Online));
+    }
+
+    #[test]
+    fn silence_the_listener_could_not_hear_counts_from_when_it_could() {
+        let policy = SilencePolicy::default();
+        let mut d = DeviceConnectivity::default();
+        for i in 0..20 {
+            d.on_telemetry(t(i * 20_000));
+        }
+        let last = 19 * 20_000;
+        // The listener lost the broker at `last` and had it back 10 min
+        // later: the device gets its 60 s from then, not from `last`.
+        let back = t(last + 600_000);
+        assert_eq!(
+            d.silence_deadline_since(&policy, Some(back)),
+            Some(t(back.0 + 60_000))
+        );
+        assert_eq!(d.on_time_since(back, &policy, Some(back)), None);
+        let silent = d
+            .on_time_since(t(back.0 + 60_000), &policy, Some(back))
+            .unwrap();
+        assert_eq!(silent.at, t(back.0 + 60_000));
+        // Heard after the listener came back: its own time counts.
+        let mut later = DeviceConnectivity::default();
+        later.on_telemetry(t(back.0 + 5_000));
+        assert_eq!(
+            later.silence_deadline_since(&policy, Some(back)),
+            later.silence_deadline(&policy)
+        );
     }
 
     #[test]

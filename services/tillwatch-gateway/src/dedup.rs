@@ -107,6 +107,24 @@ impl SeqRanges {
         }
     }
 
+    /// The newest `max` ranges, oldest first.
+    pub fn newest(&self, max: usize) -> Vec<(u64, u64)> {
+        match &self.0 {
+            Ranges::Empty => Vec::new(),
+            Ranges::One(s, e) => vec![(*s, *e)],
+            Ranges::Many(ranges) => {
+                let mut newest: Vec<(u64, u64)> = ranges
+                    .iter()
+                    .rev()
+                    .take(max)
+                    .map(|(s, e)| (*s, *e))
+                    .collect();
+                newest.reverse();
+                newest
+            }
+        }
+    }
+
     fn to_vec(&self) -> Vec<(u64, u64)> {
         match &self.0 {
             Ranges::Empty => Vec::new(),
@@ -175,6 +193,16 @@ impl DedupIndex {
     /// Boots tracked for `device`.
     pub fn boots_of(&self, device: &DeviceId) -> usize {
         self.devices.get(device).map_or(0, HashMap::len)
+    }
+
+    /// The sequence numbers of `boot` of `device` known stored, as the
+    /// newest `max` half-open ranges, oldest first.
+    pub fn stored_ranges(&self, device: &DeviceId, boot: BootId, max: usize) -> Vec<(u64, u64)> {
+        self.devices
+            .get(device)
+            .and_then(|boots| boots.get(&boot))
+            .map(|b| b.seqs.newest(max))
+            .unwrap_or_default()
     }
 
     /// Whether anything of `boot` of `device` is stored.
@@ -727,6 +755,19 @@ mod tests {
         r.insert_range(7, 11);
         assert_eq!(r.range_count(), 1);
         assert_eq!(r, SeqRanges(Ranges::One(0, 30)), "one run is held inline");
+    }
+
+    #[test]
+    fn a_notice_names_the_newest_ranges_oldest_first() {
+        let mut r = SeqRanges::default();
+        assert_eq!(r.newest(3), []);
+        r.insert_range(0, 10);
+        assert_eq!(r.newest(3), [(0, 10)]);
+        for start in [20, 40, 60, 80] {
+            r.insert_range(start, start + 5);
+        }
+        assert_eq!(r.newest(3), [(40, 45), (60, 65), (80, 85)]);
+        assert_eq!(r.newest(99).len(), 5);
     }
 
     #[test]

@@ -179,6 +179,8 @@ pub async fn run_gateway(
         dead_letters_per_second: config.gateway.dead_letters_per_second,
         max_boots_per_device: config.gateway.max_boots_per_device,
         provisioning,
+        health: health.clone(),
+        confirm_durable: config.gateway.confirm_durable,
     };
     // The shipper outlives the pipeline: it stops after the last flush has
     // been spooled, draining for a moment before leaving the rest on disk.
@@ -210,7 +212,7 @@ pub async fn run_gateway(
     };
     let polled = tillwatch_bus::consume(
         consumer,
-        health,
+        health.bus.clone(),
         Arc::new(mqtt::GatewayObserver),
         input_tx,
         ack_rx,

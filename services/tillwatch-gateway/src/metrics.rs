@@ -17,6 +17,7 @@ pub const DEAD_LETTERS_DROPPED: &str = "tillwatch_gateway_dead_letters_dropped_t
 pub const FLUSH_ROWS: &str = "tillwatch_gateway_flush_rows";
 pub const FLUSH_DURATION: &str = "tillwatch_gateway_flush_duration_seconds";
 pub const FLUSH_ERRORS: &str = "tillwatch_gateway_flush_errors_total";
+pub const STORAGE_FAILING: &str = "tillwatch_gateway_storage_failing";
 pub const FILES_WRITTEN: &str = "tillwatch_gateway_files_written_total";
 pub const BYTES_WRITTEN: &str = "tillwatch_gateway_bytes_written_total";
 pub const ACKS_SENT: &str = "tillwatch_gateway_acks_sent_total";
@@ -92,6 +93,11 @@ pub fn describe() {
         FLUSH_ERRORS,
         Unit::Count,
         "Failed flush attempts (retried; nothing is acked until one succeeds)"
+    );
+    describe_gauge!(
+        STORAGE_FAILING,
+        Unit::Count,
+        "1 while the gateway's flushes fail (a full or broken disk, the lake's object store, the ClickHouse spool): intake is stopped, nothing acked"
     );
     describe_counter!(
         FILES_WRITTEN,

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use tillwatch_clickhouse::{EncodedRows, Spool, SpoolError, encode_parts};
-use tillwatch_domain::{BootId, DeviceId, Kind, ReadingKey, RejectReason, StoreId, UtcMillis};
+use tillwatch_domain::{
+    BootId, DeviceId, Kind, MerchantId, ReadingKey, RejectReason, StoreId, UtcMillis,
+};
 use tillwatch_storage::{Lake, PartBatch, Staging, StoredReading};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -37,7 +39,7 @@ use crate::metrics as m;
 use tillwatch_bus::decode::{DecodeLimits, Decoded, decode_provisioned};
 use tillwatch_bus::provisioning::ProvisioningSource;
 
-pub use tillwatch_bus::{AckToken, Incoming};
+pub use tillwatch_bus::{AckToken, Incoming, Notice, Release};
 
 /// At most this many messages are taken from the input per wake-up. Small
 /// against any flush limit, so a group overshoots them by little.
@@ -59,7 +61,15 @@ pub struct PipelineConfig {
     pub max_boots_per_device: usize,
     /// Which merchant and store each terminal belongs to, when configured.
     pub provisioning: Option<ProvisioningSource>,
+    /// Told when flushes start and stop failing (`/readyz`, the gauge).
+    pub health: Arc<crate::GatewayHealth>,
+    /// Tell each terminal, after a flush, which of its readings are
+    /// durable (`DurableReadings` on its durable topic).
+    pub confirm_durable: bool,
 }
+
+/// The most ranges one durable notice names.
+const NOTICE_MAX_RANGES: usize = 64;
 
 /// How often the dedup index forgets boots past the sample-time horizon.
 const EVICT_EVERY_MS: i64 = 3_600_000;
@@ -113,6 +123,9 @@ struct Batch {
     /// Boots staged that the dedup index does not know yet, by device.
     new_boots: HashMap<DeviceId, Vec<BootId>>,
     acks: Vec<AckToken>,
+    /// The boots whose readings this batch took (stored or already
+    /// durable), with their merchant: told what is durable once it is.
+    boots: HashMap<(DeviceId, BootId), MerchantId>,
     messages: usize,
     /// Readings staged, by `Kind` index.
     readings: [u64; 4],
@@ -139,6 +152,7 @@ struct FlushOutcome {
     result: Result<FlushStats, DedupOrLake>,
     batch_keys: Vec<(ReadingKey, i64)>,
     acks: Vec<AckToken>,
+    boots: HashMap<(DeviceId, BootId), MerchantId>,
     readings: [u64; 4],
     dead_letters: u64,
 }
@@ -306,7 +320,7 @@ struct Pipeline {
     last_release: Option<Instant>,
     tally: Tally,
     /// Where the acks of durable messages go.
-    acks: mpsc::UnboundedSender<Vec<AckToken>>,
+    acks: mpsc::UnboundedSender<Release>,
 }
 
 impl Pipeline {
@@ -356,6 +370,7 @@ impl Pipeline {
             self.config.writer_id.clone(),
             self.stopping.clone(),
             evict_before,
+            self.config.health.clone(),
         );
         self.inflight = Some((handle, bytes));
         true
@@ -417,6 +432,7 @@ impl Pipeline {
                 self.config.writer_id.clone(),
                 self.stopping.clone(),
                 None,
+                self.config.health.clone(),
             );
             let outcome = handle.await.expect("the flush task does not panic");
             finish_flush(outcome, &mut self.pending, &self.acks);
@@ -434,7 +450,7 @@ pub async fn run_pipeline(
     spool: Option<Spool>,
     store: DedupStore,
     mut input: mpsc::Receiver<Incoming>,
-    acks: mpsc::UnboundedSender<Vec<AckToken>>,
+    acks: mpsc::UnboundedSender<Release>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let watermark = Watermark::new(&lake, &config.writer_id);
@@ -680,6 +696,15 @@ impl Pipeline {
                         }
                         continue;
                     }
+                    if config.confirm_durable
+                        && !batch
+                            .boots
+                            .contains_key(&(key.device_id.clone(), key.boot_id))
+                    {
+                        batch
+                            .boots
+                            .insert((key.device_id.clone(), key.boot_id), merchant_id.clone());
+                    }
                     if index.contains(&key) || !pending.insert(key.clone()) {
                         tally.duplicates += 1;
                         continue;
@@ -765,6 +790,7 @@ fn admit_boot(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_flush(
     batch: Batch,
     mut store: DedupStore,
@@ -773,6 +799,7 @@ fn start_flush(
     writer_id: String,
     stopping: Arc<AtomicBool>,
     evict_before: Option<i64>,
+    health: Arc<crate::GatewayHealth>,
 ) -> JoinHandle<FlushOutcome> {
     tokio::task::spawn_blocking(move || {
         let parts = batch.staging.finish();
@@ -796,10 +823,17 @@ fn start_flush(
                 &batch.keys,
                 &stopping,
             ) {
-                Ok(stats) => break Ok(stats),
+                Ok(stats) => {
+                    if health.storage_problem().is_some() {
+                        info!("flushes succeed again: taking readings");
+                        health.set_storage(None);
+                    }
+                    break Ok(stats);
+                }
                 Err(e) => {
                     spooled |= sink.is_some() && !matches!(e, DedupOrLake::Spool(_));
                     counter!(m::FLUSH_ERRORS).increment(1);
+                    health.set_storage(Some(e.to_string()));
                     if stopping.load(Ordering::SeqCst) {
                         break Err(e);
                     }
@@ -820,6 +854,7 @@ fn start_flush(
             result,
             batch_keys: batch.keys,
             acks: batch.acks,
+            boots: batch.boots,
             readings: batch.readings,
             dead_letters: batch.dead_letters,
         }
@@ -911,13 +946,14 @@ fn write_flush(
 fn finish_flush(
     outcome: FlushOutcome,
     pending: &mut HashSet<ReadingKey>,
-    acks: &mpsc::UnboundedSender<Vec<AckToken>>,
+    acks: &mpsc::UnboundedSender<Release>,
 ) -> DedupStore {
     let FlushOutcome {
         store,
         result,
         batch_keys,
         acks: tokens,
+        boots,
         readings,
         dead_letters,
     } = outcome;
@@ -935,10 +971,14 @@ fn finish_flush(
             histogram!(m::FLUSH_ROWS).record(stats.rows as f64);
             counter!(m::FILES_WRITTEN).increment(stats.files as u64);
             counter!(m::BYTES_WRITTEN).increment(stats.bytes);
-            if !tokens.is_empty() {
+            let notices = durable_notices(&store, &boots);
+            if !tokens.is_empty() || !notices.is_empty() {
                 // The receiver is gone only when the MQTT side has already
                 // shut down; the broker will redeliver what stays unacked.
-                let _ = acks.send(tokens);
+                let _ = acks.send(Release {
+                    acks: tokens,
+                    notices,
+                });
             }
         }
         Err(e) => {
@@ -948,6 +988,43 @@ fn finish_flush(
         }
     }
     store
+}
+
+/// One `DurableReadings` per boot the flush took readings of: what the
+/// dedup index now holds durable of it (by this gateway).
+fn durable_notices(
+    store: &DedupStore,
+    boots: &HashMap<(DeviceId, BootId), MerchantId>,
+) -> Vec<Notice> {
+    use prost::Message;
+    use tillwatch_proto::telemetry::v1 as pb;
+    if boots.is_empty() {
+        return Vec::new();
+    }
+    let index = store.index();
+    let index = index.read().unwrap_or_else(PoisonError::into_inner);
+    boots
+        .iter()
+        .filter_map(|((device, boot), merchant)| {
+            let ranges = index.stored_ranges(device, *boot, NOTICE_MAX_RANGES);
+            if ranges.is_empty() {
+                return None;
+            }
+            let payload = pb::DurableReadings {
+                device_id: device.as_str().to_string(),
+                boot_id: boot.0,
+                ranges: ranges
+                    .into_iter()
+                    .map(|(from_seq, to_seq)| pb::SeqRange { from_seq, to_seq })
+                    .collect(),
+            }
+            .encode_to_vec();
+            Some(Notice {
+                topic: tillwatch_proto::topic::durable_topic(merchant.as_str(), device.as_str()),
+                payload: payload.into(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -1009,7 +1086,7 @@ mod tests {
 
     type Running = (
         mpsc::Sender<Incoming>,
-        mpsc::UnboundedReceiver<Vec<AckToken>>,
+        mpsc::UnboundedReceiver<Release>,
         JoinHandle<()>,
     );
 
@@ -1043,6 +1120,26 @@ mod tests {
         spool: Option<Spool>,
         tweak: impl FnOnce(&mut PipelineConfig),
     ) -> Running {
+        spawn_pipeline_releasing(
+            dir,
+            lake_root,
+            flush_max_rows,
+            max_buffered_bytes,
+            channel,
+            spool,
+            tweak,
+        )
+    }
+
+    fn spawn_pipeline_releasing(
+        dir: &std::path::Path,
+        lake_root: &std::path::Path,
+        flush_max_rows: usize,
+        max_buffered_bytes: usize,
+        channel: usize,
+        spool: Option<Spool>,
+        tweak: impl FnOnce(&mut PipelineConfig),
+    ) -> Running {
         let lake = Lake::new(lake_root);
         let (store, _) =
             DedupStore::open(&dir.join("state"), lake.clone(), UtcMillis::now().0).unwrap();
@@ -1059,6 +1156,8 @@ mod tests {
             dead_letters_per_second: 1_000,
             max_boots_per_device: 1_000,
             provisioning: None,
+            health: Default::default(),
+            confirm_durable: true,
         };
         tweak(&mut config);
         let (input_tx, input_rx) = mpsc::channel(channel);
@@ -1142,7 +1241,7 @@ mod tests {
                 .await
                 .expect("every message is acked after the disk recovers")
                 .expect("the pipeline is running");
-            acked += tokens.len() as u64;
+            acked += tokens.acks.len() as u64;
         }
         sender.await.unwrap();
         drop(input_tx);
@@ -1176,7 +1275,7 @@ mod tests {
         wait_for("the spool to fill", || spool.is_full()).await;
         let mut acked = 0u64;
         while let Ok(tokens) = ack_rx.try_recv() {
-            acked += tokens.len() as u64;
+            acked += tokens.acks.len() as u64;
         }
         let mut reader = spool.reader();
         let first = reader.read(u64::MAX, u64::MAX).unwrap();
@@ -1201,7 +1300,7 @@ mod tests {
                 spool.mark_shipped(last.seq + 1).unwrap();
             }
             match tokio::time::timeout(Duration::from_millis(20), ack_rx.recv()).await {
-                Ok(Some(tokens)) => acked += tokens.len() as u64,
+                Ok(Some(tokens)) => acked += tokens.acks.len() as u64,
                 Ok(None) => panic!("the pipeline ended early"),
                 Err(_) => {}
             }
@@ -1255,7 +1354,7 @@ mod tests {
         m.ack = Some(AckToken { pkid: 1, qos: 1 });
         input_tx.send(m).await.unwrap();
         let acked = ack_rx.recv().await.unwrap();
-        assert_eq!(acked.len(), 1);
+        assert_eq!(acked.acks.len(), 1);
         // Once acked, the message is behind the watermark.
         wait_for("the watermark to pass the acked message", || {
             lake.watermark().is_some_and(|w| w >= sent_at)
@@ -1286,7 +1385,7 @@ mod tests {
         pipeline.await.unwrap();
         let mut acked = 0;
         while let Ok(tokens) = ack_rx.try_recv() {
-            acked += tokens.len();
+            acked += tokens.acks.len();
         }
         assert_eq!(acked, 15, "duplicates are acked too");
         let (store, _) = DedupStore::open(
@@ -1298,6 +1397,52 @@ mod tests {
         assert_eq!(store.index().read().unwrap().boots(), 1);
         let stored = stored_readings(&dir.path().join("lake"));
         assert_eq!(stored, 5);
+    }
+
+    /// After each flush the terminal is told what of its boot is durable:
+    /// by the end, every reading it sent (a duplicate too), on its own
+    /// durable topic; with `confirm_durable` off, nothing is published.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_flush_tells_the_terminal_what_is_durable() {
+        for confirm in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let (input_tx, mut releases, pipeline) = spawn_pipeline_with(
+                dir.path(),
+                &dir.path().join("lake"),
+                3,
+                1 << 20,
+                16,
+                None,
+                |c| c.confirm_durable = confirm,
+            );
+            for seq in [0, 1, 2, 3, 4, 2] {
+                input_tx.send(message(seq)).await.unwrap();
+            }
+            drop(input_tx);
+            pipeline.await.unwrap();
+            let mut notices = Vec::new();
+            while let Ok(release) = releases.try_recv() {
+                notices.extend(release.notices);
+            }
+            if !confirm {
+                assert_eq!(notices, []);
+                continue;
+            }
+            assert!(!notices.is_empty());
+            for n in &notices {
+                assert_eq!(n.topic, "tw/v1/m-1/dev-1/durable");
+            }
+            let last = pb::DurableReadings::decode(&notices.last().unwrap().payload[..]).unwrap();
+            assert_eq!(last.device_id, "dev-1");
+            assert_eq!(last.boot_id, 1);
+            assert_eq!(
+                last.ranges,
+                [pb::SeqRange {
+                    from_seq: 0,
+                    to_seq: 5
+                }]
+            );
+        }
     }
 
     /// Dead letters in the lake with `code`, and the boot ids their
@@ -1366,7 +1511,7 @@ mod tests {
         pipeline.await.unwrap();
         let mut acked = 0;
         while let Ok(tokens) = ack_rx.try_recv() {
-            acked += tokens.len();
+            acked += tokens.acks.len();
         }
         assert_eq!(
             acked, 11,

@@ -69,18 +69,18 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let ready = match &state.ready {
-        Readiness::Gateway(health) => health.is_ready(),
-        Readiness::Alerter(health) => health.is_ready(),
-        Readiness::Started => true,
+    let not_ready = match &state.ready {
+        Readiness::Gateway(health) => health.not_ready_reason(),
+        Readiness::Alerter(health) => (!health.is_ready())
+            .then(|| "the alerter is not subscribed to the broker (and not a standby)".to_string()),
+        Readiness::Started => None,
     };
-    if ready {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+    match not_ready {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the gateway is not connected and subscribed to the broker\n",
-        )
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

@@ -86,10 +86,10 @@ async fn open_when_subscribed(
     alerter: &tillwatch_alerter::AlerterHealth,
 ) -> Result<(), crate::broker::EmbeddedBrokerError> {
     let deadline = tokio::time::Instant::now() + OPEN_DEADLINE;
-    while !(gateway.is_ready() && alerter.is_subscribed()) {
+    while !(gateway.is_subscribed() && alerter.is_subscribed()) {
         if tokio::time::Instant::now() >= deadline {
             tracing::warn!(
-                gateway = gateway.is_ready(),
+                gateway = gateway.is_subscribed(),
                 alerter = alerter.is_subscribed(),
                 "opening the MQTT port to terminals although not every in-process subscriber has \
                  subscribed after {OPEN_DEADLINE:?}; info messages published before it does may be missed"

@@ -154,10 +154,15 @@ impl Engine {
         }
         let c = &self.correlation;
         let total = f64::from(known.max(1));
-        let outage =
-            recent >= c.fleet_min_devices && f64::from(recent) / total >= c.fleet_min_fraction;
-        let over =
-            offline < c.fleet_min_devices || f64::from(offline) / total < c.fleet_min_fraction;
+        // The alerter's own broker connection, down past the wait: no
+        // terminal can be heard, which is one outage, not theirs.
+        let deaf = self
+            .deaf_since
+            .filter(|since| now >= since.saturating_add(self.deaf_grace_ms()));
+        let outage = deaf.is_some()
+            || (recent >= c.fleet_min_devices && f64::from(recent) / total >= c.fleet_min_fraction);
+        let over = self.deaf_since.is_none()
+            && (offline < c.fleet_min_devices || f64::from(offline) / total < c.fleet_min_fraction);
         let signals = HashMap::from([
             ("fleet_outage", f64::from(u8::from(outage))),
             ("fleet_outage_over", f64::from(u8::from(over))),
@@ -171,12 +176,22 @@ impl Engine {
         };
         let key = (INGEST_OUTAGE.to_string(), FLEET.to_string());
         // A firing alert follows the drop: how many are offline now.
-        let summary = format!(
-            "{offline} of {known} terminals are offline, {recent} of them within {}: the \
-             cause is likely the broker, the network in front of it or the gateway, not \
-             the stores",
-            humantime::format_duration(self.correlation.window)
-        );
+        let summary = match self.deaf_since {
+            Some(since) => format!(
+                "the alerter has had no connection to the MQTT broker since {}: no \
+                 terminal can be heard, so none is paged on its own until the broker \
+                 is back",
+                jiff::Timestamp::from_millisecond(since)
+                    .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    .unwrap_or_else(|_| since.to_string())
+            ),
+            None => format!(
+                "{offline} of {known} terminals are offline, {recent} of them within {}: the \
+                 cause is likely the broker, the network in front of it or the gateway, not \
+                 the stores",
+                humantime::format_duration(self.correlation.window)
+            ),
+        };
         let Some((phase, resolved, grown)) =
             self.step_grouped(&key, &rule, &signals, ("summary", &summary), now)
         else {

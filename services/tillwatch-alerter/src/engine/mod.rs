@@ -44,6 +44,9 @@ const FORECAST_FOR_MS: i64 = 300_000;
 /// A margin that means "no risk" (charging, not discharging).
 const NO_RISK_S: f64 = 1e9;
 const HOUR_MS: i64 = 3_600_000;
+/// The least time the alerter's broker connection is down before it pages
+/// `ingest_outage` for it.
+pub const DEAF_GRACE_MIN_MS: i64 = 30_000;
 /// A terminal silent this long (offline, no open alert) leaves the
 /// engine's memory; the registry keeps it.
 const FORGET_SILENT_AFTER_MS: i64 = 30 * 24 * HOUR_MS;
@@ -111,6 +114,8 @@ pub struct Engine {
     open_rules: HashMap<String, BTreeSet<String>>,
     silences: Vec<Silence>,
     maintenance: Vec<Maintenance>,
+    /// Since when this alerter has had no broker connection, if so.
+    deaf_since: Option<i64>,
 }
 
 /// A store from the metadata store whose zone or hours do not parse (the
@@ -186,6 +191,7 @@ impl Engine {
             open_rules: HashMap::new(),
             silences: Vec::new(),
             maintenance,
+            deaf_since: None,
         }
     }
 
@@ -532,8 +538,33 @@ impl Engine {
                     .values()
                     .filter_map(|a| self.correlation_wait_ends(a)),
             )
+            .chain(
+                self.deaf_since
+                    .filter(|_| self.correlation.enabled && !self.fleet_alert_firing())
+                    .map(|since| since.saturating_add(self.deaf_grace_ms())),
+            )
             .min()
             .map(UtcMillis)
+    }
+
+    /// How long the alerter's own broker connection may be down before
+    /// that is paged: the correlation wait, and at least
+    /// [`DEAF_GRACE_MIN_MS`] (a reconnect takes a moment).
+    pub(crate) fn deaf_grace_ms(&self) -> i64 {
+        ms(self.correlation.wait).max(DEAF_GRACE_MIN_MS)
+    }
+
+    fn fleet_alert_firing(&self) -> bool {
+        self.open
+            .get(&(INGEST_OUTAGE.to_string(), FLEET.to_string()))
+            .is_some_and(|a| a.state == AlertState::Firing)
+    }
+
+    /// Since when the alerter has not heard the broker (`None`: it
+    /// does). Lasting past the correlation wait, that is an
+    /// `ingest_outage` at the next sweep.
+    pub fn set_deaf_since(&mut self, since: Option<i64>) {
+        self.deaf_since = since;
     }
 
     pub fn open_alerts(&self) -> impl Iterator<Item = &AlertRecord> {

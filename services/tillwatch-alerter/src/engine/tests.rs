@@ -490,3 +490,73 @@ fn a_fleet_wide_drop_is_one_ingest_outage_page_that_resolves() {
     let open: Vec<&AlertRecord> = e.open_alerts().collect();
     assert!(open.is_empty(), "still open: {open:?}");
 }
+
+/// The alerter's own broker connection drops: no terminal can be heard.
+/// A short blip pages nothing; lasting past the correlation wait it is one
+/// `ingest_outage` page that says the broker is lost, which resolves once
+/// the connection is back (with the clearing time of the fleet alert).
+#[test]
+fn losing_the_broker_is_one_ingest_outage_page_and_it_ends() {
+    let mut e = engine();
+    let mut changes = Changes::default();
+    for i in 0..6 {
+        online_at_t0(&mut e, &format!("d-{i}"), "m-1", "s-1", &mut changes);
+    }
+    let fleet_paged = |e: &Engine| {
+        e.open_alerts()
+            .filter(|a| a.rule == INGEST_OUTAGE && a.notify == Some(AlertState::Firing))
+            .count()
+    };
+    // A ten-second blip.
+    let blip = T0 + MIN;
+    e.set_deaf_since(Some(blip));
+    assert_eq!(e.next_deadline(), Some(UtcMillis(blip + 30_000)));
+    e.sweep(UtcMillis(blip + 10_000), &mut changes);
+    e.set_deaf_since(None);
+    e.sweep(UtcMillis(blip + 15_000), &mut changes);
+    assert_eq!(e.open_alerts().count(), 0, "a blip pages nothing");
+    assert_eq!(e.next_deadline(), None);
+
+    // Down for five minutes: paged once the wait is over, not before.
+    let lost = T0 + 10 * MIN;
+    e.set_deaf_since(Some(lost));
+    e.sweep(UtcMillis(lost + 29_999), &mut changes);
+    assert_eq!(fleet_paged(&e), 0);
+    let mut when = None;
+    for tick in 1..=20 {
+        let at = lost + 15_000 * tick;
+        e.sweep(UtcMillis(at), &mut changes);
+        if when.is_none() && fleet_paged(&e) == 1 {
+            when = Some(at);
+        }
+        if when.is_some() {
+            assert_ne!(
+                e.next_deadline(),
+                Some(UtcMillis(lost + 30_000)),
+                "a paged outage is not due again"
+            );
+        }
+    }
+    assert_eq!(when, Some(lost + 30_000));
+    let open: Vec<&AlertRecord> = e.open_alerts().collect();
+    assert_eq!(open.len(), 1, "only the fleet alert: {open:?}");
+    assert!(
+        open[0].annotations["summary"].contains("no connection to the MQTT broker since"),
+        "{:?}",
+        open[0]
+    );
+
+    // Back: it resolves after its clearing time.
+    let back = lost + 5 * MIN;
+    e.set_deaf_since(None);
+    for tick in 1..=12 {
+        e.sweep(UtcMillis(back + tick * 15_000), &mut changes);
+    }
+    let fleet = changes
+        .saved
+        .values()
+        .find(|a| a.rule == INGEST_OUTAGE)
+        .unwrap();
+    assert_eq!(fleet.state, AlertState::Resolved, "{fleet:?}");
+    assert_eq!(e.open_alerts().count(), 0);
+}
