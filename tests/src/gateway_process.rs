@@ -197,7 +197,7 @@ impl Drop for RoleProcess {
 }
 
 #[allow(unsafe_code)]
-fn send_signal(pid: i32, signal: i32) -> i32 {
+pub(crate) fn send_signal(pid: i32, signal: i32) -> i32 {
     // SAFETY: sending a signal to our own child process has no memory effects.
     unsafe { libc::kill(pid, signal) }
 }

@@ -7,12 +7,14 @@ pub mod browser;
 mod clickhouse_server;
 mod gateway_process;
 pub mod grafana;
+mod prometheus;
 pub mod s3;
 pub mod tls;
 
 pub use alertmanager::Alertmanager;
 pub use clickhouse_server::{ClickHouseServer, TEST_PASSWORD, TEST_USER};
 pub use gateway_process::{GatewayProcess, RoleProcess, tillwatch_bin};
+pub use prometheus::Prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -150,10 +152,14 @@ impl Mosquitto {
     /// Stops it as an operator or a rolling update does (SIGTERM: it
     /// writes its persistence file and exits) and waits for the exit.
     pub fn stop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid; no memory is touched.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let rc = gateway_process::send_signal(self.child.id() as i32, libc::SIGTERM);
         assert_eq!(rc, 0, "SIGTERM to mosquitto");
         let _ = self.child.wait();
+    }
+
+    /// What it logged (connections, disconnects, wills).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("mosquitto.log")).unwrap_or_default()
     }
 
     /// Kills it (SIGKILL): what it held only in memory since its last
@@ -765,9 +771,11 @@ pub fn terminal_with_will(
             true,
         ));
     let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let name = id.to_string();
     let task = tokio::spawn(async move {
         loop {
-            if eventloop.poll().await.is_err() {
+            if let Err(e) = eventloop.poll().await {
+                eprintln!("terminal {name}: {e}; reconnecting");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

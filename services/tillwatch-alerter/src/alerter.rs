@@ -293,8 +293,10 @@ impl Alerter {
     pub fn set_listening(&mut self, listening: bool, now: UtcMillis) {
         let first = self.tracker.listening_since().is_none();
         if self.tracker.set_listening(listening, now) {
-            self.engine
-                .set_deaf_since(self.tracker.deaf_since().map(|t| t.0));
+            self.engine.set_hearing(
+                self.tracker.deaf_since().map(|t| t.0),
+                self.tracker.listening_since().map(|t| t.0),
+            );
             // Re-evaluated at once (the fleet alert starts clearing).
             self.next_sweep = self.next_sweep.min(now.0);
             match (listening, first) {

@@ -144,4 +144,9 @@ pub fn describe() {
         Unit::Count,
         "Device status messages, by state (online/offline)"
     );
+    // Series a dashboard or an alert rule reads exist from the start, at
+    // zero, rather than appearing with the first failure ("No data").
+    metrics::counter!(FLUSH_ERRORS).absolute(0);
+    metrics::gauge!(STORAGE_FAILING).set(0.0);
+    metrics::counter!(READINGS_DUPLICATE).absolute(0);
 }

@@ -116,6 +116,8 @@ pub struct Engine {
     maintenance: Vec<Maintenance>,
     /// Since when this alerter has had no broker connection, if so.
     deaf_since: Option<i64>,
+    /// When it last started hearing the broker (its SUBACK).
+    heard_since: Option<i64>,
 }
 
 /// A store from the metadata store whose zone or hours do not parse (the
@@ -192,6 +194,7 @@ impl Engine {
             silences: Vec::new(),
             maintenance,
             deaf_since: None,
+            heard_since: None,
         }
     }
 
@@ -503,6 +506,11 @@ impl Engine {
     /// (`alerting.correlation.wait`, counted from when its condition
     /// began, so a rule's own `for` counts towards it); `None` for any
     /// other alert.
+    ///
+    /// While the alerter cannot hear the broker the wait does not end (a
+    /// broker going down publishes every terminal's last will: not the
+    /// terminals' doing); once it hears again, each such alert gets the
+    /// whole wait from then, for its terminal to come back.
     fn correlation_wait_ends(&self, a: &AlertRecord) -> Option<i64> {
         let waits = self.correlation.enabled
             && (a.rule == OFFLINE || a.rule == STORE_OFFLINE || a.rule == MERCHANT_OFFLINE)
@@ -510,7 +518,15 @@ impl Engine {
             && a.notify.is_none()
             && a.held_by.is_none()
             && a.silenced_by.is_none();
-        waits.then(|| a.pending_since_ms + ms(self.correlation.wait))
+        waits.then(|| {
+            if self.deaf_since.is_some() {
+                return i64::MAX;
+            }
+            let from = self
+                .heard_since
+                .map_or(a.pending_since_ms, |h| h.max(a.pending_since_ms));
+            from.saturating_add(ms(self.correlation.wait))
+        })
     }
 
     /// When a pending or clearing alert next comes due without new input.
@@ -536,7 +552,8 @@ impl Engine {
             .chain(
                 self.open
                     .values()
-                    .filter_map(|a| self.correlation_wait_ends(a)),
+                    .filter_map(|a| self.correlation_wait_ends(a))
+                    .filter(|&end| end != i64::MAX),
             )
             .chain(
                 self.deaf_since
@@ -560,11 +577,13 @@ impl Engine {
             .is_some_and(|a| a.state == AlertState::Firing)
     }
 
-    /// Since when the alerter has not heard the broker (`None`: it
-    /// does). Lasting past the correlation wait, that is an
-    /// `ingest_outage` at the next sweep.
-    pub fn set_deaf_since(&mut self, since: Option<i64>) {
-        self.deaf_since = since;
+    /// Since when the alerter has not heard the broker (`deaf_since`;
+    /// `None`: it does), and when it last started hearing it. Deafness
+    /// lasting past the correlation wait is an `ingest_outage` at the next
+    /// sweep; meanwhile no terminal, store or merchant alert pages.
+    pub fn set_hearing(&mut self, deaf_since: Option<i64>, heard_since: Option<i64>) {
+        self.deaf_since = deaf_since;
+        self.heard_since = heard_since;
     }
 
     pub fn open_alerts(&self) -> impl Iterator<Item = &AlertRecord> {

@@ -509,17 +509,25 @@ fn losing_the_broker_is_one_ingest_outage_page_and_it_ends() {
     };
     // A ten-second blip.
     let blip = T0 + MIN;
-    e.set_deaf_since(Some(blip));
+    e.set_hearing(Some(blip), None);
     assert_eq!(e.next_deadline(), Some(UtcMillis(blip + 30_000)));
     e.sweep(UtcMillis(blip + 10_000), &mut changes);
-    e.set_deaf_since(None);
+    e.set_hearing(None, Some(blip + 10_000));
     e.sweep(UtcMillis(blip + 15_000), &mut changes);
     assert_eq!(e.open_alerts().count(), 0, "a blip pages nothing");
     assert_eq!(e.next_deadline(), None);
 
-    // Down for five minutes: paged once the wait is over, not before.
+    // Down for five minutes: paged once the wait is over, not before. The
+    // broker, going down, published d-0's last will just before.
     let lost = T0 + 10 * MIN;
-    e.set_deaf_since(Some(lost));
+    e.on_connectivity(
+        "d-0",
+        ConnState::Offline(OfflineReason::LastWill),
+        UtcMillis(lost - 100),
+        UtcMillis(lost - 100),
+        &mut changes,
+    );
+    e.set_hearing(Some(lost), Some(blip + 10_000));
     e.sweep(UtcMillis(lost + 29_999), &mut changes);
     assert_eq!(fleet_paged(&e), 0);
     let mut when = None;
@@ -538,17 +546,22 @@ fn losing_the_broker_is_one_ingest_outage_page_and_it_ends() {
         }
     }
     assert_eq!(when, Some(lost + 30_000));
-    let open: Vec<&AlertRecord> = e.open_alerts().collect();
-    assert_eq!(open.len(), 1, "only the fleet alert: {open:?}");
+    let paged: Vec<&AlertRecord> = e
+        .open_alerts()
+        .filter(|a| a.notify == Some(AlertState::Firing))
+        .collect();
+    assert_eq!(paged.len(), 1, "only the fleet alert pages: {paged:?}");
     assert!(
-        open[0].annotations["summary"].contains("no connection to the MQTT broker since"),
+        paged[0].annotations["summary"].contains("no connection to the MQTT broker since"),
         "{:?}",
-        open[0]
+        paged[0]
     );
 
-    // Back: it resolves after its clearing time.
+    // Back: the fleet alert resolves after its clearing time; d-0, which
+    // did not come back, pages on its own once that is over (its wait
+    // counted from the reconnect).
     let back = lost + 5 * MIN;
-    e.set_deaf_since(None);
+    e.set_hearing(None, Some(back));
     for tick in 1..=12 {
         e.sweep(UtcMillis(back + tick * 15_000), &mut changes);
     }
@@ -558,5 +571,68 @@ fn losing_the_broker_is_one_ingest_outage_page_and_it_ends() {
         .find(|a| a.rule == INGEST_OUTAGE)
         .unwrap();
     assert_eq!(fleet.state, AlertState::Resolved, "{fleet:?}");
-    assert_eq!(e.open_alerts().count(), 0);
+    let open: Vec<&AlertRecord> = e.open_alerts().collect();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(
+        (open[0].rule.as_str(), open[0].subject.as_str(), open[0].notify),
+        (OFFLINE, "d-0", Some(AlertState::Firing))
+    );
+}
+
+/// A terminal whose last will the broker published as it went down, and
+/// which is back within the correlation wait of the alerter hearing the
+/// broker again, never pages, even when the outage was too short for a
+/// fleet alert.
+#[test]
+fn a_will_from_a_broker_going_down_does_not_page_if_the_terminal_returns() {
+    // Offline fires at once and waits 10 s for an outage to form: without
+    // knowing it was deaf, the alerter would page d-0 10 s into the 20.
+    let mut config = AlertingConfig::default();
+    config.rules.offline.for_ = std::time::Duration::ZERO;
+    config.correlation.wait = std::time::Duration::from_secs(10);
+    let mut e = Engine::new(&config, "http://tw", UtcMillis(T0));
+    let mut changes = Changes::default();
+    online_at_t0(&mut e, "d-0", "m-1", "s-1", &mut changes);
+    let lost = T0 + MIN;
+    e.on_connectivity(
+        "d-0",
+        ConnState::Offline(OfflineReason::LastWill),
+        UtcMillis(lost - 100),
+        UtcMillis(lost - 100),
+        &mut changes,
+    );
+    e.set_hearing(Some(lost), Some(T0));
+    // 20 s deaf (under the 30 s the fleet alert waits): nothing pages,
+    // though d-0's own wait ended meanwhile.
+    for tick in 1..=4 {
+        e.sweep(UtcMillis(lost + tick * 5_000), &mut changes);
+    }
+    let back = lost + 20_000;
+    e.set_hearing(None, Some(back));
+    e.sweep(UtcMillis(back), &mut changes);
+    assert!(
+        e.open_alerts().all(|a| a.notify.is_none()),
+        "{:?}",
+        e.open_alerts().collect::<Vec<_>>()
+    );
+    assert_eq!(e.next_deadline(), Some(UtcMillis(back + 10_000)));
+    // It reconnects 3 s after the alerter did.
+    e.on_connectivity(
+        "d-0",
+        ConnState::Online,
+        UtcMillis(back + 3_000),
+        UtcMillis(back + 3_000),
+        &mut changes,
+    );
+    for tick in 1..=20 {
+        e.sweep(UtcMillis(back + tick * 15_000), &mut changes);
+    }
+    assert!(
+        changes
+            .saved
+            .values()
+            .all(|a| a.notify != Some(AlertState::Firing)),
+        "paged: {:?}",
+        changes.saved
+    );
 }
