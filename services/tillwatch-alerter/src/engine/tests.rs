@@ -574,7 +574,11 @@ fn losing_the_broker_is_one_ingest_outage_page_and_it_ends() {
     let open: Vec<&AlertRecord> = e.open_alerts().collect();
     assert_eq!(open.len(), 1, "{open:?}");
     assert_eq!(
-        (open[0].rule.as_str(), open[0].subject.as_str(), open[0].notify),
+        (
+            open[0].rule.as_str(),
+            open[0].subject.as_str(),
+            open[0].notify
+        ),
         (OFFLINE, "d-0", Some(AlertState::Firing))
     );
 }
