@@ -369,7 +369,6 @@ async fn a_simulated_store_outage_is_one_page_at_alertmanager() {
         // than page on their own.
         c.alerting.correlation.wait = Duration::from_secs(2);
         c.alerting.correlation.clear_after = Duration::from_secs(2);
-        c.alerting.correlation.wait = Duration::from_secs(5);
     })
     .await;
     let store = running.store.clone();
@@ -520,7 +519,6 @@ async fn a_merchant_outage_is_one_page_that_resolves_when_its_terminals_return()
         c.alerting.rules.offline.for_ = Duration::from_secs(1);
         c.alerting.correlation.wait = Duration::from_secs(3);
         c.alerting.correlation.clear_after = Duration::from_secs(2);
-        c.alerting.correlation.wait = Duration::from_secs(5);
     })
     .await;
     let store = running.store.clone();
