@@ -228,5 +228,29 @@ async fn a_full_disk_stops_intake_says_why_and_resumes_with_nothing_lost() {
     LakeContents::wait_for_readings(&lake, report.readings, Duration::from_secs(120)).await;
     let mut gateway = gateway;
     assert!(gateway.terminate().success());
-    LakeContents::read(&lake).assert_exactly(report.readings);
+    let stored = LakeContents::read(&lake);
+    stored.assert_exactly(report.readings);
+    // The dedup journal kept every commit: a failed append left no torn
+    // frame in the middle (replay would stop there and forget the rest).
+    let (store, recovery) = tillwatch_gateway::dedup::DedupStore::open(
+        &disk.path().join("gateway").join("crash-test-gateway"),
+        tillwatch_storage::Lake::new(&lake),
+        chrono::Utc::now().timestamp_millis(),
+    )
+    .unwrap();
+    assert_eq!(recovery.truncated_bytes, 0, "{recovery:?}");
+    let index = store.index();
+    let index = index.read().unwrap();
+    let forgotten = stored
+        .readings
+        .iter()
+        .filter(|k| {
+            !index.contains(&tillwatch_domain::ReadingKey {
+                device_id: tillwatch_domain::DeviceId::new(&k.device_id).unwrap(),
+                boot_id: tillwatch_domain::BootId(k.boot_id),
+                seq: k.seq,
+            })
+        })
+        .count();
+    assert_eq!(forgotten, 0, "readings in the lake the dedup index forgot");
 }

@@ -582,10 +582,19 @@ impl DedupStore {
     fn append(&mut self, record: &Enc) -> Result<(), DedupError> {
         let path = Self::journal_path(&self.dir);
         let framed = record.framed();
-        self.journal
+        let appended = self
+            .journal
             .write_all(&framed)
-            .map_err(io_err("append to", &path))?;
-        self.journal.sync_data().map_err(io_err("sync", &path))?;
+            .and_then(|()| self.journal.sync_data());
+        if let Err(e) = appended {
+            // Part of the frame may be on disk (a full disk): take it back,
+            // or the next record would follow a torn one and replay would
+            // stop there, losing every later commit.
+            use std::io::Seek;
+            let _ = self.journal.set_len(self.journal_bytes);
+            let _ = self.journal.seek(io::SeekFrom::Start(self.journal_bytes));
+            return Err(io_err("append to", &path)(e));
+        }
         self.journal_bytes += framed.len() as u64;
         Ok(())
     }

@@ -311,11 +311,21 @@ impl Backend {
                 fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
                 let tmp = temp_path(path);
                 let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
-                file.write_all(&bytes)
+                let written = file
+                    .write_all(&bytes)
                     .and_then(|()| file.sync_all())
-                    .map_err(io_err("write", &tmp))?;
+                    .map_err(io_err("write", &tmp));
                 drop(file);
-                fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+                if let Err(e) = written {
+                    // A full disk must not also keep the part it refused:
+                    // the retry writes under a new name.
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e);
+                }
+                if let Err(e) = fs::rename(&tmp, path) {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(io_err("rename into place", path)(e));
+                }
                 sync_dir(dir)
             }
             Backend::Object(o) => {
