@@ -809,6 +809,10 @@ fn start_flush(
         // append the same rows again.
         let for_clickhouse = spool.as_ref().map(|_| encode_parts(&parts));
         let mut spooled = false;
+        // One flush id for every attempt: a retry writes the same file
+        // names, replacing what a failed attempt had already placed, so
+        // nothing of it is stored twice.
+        let flush_id = store.next_flush_id();
         let result = loop {
             let sink = spool
                 .as_ref()
@@ -818,7 +822,7 @@ fn start_flush(
                 &mut store,
                 &lake,
                 sink,
-                &writer_id,
+                (&writer_id, flush_id),
                 &parts,
                 &batch.keys,
                 &stopping,
@@ -906,7 +910,7 @@ fn write_flush(
     store: &mut DedupStore,
     lake: &Lake,
     clickhouse: Option<(&Spool, &Vec<EncodedRows>)>,
-    writer_id: &str,
+    (writer_id, flush_id): (&str, u64),
     parts: &[PartBatch],
     keys: &[(ReadingKey, i64)],
     stopping: &AtomicBool,
@@ -917,7 +921,6 @@ fn write_flush(
     if let Some((spool, rows)) = clickhouse {
         spool.append(rows, stopping)?;
     }
-    let flush_id = store.next_flush_id();
     let paths: Vec<PathBuf> = parts
         .iter()
         .enumerate()
