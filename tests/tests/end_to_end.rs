@@ -29,7 +29,11 @@ fn fleet(broker: String) -> SimConfig {
         faults: tillwatch_sim::Faults::all(),
         connect_concurrency: 32,
         security: Default::default(),
-        durability: Default::default(),
+        // Each terminal waits for the gateway to name all it sent durable.
+        durability: tillwatch_sim::Durability {
+            wait_at_end: Duration::from_secs(60),
+            ..Default::default()
+        },
     }
 }
 
@@ -60,6 +64,11 @@ async fn fleet_through(broker: Option<String>) {
         .await
         .unwrap();
     assert_eq!(report.unacked_readings, 0);
+    assert_eq!(
+        (report.unconfirmed_readings, report.unconfirmed_dropped),
+        (0, 0),
+        "the gateway's durable notices reach every terminal through the broker: {report:?}"
+    );
     assert!(report.duplicates_sent > 0 && report.late_readings > 0 && report.reboots > 0);
     assert!(report.malformed_sent > 0 && report.spoofed_sent > 0 && report.out_of_range_sent > 0);
 
