@@ -829,3 +829,163 @@ async fn a_broker_outage_is_one_page_not_a_page_per_terminal_and_it_ends() {
     assert!(paged.contains(&("ingest_outage", "fleet")), "{paged:?}");
     assert!(paged.contains(&("offline", "t-gone")), "{paged:?}");
 }
+
+/// Every terminal of the fleet (twelve, in four stores of one merchant)
+/// loses its connection in the same second: the cause is on our side, and
+/// Alertmanager gets one page, `ingest_outage`, whose link opens the fleet
+/// page; the merchant, store and terminal alerts under it stay held. When
+/// the terminals return, all of it resolves there and nothing else was
+/// ever sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_wide_drop_is_one_ingest_outage_page_that_resolves() {
+    let mosquitto = Mosquitto::start();
+    let alertmanager = Alertmanager::start();
+    let running = start_alerter_with(&mosquitto, &alertmanager.url(), |c| {
+        c.alerting.evaluation_interval = Duration::from_secs(1);
+        c.alerting.rules.offline.for_ = Duration::from_secs(1);
+        c.alerting.correlation.wait = Duration::from_secs(3);
+        c.alerting.correlation.clear_after = Duration::from_secs(2);
+    })
+    .await;
+    let store = running.store.clone();
+    let ids: Vec<String> = (0..12).map(|i| format!("term-fleet-{i}")).collect();
+    let store_of = |i: usize| format!("m-9-s{}", i / 3);
+    let connect = |i: usize| {
+        let will = pb::DeviceStatus {
+            device_id: ids[i].clone(),
+            boot_id: 7,
+            state: pb::ConnectionState::Offline as i32,
+            reason: pb::StatusReason::ConnectionLost as i32,
+            at_ms: UtcMillis::now().0,
+        }
+        .encode_to_vec();
+        terminal_with_will(
+            mosquitto.port,
+            &ids[i],
+            &format!("tw/v1/m-9/{}", ids[i]),
+            will,
+        )
+    };
+    let online_count = |store: MetaStore, ids: Vec<String>| async move {
+        let mut n = 0;
+        for id in &ids {
+            let history = store.connectivity_history(id, 1).await.unwrap_or_default();
+            if history
+                .first()
+                .is_some_and(|h| matches!(h.to, ConnState::Online))
+            {
+                n += 1;
+            }
+        }
+        n
+    };
+    let mut terminals = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (client, task) = connect(i);
+        announce(&client, id, &store_of(i)).await;
+        terminals.push((client, task));
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while online_count(store.clone(), ids.clone()).await < ids.len() {
+        assert!(Instant::now() < until, "the terminals never came online");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for (client, task) in terminals.drain(..) {
+        task.abort();
+        drop(client);
+    }
+    let fleet = || alertmanager.alerts_named("ingest_outage", "scope", "fleet");
+    wait_for(
+        "the ingest_outage page at Alertmanager",
+        Duration::from_secs(60),
+        || !fleet().is_empty(),
+    )
+    .await;
+    // Past every wait: still the one page.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts = store
+            .alerts(tillwatch_meta::AlertFilter::Open, 100)
+            .await
+            .unwrap();
+        let held = |rule: &str| {
+            alerts
+                .iter()
+                .filter(|a| a.rule == rule && a.held_by.is_some())
+                .count()
+        };
+        if held("offline") == 12 && held("store_offline") == 4 && held("merchant_offline") == 1 {
+            break;
+        }
+        assert!(Instant::now() < until, "not all held: {alerts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: Vec<String> = alertmanager
+        .alerts()
+        .iter()
+        .map(|a| a["labels"]["alertname"].as_str().unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(names, ["ingest_outage"], "one page for the outage");
+    let page = &fleet()[0];
+    assert!(
+        page["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("12 of 12 terminals are offline")),
+        "{page}"
+    );
+    let link = page["generatorURL"].as_str().unwrap_or_default();
+    assert!(link.ends_with("/ui/"), "{link}");
+    running.follow(link);
+
+    // They all come back: everything resolves at Alertmanager.
+    let mut back = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let (client, task) = connect(i);
+        announce(&client, id, &store_of(i)).await;
+        back.push((client, task));
+    }
+    wait_for(
+        "every alert resolved at Alertmanager",
+        Duration::from_secs(60),
+        || alertmanager.alerts().is_empty(),
+    )
+    .await;
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let open = store
+            .alerts(tillwatch_meta::AlertFilter::Open, 100)
+            .await
+            .unwrap();
+        if open.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "still open: {open:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let store = running.stop().await;
+    let alerts = store
+        .alerts(tillwatch_meta::AlertFilter::All, 100)
+        .await
+        .unwrap();
+    let mut sent = Vec::new();
+    for a in &alerts {
+        assert_eq!(a.state, tillwatch_meta::AlertState::Resolved, "{a:?}");
+        if let Some((state, _)) = store
+            .delivery_of("alertmanager", &a.alert_id)
+            .await
+            .unwrap()
+        {
+            sent.push((a.rule.clone(), state));
+        }
+    }
+    assert_eq!(
+        sent,
+        [(
+            "ingest_outage".to_string(),
+            Some(tillwatch_meta::AlertState::Resolved)
+        )],
+        "only the fleet page was ever sent (the merchant's, released as the \
+         fleet alert resolved first, must not page an outage that is over)"
+    );
+}

@@ -249,11 +249,15 @@ impl Engine {
             let waiting = self
                 .correlation_wait_ends(record)
                 .is_some_and(|end| now < end);
+            // An alert whose cause is already gone (clearing) never starts
+            // paging: released by a resolving fleet or merchant alert, it
+            // would page an outage that is over.
+            let clearing = record.clearing_since_ms.is_some();
             let notify = match record.state {
                 AlertState::Firing
                     if silenced_by.is_none()
                         && (record.notify == Some(AlertState::Firing)
-                            || (held_by.is_none() && !waiting)) =>
+                            || (held_by.is_none() && !waiting && !clearing)) =>
                 {
                     Some(AlertState::Firing)
                 }

@@ -484,11 +484,25 @@ fn a_fleet_wide_drop_is_one_ingest_outage_page_that_resolves() {
             &mut changes,
         );
     }
+    // The fleet alert resolves first; the merchant and store alerts it
+    // held, still clearing then, must not page an outage that is over.
+    let mut paged_after = BTreeSet::new();
     for tick in 1..=40 {
-        e.sweep(UtcMillis(back + tick * 15_000), &mut changes);
+        let mut step = Changes::default();
+        e.sweep(UtcMillis(back + tick * 15_000), &mut step);
+        paged_after.extend(
+            step.saved
+                .values()
+                .filter(|a| a.notify == Some(AlertState::Firing) && a.rule != INGEST_OUTAGE)
+                .map(|a| a.rule.clone()),
+        );
     }
     let open: Vec<&AlertRecord> = e.open_alerts().collect();
     assert!(open.is_empty(), "still open: {open:?}");
+    assert!(
+        paged_after.is_empty(),
+        "paged after the outage ended: {paged_after:?}"
+    );
 }
 
 /// The alerter's own broker connection drops: no terminal can be heard.
