@@ -468,6 +468,35 @@ async fn a_simulated_store_outage_is_one_page_at_alertmanager() {
     running.stop().await;
 }
 
+/// A terminal of merchant `m-9` connected with its last will (offline,
+/// connection lost); aborting the returned task breaks the socket.
+fn m9_terminal(port: u16, id: &str) -> (AsyncClient, tokio::task::JoinHandle<()>) {
+    let will = pb::DeviceStatus {
+        device_id: id.into(),
+        boot_id: 7,
+        state: pb::ConnectionState::Offline as i32,
+        reason: pb::StatusReason::ConnectionLost as i32,
+        at_ms: UtcMillis::now().0,
+    }
+    .encode_to_vec();
+    terminal_with_will(port, id, &format!("tw/v1/m-9/{id}"), will)
+}
+
+/// How many of `ids` the alerter has online.
+async fn online_count(store: &MetaStore, ids: &[String]) -> usize {
+    let mut n = 0;
+    for id in ids {
+        let history = store.connectivity_history(id, 1).await.unwrap_or_default();
+        if history
+            .first()
+            .is_some_and(|h| matches!(h.to, ConnState::Online))
+        {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// What terminal `id` of merchant `m-9`, store `store`, says when it
 /// connects: who it is, that it is online, and one reading.
 async fn announce(client: &AsyncClient, id: &str, store: &str) {
@@ -524,34 +553,7 @@ async fn a_merchant_outage_is_one_page_that_resolves_when_its_terminals_return()
     let store = running.store.clone();
     let ids: Vec<String> = (0..9).map(|i| format!("term-m9-{i}")).collect();
     let store_of = |i: usize| format!("m-9-s{}", i / 3);
-    let connect = |i: usize| {
-        let will = pb::DeviceStatus {
-            device_id: ids[i].clone(),
-            boot_id: 7,
-            state: pb::ConnectionState::Offline as i32,
-            reason: pb::StatusReason::ConnectionLost as i32,
-            at_ms: UtcMillis::now().0,
-        }
-        .encode_to_vec();
-        terminal_with_will(
-            mosquitto.port,
-            &ids[i],
-            &format!("tw/v1/m-9/{}", ids[i]),
-            will,
-        )
-    };
-    let all_online = |store: MetaStore, ids: Vec<String>| async move {
-        for id in &ids {
-            let history = store.connectivity_history(id, 1).await.unwrap_or_default();
-            if !history
-                .first()
-                .is_some_and(|h| matches!(h.to, ConnState::Online))
-            {
-                return false;
-            }
-        }
-        true
-    };
+    let connect = |i: usize| m9_terminal(mosquitto.port, &ids[i]);
     let mut terminals = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let (client, task) = connect(i);
@@ -559,7 +561,7 @@ async fn a_merchant_outage_is_one_page_that_resolves_when_its_terminals_return()
         terminals.push((client, task));
     }
     let until = Instant::now() + Duration::from_secs(30);
-    while !all_online(store.clone(), ids.clone()).await {
+    while online_count(&store, &ids).await < ids.len() {
         assert!(Instant::now() < until, "the terminals never came online");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -850,35 +852,7 @@ async fn a_fleet_wide_drop_is_one_ingest_outage_page_that_resolves() {
     let store = running.store.clone();
     let ids: Vec<String> = (0..12).map(|i| format!("term-fleet-{i}")).collect();
     let store_of = |i: usize| format!("m-9-s{}", i / 3);
-    let connect = |i: usize| {
-        let will = pb::DeviceStatus {
-            device_id: ids[i].clone(),
-            boot_id: 7,
-            state: pb::ConnectionState::Offline as i32,
-            reason: pb::StatusReason::ConnectionLost as i32,
-            at_ms: UtcMillis::now().0,
-        }
-        .encode_to_vec();
-        terminal_with_will(
-            mosquitto.port,
-            &ids[i],
-            &format!("tw/v1/m-9/{}", ids[i]),
-            will,
-        )
-    };
-    let online_count = |store: MetaStore, ids: Vec<String>| async move {
-        let mut n = 0;
-        for id in &ids {
-            let history = store.connectivity_history(id, 1).await.unwrap_or_default();
-            if history
-                .first()
-                .is_some_and(|h| matches!(h.to, ConnState::Online))
-            {
-                n += 1;
-            }
-        }
-        n
-    };
+    let connect = |i: usize| m9_terminal(mosquitto.port, &ids[i]);
     let mut terminals = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let (client, task) = connect(i);
@@ -886,7 +860,7 @@ async fn a_fleet_wide_drop_is_one_ingest_outage_page_that_resolves() {
         terminals.push((client, task));
     }
     let until = Instant::now() + Duration::from_secs(30);
-    while online_count(store.clone(), ids.clone()).await < ids.len() {
+    while online_count(&store, &ids).await < ids.len() {
         assert!(Instant::now() < until, "the terminals never came online");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -106,15 +106,21 @@ async fn three_gateways_share_the_stream_and_one_killed_mid_stream_loses_and_dou
     }
 }
 
-/// The broker is stopped mid-stream (SIGTERM, as an upgrade does: it
-/// writes its persistence file) and started again: the gateway says it is
-/// not ready while the broker is gone, reconnects by itself under its own
-/// session, and every reading the terminals had acked is stored exactly
-/// once (the terminals send again what no durable notice named, which
-/// includes what the restarted broker acked before the gateway had
-/// subscribed again, and dropped).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_broker_restarted_mid_stream_loses_and_doubles_nothing() {
+/// How the broker goes away mid-stream.
+#[derive(Clone, Copy, PartialEq)]
+enum BrokerFault {
+    /// SIGTERM, as an upgrade does: it writes its persistence file.
+    Stop,
+    /// SIGKILL: what it held only in memory since its last autosave is gone.
+    Crash,
+}
+
+/// One gateway, 50 terminals of 300 readings each that keep readings until
+/// named durable; the broker goes away (`fault`) once 2,000 are stored and
+/// comes back once the gateway says it is not ready. Checks that the
+/// terminals had everything acked and named durable in the end, and that
+/// every reading is stored exactly once; returns the fleet's report.
+async fn broker_fault_mid_stream(fault: BrokerFault, seed: u64) -> tillwatch_sim::Report {
     let mut mosquitto = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
@@ -131,7 +137,7 @@ async fn a_broker_restarted_mid_stream_loses_and_doubles_nothing() {
         stores_per_merchant: 2,
         interval: Duration::from_secs(30),
         readings_per_device: Some(per_device),
-        seed: 29,
+        seed,
         start_ms: Some(start_across_hour(3)),
         faults: tillwatch_sim::Faults::none(),
         connect_concurrency: 16,
@@ -153,11 +159,14 @@ async fn a_broker_restarted_mid_stream_loses_and_doubles_nothing() {
         LakeContents::count_readings(&lake) >= 2_000
     })
     .await;
-    mosquitto.stop();
-    let at_stop = LakeContents::count_readings(&lake);
+    match fault {
+        BrokerFault::Stop => mosquitto.stop(),
+        BrokerFault::Crash => mosquitto.crash(),
+    }
+    let at_fault = LakeContents::count_readings(&lake);
     assert!(
-        at_stop < total,
-        "the stop came after the whole stream ({at_stop} stored); it must hit mid-stream"
+        at_fault < total,
+        "the broker went after the whole stream ({at_fault} stored); it must be mid-stream"
     );
     let readyz = |addr| tillwatch_integration_tests::http_get(addr, "/readyz").map(|(s, _)| s);
     wait_for(
@@ -186,6 +195,18 @@ async fn a_broker_restarted_mid_stream_loses_and_doubles_nothing() {
     let mut gateway = gateway;
     assert!(gateway.terminate().success());
     LakeContents::read(&lake).assert_exactly(report.readings);
+    report
+}
+
+/// The broker is stopped mid-stream and started again: the gateway says
+/// it is not ready while the broker is gone, reconnects by itself under
+/// its own session, and every reading the terminals had acked is stored
+/// exactly once (the terminals send again what no durable notice named,
+/// which includes what the restarted broker acked before the gateway had
+/// subscribed again, and dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_restarted_mid_stream_loses_and_doubles_nothing() {
+    broker_fault_mid_stream(BrokerFault::Stop, 29).await;
 }
 
 /// The broker is SIGKILLed mid-stream. It had acknowledged readings it
@@ -196,70 +217,11 @@ async fn a_broker_restarted_mid_stream_loses_and_doubles_nothing() {
 /// each terminal has been told all of its readings are durable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_killed_mid_stream_loses_nothing_the_terminals_still_hold() {
-    let mut mosquitto = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let lake = dir.path().join("lake");
-    let url = mosquitto.url();
-    let gateway = RoleProcess::shared_gateway(&url, "gw-a", dir.path(), &lake, SMALL_FLUSHES);
-    gateway.ready().await;
-
-    let devices = 50;
-    let per_device = 300;
-    let fleet = SimConfig {
-        broker: url.clone(),
-        devices,
-        merchants: 2,
-        stores_per_merchant: 2,
-        interval: Duration::from_secs(30),
-        readings_per_device: Some(per_device),
-        seed: 31,
-        start_ms: Some(start_across_hour(3)),
-        faults: tillwatch_sim::Faults::none(),
-        connect_concurrency: 16,
-        security: Default::default(),
-        durability: tillwatch_sim::Durability {
-            resend_after: Duration::from_secs(5),
-            wait_at_end: Duration::from_secs(90),
-            ..Default::default()
-        },
-    };
-    let total = devices * per_device as usize;
-    let sim = tokio::spawn(tillwatch_sim::run(fleet, watch::channel(false).1));
-    wait_for("readings to stream in", Duration::from_secs(120), || {
-        LakeContents::count_readings(&lake) >= 2_000
-    })
-    .await;
-    mosquitto.crash();
-    let at_crash = LakeContents::count_readings(&lake);
-    assert!(
-        at_crash < total,
-        "the crash came after the whole stream ({at_crash} stored); it must hit mid-stream"
-    );
-    let readyz = |addr| tillwatch_integration_tests::http_get(addr, "/readyz").map(|(s, _)| s);
-    wait_for(
-        "the gateway to notice the broker is gone",
-        Duration::from_secs(30),
-        || readyz(gateway.http).is_ok_and(|s| s == 503),
-    )
-    .await;
-    mosquitto.start_again();
-
-    let report = sim.await.unwrap().unwrap();
-    assert_eq!(report.unacked_readings, 0);
-    assert_eq!(report.readings, total as u64);
+    let report = broker_fault_mid_stream(BrokerFault::Crash, 31).await;
     assert!(
         report.resent_readings > 0,
         "no terminal sent anything again after the crash: {report:?}"
     );
-    assert_eq!(
-        (report.unconfirmed_readings, report.unconfirmed_dropped),
-        (0, 0),
-        "every reading was named durable in the end: {report:?}"
-    );
-    LakeContents::wait_for_readings(&lake, report.readings, Duration::from_secs(120)).await;
-    let mut gateway = gateway;
-    assert!(gateway.terminate().success());
-    LakeContents::read(&lake).assert_exactly(report.readings);
 }
 
 /// The scheduler role over PostgreSQL and a shared lake.

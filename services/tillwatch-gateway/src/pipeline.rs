@@ -152,7 +152,8 @@ struct FlushOutcome {
     result: Result<FlushStats, DedupOrLake>,
     batch_keys: Vec<(ReadingKey, i64)>,
     acks: Vec<AckToken>,
-    boots: HashMap<(DeviceId, BootId), MerchantId>,
+    /// What each terminal is told is durable, when the flush succeeded.
+    notices: Vec<Notice>,
     readings: [u64; 4],
     dead_letters: u64,
 }
@@ -696,14 +697,11 @@ impl Pipeline {
                         }
                         continue;
                     }
-                    if config.confirm_durable
-                        && !batch
-                            .boots
-                            .contains_key(&(key.device_id.clone(), key.boot_id))
-                    {
+                    if config.confirm_durable {
                         batch
                             .boots
-                            .insert((key.device_id.clone(), key.boot_id), merchant_id.clone());
+                            .entry((key.device_id.clone(), key.boot_id))
+                            .or_insert_with(|| merchant_id.clone());
                     }
                     if index.contains(&key) || !pending.insert(key.clone()) {
                         tally.duplicates += 1;
@@ -849,6 +847,12 @@ fn start_flush(
             }
         };
         histogram!(m::FLUSH_DURATION).record(started.elapsed().as_secs_f64());
+        // Built here, off the async loop: one index lookup and encoding
+        // per boot the batch held.
+        let notices = match &result {
+            Ok(_) => durable_notices(&store, &batch.boots),
+            Err(_) => Vec::new(),
+        };
         if let (Ok(_), Some(cutoff)) = (&result, evict_before) {
             evict(&mut store, cutoff);
         }
@@ -858,7 +862,7 @@ fn start_flush(
             result,
             batch_keys: batch.keys,
             acks: batch.acks,
-            boots: batch.boots,
+            notices,
             readings: batch.readings,
             dead_letters: batch.dead_letters,
         }
@@ -956,7 +960,7 @@ fn finish_flush(
         result,
         batch_keys,
         acks: tokens,
-        boots,
+        notices,
         readings,
         dead_letters,
     } = outcome;
@@ -974,7 +978,6 @@ fn finish_flush(
             histogram!(m::FLUSH_ROWS).record(stats.rows as f64);
             counter!(m::FILES_WRITTEN).increment(stats.files as u64);
             counter!(m::BYTES_WRITTEN).increment(stats.bytes);
-            let notices = durable_notices(&store, &boots);
             if !tokens.is_empty() || !notices.is_empty() {
                 // The receiver is gone only when the MQTT side has already
                 // shut down; the broker will redeliver what stays unacked.
