@@ -258,6 +258,20 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
         "{refused}"
     );
 
+    // Near midnight yesterday's last hours are still arriving when its
+    // daily rollup first runs; the scheduler re-runs it as they land. Wait
+    // (with a deadline) for the run that has them all.
+    let daily = outputs.output_path(jobs::DEVICE_HEALTH_DAILY, yesterday);
+    wait_for(
+        "yesterday's daily rollup to count every battery reading",
+        Duration::from_secs(300),
+        || {
+            daily.exists()
+                && std::panic::catch_unwind(|| sum_column(&daily, "battery_readings"))
+                    .is_ok_and(|n| n == raw_battery_rows(&lake, yesterday))
+        },
+    )
+    .await;
     standalone.stop().await;
 
     // Yesterday's daily rollup counts every battery reading of the day once,
