@@ -37,6 +37,9 @@ use tracing::{info, warn};
 
 /// Counter by `receiver` and `outcome` (sent, failed).
 pub const DELIVERIES: &str = "tillwatch_alerter_deliveries_total";
+/// Gauge by `receiver`: how long the oldest notification its last attempt
+/// could not deliver has been waiting (0 once everything went through).
+pub const QUEUE_AGE: &str = "tillwatch_alerter_delivery_queue_age_seconds";
 const BATCH: u32 = 200;
 const MAX_BACKOFF_MS: i64 = 300_000;
 
@@ -294,6 +297,15 @@ impl Receiver {
         let name = self.config.name.clone();
         self.record_sent(store, &sent, now).await?;
         let failed_count: usize = failed.iter().map(|(d, _)| d.len()).sum();
+        let oldest_waiting = failed
+            .iter()
+            .flat_map(|(d, _)| d.iter().map(|d| d.alert.updated_at_ms))
+            .min();
+        metrics::gauge!(QUEUE_AGE, "receiver" => name.clone()).set(
+            oldest_waiting.map_or(0.0, |since| {
+                now.saturating_sub(since).max(0) as f64 / 1000.0
+            }),
+        );
         for (deliveries, error) in failed {
             let attempts = deliveries.iter().map(|d| d.attempts).max().unwrap_or(0);
             let backoff = (1000i64 << attempts.clamp(0, 20)).min(MAX_BACKOFF_MS);
@@ -349,6 +361,18 @@ pub async fn run_delivery(
     shutdown: impl Future<Output = ()>,
 ) {
     metrics::describe_counter!(DELIVERIES, "Alert notifications, by receiver and outcome");
+    metrics::describe_gauge!(
+        QUEUE_AGE,
+        metrics::Unit::Seconds,
+        "How long the oldest notification the receiver's last attempt could not deliver has waited (0 when all went through), by receiver"
+    );
+    for receiver in &receivers {
+        let name = receiver.config.name.clone();
+        for outcome in ["sent", "failed"] {
+            counter!(DELIVERIES, "receiver" => name.clone(), "outcome" => outcome).increment(0);
+        }
+        metrics::gauge!(QUEUE_AGE, "receiver" => name).set(0.0);
+    }
     tokio::pin!(shutdown);
     loop {
         let now = tillwatch_domain::UtcMillis::now().0;

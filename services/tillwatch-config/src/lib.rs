@@ -14,8 +14,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod alerting;
+mod retention;
 mod scheduler;
 pub use alerting::*;
+pub use retention::*;
 pub use scheduler::*;
 
 /// Everything that can go wrong loading a configuration.
@@ -51,6 +53,7 @@ pub struct Config {
     pub alerter: AlerterConfig,
     pub alerting: AlertingConfig,
     pub scheduler: SchedulerConfig,
+    pub retention: RetentionConfig,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             alerter: AlerterConfig::default(),
             alerting: AlertingConfig::default(),
             scheduler: SchedulerConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -852,6 +856,7 @@ impl Config {
         self.alerter.validate(&mut errors);
         self.alerting.validate(&mut errors);
         self.scheduler.validate(&mut errors);
+        self.retention.validate(&mut errors);
         self.http.validate(&mut errors);
         self.embedded_broker.validate(&mut errors);
         self.validate_across(&mut errors);

@@ -258,149 +258,200 @@ impl Follow {
     }
 }
 
+/// gRPC calls answered, by method and status code.
+pub const REQUESTS: &str = "tillwatch_grpc_requests_total";
+/// How long answering took (to the response or the stream's start), by
+/// method.
+pub const REQUEST_DURATION: &str = "tillwatch_grpc_request_duration_seconds";
+
+/// Counts and times one call, by method and the code it answered with.
+fn observed<T>(
+    method: &'static str,
+    began: std::time::Instant,
+    result: Result<T, Status>,
+) -> Result<T, Status> {
+    let code = match &result {
+        Ok(_) => "Ok".to_string(),
+        Err(status) => format!("{:?}", status.code()),
+    };
+    metrics::counter!(REQUESTS, "method" => method, "code" => code).increment(1);
+    metrics::histogram!(REQUEST_DURATION, "method" => method).record(began.elapsed().as_secs_f64());
+    result
+}
+
+/// Registers the metrics' descriptions with the installed recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(REQUESTS, "gRPC calls answered, by method and status code");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "How long gRPC calls took to answer (a stream: to its start), by method"
+    );
+}
+
 #[tonic::async_trait]
 impl pb::fleet_server::Fleet for FleetService {
     async fn get_device(
         &self,
         request: Request<pb::GetDeviceRequest>,
     ) -> Result<Response<pb::Device>, Status> {
-        self.authorize(&request, Role::Viewer)?;
-        let id = request.into_inner().device_id;
-        if id.is_empty() {
-            return Err(Status::invalid_argument("device_id: give a device id"));
+        let began = std::time::Instant::now();
+        let result: Result<Response<pb::Device>, Status> = async move {
+            self.authorize(&request, Role::Viewer)?;
+            let id = request.into_inner().device_id;
+            if id.is_empty() {
+                return Err(Status::invalid_argument("device_id: give a device id"));
+            }
+            let Some(d) = self.store.device(&id).await.map_err(store_error)? else {
+                return Err(Status::not_found(format!("no device {id:?}")));
+            };
+            let view = FleetView::load_one(&self.store, &id, self.queries.low_battery_pct())
+                .await
+                .map_err(store_error)?;
+            Ok(Response::new(device(&d, &view)))
         }
-        let Some(d) = self.store.device(&id).await.map_err(store_error)? else {
-            return Err(Status::not_found(format!("no device {id:?}")));
-        };
-        let view = FleetView::load_one(&self.store, &id, self.queries.low_battery_pct())
-            .await
-            .map_err(store_error)?;
-        Ok(Response::new(device(&d, &view)))
+        .await;
+        observed("GetDevice", began, result)
     }
 
     async fn list_devices(
         &self,
         request: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
-        self.authorize(&request, Role::Viewer)?;
-        let q = request.into_inner();
-        let size = match q.page_size {
-            0 => 100,
-            n @ 1..=1000 => n,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "page_size: must be 1 to 1000 (or 0 for 100), not {n}"
-                )));
+        let began = std::time::Instant::now();
+        let result: Result<Response<pb::ListDevicesResponse>, Status> = async move {
+            self.authorize(&request, Role::Viewer)?;
+            let q = request.into_inner();
+            let size = match q.page_size {
+                0 => 100,
+                n @ 1..=1000 => n,
+                n => {
+                    return Err(Status::invalid_argument(format!(
+                        "page_size: must be 1 to 1000 (or 0 for 100), not {n}"
+                    )));
+                }
+            };
+            if !q.store_id.is_empty() && q.merchant_id.is_empty() {
+                return Err(Status::invalid_argument(
+                    "store_id: give merchant_id too (store ids are per merchant)",
+                ));
             }
-        };
-        if !q.store_id.is_empty() && q.merchant_id.is_empty() {
-            return Err(Status::invalid_argument(
-                "store_id: give merchant_id too (store ids are per merchant)",
-            ));
+            let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+            let found = self
+                .store
+                .devices(
+                    some(&q.merchant_id).as_deref(),
+                    some(&q.store_id).as_deref(),
+                    some(&q.page_token).as_deref(),
+                    size,
+                )
+                .await
+                .map_err(store_error)?;
+            let view = self.queries.views().get().await.map_err(store_error)?;
+            let next = if found.len() == size as usize {
+                found
+                    .last()
+                    .map(|d| d.device_id.clone())
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            Ok(Response::new(pb::ListDevicesResponse {
+                devices: found.iter().map(|d| device(d, &view)).collect(),
+                next_page_token: next,
+            }))
         }
-        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
-        let found = self
-            .store
-            .devices(
-                some(&q.merchant_id).as_deref(),
-                some(&q.store_id).as_deref(),
-                some(&q.page_token).as_deref(),
-                size,
-            )
-            .await
-            .map_err(store_error)?;
-        let view = self.queries.views().get().await.map_err(store_error)?;
-        let next = if found.len() == size as usize {
-            found
-                .last()
-                .map(|d| d.device_id.clone())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(pb::ListDevicesResponse {
-            devices: found.iter().map(|d| device(d, &view)).collect(),
-            next_page_token: next,
-        }))
+        .await;
+        observed("ListDevices", began, result)
     }
 
     async fn get_device_series(
         &self,
         request: Request<pb::GetDeviceSeriesRequest>,
     ) -> Result<Response<pb::DeviceSeries>, Status> {
-        self.authorize(&request, Role::Viewer)?;
-        let q = request.into_inner();
-        let given = |ms: i64| (ms != 0).then_some(ms);
-        let resolution = match q.resolution.as_str() {
-            "" => Resolution::Auto,
-            text => Resolution::parse(text).map_err(query_status)?,
-        };
-        let answer = self
-            .queries
-            .device_series(
-                SeriesRequest {
-                    device_id: q.device_id,
-                    from_ms: given(q.from_ms),
-                    to_ms: given(q.to_ms),
-                    resolution,
-                },
-                tillwatch_domain::UtcMillis::now().0,
-            )
-            .await
-            .map_err(query_status)?;
-        Ok(Response::new(pb::DeviceSeries {
-            device_id: answer.device_id,
-            resolution: answer.resolution.as_str().to_string(),
-            from_ms: answer.from_ms,
-            to_ms: answer.to_ms,
-            series: answer
-                .series
-                .into_iter()
-                .map(|(name, points)| pb::Series {
-                    name,
-                    points: points
-                        .into_iter()
-                        .map(|(at_ms, value)| pb::Point { at_ms, value })
-                        .collect(),
-                })
-                .collect(),
-        }))
+        let began = std::time::Instant::now();
+        let result: Result<Response<pb::DeviceSeries>, Status> = async move {
+            self.authorize(&request, Role::Viewer)?;
+            let q = request.into_inner();
+            let given = |ms: i64| (ms != 0).then_some(ms);
+            let resolution = match q.resolution.as_str() {
+                "" => Resolution::Auto,
+                text => Resolution::parse(text).map_err(query_status)?,
+            };
+            let answer = self
+                .queries
+                .device_series(
+                    SeriesRequest {
+                        device_id: q.device_id,
+                        from_ms: given(q.from_ms),
+                        to_ms: given(q.to_ms),
+                        resolution,
+                    },
+                    tillwatch_domain::UtcMillis::now().0,
+                )
+                .await
+                .map_err(query_status)?;
+            Ok(Response::new(pb::DeviceSeries {
+                device_id: answer.device_id,
+                resolution: answer.resolution.as_str().to_string(),
+                from_ms: answer.from_ms,
+                to_ms: answer.to_ms,
+                series: answer
+                    .series
+                    .into_iter()
+                    .map(|(name, points)| pb::Series {
+                        name,
+                        points: points
+                            .into_iter()
+                            .map(|(at_ms, value)| pb::Point { at_ms, value })
+                            .collect(),
+                    })
+                    .collect(),
+            }))
+        }
+        .await;
+        observed("GetDeviceSeries", began, result)
     }
 
     async fn list_alerts(
         &self,
         request: Request<pb::ListAlertsRequest>,
     ) -> Result<Response<pb::ListAlertsResponse>, Status> {
-        self.authorize(&request, Role::Viewer)?;
-        let q = request.into_inner();
-        let filter = match q.state.as_str() {
-            "" | "open" => AlertFilter::Open,
-            "all" => AlertFilter::All,
-            other => AlertState::parse(other)
-                .map(AlertFilter::State)
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "state: {other:?} is not open, all, pending, firing or resolved"
-                    ))
-                })?,
-        };
-        let limit = match q.limit {
-            0 => 100,
-            n @ 1..=10_000 => n,
-            n => {
-                return Err(Status::invalid_argument(format!(
-                    "limit: must be 1 to 10000 (or 0 for 100), not {n}"
-                )));
-            }
-        };
-        let alerts = self
-            .store
-            .alerts(filter, limit)
-            .await
-            .map_err(store_error)?;
-        Ok(Response::new(pb::ListAlertsResponse {
-            alerts: alerts.iter().map(alert).collect(),
-        }))
+        let began = std::time::Instant::now();
+        let result: Result<Response<pb::ListAlertsResponse>, Status> = async move {
+            self.authorize(&request, Role::Viewer)?;
+            let q = request.into_inner();
+            let filter = match q.state.as_str() {
+                "" | "open" => AlertFilter::Open,
+                "all" => AlertFilter::All,
+                other => AlertState::parse(other)
+                    .map(AlertFilter::State)
+                    .ok_or_else(|| {
+                        Status::invalid_argument(format!(
+                            "state: {other:?} is not open, all, pending, firing or resolved"
+                        ))
+                    })?,
+            };
+            let limit = match q.limit {
+                0 => 100,
+                n @ 1..=10_000 => n,
+                n => {
+                    return Err(Status::invalid_argument(format!(
+                        "limit: must be 1 to 10000 (or 0 for 100), not {n}"
+                    )));
+                }
+            };
+            let alerts = self
+                .store
+                .alerts(filter, limit)
+                .await
+                .map_err(store_error)?;
+            Ok(Response::new(pb::ListAlertsResponse {
+                alerts: alerts.iter().map(alert).collect(),
+            }))
+        }
+        .await;
+        observed("ListAlerts", began, result)
     }
 
     type WatchChangesStream = ChangeStream;
@@ -409,52 +460,62 @@ impl pb::fleet_server::Fleet for FleetService {
         &self,
         request: Request<pb::WatchChangesRequest>,
     ) -> Result<Response<ChangeStream>, Status> {
-        self.authorize(&request, Role::Viewer)?;
-        let since = request.into_inner().since_ms;
-        if since < 0 {
-            return Err(Status::invalid_argument(
-                "since_ms: must be 0 (only new changes) or a time in ms since 1970",
-            ));
+        let began = std::time::Instant::now();
+        let result: Result<Response<ChangeStream>, Status> = async move {
+            self.authorize(&request, Role::Viewer)?;
+            let since = request.into_inner().since_ms;
+            if since < 0 {
+                return Err(Status::invalid_argument(
+                    "since_ms: must be 0 (only new changes) or a time in ms since 1970",
+                ));
+            }
+            let cursor_ms = if since == 0 {
+                tillwatch_domain::UtcMillis::now().0
+            } else {
+                since
+            };
+            let follow = Follow {
+                service: self.clone(),
+                cursor_ms,
+                sent: HashSet::new(),
+                queue: VecDeque::new(),
+                first: true,
+            };
+            let stream = futures_util::stream::unfold(follow, Follow::next);
+            Ok(Response::new(Box::pin(stream) as ChangeStream))
         }
-        let cursor_ms = if since == 0 {
-            tillwatch_domain::UtcMillis::now().0
-        } else {
-            since
-        };
-        let follow = Follow {
-            service: self.clone(),
-            cursor_ms,
-            sent: HashSet::new(),
-            queue: VecDeque::new(),
-            first: true,
-        };
-        let stream = futures_util::stream::unfold(follow, Follow::next);
-        Ok(Response::new(Box::pin(stream)))
+        .await;
+        observed("WatchChanges", began, result)
     }
 
     async fn create_silence(
         &self,
         request: Request<pb::CreateSilenceRequest>,
     ) -> Result<Response<pb::Silence>, Status> {
-        let author = self.authorize(&request, Role::Operator)?.name;
-        let q = request.into_inner();
-        let made = tillwatch_api::silences::create_silence(
-            &self.store,
-            q.matchers,
-            &q.duration,
-            q.comment,
-            author,
-        )
-        .await
-        .map_err(|e| status(ApiError(e.0, e.1.replacen("for:", "duration:", 1))))?;
-        Ok(Response::new(pb::Silence {
-            silence_id: made.silence_id,
-            matchers: made.matchers,
-            starts_at_ms: made.starts_at_ms,
-            ends_at_ms: made.ends_at_ms,
-            created_by: made.created_by,
-            comment: made.comment,
-        }))
+        let began = std::time::Instant::now();
+        let result: Result<Response<pb::Silence>, Status> = async move {
+            let author = self.authorize(&request, Role::Operator)?.name;
+            let q = request.into_inner();
+            let made = tillwatch_api::silences::create_silence(
+                &self.store,
+                q.matchers,
+                &q.duration,
+                q.comment,
+                author,
+            )
+            .await
+            .map_err(|e| status(ApiError(e.0, e.1.replacen("for:", "duration:", 1))))?;
+            Ok(Response::new(pb::Silence {
+                silence_id: made.silence_id,
+                matchers: made.matchers,
+                starts_at_ms: made.starts_at_ms,
+                ends_at_ms: made.ends_at_ms,
+                created_by: made.created_by,
+                comment: made.comment,
+            }))
+        }
+        .await;
+        observed("CreateSilence", began, result)
     }
 }
 

@@ -17,6 +17,7 @@ mod findings;
 mod jobs;
 mod leases;
 mod migrations;
+mod retention;
 pub mod testing;
 
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub use connectivity::{DeviceFacts, HistoryEntry, OnlineTime};
 pub use findings::{Evaluation, FindingRecord};
 pub use jobs::{Claim, JobPartitionRow, JobRunRow, RunInput};
 pub use migrations::{MIGRATIONS, Migration, MigrationReport};
+pub use retention::{PruneBefore, Pruned};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {

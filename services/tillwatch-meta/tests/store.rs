@@ -517,3 +517,165 @@ async fn rollup_inputs_on_postgresql() {
     drop(store);
     db.drop_it().await;
 }
+
+/// Pruning deletes what is past its cutoff and keeps what the product
+/// still reads: each terminal's newest state change, open alerts, silences
+/// not ended long ago.
+async fn pruning_behaviour(store: &MetaStore) {
+    use tillwatch_domain::connectivity::{
+        ConnState, ConnectivitySnapshot, OfflineReason, Transition,
+    };
+    use tillwatch_meta::{FindingRecord, PruneBefore, SilenceRecord};
+    store.migrate().await.unwrap();
+    const DAY: i64 = 86_400_000;
+    let save = |device: &'static str, to: ConnState, at: i64| async move {
+        let snap = ConnectivitySnapshot {
+            state: Some(to),
+            since: UtcMillis(at),
+            boot: Some(BootId(1)),
+            last_telemetry: Some(UtcMillis(at)),
+            gap_ms: None,
+        };
+        let change = Transition {
+            from: None,
+            to,
+            at: UtcMillis(at),
+        };
+        store
+            .save_connectivity(device, &snap, Some(&change))
+            .await
+            .unwrap();
+    };
+    let offline = ConnState::Offline(OfflineReason::Silence);
+    // t-1 changed on days 1, 2 and 20; t-2 only on day 1.
+    save("t-1", ConnState::Online, DAY).await;
+    save("t-1", offline, 2 * DAY).await;
+    save("t-1", ConnState::Online, 20 * DAY).await;
+    save("t-2", ConnState::Online, DAY).await;
+
+    let mut old = alert(
+        "a-old",
+        "t-1",
+        AlertState::Resolved,
+        Some(AlertState::Resolved),
+    );
+    old.resolved_at_ms = Some(3 * DAY);
+    let mut recent = alert("a-new", "t-2", AlertState::Resolved, None);
+    recent.resolved_at_ms = Some(15 * DAY);
+    let open = alert(
+        "a-open",
+        "t-3",
+        AlertState::Firing,
+        Some(AlertState::Firing),
+    );
+    store.save_alerts(&[old, recent, open]).await.unwrap();
+    store
+        .record_delivered("am", &[("a-old".into(), AlertState::Resolved)], 3 * DAY)
+        .await
+        .unwrap();
+    for (id, ends) in [("s-ended", 4 * DAY), ("s-active", 30 * DAY)] {
+        store
+            .create_silence(&SilenceRecord {
+                silence_id: id.into(),
+                matchers: vec!["store_id=s-1".into()],
+                starts_at_ms: DAY,
+                ends_at_ms: ends,
+                created_by: "ops".into(),
+                comment: "maintenance".into(),
+                created_at_ms: DAY,
+            })
+            .await
+            .unwrap();
+    }
+    let finding = |day_ms| FindingRecord {
+        rule: "battery_drain".into(),
+        subject: "t-1".into(),
+        scope: "device".into(),
+        labels: Default::default(),
+        summary: "drains".into(),
+        value: 1.0,
+        day_ms,
+    };
+    store
+        .save_findings("battery_drain", 5 * DAY, 5 * DAY, &[finding(5 * DAY)])
+        .await
+        .unwrap();
+
+    let cutoff = 10 * DAY;
+    let pruned = store
+        .prune(&PruneBefore {
+            connectivity_history_ms: cutoff,
+            job_runs_ms: cutoff,
+            resolved_alerts_ms: cutoff,
+            findings_ms: cutoff,
+            silences_ms: cutoff,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            pruned.connectivity_history,
+            pruned.resolved_alerts,
+            pruned.alert_deliveries,
+            pruned.silences,
+            pruned.findings
+        ),
+        (2, 1, 1, 1, 1),
+        "{pruned:?}"
+    );
+    let at = |h: Vec<tillwatch_meta::HistoryEntry>| h.iter().map(|e| e.at_ms).collect::<Vec<_>>();
+    assert_eq!(
+        at(store.connectivity_history("t-1", 10).await.unwrap()),
+        [20 * DAY]
+    );
+    assert_eq!(
+        at(store.connectivity_history("t-2", 10).await.unwrap()),
+        [DAY],
+        "a terminal's newest change stays, however old"
+    );
+    let left: Vec<String> = store
+        .alerts(AlertFilter::All, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.alert_id)
+        .collect();
+    assert_eq!(left.len(), 2);
+    assert!(left.contains(&"a-new".to_string()) && left.contains(&"a-open".to_string()));
+    let silences: Vec<String> = store
+        .silences(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.silence_id)
+        .collect();
+    assert_eq!(silences, ["s-active"]);
+    assert!(store.findings("battery_drain").await.unwrap().is_empty());
+    // Again: nothing more goes.
+    let again = store
+        .prune(&PruneBefore {
+            connectivity_history_ms: cutoff,
+            job_runs_ms: cutoff,
+            resolved_alerts_ms: cutoff,
+            findings_ms: cutoff,
+            silences_ms: cutoff,
+        })
+        .await
+        .unwrap();
+    assert_eq!(again, tillwatch_meta::Pruned::default());
+}
+
+#[tokio::test]
+async fn pruning_on_sqlite() {
+    let db = TestDatabase::sqlite();
+    pruning_behaviour(&MetaStore::connect(&db.url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn pruning_on_postgresql() {
+    let db = TestDatabase::postgres().await;
+    let store = MetaStore::connect(&db.url).await.unwrap();
+    pruning_behaviour(&store).await;
+    drop(store);
+    db.drop_it().await;
+}

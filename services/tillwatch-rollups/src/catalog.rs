@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tillwatch_config::{JobSettings, SchedulerConfig};
+use tillwatch_config::{JobSettings, RetentionConfig, SchedulerConfig};
 use tillwatch_scheduler::{Catalog, JobSpec, RunWindow, Schedule};
 
 use crate::jobs;
@@ -123,8 +123,13 @@ fn apply(
 }
 
 /// The jobs as configured, checked together; every problem is reported,
-/// each naming its key.
-pub fn catalog(config: &SchedulerConfig, now_ms: i64) -> Result<Catalog, Vec<String>> {
+/// each naming its key. With `retention` on, the `retention` job is one
+/// of them and every rollup stops at the horizon of what it keeps.
+pub fn catalog(
+    config: &SchedulerConfig,
+    retention: &RetentionConfig,
+    now_ms: i64,
+) -> Result<Catalog, Vec<String>> {
     let mut errors = Vec::new();
     let default_start = parse_start(&config.start, now_ms).unwrap_or_else(|e| {
         errors.push(format!("scheduler.start: {e}"));
@@ -134,10 +139,17 @@ pub fn catalog(config: &SchedulerConfig, now_ms: i64) -> Result<Catalog, Vec<Str
     if config.merchant_directory.is_some() {
         jobs.push(crate::directory::merchant_directory());
     }
+    if retention.enabled {
+        jobs.push(crate::retention::retention_job());
+    }
     for name in config.jobs.keys() {
         if name == crate::directory::MERCHANT_DIRECTORY && config.merchant_directory.is_none() {
             errors.push(format!(
                 "scheduler.jobs.{name}: the source is not configured; add [scheduler.merchant_directory] with url and query"
+            ));
+        } else if name == crate::retention::RETENTION && !retention.enabled {
+            errors.push(format!(
+                "scheduler.jobs.{name}: retention.enabled is false, so the job does not run"
             ));
         } else if !jobs.iter().any(|j| &j.name == name) {
             let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
@@ -156,6 +168,7 @@ pub fn catalog(config: &SchedulerConfig, now_ms: i64) -> Result<Catalog, Vec<Str
         }
         let settings = config.jobs.get(&job.name).unwrap_or(&none);
         apply(job, settings, default_start, now_ms, &mut errors);
+        job.kept_ms = crate::retention::kept_for_job(retention, &job.name);
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -183,7 +196,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let catalog = catalog(&config, NOW).unwrap();
+        let catalog = catalog(&config, &RetentionConfig::default(), NOW).unwrap();
         let daily = catalog.job("device_health_daily").unwrap();
         assert_eq!(daily.schedule.as_str(), "30 2 * * *");
         assert_eq!(daily.retries, 5);
@@ -207,7 +220,9 @@ mod tests {
             "#,
         )
         .unwrap();
-        let errors = super::catalog(&bad, NOW).unwrap_err().join("\n");
+        let errors = super::catalog(&bad, &RetentionConfig::default(), NOW)
+            .unwrap_err()
+            .join("\n");
         for needle in [
             "scheduler.start",
             "scheduler.jobs.device_health_hourlyy: no such job",

@@ -15,6 +15,7 @@ pub mod embedded;
 pub mod findings;
 pub mod jobs;
 pub mod quantile;
+pub mod retention;
 pub mod service;
 pub mod side;
 pub mod synthetic;

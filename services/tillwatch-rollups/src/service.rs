@@ -18,6 +18,7 @@ use crate::clickhouse::ClickHouseEngine;
 use crate::directory::{Directory, MERCHANT_DIRECTORY};
 use crate::embedded::Embedded;
 use crate::findings;
+use crate::retention::RETENTION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -136,6 +137,8 @@ struct Jobs {
     lake: Embedded,
     rules: RollupRulesConfig,
     clock: Clock,
+    retention: tillwatch_config::RetentionConfig,
+    lake_root: Lake,
 }
 
 impl Jobs {
@@ -160,6 +163,15 @@ impl Jobs {
 impl Executor for Jobs {
     fn run<'a>(&'a self, job: &'a JobSpec, partition: Partition) -> RunFuture<'a> {
         Box::pin(async move {
+            if job.name == RETENTION {
+                return crate::retention::run(
+                    &self.retention,
+                    &self.lake_root,
+                    &self.store,
+                    partition,
+                )
+                .await;
+            }
             if job.name == MERCHANT_DIRECTORY {
                 return match &self.directory {
                     Some(d) => d.import(partition).await,
@@ -192,8 +204,8 @@ pub fn open(
     store: MetaStore,
     clock: Clock,
 ) -> Result<(Runner, Lake), SchedulerError> {
-    let catalog =
-        crate::catalog::catalog(&config.scheduler, clock()).map_err(SchedulerError::Config)?;
+    let catalog = crate::catalog::catalog(&config.scheduler, &config.retention, clock())
+        .map_err(SchedulerError::Config)?;
     let lake = Lake::from_config(config)?;
     let ch = engine(config);
     // Minutes online and the stores' time zones come from the store.
@@ -224,6 +236,8 @@ pub fn open(
         lake: Embedded::new(lake.clone()),
         rules: config.alerting.rollup_rules.clone(),
         clock: clock.clone(),
+        retention: config.retention.clone(),
+        lake_root: lake.clone(),
     });
     let name = config
         .scheduler

@@ -127,6 +127,11 @@ pub struct JobSpec {
     pub reads_before_ms: i64,
     /// How far after its own interval it reads them (the zones behind UTC).
     pub reads_after_ms: i64,
+    /// How long retention keeps this job's inputs and output (the
+    /// shortest of them), when something deletes them: partitions whose
+    /// reads begin within a day of that age never run again (see
+    /// [`JobSpec::frozen`]).
+    pub kept_ms: Option<i64>,
 }
 
 impl JobSpec {
@@ -155,7 +160,26 @@ impl JobSpec {
             concurrency: 1,
             reads_before_ms: 0,
             reads_after_ms: 0,
+            kept_ms: None,
         }
+    }
+
+    /// Whether `partition` is past running at `now_ms`: it reads days that
+    /// retention deletes today or tomorrow (whole UTC days older than
+    /// `kept_ms` go), so a run could only read what is half gone and
+    /// overwrite a good output with a partial one. Such a partition keeps
+    /// what it has; none of it is scheduled, retried or re-run.
+    pub fn frozen(&self, partition: Partition, now_ms: i64) -> bool {
+        const DAY_MS: i64 = 86_400_000;
+        let Some(kept) = self.kept_ms else {
+            return false;
+        };
+        let horizon = now_ms
+            .div_euclid(DAY_MS)
+            .saturating_mul(DAY_MS)
+            .saturating_sub(kept)
+            .saturating_add(DAY_MS);
+        partition.start_ms.saturating_sub(self.reads_before_ms) < horizon
     }
 
     /// The partitions of `grain` that `partition` of this job reads: those

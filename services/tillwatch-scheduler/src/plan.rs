@@ -2,7 +2,8 @@
 //! recorded state of every partition, the partitions that should start now.
 //!
 //! A partition of a job starts when all of these hold:
-//! - it lies within the job's start and end, and its schedule has fired at
+//! - it lies within the job's start and end, is not frozen (its inputs are
+//!   about to be deleted by retention), and its schedule has fired at
 //!   or after the partition's end (so `@hourly` runs an hour after it ends,
 //!   a `30 2 * * *` daily job at 02:30 after the day);
 //! - its data is complete: for a raw table, the ingest watermark has passed
@@ -170,6 +171,17 @@ fn inputs_fingerprint(
 
 /// What should start now, upstream jobs first, each job's oldest first.
 pub fn plan(catalog: &Catalog, world: &World) -> Vec<Task> {
+    plan_with_backlog(catalog, world).0
+}
+
+/// [`plan`], and for every job how many of its partitions could run now
+/// but for its concurrency or run window (those started included): its
+/// backlog.
+pub fn plan_with_backlog(
+    catalog: &Catalog,
+    world: &World,
+) -> (Vec<Task>, std::collections::BTreeMap<String, usize>) {
+    let mut backlog = std::collections::BTreeMap::new();
     let mut tasks = Vec::new();
     // Partitions that will (re)run: their downstream waits for them.
     let mut planned: HashSet<(String, Partition)> = HashSet::new();
@@ -180,7 +192,7 @@ pub fn plan(catalog: &Catalog, world: &World) -> Vec<Task> {
         let mut new_ones: Vec<Task> = Vec::new();
         let mut newest_recorded: Option<Partition> = None;
         for partition in Partition::range(job.grain, job.start_ms, until) {
-            if partition.start_ms < job.start_ms {
+            if partition.start_ms < job.start_ms || job.frozen(partition, world.now_ms) {
                 continue;
             }
             let key = (job.name.clone(), partition);
@@ -284,11 +296,12 @@ pub fn plan(catalog: &Catalog, world: &World) -> Vec<Task> {
         for t in &candidates {
             planned.insert((t.job.clone(), t.partition));
         }
+        backlog.insert(job.name.clone(), candidates.len());
         if job.window.as_ref().is_some_and(|w| !w.allows(world.now_ms)) {
             continue;
         }
         let room = job.concurrency.saturating_sub(running);
         tasks.extend(candidates.into_iter().take(room));
     }
-    tasks
+    (tasks, backlog)
 }

@@ -24,8 +24,27 @@ pub const WRITER_LAG: &str = "tillwatch_scheduler_ingest_writer_lag_seconds";
 /// Gateways whose watermark stalled and no longer holds the rollups back.
 pub const WRITERS_STALLED: &str = "tillwatch_scheduler_ingest_writers_stalled";
 
+/// Finished runs, by job and status (`succeeded`, `failed`).
+pub const RUNS: &str = "tillwatch_scheduler_runs_total";
+/// How long runs took, by job.
+pub const RUN_DURATION: &str = "tillwatch_scheduler_run_duration_seconds";
+/// Partitions each job could run now (started ones included): its
+/// backlog, set every round.
+pub const PARTITIONS_DUE: &str = "tillwatch_scheduler_partitions_due";
+
 /// Registers descriptions with the installed recorder. Idempotent.
 fn describe() {
+    metrics::describe_counter!(RUNS, Unit::Count, "Finished job runs, by job and status");
+    metrics::describe_histogram!(
+        RUN_DURATION,
+        Unit::Seconds,
+        "How long job runs took, by job"
+    );
+    describe_gauge!(
+        PARTITIONS_DUE,
+        Unit::Count,
+        "Partitions each job could run now, started ones included (its backlog), by job"
+    );
     describe_gauge!(
         WATERMARK_LAG,
         Unit::Seconds,
@@ -158,6 +177,11 @@ where
     Fut: Future<Output = Snapshot>,
 {
     describe();
+    for job in runner.catalog().jobs() {
+        for status in ["succeeded", "failed"] {
+            metrics::counter!(RUNS, "job" => job.name.clone(), "status" => status).increment(0);
+        }
+    }
     let watch = StallWatch {
         store: runner.store().clone(),
         told: Default::default(),
@@ -169,27 +193,35 @@ where
             .await;
         snap
     };
-    ops::run_loop(
-        runner,
-        observed,
-        settings.tick,
-        shutdown,
-        |ran| match &ran.result {
-            Ok(out) => tracing::info!(
-                job = %ran.task.job,
-                partition = %ran.task.partition,
-                reason = ?ran.task.reason,
-                rows = out.rows,
-                "run succeeded"
-            ),
-            Err(e) => tracing::warn!(
-                job = %ran.task.job,
-                partition = %ran.task.partition,
-                attempt = ran.task.attempt,
-                error = %e,
-                "run failed"
-            ),
-        },
-    )
+    ops::run_loop(runner, observed, settings.tick, shutdown, |ran| {
+        let status = if ran.result.is_ok() {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        metrics::counter!(RUNS, "job" => ran.task.job.clone(), "status" => status).increment(1);
+        metrics::histogram!(RUN_DURATION, "job" => ran.task.job.clone())
+            .record(ran.took.as_secs_f64());
+        log_run(ran);
+    })
     .await
+}
+
+fn log_run(ran: &crate::runner::Ran) {
+    match &ran.result {
+        Ok(out) => tracing::info!(
+            job = %ran.task.job,
+            partition = %ran.task.partition,
+            reason = ?ran.task.reason,
+            rows = out.rows,
+            "run succeeded"
+        ),
+        Err(e) => tracing::warn!(
+            job = %ran.task.job,
+            partition = %ran.task.partition,
+            attempt = ran.task.attempt,
+            error = %e,
+            "run failed"
+        ),
+    }
 }

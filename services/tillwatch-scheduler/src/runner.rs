@@ -14,7 +14,7 @@ use tillwatch_meta::{Claim, JobRunRow, MetaError, MetaStore};
 use crate::error::JobError;
 use crate::interval::{Grain, Partition};
 use crate::job::{Catalog, Input, JobSpec};
-use crate::plan::{PartitionRecord, Reason, Status, Task, World, plan};
+use crate::plan::{PartitionRecord, Reason, Status, Task, World, plan, plan_with_backlog};
 
 /// What a run wrote.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +40,8 @@ pub struct Ran {
     pub task: Task,
     pub run_id: String,
     pub result: Result<Output, JobError>,
+    /// How long the run took, on the monotonic clock.
+    pub took: Duration,
 }
 
 pub struct Runner {
@@ -266,7 +268,7 @@ impl Runner {
     ) -> Result<Vec<Ran>, MetaError> {
         let now = (self.clock)();
         let (states, runs) = self.states().await?;
-        let tasks = plan(
+        let (tasks, backlog) = plan_with_backlog(
             &self.catalog,
             &World {
                 now_ms: now,
@@ -275,6 +277,9 @@ impl Runner {
                 source_fingerprint,
             },
         );
+        for (job, due) in backlog {
+            metrics::gauge!(crate::process::PARTITIONS_DUE, "job" => job).set(due as f64);
+        }
         let mut claimed = Vec::new();
         for task in tasks.into_iter().filter(|t| wanted(t)) {
             let Some(job) = self.catalog.job(&task.job) else {
@@ -330,13 +335,15 @@ impl Runner {
             let run = self.executor.run(job, task.partition);
             let mut lost = lost_rx.clone();
             async move {
-                tokio::select! {
+                let began = std::time::Instant::now();
+                let result = tokio::select! {
                     result = tokio::time::timeout(timeout, run) => match result {
                         Ok(result) => result,
                         Err(_) => Err(JobError::TimedOut(timeout)),
                     },
                     _ = lost.wait_for(|l| l.contains(run_id.as_str())) => Err(JobError::ClaimLost),
-                }
+                };
+                (result, began.elapsed())
             }
         }));
         let run_ids: Vec<String> = claimed.iter().map(|(_, id, _)| id.clone()).collect();
@@ -345,7 +352,7 @@ impl Runner {
             never = self.renew_claims(&run_ids, &lost_tx) => match never {},
         };
         let mut ran = Vec::new();
-        for ((task, run_id, job), result) in claimed.into_iter().zip(results) {
+        for ((task, run_id, job), (result, took)) in claimed.into_iter().zip(results) {
             let finished = (self.clock)();
             let error = result.as_ref().err().map(JobError::to_string);
             let outcome = match (&result, &error) {
@@ -362,6 +369,7 @@ impl Runner {
                 task,
                 run_id,
                 result,
+                took,
             });
         }
         Ok(ran)

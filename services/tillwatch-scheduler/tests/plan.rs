@@ -367,3 +367,41 @@ fn a_store_local_day_reads_and_waits_for_the_hours_of_its_time_zones() {
         ]
     );
 }
+
+#[test]
+fn hours_that_retention_deletes_never_run_again_and_newer_ones_still_do() {
+    const DAY: i64 = 24 * HOUR;
+    let mut h = hourly();
+    h.kept_ms = Some(3 * DAY);
+    let mut d = daily();
+    d.kept_ms = Some(3 * DAY);
+    let catalog = Catalog::new(vec![h, d]).unwrap();
+    let mut states = States::new();
+    let mut files = HashMap::new();
+    // Day 2, 00:30: days 0 and 1 are all within the three days kept.
+    let first = settle(&catalog, &mut states, DAY0 + 2 * DAY + 30 * MIN, &files);
+    assert_eq!(first.len(), 48 + 2);
+
+    // Day 3, 00:30: retention deletes nothing yet (days before day 0) but
+    // day 0 goes tomorrow; its hours and its day are frozen.
+    let now = DAY0 + 3 * DAY + 30 * MIN;
+    // Retention deleting day 0 changes its hours' fingerprints, and a
+    // late reading lands in day 1.
+    for hour in 0..24 {
+        files.insert(
+            Partition::containing(Grain::Hour, DAY0 + hour * HOUR),
+            "gone".into(),
+        );
+    }
+    files.insert(Partition::parse_key("2026-11-21T05").unwrap(), "v2".into());
+    let rerun = settle(&catalog, &mut states, now, &files);
+    let ran = keys(&rerun);
+    assert!(
+        ran.iter().all(|k| !k.contains("2026-11-20")),
+        "nothing of day 0 ran again: {ran:?}"
+    );
+    assert!(ran.contains(&"device_health_hourly 2026-11-21T05".to_string()));
+    assert!(ran.contains(&"device_health_daily 2026-11-21".to_string()));
+    // Day 2's hours, newly due, ran as ever.
+    assert!(ran.contains(&"device_health_hourly 2026-11-22T23".to_string()));
+}

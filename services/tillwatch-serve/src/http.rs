@@ -185,14 +185,62 @@ pub async fn serve_http(
         metrics: metrics_handle(),
         ready,
     };
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route pattern, method and status"
+    );
+    metrics::describe_histogram!(
+        HTTP_REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "How long HTTP requests took to answer, by route pattern"
+    );
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
-        .merge(api);
+        .merge(api)
+        .layer(axum::middleware::from_fn(observe_request));
     serve_bounded(listener, app, serving, shutdown).await;
     Ok(())
+}
+
+/// HTTP requests answered, by route (its pattern, `unmatched` for none),
+/// method and status.
+pub const HTTP_REQUESTS: &str = "tillwatch_http_requests_total";
+/// How long answering took, by route.
+pub const HTTP_REQUEST_DURATION: &str = "tillwatch_http_request_duration_seconds";
+
+/// Counts and times each request. Labels come from the route's pattern
+/// (`/api/v1/devices/{id}`), never the path itself, and from a fixed set
+/// of methods, so no client can grow the label set.
+async fn observe_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method: &'static str = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    let began = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!(HTTP_REQUEST_DURATION, "route" => route)
+        .record(began.elapsed().as_secs_f64());
+    response
 }
 
 /// The open connections, oldest first, each with what asks it to close.

@@ -141,6 +141,7 @@ pub(crate) async fn run_scheduler(
 ) -> anyhow::Result<()> {
     use tillwatch_rollups::service;
     let (runner, lake) = service::open(config, store, service::wall_clock())?;
+    tillwatch_rollups::retention::describe_metrics();
     tracing::info!(
         jobs = runner.catalog().jobs().len(),
         engine = if service::engine(config).is_some() { "clickhouse" } else { "embedded" },

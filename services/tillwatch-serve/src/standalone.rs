@@ -63,6 +63,7 @@ pub fn spawn_grpc(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
     let service = tillwatch_grpc::service(config, store).context("the gRPC API")?;
+    tillwatch_grpc::describe_metrics();
     // The same certificate as HTTP, speaking HTTP/2.
     let tls = crate::tls::grpc_acceptor(config).context("grpc TLS (http.tls_cert_file)")?;
     Ok(tokio::spawn(async move {

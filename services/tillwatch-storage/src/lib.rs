@@ -24,7 +24,8 @@ pub mod store;
 
 pub use compact::Compacted;
 pub use lake::{
-    Lake, LakeError, OutputGrain, WrittenFile, encode_parquet, read_file, read_reading_keys,
+    DroppedDays, Lake, LakeError, OutputGrain, WrittenFile, encode_parquet, read_file,
+    read_reading_keys,
 };
 pub use rows::Rows;
 pub use schema::{Table, schema};

@@ -347,6 +347,48 @@ impl Backend {
         }
     }
 
+    /// Deletes `dir` and everything under it, and says how many files
+    /// went (hidden temp files included on disk). Nothing there is not an
+    /// error.
+    pub(crate) fn delete_tree(&self, dir: &Path) -> Result<u64, LakeError> {
+        match self {
+            Backend::Local => {
+                let mut files = 0u64;
+                let mut stack = vec![dir.to_path_buf()];
+                while let Some(d) = stack.pop() {
+                    let entries = match fs::read_dir(&d) {
+                        Ok(e) => e,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io_err("list", &d)(e)),
+                    };
+                    for entry in entries {
+                        let entry = entry.map_err(io_err("list", &d))?;
+                        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                            stack.push(entry.path());
+                        } else {
+                            files += 1;
+                        }
+                    }
+                }
+                match fs::remove_dir_all(dir) {
+                    Ok(()) => Ok(files),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(files),
+                    Err(e) => Err(io_err("remove", dir)(e)),
+                }
+            }
+            Backend::Object(_) => {
+                let mut files = 0u64;
+                for (_, listed) in self.list_tree(dir)? {
+                    for (path, _) in listed {
+                        self.delete(&path)?;
+                        files += 1;
+                    }
+                }
+                Ok(files)
+            }
+        }
+    }
+
     /// Deletes one file; one that is not there is not an error.
     pub(crate) fn delete(&self, path: &Path) -> Result<(), LakeError> {
         match self {

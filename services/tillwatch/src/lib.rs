@@ -259,10 +259,12 @@ struct DemoArgs {
 /// bad value is refused before anything starts.
 pub(crate) fn validate(config: &Config) -> anyhow::Result<()> {
     config.validate()?;
-    tillwatch_rollups::catalog::catalog(&config.scheduler, tillwatch_domain::UtcMillis::now().0)
-        .map_err(|errors| {
-            anyhow::anyhow!("invalid configuration:\n  - {}", errors.join("\n  - "))
-        })?;
+    tillwatch_rollups::catalog::catalog(
+        &config.scheduler,
+        &config.retention,
+        tillwatch_domain::UtcMillis::now().0,
+    )
+    .map_err(|errors| anyhow::anyhow!("invalid configuration:\n  - {}", errors.join("\n  - ")))?;
     Ok(())
 }
 

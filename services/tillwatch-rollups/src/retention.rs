@@ -1,0 +1,137 @@
+//! The `retention` job: once a day, deletes from the lake the days older
+//! than each table keeps (`[retention]`) and prunes the metadata store.
+//! Each run counts from its partition's end (the midnight after its day),
+//! not from the wall clock, so running a day again deletes the same.
+
+use metrics::{counter, describe_counter};
+use tillwatch_config::{RETAINED_LAKE_TABLES, RetentionConfig};
+use tillwatch_meta::{MetaStore, PruneBefore};
+use tillwatch_scheduler::{Grain, JobError, JobSpec, Output, Partition};
+use tillwatch_storage::Lake;
+
+use crate::jobs::{
+    DEVICE_HEALTH_DAILY, DEVICE_HEALTH_HOURLY, FLEET_HEALTH_DAILY, PLATFORM_OWNER, RAW_COMPACTION,
+    RAW_TABLES,
+};
+
+pub const RETENTION: &str = "retention";
+
+const LAKE_DAYS: &str = "tillwatch_retention_lake_days_deleted_total";
+const LAKE_FILES: &str = "tillwatch_retention_lake_files_deleted_total";
+const RECORDS: &str = "tillwatch_retention_records_deleted_total";
+
+pub fn describe_metrics() {
+    describe_counter!(LAKE_DAYS, "Lake days deleted by retention, by table");
+    describe_counter!(LAKE_FILES, "Lake files deleted by retention, by table");
+    describe_counter!(
+        RECORDS,
+        "Metadata records deleted by retention, by kind (connectivity_history, job_runs, resolved_alerts, alert_deliveries, findings, silences)"
+    );
+    // Every series from the start, so a dashboard reads 0, not "No data".
+    for table in RETAINED_LAKE_TABLES {
+        counter!(LAKE_DAYS, "table" => table).increment(0);
+        counter!(LAKE_FILES, "table" => table).increment(0);
+    }
+    for (kind, _) in tillwatch_meta::Pruned::default().by_kind() {
+        counter!(RECORDS, "kind" => kind).increment(0);
+    }
+}
+
+/// The job's definition: one partition per UTC day, run once the day is
+/// over; a missed day is not caught up (the next run deletes all that is
+/// due anyway).
+pub fn retention_job() -> JobSpec {
+    let mut job = JobSpec::new(RETENTION, Grain::Day, Vec::new());
+    job.owner = PLATFORM_OWNER.into();
+    job.catch_up = false;
+    job.retries = 5;
+    job
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+fn kept_ms(config: &RetentionConfig, table: &str) -> i64 {
+    RetentionConfig::days(config.lake_table(table)).saturating_mul(DAY_MS)
+}
+
+/// How long each built-in job's inputs and output are kept: the
+/// planner's horizon for it (see `JobSpec::frozen`). `None` for jobs
+/// retention does not touch, or with retention off.
+pub fn kept_for_job(config: &RetentionConfig, job: &str) -> Option<i64> {
+    if !config.enabled {
+        return None;
+    }
+    let raw = RAW_TABLES
+        .iter()
+        .map(|t| kept_ms(config, t))
+        .min()
+        .unwrap_or(i64::MAX);
+    let hourly = kept_ms(config, DEVICE_HEALTH_HOURLY);
+    let daily = kept_ms(config, DEVICE_HEALTH_DAILY);
+    let fleet = kept_ms(config, FLEET_HEALTH_DAILY);
+    match job {
+        RAW_COMPACTION => Some(raw),
+        DEVICE_HEALTH_HOURLY => Some(raw.min(hourly)),
+        DEVICE_HEALTH_DAILY => Some(hourly.min(daily)),
+        FLEET_HEALTH_DAILY => Some(daily.min(fleet)),
+        _ => None,
+    }
+}
+
+/// Runs the job for `partition` (a day): the lake's tables, then the
+/// metadata store. `rows` on the run is everything deleted (lake files and
+/// records).
+pub async fn run(
+    config: &RetentionConfig,
+    lake: &Lake,
+    store: &MetaStore,
+    partition: Partition,
+) -> Result<Output, JobError> {
+    let base = partition.end_ms();
+    let before = |age: std::time::Duration| {
+        base.saturating_sub(RetentionConfig::days(age).saturating_mul(DAY_MS))
+    };
+    let mut deleted = 0u64;
+    let mut summary = Vec::new();
+    for table in RETAINED_LAKE_TABLES {
+        let cutoff = before(config.lake_table(table));
+        let lake = lake.clone();
+        let dropped = tokio::task::spawn_blocking(move || lake.drop_days_before(table, cutoff))
+            .await
+            .map_err(|e| JobError::write(format_args!("the lake table {table}"), e))?
+            .map_err(|e| JobError::write(format_args!("the lake table {table}"), e))?;
+        if dropped.days > 0 {
+            counter!(LAKE_DAYS, "table" => table).increment(dropped.days);
+            counter!(LAKE_FILES, "table" => table).increment(dropped.files);
+            summary.push(format!("{table}: {} days", dropped.days));
+        }
+        deleted += dropped.files;
+    }
+    let pruned = store
+        .prune(&PruneBefore {
+            connectivity_history_ms: before(config.connectivity_history),
+            job_runs_ms: before(config.job_runs),
+            resolved_alerts_ms: before(config.resolved_alerts),
+            findings_ms: before(config.findings),
+            silences_ms: before(config.silences),
+        })
+        .await
+        .map_err(|e| JobError::write("the metadata store (pruning)", e))?;
+    for (kind, n) in pruned.by_kind() {
+        if n > 0 {
+            counter!(RECORDS, "kind" => kind).increment(n);
+            summary.push(format!("{kind}: {n}"));
+        }
+        deleted += n;
+    }
+    if summary.is_empty() {
+        tracing::debug!(day = %partition, "retention: nothing old enough to delete");
+    } else {
+        tracing::info!(day = %partition, deleted = %summary.join(", "), "retention applied");
+    }
+    Ok(Output {
+        rows: deleted,
+        // Nothing reads its output.
+        fingerprint: String::new(),
+    })
+}
