@@ -217,6 +217,48 @@ fn migrate_twice_changes_nothing_and_the_schema_matches_the_encoder() {
     assert_eq!(ch.scalar("SELECT count() FROM mig.device_latest"), 0);
 }
 
+/// `clickhouse.retention` on a current ClickHouse: chdb (a current server
+/// in-process, from the test venv), since Debian's 18.16 has no TTL. The
+/// schema as `tillwatch migrate` lays it out for that version, then the
+/// TTL statements it runs: rows older than the retention (readings by
+/// sample time, dead letters by arrival) go at the next merge, newer ones
+/// stay.
+#[test]
+fn retention_ttl_drops_old_raw_rows_on_a_current_clickhouse() {
+    let features = ServerVersion::parse("26.9").unwrap().features();
+    let mut statements = vec!["CREATE DATABASE IF NOT EXISTS `tw`".to_string()];
+    for m in MIGRATIONS {
+        statements.extend(m.render("tw", features));
+    }
+    let ttl = tillwatch_clickhouse::ttl_statements("tw", None, Duration::from_secs(90 * 86_400));
+    assert!(ttl.iter().all(|s| s.contains("INTERVAL 90 DAY")), "{ttl:?}");
+    statements.extend(ttl);
+    let script = r#"
+import json, sys, tempfile
+from chdb import session
+s = session.Session(tempfile.mkdtemp())
+for q in json.load(sys.stdin):
+    s.query(q)
+s.query("INSERT INTO tw.battery (device_id, sampled_at) VALUES "
+        "('t-old', now() - INTERVAL 100 DAY), ('t-new', now() - INTERVAL 80 DAY)")
+s.query("INSERT INTO tw.dead_letter (topic, received_at) VALUES "
+        "('old', now() - INTERVAL 91 DAY), ('new', now())")
+for t in ("battery", "dead_letter"):
+    s.query(f"OPTIMIZE TABLE tw.{t} FINAL")
+print(str(s.query("SELECT device_id FROM tw.battery ORDER BY device_id", "CSV")), end="")
+print(str(s.query("SELECT topic FROM tw.dead_letter ORDER BY topic", "CSV")), end="")
+"#;
+    let (ok, out) = tillwatch_integration_tests::venv_python(
+        script,
+        &serde_json::to_string(&statements).unwrap(),
+    );
+    assert!(
+        ok,
+        "chdb (tests/run installs it in the venv) failed:\n{out}"
+    );
+    assert_eq!(out.trim(), "\"t-new\"\n\"new\"");
+}
+
 /// The cluster layout (`clickhouse.cluster`) is generated from the same
 /// DDL files; the local server has no cluster or ZooKeeper to run it on,
 /// but it parses every statement: any refusal must come after parsing

@@ -175,7 +175,8 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
             jobs::RAW_COMPACTION,
             jobs::DEVICE_HEALTH_HOURLY,
             jobs::DEVICE_HEALTH_DAILY,
-            jobs::FLEET_HEALTH_DAILY
+            jobs::FLEET_HEALTH_DAILY,
+            tillwatch_rollups::retention::RETENTION
         ]
     );
     assert!(listed["watermark_ms"].as_i64().unwrap() > now - HOUR);

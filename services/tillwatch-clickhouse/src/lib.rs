@@ -13,7 +13,7 @@ mod spool;
 
 pub use backfill::{BackfillProgress, BackfillReport, backfill};
 pub use client::{ChError, ClickHouse, ErrorClass, Settings};
-pub use migrate::{MigrationReport, applied_versions, migrate};
+pub use migrate::{MigrationReport, applied_versions, migrate, ttl_statements};
 pub use shipper::{ShipperConfig, encode_parts, run_shipper};
 pub use spool::{EncodedRows, Spool, SpoolError, SpoolReader, SpoolRecord};
 

@@ -19,7 +19,8 @@ pub struct MigrationReport {
     pub applied: Vec<String>,
     /// Files found already applied.
     pub already_applied: usize,
-    /// What was done about `clickhouse.retention`, when it is set.
+    /// What was done about the raw rows' retention (`clickhouse.retention`,
+    /// else `retention.raw`), when there is one.
     pub retention: Option<String>,
 }
 
@@ -102,6 +103,30 @@ pub async fn applied_versions(ch: &ClickHouse) -> Result<Vec<u32>, ChError> {
     Ok(applied(ch).await?.into_keys().collect())
 }
 
+fn retention_days(retention: Duration) -> u64 {
+    retention.as_secs().div_ceil(86_400).max(1)
+}
+
+/// The statements that make ClickHouse drop raw rows older than
+/// `retention` (whole days, rounded up) by itself: a table TTL on each
+/// raw table (the local tables under a cluster), for servers from 19.6.
+pub fn ttl_statements(database: &str, cluster: Option<&str>, retention: Duration) -> Vec<String> {
+    let days = retention_days(retention);
+    let on = cluster
+        .map(|c| format!(" ON CLUSTER {}", quote_ident(c)))
+        .unwrap_or_default();
+    crate::RAW_TABLES_WITH_TIME
+        .iter()
+        .map(|(table, column)| {
+            format!(
+                "ALTER TABLE {}.{}{on} MODIFY TTL {column} + INTERVAL {days} DAY",
+                quote_ident(database),
+                quote_ident(&rows_table(table, cluster))
+            )
+        })
+        .collect()
+}
+
 /// Brings the database up to the newest schema. Safe to run any number of
 /// times, and concurrently with running gateways.
 pub async fn migrate(
@@ -172,22 +197,19 @@ pub async fn migrate(
         report.applied.push(label);
     }
     if let Some(retention) = retention {
-        let days = retention.as_secs().div_ceil(86_400).max(1);
+        let days = retention_days(retention);
         if features.ttl {
-            for (table, column) in crate::RAW_TABLES_WITH_TIME {
-                let table = rows_table(table, ch.settings().cluster.as_deref());
-                ch.execute(&format!(
-                    "ALTER TABLE {}{} MODIFY TTL {column} + INTERVAL {days} DAY",
-                    ch.table(&table),
-                    on_cluster(ch)
-                ))
-                .await?;
+            for statement in
+                ttl_statements(ch.database(), ch.settings().cluster.as_deref(), retention)
+            {
+                ch.execute(&statement).await?;
             }
             report.retention = Some(format!("raw rows kept for {days} days (TTL)"));
         } else {
             report.retention = Some(format!(
-                "clickhouse.retention is set but ClickHouse {server_version} has no TTL (19.6+): \
-                 raw rows are kept until dropped by hand (ALTER TABLE … DROP PARTITION)"
+                "raw rows would be kept for {days} days (clickhouse.retention, else retention.raw), \
+                 but ClickHouse {server_version} has no TTL (19.6+): they are kept until dropped \
+                 by hand (ALTER TABLE … DROP PARTITION)"
             ));
         }
     }

@@ -445,8 +445,8 @@ pub struct ClickHouseConfig {
     #[serde(with = "humantime_serde")]
     pub insert_timeout: Duration,
     /// Raw rows older than this are dropped by ClickHouse itself (TTL), on
-    /// servers that support it (19.6+); kept forever when unset. The lake is
-    /// unaffected.
+    /// servers that support it (19.6+); unset means `retention.raw` (and
+    /// forever with `retention.enabled = false`). The lake is unaffected.
     #[serde(default, with = "humantime_serde")]
     pub retention: Option<Duration>,
 }
@@ -587,6 +587,14 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("lake"))
+    }
+
+    /// How long ClickHouse keeps raw rows (its TTL): `clickhouse.retention`,
+    /// else the lake's `retention.raw` while retention is on.
+    pub fn clickhouse_retention(&self) -> Option<Duration> {
+        self.clickhouse
+            .retention
+            .or_else(|| self.retention.enabled.then_some(self.retention.raw))
     }
 
     /// The metadata store's URL, with the default filled in.

@@ -34,16 +34,16 @@ pub struct RetentionConfig {
     pub enabled: bool,
     /// The raw tables (`battery`, `connectivity`, `app_performance`,
     /// `payment_health`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "days")]
     pub raw: Duration,
     /// Messages the gateway could not accept, kept for diagnosis.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "days")]
     pub dead_letter: Duration,
     /// `device_health_hourly`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "days")]
     pub hourly_rollups: Duration,
     /// `device_health_daily` and `fleet_health_daily`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "days")]
     pub daily_rollups: Duration,
     /// Per-table ages that override the ones above, by lake table name
     /// (e.g. `battery = "30d"`).
@@ -51,20 +51,20 @@ pub struct RetentionConfig {
     pub tables: BTreeMap<String, Duration>,
     /// Each terminal's online/offline changes (its newest change is kept
     /// whatever its age).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "days")]
     pub connectivity_history: Duration,
     /// The history of job runs (the run that produced each partition's
     /// current output is kept whatever its age).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "days")]
     pub job_runs: Duration,
     /// Alerts resolved longer ago than this, and their delivery records.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "days")]
     pub resolved_alerts: Duration,
     /// Rollup findings from days older than this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "days")]
     pub findings: Duration,
     /// Silences that ended longer ago than this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "days")]
     pub silences: Duration,
 }
 
@@ -86,6 +86,31 @@ impl Default for RetentionConfig {
     }
 }
 
+/// Ages read as any span (`90d`, `12w`) and written as whole days.
+mod days {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn text(d: Duration) -> String {
+        if d.as_secs().is_multiple_of(86_400) && d.subsec_nanos() == 0 {
+            format!("{}d", d.as_secs() / 86_400)
+        } else {
+            humantime::format_duration(d).to_string()
+        }
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&text(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e}")))
+    }
+}
+
 mod per_table {
     use std::collections::BTreeMap;
     use std::time::Duration;
@@ -96,10 +121,8 @@ mod per_table {
         v: &BTreeMap<String, Duration>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        let text: BTreeMap<&String, String> = v
-            .iter()
-            .map(|(k, d)| (k, humantime::format_duration(*d).to_string()))
-            .collect();
+        let text: BTreeMap<&String, String> =
+            v.iter().map(|(k, d)| (k, super::days::text(*d))).collect();
         text.serialize(s)
     }
 
@@ -143,7 +166,7 @@ impl RetentionConfig {
             if age < DAY * 2 || age > DAY * 3650 {
                 errors.push(format!(
                     "retention.{key}: {} is out of range: give from 2d to 3650d",
-                    humantime::format_duration(age)
+                    days::text(age)
                 ));
             }
         }

@@ -130,7 +130,7 @@ pub async fn run_standalone(
     // One process, one command: standalone keeps the ClickHouse schema
     // current itself (production runs `tillwatch migrate` as a step).
     if let Some(ch) = tillwatch_gateway::clickhouse_client(&config) {
-        match tillwatch_clickhouse::migrate(&ch, config.clickhouse.retention).await {
+        match tillwatch_clickhouse::migrate(&ch, config.clickhouse_retention()).await {
             Ok(report) => tracing::info!("{report}"),
             Err(e) if e.class.transient() => {
                 tracing::warn!(error = %e, "cannot migrate ClickHouse now; readings are spooled until it answers")

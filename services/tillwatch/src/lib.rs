@@ -647,7 +647,7 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let ch = require_clickhouse(&config)?;
-    let report = tillwatch_clickhouse::migrate(&ch, config.clickhouse.retention).await?;
+    let report = tillwatch_clickhouse::migrate(&ch, config.clickhouse_retention()).await?;
     println!("{report}");
     Ok(())
 }
