@@ -135,6 +135,19 @@ async fn seed_lake(root: &std::path::Path) {
 /// Battery readings of t-1 and t-2 every 10 minutes, `n` of them from
 /// `from`, and the hourly rollups of their hours.
 async fn seed_battery(root: &std::path::Path, from: i64, n: i64) {
+    seed_battery_readings(root, from, n);
+    let engine = tillwatch_rollups::embedded::Embedded::new(tillwatch_storage::Lake::new(root));
+    for hour in tillwatch_scheduler::Partition::overlapping(
+        tillwatch_scheduler::Grain::Hour,
+        from,
+        from + n * 600_000,
+    ) {
+        engine.device_health_hourly(hour).await.unwrap();
+    }
+}
+
+/// The readings of [`seed_battery`] alone, not rolled up.
+fn seed_battery_readings(root: &std::path::Path, from: i64, n: i64) {
     let lake = tillwatch_storage::Lake::new(root);
     let merchant = MerchantId::new("m-1").unwrap();
     let mut staging = tillwatch_storage::Staging::new();
@@ -168,14 +181,6 @@ async fn seed_battery(root: &std::path::Path, from: i64, n: i64) {
     for part in staging.finish() {
         let path = lake.file_path(part.table, part.hour, "seed.parquet");
         lake.write_part(&part, &path).unwrap();
-    }
-    let engine = tillwatch_rollups::embedded::Embedded::new(lake);
-    for hour in tillwatch_scheduler::Partition::overlapping(
-        tillwatch_scheduler::Grain::Hour,
-        from,
-        from + n * 600_000,
-    ) {
-        engine.device_health_hourly(hour).await.unwrap();
     }
 }
 
@@ -678,6 +683,30 @@ async fn a_devices_series_comes_raw_for_hours_and_hourly_for_days() {
         longer["gaps"],
         serde_json::json!([{ "from_ms": T0 + 3 * 3_600_000, "to_ms": T0 + 5 * 3_600_000 }]),
         "{longer}"
+    );
+
+    // The hour in progress is not rolled up yet; a day's view (hourly)
+    // ending with it still shows it, from its raw readings.
+    let hour = UtcMillis::now().0 / 3_600_000 * 3_600_000;
+    seed_battery_readings(&api.dir.path().join("lake"), hour, 3);
+    let (status, day) = api
+        .get(&format!(
+            "{base}?from={}&to={}&resolution=hour",
+            hour - 23 * 3_600_000,
+            hour + 3_600_000
+        ))
+        .await;
+    assert_eq!(status, 200, "{day}");
+    assert_eq!(day["resolution"], "hour");
+    // t-2's levels 100, 99, 98 this hour: mean 99, three readings.
+    assert_eq!(
+        day["series"]["battery_level_pct"],
+        serde_json::json!([[hour, 99.0]]),
+        "{day}"
+    );
+    assert_eq!(
+        day["series"]["battery_readings"],
+        serde_json::json!([[hour, 3.0]])
     );
 
     api.assert_refused(

@@ -130,7 +130,8 @@ fn to_event(decoded: Decoded, received_at: UtcMillis) -> Option<Event> {
 fn report(changes: &[(DeviceId, Transition)]) {
     for (device, t) in changes {
         counter!(CONNECTIVITY_CHANGES, "to" => t.to.as_str()).increment(1);
-        info!(
+        // Routine: one line per change would drown the log of a fleet.
+        tracing::debug!(
             device = %device,
             from = t.from.map(|s| s.as_str()).unwrap_or("unknown"),
             to = t.to.as_str(),

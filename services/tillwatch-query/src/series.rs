@@ -1,6 +1,7 @@
 //! One terminal's time series, for the device page's charts and the gRPC
 //! `GetDeviceSeries`: every reading up to [`RAW_MAX_MS`] (from the raw
-//! tables), the hourly rollup beyond, with the same series names at both
+//! tables), the hourly rollup beyond (the newest hours, until they are
+//! rolled up, summarised from their raw readings), with the same series names at both
 //! resolutions (at the hourly one a latency is the hour's p95, a battery
 //! level its mean, RSSI its median; counts are the hour's sums), the
 //! terminal's connectivity changes, and how much of the expected telemetry
@@ -21,6 +22,9 @@ use crate::{Queries, check_instant};
 const HOUR_MS: i64 = 3_600_000;
 /// The longest range served from raw readings.
 pub const RAW_MAX_MS: i64 = 6 * HOUR_MS;
+/// At the hourly resolution, hours this recent that are not rolled up yet
+/// are summarised from their raw readings.
+pub const RAW_FILL_MS: i64 = 48 * HOUR_MS;
 /// The longest range served at all.
 pub const MAX_RANGE_MS: i64 = 31 * 24 * HOUR_MS;
 
@@ -301,6 +305,7 @@ impl Queries {
                 }
             } else {
                 let mut files = Vec::new();
+                let mut unrolled = Vec::new();
                 for h in &hours {
                     let path = lake.output_path(
                         DEVICE_HEALTH_HOURLY,
@@ -309,11 +314,35 @@ impl Queries {
                     );
                     if lake.exists(&path)? {
                         files.push(path);
+                    } else if h.end_ms() > now_ms - RAW_FILL_MS {
+                        unrolled.push(*h);
                     }
                 }
                 // An hour counts whole when it starts in the range.
                 let range = (Partition::containing(Grain::Hour, from).start_ms, to);
                 collect(&lake, &files, &reader, "hour", HOURLY, range, &mut out)?;
+                // The newest hours are not rolled up yet: their figures
+                // come from the raw readings, so every range shows them.
+                let mut raw_points = Points::new();
+                for (kind, columns) in RAW {
+                    let table = Table::Reading(kind);
+                    let mut files = Vec::new();
+                    for h in &unrolled {
+                        files.extend(
+                            lake.try_hour_files(table, HourPartition(h.start_ms / HOUR_MS))?,
+                        );
+                    }
+                    collect(
+                        &lake,
+                        &files,
+                        &reader,
+                        "sampled_at",
+                        columns,
+                        range,
+                        &mut raw_points,
+                    )?;
+                }
+                hourly_from_raw(&raw_points, &mut out);
             }
             Ok(out)
         })
@@ -340,6 +369,64 @@ impl Queries {
             completeness: coverage.completeness,
             gaps: coverage.gaps,
         })
+    }
+}
+
+/// The hourly series of hours not rolled up yet, from their raw readings
+/// (`raw`, named as [`RAW`] names them), added to `out`: as the hourly
+/// rollup has them (a battery level is the hour's mean and its minimum,
+/// RSSI the median, latencies the 95th percentile of the readings, counts
+/// the hour's sums, the longest offline queue, readings per kind), except
+/// that the transaction latency's percentile is over the readings' means
+/// rather than weighted by their transactions, and minutes online are not
+/// known until the rollup runs.
+fn hourly_from_raw(raw: &Points, out: &mut Points) {
+    fn by_hour(points: &[Point]) -> BTreeMap<i64, Vec<f64>> {
+        let mut hours: BTreeMap<i64, Vec<f64>> = BTreeMap::new();
+        for (t, v) in points {
+            hours
+                .entry(t.div_euclid(HOUR_MS) * HOUR_MS)
+                .or_default()
+                .push(*v);
+        }
+        hours
+    }
+    fn quantile(mut values: Vec<f64>, q: f64) -> f64 {
+        values.sort_by(f64::total_cmp);
+        let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+        values[rank - 1]
+    }
+    type Summary = fn(Vec<f64>) -> f64;
+    let mean: Summary = |v| v.iter().sum::<f64>() / v.len() as f64;
+    let sum: Summary = |v| v.iter().sum();
+    let count: Summary = |v| v.len() as f64;
+    let min: Summary = |v| v.into_iter().fold(f64::INFINITY, f64::min);
+    let max: Summary = |v| v.into_iter().fold(f64::NEG_INFINITY, f64::max);
+    let median: Summary = |v| quantile(v, 0.5);
+    let p95: Summary = |v| quantile(v, 0.95);
+    let summaries: [(&str, &str, Summary); 13] = [
+        ("battery_level_pct", "battery_level_pct", mean),
+        ("battery_level_pct", "battery_level_min_pct", min),
+        ("rssi_dbm", "rssi_dbm", median),
+        ("payment_host_latency_ms", "payment_host_latency_ms", p95),
+        ("disconnects", "disconnects", sum),
+        ("transactions", "transactions", sum),
+        ("transaction_latency_ms", "transaction_latency_ms", p95),
+        ("crashes", "crashes", sum),
+        ("offline_queue_len", "offline_queue_len", max),
+        ("battery_level_pct", "battery_readings", count),
+        ("rssi_dbm", "connectivity_readings", count),
+        ("transactions", "app_readings", count),
+        ("offline_queue_len", "payment_readings", count),
+    ];
+    for (from, to, summary) in summaries {
+        let Some(points) = raw.get(from) else {
+            continue;
+        };
+        let series = out.entry(to.to_string()).or_default();
+        for (hour, values) in by_hour(points) {
+            series.push((hour, summary(values)));
+        }
     }
 }
 
@@ -464,7 +551,34 @@ fn hourly_coverage(out: &mut Points, window: (i64, i64), cadence_ms: Option<f64>
 
 #[cfg(test)]
 mod tests {
-    use super::hour_reports;
+    use super::{HOUR_MS, Points, hour_reports, hourly_from_raw};
+
+    #[test]
+    fn an_hour_not_rolled_up_is_summarised_from_its_raw_readings() {
+        let h = 10 * HOUR_MS;
+        let mut raw = Points::new();
+        raw.insert(
+            "battery_level_pct".into(),
+            vec![(h, 80.0), (h + 60_000, 78.0), (h + HOUR_MS, 70.0)],
+        );
+        raw.insert("transactions".into(), vec![(h, 3.0), (h + 60_000, 4.0)]);
+        raw.insert(
+            "rssi_dbm".into(),
+            vec![(h, -70.0), (h + 1, -60.0), (h + 2, -90.0)],
+        );
+        let mut out = Points::new();
+        hourly_from_raw(&raw, &mut out);
+        assert_eq!(out["battery_level_pct"], [(h, 79.0), (h + HOUR_MS, 70.0)]);
+        assert_eq!(
+            out["battery_level_min_pct"],
+            [(h, 78.0), (h + HOUR_MS, 70.0)]
+        );
+        assert_eq!(out["battery_readings"], [(h, 2.0), (h + HOUR_MS, 1.0)]);
+        assert_eq!(out["transactions"], [(h, 7.0)]);
+        assert_eq!(out["app_readings"], [(h, 2.0)]);
+        assert_eq!(out["rssi_dbm"], [(h, -70.0)]);
+        assert!(!out.contains_key("offline_queue_len"));
+    }
 
     #[test]
     fn reports_are_readings_or_the_most_frequent_kind() {

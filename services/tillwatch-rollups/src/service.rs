@@ -154,7 +154,7 @@ impl Jobs {
                 .save_findings(rule, day.start_ms, (self.clock)(), &found)
                 .await
                 .map_err(|e| JobError::write(format_args!("the findings of {rule}"), e))?;
-            tracing::info!(rule, day = %day, found = found.len(), saved, "rollup rule evaluated");
+            tracing::debug!(rule, day = %day, found = found.len(), saved, "rollup rule evaluated");
         }
         Ok(())
     }

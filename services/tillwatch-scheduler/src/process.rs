@@ -209,7 +209,8 @@ where
 
 fn log_run(ran: &crate::runner::Ran) {
     match &ran.result {
-        Ok(out) => tracing::info!(
+        // Routine; failures are warnings.
+        Ok(out) => tracing::debug!(
             job = %ran.task.job,
             partition = %ran.task.partition,
             reason = ?ran.task.reason,
