@@ -382,8 +382,15 @@ impl MetaStore {
             .await
             .map_err(self.db())?;
                 tx.commit().await.map_err(self.db())?;
-                tracing::info!(migration = %label, "metadata store migrated");
+                tracing::debug!(migration = %label, "metadata store migration applied");
                 report.applied.push(label);
+            }
+            if let Some(newest) = report.applied.last() {
+                tracing::info!(
+                    applied = report.applied.len(),
+                    newest = %newest,
+                    "metadata store migrated"
+                );
             }
             Ok(report)
         })
