@@ -602,16 +602,14 @@ async fn pruning_behaviour(store: &MetaStore) {
         .unwrap();
 
     let cutoff = 10 * DAY;
-    let pruned = store
-        .prune(&PruneBefore {
-            connectivity_history_ms: cutoff,
-            job_runs_ms: cutoff,
-            resolved_alerts_ms: cutoff,
-            findings_ms: cutoff,
-            silences_ms: cutoff,
-        })
-        .await
-        .unwrap();
+    let before = PruneBefore {
+        connectivity_history_ms: cutoff,
+        job_runs_ms: cutoff,
+        resolved_alerts_ms: cutoff,
+        findings_ms: cutoff,
+        silences_ms: cutoff,
+    };
+    let pruned = store.prune(&before).await.unwrap();
     assert_eq!(
         (
             pruned.connectivity_history,
@@ -652,16 +650,7 @@ async fn pruning_behaviour(store: &MetaStore) {
     assert_eq!(silences, ["s-active"]);
     assert!(store.findings("battery_drain").await.unwrap().is_empty());
     // Again: nothing more goes.
-    let again = store
-        .prune(&PruneBefore {
-            connectivity_history_ms: cutoff,
-            job_runs_ms: cutoff,
-            resolved_alerts_ms: cutoff,
-            findings_ms: cutoff,
-            silences_ms: cutoff,
-        })
-        .await
-        .unwrap();
+    let again = store.prune(&before).await.unwrap();
     assert_eq!(again, tillwatch_meta::Pruned::default());
 }
 

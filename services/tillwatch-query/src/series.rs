@@ -222,6 +222,26 @@ fn collect(
     Ok(())
 }
 
+/// `device`'s raw readings of `hours` within `range`, each series named
+/// as [`RAW`] names it, added to `out`. Blocking.
+fn collect_raw(
+    lake: &Lake,
+    hours: &[Partition],
+    device: &str,
+    range: (i64, i64),
+    out: &mut Points,
+) -> Result<(), QueryError> {
+    for (kind, columns) in RAW {
+        let table = Table::Reading(kind);
+        let mut files = Vec::new();
+        for h in hours {
+            files.extend(lake.try_hour_files(table, HourPartition(h.start_ms / HOUR_MS))?);
+        }
+        collect(lake, &files, device, "sampled_at", columns, range, out)?;
+    }
+    Ok(())
+}
+
 impl Queries {
     /// One terminal's series (see the module's documentation), `now_ms`
     /// being the present.
@@ -285,24 +305,7 @@ impl Queries {
         let mut out = blocking(move || {
             let mut out = Points::new();
             if raw {
-                for (kind, columns) in RAW {
-                    let table = Table::Reading(kind);
-                    let mut files = Vec::new();
-                    for h in &hours {
-                        files.extend(
-                            lake.try_hour_files(table, HourPartition(h.start_ms / HOUR_MS))?,
-                        );
-                    }
-                    collect(
-                        &lake,
-                        &files,
-                        &reader,
-                        "sampled_at",
-                        columns,
-                        (from, to),
-                        &mut out,
-                    )?;
-                }
+                collect_raw(&lake, &hours, &reader, (from, to), &mut out)?;
             } else {
                 let mut files = Vec::new();
                 let mut unrolled = Vec::new();
@@ -324,24 +327,7 @@ impl Queries {
                 // The newest hours are not rolled up yet: their figures
                 // come from the raw readings, so every range shows them.
                 let mut raw_points = Points::new();
-                for (kind, columns) in RAW {
-                    let table = Table::Reading(kind);
-                    let mut files = Vec::new();
-                    for h in &unrolled {
-                        files.extend(
-                            lake.try_hour_files(table, HourPartition(h.start_ms / HOUR_MS))?,
-                        );
-                    }
-                    collect(
-                        &lake,
-                        &files,
-                        &reader,
-                        "sampled_at",
-                        columns,
-                        range,
-                        &mut raw_points,
-                    )?;
-                }
+                collect_raw(&lake, &unrolled, &reader, range, &mut raw_points)?;
                 hourly_from_raw(&raw_points, &mut out);
             }
             Ok(out)
