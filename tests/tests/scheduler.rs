@@ -260,16 +260,23 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     );
 
     // Near midnight yesterday's last hours are still arriving when its
-    // daily rollup first runs; the scheduler re-runs it as they land. Wait
-    // (with a deadline) for the run that has them all.
+    // daily rollup first runs, and a terminal whose info lands after its
+    // first readings is attributed to its store late; the scheduler re-runs
+    // the day as each lands. Wait (with a deadline) for the run that has
+    // every reading and every terminal in its store.
     let daily = outputs.output_path(jobs::DEVICE_HEALTH_DAILY, yesterday);
+    let rows_of = |path: &std::path::Path| -> usize {
+        read_file(path).unwrap().iter().map(|b| b.num_rows()).sum()
+    };
     wait_for(
-        "yesterday's daily rollup to count every battery reading",
+        "yesterday's daily rollup to count every battery reading, a row per terminal",
         Duration::from_secs(300),
         || {
             daily.exists()
-                && std::panic::catch_unwind(|| sum_column(&daily, "battery_readings"))
-                    .is_ok_and(|n| n == raw_battery_rows(&lake, yesterday))
+                && std::panic::catch_unwind(|| {
+                    (sum_column(&daily, "battery_readings"), rows_of(&daily))
+                })
+                .is_ok_and(|(n, rows)| n == raw_battery_rows(&lake, yesterday) && rows == devices)
         },
     )
     .await;
@@ -281,12 +288,7 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     let raw = raw_battery_rows(&lake, yesterday);
     assert!(raw > 0, "the simulated fleet reported yesterday");
     assert_eq!(sum_column(&daily, "battery_readings"), raw);
-    let rows: usize = read_file(&daily)
-        .unwrap()
-        .iter()
-        .map(|b| b.num_rows())
-        .sum();
-    assert_eq!(rows, devices);
+    assert_eq!(rows_of(&daily), devices);
     assert_eq!(
         sum_column(&fleet_path, "devices"),
         devices as i64,
