@@ -38,7 +38,7 @@ pub struct DevicePlan {
     pub out_of_range_at: Option<u64>,
 }
 
-fn mix(seed: u64, index: usize, salt: u64) -> u64 {
+pub(crate) fn mix(seed: u64, index: usize, salt: u64) -> u64 {
     // SplitMix64 over (seed, index, salt): a stable per-device choice.
     let mut z = seed
         ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)

@@ -12,6 +12,7 @@
 //! at `start_ms + n × interval` and published as fast as the broker acks.
 
 mod device;
+pub mod history;
 mod signals;
 
 use std::sync::Arc;

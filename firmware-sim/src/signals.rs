@@ -24,6 +24,8 @@ pub struct Signals {
     tamper: bool,
     paper_low: bool,
     started: bool,
+    /// A handheld's drain in trading hours, % per minute (lowest, highest).
+    pub drain_per_min: (f64, f64),
 }
 
 impl Signals {
@@ -62,6 +64,7 @@ impl Signals {
             tamper: false,
             paper_low: false,
             started: false,
+            drain_per_min: (0.1, 0.4),
         }
     }
 
@@ -74,7 +77,8 @@ impl Signals {
         let trading = Self::trading(t_ms);
         let minutes = interval_s / 60.0;
         if self.handheld && trading {
-            self.battery_level -= minutes * rng.random_range(0.1..0.4);
+            self.battery_level -=
+                minutes * rng.random_range(self.drain_per_min.0..self.drain_per_min.1);
         } else if self.battery_level < 100.0 {
             self.battery_level += minutes * 0.8;
         }

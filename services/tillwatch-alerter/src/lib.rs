@@ -16,5 +16,8 @@ mod run;
 mod tracker;
 
 pub use alerter::{Alerter, AlertingError};
-pub use run::{ACTIVE, AlerterError, AlerterHealth, CONNECTIVITY_CHANGES, LEASE, run_alerter};
+pub use run::{
+    ACTIVE, AlerterError, AlerterHealth, CONNECTIVITY_CHANGES, LEASE, public_url, run_alerter,
+    silence_policy,
+};
 pub use tracker::{Event, Tracker, TrackerError};

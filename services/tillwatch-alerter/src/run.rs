@@ -95,7 +95,9 @@ macro_rules! retrying {
     }};
 }
 
-fn policy(config: &Config) -> SilencePolicy {
+/// How long a terminal may be silent before it counts as offline, as
+/// `[alerter]` sets it.
+pub fn silence_policy(config: &Config) -> SilencePolicy {
     let a = &config.alerter;
     SilencePolicy {
         gaps: a.silence_gaps,
@@ -296,7 +298,7 @@ async fn lead(
     // no alerter ran) gets its allowed silence counted from then.
     let mut alerter = Alerter::open_listening(
         store.clone(),
-        policy(config),
+        silence_policy(config),
         &config.alerting,
         &public_url(config),
         UtcMillis::now(),

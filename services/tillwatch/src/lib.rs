@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tillwatch_config::Config;
+use tillwatch_config::{Config, SchedulerConfig};
 use tillwatch_serve::roles::{bind, signalled};
 use tillwatch_serve::{EmbeddedBroker, run_standalone};
 use tokio::net::TcpListener;
 
 mod alerts;
+mod console;
+pub mod history;
 mod jobs;
 mod progress;
 
@@ -204,6 +206,11 @@ struct StandaloneArgs {
     clickhouse: ClickHouseFlags,
     #[command(flatten)]
     alerting: AlertingFlags,
+    /// Where the logs go: `auto` (a file in the data dir, `tillwatch.log`,
+    /// with a status line on the terminal, when attached to one and
+    /// RUST_LOG is unset; stderr otherwise), `stderr`, or a file's path.
+    #[arg(long, default_value = "auto")]
+    log: console::LogTo,
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +259,11 @@ struct DemoArgs {
     /// Time between a terminal's readings.
     #[arg(long, default_value_t = 2_000)]
     interval_ms: u64,
+    /// How much simulated past to play before the live fleet starts (from
+    /// the start of that UTC day), so the pages have days of history; 0
+    /// for none. A data dir that has a past keeps it.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    history: Duration,
 }
 
 /// The configuration's own checks (store hours, time zones and matchers
@@ -312,8 +324,44 @@ async fn start_broker(
     Ok(broker)
 }
 
+/// Sends the logs to a file when `--log` says so (or, attended, by
+/// default); then a status line is drawn: [`console::status_line`].
+fn route_logs(log: &console::LogTo, config: &Config) -> anyhow::Result<Option<PathBuf>> {
+    let file = console::log_file(log, &config.data_dir);
+    if let Some(path) = &file {
+        console::log_to_file(path)?;
+    }
+    Ok(file)
+}
+
+/// Makes this run's API tokens when none are configured, and prints them
+/// (before the status line starts).
+fn print_tokens(config: &mut Config) -> anyhow::Result<()> {
+    if let Some(made) = tillwatch_serve::make_tokens(config)? {
+        println!(
+            "API tokens for this run (set [[http.tokens]] to choose your own):\n  viewer   {}\n  operator {}",
+            made.viewer, made.operator
+        );
+    }
+    Ok(())
+}
+
+/// Draws the status line until `stop` (attended only); join it after.
+async fn spawn_status(
+    config: &Config,
+    log: Option<PathBuf>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if log.is_none() || !console::attended() {
+        return None;
+    }
+    let store = tillwatch_meta::MetaStore::open(config).await.ok()?;
+    Some(tokio::spawn(console::status_line(store, log, stop)))
+}
+
 async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
-    let config = standalone_config(&args)?;
+    let mut config = standalone_config(&args)?;
+    let log = route_logs(&args.log, &config)?;
     let broker = match &args.broker {
         Some(_) => None,
         None => Some(start_broker(config.embedded_broker.clone()).await?),
@@ -324,7 +372,15 @@ async fn standalone(args: StandaloneArgs) -> anyhow::Result<()> {
         false => None,
     };
     print_where(&config, &http, grpc.as_ref(), broker.as_ref())?;
-    run_standalone(config, http, grpc, broker.as_ref(), signalled()).await
+    print_tokens(&mut config)?;
+    let (stop_status, status_stop) = tokio::sync::watch::channel(false);
+    let status = spawn_status(&config, log, status_stop).await;
+    let result = run_standalone(config, http, grpc, broker.as_ref(), signalled()).await;
+    let _ = stop_status.send(true);
+    if let Some(status) = status {
+        let _ = status.await;
+    }
+    result
 }
 
 fn print_where(
@@ -413,6 +469,21 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
     if args.standalone.common.data_dir.is_none() && args.standalone.common.config.is_none() {
         config.data_dir = PathBuf::from("tillwatch-demo-data");
     }
+    let log = route_logs(&args.standalone.log, &config)?;
+    // The simulated stores trade in Europe/London: their days end within
+    // two hours of UTC's, so yesterday is rolled up soon after midnight
+    // (the default waits for every zone on earth, until noon UTC).
+    if config.scheduler.local_day_utc_offsets == SchedulerConfig::default().local_day_utc_offsets {
+        config.scheduler.local_day_utc_offsets = [0, 2];
+    }
+    let sim = tillwatch_sim::SimConfig {
+        devices: args.devices,
+        merchants: args.merchants.min(args.devices.max(1)),
+        interval: Duration::from_millis(args.interval_ms.max(100)),
+        faults: tillwatch_sim::Faults::all(),
+        ..Default::default()
+    };
+    play_history(&mut config, &sim, args.history).await?;
     let broker = match &args.standalone.broker {
         Some(_) => None,
         None => {
@@ -444,16 +515,13 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
             .as_ref()
             .map(|b| b.url())
             .unwrap_or_else(|| config.mqtt.broker.clone()),
-        devices: args.devices,
-        merchants: args.merchants.min(args.devices.max(1)),
-        interval: Duration::from_millis(args.interval_ms.max(100)),
-        faults: tillwatch_sim::Faults::all(),
-        ..Default::default()
+        ..sim
     };
     println!(
         "  fleet         {} simulated terminals of {} merchants, one reading every {} ms each; Ctrl-C stops",
         sim.devices, sim.merchants, args.interval_ms
     );
+    print_tokens(&mut config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let sim_stop = stop_rx.clone();
@@ -464,12 +532,52 @@ async fn demo(args: DemoArgs) -> anyhow::Result<()> {
         signalled().await;
         let _ = signal_tx.send(true);
     });
+    let status = spawn_status(&config, log, stop_rx.clone()).await;
     let result = run_standalone(config, http, grpc, broker.as_ref(), gateway_stop).await;
     let _ = stop_tx.send(true);
+    if let Some(status) = status {
+        let _ = status.await;
+    }
     if let Ok(Ok(report)) = fleet.await {
         println!("fleet: {}", serde_json_line(&report));
     }
     result
+}
+
+/// `demo --history`: plays the fleet's past from the start of the UTC
+/// day `span` ago, unless the data dir has one; the jobs start there.
+async fn play_history(
+    config: &mut Config,
+    fleet: &tillwatch_sim::SimConfig,
+    span: Duration,
+) -> anyhow::Result<()> {
+    if span.is_zero() || history::played_before(config)? {
+        return Ok(());
+    }
+    let now_ms = tillwatch_domain::UtcMillis::now().0;
+    let back = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
+    let day = 86_400_000;
+    let from = now_ms.saturating_sub(back).div_euclid(day) * day;
+    let start = tillwatch_rollups::catalog::parse_start(&config.scheduler.start, now_ms)
+        .unwrap_or(i64::MAX);
+    if start > from {
+        config.scheduler.start = jiff::Timestamp::from_millisecond(from)
+            .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date().to_string())
+            .context("the history's first day")?;
+    }
+    println!(
+        "Preparing the demo: playing {} days of the past of {} terminals into {} …",
+        (now_ms - from + day - 1) / day,
+        fleet.devices + 1,
+        config.data_dir.display()
+    );
+    let played = history::play(config, fleet, from, now_ms).await?;
+    println!(
+        "  played {} readings, {} job runs, {} alerts ({} resolved since) in {:.0} s",
+        played.readings, played.runs, played.alerts_fired, played.alerts_resolved, played.took_s
+    );
+    println!();
+    Ok(())
 }
 
 fn serde_json_line(report: &tillwatch_sim::Report) -> String {
@@ -681,12 +789,21 @@ async fn backfill(args: BackfillArgs) -> anyhow::Result<()> {
 /// Parses the command line, runs the chosen role and returns its exit code.
 pub fn run_cli() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // A role that may log to a file writes no colour codes.
+    let log = match &cli.command {
+        Command::Standalone(a) => Some(&a.log),
+        Command::Demo(d) => Some(&d.standalone.log),
+        _ => None,
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && log.is_none_or(|l| *l == console::LogTo::Stderr);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,rumqttd=off".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_writer(|| console::LogWriter)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
