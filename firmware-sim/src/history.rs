@@ -16,7 +16,8 @@
 //!   hours on the fourth day;
 //! - terminal 2 reboots every night at 03:00 (a new boot id);
 //! - terminals on firmware `fw-7.2` crash ten times as often as the rest
-//!   from the third day (a cohort with a bad release).
+//!   from the third day (a cohort with a bad release);
+//! - terminal 5 reports tampering from the afternoon of the sixth day.
 //!
 //! Boot ids differ from the live simulator's, so a live fleet that
 //! continues from the end of a history is a fleet that restarted.
@@ -63,6 +64,8 @@ struct Story {
     reboot_hour: Option<i64>,
     /// Quiet from here to the end (its last will says offline).
     quiet_from: Option<i64>,
+    /// Detects tampering from here on.
+    tamper_from: Option<i64>,
 }
 
 struct PastDevice {
@@ -197,6 +200,9 @@ impl PastDevice {
             self.signals.reboot();
             self.connect(t_ms, out);
         }
+        if self.story.tamper_from.is_some_and(|at| t_ms >= at) {
+            self.signals.tampered();
+        }
         let readings = self.sample(t_ms, step_ms as f64 / 1000.0, offline, bad_from);
         if offline {
             if self.online {
@@ -247,6 +253,8 @@ impl History {
                 // A working day takes 40-115% of a handheld's charge: most
                 // get through it, some run low by the evening.
                 signals.drain_per_min = (0.06, 0.16);
+                // One terminal is tampered with, on the sixth day.
+                signals.tamper_chance = 0.0;
                 let first_store = plan.merchant_id == "m-000" && plan.store_id == "m-000-s0";
                 let story = Story {
                     outage: if index == 1 {
@@ -258,6 +266,7 @@ impl History {
                     },
                     reboot_hour: (index == 2).then_some(3),
                     quiet_from: (index == config.devices).then(|| to_ms - 2 * HOUR_MS),
+                    tamper_from: (index == 5).then(|| within(day(5) + 15 * HOUR_MS)),
                 };
                 PastDevice {
                     plan,

@@ -26,6 +26,9 @@ pub struct Signals {
     started: bool,
     /// A handheld's drain in trading hours, % per minute (lowest, highest).
     pub drain_per_min: (f64, f64),
+    /// The chance each tick that the terminal detects tampering (it then
+    /// reports it until the end).
+    pub tamper_chance: f64,
 }
 
 impl Signals {
@@ -65,6 +68,7 @@ impl Signals {
             paper_low: false,
             started: false,
             drain_per_min: (0.1, 0.4),
+            tamper_chance: 0.00002,
         }
     }
 
@@ -104,7 +108,7 @@ impl Signals {
         if rng.random_bool(0.002) {
             self.paper_low = !self.paper_low;
         }
-        self.tamper = self.tamper || rng.random_bool(0.0001);
+        self.tamper = self.tamper || rng.random_bool(self.tamper_chance);
     }
 
     fn latency(&self, rng: &mut StdRng) -> u32 {
@@ -166,6 +170,11 @@ impl Signals {
                 printer_paper_low: self.paper_low,
             }),
         }
+    }
+
+    /// The terminal detects tampering from now on.
+    pub fn tampered(&mut self) {
+        self.tamper = true;
     }
 
     /// After a reboot the app starts again.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tillwatch_domain::UtcMillis;
+use tillwatch_integration_tests::browser::{Browser, artifact_dir};
 use tillwatch_integration_tests::{http_call, tillwatch_bin};
 
 const HOUR: i64 = 3_600_000;
@@ -43,6 +44,8 @@ impl Demo {
             ])
             .env_remove("RUST_LOG")
             .env("TERM", "xterm")
+            // Its gRPC port too is the system's choice, not the default.
+            .env("TILLWATCH__GRPC__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -88,10 +91,60 @@ impl Demo {
     }
 }
 
+impl Demo {
+    /// Ctrl-C on its terminal, as a person stops it; whether it ended by
+    /// itself, successfully, within 30 seconds.
+    fn interrupt(&mut self) -> bool {
+        use std::io::Write;
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = stdin.write_all(b"\x03");
+            let _ = stdin.flush();
+        }
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // pid (comm) state ppid …: comm may hold spaces, so after ')'.
+            let ppid: u32 = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == pid).then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if matches!(self.child.try_wait(), Ok(None)) && !self.interrupt() {
+            // Still running: the demo under `script` first, then script.
+            for child in children_of(self.child.id()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &child.to_string()])
+                    .status();
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -187,12 +240,52 @@ fn worth_looking_at(http: SocketAddr, token: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The three pages of the README's tour, in headless Chromium, each with
+/// what makes it worth a look drawn from the demo's data: the fleet with
+/// its cohorts, a terminal's charts, the jobs with their lineage and runs.
+fn look_at_the_pages(http: SocketAddr, token: &str) -> Vec<(&'static str, Vec<u8>)> {
+    let base = format!("http://{http}");
+    let browser = Browser::start();
+    browser.goto(&format!("{base}/ui/style.css"));
+    browser.execute(
+        "localStorage.setItem('tillwatch.token', arguments[0]); return true;",
+        serde_json::json!([token]),
+    );
+    let mut shots = Vec::new();
+    browser.goto(&format!("{base}/ui/"));
+    browser.wait_until(
+        "the fleet page with its merchants and a day's cohorts",
+        "return document.querySelectorAll('#merchants tbody tr.store').length >= 3 \
+         && document.querySelectorAll('#cohorts tbody tr:not(.empty)').length >= 3 \
+         && document.getElementById('cohorts-title').innerText.startsWith('Cohorts on');",
+        Duration::from_secs(30),
+    );
+    shots.push(("tour-fleet.png", browser.screenshot()));
+    browser.goto(&format!("{base}/ui/device?id=term-00003"));
+    browser.wait_until(
+        "the terminal's charts drawn from its day",
+        "const charts = [...document.querySelectorAll('.chart[data-series]')]; \
+         return charts.filter(c => Number(c.dataset.points) > 0 && c.querySelector('canvas')).length >= 3;",
+        Duration::from_secs(30),
+    );
+    shots.push(("tour-terminal.png", browser.screenshot()));
+    browser.goto(&format!("{base}/ui/jobs"));
+    browser.wait_until(
+        "the jobs page with the lineage and runs",
+        "return document.querySelectorAll('#lineage .node[data-job]').length >= 4 \
+         && document.querySelectorAll('#runs tbody tr:not(.empty)').length >= 10;",
+        Duration::from_secs(30),
+    );
+    shots.push(("tour-jobs.png", browser.screenshot()));
+    shots
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_demo_has_a_week_of_history_and_a_calm_terminal_within_90_seconds() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
     let started = Instant::now();
-    let demo = Demo::start(&data);
+    let mut demo = Demo::start(&data);
     let deadline = Duration::from_secs(90);
     let mut missing = String::from("the demo's address and token were never printed");
     loop {
@@ -213,6 +306,16 @@ async fn a_new_demo_has_a_week_of_history_and_a_calm_terminal_within_90_seconds(
         "the demo was worth looking at after {:?}",
         started.elapsed()
     );
+    let (http, token) = demo.address_and_token().unwrap();
+    let shots = tokio::task::spawn_blocking(move || look_at_the_pages(http, &token))
+        .await
+        .unwrap();
+    for (name, png) in shots {
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG screenshot");
+        let path = artifact_dir().join(name);
+        std::fs::write(&path, &png).unwrap();
+        eprintln!("screenshot: {}", path.display());
+    }
 
     // The terminal: the banner and the status line redrawn in place, no
     // log lines; the logs are in the data dir.
@@ -243,4 +346,17 @@ async fn a_new_demo_has_a_week_of_history_and_a_calm_terminal_within_90_seconds(
     );
     let log = std::fs::read_to_string(data.join("tillwatch.log")).expect("the log file");
     assert!(log.contains(" INFO "), "{log}");
+
+    // Ctrl-C stops it cleanly, and it says what the live fleet sent.
+
+    assert!(
+        demo.interrupt(),
+        "the demo did not stop on Ctrl-C:\n{}",
+        demo.output()
+    );
+    assert!(
+        demo.output().contains("readings acked"),
+        "{}",
+        demo.output()
+    );
 }
