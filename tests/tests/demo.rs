@@ -317,13 +317,16 @@ async fn a_new_demo_has_a_week_of_history_and_a_calm_terminal_within_90_seconds(
         eprintln!("screenshot: {}", path.display());
     }
 
-    // The terminal: the banner and the status line redrawn in place, no
-    // log lines; the logs are in the data dir.
-    let mut status_drawn = false;
-    tillwatch_integration_tests::wait_for("the status line", Duration::from_secs(10), || {
-        status_drawn = demo.output().contains("terminals online");
-        status_drawn
-    })
+    // The terminal's first minute: the banner and the status line redrawn
+    // in place, no log lines; the logs are in the data dir.
+    tillwatch_integration_tests::wait_for(
+        "the status line, a minute after the start",
+        Duration::from_secs(90),
+        || {
+            started.elapsed() >= Duration::from_secs(60)
+                && demo.output().contains("terminals online")
+        },
+    )
     .await;
     let out = demo.output();
     let lines: Vec<&str> = out
