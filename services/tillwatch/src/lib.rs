@@ -554,6 +554,15 @@ async fn play_history(
     if span.is_zero() || history::played_before(config)? {
         return Ok(());
     }
+    if config.clickhouse.url.is_some() {
+        // The past goes to the lake and the metadata store only; rollups on
+        // ClickHouse would find none of it there.
+        println!(
+            "The demo's history is played into the lake only: with ClickHouse configured it is \
+             skipped (give --history 0 to say so)."
+        );
+        return Ok(());
+    }
     let now_ms = tillwatch_domain::UtcMillis::now().0;
     let back = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
     let day = 86_400_000;
