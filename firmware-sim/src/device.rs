@@ -114,6 +114,45 @@ impl DevicePlan {
     pub fn serial(&self, seed: u64) -> String {
         format!("SN{:08}", mix(seed, self.index, 8) % 100_000_000)
     }
+
+    /// Its status message: online or offline in boot `boot_id`.
+    pub(crate) fn status(
+        &self,
+        boot_id: u64,
+        online: bool,
+        reason: pb::StatusReason,
+        at_ms: i64,
+    ) -> Vec<u8> {
+        pb::DeviceStatus {
+            device_id: self.device_id.clone(),
+            boot_id,
+            state: if online {
+                pb::ConnectionState::Online
+            } else {
+                pb::ConnectionState::Offline
+            } as i32,
+            reason: reason as i32,
+            at_ms,
+        }
+        .encode_to_vec()
+    }
+
+    /// Its info message: who it is, where, and what it runs.
+    pub(crate) fn info(&self, seed: u64, boot_id: u64, signals: &Signals, at_ms: i64) -> Vec<u8> {
+        pb::DeviceInfo {
+            device_id: self.device_id.clone(),
+            boot_id,
+            model: self.model().to_string(),
+            serial: self.serial(seed),
+            firmware_version: signals.firmware_version.clone(),
+            app_version: signals.app_version.clone(),
+            merchant_id: self.merchant_id.clone(),
+            store_id: self.store_id.clone(),
+            time_zone: "Europe/London".into(),
+            at_ms,
+        }
+        .encode_to_vec()
+    }
 }
 
 pub(crate) struct Device {
@@ -196,34 +235,12 @@ impl Device {
     }
 
     fn status(&self, online: bool, reason: pb::StatusReason, at_ms: i64) -> Vec<u8> {
-        pb::DeviceStatus {
-            device_id: self.plan.device_id.clone(),
-            boot_id: self.boot_id,
-            state: if online {
-                pb::ConnectionState::Online
-            } else {
-                pb::ConnectionState::Offline
-            } as i32,
-            reason: reason as i32,
-            at_ms,
-        }
-        .encode_to_vec()
+        self.plan.status(self.boot_id, online, reason, at_ms)
     }
 
     fn info(&self, at_ms: i64) -> Vec<u8> {
-        pb::DeviceInfo {
-            device_id: self.plan.device_id.clone(),
-            boot_id: self.boot_id,
-            model: self.plan.model().to_string(),
-            serial: self.plan.serial(self.config.seed),
-            firmware_version: self.signals.firmware_version.clone(),
-            app_version: self.signals.app_version.clone(),
-            merchant_id: self.plan.merchant_id.clone(),
-            store_id: self.plan.store_id.clone(),
-            time_zone: "Europe/London".into(),
-            at_ms,
-        }
-        .encode_to_vec()
+        self.plan
+            .info(self.config.seed, self.boot_id, &self.signals, at_ms)
     }
 
     fn now_ms(&self, tick: u64) -> i64 {

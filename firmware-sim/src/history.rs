@@ -89,18 +89,7 @@ impl PastDevice {
     fn status(&self, online: bool, reason: pb::StatusReason, at_ms: i64) -> Message {
         Message {
             topic: self.topic(Channel::Status),
-            payload: pb::DeviceStatus {
-                device_id: self.plan.device_id.clone(),
-                boot_id: self.boot_id,
-                state: if online {
-                    pb::ConnectionState::Online
-                } else {
-                    pb::ConnectionState::Offline
-                } as i32,
-                reason: reason as i32,
-                at_ms,
-            }
-            .encode_to_vec(),
+            payload: self.plan.status(self.boot_id, online, reason, at_ms),
             retain: true,
         }
     }
@@ -108,19 +97,9 @@ impl PastDevice {
     fn info(&self, at_ms: i64) -> Message {
         Message {
             topic: self.topic(Channel::Info),
-            payload: pb::DeviceInfo {
-                device_id: self.plan.device_id.clone(),
-                boot_id: self.boot_id,
-                model: self.plan.model().to_string(),
-                serial: self.plan.serial(self.seed),
-                firmware_version: self.signals.firmware_version.clone(),
-                app_version: self.signals.app_version.clone(),
-                merchant_id: self.plan.merchant_id.clone(),
-                store_id: self.plan.store_id.clone(),
-                time_zone: "Europe/London".into(),
-                at_ms,
-            }
-            .encode_to_vec(),
+            payload: self
+                .plan
+                .info(self.seed, self.boot_id, &self.signals, at_ms),
             retain: true,
         }
     }
