@@ -3,7 +3,7 @@
 //!
 //! | method and path | what |
 //! |---|---|
-//! | `GET /api/v1/jobs` | jobs, settings, partitions by status (stale: inputs changed since it ran), the ingest watermark, what is due now and why |
+//! | `GET /api/v1/jobs?owner=` | jobs (of one owning team), settings, partitions by status (stale: inputs changed since it ran), the ingest watermark, what is due now and why |
 //! | `GET /api/v1/runs?job=&status=&limit=` | runs of every job, newest first, each with its log |
 //! | `GET /api/v1/jobs/{job}/runs?partition=&limit=` | run history, newest first |
 //! | `GET /api/v1/jobs/{job}/partitions/{partition}/lineage` | the runs and inputs behind a partition, and its downstream |
@@ -29,8 +29,25 @@ use crate::{ApiError, Doc, Routes, bad};
 
 type Typed<T> = Result<Json<T>, ApiError>;
 
-async fn list(State(jobs): State<JobQueries>) -> Typed<JobsOverview> {
-    Ok(Json(jobs.overview().await?))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    owner: Option<String>,
+}
+
+async fn list(
+    State(jobs): State<JobQueries>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Typed<JobsOverview> {
+    let Query(q) = q?;
+    let mut overview = jobs.overview().await?;
+    if let Some(owner) = q.owner {
+        overview.jobs.retain(|j| j.owner == owner);
+        let names: std::collections::BTreeSet<String> =
+            overview.jobs.iter().map(|j| j.name.clone()).collect();
+        overview.due.retain(|d| names.contains(&d.job));
+    }
+    Ok(Json(overview))
 }
 
 #[derive(Deserialize)]
@@ -173,6 +190,7 @@ pub fn router(jobs: JobQueries) -> Routes {
                 "jobs",
                 "Jobs, their settings, partitions by status, the ingest watermark",
             )
+            .query("owner", "string", "Only this team's jobs")
             .returns::<JobsOverview>(),
             get(list),
         )

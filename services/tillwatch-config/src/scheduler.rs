@@ -43,6 +43,13 @@ pub struct SchedulerConfig {
     /// (`7d`).
     pub start: String,
     pub jobs: BTreeMap<String, JobSettings>,
+    /// Roots of the teams' job declarations, one folder per owning team
+    /// (`<root>/<owner>/<job>.toml` beside `<job>.datafusion.sql`): one
+    /// path or a list. Checked like `tillwatch jobs validate`; a file with
+    /// a problem is refused with it (and the jobs reading it), the rest
+    /// run.
+    #[serde(deserialize_with = "one_or_many")]
+    pub jobs_dir: Vec<std::path::PathBuf>,
     /// The merchant directory source: when set, the `merchant_directory`
     /// job imports merchants and stores (names, time zones, opening hours)
     /// from this database on its schedule (hourly unless
@@ -66,6 +73,23 @@ pub struct SchedulerConfig {
     /// `tillwatch gateway retire CLIENT_ID`.
     #[serde(with = "humantime_serde")]
     pub watermark_stall_after: Duration,
+}
+
+/// One path or a list of them.
+fn one_or_many<'de, D>(d: D) -> Result<Vec<std::path::PathBuf>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(std::path::PathBuf),
+        Many(Vec<std::path::PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// An external PostgreSQL holding the merchants and stores, and the query
@@ -138,6 +162,7 @@ impl Default for SchedulerConfig {
             engine: RollupEngine::Auto,
             start: "7d".into(),
             jobs: BTreeMap::new(),
+            jobs_dir: Vec::new(),
             merchant_directory: None,
             local_day_utc_offsets: [-12, 14],
             watermark_stall_after: Duration::from_secs(5 * 60),
@@ -177,4 +202,98 @@ pub struct JobSettings {
     pub concurrency: Option<usize>,
     /// The team that owns the job.
     pub owner: Option<String>,
+}
+
+/// The days a day-grain job's partitions count in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DayKind {
+    /// Midnight to midnight UTC.
+    #[default]
+    Utc,
+    /// Each terminal's hours in its store's local day, read with the
+    /// margins `scheduler.local_day_utc_offsets` gives.
+    StoreLocal,
+}
+
+/// A partition's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeclaredGrain {
+    Hour,
+    Day,
+}
+
+/// A job as its declaration file (`<jobs root>/<owner>/<job>.toml`) says:
+/// what it is, what it reads, and the settings of [`JobSettings`] (which
+/// the operator's `[scheduler.jobs.<job>]` overrides in turn). The owner
+/// is the folder's name and the job's name the file's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobDeclaration {
+    /// What the job's output holds, for the jobs page and `jobs list`.
+    pub description: String,
+    pub grain: DeclaredGrain,
+    /// For `grain = "day"`: UTC days (default) or store-local ones.
+    #[serde(default)]
+    pub day: DayKind,
+    /// What it reads: raw tables (`battery`, `connectivity`,
+    /// `app_performance`, `payment_health`), sources
+    /// (`device_attributes`) and other jobs, by name.
+    #[serde(default)]
+    pub inputs: Vec<String>,
+    /// Whether jobs of other owners may read it (default: only its own
+    /// team's jobs and those in `readers`).
+    #[serde(default)]
+    pub public: bool,
+    /// Owners besides its own whose jobs may read it.
+    #[serde(default)]
+    pub readers: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The output's columns, in order, when given: the SQL is planned and
+    /// must give exactly these.
+    pub columns: Option<Vec<String>>,
+    /// Run by the product's own code rather than SQL (the lake's upkeep).
+    #[serde(default)]
+    pub builtin: bool,
+    pub schedule: Option<String>,
+    pub time_zone: Option<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub catch_up: Option<bool>,
+    pub window: Option<String>,
+    pub window_time_zone: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub lateness: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub retries: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_base: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub retry_max: Option<Duration>,
+    pub concurrency: Option<usize>,
+}
+
+impl JobDeclaration {
+    /// The declaration's settings, as the operator's would be given.
+    pub fn settings(&self, owner: &str) -> JobSettings {
+        JobSettings {
+            schedule: self.schedule.clone(),
+            time_zone: self.time_zone.clone(),
+            start: self.start.clone(),
+            end: self.end.clone(),
+            catch_up: self.catch_up,
+            window: self.window.clone(),
+            window_time_zone: self.window_time_zone.clone(),
+            lateness: self.lateness,
+            timeout: self.timeout,
+            retries: self.retries,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            concurrency: self.concurrency,
+            owner: Some(owner.to_string()),
+        }
+    }
 }

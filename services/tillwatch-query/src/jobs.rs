@@ -29,10 +29,15 @@ pub trait Snapshots: Send + Sync {
 /// clone.
 #[derive(Clone)]
 pub struct JobQueries {
-    runner: Arc<Runner>,
+    runner: Arc<std::sync::RwLock<Arc<Runner>>>,
+    reload: Option<Reload>,
     snapshots: Arc<dyn Snapshots>,
     stall_after: std::time::Duration,
 }
+
+/// A new runner when the jobs changed since the last call (the teams'
+/// declarations on disk), `None` when they did not.
+pub type Reload = Arc<dyn Fn() -> Option<Arc<Runner>> + Send + Sync>;
 
 /// A job's input: a raw table or another job.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
@@ -334,18 +339,41 @@ impl JobQueries {
         stall_after: std::time::Duration,
     ) -> JobQueries {
         JobQueries {
-            runner,
+            runner: Arc::new(std::sync::RwLock::new(runner)),
+            reload: None,
             snapshots,
             stall_after,
         }
     }
 
+    /// Asks `reload` before each answer whether the jobs changed.
+    pub fn with_reload(mut self, reload: Reload) -> JobQueries {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// The runner over the jobs as they are now.
+    fn runner(&self) -> Arc<Runner> {
+        if let Some(reload) = &self.reload
+            && let Some(new) = reload()
+        {
+            *self
+                .runner
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+        }
+        self.runner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     fn known(&self, job: &str) -> Result<(), QueryError> {
-        if self.runner.catalog().job(job).is_some() {
+        let runner = self.runner();
+        if runner.catalog().job(job).is_some() {
             return Ok(());
         }
-        let names: Vec<&str> = self
-            .runner
+        let names: Vec<&str> = runner
             .catalog()
             .jobs()
             .iter()
@@ -360,7 +388,8 @@ impl JobQueries {
     /// Jobs, settings, partitions by status, the ingest watermark, what is
     /// due now and why.
     pub async fn overview(&self) -> Result<JobsOverview, QueryError> {
-        let runner = &self.runner;
+        let runner = self.runner();
+        let runner = &runner;
         let snap = self.snapshots.snapshot(runner).await;
         let rows = runner.store().job_partitions().await?;
         let due = runner
@@ -450,7 +479,7 @@ impl JobQueries {
         }
         let limit = self::limit(limit, 10_000)?;
         let runs = self
-            .runner
+            .runner()
             .store()
             .job_runs(Some(job), partition, limit)
             .await?;
@@ -483,7 +512,7 @@ impl JobQueries {
         // leaves the page short.
         let mut fetch = limit;
         let found = loop {
-            let runs = self.runner.store().job_runs(job, None, fetch).await?;
+            let runs = self.runner().store().job_runs(job, None, fetch).await?;
             let exhausted = runs.len() < fetch as usize;
             let found: Vec<Run> = runs
                 .iter()
@@ -506,7 +535,7 @@ impl JobQueries {
             job: job.to_string(),
             partition: self::partition("partition", partition)?,
         };
-        let l = ops::lineage(self.runner.store(), self.runner.catalog(), &target).await?;
+        let l = ops::lineage(self.runner().store(), self.runner().catalog(), &target).await?;
         Ok(Lineage {
             job: l.target.job.clone(),
             partition: l.target.partition.key(),
@@ -545,12 +574,12 @@ impl JobQueries {
             ));
         }
         ops::targets(
-            self.runner.catalog(),
+            self.runner().catalog(),
             job,
             first.start_ms,
             last.end_ms(),
             downstream,
-            self.runner.now(),
+            self.runner().now(),
         )
         .map_err(|e| QueryError::invalid("from", e.to_string()))
     }
@@ -582,8 +611,8 @@ impl JobQueries {
                 ),
             ));
         }
-        let now = self.runner.now();
-        ops::request(self.runner.store(), &targets, now).await?;
+        let now = self.runner().now();
+        ops::request(self.runner().store(), &targets, now).await?;
         Ok(RangeRequest {
             dry_run,
             requested_ms: Some(now),
@@ -603,8 +632,8 @@ impl JobQueries {
     ) -> Result<RangeProgress, QueryError> {
         let targets = self.targets(job, from, to, downstream)?;
         let states = ops::progress(
-            self.runner.store(),
-            self.runner.catalog(),
+            self.runner().store(),
+            self.runner().catalog(),
             &targets,
             since_ms,
         )

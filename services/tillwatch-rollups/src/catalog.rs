@@ -5,16 +5,15 @@ use std::time::Duration;
 use tillwatch_config::{JobSettings, RetentionConfig, SchedulerConfig};
 use tillwatch_scheduler::{Catalog, JobSpec, RunWindow, Schedule};
 
-use crate::jobs;
+use crate::declared::{self, DeclaredJob};
 
 /// Every built-in job with its defaults, upstream first.
 pub fn builtin() -> Vec<JobSpec> {
-    vec![
-        jobs::raw_compaction(),
-        jobs::device_health_hourly(),
-        jobs::device_health_daily(),
-        jobs::fleet_health_daily(),
-    ]
+    let jobs = declared::builtin().iter().map(DeclaredJob::spec).collect();
+    Catalog::new(jobs)
+        .expect("the built-in jobs form a catalog")
+        .jobs()
+        .to_vec()
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -44,15 +43,14 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Applies `s` to `job`; a problem is named by `at(key)`.
 fn apply(
     job: &mut JobSpec,
     s: &JobSettings,
-    default_start: i64,
     now_ms: i64,
     errors: &mut Vec<String>,
+    at: &dyn Fn(&str) -> String,
 ) {
-    let at = |key: &str| format!("scheduler.jobs.{}.{key}", job.name);
-    job.start_ms = default_start;
     let tz = s.time_zone.as_deref().unwrap_or("UTC");
     if s.schedule.is_some() || s.time_zone.is_some() {
         let text = s.schedule.as_deref().unwrap_or(job.schedule.as_str());
@@ -122,26 +120,184 @@ fn apply(
     }
 }
 
-/// The jobs as configured, checked together; every problem is reported,
-/// each naming its key. With `retention` on, the `retention` job is one
-/// of them and every rollup stops at the horizon of what it keeps.
-pub fn catalog(
+/// The teams' declarations under `dirs`, checked together with the
+/// built-in ones: those that pass, and what was wrong with the others.
+/// A job with a problem is refused, and so is every job reading it; the
+/// rest are checked again without them until what is left passes.
+pub fn team_jobs(
+    builtin: &[DeclaredJob],
+    dirs: &[std::path::PathBuf],
+) -> (Vec<DeclaredJob>, Vec<String>) {
+    let mut team = Vec::new();
+    let mut refused = Vec::new();
+    for dir in dirs {
+        let (found, problems) = declared::load_dir(dir);
+        team.extend(found);
+        refused.extend(problems.iter().map(ToString::to_string));
+    }
+    loop {
+        let all: Vec<DeclaredJob> = builtin.iter().chain(team.iter()).cloned().collect();
+        let mut problems = declared::check(&all);
+        if problems.is_empty() && !team.is_empty() {
+            // The SQL reads only what the job declares, and plans.
+            problems = declared::plan_blocking(&all);
+        }
+        if problems.is_empty() {
+            return (team, refused);
+        }
+        let bad: std::collections::BTreeSet<String> = problems
+            .iter()
+            .map(|p| {
+                let stem = p
+                    .file
+                    .strip_suffix(".datafusion.sql")
+                    .or_else(|| p.file.strip_suffix(".clickhouse.sql"))
+                    .or_else(|| p.file.strip_suffix(".toml"))
+                    .unwrap_or(&p.file);
+                format!("{stem}.toml")
+            })
+            .collect();
+        refused.extend(problems.iter().map(ToString::to_string));
+        let before = team.len();
+        team.retain(|j| !bad.contains(&j.file));
+        drop_orphans(builtin, &mut team, &mut refused);
+        if team.len() == before {
+            // A problem no single team file is to blame for: refuse them all.
+            for j in team.drain(..) {
+                refused.push(format!("{}: not loaded with the problems above", j.file));
+            }
+            return (team, refused);
+        }
+    }
+}
+
+/// Refuses the team jobs that read a job no longer there, until none do.
+fn drop_orphans(builtin: &[DeclaredJob], team: &mut Vec<DeclaredJob>, refused: &mut Vec<String>) {
+    loop {
+        let names: std::collections::BTreeSet<String> = builtin
+            .iter()
+            .chain(team.iter())
+            .map(|j| j.name.clone())
+            .collect();
+        let orphans: Vec<(String, String)> = team
+            .iter()
+            .filter_map(|j| {
+                j.declaration
+                    .inputs
+                    .iter()
+                    .find(|i| !declared::is_source(i) && !names.contains(i.as_str()))
+                    .map(|i| (j.file.clone(), i.clone()))
+            })
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        for (file, input) in &orphans {
+            refused.push(format!("{file}: reads {input}, which was refused"));
+        }
+        team.retain(|j| !orphans.iter().any(|(f, _)| *f == j.file));
+    }
+}
+
+/// The jobs the scheduler runs, with the declarations behind them.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub catalog: Catalog,
+    /// Every declared job in the catalog: the built-in ones, then the
+    /// teams'.
+    pub declared: Vec<DeclaredJob>,
+    /// The teams' declarations refused, each problem with its file.
+    pub refused: Vec<String>,
+}
+
+impl Loaded {
+    /// A team's job (not one of the product's own) by name.
+    pub fn team_job(&self, name: &str) -> Option<&DeclaredJob> {
+        self.declared
+            .iter()
+            .find(|d| d.name == name && !d.file.starts_with(declared::BUILTIN_ROOT))
+    }
+}
+
+/// The jobs as configured, checked together; every problem with the
+/// operator's settings is reported, each naming its key, and fails the
+/// load. The teams' declarations under `scheduler.jobs_dir` that have a
+/// problem are refused ([`Loaded::refused`]) and the rest run. With
+/// `retention` on, the `retention` job is one of them and every rollup
+/// stops at the horizon of what it keeps.
+pub fn load(
     config: &SchedulerConfig,
     retention: &RetentionConfig,
     now_ms: i64,
-) -> Result<Catalog, Vec<String>> {
+) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
     let default_start = parse_start(&config.start, now_ms).unwrap_or_else(|e| {
         errors.push(format!("scheduler.start: {e}"));
         0
     });
-    let mut jobs = builtin();
+    let builtin = declared::builtin();
+    let (mut team, mut refused) = team_jobs(&builtin, &config.jobs_dir);
+    let [west, east] = config.local_day_utc_offsets;
+    let declared_spec = |d: &DeclaredJob, errors: &mut Vec<String>| {
+        let mut job = d.spec();
+        job.start_ms = default_start;
+        if d.store_local_day() {
+            job.reads_before_ms = i64::from(east.max(0)) * 3_600_000;
+            job.reads_after_ms = -i64::from(west.min(0)) * 3_600_000;
+        }
+        let file = d.clone();
+        apply(
+            &mut job,
+            &d.declaration.settings(&d.owner),
+            now_ms,
+            errors,
+            &move |key: &str| match file.line_of(key) {
+                Some(line) => format!("{}:{line}: {key}", file.file),
+                None => format!("{}: {key}", file.file),
+            },
+        );
+        job
+    };
+    let mut jobs: Vec<JobSpec> = builtin
+        .iter()
+        .map(|d| declared_spec(d, &mut errors))
+        .collect();
+    // A team's settings that do not parse refuse its job (and its readers).
+    loop {
+        let mut bad = Vec::new();
+        for d in &team {
+            let mut problems = Vec::new();
+            declared_spec(d, &mut problems);
+            if !problems.is_empty() {
+                refused.extend(problems);
+                bad.push(d.file.clone());
+            }
+        }
+        if bad.is_empty() {
+            break;
+        }
+        team.retain(|d| !bad.contains(&d.file));
+        drop_orphans(&builtin, &mut team, &mut refused);
+    }
+    jobs.extend(team.iter().map(|d| declared_spec(d, &mut Vec::new())));
     if config.merchant_directory.is_some() {
-        jobs.push(crate::directory::merchant_directory());
+        let mut job = crate::directory::merchant_directory();
+        job.start_ms = default_start;
+        jobs.push(job);
     }
     if retention.enabled {
-        jobs.push(crate::retention::retention_job());
+        let mut job = crate::retention::retention_job();
+        job.start_ms = default_start;
+        jobs.push(job);
     }
+    let refused_names: Vec<String> = refused
+        .iter()
+        .filter_map(|r| {
+            let file = r.split(':').next()?;
+            let name = std::path::Path::new(file).file_stem()?.to_str()?;
+            Some(name.split('.').next().unwrap_or(name).to_string())
+        })
+        .collect();
     for name in config.jobs.keys() {
         if name == crate::directory::MERCHANT_DIRECTORY && config.merchant_directory.is_none() {
             errors.push(format!(
@@ -151,6 +307,8 @@ pub fn catalog(
             errors.push(format!(
                 "scheduler.jobs.{name}: retention.enabled is false, so the job does not run"
             ));
+        } else if refused_names.contains(name) {
+            // Its declaration was refused: the refusal says why.
         } else if !jobs.iter().any(|j| &j.name == name) {
             let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
             errors.push(format!(
@@ -160,20 +318,38 @@ pub fn catalog(
         }
     }
     let none = JobSettings::default();
-    let [west, east] = config.local_day_utc_offsets;
     for job in &mut jobs {
-        if job.name == jobs::DEVICE_HEALTH_DAILY {
-            job.reads_before_ms = i64::from(east.max(0)) * 3_600_000;
-            job.reads_after_ms = -i64::from(west.min(0)) * 3_600_000;
-        }
         let settings = config.jobs.get(&job.name).unwrap_or(&none);
-        apply(job, settings, default_start, now_ms, &mut errors);
+        let name = job.name.clone();
+        apply(job, settings, now_ms, &mut errors, &move |key: &str| {
+            format!("scheduler.jobs.{name}.{key}")
+        });
         job.kept_ms = crate::retention::kept_for_job(retention, &job.name);
     }
     if !errors.is_empty() {
         return Err(errors);
     }
-    Catalog::new(jobs).map_err(|e| vec![e.to_string()])
+    let catalog = Catalog::new(jobs).map_err(|e| vec![e.to_string()])?;
+    let mut declared = builtin;
+    declared.extend(team);
+    Ok(Loaded {
+        catalog,
+        declared,
+        refused,
+    })
+}
+
+/// [`load`]'s catalog; each refused declaration is logged as a warning.
+pub fn catalog(
+    config: &SchedulerConfig,
+    retention: &RetentionConfig,
+    now_ms: i64,
+) -> Result<Catalog, Vec<String>> {
+    let loaded = load(config, retention, now_ms)?;
+    for problem in &loaded.refused {
+        tracing::warn!(%problem, "a job declaration was refused; the other jobs run");
+    }
+    Ok(loaded.catalog)
 }
 
 #[cfg(test)]

@@ -166,13 +166,31 @@ impl Embedded {
         name: &str,
         partition: Partition,
     ) -> Result<(), JobError> {
+        self.register_hours(ctx, name, &[partition]).await
+    }
+
+    /// Registers one raw table holding just the hours of `hours`.
+    async fn register_hours(
+        &self,
+        ctx: &SessionContext,
+        name: &str,
+        hours: &[Partition],
+    ) -> Result<(), JobError> {
         let table =
             raw_table(name).ok_or_else(|| JobError::input(format!("no raw table {name:?}")))?;
-        let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
-        let lake = self.lake.clone();
-        let files = tokio::task::spawn_blocking(move || lake.hour_files(table, hour))
-            .await
-            .map_err(|e| JobError::read(format!("the lake's {name} files for {partition}"), e))?;
+        let mut files = Vec::new();
+        for partition in hours {
+            let partition = *partition;
+            let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
+            let lake = self.lake.clone();
+            let found = tokio::task::spawn_blocking(move || lake.hour_files(table, hour))
+                .await
+                .map_err(|e| {
+                    JobError::read(format!("the lake's {name} files for {partition}"), e)
+                })?;
+            files.extend(found);
+        }
+        let partition = hours.first().map(ToString::to_string).unwrap_or_default();
         let schema = schema(table);
         if files.is_empty() {
             let empty = MemTable::try_new(schema, vec![vec![]]).map_err(JobError::query)?;
@@ -262,6 +280,65 @@ impl Embedded {
             batches.push(RecordBatch::new_empty(schema));
         }
         self.write(job, partition, batches).await
+    }
+
+    /// Runs a team's declared job (see [`crate::declared`]) for one
+    /// partition: each raw table it reads holds the hours its interval
+    /// (widened by its read margins) covers, each job it reads the outputs
+    /// of the partitions overlapping it, registered under the input's
+    /// name; its SQL runs with `{start_ms}` and `{end_ms}` bound, as one
+    /// query that can change nothing, and its result is the partition.
+    pub async fn run_declared(
+        &self,
+        job: &JobSpec,
+        declared: &crate::declared::DeclaredJob,
+        grain_of: &(dyn Fn(&str) -> Option<tillwatch_scheduler::Grain> + Sync),
+        partition: Partition,
+    ) -> Result<Output, JobError> {
+        let sql = declared.sql.datafusion.as_deref().ok_or_else(|| {
+            JobError::query(format!(
+                "{} has no {}.datafusion.sql: it runs only on ClickHouse",
+                job.name, job.name
+            ))
+        })?;
+        let ctx = self.session();
+        for input in &declared.declaration.inputs {
+            if raw_table(input).is_some() {
+                let hours = job.input_partitions(partition, tillwatch_scheduler::Grain::Hour);
+                self.register_hours(&ctx, input, &hours).await?;
+                continue;
+            }
+            let grain = grain_of(input)
+                .ok_or_else(|| JobError::input(format!("{input} is no job the scheduler runs")))?;
+            let mut files = Vec::new();
+            for up in job.input_partitions(partition, grain) {
+                let path = self.output_path(input, up);
+                if !self.exists(&path).await? {
+                    return Err(JobError::input(format!(
+                        "{input} {up} has no output at {}",
+                        path.display()
+                    )));
+                }
+                files.push(path.display().to_string());
+            }
+            let frame = ctx
+                .read_parquet(files, ParquetReadOptions::default())
+                .await
+                .map_err(|e| JobError::read(format_args!("{input} for {partition}"), e))?;
+            ctx.register_table(input.as_str(), frame.into_view())
+                .map_err(JobError::query)?;
+        }
+        let sql = crate::declared::bind(sql, partition.start_ms, partition.end_ms());
+        let frame = ctx
+            .sql_with_options(&sql, crate::declared::query_only())
+            .await
+            .map_err(JobError::query)?;
+        let schema = frame.schema().inner().clone();
+        let mut batches = frame.collect().await.map_err(JobError::query)?;
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(schema));
+        }
+        self.write(&job.name, partition, batches).await
     }
 
     /// Runs `device_health_daily` for one day: each terminal's hours of

@@ -1,6 +1,7 @@
-//! The built-in rollups: each job's definition for the scheduler and its
-//! SQL per engine, kept by owner under `jobs/<owner>/` (the ClickHouse
-//! tables they write are in `tillwatch-storage/clickhouse/007_rollups.sql`).
+//! The built-in rollups: each job declared (`<job>.toml`, see
+//! [`crate::declared`]) beside its SQL per engine, kept by owner under
+//! `jobs/<owner>/` (the ClickHouse tables they write are in
+//! `tillwatch-storage/clickhouse/007_rollups.sql`).
 //!
 //! - DataFusion (`<job>.datafusion.sql`): `device_health_hourly` reads the
 //!   raw tables of one hour, each registered under its own name (`battery`,
@@ -11,14 +12,13 @@
 //!   `INSERT INTO <job>_staging SELECT …`, reading the raw and rollup tables
 //!   of `{database}` between `{start_s}` and `{end_s}` (Unix seconds).
 
-use tillwatch_scheduler::{Grain, Input, JobSpec};
+use tillwatch_scheduler::JobSpec;
 pub use tillwatch_storage::outputs::{
     DEVICE_HEALTH_DAILY, DEVICE_HEALTH_HOURLY, FLEET_HEALTH_DAILY, RAW_COMPACTION,
 };
 
-/// The team that owns the health rollups.
-pub const HEALTH_OWNER: &str = "health";
-/// The team that owns the lake's upkeep.
+/// The team that owns the lake's upkeep (the jobs that are not files:
+/// retention and the merchant directory).
 pub const PLATFORM_OWNER: &str = "platform";
 
 /// The raw tables the hourly rollup reads.
@@ -78,9 +78,14 @@ pub fn sql(job: &str) -> Option<Sql> {
     }
 }
 
-fn owned(mut job: JobSpec) -> JobSpec {
-    job.owner = HEALTH_OWNER.into();
-    job
+/// A built-in job's declaration (`jobs/<owner>/<job>.toml`) as a job
+/// with its defaults.
+fn declared(name: &str) -> JobSpec {
+    crate::declared::builtin()
+        .into_iter()
+        .find(|j| j.name == name)
+        .map(|j| j.spec())
+        .unwrap_or_else(|| panic!("{name} is a built-in job"))
 }
 
 /// Compaction of a closed hour of the raw tables: the gateway's small
@@ -90,46 +95,23 @@ fn owned(mut job: JobSpec) -> JobSpec {
 /// compacted hour adds a file, changes the hour's fingerprint and so
 /// compacts it again, then re-runs what depends on it.
 pub fn raw_compaction() -> JobSpec {
-    let mut job = JobSpec::new(
-        RAW_COMPACTION,
-        Grain::Hour,
-        RAW_TABLES
-            .iter()
-            .map(|t| Input::Source(t.to_string()))
-            .collect(),
-    );
-    job.owner = PLATFORM_OWNER.into();
-    job
+    declared(RAW_COMPACTION)
 }
 
-/// The hourly job's definition for the scheduler: each hour once its raw
-/// files are compacted, and again when who its terminals belong to changes
-/// (`device_attributes`, see [`crate::service::DEVICE_ATTRIBUTES`]).
+/// The hourly job: each hour once its raw files are compacted, and again
+/// when who its terminals belong to changes (`device_attributes`, see
+/// [`crate::service::DEVICE_ATTRIBUTES`]).
 pub fn device_health_hourly() -> JobSpec {
-    owned(JobSpec::new(
-        DEVICE_HEALTH_HOURLY,
-        Grain::Hour,
-        vec![
-            Input::Job(RAW_COMPACTION.into()),
-            Input::Source(crate::service::DEVICE_ATTRIBUTES.into()),
-        ],
-    ))
+    declared(DEVICE_HEALTH_HOURLY)
 }
 
-/// The daily job's definition: the 24 hourly partitions of each UTC day.
+/// The daily job: the hourly partitions of each day (UTC here; the
+/// catalog widens its reads to the stores' local days).
 pub fn device_health_daily() -> JobSpec {
-    owned(JobSpec::new(
-        DEVICE_HEALTH_DAILY,
-        Grain::Day,
-        vec![Input::Job(DEVICE_HEALTH_HOURLY.into())],
-    ))
+    declared(DEVICE_HEALTH_DAILY)
 }
 
-/// The fleet job's definition: each day's device rollup, by cohort.
+/// The fleet job: each day's device rollup, by cohort.
 pub fn fleet_health_daily() -> JobSpec {
-    owned(JobSpec::new(
-        FLEET_HEALTH_DAILY,
-        Grain::Day,
-        vec![Input::Job(DEVICE_HEALTH_DAILY.into())],
-    ))
+    declared(FLEET_HEALTH_DAILY)
 }

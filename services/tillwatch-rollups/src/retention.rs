@@ -54,9 +54,10 @@ fn kept_ms(config: &RetentionConfig, table: &str) -> i64 {
     RetentionConfig::days(config.lake_table(table)).saturating_mul(DAY_MS)
 }
 
-/// How long each built-in job's inputs and output are kept: the
-/// planner's horizon for it (see `JobSpec::frozen`). `None` for jobs
-/// retention does not touch, or with retention off.
+/// How long each job's inputs and output are kept: the planner's horizon
+/// for it (see `JobSpec::frozen`). `None` for jobs retention does not
+/// touch, or with retention off. (The teams' jobs' own outputs are not
+/// deleted by retention.)
 pub fn kept_for_job(config: &RetentionConfig, job: &str) -> Option<i64> {
     if !config.enabled {
         return None;
@@ -74,7 +75,10 @@ pub fn kept_for_job(config: &RetentionConfig, job: &str) -> Option<i64> {
         DEVICE_HEALTH_HOURLY => Some(raw.min(hourly)),
         DEVICE_HEALTH_DAILY => Some(hourly.min(daily)),
         FLEET_HEALTH_DAILY => Some(daily.min(fleet)),
-        _ => None,
+        crate::directory::MERCHANT_DIRECTORY | RETENTION => None,
+        // A team's job may read any of them: the shortest horizon, so none
+        // of its partitions re-runs over inputs retention has half deleted.
+        _ => Some(raw.min(hourly).min(daily).min(fleet)),
     }
 }
 

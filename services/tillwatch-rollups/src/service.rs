@@ -131,6 +131,8 @@ pub async fn snapshot(runner: &Runner, lake: Lake, stall_after: std::time::Durat
 /// Every job's executor: the source jobs here, the rollups on their
 /// engine, and after a daily rollup the rules over it.
 struct Jobs {
+    /// The teams' declared jobs among them (run on the embedded engine).
+    loaded: crate::catalog::Loaded,
     rollups: Arc<dyn Executor>,
     directory: Option<Directory>,
     store: MetaStore,
@@ -172,6 +174,13 @@ impl Executor for Jobs {
                 )
                 .await;
             }
+            if let Some(declared) = self.loaded.team_job(&job.name) {
+                let grain_of = |name: &str| self.loaded.catalog.job(name).map(|j| j.grain);
+                return self
+                    .lake
+                    .run_declared(job, declared, &grain_of, partition)
+                    .await;
+            }
             if job.name == MERCHANT_DIRECTORY {
                 return match &self.directory {
                     Some(d) => d.import(partition).await,
@@ -204,8 +213,12 @@ pub fn open(
     store: MetaStore,
     clock: Clock,
 ) -> Result<(Runner, Lake), SchedulerError> {
-    let catalog = crate::catalog::catalog(&config.scheduler, &config.retention, clock())
+    let loaded = crate::catalog::load(&config.scheduler, &config.retention, clock())
         .map_err(SchedulerError::Config)?;
+    for problem in &loaded.refused {
+        tracing::warn!(%problem, "a job declaration was refused; the other jobs run");
+    }
+    let catalog = loaded.catalog.clone();
     let lake = Lake::from_config(config)?;
     let ch = engine(config);
     // Minutes online and the stores' time zones come from the store.
@@ -230,6 +243,7 @@ pub fn open(
             clock: clock.clone(),
         });
     let executor = Arc::new(Jobs {
+        loaded,
         rollups,
         directory,
         store: store.clone(),
@@ -272,13 +286,40 @@ pub fn job_queries(
     config: &Config,
     store: MetaStore,
 ) -> Result<tillwatch_query::jobs::JobQueries, SchedulerError> {
-    let (runner, lake) = open(config, store, wall_clock())?;
+    let stamp = crate::declared::stamp(&config.scheduler.jobs_dir);
+    let (runner, lake) = open(config, store.clone(), wall_clock())?;
     let stall_after = config.scheduler.watermark_stall_after;
-    Ok(tillwatch_query::jobs::JobQueries::new(
+    let queries = tillwatch_query::jobs::JobQueries::new(
         Arc::new(runner),
         Arc::new(LakeSnapshots { lake, stall_after }),
         stall_after,
-    ))
+    );
+    if config.scheduler.jobs_dir.is_empty() {
+        return Ok(queries);
+    }
+    // The teams' declarations change on disk: the answers follow them as
+    // the scheduler does.
+    let config = config.clone();
+    let last = std::sync::Mutex::new(stamp);
+    Ok(queries.with_reload(Arc::new(move || {
+        let now = crate::declared::stamp(&config.scheduler.jobs_dir);
+        let mut last = last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *last == now {
+            return None;
+        }
+        match open(&config, store.clone(), wall_clock()) {
+            Ok((runner, _)) => {
+                *last = now;
+                Some(Arc::new(runner))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not load the changed job declarations");
+                None
+            }
+        }
+    })))
 }
 
 pub fn wall_clock() -> Clock {

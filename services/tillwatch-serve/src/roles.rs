@@ -139,22 +139,47 @@ pub(crate) async fn run_scheduler(
     store: MetaStore,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    use tillwatch_rollups::service;
-    let (runner, lake) = service::open(config, store, service::wall_clock())?;
+    use tillwatch_rollups::{declared, service};
     tillwatch_rollups::retention::describe_metrics();
-    tracing::info!(
-        jobs = runner.catalog().jobs().len(),
-        engine = if service::engine(config).is_some() { "clickhouse" } else { "embedded" },
-        tick = ?config.scheduler.tick,
-        "scheduler running"
-    );
     let settings = tillwatch_scheduler::process::Settings {
         tick: config.scheduler.tick,
         stall_after: config.scheduler.watermark_stall_after,
     };
-    let snapshot = || service::snapshot(&runner, lake.clone(), settings.stall_after);
-    tillwatch_scheduler::process::run(&runner, snapshot, settings, shutdown).await?;
-    Ok(())
+    let dirs = config.scheduler.jobs_dir.clone();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // The teams' declarations as loaded; a change (checked every tick)
+        // loads them again and the scheduler goes on with the new set.
+        let stamp = declared::stamp(&dirs);
+        let (runner, lake) = service::open(config, store.clone(), service::wall_clock())?;
+        tracing::info!(
+            jobs = runner.catalog().jobs().len(),
+            engine = if service::engine(config).is_some() { "clickhouse" } else { "embedded" },
+            tick = ?config.scheduler.tick,
+            "scheduler running"
+        );
+        let snapshot = || service::snapshot(&runner, lake.clone(), settings.stall_after);
+        let reload = std::sync::atomic::AtomicBool::new(false);
+        let until = async {
+            let changed = async {
+                loop {
+                    tokio::time::sleep(settings.tick).await;
+                    if declared::stamp(&dirs) != stamp {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                () = shutdown.as_mut() => {}
+                () = changed => reload.store(true, std::sync::atomic::Ordering::SeqCst),
+            }
+        };
+        tillwatch_scheduler::process::run(&runner, snapshot, settings, until).await?;
+        if !reload.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        tracing::info!("the job declarations changed; loading them again");
+    }
 }
 
 /// The API role: the HTTP API, the dashboards and (when enabled) the gRPC

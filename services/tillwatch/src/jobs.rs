@@ -24,7 +24,7 @@ pub(crate) struct SchedulerArgs {
 #[derive(Debug, Subcommand)]
 pub(crate) enum JobsCommand {
     /// The jobs, their settings, how their partitions stand and what is due.
-    List(StoreArgs),
+    List(ListArgs),
     /// Runs, newest first.
     Runs(RunsArgs),
     /// Mark a range to run again; the scheduler re-runs it (upstream first).
@@ -35,6 +35,26 @@ pub(crate) enum JobsCommand {
     /// Which runs and input partitions produced a partition, and what
     /// depends on it.
     Lineage(LineageArgs),
+    /// Check job declarations (`<dir>/<owner>/<job>.toml` and their SQL)
+    /// together with the built-in jobs, without a store or data: every
+    /// problem is printed with its file and line, and the command fails if
+    /// there is one. With no directory, the built-in jobs alone.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ValidateArgs {
+    /// Jobs roots, each holding one folder per owning team.
+    dirs: Vec<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Only this team's jobs.
+    #[arg(long)]
+    owner: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -143,10 +163,60 @@ fn counts(targets: &[Target]) -> String {
         .join(", ")
 }
 
+/// `jobs validate`: the built-in jobs and those under `dirs`, checked
+/// together.
+async fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
+    use tillwatch_rollups::declared;
+    let mut jobs = declared::builtin();
+    let mut problems = Vec::new();
+    for dir in &args.dirs {
+        let (found, more) = declared::load_dir(dir);
+        jobs.extend(found);
+        problems.extend(more);
+    }
+    problems.extend(declared::check(&jobs));
+    // Jobs whose graph is broken (an unknown input, a cycle) are not planned.
+    problems.extend(declared::plan(&jobs).await.1);
+    for job in &jobs {
+        let engines: Vec<&str> = [
+            job.sql.datafusion.as_ref().map(|_| "embedded"),
+            job.sql.clickhouse.as_ref().map(|_| "clickhouse"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let engines = if job.declaration.builtin {
+            "built in".to_string()
+        } else {
+            engines.join(", ")
+        };
+        println!(
+            "{:<24} {:<14} {:<5} {:<22} {}",
+            job.name,
+            job.owner,
+            format!("{:?}", job.declaration.grain).to_lowercase(),
+            engines,
+            job.file
+        );
+    }
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    anyhow::ensure!(
+        problems.is_empty(),
+        "{} problem{} in the job declarations",
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    println!("{} jobs, no problems", jobs.len());
+    Ok(())
+}
+
 pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
     match command {
+        JobsCommand::Validate(args) => validate(&args).await?,
         JobsCommand::List(args) => {
-            let config = config(&args)?;
+            let config = config(&args.store)?;
             let (runner, lake) = open(&config).await?;
             let snap =
                 service::snapshot(&runner, lake, config.scheduler.watermark_stall_after).await;
@@ -162,7 +232,12 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
                     when(snap.watermark_ms)
                 }
             );
-            for job in runner.catalog().jobs() {
+            for job in runner
+                .catalog()
+                .jobs()
+                .iter()
+                .filter(|j| args.owner.as_ref().is_none_or(|o| *o == j.owner))
+            {
                 let mine: Vec<_> = rows.iter().filter(|r| r.job == job.name).collect();
                 let count = |s: &str| mine.iter().filter(|r| r.status == s).count();
                 let inputs: Vec<String> = job
