@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Int64Type};
 use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::{HourPartition, Kind, UtcMillis};
 use tillwatch_integration_tests::{
-    InProcess, api_get, test_tokens, tillwatch_bin, wait_for, widen_hourly_rounds,
+    InProcess, api_call, api_get, test_tokens, tillwatch_bin, wait_for, widen_hourly_rounds,
 };
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
@@ -263,6 +263,22 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
     .await;
     let listed = listed_jobs(http);
     assert!(listed.contains(&("margins".to_string(), "finance".to_string())));
+    // The jobs page says what was refused, and where.
+    let refused: Vec<String> = api_get(http, "/api/v1/jobs", VIEWER)["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    for needle in [
+        "payments-risk/sneaky.datafusion.sql:3: reads \"battery\"",
+        "payments-risk/uses_margins.toml:3: input \"margins\" belongs to finance",
+    ] {
+        assert!(
+            refused.iter().any(|r| r.contains(needle)),
+            "{needle}: {refused:?}"
+        );
+    }
     assert!(
         !listed
             .iter()
@@ -355,4 +371,382 @@ fn the_shipped_jobs_validate() {
         assert!(out.lines().any(|l| l.starts_with(job)), "{job}: {out}");
     }
     assert!(out.contains("5 jobs, no problems"), "{out}");
+}
+
+/// `(partition, status, reason, code)` of every run of `job`, oldest first.
+fn runs_of(http: std::net::SocketAddr, job: &str) -> Vec<(String, String, String, String)> {
+    let mut runs: Vec<(String, String, String, String)> =
+        api_get(http, &format!("/api/v1/jobs/{job}/runs?limit=5000"), VIEWER)["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["partition"].as_str().unwrap().to_string(),
+                    r["status"].as_str().unwrap().to_string(),
+                    r["reason"].as_str().unwrap().to_string(),
+                    r["code"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+    runs.reverse();
+    runs
+}
+
+/// The code fingerprint of `job` as declared under `root` now.
+fn code_of(root: &Path, job: &str) -> String {
+    let (jobs, problems) = tillwatch_rollups::declared::load_dir(root);
+    assert!(problems.is_empty(), "{problems:?}");
+    jobs.iter().find(|j| j.name == job).unwrap().code()
+}
+
+/// Whether every hour in `hours` has a succeeded run of `job` with `code`.
+fn all_ran_with(
+    runs: &[(String, String, String, String)],
+    hours: &[Partition],
+    code: &str,
+) -> bool {
+    hours.iter().all(|h| {
+        runs.iter()
+            .any(|r| r.0 == h.key() && r.1 == "succeeded" && r.3 == code)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_a_jobs_sql_reruns_from_the_date_it_names_and_nothing_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("jobs");
+    let sql_path = format!("payments-risk/{JOB}.datafusion.sql");
+    // Without the list of output columns: the new versions add one.
+    let declaration: String = DECLARATION
+        .lines()
+        .filter(|l| !l.starts_with("columns"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    write(&root, &format!("payments-risk/{JOB}.toml"), &declaration);
+    write(&root, &sql_path, SQL);
+    // A job of the same team downstream of it.
+    write(
+        &root,
+        "payments-risk/offline_risk_by_store.toml",
+        "description = \"per store and hour\"\ngrain = \"hour\"\ninputs = [\"offline_risk_hourly\"]\n",
+    );
+    write(
+        &root,
+        "payments-risk/offline_risk_by_store.datafusion.sql",
+        "SELECT store_id, sum(transactions) AS transactions, max(longest_queue) AS longest_queue\nFROM offline_risk_hourly\nGROUP BY store_id\n",
+    );
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.mqtt.client_id = "rerun-gateway".into();
+    config.scheduler.tick = Duration::from_millis(200);
+    config.scheduler.engine = RollupEngine::Embedded;
+    config.scheduler.start = "2d".into();
+    config.scheduler.jobs_dir = vec![root.clone()];
+    config.scheduler.local_day_utc_offsets = [0, 1];
+    config.http.tokens = test_tokens(VIEWER, OPERATOR);
+    widen_hourly_rounds(&mut config);
+    for job in [JOB, "offline_risk_by_store"] {
+        config.scheduler.jobs.insert(
+            job.into(),
+            tillwatch_config::JobSettings {
+                concurrency: Some(4),
+                ..Default::default()
+            },
+        );
+    }
+    let embedded = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
+    let broker = embedded.url();
+    let standalone = InProcess::start(config.clone(), Some(embedded)).await;
+    let http = standalone.http;
+
+    // 12 terminals, a reading every half hour for the last 30 hours.
+    let now = UtcMillis::now().0;
+    let sim = SimConfig {
+        broker,
+        devices: 12,
+        merchants: 2,
+        stores_per_merchant: 2,
+        interval: Duration::from_secs(1800),
+        readings_per_device: Some(59),
+        seed: 28,
+        start_ms: Some(now - 30 * HOUR),
+        faults: Faults::none(),
+        connect_concurrency: 12,
+        security: Default::default(),
+        durability: Default::default(),
+    };
+    let report = tillwatch_sim::run(sim, watch::channel(false).1)
+        .await
+        .unwrap();
+    assert_eq!(report.unacked_readings, 0);
+
+    // The hours from the day before yesterday up to two hours ago.
+    let today = Partition::containing(Grain::Day, now);
+    let yesterday = Partition::containing(Grain::Day, today.start_ms - HOUR);
+    let closed: Vec<Partition> = Partition::range(
+        Grain::Hour,
+        yesterday.start_ms - 24 * HOUR,
+        Partition::containing(Grain::Hour, now).start_ms - HOUR,
+    );
+    let (before, from): (Vec<Partition>, Vec<Partition>) =
+        closed.iter().partition(|h| h.start_ms < yesterday.start_ms);
+    assert_eq!(before.len(), 24);
+    assert!(from.len() >= 24);
+    let v1 = code_of(&root, JOB);
+    wait_for(
+        "both jobs over every closed hour",
+        Duration::from_secs(300),
+        || {
+            all_ran_with(&runs_of(http, JOB), &closed, &v1)
+                && all_ran_with(
+                    &runs_of(http, "offline_risk_by_store"),
+                    &closed,
+                    &code_of(&root, "offline_risk_by_store"),
+                )
+        },
+    )
+    .await;
+
+    // A change without rerun_from: nothing already done runs again. A new
+    // job written last tells when the scheduler has loaded the change.
+    let v2_sql = SQL.replace(
+        "    q.payment_readings\n",
+        "    q.payment_readings,\n    2 AS version\n",
+    );
+    assert_ne!(v2_sql, SQL);
+    write(&root, &sql_path, &v2_sql);
+    let v2 = code_of(&root, JOB);
+    assert_ne!(v1, v2);
+    write(
+        &root,
+        "payments-risk/marker.toml",
+        "description = \"loaded\"\ngrain = \"hour\"\ninputs = [\"battery\"]\n",
+    );
+    write(
+        &root,
+        "payments-risk/marker.datafusion.sql",
+        "SELECT count(*) AS readings FROM battery\n",
+    );
+    let marker = code_of(&root, "marker");
+    wait_for(
+        "the scheduler to load the change",
+        Duration::from_secs(300),
+        || all_ran_with(&runs_of(http, "marker"), &closed, &marker),
+    )
+    .await;
+    let runs = runs_of(http, JOB);
+    assert!(
+        runs.iter().all(|r| r.3 == v1),
+        "a change without rerun_from re-ran nothing: {:?}",
+        runs.iter().filter(|r| r.3 != v1).collect::<Vec<_>>()
+    );
+    for hour in &closed {
+        assert_eq!(
+            runs.iter().filter(|r| r.0 == hour.key()).count(),
+            1,
+            "{hour} ran once"
+        );
+    }
+
+    // The same change with rerun_from = yesterday: exactly yesterday's and
+    // today's hours run again with the new code, then what reads them.
+    let v3_sql = v2_sql.replace("2 AS version", "3 AS version");
+    write(&root, &sql_path, &v3_sql);
+    write(
+        &root,
+        &format!("payments-risk/{JOB}.toml"),
+        &format!("{declaration}rerun_from = \"{}\"\n", &yesterday.key()[..10]),
+    );
+    let v3 = code_of(&root, JOB);
+    wait_for(
+        "yesterday's and today's hours with the new code",
+        Duration::from_secs(300),
+        || {
+            all_ran_with(&runs_of(http, JOB), &from, &v3)
+                && runs_of(http, "offline_risk_by_store")
+                    .iter()
+                    .filter(|r| r.2 == "stale" && r.1 == "succeeded")
+                    .count()
+                    >= from.len()
+        },
+    )
+    .await;
+    let runs = runs_of(http, JOB);
+    for hour in &before {
+        let mine: Vec<_> = runs.iter().filter(|r| r.0 == hour.key()).collect();
+        assert_eq!(mine.len(), 1, "{hour} ran once: {mine:?}");
+        assert_eq!(mine[0].3, v1, "{hour} keeps the old code's output");
+    }
+    for hour in &from {
+        let mine: Vec<_> = runs.iter().filter(|r| r.0 == hour.key()).collect();
+        assert_eq!(mine.len(), 2, "{hour}: {mine:?}");
+        assert_eq!(
+            (mine[1].2.as_str(), mine[1].3.as_str()),
+            ("stale", v3.as_str())
+        );
+    }
+    let down = runs_of(http, "offline_risk_by_store");
+    for hour in &before {
+        assert_eq!(
+            down.iter().filter(|r| r.0 == hour.key()).count(),
+            1,
+            "downstream of {hour} did not run again"
+        );
+    }
+    for hour in &from {
+        assert_eq!(
+            down.iter().filter(|r| r.0 == hour.key()).count(),
+            2,
+            "downstream of {hour} ran again"
+        );
+    }
+    // What the user reads: the partition's lineage names the code.
+    let lineage = api_get(
+        http,
+        &format!("/api/v1/jobs/{JOB}/partitions/{}/lineage", from[0]),
+        VIEWER,
+    );
+    assert_eq!(lineage["current_run"]["code"], v3.as_str(), "{lineage}");
+    standalone.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_job_pages_its_owner_and_resolves_once_fixed_and_rerun() {
+    let alertmanager = tillwatch_integration_tests::Alertmanager::start();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("jobs");
+    // Plans, but cannot cast a terminal id to a number once there are rows.
+    write(
+        &root,
+        "payments-risk/breaks.toml",
+        "description = \"a job with a bug\"\ngrain = \"hour\"\ninputs = [\"battery\"]\nretries = 0\nsla = \"30m\"\n",
+    );
+    write(
+        &root,
+        "payments-risk/breaks.datafusion.sql",
+        "SELECT CAST(device_id AS INT) AS n FROM battery\n",
+    );
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.mqtt.client_id = "failing-job-gateway".into();
+    config.scheduler.tick = Duration::from_millis(200);
+    config.scheduler.engine = RollupEngine::Embedded;
+    config.scheduler.start = "1d".into();
+    config.scheduler.jobs_dir = vec![root.clone()];
+    config.scheduler.local_day_utc_offsets = [0, 1];
+    config.alerting.alertmanager_url = Some(alertmanager.url());
+    config.http.tokens = test_tokens(VIEWER, OPERATOR);
+    widen_hourly_rounds(&mut config);
+    let embedded = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
+    let broker = embedded.url();
+    let standalone = InProcess::start(config.clone(), Some(embedded)).await;
+    let http = standalone.http;
+
+    let now = UtcMillis::now().0;
+    let sim = SimConfig {
+        broker,
+        devices: 6,
+        merchants: 1,
+        stores_per_merchant: 2,
+        interval: Duration::from_secs(600),
+        readings_per_device: Some(17),
+        seed: 29,
+        start_ms: Some(now - 3 * HOUR),
+        faults: Faults::none(),
+        connect_concurrency: 6,
+        security: Default::default(),
+        durability: Default::default(),
+    };
+    let report = tillwatch_sim::run(sim, watch::channel(false).1)
+        .await
+        .unwrap();
+    assert_eq!(report.unacked_readings, 0);
+
+    // An hour with readings, over long enough ago to be past its SLA.
+    let hour = Partition::containing(Grain::Hour, now - 2 * HOUR);
+    let paged = |rule: &str| -> Vec<serde_json::Value> {
+        alertmanager
+            .alerts_named(rule, "job", "breaks")
+            .into_iter()
+            .filter(|a| a["labels"]["partition"] == hour.key().as_str())
+            .collect()
+    };
+    wait_for(
+        "job_failed and job_sla_missed at Alertmanager",
+        Duration::from_secs(180),
+        || !paged("job_failed").is_empty() && !paged("job_sla_missed").is_empty(),
+    )
+    .await;
+    let page = &paged("job_failed")[0];
+    assert_eq!(page["labels"]["owner"], "payments-risk", "{page}");
+    let summary = page["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("job breaks (owner payments-risk) failed") && summary.contains("Cast"),
+        "the page says what failed: {summary}"
+    );
+    assert!(
+        page["annotations"]["jobs_url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/ui/jobs"),
+        "{page}"
+    );
+    let late = &paged("job_sla_missed")[0];
+    assert!(
+        late["annotations"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("within 30m"),
+        "{late}"
+    );
+
+    // The team fixes the SQL and re-runs the failed hours: both pages resolve.
+    write(
+        &root,
+        "payments-risk/breaks.datafusion.sql",
+        "SELECT device_id, count(*) AS n FROM battery GROUP BY device_id\n",
+    );
+    let fixed = code_of(&root, "breaks");
+    wait_for(
+        "the jobs API to load the fix",
+        Duration::from_secs(60),
+        || {
+            api_get(http, "/api/v1/jobs", VIEWER)["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|j| j["name"] == "breaks")
+        },
+    )
+    .await;
+    let from = Partition::containing(Grain::Hour, now - 3 * HOUR);
+    let body = format!(r#"{{"from": "{from}", "to": "{hour}"}}"#);
+    let (status, answer) = api_call(
+        http,
+        "POST",
+        "/api/v1/jobs/breaks/clear",
+        Some(&body),
+        Some(OPERATOR),
+    );
+    assert_eq!(status, 202, "{answer}");
+    wait_for(
+        "the re-run to succeed with the fixed code",
+        Duration::from_secs(120),
+        || {
+            runs_of(http, "breaks")
+                .iter()
+                .any(|r| r.0 == hour.key() && r.1 == "succeeded" && r.3 == fixed)
+        },
+    )
+    .await;
+    wait_for("both pages to resolve", Duration::from_secs(120), || {
+        paged("job_failed").is_empty() && paged("job_sla_missed").is_empty()
+    })
+    .await;
+    standalone.stop().await;
 }

@@ -36,6 +36,8 @@ pub struct Alerter {
     rollup_rules: tillwatch_config::RollupRulesConfig,
     /// Found by the scheduler, paged from here like the rollup rules.
     watermark_rule: tillwatch_config::PipelineRule,
+    /// `job_failed` and `job_sla_missed`, found by the scheduler.
+    job_rules: [tillwatch_config::PipelineRule; 2],
     /// Alerts changed in the store since [`Alerter::take_changed`].
     changed: bool,
 }
@@ -114,6 +116,10 @@ impl Alerter {
             findings_seen_ms: i64::MIN,
             rollup_rules: config.rollup_rules.clone(),
             watermark_rule: config.rules.ingest_watermark_stalled.clone(),
+            job_rules: [
+                config.rules.job_failed.clone(),
+                config.rules.job_sla_missed.clone(),
+            ],
             changed: false,
         };
         if !listening {
@@ -247,8 +253,11 @@ impl Alerter {
         use tillwatch_config::Severity;
         let r = &self.rollup_rules;
         let w = &self.watermark_rule;
-        let rules: [(&str, bool, Severity); 4] = [
+        let [failed, late] = &self.job_rules;
+        let rules: [(&str, bool, Severity); 6] = [
             ("ingest_watermark_stalled", w.enabled, w.severity),
+            ("job_failed", failed.enabled, failed.severity),
+            ("job_sla_missed", late.enabled, late.severity),
             (
                 "cohort_regression",
                 r.cohort_regression.enabled,

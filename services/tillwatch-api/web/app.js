@@ -499,6 +499,10 @@ async function loadJobs() {
   notice.replaceChildren(...stalled.map((w) => el("p", {},
     `Gateway ${w.writer} has not advanced its ingest watermark since ${when(w.watermark_ms)}: the rollups no longer wait for it ` +
     `(after ${span(jobs.watermark_stall_after_ms)}). If it was taken away for good: tillwatch gateway retire ${w.writer}`)));
+  // Teams' job declarations the scheduler refused, with file and line.
+  const refused = document.getElementById("refused");
+  refused.hidden = !(jobs.refused || []).length;
+  refused.replaceChildren(...(jobs.refused || []).map((r) => el("p", {}, `Refused: ${r}`)));
   document.getElementById("lineage").replaceChildren(...lineageGraph(jobs.jobs));
   fill("jobs", jobs.jobs.map((j) =>
     el("tr", {}, el("td", {}, j.name), el("td", {}, j.grain), el("td", {}, j.schedule), el("td", {}, j.owner || ""),

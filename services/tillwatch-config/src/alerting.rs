@@ -206,6 +206,12 @@ pub struct RulesConfig {
     /// A gateway's ingest watermark stopped advancing for
     /// `scheduler.watermark_stall_after` (found by the scheduler).
     pub ingest_watermark_stalled: PipelineRule,
+    /// A job's partition failed its last retry (found by the scheduler;
+    /// labels `job`, `owner`, `partition`). Resolves when it succeeds.
+    pub job_failed: PipelineRule,
+    /// A job's partition was not done within the job's `sla` (found by the
+    /// scheduler). Resolves when it succeeds.
+    pub job_sla_missed: PipelineRule,
 }
 
 impl Default for RulesConfig {
@@ -256,6 +262,14 @@ impl Default for RulesConfig {
                 enabled: true,
                 severity: Severity::Warning,
             },
+            job_failed: PipelineRule {
+                enabled: true,
+                severity: Severity::Warning,
+            },
+            job_sla_missed: PipelineRule {
+                enabled: true,
+                severity: Severity::Warning,
+            },
         }
     }
 }
@@ -295,6 +309,8 @@ impl<'de> Deserialize<'de> for RulesConfig {
             tamper: take(&mut full, "tamper")?,
             battery_forecast: take(&mut full, "battery_forecast")?,
             ingest_watermark_stalled: take(&mut full, "ingest_watermark_stalled")?,
+            job_failed: take(&mut full, "job_failed")?,
+            job_sla_missed: take(&mut full, "job_sla_missed")?,
         })
     }
 }

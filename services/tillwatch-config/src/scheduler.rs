@@ -202,6 +202,10 @@ pub struct JobSettings {
     pub concurrency: Option<usize>,
     /// The team that owns the job.
     pub owner: Option<String>,
+    /// Each partition should succeed within this of its interval's end;
+    /// one that has not raises a `job_sla_missed` alert.
+    #[serde(default, with = "humantime_serde")]
+    pub sla: Option<Duration>,
 }
 
 /// The days a day-grain job's partitions count in.
@@ -254,6 +258,11 @@ pub struct JobDeclaration {
     /// The output's columns, in order, when given: the SQL is planned and
     /// must give exactly these.
     pub columns: Option<Vec<String>>,
+    /// A date (`2026-11-01`, UTC): when the job's code (its SQL, inputs
+    /// or grain) changes, its partitions from this date on run again, and
+    /// what reads them after. Unset, a change applies to new partitions
+    /// (and to those that re-run for changed inputs) only.
+    pub rerun_from: Option<String>,
     /// Run by the product's own code rather than SQL (the lake's upkeep).
     #[serde(default)]
     pub builtin: bool,
@@ -274,6 +283,10 @@ pub struct JobDeclaration {
     #[serde(default, with = "humantime_serde")]
     pub retry_max: Option<Duration>,
     pub concurrency: Option<usize>,
+    /// Each partition should succeed within this of its interval's end
+    /// (`2h`); one that has not raises a `job_sla_missed` alert.
+    #[serde(default, with = "humantime_serde")]
+    pub sla: Option<Duration>,
 }
 
 impl JobDeclaration {
@@ -294,6 +307,7 @@ impl JobDeclaration {
             retry_max: self.retry_max,
             concurrency: self.concurrency,
             owner: Some(owner.to_string()),
+            sla: self.sla,
         }
     }
 }

@@ -53,6 +53,9 @@ pub struct JobRunRow {
     pub inputs: String,
     pub inputs_fingerprint: String,
     pub output_fingerprint: Option<String>,
+    /// The fingerprint of the job's code the run ran (`None` for runs
+    /// recorded before the store kept it).
+    pub code: Option<String>,
 }
 
 /// One input partition a run read, from [`JobRunRow::inputs`].
@@ -104,7 +107,7 @@ const PARTITION_COLUMNS: &str = "job, partition_key, grain, start_ms, status, at
      next_attempt_ms, started_ms, inputs_fingerprint, output_fingerprint, run_id, owner, lease_until_ms, \
      forced_ms";
 const RUN_COLUMNS: &str = "run_id, job, partition_key, attempt, reason, scheduler, started_ms, \
-     finished_ms, status, error, rows_written, inputs, inputs_fingerprint, output_fingerprint";
+     finished_ms, status, error, rows_written, inputs, inputs_fingerprint, output_fingerprint, code";
 
 fn partition_from_row(r: &sqlx::any::AnyRow) -> Result<JobPartitionRow, sqlx::Error> {
     Ok(JobPartitionRow {
@@ -141,6 +144,7 @@ fn run_from_row(r: &sqlx::any::AnyRow) -> Result<JobRunRow, sqlx::Error> {
         inputs: r.try_get("inputs")?,
         inputs_fingerprint: r.try_get("inputs_fingerprint")?,
         output_fingerprint: r.try_get("output_fingerprint")?,
+        code: r.try_get("code")?,
     })
 }
 
@@ -249,7 +253,7 @@ impl MetaStore {
         run: &JobRunRow,
     ) -> Result<(), MetaError> {
         sqlx::query(&format!(
-            "INSERT INTO job_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+            "INSERT INTO job_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         ))
         .bind(&run.run_id)
         .bind(&run.job)
@@ -265,6 +269,7 @@ impl MetaStore {
         .bind(&run.inputs)
         .bind(&run.inputs_fingerprint)
         .bind(run.output_fingerprint.clone())
+        .bind(run.code.clone())
         .execute(&mut **tx)
         .await
         .map_err(self.db())?;

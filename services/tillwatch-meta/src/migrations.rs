@@ -276,6 +276,15 @@ ALTER TABLE devices ADD COLUMN first_sample_ms BIGINT;
 UPDATE devices SET first_sample_ms = first_seen_ms WHERE last_seen_ms IS NOT NULL;
 ",
     },
+    Migration {
+        version: 13,
+        name: "job_run_code",
+        // The code fingerprint of the job each run ran (its declaration's
+        // inputs and grain and its SQL): which code produced a partition.
+        sql: "
+ALTER TABLE job_runs ADD COLUMN code TEXT;
+",
+    },
 ];
 
 /// What a migration run did.

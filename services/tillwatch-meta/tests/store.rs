@@ -49,7 +49,8 @@ async fn registry_behaviour(store: &MetaStore) {
             "009_alerts_by_subject",
             "010_alerts_by_update",
             "011_leases",
-            "012_device_attributes"
+            "012_device_attributes",
+            "013_job_run_code"
         ]
     );
     let again = store.migrate().await.unwrap();

@@ -31,13 +31,16 @@ pub trait Snapshots: Send + Sync {
 pub struct JobQueries {
     runner: Arc<std::sync::RwLock<Arc<Runner>>>,
     reload: Option<Reload>,
+    /// The job declarations refused when the jobs were last loaded.
+    refused: Arc<std::sync::RwLock<Vec<String>>>,
     snapshots: Arc<dyn Snapshots>,
     stall_after: std::time::Duration,
 }
 
-/// A new runner when the jobs changed since the last call (the teams'
-/// declarations on disk), `None` when they did not.
-pub type Reload = Arc<dyn Fn() -> Option<Arc<Runner>> + Send + Sync>;
+/// A new runner, and the declarations refused, when the jobs changed
+/// since the last call (the teams' declarations on disk); `None` when they
+/// did not.
+pub type Reload = Arc<dyn Fn() -> Option<(Arc<Runner>, Vec<String>)> + Send + Sync>;
 
 /// A job's input: a raw table or another job.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
@@ -112,6 +115,9 @@ pub struct JobsOverview {
     pub writers: Vec<WriterState>,
     pub jobs: Vec<JobInfo>,
     pub due: Vec<DueRun>,
+    /// Teams' job declarations the scheduler refused, each problem with
+    /// its file and line (the other jobs run).
+    pub refused: Vec<String>,
 }
 
 /// One input partition a run read.
@@ -151,6 +157,8 @@ pub struct Run {
     pub inputs: Vec<RunInput>,
     pub inputs_fingerprint: String,
     pub output_fingerprint: Option<String>,
+    /// The fingerprint of the job's code (declaration and SQL) it ran.
+    pub code: Option<String>,
 }
 
 impl From<&JobRunRow> for Run {
@@ -180,6 +188,7 @@ impl From<&JobRunRow> for Run {
                 .collect(),
             inputs_fingerprint: r.inputs_fingerprint.clone(),
             output_fingerprint: r.output_fingerprint.clone(),
+            code: r.code.clone(),
         }
     }
 }
@@ -292,6 +301,9 @@ fn run_log(r: &JobRunRow) -> Vec<String> {
             }
         ),
     ];
+    if let Some(code) = &r.code {
+        log.push(format!("{} running code {code}", at(r.started_ms)));
+    }
     if let Some(end) = r.finished_ms {
         let took = humantime::format_duration(std::time::Duration::from_millis(
             end.saturating_sub(r.started_ms).max(0) as u64,
@@ -341,26 +353,33 @@ impl JobQueries {
         JobQueries {
             runner: Arc::new(std::sync::RwLock::new(runner)),
             reload: None,
+            refused: Arc::default(),
             snapshots,
             stall_after,
         }
     }
 
-    /// Asks `reload` before each answer whether the jobs changed.
-    pub fn with_reload(mut self, reload: Reload) -> JobQueries {
+    /// Asks `reload` before each answer whether the jobs changed;
+    /// `refused` are the declarations refused by the first load.
+    pub fn with_reload(mut self, reload: Reload, refused: Vec<String>) -> JobQueries {
         self.reload = Some(reload);
+        self.refused = Arc::new(std::sync::RwLock::new(refused));
         self
     }
 
     /// The runner over the jobs as they are now.
     fn runner(&self) -> Arc<Runner> {
         if let Some(reload) = &self.reload
-            && let Some(new) = reload()
+            && let Some((new, refused)) = reload()
         {
             *self
                 .runner
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+            *self
+                .refused
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = refused;
         }
         self.runner
             .read()
@@ -462,6 +481,11 @@ impl JobQueries {
                     attempt: t.attempt,
                 })
                 .collect(),
+            refused: self
+                .refused
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
         })
     }
 

@@ -118,6 +118,12 @@ fn apply(
     if let Some(v) = &s.owner {
         job.owner = v.clone();
     }
+    if let Some(v) = s.sla {
+        if v.is_zero() {
+            errors.push(format!("{}: must be more than 0s", at("sla")));
+        }
+        job.sla_ms = Some(ms(v));
+    }
 }
 
 /// The teams' declarations under `dirs`, checked together with the

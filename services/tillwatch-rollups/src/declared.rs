@@ -69,9 +69,13 @@ impl DeclaredJob {
         }
     }
 
-    /// What it reads, raw tables and sources told from jobs.
+    /// What it reads, raw tables and sources told from jobs. A team's job
+    /// that reads a raw table also waits for the hour's compaction (as the
+    /// hourly rollup does): it reads the hour once its files are final,
+    /// and again only when late data changes them.
     pub fn inputs(&self) -> Vec<Input> {
-        self.declaration
+        let mut inputs: Vec<Input> = self
+            .declaration
             .inputs
             .iter()
             .map(|name| {
@@ -81,7 +85,19 @@ impl DeclaredJob {
                     Input::Job(name.clone())
                 }
             })
-            .collect()
+            .collect();
+        let compaction = Input::Job(crate::jobs::RAW_COMPACTION.to_string());
+        if !self.file.starts_with(BUILTIN_ROOT)
+            && self
+                .declaration
+                .inputs
+                .iter()
+                .any(|i| RAW_TABLES.contains(&i.as_str()))
+            && !inputs.contains(&compaction)
+        {
+            inputs.push(compaction);
+        }
+        inputs
     }
 
     /// The job with its declaration's defaults; its settings
@@ -93,7 +109,46 @@ impl DeclaredJob {
         };
         let mut spec = JobSpec::new(&self.name, grain, self.inputs());
         spec.owner = self.owner.clone();
+        spec.code = Some(self.code());
+        spec.rerun_from_ms = self.rerun_from_ms().ok().flatten();
         spec
+    }
+
+    /// A fingerprint of what the job computes: its grain, day, inputs and
+    /// SQL (not its description, tags or schedule).
+    pub fn code(&self) -> String {
+        let d = &self.declaration;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let parts = [
+            format!("{:?}/{:?}", d.grain, d.day),
+            d.inputs.join(","),
+            self.sql.datafusion.clone().unwrap_or_default(),
+            self.sql.clickhouse.clone().unwrap_or_default(),
+        ];
+        for part in &parts {
+            for b in part.bytes().chain([0u8]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        format!("{h:016x}")
+    }
+
+    /// `rerun_from` as milliseconds (midnight UTC), or the problem with it.
+    pub fn rerun_from_ms(&self) -> Result<Option<i64>, Problem> {
+        let Some(text) = &self.declaration.rerun_from else {
+            return Ok(None);
+        };
+        text.parse::<jiff::civil::Date>()
+            .ok()
+            .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC).ok())
+            .map(|z| Some(z.timestamp().as_millisecond()))
+            .ok_or_else(|| {
+                self.problem(
+                    "rerun_from",
+                    format!("rerun_from {text:?} is not a date like 2026-11-01"),
+                )
+            })
     }
 
     /// Whether its day is the stores' local one.
@@ -279,6 +334,10 @@ fn load_files(root: &str, files: &Files) -> (Vec<DeclaredJob>, Vec<Problem>) {
             declaration,
             sql,
         };
+        if let Err(p) = job.rerun_from_ms() {
+            problems.push(p);
+            continue;
+        }
         if job.declaration.builtin && root != BUILTIN_ROOT {
             problems.push(job.problem("builtin", "only the product's own jobs are built in"));
             continue;

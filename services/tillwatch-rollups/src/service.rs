@@ -213,11 +213,22 @@ pub fn open(
     store: MetaStore,
     clock: Clock,
 ) -> Result<(Runner, Lake), SchedulerError> {
+    open_with_refused(config, store, clock).map(|(runner, lake, _)| (runner, lake))
+}
+
+/// [`open`], and the teams' declarations refused, each problem with its
+/// file and line (each is also logged as a warning).
+pub fn open_with_refused(
+    config: &Config,
+    store: MetaStore,
+    clock: Clock,
+) -> Result<(Runner, Lake, Vec<String>), SchedulerError> {
     let loaded = crate::catalog::load(&config.scheduler, &config.retention, clock())
         .map_err(SchedulerError::Config)?;
     for problem in &loaded.refused {
         tracing::warn!(%problem, "a job declaration was refused; the other jobs run");
     }
+    let refused = loaded.refused.clone();
     let catalog = loaded.catalog.clone();
     let lake = Lake::from_config(config)?;
     let ch = engine(config);
@@ -261,6 +272,7 @@ pub fn open(
     Ok((
         Runner::new(catalog, store, executor, &name, clock).with_lease(config.scheduler.lease),
         lake,
+        refused,
     ))
 }
 
@@ -287,7 +299,7 @@ pub fn job_queries(
     store: MetaStore,
 ) -> Result<tillwatch_query::jobs::JobQueries, SchedulerError> {
     let stamp = crate::declared::stamp(&config.scheduler.jobs_dir);
-    let (runner, lake) = open(config, store.clone(), wall_clock())?;
+    let (runner, lake, refused) = open_with_refused(config, store.clone(), wall_clock())?;
     let stall_after = config.scheduler.watermark_stall_after;
     let queries = tillwatch_query::jobs::JobQueries::new(
         Arc::new(runner),
@@ -301,25 +313,28 @@ pub fn job_queries(
     // the scheduler does.
     let config = config.clone();
     let last = std::sync::Mutex::new(stamp);
-    Ok(queries.with_reload(Arc::new(move || {
-        let now = crate::declared::stamp(&config.scheduler.jobs_dir);
-        let mut last = last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *last == now {
-            return None;
-        }
-        match open(&config, store.clone(), wall_clock()) {
-            Ok((runner, _)) => {
-                *last = now;
-                Some(Arc::new(runner))
+    Ok(queries.with_reload(
+        Arc::new(move || {
+            let now = crate::declared::stamp(&config.scheduler.jobs_dir);
+            let mut last = last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *last == now {
+                return None;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not load the changed job declarations");
-                None
+            match open_with_refused(&config, store.clone(), wall_clock()) {
+                Ok((runner, _, refused)) => {
+                    *last = now;
+                    Some((Arc::new(runner), refused))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not load the changed job declarations");
+                    None
+                }
             }
-        }
-    })))
+        }),
+        refused,
+    ))
 }
 
 pub fn wall_clock() -> Clock {

@@ -132,6 +132,17 @@ pub struct JobSpec {
     /// reads begin within a day of that age never run again (see
     /// [`JobSpec::frozen`]).
     pub kept_ms: Option<i64>,
+    /// A fingerprint of the job's code (what it reads and how): recorded
+    /// on every run.
+    pub code: Option<String>,
+    /// Partitions starting at or after this run again when `code` changes
+    /// (the code is part of their inputs' fingerprint); older ones, and
+    /// every one when this is unset, keep what the old code wrote until
+    /// their inputs change.
+    pub rerun_from_ms: Option<i64>,
+    /// Each partition should have succeeded within this of its interval's
+    /// end; one that has not raises a `job_sla_missed` finding.
+    pub sla_ms: Option<i64>,
 }
 
 impl JobSpec {
@@ -161,6 +172,9 @@ impl JobSpec {
             reads_before_ms: 0,
             reads_after_ms: 0,
             kept_ms: None,
+            code: None,
+            rerun_from_ms: None,
+            sla_ms: None,
         }
     }
 

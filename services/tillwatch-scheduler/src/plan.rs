@@ -15,7 +15,8 @@
 //!   newest such partition starts), or its last attempt failed and the
 //!   backoff has passed with retries left, or it ran too long (timeout) or
 //!   its scheduler stopped renewing the claim (it died), or
-//!   it succeeded on inputs that have changed since (stale: late data), or
+//!   it succeeded on inputs that have changed since (stale: late data; and
+//!   from the job's `rerun_from_ms` on, its code counts as an input), or
 //!   an operator asked for it again (a backfill or clear: forced, which
 //!   needs neither the schedule nor changed inputs, but still complete
 //!   inputs and an open window);
@@ -165,6 +166,11 @@ fn inputs_fingerprint(
                 }
             }
         }
+    }
+    if let (Some(code), Some(from)) = (&job.code, job.rerun_from_ms)
+        && partition.start_ms >= from
+    {
+        parts.push(format!("code={code}"));
     }
     Some(fnv(&parts))
 }

@@ -157,6 +157,160 @@ impl StallWatch {
     }
 }
 
+/// The rule a job's partition that failed its last retry raises.
+pub const JOB_FAILED: &str = "job_failed";
+/// The rule a job's partition not done within its SLA raises.
+pub const JOB_SLA_MISSED: &str = "job_sla_missed";
+
+/// How far back partitions are checked against their job's SLA: older
+/// ones that never succeeded are the failures' and backlog's business.
+const SLA_LOOKBACK_MS: i64 = 2 * 86_400_000;
+
+/// Tells the alerter of jobs' partitions that failed their last retry
+/// (`job_failed`) and of those not done within their job's SLA
+/// (`job_sla_missed`), as findings labelled with the job, its owner and
+/// the partition. A partition that succeeds later leaves the set, and its
+/// alert resolves. Findings are saved only when a set changes.
+struct JobWatch {
+    store: MetaStore,
+    told: std::sync::Mutex<std::collections::BTreeMap<&'static str, Vec<String>>>,
+}
+
+impl JobWatch {
+    fn finding(
+        rule: &str,
+        job: &crate::job::JobSpec,
+        partition: &str,
+        summary: String,
+        value: f64,
+        now_ms: i64,
+    ) -> FindingRecord {
+        FindingRecord {
+            rule: rule.into(),
+            subject: format!("job:{}/{partition}", job.name),
+            scope: "job".into(),
+            labels: [
+                ("job".to_string(), job.name.clone()),
+                ("owner".to_string(), job.owner.clone()),
+                ("partition".to_string(), partition.to_string()),
+            ]
+            .into(),
+            summary,
+            value,
+            day_ms: now_ms,
+        }
+    }
+
+    async fn observe(&self, runner: &Runner, now_ms: i64) {
+        let rows = match runner.store().job_partitions().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the jobs' partitions; job alerts wait a tick");
+                return;
+            }
+        };
+        let mut failed = Vec::new();
+        let mut late = Vec::new();
+        for job in runner.catalog().jobs() {
+            let mine: std::collections::HashMap<&str, &tillwatch_meta::JobPartitionRow> = rows
+                .iter()
+                .filter(|r| r.job == job.name)
+                .map(|r| (r.partition_key.as_str(), r))
+                .collect();
+            for r in mine.values() {
+                if r.status == "failed" && r.attempts > i64::from(job.retries) {
+                    let error = match &r.run_id {
+                        Some(id) => runner
+                            .store()
+                            .job_run(id)
+                            .await
+                            .ok()
+                            .flatten()
+                            .and_then(|run| run.error)
+                            .unwrap_or_default(),
+                        None => String::new(),
+                    };
+                    failed.push(Self::finding(
+                        JOB_FAILED,
+                        job,
+                        &r.partition_key,
+                        format!(
+                            "job {} (owner {}) failed {} after {} attempts: {error}",
+                            job.name, job.owner, r.partition_key, r.attempts
+                        ),
+                        r.attempts as f64,
+                        now_ms,
+                    ));
+                }
+            }
+            let Some(sla) = job.sla_ms else {
+                continue;
+            };
+            let until = job
+                .end_ms
+                .unwrap_or(i64::MAX)
+                .min(now_ms.saturating_sub(sla));
+            let from = job.start_ms.max(now_ms.saturating_sub(SLA_LOOKBACK_MS));
+            for partition in crate::Partition::range(job.grain, from, until) {
+                if partition.start_ms < job.start_ms
+                    || partition.end_ms() + sla > now_ms
+                    || job.frozen(partition, now_ms)
+                {
+                    continue;
+                }
+                let key = partition.key();
+                if mine
+                    .get(key.as_str())
+                    .is_some_and(|r| r.status == "succeeded")
+                {
+                    continue;
+                }
+                let behind = (now_ms - partition.end_ms() - sla) as f64 / 1000.0;
+                late.push(Self::finding(
+                    JOB_SLA_MISSED,
+                    job,
+                    &key,
+                    format!(
+                        "job {} (owner {}) has not finished {key} within {} of its end",
+                        job.name,
+                        job.owner,
+                        humantime::format_duration(std::time::Duration::from_millis(sla as u64))
+                    ),
+                    behind,
+                    now_ms,
+                ));
+            }
+        }
+        for (rule, findings) in [(JOB_FAILED, failed), (JOB_SLA_MISSED, late)] {
+            let subjects: Vec<String> = findings.iter().map(|f| f.subject.clone()).collect();
+            let same = self
+                .told
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(rule)
+                == Some(&subjects);
+            if same {
+                continue;
+            }
+            match self
+                .store
+                .save_findings(rule, now_ms, now_ms, &findings)
+                .await
+            {
+                Ok(_) => {
+                    self.told
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(rule, subjects);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, rule, "cannot record the jobs' findings; retrying next tick")
+                }
+            }
+        }
+    }
+}
+
 /// How the process runs: a round every `tick`; a gateway whose watermark
 /// is `stall_after` behind no longer holds the rollups back.
 #[derive(Debug, Clone, Copy)]
@@ -186,11 +340,16 @@ where
         store: runner.store().clone(),
         told: Default::default(),
     };
+    let jobs = JobWatch {
+        store: runner.store().clone(),
+        told: Default::default(),
+    };
     let observed = || async {
         let snap = snapshot().await;
         watch
             .observe(&snap, runner.now(), settings.stall_after)
             .await;
+        jobs.observe(runner, runner.now()).await;
         snap
     };
     ops::run_loop(runner, observed, settings.tick, shutdown, |ran| {

@@ -305,6 +305,7 @@ impl Runner {
                 inputs: self.lineage(job, task.partition, &states, source_fingerprint),
                 inputs_fingerprint: task.inputs_fingerprint.clone(),
                 output_fingerprint: None,
+                code: job.code.clone(),
             };
             let won = self
                 .store

@@ -222,6 +222,7 @@ fn dead_run(started: i64) -> JobRunRow {
         inputs: "[]".into(),
         inputs_fingerprint: "x".into(),
         output_fingerprint: None,
+        code: None,
     }
 }
 

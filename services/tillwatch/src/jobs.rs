@@ -311,7 +311,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
                     .map(|f| format!("{:.1} s", (f - r.started_ms) as f64 / 1000.0))
                     .unwrap_or_else(|| "…".into());
                 println!(
-                    "{}  {:<22} {:<14} #{} {:<9} {:<10} {:>8} rows  {:>8}  {}{}",
+                    "{}  {:<22} {:<14} #{} {:<9} {:<10} {:>8} rows  {:>8}  {}  code {}{}",
                     when(r.started_ms),
                     r.job,
                     r.partition_key,
@@ -321,6 +321,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
                     r.rows_written.map(|n| n.to_string()).unwrap_or_default(),
                     took,
                     r.scheduler,
+                    r.code.as_deref().unwrap_or("-"),
                     r.error.map(|e| format!("  error: {e}")).unwrap_or_default()
                 );
             }

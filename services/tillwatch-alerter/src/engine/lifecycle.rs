@@ -375,8 +375,8 @@ impl Engine {
                 ("value".to_string(), shown(f.value)),
             ]);
             // A rule over the rollups says which day it read; a pipeline
-            // finding (a stalled gateway) is about now.
-            if f.scope != "gateway" {
+            // finding (a stalled gateway, a job's partition) is about now.
+            if f.scope != "gateway" && f.scope != "job" {
                 annotations.insert(
                     "day".to_string(),
                     jiff::Timestamp::from_millisecond(f.day_ms)
@@ -386,6 +386,9 @@ impl Engine {
             }
             if f.scope == "device" {
                 annotations.insert("device_url".into(), self.device_url(&f.subject));
+            }
+            if f.scope == "job" {
+                annotations.insert("jobs_url".into(), self.jobs_url());
             }
             // Already firing: a newer day's summary replaces the old one so
             // the page says what is true now; nothing else changes.

@@ -156,6 +156,11 @@ impl Engine {
         }
     }
 
+    /// The jobs page.
+    pub(crate) fn jobs_url(&self) -> String {
+        self.page_url("jobs", &[])
+    }
+
     /// The page of terminal `device_id`.
     pub(crate) fn device_url(&self, device_id: &str) -> String {
         self.page_url("device", &[("id", device_id)])
