@@ -712,16 +712,22 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed_and_rerun() {
         "SELECT device_id, count(*) AS n FROM battery GROUP BY device_id\n",
     );
     let fixed = code_of(&root, "breaks");
+    // The scheduler takes the fix on its next tick; a job written after it
+    // shows when (a clear before then would run the old code once more).
+    write(
+        &root,
+        "payments-risk/marker.toml",
+        "description = \"loaded\"\ngrain = \"hour\"\ninputs = [\"battery\"]\n",
+    );
+    write(
+        &root,
+        "payments-risk/marker.datafusion.sql",
+        "SELECT count(*) AS readings FROM battery\n",
+    );
     wait_for(
-        "the jobs API to load the fix",
+        "the scheduler to load the fix",
         Duration::from_secs(60),
-        || {
-            api_get(http, "/api/v1/jobs", VIEWER)["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|j| j["name"] == "breaks")
-        },
+        || runs_of(http, "marker").iter().any(|r| r.1 == "succeeded"),
     )
     .await;
     let from = Partition::containing(Grain::Hour, now - 3 * HOUR);
@@ -749,4 +755,162 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed_and_rerun() {
     })
     .await;
     standalone.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_source_lands_by_cursor_and_feeds_a_downstream_job() {
+    let url = std::env::var("TILLWATCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    // The team's own table, in the machine's PostgreSQL.
+    let table = format!("refunds_{}", std::process::id());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("the test PostgreSQL");
+    sqlx::query(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, device_id text NOT NULL, \
+         amount_cents int NOT NULL, reason text, refunded_at timestamptz NOT NULL)"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let now = UtcMillis::now().0;
+    let current = Partition::containing(Grain::Hour, now);
+    let hours: Vec<Partition> = (1..=3)
+        .map(|back| Partition::containing(Grain::Hour, current.start_ms - back * HOUR))
+        .collect();
+    // Per hour and terminal: (refunded cents, refunds).
+    let mut want: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
+    let mut id = 0;
+    for (i, hour) in hours.iter().enumerate() {
+        for k in 0..(5 + i as i64) {
+            id += 1;
+            let device = format!("t-{}", k % 3);
+            let amount = 100 * (k + 1) + i as i64;
+            let at = hour.start_ms + k * 7 * 60_000;
+            sqlx::query(&format!(
+                "INSERT INTO {table} VALUES ($1, $2, $3, 'customer', to_timestamp($4::float8 / 1000))"
+            ))
+            .bind(id)
+            .bind(&device)
+            .bind(amount as i32)
+            .bind(at)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+            let e = want.entry((hour.key(), device)).or_default();
+            e.0 += amount;
+            e.1 += 1;
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("jobs");
+    // The URL is a mounted secret, never in the jobs repository.
+    let secret = dir.path().join("refunds-db-url");
+    std::fs::write(&secret, &url).unwrap();
+    write(
+        &root,
+        "payments-risk/refunds.toml",
+        &format!(
+            "description = \"refunds from the payments database\"\ngrain = \"hour\"\npublic = true\n\n[source]\nurl_file = {:?}\nquery = \"SELECT id, device_id, amount_cents, reason, refunded_at FROM {table}\"\ncursor = \"refunded_at\"\n",
+            secret.display().to_string()
+        ),
+    );
+    write(
+        &root,
+        "payments-risk/refunds_by_device.toml",
+        "description = \"refunds per terminal and hour\"\ngrain = \"hour\"\ninputs = [\"refunds\"]\n",
+    );
+    write(
+        &root,
+        "payments-risk/refunds_by_device.datafusion.sql",
+        "SELECT device_id, sum(amount_cents) AS refunded_cents, count(*) AS refunds\nFROM refunds\nGROUP BY device_id\n",
+    );
+    let (ok, out, err) = validate(&root);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("refunds ") && l.contains("postgres source")),
+        "{out}"
+    );
+
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.mqtt.client_id = "source-gateway".into();
+    config.scheduler.tick = Duration::from_millis(200);
+    config.scheduler.engine = RollupEngine::Embedded;
+    config.scheduler.start = "6h".into();
+    config.scheduler.jobs_dir = vec![root.clone()];
+    config.http.tokens = test_tokens(VIEWER, OPERATOR);
+    let embedded = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
+    let standalone = InProcess::start(config.clone(), Some(embedded)).await;
+    let lake = Lake::new(config.data_dir.join("lake"));
+    let outputs = Embedded::new(lake);
+
+    // Each hour's partition holds that hour's refunds, per terminal.
+    let got = |hour: &Partition| -> Option<BTreeMap<(String, String), (i64, i64)>> {
+        let path = outputs.output_path("refunds_by_device", *hour);
+        if !path.exists() {
+            return None;
+        }
+        let rows = by_device(&read_file(&path).ok()?, &["refunded_cents", "refunds"]);
+        Some(
+            rows.into_iter()
+                .map(|(d, v)| ((hour.key(), d), (v[0], v[1])))
+                .collect(),
+        )
+    };
+    wait_for(
+        "the downstream job over the imported hours",
+        Duration::from_secs(120),
+        || {
+            let mut all = BTreeMap::new();
+            for hour in &hours {
+                match got(hour) {
+                    Some(rows) => all.extend(rows),
+                    None => return false,
+                }
+            }
+            all == want
+        },
+    )
+    .await;
+    // The source's own partitions: exactly the rows of their hour, typed.
+    let imported = read_file(&outputs.output_path("refunds", hours[0])).unwrap();
+    let schema = imported[0].schema();
+    assert_eq!(
+        schema.field_with_name("amount_cents").unwrap().data_type(),
+        &DataType::Int64
+    );
+    assert!(matches!(
+        schema.field_with_name("refunded_at").unwrap().data_type(),
+        DataType::Timestamp(_, _)
+    ));
+    assert_eq!(
+        imported.iter().map(|b| b.num_rows()).sum::<usize>(),
+        5,
+        "{} holds its own hour's refunds only",
+        hours[0]
+    );
+    let lineage = api_get(
+        standalone.http,
+        &format!(
+            "/api/v1/jobs/refunds_by_device/partitions/{}/lineage",
+            hours[1]
+        ),
+        VIEWER,
+    );
+    assert!(
+        lineage["current_run"]["inputs"]
+            .to_string()
+            .contains("\"refunds\""),
+        "{lineage}"
+    );
+    standalone.stop().await;
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }

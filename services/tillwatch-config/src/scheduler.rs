@@ -263,6 +263,9 @@ pub struct JobDeclaration {
     /// what reads them after. Unset, a change applies to new partitions
     /// (and to those that re-run for changed inputs) only.
     pub rerun_from: Option<String>,
+    /// A source job: rows imported from PostgreSQL rather than computed
+    /// by SQL over the lake.
+    pub source: Option<SourceDeclaration>,
     /// Run by the product's own code rather than SQL (the lake's upkeep).
     #[serde(default)]
     pub builtin: bool,
@@ -287,6 +290,27 @@ pub struct JobDeclaration {
     /// (`2h`); one that has not raises a `job_sla_missed` alert.
     #[serde(default, with = "humantime_serde")]
     pub sla: Option<Duration>,
+}
+
+/// Where a source job reads: a PostgreSQL database, through a query. The
+/// URL (with its password) comes from an environment variable or a file,
+/// never from the jobs repository.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDeclaration {
+    /// The environment variable holding the `postgres://` URL.
+    pub url_env: Option<String>,
+    /// A file holding the `postgres://` URL (a mounted secret).
+    pub url_file: Option<std::path::PathBuf>,
+    /// One SELECT; its columns become the output's.
+    pub query: String,
+    /// A timestamp column: each partition imports the rows whose value
+    /// falls in its interval (incremental). Without it each run imports
+    /// every row (a snapshot) and only the newest partition runs.
+    pub cursor: Option<String>,
+    /// The longest the import waits for the database.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
 }
 
 impl JobDeclaration {

@@ -109,6 +109,15 @@ impl DeclaredJob {
         };
         let mut spec = JobSpec::new(&self.name, grain, self.inputs());
         spec.owner = self.owner.clone();
+        if self
+            .declaration
+            .source
+            .as_ref()
+            .is_some_and(|s| s.cursor.is_none())
+        {
+            // A snapshot: only the newest partition is worth importing.
+            spec.catch_up = false;
+        }
         spec.code = Some(self.code());
         spec.rerun_from_ms = self.rerun_from_ms().ok().flatten();
         spec
@@ -124,6 +133,10 @@ impl DeclaredJob {
             d.inputs.join(","),
             self.sql.datafusion.clone().unwrap_or_default(),
             self.sql.clickhouse.clone().unwrap_or_default(),
+            d.source
+                .as_ref()
+                .map(|s| format!("{}\0{}", s.query, s.cursor.as_deref().unwrap_or("")))
+                .unwrap_or_default(),
         ];
         for part in &parts {
             for b in part.bytes().chain([0u8]) {
@@ -176,11 +189,14 @@ pub fn is_source(name: &str) -> bool {
 }
 
 fn line_of(text: &str, key: &str) -> Option<usize> {
+    let table = format!("[{key}]");
     text.lines()
         .position(|line| {
-            line.trim_start()
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
+            let line = line.trim_start();
+            line.starts_with(&table)
+                || line
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
         })
         .map(|i| i + 1)
 }
@@ -340,6 +356,25 @@ fn load_files(root: &str, files: &Files) -> (Vec<DeclaredJob>, Vec<Problem>) {
         }
         if job.declaration.builtin && root != BUILTIN_ROOT {
             problems.push(job.problem("builtin", "only the product's own jobs are built in"));
+            continue;
+        }
+        if let Some(source) = &job.declaration.source {
+            let problem = if job.sql.datafusion.is_some() || job.sql.clickhouse.is_some() {
+                Some("a source job imports with its [source] query and has no SQL files; remove them or [source]".to_string())
+            } else if !job.declaration.inputs.is_empty() {
+                Some("a source job reads nothing of the lake: remove `inputs`".to_string())
+            } else if source.url_env.is_some() == source.url_file.is_some() {
+                Some("[source] needs exactly one of url_env (an environment variable) or url_file (a file) holding the postgres:// URL".to_string())
+            } else if source.query.trim().is_empty() {
+                Some("[source] query is empty".to_string())
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                problems.push(job.problem("source", message));
+                continue;
+            }
+            jobs.push(job);
             continue;
         }
         if !job.declaration.builtin && job.sql.datafusion.is_none() && job.sql.clickhouse.is_none()
@@ -503,6 +538,13 @@ pub fn check(jobs: &[DeclaredJob]) -> Vec<Problem> {
     }
     for job in by_name.values() {
         let team = !job.file.starts_with(BUILTIN_ROOT);
+        if team && job.store_local_day() {
+            problems.push(job.problem(
+                "day",
+                "store-local days are for the built-in rollups for now; a team's daily job \
+                 counts UTC days (remove `day`, or read device_health_daily)",
+            ));
+        }
         for input in &job.declaration.inputs {
             if team && input == DEVICE_ATTRIBUTES {
                 problems.push(job.problem(

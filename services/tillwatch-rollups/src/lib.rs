@@ -19,6 +19,7 @@ pub mod quantile;
 pub mod retention;
 pub mod service;
 pub mod side;
+pub mod source;
 pub mod synthetic;
 
 pub use service::SchedulerError;

@@ -175,6 +175,9 @@ impl Executor for Jobs {
                 .await;
             }
             if let Some(declared) = self.loaded.team_job(&job.name) {
+                if let Some(source) = &declared.declaration.source {
+                    return crate::source::import(&self.lake, &job.name, source, partition).await;
+                }
                 let grain_of = |name: &str| self.loaded.catalog.job(name).map(|j| j.grain);
                 return self
                     .lake

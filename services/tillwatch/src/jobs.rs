@@ -187,6 +187,8 @@ async fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
         .collect();
         let engines = if job.declaration.builtin {
             "built in".to_string()
+        } else if job.declaration.source.is_some() {
+            "postgres source".to_string()
         } else {
             engines.join(", ")
         };

@@ -1,0 +1,237 @@
+//! Source jobs: rows imported from a team's PostgreSQL with the query of
+//! their declaration's `[source]` (see [`crate::declared`]), into the lake
+//! as the job's partition, where other jobs read them like any job's
+//! output.
+//!
+//! With a `cursor` (a timestamp column) a partition holds the rows whose
+//! cursor falls in its interval: an hourly source imports each hour once,
+//! and a backfill or clear imports a range again. Without one, a run
+//! imports every row (a snapshot of the table as it is now).
+//!
+//! The query is planned first (`prepare`), so the output's columns and
+//! types are known before a row is read, whatever the partition holds:
+//! integers become Int64, reals and numerics Float64, booleans Boolean,
+//! timestamps Timestamp(ms, UTC) and dates Date32; anything else arrives
+//! as its text. The URL comes from `url_env` or `url_file`, never from the
+//! declaration.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, RecordBatch,
+    StringBuilder, TimestampMillisecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use sqlx::{Column, Connection, Executor, Row, Statement, TypeInfo};
+use tillwatch_config::SourceDeclaration;
+use tillwatch_scheduler::{JobError, Output, Partition};
+
+use crate::embedded::Embedded;
+
+/// How a column is read back, by its PostgreSQL type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Int,
+    Float,
+    Bool,
+    /// Milliseconds since 1970.
+    Timestamp,
+    /// Days since 1970.
+    Date,
+    Text,
+}
+
+fn kind(type_name: &str) -> Kind {
+    match type_name {
+        "INT2" | "INT4" | "INT8" | "OID" => Kind::Int,
+        "FLOAT4" | "FLOAT8" | "NUMERIC" => Kind::Float,
+        "BOOL" => Kind::Bool,
+        "TIMESTAMPTZ" | "TIMESTAMP" => Kind::Timestamp,
+        "DATE" => Kind::Date,
+        _ => Kind::Text,
+    }
+}
+
+/// A column name as a quoted PostgreSQL identifier.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The select list that turns each column into what [`Kind`] reads.
+fn conversions(columns: &[(String, Kind)]) -> String {
+    columns
+        .iter()
+        .map(|(name, kind)| {
+            let c = format!("src.{}", quoted(name));
+            let expr = match kind {
+                Kind::Int => format!("{c}::int8"),
+                Kind::Float => format!("{c}::float8"),
+                Kind::Bool => c,
+                Kind::Timestamp => format!("(extract(epoch from {c}) * 1000)::int8"),
+                Kind::Date => format!("({c} - date '1970-01-01')::int4"),
+                Kind::Text => format!("{c}::text"),
+            };
+            format!("{expr} AS {}", quoted(name))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The URL of the declaration's database.
+fn url(source: &SourceDeclaration) -> Result<String, JobError> {
+    let url = match (&source.url_env, &source.url_file) {
+        (Some(var), _) => std::env::var(var).map_err(|_| {
+            JobError::read(
+                "the source's URL",
+                format_args!("the environment variable {var} is not set"),
+            )
+        })?,
+        (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
+            JobError::read(format_args!("the source's URL ({})", file.display()), e)
+        })?,
+        (None, None) => {
+            return Err(JobError::read(
+                "the source's URL",
+                "[source] names neither url_env nor url_file",
+            ));
+        }
+    };
+    let url = url.trim().to_string();
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(JobError::read(
+            "the source's URL",
+            "it is not a postgres:// URL",
+        ));
+    }
+    Ok(url)
+}
+
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Imports `partition` of source job `job` and writes it to the lake.
+pub async fn import(
+    lake: &Embedded,
+    job: &str,
+    source: &SourceDeclaration,
+    partition: Partition,
+) -> Result<Output, JobError> {
+    let what = format!("source {job}");
+    let url = url(source)?;
+    let timeout = source
+        .connect_timeout
+        .max(std::time::Duration::from_millis(100));
+    let mut conn = tokio::time::timeout(timeout, sqlx::postgres::PgConnection::connect(&url))
+        .await
+        .map_err(|_| JobError::read(&what, format_args!("no answer within {timeout:?}")))?
+        .map_err(|e| JobError::read(format_args!("{what} (connecting)"), e))?;
+    let query = source.query.trim().trim_end_matches(';');
+    let described = conn
+        .prepare(query)
+        .await
+        .map_err(|e| JobError::read(format_args!("{what} (its query)"), e))?;
+    let columns: Vec<(String, Kind)> = described
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), kind(c.type_info().name())))
+        .collect();
+    if columns.is_empty() {
+        return Err(JobError::read(&what, "the query returns no columns"));
+    }
+    let mut sql = format!("SELECT {} FROM ({query}) AS src", conversions(&columns));
+    if let Some(cursor) = &source.cursor {
+        if !columns
+            .iter()
+            .any(|(n, k)| n == cursor && matches!(k, Kind::Timestamp | Kind::Date))
+        {
+            return Err(JobError::read(
+                &what,
+                format_args!(
+                    "the cursor {cursor:?} is not a timestamp or date column of the query"
+                ),
+            ));
+        }
+        sql.push_str(&format!(
+            " WHERE src.{c} >= $1::timestamptz AND src.{c} < $2::timestamptz",
+            c = quoted(cursor)
+        ));
+    }
+    let mut q = sqlx::query(&sql);
+    if source.cursor.is_some() {
+        q = q
+            .bind(rfc3339(partition.start_ms))
+            .bind(rfc3339(partition.end_ms()));
+    }
+    let rows = q
+        .fetch_all(&mut conn)
+        .await
+        .map_err(|e| JobError::read(format_args!("{what} (its query)"), e))?;
+    let _ = conn.close().await;
+    let batch = to_batch(&columns, &rows).map_err(|e| JobError::read(&what, e))?;
+    lake.write(job, partition, vec![batch]).await
+}
+
+fn to_batch(
+    columns: &[(String, Kind)],
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<RecordBatch, sqlx::Error> {
+    let mut fields = Vec::new();
+    let mut arrays: Vec<ArrayRef> = Vec::new();
+    for (i, (name, kind)) in columns.iter().enumerate() {
+        let (data_type, array): (DataType, ArrayRef) = match kind {
+            Kind::Int => {
+                let mut b = Int64Builder::with_capacity(rows.len());
+                for r in rows {
+                    b.append_option(r.try_get::<Option<i64>, _>(i)?);
+                }
+                (DataType::Int64, Arc::new(b.finish()))
+            }
+            Kind::Float => {
+                let mut b = Float64Builder::with_capacity(rows.len());
+                for r in rows {
+                    b.append_option(r.try_get::<Option<f64>, _>(i)?);
+                }
+                (DataType::Float64, Arc::new(b.finish()))
+            }
+            Kind::Bool => {
+                let mut b = BooleanBuilder::with_capacity(rows.len());
+                for r in rows {
+                    b.append_option(r.try_get::<Option<bool>, _>(i)?);
+                }
+                (DataType::Boolean, Arc::new(b.finish()))
+            }
+            Kind::Timestamp => {
+                let mut b =
+                    TimestampMillisecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+                for r in rows {
+                    b.append_option(r.try_get::<Option<i64>, _>(i)?);
+                }
+                (
+                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                    Arc::new(b.finish()),
+                )
+            }
+            Kind::Date => {
+                let mut b = Date32Builder::with_capacity(rows.len());
+                for r in rows {
+                    b.append_option(r.try_get::<Option<i32>, _>(i)?);
+                }
+                (DataType::Date32, Arc::new(b.finish()))
+            }
+            Kind::Text => {
+                let mut b = StringBuilder::new();
+                for r in rows {
+                    b.append_option(r.try_get::<Option<String>, _>(i)?);
+                }
+                (DataType::Utf8, Arc::new(b.finish()))
+            }
+        };
+        fields.push(Field::new(name, data_type, true));
+        arrays.push(array);
+    }
+    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+        .expect("one array per column, each of its type"))
+}
