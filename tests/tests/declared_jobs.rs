@@ -17,7 +17,7 @@ use arrow::datatypes::{DataType, Int64Type};
 use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::{HourPartition, Kind, UtcMillis};
 use tillwatch_integration_tests::{
-    InProcess, api_call, api_get, test_tokens, tillwatch_bin, wait_for, widen_hourly_rounds,
+    InProcess, api_get, test_tokens, tillwatch_bin, wait_for, widen_hourly_rounds,
 };
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
@@ -614,7 +614,7 @@ async fn changing_a_jobs_sql_reruns_from_the_date_it_names_and_nothing_without_o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_job_pages_its_owner_and_resolves_once_fixed_and_rerun() {
+async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
     let alertmanager = tillwatch_integration_tests::Alertmanager::start();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("jobs");
@@ -705,48 +705,22 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed_and_rerun() {
         "{late}"
     );
 
-    // The team fixes the SQL and re-runs the failed hours: both pages resolve.
+    // The team fixes the SQL: the failed hours run again and both pages
+    // resolve.
     write(
         &root,
         "payments-risk/breaks.datafusion.sql",
         "SELECT device_id, count(*) AS n FROM battery GROUP BY device_id\n",
     );
     let fixed = code_of(&root, "breaks");
-    // The scheduler takes the fix on its next tick; a job written after it
-    // shows when (a clear before then would run the old code once more).
-    write(
-        &root,
-        "payments-risk/marker.toml",
-        "description = \"loaded\"\ngrain = \"hour\"\ninputs = [\"battery\"]\n",
-    );
-    write(
-        &root,
-        "payments-risk/marker.datafusion.sql",
-        "SELECT count(*) AS readings FROM battery\n",
-    );
+    // The hours that failed every retry get a new round with the new code.
     wait_for(
-        "the scheduler to load the fix",
-        Duration::from_secs(60),
-        || runs_of(http, "marker").iter().any(|r| r.1 == "succeeded"),
-    )
-    .await;
-    let from = Partition::containing(Grain::Hour, now - 3 * HOUR);
-    let body = format!(r#"{{"from": "{from}", "to": "{hour}"}}"#);
-    let (status, answer) = api_call(
-        http,
-        "POST",
-        "/api/v1/jobs/breaks/clear",
-        Some(&body),
-        Some(OPERATOR),
-    );
-    assert_eq!(status, 202, "{answer}");
-    wait_for(
-        "the re-run to succeed with the fixed code",
+        "the failed hours to run again with the fix",
         Duration::from_secs(120),
         || {
-            runs_of(http, "breaks")
-                .iter()
-                .any(|r| r.0 == hour.key() && r.1 == "succeeded" && r.3 == fixed)
+            runs_of(http, "breaks").iter().any(|r| {
+                r.0 == hour.key() && r.1 == "succeeded" && r.2 == "code_changed" && r.3 == fixed
+            })
         },
     )
     .await;

@@ -31,6 +31,8 @@ pub struct JobPartitionRow {
     /// A backfill or clear asked for it to run again, at this time; cleared
     /// when a run claims it.
     pub forced_ms: Option<i64>,
+    /// The code fingerprint of its last run (see [`JobRunRow::code`]).
+    pub code: Option<String>,
 }
 
 /// One attempt at one partition.
@@ -125,6 +127,7 @@ fn partition_from_row(r: &sqlx::any::AnyRow) -> Result<JobPartitionRow, sqlx::Er
         owner: r.try_get("owner")?,
         lease_until_ms: r.try_get("lease_until_ms")?,
         forced_ms: r.try_get("forced_ms")?,
+        code: r.try_get("code")?,
     })
 }
 
@@ -153,7 +156,9 @@ impl MetaStore {
     pub async fn job_partitions(&self) -> Result<Vec<JobPartitionRow>, MetaError> {
         self.all(
             sqlx::query(&format!(
-                "SELECT {PARTITION_COLUMNS} FROM job_partitions ORDER BY job, start_ms"
+                "SELECT {PARTITION_COLUMNS}, (SELECT r.code FROM job_runs r \
+                   WHERE r.run_id = job_partitions.run_id) AS code \
+                 FROM job_partitions ORDER BY job, start_ms"
             )),
             partition_from_row,
         )

@@ -17,6 +17,7 @@
 //!   its scheduler stopped renewing the claim (it died), or
 //!   it succeeded on inputs that have changed since (stale: late data; and
 //!   from the job's `rerun_from_ms` on, its code counts as an input), or
+//!   it failed every retry and its job's code has changed since (a fix), or
 //!   an operator asked for it again (a backfill or clear: forced, which
 //!   needs neither the schedule nor changed inputs, but still complete
 //!   inputs and an open window);
@@ -59,6 +60,8 @@ pub struct PartitionRecord {
     pub output_fingerprint: Option<String>,
     /// An operator asked for it to run again.
     pub forced: bool,
+    /// The code fingerprint of its last run, when recorded.
+    pub code: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +79,9 @@ pub enum Reason {
     Stale,
     /// Asked for by a backfill or clear.
     Forced,
+    /// Failed every retry, and the job's code has changed since: a fix
+    /// gets a new round.
+    CodeChanged,
 }
 
 impl Reason {
@@ -89,6 +95,7 @@ impl Reason {
             Reason::LeaseExpired => "lease_expired",
             Reason::Stale => "stale",
             Reason::Forced => "forced",
+            Reason::CodeChanged => "code_changed",
         }
     }
 }
@@ -279,6 +286,8 @@ pub fn plan_with_backlog(
                         } else if r.attempts <= job.retries {
                             // Will retry: downstream waits.
                             planned.insert(key);
+                        } else if job.code.is_some() && r.code.is_some() && r.code != job.code {
+                            candidates.push(task(1, Reason::CodeChanged));
                         }
                     }
                     Status::Succeeded => {

@@ -32,6 +32,10 @@ pub const RUN_DURATION: &str = "tillwatch_scheduler_run_duration_seconds";
 /// backlog, set every round.
 pub const PARTITIONS_DUE: &str = "tillwatch_scheduler_partitions_due";
 
+/// How far each job's newest succeeded partition ends behind the ingest
+/// watermark, by job and owner.
+pub const JOB_LAG: &str = "tillwatch_scheduler_job_lag_seconds";
+
 /// Registers descriptions with the installed recorder. Idempotent.
 fn describe() {
     metrics::describe_counter!(RUNS, Unit::Count, "Finished job runs, by job and status");
@@ -44,6 +48,11 @@ fn describe() {
         PARTITIONS_DUE,
         Unit::Count,
         "Partitions each job could run now, started ones included (its backlog), by job"
+    );
+    describe_gauge!(
+        JOB_LAG,
+        Unit::Seconds,
+        "How far each job's newest succeeded partition ends behind the ingest watermark, by job and owner"
     );
     describe_gauge!(
         WATERMARK_LAG,
@@ -201,7 +210,7 @@ impl JobWatch {
         }
     }
 
-    async fn observe(&self, runner: &Runner, now_ms: i64) {
+    async fn observe(&self, runner: &Runner, now_ms: i64, watermark_ms: i64) {
         let rows = match runner.store().job_partitions().await {
             Ok(rows) => rows,
             Err(e) => {
@@ -217,6 +226,18 @@ impl JobWatch {
                 .filter(|r| r.job == job.name)
                 .map(|r| (r.partition_key.as_str(), r))
                 .collect();
+            let newest_done = mine
+                .values()
+                .filter(|r| r.status == "succeeded")
+                .filter_map(|r| r.partition_key.parse::<crate::Partition>().ok())
+                .map(|p| p.end_ms())
+                .max();
+            if let Some(end) = newest_done
+                && watermark_ms != i64::MIN
+            {
+                metrics::gauge!(JOB_LAG, "job" => job.name.clone(), "owner" => job.owner.clone())
+                    .set((watermark_ms.saturating_sub(end)).max(0) as f64 / 1000.0);
+            }
             for r in mine.values() {
                 if r.status == "failed" && r.attempts > i64::from(job.retries) {
                     let error = match &r.run_id {
@@ -333,9 +354,17 @@ where
     describe();
     for job in runner.catalog().jobs() {
         for status in ["succeeded", "failed"] {
-            metrics::counter!(RUNS, "job" => job.name.clone(), "status" => status).increment(0);
+            metrics::counter!(RUNS, "job" => job.name.clone(), "owner" => job.owner.clone(), "status" => status)
+                .increment(0);
         }
     }
+    let owner_of = |job: &str| {
+        runner
+            .catalog()
+            .job(job)
+            .map(|j| j.owner.clone())
+            .unwrap_or_default()
+    };
     let watch = StallWatch {
         store: runner.store().clone(),
         told: Default::default(),
@@ -349,7 +378,7 @@ where
         watch
             .observe(&snap, runner.now(), settings.stall_after)
             .await;
-        jobs.observe(runner, runner.now()).await;
+        jobs.observe(runner, runner.now(), snap.watermark_ms).await;
         snap
     };
     ops::run_loop(runner, observed, settings.tick, shutdown, |ran| {
@@ -358,8 +387,10 @@ where
         } else {
             "failed"
         };
-        metrics::counter!(RUNS, "job" => ran.task.job.clone(), "status" => status).increment(1);
-        metrics::histogram!(RUN_DURATION, "job" => ran.task.job.clone())
+        let owner = owner_of(&ran.task.job);
+        metrics::counter!(RUNS, "job" => ran.task.job.clone(), "owner" => owner.clone(), "status" => status)
+            .increment(1);
+        metrics::histogram!(RUN_DURATION, "job" => ran.task.job.clone(), "owner" => owner)
             .record(ran.took.as_secs_f64());
         log_run(ran);
     })

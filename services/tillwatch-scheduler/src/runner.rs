@@ -181,6 +181,7 @@ impl Runner {
                     inputs_fingerprint: row.inputs_fingerprint,
                     output_fingerprint: row.output_fingerprint,
                     forced: row.forced_ms.is_some(),
+                    code: row.code,
                 },
             );
         }
@@ -278,7 +279,13 @@ impl Runner {
             },
         );
         for (job, due) in backlog {
-            metrics::gauge!(crate::process::PARTITIONS_DUE, "job" => job).set(due as f64);
+            let owner = self
+                .catalog
+                .job(&job)
+                .map(|j| j.owner.clone())
+                .unwrap_or_default();
+            metrics::gauge!(crate::process::PARTITIONS_DUE, "job" => job, "owner" => owner)
+                .set(due as f64);
         }
         let mut claimed = Vec::new();
         for task in tasks.into_iter().filter(|t| wanted(t)) {

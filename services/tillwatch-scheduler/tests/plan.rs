@@ -80,6 +80,7 @@ fn succeed(states: &mut States, task: &Task, output: &str) {
             inputs_fingerprint: Some(task.inputs_fingerprint.clone()),
             output_fingerprint: Some(output.into()),
             forced: false,
+            code: None,
         },
     );
 }
@@ -234,6 +235,7 @@ fn failures_retry_after_a_doubling_backoff_until_retries_run_out() {
                     inputs_fingerprint: None,
                     output_fingerprint: None,
                     forced: false,
+                    code: Some("v1".into()),
                 },
             );
         }
@@ -244,6 +246,19 @@ fn failures_retry_after_a_doubling_backoff_until_retries_run_out() {
     assert!(
         run_plan(&catalog, &states, now + 3_600_000, &HashMap::new()).is_empty(),
         "retries used up"
+    );
+    // The job's code is what failed: nothing. A fix (new code): a new round.
+    let with_code = |code: &str| {
+        let mut j = job.clone();
+        j.code = Some(code.into());
+        Catalog::new(vec![j, daily()]).unwrap()
+    };
+    assert!(run_plan(&with_code("v1"), &states, now, &HashMap::new()).is_empty());
+    let fixed = run_plan(&with_code("v2"), &states, now, &HashMap::new());
+    assert_eq!(fixed.len(), 1, "{fixed:?}");
+    assert_eq!(
+        (fixed[0].attempt, fixed[0].reason),
+        (1, Reason::CodeChanged)
     );
 }
 
@@ -260,6 +275,7 @@ fn a_run_past_its_timeout_is_tried_again() {
         inputs_fingerprint: None,
         output_fingerprint: None,
         forced: false,
+        code: None,
     };
     states.insert(("device_health_hourly".into(), p), running);
     let mut one = hourly();
