@@ -538,6 +538,17 @@ pub fn check(jobs: &[DeclaredJob]) -> Vec<Problem> {
     }
     for job in by_name.values() {
         let team = !job.file.starts_with(BUILTIN_ROOT);
+        if team && job.declaration.source.is_none() && job.sql.datafusion.is_none() {
+            problems.push(Problem {
+                file: job.file.clone(),
+                line: None,
+                message: format!(
+                    "a team's job runs on the embedded engine: add {}.datafusion.sql (a \
+                     ClickHouse-only job would fail every run)",
+                    job.name
+                ),
+            });
+        }
         if team && job.store_local_day() {
             problems.push(job.problem(
                 "day",
@@ -944,6 +955,24 @@ mod tests {
             text[1].starts_with("jobs/payments-risk/typo.datafusion.sql:3: "),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn a_team_job_without_embedded_sql_is_refused() {
+        let (jobs, problems) = load_files(
+            "jobs",
+            &files(&[
+                (
+                    "t/only_ch.toml",
+                    "description = \"x\"\ngrain = \"hour\"\ninputs = [\"battery\"]\n",
+                ),
+                ("t/only_ch.clickhouse.sql", "SELECT 1"),
+            ]),
+        );
+        assert!(problems.is_empty());
+        let problems = check(&jobs);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].message.contains("add only_ch.datafusion.sql"));
     }
 
     #[test]
