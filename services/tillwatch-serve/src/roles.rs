@@ -164,7 +164,12 @@ pub(crate) async fn run_scheduler(
             let changed = async {
                 loop {
                     tokio::time::sleep(settings.tick).await;
-                    if declared::stamp(&dirs) != stamp {
+                    // Reading the files blocks: off the async workers.
+                    let dirs = dirs.clone();
+                    let now = tokio::task::spawn_blocking(move || declared::stamp(&dirs))
+                        .await
+                        .unwrap_or(stamp);
+                    if now != stamp {
                         return;
                     }
                 }
