@@ -947,6 +947,20 @@ async fn every_operation_answers_in_its_documented_shape() {
             "/api/v1/jobs/raw_compaction/clear",
             Some(range.as_str()),
         ),
+        (
+            "POST",
+            "/api/v1/jobs/{job}/pause",
+            "/api/v1/jobs/fleet_health_daily/pause",
+            Some(r#"{"reason": "the shape of a pause"}"#),
+        ),
+        // A paused job's entry has its pause.
+        ("GET", "/api/v1/jobs", "/api/v1/jobs", None),
+        (
+            "POST",
+            "/api/v1/jobs/{job}/resume",
+            "/api/v1/jobs/fleet_health_daily/resume",
+            None,
+        ),
     ] {
         call(method, path, concrete, body).await;
     }
@@ -1039,6 +1053,15 @@ async fn every_operation_answers_in_its_documented_shape() {
         None,
     )
     .await;
+    let mark = format!("/api/v1/jobs/{job}/partitions/{first}/mark-succeeded");
+    let marked = call(
+        "POST",
+        "/api/v1/jobs/{job}/partitions/{partition}/mark-succeeded",
+        &mark,
+        Some(r#"{"reason": "the shape of a mark"}"#),
+    )
+    .await;
+    assert_eq!(marked["reason"], "marked", "{marked}");
 
     assert_answers_match(&doc, &answers);
     // No operation untried, and each answer is a named type.

@@ -16,8 +16,9 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type};
 use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::{HourPartition, Kind, UtcMillis};
+use tillwatch_integration_tests::browser::{Browser, artifact_dir};
 use tillwatch_integration_tests::{
-    InProcess, api_get, test_tokens, tillwatch_bin, wait_for, widen_hourly_rounds,
+    InProcess, api_call, api_get, test_tokens, tillwatch_bin, wait_for, widen_hourly_rounds,
 };
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
@@ -142,18 +143,7 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("jobs");
     std::fs::create_dir_all(&root).unwrap();
-    let mut config = Config {
-        data_dir: dir.path().join("data"),
-        ..Config::default()
-    };
-    config.mqtt.client_id = "declared-jobs-gateway".into();
-    config.scheduler.tick = Duration::from_millis(200);
-    config.scheduler.engine = RollupEngine::Embedded;
-    config.scheduler.start = "1d".into();
-    config.scheduler.jobs_dir = vec![root.clone()];
-    config.scheduler.local_day_utc_offsets = [0, 1];
-    config.http.tokens = test_tokens(VIEWER, OPERATOR);
-    widen_hourly_rounds(&mut config);
+    let config = standalone_config(dir.path(), &root, "declared-jobs-gateway", "1d");
     let embedded = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
     let broker = embedded.url();
     let standalone = InProcess::start(config.clone(), Some(embedded)).await;
@@ -349,6 +339,127 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
         "the hourly rollup's lineage shows the team's job downstream: {upstream}"
     );
 
+    // The jobs page in a browser, filtered to the team: its job with its
+    // description and owner, its runs, and what was refused.
+    let shot = tokio::task::spawn_blocking(move || {
+        let browser = Browser::start();
+        browser.goto(&format!("http://{http}/ui/style.css"));
+        browser.execute(
+            "localStorage.setItem('tillwatch.token', arguments[0]); return true;",
+            serde_json::json!([VIEWER]),
+        );
+        browser.goto(&format!("http://{http}/ui/jobs?owner=payments-risk"));
+        browser.wait_until(
+            "the team's job, its runs and the refusals on the jobs page",
+            &format!(
+                "const rows = [...document.querySelectorAll('#jobs tbody tr[data-job]')]; \
+                 const runs = [...document.querySelectorAll('#runs tbody tr:not(.empty)')]; \
+                 const refused = document.getElementById('refused'); \
+                 return rows.length === 1 && rows[0].dataset.job === '{JOB}' \
+                   && rows[0].querySelector('.owner').innerText === 'payments-risk' \
+                   && rows[0].children[1].innerText.length > 10 \
+                   && document.querySelector('#lineage .node[data-job={JOB}]:not(.other)') !== null \
+                   && document.querySelector('#lineage .node[data-job=device_health_hourly].other') !== null \
+                   && runs.length > 0 && runs.every(r => r.children[0].innerText === '{JOB}') \
+                   && !refused.hidden && refused.innerText.includes('sneaky.datafusion.sql:3') \
+                   && document.getElementById('owner-filter').owner.value === 'payments-risk';"
+            ),
+            Duration::from_secs(30),
+        );
+        browser.screenshot()
+    })
+    .await
+    .unwrap();
+    assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n", "a PNG screenshot");
+    std::fs::write(artifact_dir().join("jobs-team.png"), &shot).unwrap();
+
+    // Paused, the team's job starts nothing, even a partition cleared to
+    // run again, while finance's job cleared after it runs; resumed, it
+    // catches up.
+    let forced_runs = |job: &str, since: i64| -> Vec<String> {
+        api_get(
+            http,
+            &format!("/api/v1/jobs/{job}/runs?partition={}&limit=100", hours[0]),
+            VIEWER,
+        )["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["started_ms"].as_i64().unwrap() >= since && r["reason"] == "forced")
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let post = |path: String, body: Option<&str>| {
+        let (status, answer) = api_call(http, "POST", &path, body, Some(OPERATOR));
+        assert!(status < 300, "POST {path}: {status} {answer}");
+        answer
+    };
+    let paused = post(
+        format!("/api/v1/jobs/{JOB}/pause"),
+        Some(r#"{"reason": "the payments DB is being migrated"}"#),
+    );
+    assert_eq!(
+        paused["paused"]["reason"], "the payments DB is being migrated",
+        "{paused}"
+    );
+    let (status, refused) = api_call(
+        http,
+        "POST",
+        &format!("/api/v1/jobs/{JOB}/pause"),
+        Some(r#"{"reason": "bye"}"#),
+        Some(VIEWER),
+    );
+    assert_eq!(status, 403, "a viewer cannot pause: {refused}");
+    let cleared_at = UtcMillis::now().0;
+    let range = format!(r#"{{"from": "{0}", "to": "{0}"}}"#, hours[0]);
+    post(format!("/api/v1/jobs/{JOB}/clear"), Some(&range));
+    post("/api/v1/jobs/margins/clear".into(), Some(&range));
+    wait_for(
+        "finance's cleared partition to run again",
+        Duration::from_secs(60),
+        || forced_runs("margins", cleared_at).contains(&"succeeded".to_string()),
+    )
+    .await;
+    assert!(
+        forced_runs(JOB, cleared_at).is_empty(),
+        "a paused job started a run"
+    );
+    let listed = api_get(http, "/api/v1/jobs", VIEWER);
+    let mine = listed["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == JOB)
+        .unwrap();
+    assert_eq!(
+        mine["paused"]["by"], "ops",
+        "the operator token's name: {mine}"
+    );
+    assert!(
+        listed["due"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["job"] == JOB && t["partition"] == hours[0].key()),
+        "the cleared partition waits: {listed}"
+    );
+    post(format!("/api/v1/jobs/{JOB}/resume"), None);
+    wait_for(
+        "the resumed job to run its cleared partition",
+        Duration::from_secs(60),
+        || forced_runs(JOB, cleared_at).contains(&"succeeded".to_string()),
+    )
+    .await;
+    let listed = api_get(http, "/api/v1/jobs", VIEWER);
+    assert!(
+        listed["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["paused"].is_null()),
+        "{listed}"
+    );
+
     // Taking the folder away takes the job away; the others run on.
     std::fs::remove_dir_all(root.join("payments-risk")).unwrap();
     wait_for(
@@ -375,22 +486,48 @@ fn the_shipped_jobs_validate() {
 
 /// `(partition, status, reason, code)` of every run of `job`, oldest first.
 fn runs_of(http: std::net::SocketAddr, job: &str) -> Vec<(String, String, String, String)> {
-    let mut runs: Vec<(String, String, String, String)> =
-        api_get(http, &format!("/api/v1/jobs/{job}/runs?limit=5000"), VIEWER)["runs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r["partition"].as_str().unwrap().to_string(),
-                    r["status"].as_str().unwrap().to_string(),
-                    r["reason"].as_str().unwrap().to_string(),
-                    r["code"].as_str().unwrap_or("").to_string(),
-                )
-            })
-            .collect();
+    let path = format!("/api/v1/jobs/{job}/runs?limit=5000");
+    let (status, answer) = api_call(http, "GET", &path, None, Some(VIEWER));
+    if status == 404 {
+        // A job just written: the API has not loaded it yet.
+        return Vec::new();
+    }
+    assert_eq!(status, 200, "GET {path}: {answer}");
+    let mut runs: Vec<(String, String, String, String)> = answer["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["partition"].as_str().unwrap().to_string(),
+                r["status"].as_str().unwrap().to_string(),
+                r["reason"].as_str().unwrap().to_string(),
+                r["code"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
     runs.reverse();
     runs
+}
+
+/// A standalone's config for these tests: its data under `dir`, the
+/// teams' jobs under `root`, the embedded engine on a fast tick, jobs from
+/// `start` back, the test tokens and the whole of each closed hour rolled
+/// up at once.
+fn standalone_config(dir: &Path, root: &Path, client_id: &str, start: &str) -> Config {
+    let mut config = Config {
+        data_dir: dir.join("data"),
+        ..Config::default()
+    };
+    config.mqtt.client_id = client_id.into();
+    config.scheduler.tick = Duration::from_millis(200);
+    config.scheduler.engine = RollupEngine::Embedded;
+    config.scheduler.start = start.into();
+    config.scheduler.jobs_dir = vec![root.to_path_buf()];
+    config.scheduler.local_day_utc_offsets = [0, 1];
+    config.http.tokens = test_tokens(VIEWER, OPERATOR);
+    widen_hourly_rounds(&mut config);
+    config
 }
 
 /// The code fingerprint of `job` as declared under `root` now.
@@ -436,18 +573,7 @@ async fn changing_a_jobs_sql_reruns_from_the_date_it_names_and_nothing_without_o
         "payments-risk/offline_risk_by_store.datafusion.sql",
         "SELECT store_id, sum(transactions) AS transactions, max(longest_queue) AS longest_queue\nFROM offline_risk_hourly\nGROUP BY store_id\n",
     );
-    let mut config = Config {
-        data_dir: dir.path().join("data"),
-        ..Config::default()
-    };
-    config.mqtt.client_id = "rerun-gateway".into();
-    config.scheduler.tick = Duration::from_millis(200);
-    config.scheduler.engine = RollupEngine::Embedded;
-    config.scheduler.start = "2d".into();
-    config.scheduler.jobs_dir = vec![root.clone()];
-    config.scheduler.local_day_utc_offsets = [0, 1];
-    config.http.tokens = test_tokens(VIEWER, OPERATOR);
-    widen_hourly_rounds(&mut config);
+    let mut config = standalone_config(dir.path(), &root, "rerun-gateway", "2d");
     for job in [JOB, "offline_risk_by_store"] {
         config.scheduler.jobs.insert(
             job.into(),
@@ -629,19 +755,8 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
         "payments-risk/breaks.datafusion.sql",
         "SELECT CAST(device_id AS INT) AS n FROM battery\n",
     );
-    let mut config = Config {
-        data_dir: dir.path().join("data"),
-        ..Config::default()
-    };
-    config.mqtt.client_id = "failing-job-gateway".into();
-    config.scheduler.tick = Duration::from_millis(200);
-    config.scheduler.engine = RollupEngine::Embedded;
-    config.scheduler.start = "1d".into();
-    config.scheduler.jobs_dir = vec![root.clone()];
-    config.scheduler.local_day_utc_offsets = [0, 1];
+    let mut config = standalone_config(dir.path(), &root, "failing-job-gateway", "1d");
     config.alerting.alertmanager_url = Some(alertmanager.url());
-    config.http.tokens = test_tokens(VIEWER, OPERATOR);
-    widen_hourly_rounds(&mut config);
     let embedded = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
     let broker = embedded.url();
     let standalone = InProcess::start(config.clone(), Some(embedded)).await;
@@ -654,9 +769,9 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
         merchants: 1,
         stores_per_merchant: 2,
         interval: Duration::from_secs(600),
-        readings_per_device: Some(17),
+        readings_per_device: Some(23),
         seed: 29,
-        start_ms: Some(now - 3 * HOUR),
+        start_ms: Some(now - 4 * HOUR),
         faults: Faults::none(),
         connect_concurrency: 6,
         security: Default::default(),
@@ -667,19 +782,25 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
         .unwrap();
     assert_eq!(report.unacked_readings, 0);
 
-    // An hour with readings, over long enough ago to be past its SLA.
+    // Two whole hours with readings, long enough ago to be past the SLA.
     let hour = Partition::containing(Grain::Hour, now - 2 * HOUR);
-    let paged = |rule: &str| -> Vec<serde_json::Value> {
+    let other = Partition::containing(Grain::Hour, now - 3 * HOUR);
+    let paged_for = |rule: &str, p: Partition| -> Vec<serde_json::Value> {
         alertmanager
             .alerts_named(rule, "job", "breaks")
             .into_iter()
-            .filter(|a| a["labels"]["partition"] == hour.key().as_str())
+            .filter(|a| a["labels"]["partition"] == p.key().as_str())
             .collect()
     };
+    let paged = |rule: &str| paged_for(rule, hour);
     wait_for(
         "job_failed and job_sla_missed at Alertmanager",
         Duration::from_secs(180),
-        || !paged("job_failed").is_empty() && !paged("job_sla_missed").is_empty(),
+        || {
+            !paged("job_failed").is_empty()
+                && !paged("job_sla_missed").is_empty()
+                && !paged_for("job_failed", other).is_empty()
+        },
     )
     .await;
     let page = &paged("job_failed")[0];
@@ -704,6 +825,66 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
             .contains("within 30m"),
         "{late}"
     );
+
+    // An operator marks the other hour succeeded, saying why: its pages
+    // resolve, the run history keeps who and why, the first hour still
+    // pages.
+    let mark = |p: Partition, token: &str, body: &str| {
+        api_call(
+            http,
+            "POST",
+            &format!("/api/v1/jobs/breaks/partitions/{p}/mark-succeeded"),
+            Some(body),
+            Some(token),
+        )
+    };
+    let why = r#"{"reason": "that hour's terminals were test units"}"#;
+    let (status, answer) = mark(other, VIEWER, why);
+    assert_eq!(status, 403, "a viewer cannot mark: {answer}");
+    let (status, answer) = mark(
+        Partition::containing(Grain::Hour, UtcMillis::now().0 + HOUR),
+        OPERATOR,
+        why,
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("has not ended yet"),
+        "{answer}"
+    );
+    let (status, marked) = mark(other, OPERATOR, why);
+    assert_eq!(status, 200, "{marked}");
+    assert_eq!(marked["reason"], "marked", "{marked}");
+    assert_eq!(marked["status"], "succeeded", "{marked}");
+    assert_eq!(
+        marked["note"], "marked succeeded by ops: that hour's terminals were test units",
+        "{marked}"
+    );
+    assert!(
+        marked["log"][0].as_str().unwrap().contains("test units"),
+        "{marked}"
+    );
+    wait_for(
+        "the marked hour's pages to resolve",
+        Duration::from_secs(120),
+        || {
+            paged_for("job_failed", other).is_empty()
+                && paged_for("job_sla_missed", other).is_empty()
+        },
+    )
+    .await;
+    assert!(
+        !paged("job_failed").is_empty(),
+        "the first hour still pages"
+    );
+    let lineage = api_get(
+        http,
+        &format!("/api/v1/jobs/breaks/partitions/{other}/lineage"),
+        VIEWER,
+    );
+    assert_eq!(lineage["status"], "succeeded", "{lineage}");
 
     // The team fixes the SQL: the failed hours run again and both pages
     // resolve.
@@ -732,7 +913,7 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_postgres_source_lands_by_cursor_and_feeds_a_downstream_job() {
+async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() {
     let url = std::env::var("TILLWATCH_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     // The team's own table, in the machine's PostgreSQL.
@@ -777,6 +958,20 @@ async fn a_postgres_source_lands_by_cursor_and_feeds_a_downstream_job() {
         }
     }
 
+    // The CRM's stores, in the same database.
+    let shops = format!("crm_shops_{}", std::process::id());
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {shops} (merchant int NOT NULL, merchant_title text, code text NOT NULL, \
+           label text, tz text, open_hours text);
+         INSERT INTO {shops} VALUES
+           (41, 'Corner Bakery', 's-1', 'Main Street', 'Europe/Berlin', 'Mon-Fri 07:00-18:00'),
+           (41, 'Corner Bakery', 's-2', 'Station', 'Europe/Lisbon', '24h'),
+           (42, 'Bike Shop', 's-3', 'Harbour', 'Mars/Olympus', 'Mon-Sun 10:00-18:00');"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("jobs");
     // The URL is a mounted secret, never in the jobs repository.
@@ -800,6 +995,15 @@ async fn a_postgres_source_lands_by_cursor_and_feeds_a_downstream_job() {
         "payments-risk/refunds_by_device.datafusion.sql",
         "SELECT device_id, sum(amount_cents) AS refunded_cents, count(*) AS refunds\nFROM refunds\nGROUP BY device_id\n",
     );
+    // The platform team's merchant directory, declared like any source.
+    let directory = format!(
+        "description = \"stores from the CRM\"\ngrain = \"hour\"\n\n[source]\nurl_file = {:?}\n\
+         query = \"SELECT merchant AS merchant_id, merchant_title AS merchant_name, code AS store_id, \
+         label AS store_name, tz AS time_zone, open_hours AS hours FROM {shops}\"\n\
+         feeds = \"merchant-directory\"\n",
+        secret.display().to_string()
+    );
+    write(&root, "platform-data/merchant_directory.toml", &directory);
     let (ok, out, err) = validate(&root);
     assert!(ok, "{out}\n{err}");
     assert!(
@@ -807,17 +1011,17 @@ async fn a_postgres_source_lands_by_cursor_and_feeds_a_downstream_job() {
             .any(|l| l.starts_with("refunds ") && l.contains("postgres source")),
         "{out}"
     );
+    // A second feed of the directory is refused, naming the first.
+    write(&root, "store-ops/shops.toml", &directory);
+    let (ok, out, err) = validate(&root);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("store-ops/shops.toml:4:")
+            && err.contains("already fed by merchant_directory"),
+        "{err}"
+    );
 
-    let mut config = Config {
-        data_dir: dir.path().join("data"),
-        ..Config::default()
-    };
-    config.mqtt.client_id = "source-gateway".into();
-    config.scheduler.tick = Duration::from_millis(200);
-    config.scheduler.engine = RollupEngine::Embedded;
-    config.scheduler.start = "6h".into();
-    config.scheduler.jobs_dir = vec![root.clone()];
-    config.http.tokens = test_tokens(VIEWER, OPERATOR);
+    let config = standalone_config(dir.path(), &root, "source-gateway", "6h");
     let embedded = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
     let standalone = InProcess::start(config.clone(), Some(embedded)).await;
     let lake = Lake::new(config.data_dir.join("lake"));
@@ -882,9 +1086,63 @@ async fn a_postgres_source_lands_by_cursor_and_feeds_a_downstream_job() {
             .contains("\"refunds\""),
         "{lineage}"
     );
+
+    // The directory: the stores with their names, zones and hours, as the
+    // API gives them (the store in an unknown zone is skipped); the second
+    // feed was refused and the rest ran.
+    let stores = || {
+        api_get(standalone.http, "/api/v1/stores", VIEWER)["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                [
+                    &s["merchant_id"],
+                    &s["store_id"],
+                    &s["name"],
+                    &s["time_zone"],
+                    &s["hours"],
+                ]
+                .map(|v| v.as_str().unwrap_or("-").to_string())
+            })
+            .collect::<Vec<_>>()
+    };
+    let want_stores = [
+        [
+            "41",
+            "s-1",
+            "Main Street",
+            "Europe/Berlin",
+            "Mon-Fri 07:00-18:00",
+        ],
+        ["41", "s-2", "Station", "Europe/Lisbon", "24h"],
+    ]
+    .map(|r| r.map(String::from))
+    .to_vec();
+    wait_for(
+        "the merchant directory's stores",
+        Duration::from_secs(60),
+        || stores() == want_stores,
+    )
+    .await;
+    let merchants = api_get(standalone.http, "/api/v1/merchants", VIEWER);
+    assert!(
+        merchants.to_string().contains("Corner Bakery"),
+        "{merchants}"
+    );
+    let jobs = api_get(standalone.http, "/api/v1/jobs?owner=platform-data", VIEWER);
+    assert_eq!(jobs["jobs"][0]["name"], "merchant_directory", "{jobs}");
+    assert!(
+        jobs["refused"]
+            .to_string()
+            .contains("store-ops/shops.toml:4: the merchant directory is already fed"),
+        "{jobs}"
+    );
     standalone.stop().await;
-    sqlx::query(&format!("DROP TABLE {table}"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    for t in [&table, &shops] {
+        sqlx::query(&format!("DROP TABLE {t}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
 }

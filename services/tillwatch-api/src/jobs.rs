@@ -4,27 +4,33 @@
 //! | method and path | what |
 //! |---|---|
 //! | `GET /api/v1/jobs?owner=` | jobs (of one owning team), settings, partitions by status (stale: inputs changed since it ran), the ingest watermark, what is due now and why |
-//! | `GET /api/v1/runs?job=&status=&limit=` | runs of every job, newest first, each with its log |
+//! | `GET /api/v1/runs?job=&owner=&status=&limit=` | runs of every job (or one team's), newest first, each with its log |
 //! | `GET /api/v1/jobs/{job}/runs?partition=&limit=` | run history, newest first |
 //! | `GET /api/v1/jobs/{job}/partitions/{partition}/lineage` | the runs and inputs behind a partition, and its downstream |
 //! | `POST /api/v1/jobs/{job}/backfill` | `{"from","to","downstream","dry_run"}`: marks the range for the scheduler, upstream first; answers with the partitions |
 //! | `POST /api/v1/jobs/{job}/clear` | the same (a backfill over HTTP is driven by the running scheduler) |
 //! | `GET /api/v1/jobs/{job}/progress?from=&to=&downstream=&since=` | each partition of a range: waiting, running, succeeded or failed |
+//! | `POST /api/v1/jobs/{job}/pause` | `{"reason"}`: the scheduler starts none of its partitions until it is resumed (who, when and why are on the jobs page) |
+//! | `POST /api/v1/jobs/{job}/resume` | it runs again, catching up on what came due meanwhile |
+//! | `POST /api/v1/jobs/{job}/partitions/{partition}/mark-succeeded` | `{"reason"}`: records the partition as succeeded without running it (who and why are kept on the run); its readers go on |
 //!
 //! Errors are JSON `{"error": "…"}` naming what was wrong: 404 for an
 //! unknown job, 400 for a bad partition, range or parameter.
 
-use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
+use axum::{Extension, Json};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tillwatch_query::jobs::{
-    JobQueries, JobsOverview, Lineage, RangeProgress, RangeRequest, RunList,
+    JobQueries, JobsOverview, Lineage, Paused, RangeProgress, RangeRequest, Run, RunList,
 };
 
+use tillwatch_config::Role;
+
+use crate::auth::Caller;
 use crate::{ApiError, Doc, Routes, bad};
 
 type Typed<T> = Result<Json<T>, ApiError>;
@@ -72,6 +78,7 @@ async fn runs(
 #[serde(deny_unknown_fields)]
 struct AllRunsQuery {
     job: Option<String>,
+    owner: Option<String>,
     status: Option<String>,
     limit: Option<u32>,
 }
@@ -82,8 +89,13 @@ async fn all_runs(
 ) -> Typed<RunList> {
     let Query(q) = q?;
     Ok(Json(
-        jobs.runs(q.job.as_deref(), q.status.as_deref(), q.limit)
-            .await?,
+        jobs.runs(
+            q.job.as_deref(),
+            q.owner.as_deref(),
+            q.status.as_deref(),
+            q.limit,
+        )
+        .await?,
     ))
 }
 
@@ -166,6 +178,69 @@ async fn progress(
     ))
 }
 
+/// Why a job is paused.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct PauseBody {
+    /// Shown on the jobs page with who paused it and when (1-500
+    /// characters).
+    reason: String,
+}
+
+/// A job's pause, or that it runs.
+#[derive(Serialize, JsonSchema)]
+struct PauseState {
+    job: String,
+    /// `null` once resumed.
+    paused: Option<Paused>,
+}
+
+async fn pause(
+    State(jobs): State<JobQueries>,
+    Path(job): Path<String>,
+    caller: Option<Extension<Caller>>,
+    body: Result<Json<PauseBody>, JsonRejection>,
+) -> Typed<PauseState> {
+    let Json(body) = body.map_err(|e| bad(format!("the body: {}", e.body_text())))?;
+    let by = caller
+        .map(|Extension(c)| c.name)
+        .unwrap_or_else(|| Role::Operator.as_str().to_string());
+    let paused = jobs.pause(&job, &by, &body.reason).await?;
+    Ok(Json(PauseState {
+        job,
+        paused: Some(paused),
+    }))
+}
+
+/// Why a partition is marked succeeded.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct MarkBody {
+    /// Kept on the run with who marked it (1-500 characters).
+    reason: String,
+}
+
+async fn mark_succeeded(
+    State(jobs): State<JobQueries>,
+    Path((job, partition)): Path<(String, String)>,
+    caller: Option<Extension<Caller>>,
+    body: Result<Json<MarkBody>, JsonRejection>,
+) -> Typed<Run> {
+    let Json(body) = body.map_err(|e| bad(format!("the body: {}", e.body_text())))?;
+    let by = caller
+        .map(|Extension(c)| c.name)
+        .unwrap_or_else(|| Role::Operator.as_str().to_string());
+    Ok(Json(
+        jobs.mark_succeeded(&job, &partition, &by, &body.reason)
+            .await?,
+    ))
+}
+
+async fn resume(State(jobs): State<JobQueries>, Path(job): Path<String>) -> Typed<PauseState> {
+    jobs.resume(&job).await?;
+    Ok(Json(PauseState { job, paused: None }))
+}
+
 /// `POST /api/v1/jobs/{job}/<action>` with a [`RangeBody`]: 202 and the
 /// range marked, or 200 for a dry run.
 fn range_doc(action: &str, summary: &'static str) -> Doc {
@@ -201,6 +276,7 @@ pub fn router(jobs: JobQueries) -> Routes {
                 "Runs of every job, newest first, each with its log",
             )
             .query("job", "string", "Only this job's")
+            .query("owner", "string", "Only the runs of this team's jobs")
             .query("status", "string", "running, succeeded or failed")
             .query("limit", "integer", "1-1000, default 50")
             .returns::<RunList>(),
@@ -236,6 +312,39 @@ pub fn router(jobs: JobQueries) -> Routes {
         .route(
             range_doc("clear", "Mark a range to run again"),
             post(request),
+        )
+        .route(
+            Doc::post(
+                "/api/v1/jobs/{job}/pause",
+                "jobs",
+                "Pause a job: none of its partitions start until it is resumed",
+            )
+            .path_param("job", job)
+            .accepts::<PauseBody>(r#"{"reason": "the payments DB is being migrated"}"#)
+            .returns::<PauseState>(),
+            post(pause),
+        )
+        .route(
+            Doc::post(
+                "/api/v1/jobs/{job}/partitions/{partition}/mark-succeeded",
+                "jobs",
+                "Record a partition as succeeded without running it, with who and why",
+            )
+            .path_param("job", job)
+            .path_param("partition", partition)
+            .accepts::<MarkBody>(r#"{"reason": "the source had no refunds that hour"}"#)
+            .returns::<Run>(),
+            post(mark_succeeded),
+        )
+        .route(
+            Doc::post(
+                "/api/v1/jobs/{job}/resume",
+                "jobs",
+                "Resume a paused job; it catches up on what came due",
+            )
+            .path_param("job", job)
+            .returns::<PauseState>(),
+            post(resume),
         )
         .route(
             Doc::get(

@@ -448,7 +448,8 @@ async function alertsPage() {
 // ---- Jobs ---------------------------------------------------------------------
 
 // Jobs placed in columns by depth: sources first, each job right of what it reads.
-function lineageGraph(jobs) {
+// With `owner`, the other teams' jobs are drawn faint.
+function lineageGraph(jobs, owner) {
   const depth = {};
   const byName = Object.fromEntries(jobs.map((j) => [j.name, j]));
   const visit = (name, seen) => {
@@ -467,28 +468,79 @@ function lineageGraph(jobs) {
     while (columns.length <= d) columns.push([]);
     const reads = j.inputs.map((i) => i.job || i.source).join(", ");
     const p = j.partitions;
-    columns[d].push(el("div", { class: "node" + (p.failed ? " failed" : ""), "data-job": j.name },
+    const faint = owner && j.owner !== owner ? " other" : "";
+    columns[d].push(el("div", { class: "node" + (p.failed ? " failed" : "") + faint, "data-job": j.name, title: j.description || "" },
       el("b", {}, j.name), el("small", {}, `${j.grain} · reads ${reads || "nothing"}`),
       el("small", {}, `${p.succeeded} ok · ${p.failed} failed · ${p.stale} stale`)));
   }
   return columns.map((nodes) => el("div", { class: "column" }, ...nodes));
 }
 
-function runRow(r) {
+// Records a failed partition as succeeded (operator token), asking why.
+async function markSucceeded(r) {
+  const reason = prompt(`Why mark ${r.job} ${r.partition} succeeded without running it? (kept on the run)`);
+  if (!reason || !reason.trim()) return;
+  try {
+    clearError();
+    await api(`/api/v1/jobs/${encodeURIComponent(r.job)}/partitions/${encodeURIComponent(r.partition)}/mark-succeeded`,
+      "POST", { reason: reason.trim() });
+    await loadJobs();
+  } catch (e) {
+    showError(e.message);
+  }
+}
+
+function runRow(r, markable) {
+  const status = r.reason === "marked" ? "succeeded (marked)" : r.status;
   return el("tr", { class: r.status === "failed" ? "failed" : "" },
-    el("td", {}, r.job), el("td", {}, r.partition), el("td", { class: r.status === "failed" ? "bad" : r.status === "succeeded" ? "ok" : "" }, r.status),
+    el("td", {}, r.job), el("td", {}, r.partition),
+    el("td", { class: r.status === "failed" ? "bad" : r.status === "succeeded" ? "ok" : "" }, status,
+      markable ? el("button", { type: "button", class: "mark", onclick: () => markSucceeded(r) }, "Mark succeeded") : ""),
     el("td", {}, r.reason), el("td", {}, when(r.started_ms)),
     el("td", {}, r.finished_ms ? span(r.finished_ms - r.started_ms) : ""),
     el("td", {}, el("details", {}, el("summary", {}, r.error ? r.error.slice(0, 80) : `${r.rows ?? ""} rows`),
       el("pre", {}, r.log.join("\n")))));
 }
 
+// A job's pause: who, since when and why, and the button that ends it; or
+// the button that starts one (asking why).
+function pauseCell(j) {
+  const act = async (action, body) => {
+    try {
+      clearError();
+      await api(`/api/v1/jobs/${encodeURIComponent(j.name)}/${action}`, "POST", body);
+      await loadJobs();
+    } catch (e) {
+      showError(e.message);
+    }
+  };
+  if (j.paused) {
+    return [el("span", { class: "warn" }, `paused by ${j.paused.by} ${when(j.paused.at_ms)}: ${j.paused.reason} `),
+      el("button", { type: "button", onclick: () => act("resume") }, "Resume")];
+  }
+  return [el("button", { type: "button", onclick: () => {
+    const reason = prompt(`Why pause ${j.name}? (shown to everyone)`);
+    if (reason && reason.trim()) act("pause", { reason: reason.trim() });
+  } }, "Pause")];
+}
+
 async function loadJobs() {
-  const [jobs, runs, failed] = await Promise.all([
+  // `?owner=` shows one team's jobs (and the runs of those jobs).
+  const owner = new URLSearchParams(location.search).get("owner") || "";
+  const only = owner ? `&owner=${encodeURIComponent(owner)}` : "";
+  const [all, runs, failed] = await Promise.all([
     api("/api/v1/jobs"),
-    api("/api/v1/runs?limit=30"),
-    api("/api/v1/runs?status=failed&limit=30"),
+    api(`/api/v1/runs?limit=30${only}`),
+    api(`/api/v1/runs?status=failed&limit=30${only}`),
   ]);
+  const select = document.getElementById("owner-filter").owner;
+  const owners = [...new Set(all.jobs.map((j) => j.owner))].sort();
+  if (select.options.length !== owners.length + 1) {
+    select.replaceChildren(el("option", { value: "" }, "every team"), ...owners.map((o) => el("option", { value: o }, o)));
+  }
+  select.value = owner;
+  const jobs = { ...all, jobs: all.jobs.filter((j) => !owner || j.owner === owner) };
+  const mine = new Set(jobs.jobs.map((j) => j.name));
   document.getElementById("watermark").textContent = jobs.watermark_ms
     ? `Ingest watermark: every reading sampled before ${when(jobs.watermark_ms)} has arrived.`
     : "No ingest watermark yet (no gateway has written).";
@@ -503,20 +555,28 @@ async function loadJobs() {
   const refused = document.getElementById("refused");
   refused.hidden = !(jobs.refused || []).length;
   refused.replaceChildren(...(jobs.refused || []).map((r) => el("p", {}, `Refused: ${r}`)));
-  document.getElementById("lineage").replaceChildren(...lineageGraph(jobs.jobs));
+  document.getElementById("lineage").replaceChildren(...lineageGraph(all.jobs, owner));
   fill("jobs", jobs.jobs.map((j) =>
-    el("tr", {}, el("td", {}, j.name), el("td", {}, j.grain), el("td", {}, j.schedule), el("td", {}, j.owner || ""),
+    el("tr", { "data-job": j.name }, el("td", {}, j.name), el("td", { class: "muted" }, j.description || ""),
+      el("td", {}, j.grain), el("td", {}, j.schedule), el("td", { class: "owner" }, j.owner || ""),
       el("td", {}, j.partitions.succeeded), el("td", { class: j.partitions.failed ? "bad" : "" }, j.partitions.failed),
       el("td", {}, j.partitions.running), el("td", {}, j.partitions.queued),
-      el("td", { class: j.partitions.stale ? "warn" : "" }, j.partitions.stale))));
-  fill("due", jobs.due.filter((t) => t.reason !== "scheduled").map((t) =>
+      el("td", { class: j.partitions.stale ? "warn" : "" }, j.partitions.stale),
+      el("td", { class: "pause" }, ...pauseCell(j)))));
+  fill("due", jobs.due.filter((t) => t.reason !== "scheduled" && mine.has(t.job)).map((t) =>
     el("tr", {}, el("td", {}, t.job), el("td", {}, t.partition), el("td", { class: t.reason === "stale" ? "warn" : "" }, t.reason),
       el("td", {}, t.attempt))), "Nothing stale or waiting to retry.");
-  fill("failures", failed.runs.map(runRow), "No failed runs.");
-  fill("runs", runs.runs.map(runRow), "No runs yet.");
-  const select = document.getElementById("backfill").job;
-  if (!select.options.length) {
-    for (const j of jobs.jobs) select.append(el("option", { value: j.name }, `${j.name} (${j.grain})`));
+  // A failed run that is its partition's newest can be marked succeeded.
+  const newest = {};
+  for (const r of [...runs.runs, ...failed.runs]) {
+    const k = `${r.job}/${r.partition}`;
+    if (!newest[k] || newest[k].started_ms < r.started_ms) newest[k] = r;
+  }
+  fill("failures", failed.runs.map((r) => runRow(r, newest[`${r.job}/${r.partition}`].run_id === r.run_id)), "No failed runs.");
+  fill("runs", runs.runs.map((r) => runRow(r, false)), "No runs yet.");
+  const target = document.getElementById("backfill").job;
+  if (target.options.length !== jobs.jobs.length) {
+    target.replaceChildren(...jobs.jobs.map((j) => el("option", { value: j.name }, `${j.name} (${j.grain})`)));
   }
 }
 
@@ -539,6 +599,13 @@ async function watchBackfill(job, answer, body) {
 }
 
 async function jobsPage() {
+  document.getElementById("owner-filter").owner.addEventListener("change", async (ev) => {
+    const params = new URLSearchParams(location.search);
+    if (ev.target.value) params.set("owner", ev.target.value);
+    else params.delete("owner");
+    history.replaceState(null, "", params.size ? `?${params}` : location.pathname);
+    await loadJobs().catch((e) => showError(e.message));
+  });
   document.getElementById("backfill").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const form = ev.target;

@@ -50,10 +50,13 @@ pub struct SchedulerConfig {
     /// run.
     #[serde(deserialize_with = "one_or_many")]
     pub jobs_dir: Vec<std::path::PathBuf>,
-    /// The merchant directory source: when set, the `merchant_directory`
-    /// job imports merchants and stores (names, time zones, opening hours)
-    /// from this database on its schedule (hourly unless
-    /// `[scheduler.jobs.merchant_directory]` says otherwise).
+    /// The merchant directory source, the short way: when set, the
+    /// `merchant_directory` job imports merchants and stores (names, time
+    /// zones, opening hours) from this database on its schedule (hourly
+    /// unless `[scheduler.jobs.merchant_directory]` says otherwise). It is
+    /// the same as a declared source job with `feeds =
+    /// "merchant-directory"` (see README, "Write your own job"), which is
+    /// the way to give the URL in a file or the environment.
     pub merchant_directory: Option<DirectorySource>,
     /// The UTC offsets, in whole hours, that the stores' time zones span,
     /// as `[west, east]` (default `[-12, 14]`: every zone).
@@ -311,6 +314,51 @@ pub struct SourceDeclaration {
     /// The longest the import waits for the database.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// What else the rows are: `"merchant-directory"` makes them the
+    /// merchant directory (one row per store: `merchant_id`, `store_id`
+    /// and optionally `merchant_name`, `store_name`, `time_zone`,
+    /// `hours`), so each run also updates the stores' names, time zones
+    /// and opening hours the alerter and the pages use. One job at most
+    /// feeds it, and it is a snapshot (no `cursor`).
+    pub feeds: Option<SourceFeed>,
+    /// The URL given in the operator's config (`[scheduler.merchant_directory]`),
+    /// never read from a declaration file.
+    #[serde(skip)]
+    pub url: Option<InlineUrl>,
+}
+
+/// What a source's rows stand for besides a lake table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceFeed {
+    /// The merchants and stores, with the stores' time zones and hours.
+    MerchantDirectory,
+}
+
+/// A database URL from the operator's config; its password is not shown
+/// by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InlineUrl(pub String);
+
+impl std::fmt::Debug for InlineUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", crate::without_password(&self.0))
+    }
+}
+
+impl SourceDeclaration {
+    /// `[scheduler.merchant_directory]` as the source it stands for.
+    pub fn merchant_directory(config: &DirectorySource) -> SourceDeclaration {
+        SourceDeclaration {
+            url_env: None,
+            url_file: None,
+            query: config.query.clone(),
+            cursor: None,
+            connect_timeout: config.connect_timeout,
+            feeds: Some(SourceFeed::MerchantDirectory),
+            url: Some(InlineUrl(config.url.clone())),
+        }
+    }
 }
 
 impl JobDeclaration {

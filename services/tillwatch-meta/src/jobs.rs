@@ -58,6 +58,9 @@ pub struct JobRunRow {
     /// The fingerprint of the job's code the run ran (`None` for runs
     /// recorded before the store kept it).
     pub code: Option<String>,
+    /// What an operator said of a run recorded by hand (a partition marked
+    /// succeeded: who and why).
+    pub note: Option<String>,
 }
 
 /// One input partition a run read, from [`JobRunRow::inputs`].
@@ -109,7 +112,7 @@ const PARTITION_COLUMNS: &str = "job, partition_key, grain, start_ms, status, at
      next_attempt_ms, started_ms, inputs_fingerprint, output_fingerprint, run_id, owner, lease_until_ms, \
      forced_ms";
 const RUN_COLUMNS: &str = "run_id, job, partition_key, attempt, reason, scheduler, started_ms, \
-     finished_ms, status, error, rows_written, inputs, inputs_fingerprint, output_fingerprint, code";
+     finished_ms, status, error, rows_written, inputs, inputs_fingerprint, output_fingerprint, code, note";
 
 fn partition_from_row(r: &sqlx::any::AnyRow) -> Result<JobPartitionRow, sqlx::Error> {
     Ok(JobPartitionRow {
@@ -148,7 +151,17 @@ fn run_from_row(r: &sqlx::any::AnyRow) -> Result<JobRunRow, sqlx::Error> {
         inputs_fingerprint: r.try_get("inputs_fingerprint")?,
         output_fingerprint: r.try_get("output_fingerprint")?,
         code: r.try_get("code")?,
+        note: r.try_get("note")?,
     })
+}
+
+/// A paused job: who paused it, when and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobPause {
+    pub job: String,
+    pub paused_at_ms: i64,
+    pub paused_by: String,
+    pub reason: String,
 }
 
 impl MetaStore {
@@ -258,7 +271,7 @@ impl MetaStore {
         run: &JobRunRow,
     ) -> Result<(), MetaError> {
         sqlx::query(&format!(
-            "INSERT INTO job_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            "INSERT INTO job_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         ))
         .bind(&run.run_id)
         .bind(&run.job)
@@ -275,6 +288,7 @@ impl MetaStore {
         .bind(&run.inputs_fingerprint)
         .bind(run.output_fingerprint.clone())
         .bind(run.code.clone())
+        .bind(run.note.clone())
         .execute(&mut **tx)
         .await
         .map_err(self.db())?;
@@ -359,6 +373,49 @@ impl MetaStore {
         }
         tx.commit().await.map_err(self.db())?;
         Ok(())
+    }
+
+    /// Pauses `job`: the scheduler starts none of its partitions until it
+    /// is resumed. Pausing a paused job keeps the first pause.
+    pub async fn pause_job(&self, pause: &JobPause) -> Result<bool, MetaError> {
+        let done = sqlx::query(
+            "INSERT INTO job_pauses (job, paused_at_ms, paused_by, reason) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (job) DO NOTHING",
+        )
+        .bind(&pause.job)
+        .bind(pause.paused_at_ms)
+        .bind(&pause.paused_by)
+        .bind(&pause.reason)
+        .execute(self.pool())
+        .await
+        .map_err(self.db())?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Resumes `job`; whether it was paused.
+    pub async fn resume_job(&self, job: &str) -> Result<bool, MetaError> {
+        let done = sqlx::query("DELETE FROM job_pauses WHERE job = $1")
+            .bind(job)
+            .execute(self.pool())
+            .await
+            .map_err(self.db())?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The paused jobs, by name.
+    pub async fn paused_jobs(&self) -> Result<Vec<JobPause>, MetaError> {
+        self.all(
+            sqlx::query("SELECT job, paused_at_ms, paused_by, reason FROM job_pauses ORDER BY job"),
+            |row| {
+                Ok(JobPause {
+                    job: row.try_get("job")?,
+                    paused_at_ms: row.try_get("paused_at_ms")?,
+                    paused_by: row.try_get("paused_by")?,
+                    reason: row.try_get("reason")?,
+                })
+            },
+        )
+        .await
     }
 
     /// One run by its id.

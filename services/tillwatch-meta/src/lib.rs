@@ -33,7 +33,7 @@ pub use attributes::{AttributeVersion, AttributionInputs};
 pub use batch::StateBatch;
 pub use connectivity::{DeviceFacts, HistoryEntry, OnlineTime};
 pub use findings::{Evaluation, FindingRecord};
-pub use jobs::{Claim, JobPartitionRow, JobRunRow, RunInput};
+pub use jobs::{Claim, JobPartitionRow, JobPause, JobRunRow, RunInput};
 pub use migrations::{MIGRATIONS, Migration, MigrationReport};
 pub use retention::{PruneBefore, Pruned};
 

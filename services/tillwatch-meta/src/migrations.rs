@@ -285,6 +285,23 @@ UPDATE devices SET first_sample_ms = first_seen_ms WHERE last_seen_ms IS NOT NUL
 ALTER TABLE job_runs ADD COLUMN code TEXT;
 ",
     },
+    Migration {
+        version: 14,
+        name: "job_pauses_and_run_notes",
+        // Jobs an operator paused: the scheduler starts none of their
+        // partitions until they are resumed (who, when and why); and the
+        // note on a run an operator recorded by hand (a partition marked
+        // succeeded: who and why).
+        sql: "
+ALTER TABLE job_runs ADD COLUMN note TEXT;
+CREATE TABLE job_pauses (
+    job TEXT PRIMARY KEY,
+    paused_at_ms BIGINT NOT NULL,
+    paused_by TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+",
+    },
 ];
 
 /// What a migration run did.

@@ -50,7 +50,8 @@ async fn registry_behaviour(store: &MetaStore) {
             "010_alerts_by_update",
             "011_leases",
             "012_device_attributes",
-            "013_job_run_code"
+            "013_job_run_code",
+            "014_job_pauses_and_run_notes"
         ]
     );
     let again = store.migrate().await.unwrap();

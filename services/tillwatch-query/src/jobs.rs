@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use schemars::JsonSchema;
 use serde::Serialize;
-use tillwatch_meta::JobRunRow;
+use tillwatch_meta::{JobPause, JobRunRow};
 use tillwatch_scheduler::{Input, Partition, Progress, Reason, Runner, Snapshot, Target, ops};
 
 use crate::QueryError;
@@ -67,6 +67,11 @@ pub struct JobInfo {
     pub name: String,
     /// The team that owns it.
     pub owner: String,
+    /// What its output holds.
+    pub description: String,
+    /// The fingerprint of its code (SQL, inputs, grain) now; each run
+    /// records the one it ran with.
+    pub code: Option<String>,
     /// `hour` or `day`.
     pub grain: &'static str,
     pub schedule: String,
@@ -80,8 +85,28 @@ pub struct JobInfo {
     pub concurrency: usize,
     /// Runs only in a daily window.
     pub window: bool,
+    /// Set while an operator has it paused: none of its partitions start.
+    pub paused: Option<Paused>,
     pub inputs: Vec<JobInput>,
     pub partitions: PartitionCounts,
+}
+
+/// Who paused a job, when and why.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Paused {
+    pub at_ms: i64,
+    pub by: String,
+    pub reason: String,
+}
+
+impl From<JobPause> for Paused {
+    fn from(p: JobPause) -> Paused {
+        Paused {
+            at_ms: p.paused_at_ms,
+            by: p.paused_by,
+            reason: p.reason,
+        }
+    }
 }
 
 /// A partition the scheduler would start now, and why.
@@ -143,8 +168,12 @@ pub struct Run {
     pub job: String,
     pub partition: String,
     pub attempt: i64,
-    /// `scheduled`, `retry`, `timed_out`, `stale` or `forced`.
+    /// `scheduled`, `retry`, `timed_out`, `lease_expired`, `stale`,
+    /// `forced`, `code_changed`, or `marked` (recorded by an operator, not
+    /// run).
     pub reason: String,
+    /// Who marked it and why, for a `marked` run.
+    pub note: Option<String>,
     /// The scheduler process that ran it.
     pub scheduler: String,
     pub started_ms: i64,
@@ -170,6 +199,7 @@ impl From<&JobRunRow> for Run {
             partition: r.partition_key.clone(),
             attempt: r.attempt,
             reason: r.reason.clone(),
+            note: r.note.clone(),
             scheduler: r.scheduler.clone(),
             started_ms: r.started_ms,
             finished_ms: r.finished_ms,
@@ -280,6 +310,19 @@ fn run_log(r: &JobRunRow) -> Vec<String> {
     };
     let inputs = r.input_list();
     let empty = inputs.iter().filter(|i| i.fingerprint.is_empty()).count();
+    if let Some(note) = &r.note {
+        // Recorded by hand: nothing ran.
+        return vec![
+            format!("{} {} {note}", at(r.started_ms), r.partition_key),
+            format!(
+                "{} over {} input partition(s), inputs fingerprint {}; output fingerprint {}",
+                at(r.started_ms),
+                inputs.len(),
+                r.inputs_fingerprint,
+                r.output_fingerprint.as_deref().unwrap_or("-")
+            ),
+        ];
+    }
     let mut log = vec![
         format!(
             "{} {} started by {} (attempt {}, {})",
@@ -414,6 +457,13 @@ impl JobQueries {
         let due = runner
             .due(snap.watermark_ms, &|t, p| snap.fingerprint(t, p))
             .await?;
+        let mut paused: std::collections::HashMap<String, Paused> = runner
+            .store()
+            .paused_jobs()
+            .await?
+            .into_iter()
+            .map(|p| (p.job.clone(), p.into()))
+            .collect();
         let jobs = runner
             .catalog()
             .jobs()
@@ -427,6 +477,8 @@ impl JobQueries {
                 JobInfo {
                     name: job.name.clone(),
                     owner: job.owner.clone(),
+                    description: job.description.clone(),
+                    code: job.code.clone(),
                     grain: job.grain.as_str(),
                     schedule: job.schedule.as_str().to_string(),
                     start_ms: job.start_ms,
@@ -437,6 +489,7 @@ impl JobQueries {
                     retries: job.retries,
                     concurrency: job.concurrency,
                     window: job.window.is_some(),
+                    paused: paused.remove(&job.name),
                     inputs: job
                         .inputs
                         .iter()
@@ -517,12 +570,17 @@ impl JobQueries {
     pub async fn runs(
         &self,
         job: Option<&str>,
+        owner: Option<&str>,
         status: Option<&str>,
         limit: Option<u32>,
     ) -> Result<RunList, QueryError> {
         if let Some(job) = job {
             self.known(job)?;
         }
+        let runner = self.runner();
+        let owned = |name: &str| {
+            owner.is_none_or(|o| runner.catalog().job(name).is_some_and(|j| j.owner == o))
+        };
         if let Some(status) = status
             && !["running", "succeeded", "failed"].contains(&status)
         {
@@ -532,15 +590,15 @@ impl JobQueries {
             ));
         }
         let limit = self::limit(limit, 1000)?;
-        // Newest first, filtered here: read more while a status filter
-        // leaves the page short.
+        // Newest first, filtered here: read more while a status or owner
+        // filter leaves the page short.
         let mut fetch = limit;
         let found = loop {
-            let runs = self.runner().store().job_runs(job, None, fetch).await?;
+            let runs = runner.store().job_runs(job, None, fetch).await?;
             let exhausted = runs.len() < fetch as usize;
             let found: Vec<Run> = runs
                 .iter()
-                .filter(|r| status.is_none_or(|st| st == r.status))
+                .filter(|r| status.is_none_or(|st| st == r.status) && owned(&r.job))
                 .take(limit as usize)
                 .map(Run::from)
                 .collect();
@@ -606,6 +664,81 @@ impl JobQueries {
             self.runner().now(),
         )
         .map_err(|e| QueryError::invalid("from", e.to_string()))
+    }
+
+    /// Pauses `job` (see [`Paused`]); a paused job stays paused with its
+    /// first reason. The reason must say something.
+    pub async fn pause(&self, job: &str, by: &str, reason: &str) -> Result<Paused, QueryError> {
+        self.known(job)?;
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            return Err(QueryError::invalid(
+                "reason",
+                "say why, in 1 to 500 characters: the jobs page shows it to everyone",
+            ));
+        }
+        let runner = self.runner();
+        runner
+            .store()
+            .pause_job(&JobPause {
+                job: job.to_string(),
+                paused_at_ms: runner.now(),
+                paused_by: by.to_string(),
+                reason: reason.to_string(),
+            })
+            .await?;
+        let pause = runner
+            .store()
+            .paused_jobs()
+            .await?
+            .into_iter()
+            .find(|p| p.job == job)
+            .ok_or_else(|| QueryError::NotFound(format!("{job} was resumed meanwhile")))?;
+        Ok(pause.into())
+    }
+
+    /// Marks `partition` of `job` succeeded without running it (see
+    /// `Runner::mark_succeeded`), by `by` for `reason`: the run it recorded.
+    pub async fn mark_succeeded(
+        &self,
+        job: &str,
+        partition: &str,
+        by: &str,
+        reason: &str,
+    ) -> Result<Run, QueryError> {
+        self.known(job)?;
+        let partition = self::partition("partition", partition)?;
+        let reason = reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            return Err(QueryError::invalid(
+                "reason",
+                "say why, in 1 to 500 characters: the run history keeps it",
+            ));
+        }
+        let runner = self.runner();
+        let snap = self.snapshots.snapshot(&runner).await;
+        let run_id = runner
+            .mark_succeeded(
+                job,
+                partition,
+                &format!("marked succeeded by {by}: {reason}"),
+                snap.watermark_ms,
+                &|t, p| snap.fingerprint(t, p),
+            )
+            .await?
+            .map_err(|why| QueryError::invalid("partition", why))?;
+        let run = runner
+            .store()
+            .job_run(&run_id)
+            .await?
+            .ok_or_else(|| QueryError::NotFound(format!("run {run_id}")))?;
+        Ok(Run::from(&run))
+    }
+
+    /// Resumes `job`; whether it was paused.
+    pub async fn resume(&self, job: &str) -> Result<bool, QueryError> {
+        self.known(job)?;
+        Ok(self.runner().store().resume_job(job).await?)
     }
 
     /// Marks the range to run again (upstream first), or with `dry_run`

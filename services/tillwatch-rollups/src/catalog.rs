@@ -5,7 +5,7 @@ use std::time::Duration;
 use tillwatch_config::{JobSettings, RetentionConfig, SchedulerConfig};
 use tillwatch_scheduler::{Catalog, JobSpec, RunWindow, Schedule};
 
-use crate::declared::{self, DeclaredJob};
+use crate::declared::{self, DeclaredJob, Problem};
 
 /// Every built-in job with its defaults, upstream first.
 pub fn builtin() -> Vec<JobSpec> {
@@ -43,33 +43,30 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Applies `s` to `job`; a problem is named by `at(key)`.
-fn apply(
-    job: &mut JobSpec,
-    s: &JobSettings,
-    now_ms: i64,
-    errors: &mut Vec<String>,
-    at: &dyn Fn(&str) -> String,
-) {
+/// A problem with one setting: its key, and what is wrong.
+type SettingError = (&'static str, String);
+
+/// Applies `s` to `job`; each problem names its key.
+fn apply(job: &mut JobSpec, s: &JobSettings, now_ms: i64, errors: &mut Vec<SettingError>) {
     let tz = s.time_zone.as_deref().unwrap_or("UTC");
     if s.schedule.is_some() || s.time_zone.is_some() {
         let text = s.schedule.as_deref().unwrap_or(job.schedule.as_str());
         match Schedule::parse(text, tz) {
             Ok(schedule) => job.schedule = schedule,
-            Err(e) => errors.push(format!("{}: {e}", at("schedule"))),
+            Err(e) => errors.push(("schedule", e.to_string())),
         }
     }
     if let Some(start) = &s.start {
         match parse_start(start, now_ms) {
             Ok(v) => job.start_ms = v,
-            Err(e) => errors.push(format!("{}: {e}", at("start"))),
+            Err(e) => errors.push(("start", e.to_string())),
         }
     }
     if let Some(end) = &s.end {
         match parse_start(end, now_ms) {
             Ok(v) if v > job.start_ms => job.end_ms = Some(v),
-            Ok(_) => errors.push(format!("{}: must come after the start", at("end"))),
-            Err(e) => errors.push(format!("{}: {e}", at("end"))),
+            Ok(_) => errors.push(("end", "must come after the start".to_string())),
+            Err(e) => errors.push(("end", e.to_string())),
         }
     }
     if let Some(v) = s.catch_up {
@@ -79,17 +76,17 @@ fn apply(
         let zone = s.window_time_zone.as_deref().unwrap_or(tz);
         match RunWindow::parse(window, zone) {
             Ok(w) => job.window = Some(w),
-            Err(e) => errors.push(format!("{}: {e}", at("window"))),
+            Err(e) => errors.push(("window", e.to_string())),
         }
     } else if s.window_time_zone.is_some() {
-        errors.push(format!("{}: set without a window", at("window_time_zone")));
+        errors.push(("window_time_zone", "set without a window".to_string()));
     }
     if let Some(v) = s.lateness {
         job.lateness_ms = ms(v);
     }
     if let Some(v) = s.timeout {
         if v.is_zero() {
-            errors.push(format!("{}: must be more than 0s", at("timeout")));
+            errors.push(("timeout", "must be more than 0s".to_string()));
         }
         job.timeout_ms = ms(v);
     }
@@ -103,15 +100,14 @@ fn apply(
         job.retry_max_ms = ms(v);
     }
     if job.retry_max_ms < job.retry_base_ms {
-        errors.push(format!(
-            "{}: must be at least retry_base ({} ms)",
-            at("retry_max"),
-            job.retry_base_ms
+        errors.push((
+            "retry_max",
+            format!("must be at least retry_base ({} ms)", job.retry_base_ms),
         ));
     }
     if let Some(v) = s.concurrency {
         if v == 0 {
-            errors.push(format!("{}: must be at least 1", at("concurrency")));
+            errors.push(("concurrency", "must be at least 1".to_string()));
         }
         job.concurrency = v;
     }
@@ -120,29 +116,30 @@ fn apply(
     }
     if let Some(v) = s.sla {
         if v.is_zero() {
-            errors.push(format!("{}: must be more than 0s", at("sla")));
+            errors.push(("sla", "must be more than 0s".to_string()));
         }
         job.sla_ms = Some(ms(v));
     }
 }
 
 /// The teams' declarations under `dirs`, checked together with the
-/// built-in ones: those that pass, and what was wrong with the others.
-/// A job with a problem is refused, and so is every job reading it; the
-/// rest are checked again without them until what is left passes.
+/// product's (`product`: the built-in ones and any the operator's config
+/// stands for): those that pass, and what was wrong with the others. A
+/// job with a problem is refused, and so is every job reading it; the rest
+/// are checked again without them until what is left passes.
 pub fn team_jobs(
-    builtin: &[DeclaredJob],
+    product: &[DeclaredJob],
     dirs: &[std::path::PathBuf],
-) -> (Vec<DeclaredJob>, Vec<String>) {
+) -> (Vec<DeclaredJob>, Vec<Problem>) {
     let mut team = Vec::new();
     let mut refused = Vec::new();
     for dir in dirs {
         let (found, problems) = declared::load_dir(dir);
         team.extend(found);
-        refused.extend(problems.iter().map(ToString::to_string));
+        refused.extend(problems);
     }
     loop {
-        let all: Vec<DeclaredJob> = builtin.iter().chain(team.iter()).cloned().collect();
+        let all: Vec<DeclaredJob> = product.iter().chain(team.iter()).cloned().collect();
         let mut problems = declared::check(&all);
         if problems.is_empty() && !team.is_empty() {
             // The SQL reads only what the job declares, and plans.
@@ -151,26 +148,20 @@ pub fn team_jobs(
         if problems.is_empty() {
             return (team, refused);
         }
-        let bad: std::collections::BTreeSet<String> = problems
-            .iter()
-            .map(|p| {
-                let stem = p
-                    .file
-                    .strip_suffix(".datafusion.sql")
-                    .or_else(|| p.file.strip_suffix(".clickhouse.sql"))
-                    .or_else(|| p.file.strip_suffix(".toml"))
-                    .unwrap_or(&p.file);
-                format!("{stem}.toml")
-            })
-            .collect();
-        refused.extend(problems.iter().map(ToString::to_string));
+        let bad: std::collections::BTreeSet<String> =
+            problems.iter().map(Problem::declaration).collect();
+        refused.extend(problems);
         let before = team.len();
         team.retain(|j| !bad.contains(&j.file));
-        drop_orphans(builtin, &mut team, &mut refused);
+        drop_orphans(product, &mut team, &mut refused);
         if team.len() == before {
             // A problem no single team file is to blame for: refuse them all.
             for j in team.drain(..) {
-                refused.push(format!("{}: not loaded with the problems above", j.file));
+                refused.push(Problem {
+                    file: j.file,
+                    line: None,
+                    message: "not loaded with the problems above".into(),
+                });
             }
             return (team, refused);
         }
@@ -178,30 +169,28 @@ pub fn team_jobs(
 }
 
 /// Refuses the team jobs that read a job no longer there, until none do.
-fn drop_orphans(builtin: &[DeclaredJob], team: &mut Vec<DeclaredJob>, refused: &mut Vec<String>) {
+fn drop_orphans(product: &[DeclaredJob], team: &mut Vec<DeclaredJob>, refused: &mut Vec<Problem>) {
     loop {
-        let names: std::collections::BTreeSet<String> = builtin
+        let names: std::collections::BTreeSet<String> = product
             .iter()
             .chain(team.iter())
             .map(|j| j.name.clone())
             .collect();
-        let orphans: Vec<(String, String)> = team
+        let orphans: Vec<Problem> = team
             .iter()
             .filter_map(|j| {
                 j.declaration
                     .inputs
                     .iter()
                     .find(|i| !declared::is_source(i) && !names.contains(i.as_str()))
-                    .map(|i| (j.file.clone(), i.clone()))
+                    .map(|i| j.problem("inputs", format!("reads {i}, which was refused")))
             })
             .collect();
         if orphans.is_empty() {
             return;
         }
-        for (file, input) in &orphans {
-            refused.push(format!("{file}: reads {input}, which was refused"));
-        }
-        team.retain(|j| !orphans.iter().any(|(f, _)| *f == j.file));
+        team.retain(|j| !orphans.iter().any(|p| p.file == j.file));
+        refused.extend(orphans);
     }
 }
 
@@ -213,15 +202,21 @@ pub struct Loaded {
     /// teams'.
     pub declared: Vec<DeclaredJob>,
     /// The teams' declarations refused, each problem with its file.
-    pub refused: Vec<String>,
+    pub refused: Vec<Problem>,
 }
 
 impl Loaded {
-    /// A team's job (not one of the product's own) by name.
+    /// A job declared outside the product (a team's, or the operator's
+    /// merchant directory) by name.
     pub fn team_job(&self, name: &str) -> Option<&DeclaredJob> {
         self.declared
             .iter()
             .find(|d| d.name == name && !d.file.starts_with(declared::BUILTIN_ROOT))
+    }
+
+    /// The refusals as text, one per problem.
+    pub fn refused_text(&self) -> Vec<String> {
+        self.refused.iter().map(ToString::to_string).collect()
     }
 }
 
@@ -241,33 +236,39 @@ pub fn load(
         errors.push(format!("scheduler.start: {e}"));
         0
     });
-    let builtin = declared::builtin();
-    let (mut team, mut refused) = team_jobs(&builtin, &config.jobs_dir);
+    let mut product = declared::builtin();
+    if let Some(directory) = &config.merchant_directory {
+        product.push(declared::directory_job(directory));
+    }
+    let (mut team, mut refused) = team_jobs(&product, &config.jobs_dir);
     let [west, east] = config.local_day_utc_offsets;
-    let declared_spec = |d: &DeclaredJob, errors: &mut Vec<String>| {
+    let declared_spec = |d: &DeclaredJob, problems: &mut Vec<Problem>| {
         let mut job = d.spec();
         job.start_ms = default_start;
         if d.store_local_day() {
             job.reads_before_ms = i64::from(east.max(0)) * 3_600_000;
             job.reads_after_ms = -i64::from(west.min(0)) * 3_600_000;
         }
-        let file = d.clone();
+        let mut errors = Vec::new();
         apply(
             &mut job,
             &d.declaration.settings(&d.owner),
             now_ms,
-            errors,
-            &move |key: &str| match file.line_of(key) {
-                Some(line) => format!("{}:{line}: {key}", file.file),
-                None => format!("{}: {key}", file.file),
-            },
+            &mut errors,
+        );
+        problems.extend(
+            errors
+                .into_iter()
+                .map(|(key, message)| d.problem(key, format!("{key}: {message}"))),
         );
         job
     };
-    let mut jobs: Vec<JobSpec> = builtin
-        .iter()
-        .map(|d| declared_spec(d, &mut errors))
-        .collect();
+    let mut jobs: Vec<JobSpec> = Vec::new();
+    for d in &product {
+        let mut problems = Vec::new();
+        jobs.push(declared_spec(d, &mut problems));
+        errors.extend(problems.iter().map(ToString::to_string));
+    }
     // A team's settings that do not parse refuse its job (and its readers).
     loop {
         let mut bad = Vec::new();
@@ -283,39 +284,30 @@ pub fn load(
             break;
         }
         team.retain(|d| !bad.contains(&d.file));
-        drop_orphans(&builtin, &mut team, &mut refused);
+        drop_orphans(&product, &mut team, &mut refused);
     }
     jobs.extend(team.iter().map(|d| declared_spec(d, &mut Vec::new())));
-    if config.merchant_directory.is_some() {
-        let mut job = crate::directory::merchant_directory();
-        job.start_ms = default_start;
-        jobs.push(job);
-    }
     if retention.enabled {
         let mut job = crate::retention::retention_job();
         job.start_ms = default_start;
         jobs.push(job);
     }
-    let refused_names: Vec<String> = refused
-        .iter()
-        .filter_map(|r| {
-            let file = r.split(':').next()?;
-            let name = std::path::Path::new(file).file_stem()?.to_str()?;
-            Some(name.split('.').next().unwrap_or(name).to_string())
-        })
-        .collect();
+    let refused_names: std::collections::BTreeSet<&str> =
+        refused.iter().filter_map(Problem::job_name).collect();
     for name in config.jobs.keys() {
-        if name == crate::directory::MERCHANT_DIRECTORY && config.merchant_directory.is_none() {
+        if jobs.iter().any(|j| &j.name == name) || refused_names.contains(name.as_str()) {
+            // A job, or one whose declaration was refused (the refusal says why).
+        } else if name == crate::directory::MERCHANT_DIRECTORY {
             errors.push(format!(
-                "scheduler.jobs.{name}: the source is not configured; add [scheduler.merchant_directory] with url and query"
+                "scheduler.jobs.{name}: the source is not configured; add \
+                 [scheduler.merchant_directory] with url and query, or declare a source job with \
+                 feeds = \"merchant-directory\""
             ));
         } else if name == crate::retention::RETENTION && !retention.enabled {
             errors.push(format!(
                 "scheduler.jobs.{name}: retention.enabled is false, so the job does not run"
             ));
-        } else if refused_names.contains(name) {
-            // Its declaration was refused: the refusal says why.
-        } else if !jobs.iter().any(|j| &j.name == name) {
+        } else {
             let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
             errors.push(format!(
                 "scheduler.jobs.{name}: no such job; the jobs are {}",
@@ -326,17 +318,20 @@ pub fn load(
     let none = JobSettings::default();
     for job in &mut jobs {
         let settings = config.jobs.get(&job.name).unwrap_or(&none);
-        let name = job.name.clone();
-        apply(job, settings, now_ms, &mut errors, &move |key: &str| {
-            format!("scheduler.jobs.{name}.{key}")
-        });
+        let mut problems = Vec::new();
+        apply(job, settings, now_ms, &mut problems);
+        errors.extend(
+            problems
+                .into_iter()
+                .map(|(key, message)| format!("scheduler.jobs.{}.{key}: {message}", job.name)),
+        );
         job.kept_ms = crate::retention::kept_for_job(retention, &job.name);
     }
     if !errors.is_empty() {
         return Err(errors);
     }
     let catalog = Catalog::new(jobs).map_err(|e| vec![e.to_string()])?;
-    let mut declared = builtin;
+    let mut declared = product;
     declared.extend(team);
     Ok(Loaded {
         catalog,

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use tillwatch_config::{DayKind, DeclaredGrain, JobDeclaration};
+use tillwatch_config::{
+    DayKind, DeclaredGrain, DirectorySource, JobDeclaration, SourceDeclaration, SourceFeed,
+};
 use tillwatch_scheduler::{Catalog, Grain, Input, JobSpec};
 
 use crate::jobs::RAW_TABLES;
@@ -24,6 +26,27 @@ pub struct Problem {
     pub file: String,
     pub line: Option<usize>,
     pub message: String,
+}
+
+impl Problem {
+    /// The declaration (`….toml`) the problem refuses: its own file, or
+    /// the declaration beside the SQL file it is in.
+    pub fn declaration(&self) -> String {
+        let stem = self
+            .file
+            .strip_suffix(".datafusion.sql")
+            .or_else(|| self.file.strip_suffix(".clickhouse.sql"))
+            .or_else(|| self.file.strip_suffix(".toml"))
+            .unwrap_or(&self.file);
+        format!("{stem}.toml")
+    }
+
+    /// The name of the job whose file it is in, when it is a job's file.
+    pub fn job_name(&self) -> Option<&str> {
+        let file = Path::new(&self.file).file_name()?.to_str()?;
+        let name = file.split('.').next()?;
+        (file.ends_with(".toml") || file.ends_with(".sql")).then_some(name)
+    }
 }
 
 impl fmt::Display for Problem {
@@ -109,6 +132,7 @@ impl DeclaredJob {
         };
         let mut spec = JobSpec::new(&self.name, grain, self.inputs());
         spec.owner = self.owner.clone();
+        spec.description = self.declaration.description.clone();
         if self
             .declaration
             .source
@@ -173,6 +197,14 @@ impl DeclaredJob {
     /// own code, with the side inputs they register).
     pub fn is_product_rollup(&self) -> bool {
         self.file.starts_with(BUILTIN_ROOT) && !self.declaration.builtin
+    }
+
+    /// Whether its rows are the merchant directory.
+    pub fn feeds_directory(&self) -> bool {
+        self.declaration
+            .source
+            .as_ref()
+            .is_some_and(|s| s.feeds == Some(SourceFeed::MerchantDirectory))
     }
 
     /// Whether a job owned by `owner` may read this one.
@@ -367,6 +399,13 @@ fn load_files(root: &str, files: &Files) -> (Vec<DeclaredJob>, Vec<Problem>) {
                 Some("[source] needs exactly one of url_env (an environment variable) or url_file (a file) holding the postgres:// URL".to_string())
             } else if source.query.trim().is_empty() {
                 Some("[source] query is empty".to_string())
+            } else if source.feeds.is_some() && source.cursor.is_some() {
+                Some(
+                    "the merchant directory is a snapshot of every store: remove `cursor`"
+                        .to_string(),
+                )
+            } else if source.feeds.is_some() && job.declaration.grain != DeclaredGrain::Hour {
+                Some("the merchant directory is imported hourly: set grain = \"hour\"".to_string())
             } else {
                 None
             };
@@ -410,6 +449,28 @@ pub fn builtin() -> Vec<DeclaredJob> {
             .join("; ")
     );
     jobs
+}
+
+/// Where `[scheduler.merchant_directory]` is said to be in messages.
+pub const DIRECTORY_CONFIG: &str = "[scheduler.merchant_directory]";
+
+/// `[scheduler.merchant_directory]` in the operator's config as the source
+/// job it stands for: `merchant_directory`, owned by the platform team,
+/// hourly, feeding the merchant directory.
+pub fn directory_job(config: &DirectorySource) -> DeclaredJob {
+    let text = "description = \"The merchants and stores (names, time zones, opening hours) \
+                from the merchant directory\"\ngrain = \"hour\"\n";
+    let mut declaration: JobDeclaration =
+        toml::from_str(text).expect("the merchant directory's declaration parses");
+    declaration.source = Some(SourceDeclaration::merchant_directory(config));
+    DeclaredJob {
+        name: crate::directory::MERCHANT_DIRECTORY.to_string(),
+        owner: crate::jobs::PLATFORM_OWNER.to_string(),
+        file: DIRECTORY_CONFIG.to_string(),
+        text: text.to_string(),
+        declaration,
+        sql: JobSql::default(),
+    }
 }
 
 /// Reads a jobs root: every `owner/*.toml` and `owner/*.sql` one folder
@@ -501,6 +562,36 @@ pub fn stamp(roots: &[PathBuf]) -> u64 {
     hasher.finish()
 }
 
+/// The roots' [`stamp`], read again every `every` off the async workers:
+/// the value changes when a declaration or its SQL is added, changed or
+/// removed. The watching stops when every receiver is dropped. One
+/// watcher serves all who follow the declarations (the scheduler, the
+/// jobs API), so requests never read the files themselves.
+pub fn watch_stamp(
+    roots: Vec<PathBuf>,
+    every: std::time::Duration,
+) -> tokio::sync::watch::Receiver<u64> {
+    let (tx, rx) = tokio::sync::watch::channel(stamp(&roots));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let read = roots.clone();
+            let Ok(now) = tokio::task::spawn_blocking(move || stamp(&read)).await else {
+                continue;
+            };
+            tx.send_if_modified(|seen| {
+                let changed = *seen != now;
+                *seen = now;
+                changed
+            });
+        }
+    });
+    rx
+}
+
 /// The checks across jobs: a name declared twice, inputs that are no
 /// job, table or source, a job reading another team's job that is not
 /// public to it, and cycles. Problems name the reading job's file and the
@@ -508,12 +599,17 @@ pub fn stamp(roots: &[PathBuf]) -> u64 {
 pub fn check(jobs: &[DeclaredJob]) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut by_name: BTreeMap<&str, &DeclaredJob> = BTreeMap::new();
+    let mut directory: Option<&DeclaredJob> = None;
     for job in jobs {
         let reserved = [
             crate::retention::RETENTION,
             crate::directory::MERCHANT_DIRECTORY,
         ];
+        // The merchant directory's own name is free to the job that feeds it.
+        let named_for_it =
+            job.name == crate::directory::MERCHANT_DIRECTORY && job.feeds_directory();
         if !job.file.starts_with(BUILTIN_ROOT)
+            && !named_for_it
             && (reserved.contains(&job.name.as_str()) || is_source(&job.name))
         {
             problems.push(Problem {
@@ -533,6 +629,19 @@ pub fn check(jobs: &[DeclaredJob]) -> Vec<Problem> {
                 message: format!("job {:?} is already declared in {}", job.name, first.file),
             });
             continue;
+        }
+        if job.feeds_directory() {
+            if let Some(first) = directory {
+                problems.push(job.problem(
+                    "source",
+                    format!(
+                        "the merchant directory is already fed by {} ({}); one source feeds it",
+                        first.name, first.file
+                    ),
+                ));
+                continue;
+            }
+            directory = Some(job);
         }
         by_name.insert(&job.name, job);
     }

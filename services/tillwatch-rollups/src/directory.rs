@@ -1,13 +1,16 @@
-//! `merchant_directory`: a source job that imports merchants and stores
-//! (names, time zones, opening hours) from an external PostgreSQL with the
-//! query in `[scheduler.merchant_directory]`, so the dashboards and the
-//! alerter know store hours without anyone typing them in.
+//! The merchant directory: the rows of the source job that `feeds =
+//! "merchant-directory"` (a declared source, or `[scheduler.merchant_directory]`
+//! in the operator's config, which stands for one named `merchant_directory`)
+//! are the merchants and stores (names, time zones, opening hours), so the
+//! dashboards and the alerter know store hours without anyone typing them
+//! in.
 //!
-//! Each run reads the whole directory and
+//! Each run reads the whole directory ([`crate::source::fetch`]) and
 //! - upserts merchants and stores into the metadata store in one
 //!   transaction (the alerter picks changed stores up on its next sweep;
 //!   stores that left the directory keep their last entry),
-//! - writes the snapshot to the lake as `lake/merchant_directory/<hour>/`,
+//! - writes the snapshot to the lake as the job's partition
+//!   (`lake/<job>/<hour>/`),
 //! - and, with the ClickHouse engine, replaces the `merchant_directory`
 //!   table's contents (the latest snapshot) atomically.
 //!
@@ -16,20 +19,16 @@
 //! rows at all, fails the run with a message that says so.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use arrow::array::{ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
+use arrow::array::{Array, ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use sqlx::{Column, Connection, Row};
 use tillwatch_clickhouse::ClickHouse;
-use tillwatch_config::DirectorySource;
 use tillwatch_domain::hours::{WeeklyHours, time_zone};
 use tillwatch_domain::{MerchantId, StoreId};
 use tillwatch_meta::{MerchantRecord, MetaStore, StoreRecord};
-use tillwatch_scheduler::{Grain, JobError, JobSpec, Output, Partition};
+use tillwatch_scheduler::{JobError, Output, Partition};
 
 use crate::embedded::Embedded;
-use crate::jobs::PLATFORM_OWNER;
 use crate::side::{put_nullable, put_string};
 
 pub const MERCHANT_DIRECTORY: &str = "merchant_directory";
@@ -48,7 +47,7 @@ pub const COLUMNS: [&str; 6] = [
 /// row (which is skipped and reported).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {
-    #[error("the query returned no rows; check [scheduler.merchant_directory] query")]
+    #[error("the query returned no rows; check the merchant directory source's query")]
     NoRows,
     #[error(
         "the query returns a column {0:?}; the columns read are {columns} (rename with AS)",
@@ -80,15 +79,6 @@ impl From<DirectoryError> for JobError {
     fn from(e: DirectoryError) -> JobError {
         JobError::input(e)
     }
-}
-
-/// The job: hourly, no inputs, only the newest hour (a snapshot of the
-/// directory as it is now, not as it was).
-pub fn merchant_directory() -> JobSpec {
-    let mut job = JobSpec::new(MERCHANT_DIRECTORY, Grain::Hour, Vec::new());
-    job.owner = PLATFORM_OWNER.into();
-    job.catch_up = false;
-    job
 }
 
 /// One store row as the source gave it, checked.
@@ -125,48 +115,62 @@ impl Entry {
 
 /// Turns the query's rows into entries: the good ones, and a message for
 /// each row skipped. Fails on a column Tillwatch does not read, a required
-/// one missing, a value that is not text, or no rows.
-pub fn entries(
-    rows: &[sqlx::postgres::PgRow],
-) -> Result<(Vec<Entry>, Vec<DirectoryError>), DirectoryError> {
-    let first = rows.first().ok_or(DirectoryError::NoRows)?;
-    let names: Vec<String> = first
-        .columns()
-        .iter()
-        .map(|c| c.name().to_string())
-        .collect();
-    for n in &names {
-        if !COLUMNS.contains(&n.as_str()) {
-            return Err(DirectoryError::UnknownColumn(n.clone()));
+/// one missing, a value that cannot be read as text, or no rows.
+pub fn entries(batch: &RecordBatch) -> Result<(Vec<Entry>, Vec<DirectoryError>), DirectoryError> {
+    if batch.num_rows() == 0 {
+        return Err(DirectoryError::NoRows);
+    }
+    let schema = batch.schema();
+    for field in schema.fields() {
+        if !COLUMNS.contains(&field.name().as_str()) {
+            return Err(DirectoryError::UnknownColumn(field.name().clone()));
         }
     }
     for required in &COLUMNS[..2] {
-        if !names.iter().any(|n| n == required) {
+        if schema.column_with_name(required).is_none() {
             return Err(DirectoryError::MissingColumn(required));
         }
     }
-    let text =
-        |row: &sqlx::postgres::PgRow, name: &str| -> Result<Option<String>, DirectoryError> {
-            if !names.iter().any(|n| n == name) {
-                return Ok(None);
-            }
-            row.try_get::<Option<String>, _>(name)
-                .map(|v| v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
-                .map_err(|e| DirectoryError::NotText {
-                    column: name.to_string(),
-                    detail: e.to_string(),
-                })
+    // Each column read as text (a numeric id becomes its digits).
+    let mut texts: Vec<Option<StringArray>> = Vec::new();
+    for name in COLUMNS {
+        let Some((i, _)) = schema.column_with_name(name) else {
+            texts.push(None);
+            continue;
         };
+        let column = arrow::compute::cast(batch.column(i), &DataType::Utf8).map_err(|e| {
+            DirectoryError::NotText {
+                column: name.to_string(),
+                detail: e.to_string(),
+            }
+        })?;
+        let column = column
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .cloned()
+            .ok_or_else(|| DirectoryError::NotText {
+                column: name.to_string(),
+                detail: "not read as text".into(),
+            })?;
+        texts.push(Some(column));
+    }
+    let text = |c: usize, row: usize| -> Option<String> {
+        let column = texts[c].as_ref()?;
+        if column.is_null(row) {
+            return None;
+        }
+        Some(column.value(row).trim().to_string()).filter(|s| !s.is_empty())
+    };
     let mut good = Vec::new();
     let mut skipped = Vec::new();
-    for row in rows {
+    for row in 0..batch.num_rows() {
         let entry = Entry {
-            merchant_id: text(row, "merchant_id")?.unwrap_or_default(),
-            store_id: text(row, "store_id")?.unwrap_or_default(),
-            merchant_name: text(row, "merchant_name")?,
-            store_name: text(row, "store_name")?,
-            time_zone: text(row, "time_zone")?,
-            hours: text(row, "hours")?,
+            merchant_id: text(0, row).unwrap_or_default(),
+            store_id: text(1, row).unwrap_or_default(),
+            merchant_name: text(2, row),
+            store_name: text(3, row),
+            time_zone: text(4, row),
+            hours: text(5, row),
         };
         match entry.check() {
             Ok(e) => good.push(e),
@@ -230,8 +234,9 @@ fn row_binary(partition: Partition, entries: &[Entry]) -> Vec<u8> {
     out
 }
 
+/// Where the directory goes: the metadata store, the lake and (with the
+/// ClickHouse engine) its `merchant_directory` table.
 pub struct Directory {
-    pub source: DirectorySource,
     pub store: MetaStore,
     pub lake: Embedded,
     pub clickhouse: Option<ClickHouse>,
@@ -239,32 +244,14 @@ pub struct Directory {
 }
 
 impl Directory {
-    async fn fetch(&self) -> Result<Vec<sqlx::postgres::PgRow>, JobError> {
-        let timeout = self.source.connect_timeout.max(Duration::from_millis(100));
-        let mut conn = tokio::time::timeout(
-            timeout,
-            sqlx::postgres::PgConnection::connect(&self.source.url),
-        )
-        .await
-        .map_err(|_| {
-            JobError::read(
-                "the merchant directory",
-                format_args!("no answer within {timeout:?}"),
-            )
-        })?
-        .map_err(|e| JobError::read("the merchant directory (connecting)", e))?;
-        let rows = sqlx::query(&self.source.query)
-            .fetch_all(&mut conn)
-            .await
-            .map_err(|e| JobError::read("the merchant directory (its query)", e))?;
-        let _ = conn.close().await;
-        Ok(rows)
-    }
-
-    /// One import (see the module docs).
-    pub async fn import(&self, partition: Partition) -> Result<Output, JobError> {
-        let rows = self.fetch().await?;
-        let (entries, skipped) = entries(&rows)?;
+    /// One import's rows, from source job `job` (see the module docs).
+    pub async fn apply(
+        &self,
+        job: &str,
+        partition: Partition,
+        rows: &RecordBatch,
+    ) -> Result<Output, JobError> {
+        let (entries, skipped) = entries(rows)?;
         for problem in &skipped {
             tracing::warn!(%problem, "merchant directory row skipped");
         }
@@ -298,11 +285,7 @@ impl Directory {
             .collect();
         let output = self
             .lake
-            .write(
-                MERCHANT_DIRECTORY,
-                partition,
-                vec![batch(partition, &entries)],
-            )
+            .write(job, partition, vec![batch(partition, &entries)])
             .await?;
         if let Some(ch) = &self.clickhouse {
             let staging = format!("{MERCHANT_DIRECTORY}_staging");

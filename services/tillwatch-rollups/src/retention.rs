@@ -43,6 +43,7 @@ pub fn describe_metrics() {
 pub fn retention_job() -> JobSpec {
     let mut job = JobSpec::new(RETENTION, Grain::Day, Vec::new());
     job.owner = PLATFORM_OWNER.into();
+    job.description = "Deletes what the retention settings no longer keep, day by day".into();
     job.catch_up = false;
     job.retries = 5;
     job

@@ -11,11 +11,11 @@ use tillwatch_scheduler::{Clock, Partition, Runner, Snapshot, ingest_watermark};
 use tillwatch_storage::{Lake, Table};
 
 use tillwatch_clickhouse::ClickHouse;
-use tillwatch_config::{RollupEngine, RollupRulesConfig};
+use tillwatch_config::{RollupEngine, RollupRulesConfig, SourceFeed};
 use tillwatch_scheduler::{Executor, JobError, JobSpec, RunFuture};
 
 use crate::clickhouse::ClickHouseEngine;
-use crate::directory::{Directory, MERCHANT_DIRECTORY};
+use crate::directory::Directory;
 use crate::embedded::Embedded;
 use crate::findings;
 use crate::retention::RETENTION;
@@ -134,7 +134,7 @@ struct Jobs {
     /// The teams' declared jobs among them (run on the embedded engine).
     loaded: crate::catalog::Loaded,
     rollups: Arc<dyn Executor>,
-    directory: Option<Directory>,
+    directory: Directory,
     store: MetaStore,
     lake: Embedded,
     rules: RollupRulesConfig,
@@ -176,19 +176,19 @@ impl Executor for Jobs {
             }
             if let Some(declared) = self.loaded.team_job(&job.name) {
                 if let Some(source) = &declared.declaration.source {
-                    return crate::source::import(&self.lake, &job.name, source, partition).await;
+                    let rows = crate::source::fetch(&job.name, source, partition).await?;
+                    return match source.feeds {
+                        Some(SourceFeed::MerchantDirectory) => {
+                            self.directory.apply(&job.name, partition, &rows).await
+                        }
+                        None => self.lake.write(&job.name, partition, vec![rows]).await,
+                    };
                 }
                 let grain_of = |name: &str| self.loaded.catalog.job(name).map(|j| j.grain);
                 return self
                     .lake
                     .run_declared(job, declared, &grain_of, partition)
                     .await;
-            }
-            if job.name == MERCHANT_DIRECTORY {
-                return match &self.directory {
-                    Some(d) => d.import(partition).await,
-                    None => Err(JobError::NotConfigured("[scheduler.merchant_directory]")),
-                };
             }
             let output = self.rollups.run(job, partition).await?;
             self.evaluate_rules(&job.name, partition).await?;
@@ -231,7 +231,7 @@ pub fn open_with_refused(
     for problem in &loaded.refused {
         tracing::warn!(%problem, "a job declaration was refused; the other jobs run");
     }
-    let refused = loaded.refused.clone();
+    let refused = loaded.refused_text();
     let catalog = loaded.catalog.clone();
     let lake = Lake::from_config(config)?;
     let ch = engine(config);
@@ -245,17 +245,12 @@ pub fn open_with_refused(
         )),
         None => Arc::new(Embedded::with_side_inputs(lake.clone(), side)),
     };
-    let directory = config
-        .scheduler
-        .merchant_directory
-        .clone()
-        .map(|source| Directory {
-            source,
-            store: store.clone(),
-            lake: Embedded::new(lake.clone()),
-            clickhouse: ch,
-            clock: clock.clone(),
-        });
+    let directory = Directory {
+        store: store.clone(),
+        lake: Embedded::new(lake.clone()),
+        clickhouse: ch,
+        clock: clock.clone(),
+    };
     let executor = Arc::new(Jobs {
         loaded,
         rollups,
@@ -301,7 +296,6 @@ pub fn job_queries(
     config: &Config,
     store: MetaStore,
 ) -> Result<tillwatch_query::jobs::JobQueries, SchedulerError> {
-    let stamp = crate::declared::stamp(&config.scheduler.jobs_dir);
     let (runner, lake, refused) = open_with_refused(config, store.clone(), wall_clock())?;
     let stall_after = config.scheduler.watermark_stall_after;
     let queries = tillwatch_query::jobs::JobQueries::new(
@@ -313,23 +307,24 @@ pub fn job_queries(
         return Ok(queries);
     }
     // The teams' declarations change on disk: the answers follow them as
-    // the scheduler does.
+    // the scheduler does, within a tick (at most a second).
+    let every = config.scheduler.tick.min(std::time::Duration::from_secs(1));
+    let changes = std::sync::Mutex::new(crate::declared::watch_stamp(
+        config.scheduler.jobs_dir.clone(),
+        every,
+    ));
     let config = config.clone();
-    let last = std::sync::Mutex::new(stamp);
     Ok(queries.with_reload(
         Arc::new(move || {
-            let now = crate::declared::stamp(&config.scheduler.jobs_dir);
-            let mut last = last
+            let mut changes = changes
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if *last == now {
+            if !changes.has_changed().unwrap_or(false) {
                 return None;
             }
+            changes.borrow_and_update();
             match open_with_refused(&config, store.clone(), wall_clock()) {
-                Ok((runner, _, refused)) => {
-                    *last = now;
-                    Some((Arc::new(runner), refused))
-                }
+                Ok((runner, _, refused)) => Some((Arc::new(runner), refused)),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not load the changed job declarations");
                     None

@@ -13,7 +13,11 @@
 //! integers become Int64, reals and numerics Float64, booleans Boolean,
 //! timestamps Timestamp(ms, UTC) and dates Date32; anything else arrives
 //! as its text. The URL comes from `url_env` or `url_file`, never from the
-//! declaration.
+//! declaration (or, for `[scheduler.merchant_directory]`, from the
+//! operator's config).
+//!
+//! A source with `feeds = "merchant-directory"` hands its rows to
+//! [`crate::directory`], which checks them as stores and applies them.
 
 use std::sync::Arc;
 
@@ -79,17 +83,18 @@ fn conversions(columns: &[(String, Kind)]) -> String {
 
 /// The URL of the declaration's database.
 fn url(source: &SourceDeclaration) -> Result<String, JobError> {
-    let url = match (&source.url_env, &source.url_file) {
-        (Some(var), _) => std::env::var(var).map_err(|_| {
+    let url = match (&source.url, &source.url_env, &source.url_file) {
+        (Some(inline), _, _) => inline.0.clone(),
+        (None, Some(var), _) => std::env::var(var).map_err(|_| {
             JobError::read(
                 "the source's URL",
                 format_args!("the environment variable {var} is not set"),
             )
         })?,
-        (None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
+        (None, None, Some(file)) => std::fs::read_to_string(file).map_err(|e| {
             JobError::read(format_args!("the source's URL ({})", file.display()), e)
         })?,
-        (None, None) => {
+        (None, None, None) => {
             return Err(JobError::read(
                 "the source's URL",
                 "[source] names neither url_env nor url_file",
@@ -119,6 +124,17 @@ pub async fn import(
     source: &SourceDeclaration,
     partition: Partition,
 ) -> Result<Output, JobError> {
+    let batch = fetch(job, source, partition).await?;
+    lake.write(job, partition, vec![batch]).await
+}
+
+/// The rows of `partition` of source job `job`, as the query gives them
+/// (converted by type, see the module docs).
+pub async fn fetch(
+    job: &str,
+    source: &SourceDeclaration,
+    partition: Partition,
+) -> Result<RecordBatch, JobError> {
     let what = format!("source {job}");
     let url = url(source)?;
     let timeout = source
@@ -170,8 +186,7 @@ pub async fn import(
         .await
         .map_err(|e| JobError::read(format_args!("{what} (its query)"), e))?;
     let _ = conn.close().await;
-    let batch = to_batch(&columns, &rows).map_err(|e| JobError::read(&what, e))?;
-    lake.write(job, partition, vec![batch]).await
+    to_batch(&columns, &rows).map_err(|e| JobError::read(&what, e))
 }
 
 fn to_batch(

@@ -1,16 +1,18 @@
 //! The merchant directory source job against a real PostgreSQL standing in
-//! for a CRM: a few lines of config (a URL and a query) import merchants
-//! and stores with their time zones and hours into the metadata store and
-//! the lake; a row with a bad time zone is skipped and named; a query with
-//! a column Tillwatch does not read fails the run and says which.
+//! for a CRM: a few lines of config (a URL and a query, as
+//! `[scheduler.merchant_directory]` gives them) import merchants and stores
+//! with their time zones and hours into the metadata store and the lake; a
+//! row with a bad time zone is skipped and named; a query with a column
+//! Tillwatch does not read fails the run and says which.
 
 use std::sync::Arc;
 
-use tillwatch_config::DirectorySource;
+use tillwatch_config::{DirectorySource, SourceDeclaration};
 use tillwatch_meta::MetaStore;
 use tillwatch_meta::testing::TestDatabase;
 use tillwatch_rollups::directory::{Directory, MERCHANT_DIRECTORY};
 use tillwatch_rollups::embedded::Embedded;
+use tillwatch_rollups::source;
 use tillwatch_scheduler::{Grain, Partition};
 use tillwatch_storage::{Lake, read_file};
 
@@ -41,25 +43,27 @@ async fn stores_and_their_hours_come_from_the_crm() {
     store.migrate().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let lake = Lake::new(dir.path().join("lake"));
-    let directory = |query: &str| Directory {
-        source: DirectorySource {
-            url: crm.url.clone(),
-            query: query.into(),
-            connect_timeout: std::time::Duration::from_secs(10),
-        },
+    let directory = Directory {
         store: store.clone(),
         lake: Embedded::new(lake.clone()),
         clickhouse: None,
         clock: Arc::new(|| NOW),
     };
+    let import = async |query: &str, hour: Partition| {
+        let source = SourceDeclaration::merchant_directory(&DirectorySource {
+            url: crm.url.clone(),
+            query: query.into(),
+            connect_timeout: std::time::Duration::from_secs(10),
+        });
+        let rows = source::fetch(MERCHANT_DIRECTORY, &source, hour).await?;
+        directory.apply(MERCHANT_DIRECTORY, hour, &rows).await
+    };
     let hour = Partition::containing(Grain::Hour, NOW - 3_600_000);
 
-    let good = directory(
-        "SELECT m.code AS merchant_id, m.title AS merchant_name, s.code AS store_id, \
+    let good = "SELECT m.code AS merchant_id, m.title AS merchant_name, s.code AS store_id, \
                 s.label AS store_name, s.tz AS time_zone, s.open_hours AS hours \
-           FROM crm_shops s JOIN crm_merchants m ON m.id = s.merchant",
-    );
-    let out = good.import(hour).await.unwrap();
+           FROM crm_shops s JOIN crm_merchants m ON m.id = s.merchant";
+    let out = import(good, hour).await.unwrap();
     assert_eq!(out.rows, 3, "the store in an unknown time zone is skipped");
 
     let stores = store.stores().await.unwrap();
@@ -86,27 +90,51 @@ async fn stores_and_their_hours_come_from_the_crm() {
 
     // A re-import of an unchanged directory gives the same output.
     assert_eq!(
-        good.import(hour).await.unwrap().fingerprint,
+        import(good, hour).await.unwrap().fingerprint,
         out.fingerprint
     );
 
     // Mistakes in the query are named.
-    let extra = directory("SELECT code AS store_id, 'm-1' AS merchant_id, label FROM crm_shops");
-    let e = extra.import(hour).await.unwrap_err().to_string();
+    let e = import(
+        "SELECT code AS store_id, 'm-1' AS merchant_id, label FROM crm_shops",
+        hour,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("\"label\"") && e.contains("rename with AS"),
         "{e}"
     );
-    let missing = directory("SELECT code AS store_id FROM crm_shops");
-    let e = missing.import(hour).await.unwrap_err().to_string();
+    let e = import("SELECT code AS store_id FROM crm_shops", hour)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no merchant_id column"), "{e}");
-    let typed = directory("SELECT merchant AS merchant_id, code AS store_id FROM crm_shops");
-    let e = typed.import(hour).await.unwrap_err().to_string();
-    assert!(e.contains("merchant_id::text"), "{e}");
-    let empty =
-        directory("SELECT code AS merchant_id, code AS store_id FROM crm_shops WHERE false");
-    let e = empty.import(hour).await.unwrap_err().to_string();
+    let e = import(
+        "SELECT code AS merchant_id, code AS store_id FROM crm_shops WHERE false",
+        hour,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("no rows"), "{e}");
+
+    // A numeric id is read as its digits.
+    let next = Partition::containing(Grain::Hour, NOW);
+    import(
+        "SELECT merchant AS merchant_id, code AS store_id FROM crm_shops WHERE code = 's-3'",
+        next,
+    )
+    .await
+    .unwrap();
+    let stores = store.stores().await.unwrap();
+    assert!(
+        stores
+            .iter()
+            .any(|s| s.merchant_id == "2" && s.store_id == "s-3"),
+        "{stores:?}"
+    );
 
     crm.drop_it().await;
 }

@@ -101,6 +101,8 @@ pub struct JobSpec {
     pub name: String,
     /// The team that owns it.
     pub owner: String,
+    /// What its output holds, in a sentence (from its declaration).
+    pub description: String,
     pub grain: Grain,
     pub inputs: Vec<Input>,
     pub schedule: Schedule,
@@ -156,6 +158,7 @@ impl JobSpec {
         JobSpec {
             name: name.to_string(),
             owner: "tillwatch".into(),
+            description: String::new(),
             grain,
             inputs,
             schedule: Schedule::parse(schedule, "UTC").expect("built-in schedules parse"),

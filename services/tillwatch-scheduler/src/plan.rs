@@ -182,6 +182,18 @@ fn inputs_fingerprint(
     Some(fnv(&parts))
 }
 
+/// The fingerprint `partition` of `job` would run with now, or `None`
+/// while its inputs are not complete (a source hour not yet past the
+/// watermark, an upstream partition not succeeded).
+pub fn inputs_fingerprint_now(
+    catalog: &Catalog,
+    world: &World,
+    job: &JobSpec,
+    partition: Partition,
+) -> Option<String> {
+    inputs_fingerprint(job, partition, catalog, world, &HashSet::new())
+}
+
 /// What should start now, upstream jobs first, each job's oldest first.
 pub fn plan(catalog: &Catalog, world: &World) -> Vec<Task> {
     plan_with_backlog(catalog, world).0

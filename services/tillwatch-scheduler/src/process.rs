@@ -218,6 +218,14 @@ impl JobWatch {
                 return;
             }
         };
+        // A paused job is late on purpose: its SLA waits until it resumes.
+        let paused: std::collections::HashSet<String> = match runner.store().paused_jobs().await {
+            Ok(p) => p.into_iter().map(|p| p.job).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the paused jobs; job alerts wait a tick");
+                return;
+            }
+        };
         let mut failed = Vec::new();
         let mut late = Vec::new();
         for job in runner.catalog().jobs() {
@@ -264,7 +272,7 @@ impl JobWatch {
                     ));
                 }
             }
-            let Some(sla) = job.sla_ms else {
+            let Some(sla) = job.sla_ms.filter(|_| !paused.contains(&job.name)) else {
                 continue;
             };
             let until = job

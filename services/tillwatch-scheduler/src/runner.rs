@@ -248,6 +248,101 @@ impl Runner {
         ))
     }
 
+    /// Records `partition` of `job` as succeeded without running it (an
+    /// operator's decision: the hour's source was really empty, a failure
+    /// that cannot be fixed and must not hold its downstream), as a run
+    /// with reason `marked` and `note` (who and why) in its history. The
+    /// partition keeps its output if it had one; its readers run on it as
+    /// it is. Refused (`Ok(Err(why))`) while it runs or while its inputs are
+    /// not complete.
+    pub async fn mark_succeeded(
+        &self,
+        job: &str,
+        partition: Partition,
+        note: &str,
+        watermark_ms: i64,
+        source_fingerprint: &(dyn Fn(&str, Partition) -> String + Sync),
+    ) -> Result<Result<String, String>, MetaError> {
+        let Some(spec) = self.catalog.job(job) else {
+            return Ok(Err(format!("no job {job:?}")));
+        };
+        if partition.grain != spec.grain {
+            return Ok(Err(format!(
+                "{job} has {} partitions, not {}",
+                spec.grain.as_str(),
+                partition.grain.as_str()
+            )));
+        }
+        let now = (self.clock)();
+        if partition.end_ms() > now {
+            return Ok(Err(format!("{partition} has not ended yet")));
+        }
+        let (states, runs) = self.states().await?;
+        let key = (job.to_string(), partition);
+        let record = states.get(&key);
+        if record.is_some_and(|r| r.status == Status::Running) {
+            return Ok(Err(format!("{job} {partition} is running now")));
+        }
+        let fingerprint = {
+            let world = World {
+                now_ms: now,
+                watermark_ms,
+                states: &states,
+                source_fingerprint,
+            };
+            crate::plan::inputs_fingerprint_now(&self.catalog, &world, spec, partition)
+        };
+        let Some(fingerprint) = fingerprint else {
+            return Ok(Err(format!(
+                "the inputs of {job} {partition} are not complete yet (an upstream partition \
+                 has not succeeded, or its hours are not past the ingest watermark)"
+            )));
+        };
+        // Its readers see a new output (and run on it) unless it keeps one.
+        let output = record
+            .and_then(|r| r.output_fingerprint.clone())
+            .unwrap_or_else(|| format!("marked-{now}"));
+        let run = JobRunRow {
+            run_id: format!("{job}/{partition}/marked/{now}/{}", self.name),
+            job: job.to_string(),
+            partition_key: partition.key(),
+            attempt: 1,
+            reason: "marked".into(),
+            scheduler: self.name.clone(),
+            started_ms: now,
+            finished_ms: None,
+            status: "running".into(),
+            error: None,
+            rows_written: None,
+            inputs: self.lineage(spec, partition, &states, source_fingerprint),
+            inputs_fingerprint: fingerprint,
+            output_fingerprint: None,
+            code: spec.code.clone(),
+            note: Some(note.to_string()),
+        };
+        let won = self
+            .store
+            .claim_partition(&Claim {
+                job,
+                partition_key: &run.partition_key,
+                grain: partition.grain.as_str(),
+                start_ms: partition.start_ms,
+                expected_run_id: runs.get(&key).map(String::as_str),
+                run: &run,
+                lease_until_ms: now + self.lease_ms,
+            })
+            .await?;
+        if !won {
+            return Ok(Err(format!(
+                "{job} {partition} changed meanwhile (a scheduler started it); try again"
+            )));
+        }
+        self.store
+            .finish_run(&run.run_id, now, Ok((0, output.as_str())))
+            .await?;
+        Ok(Ok(run.run_id))
+    }
+
     /// One round: plans, claims and runs what is due (concurrently), and
     /// records each outcome. Returns the runs this runner started.
     pub async fn step(
@@ -287,8 +382,19 @@ impl Runner {
             metrics::gauge!(crate::process::PARTITIONS_DUE, "job" => job, "owner" => owner)
                 .set(due as f64);
         }
+        // A paused job starts nothing until it is resumed.
+        let paused: std::collections::HashSet<String> = self
+            .store
+            .paused_jobs()
+            .await?
+            .into_iter()
+            .map(|p| p.job)
+            .collect();
         let mut claimed = Vec::new();
-        for task in tasks.into_iter().filter(|t| wanted(t)) {
+        for task in tasks
+            .into_iter()
+            .filter(|t| wanted(t) && !paused.contains(&t.job))
+        {
             let Some(job) = self.catalog.job(&task.job) else {
                 continue;
             };
@@ -313,6 +419,7 @@ impl Runner {
                 inputs_fingerprint: task.inputs_fingerprint.clone(),
                 output_fingerprint: None,
                 code: job.code.clone(),
+                note: None,
             };
             let won = self
                 .store

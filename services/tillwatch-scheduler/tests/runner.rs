@@ -223,6 +223,7 @@ fn dead_run(started: i64) -> JobRunRow {
         inputs_fingerprint: "x".into(),
         output_fingerprint: None,
         code: None,
+        note: None,
     }
 }
 

@@ -145,12 +145,11 @@ pub(crate) async fn run_scheduler(
         tick: config.scheduler.tick,
         stall_after: config.scheduler.watermark_stall_after,
     };
-    let dirs = config.scheduler.jobs_dir.clone();
+    // The teams' declarations as loaded; a change (checked every tick)
+    // loads them again and the scheduler goes on with the new set.
+    let mut changes = declared::watch_stamp(config.scheduler.jobs_dir.clone(), settings.tick);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        // The teams' declarations as loaded; a change (checked every tick)
-        // loads them again and the scheduler goes on with the new set.
-        let stamp = declared::stamp(&dirs);
         let (runner, lake) = service::open(config, store.clone(), service::wall_clock())?;
         tracing::info!(
             jobs = runner.catalog().jobs().len(),
@@ -161,22 +160,12 @@ pub(crate) async fn run_scheduler(
         let snapshot = || service::snapshot(&runner, lake.clone(), settings.stall_after);
         let reload = std::sync::atomic::AtomicBool::new(false);
         let until = async {
-            let changed = async {
-                loop {
-                    tokio::time::sleep(settings.tick).await;
-                    // Reading the files blocks: off the async workers.
-                    let dirs = dirs.clone();
-                    let now = tokio::task::spawn_blocking(move || declared::stamp(&dirs))
-                        .await
-                        .unwrap_or(stamp);
-                    if now != stamp {
-                        return;
-                    }
-                }
-            };
             tokio::select! {
                 () = shutdown.as_mut() => {}
-                () = changed => reload.store(true, std::sync::atomic::Ordering::SeqCst),
+                Ok(()) = changes.changed() => {
+                    changes.borrow_and_update();
+                    reload.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
             }
         };
         tillwatch_scheduler::process::run(&runner, snapshot, settings, until).await?;

@@ -35,11 +35,48 @@ pub(crate) enum JobsCommand {
     /// Which runs and input partitions produced a partition, and what
     /// depends on it.
     Lineage(LineageArgs),
+    /// Pause a job: the scheduler starts none of its partitions (its
+    /// readers wait for it) until it is resumed.
+    Pause(PauseArgs),
+    /// Resume a paused job; it catches up on what came due meanwhile.
+    Resume(JobArgs),
+    /// Record a partition as succeeded without running it (its readers go
+    /// on); the run history keeps who and why.
+    MarkSucceeded(MarkArgs),
     /// Check job declarations (`<dir>/<owner>/<job>.toml` and their SQL)
     /// together with the built-in jobs, without a store or data: every
     /// problem is printed with its file and line, and the command fails if
     /// there is one. With no directory, the built-in jobs alone.
     Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PauseArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    job: String,
+    /// Why, for everyone who sees it paused (the jobs page, `jobs list`).
+    #[arg(long)]
+    reason: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct MarkArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    job: String,
+    /// 2026-11-22 or 2026-11-22T06.
+    partition: String,
+    /// Why, kept on the run.
+    #[arg(long)]
+    reason: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    job: String,
 }
 
 #[derive(Debug, Args)]
@@ -214,9 +251,91 @@ async fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The job's runner, or an error naming the jobs when there is no such job.
+async fn open_job(store: &StoreArgs, job: &str) -> anyhow::Result<tillwatch_scheduler::Runner> {
+    let (runner, _) = open(&config(store)?).await?;
+    anyhow::ensure!(
+        runner.catalog().job(job).is_some(),
+        "no job {job:?} (see `tillwatch jobs list`)"
+    );
+    Ok(runner)
+}
+
 pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
     match command {
         JobsCommand::Validate(args) => validate(&args).await?,
+        JobsCommand::Pause(args) => {
+            let runner = open_job(&args.store, &args.job).await?;
+            let reason = args.reason.trim();
+            anyhow::ensure!(
+                !reason.is_empty() && reason.chars().count() <= 500,
+                "--reason: say why, in 1 to 500 characters"
+            );
+            let by = format!(
+                "cli:{}",
+                std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+            );
+            let pause = tillwatch_meta::JobPause {
+                job: args.job.clone(),
+                paused_at_ms: runner.now(),
+                paused_by: by,
+                reason: reason.to_string(),
+            };
+            if runner.store().pause_job(&pause).await? {
+                println!(
+                    "paused {}: its partitions wait until `tillwatch jobs resume {}`",
+                    args.job, args.job
+                );
+            } else {
+                println!(
+                    "{} was already paused (see `tillwatch jobs list`)",
+                    args.job
+                );
+            }
+        }
+        JobsCommand::MarkSucceeded(args) => {
+            let partition: Partition = args.partition.parse().context("the partition")?;
+            let reason = args.reason.trim();
+            anyhow::ensure!(
+                !reason.is_empty() && reason.chars().count() <= 500,
+                "--reason: say why, in 1 to 500 characters"
+            );
+            let config = config(&args.store)?;
+            let (runner, lake) = open(&config).await?;
+            anyhow::ensure!(
+                runner.catalog().job(&args.job).is_some(),
+                "no job {:?} (see `tillwatch jobs list`)",
+                args.job
+            );
+            let snap =
+                service::snapshot(&runner, lake, config.scheduler.watermark_stall_after).await;
+            let by = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+            let run_id = runner
+                .mark_succeeded(
+                    &args.job,
+                    partition,
+                    &format!("marked succeeded by cli:{by}: {reason}"),
+                    snap.watermark_ms,
+                    &|t, h| snap.fingerprint(t, h),
+                )
+                .await?
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "{} {partition} marked succeeded (run {run_id}); what reads it runs on it",
+                args.job
+            );
+        }
+        JobsCommand::Resume(args) => {
+            let runner = open_job(&args.store, &args.job).await?;
+            if runner.store().resume_job(&args.job).await? {
+                println!(
+                    "resumed {}: the scheduler runs what came due on its next tick",
+                    args.job
+                );
+            } else {
+                println!("{} was not paused", args.job);
+            }
+        }
         JobsCommand::List(args) => {
             let config = config(&args.store)?;
             let (runner, lake) = open(&config).await?;
@@ -226,6 +345,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
                 .due(snap.watermark_ms, &|t, h| snap.fingerprint(t, h))
                 .await?;
             let rows = runner.store().job_partitions().await?;
+            let paused = runner.store().paused_jobs().await?;
             println!(
                 "ingest watermark: {}",
                 if snap.watermark_ms == i64::MIN {
@@ -278,6 +398,14 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
                         ""
                     }
                 );
+                if let Some(p) = paused.iter().find(|p| p.job == job.name) {
+                    println!(
+                        "  PAUSED   since {} by {}: {}",
+                        when(p.paused_at_ms),
+                        p.paused_by,
+                        p.reason
+                    );
+                }
                 println!("  reads    {}", inputs.join(", "));
                 println!(
                     "  partitions: {} succeeded, {} failed, {} running, {} queued",
@@ -356,6 +484,20 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
                 "nothing to run: no partition of {} in that range has ended within the job's start and end",
                 args.job
             );
+            // A paused job's partitions would never run: say so now.
+            let paused = runner.store().paused_jobs().await?;
+            if let Some(p) = paused
+                .iter()
+                .find(|p| targets.iter().any(|t| t.job == p.job))
+            {
+                anyhow::bail!(
+                    "{} is paused (by {}: {}); `tillwatch jobs resume {}` first",
+                    p.job,
+                    p.paused_by,
+                    p.reason,
+                    p.job
+                );
+            }
             ops::request(runner.store(), &targets, now).await?;
             println!(
                 "backfilling {} partitions ({})",
