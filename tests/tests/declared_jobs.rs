@@ -18,7 +18,8 @@ use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::{HourPartition, Kind, UtcMillis};
 use tillwatch_integration_tests::browser::{Browser, artifact_dir};
 use tillwatch_integration_tests::{
-    InProcess, api_call, api_get, test_tokens, tillwatch_bin, wait_for, widen_hourly_rounds,
+    InProcess, RoleProcess, api_call, api_get, test_tokens, tillwatch_bin, wait_for,
+    widen_hourly_rounds,
 };
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
@@ -320,6 +321,13 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
         VIEWER,
     );
     assert_eq!(lineage["status"], "succeeded", "{lineage}");
+    // Its run's log shows the plan its SQL ran with.
+    let log = lineage["current_run"]["log"].to_string();
+    assert!(
+        log.contains("the plan (DataFusion, optimised)")
+            && log.contains("SubqueryAlias: payment_health"),
+        "{log}"
+    );
     let inputs = lineage["current_run"]["inputs"].to_string();
     assert!(
         inputs.contains("payment_health") && inputs.contains(jobs::DEVICE_HEALTH_HOURLY),
@@ -1125,6 +1133,36 @@ async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() 
         || stores() == want_stores,
     )
     .await;
+    // The import's run says what it did and which row it skipped.
+    let imports = api_get(
+        standalone.http,
+        "/api/v1/jobs/merchant_directory/runs?limit=20",
+        VIEWER,
+    );
+    let log = imports["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "succeeded")
+        .map(|r| r["log"].to_string())
+        .unwrap_or_default();
+    assert!(
+        log.contains("the source's query returned 3 row(s) (a snapshot)")
+            && log.contains("2 store(s) of 1 merchant(s) imported, 1 row(s) skipped")
+            && log.contains("skipped: store 42/s-3: time_zone"),
+        "{log}"
+    );
+    let refunds = api_get(
+        standalone.http,
+        &format!("/api/v1/jobs/refunds/runs?partition={}", hours[0]),
+        VIEWER,
+    );
+    assert!(
+        refunds["runs"][0]["log"]
+            .to_string()
+            .contains("the source's query returned 5 row(s) with refunded_at in"),
+        "{refunds}"
+    );
     let merchants = api_get(standalone.http, "/api/v1/merchants", VIEWER);
     assert!(
         merchants.to_string().contains("Corner Bakery"),
@@ -1144,5 +1182,73 @@ async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() 
             .execute(&mut conn)
             .await
             .unwrap();
+    }
+}
+
+/// A scheduler that looks at its jobs roots only once an hour picks a new
+/// job up at once on SIGHUP, as a deployment's config reload would ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_loads_the_declarations_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("jobs");
+    std::fs::create_dir_all(&root).unwrap();
+    let data = dir.path().join("data");
+    let root_text = root.to_str().unwrap().to_string();
+    let scheduler = RoleProcess::in_dir(
+        "scheduler",
+        &data,
+        &[],
+        &[
+            ("TILLWATCH__SCHEDULER__TICK", "1h"),
+            ("TILLWATCH__SCHEDULER__START", "1d"),
+            ("TILLWATCH__SCHEDULER__JOBS_DIR", &root_text),
+        ],
+    );
+    scheduler.ready().await;
+    // Its first round (the lake's retention runs in it) shows it is
+    // running and listening for SIGHUP.
+    wait_for(
+        "the scheduler's first round",
+        Duration::from_secs(60),
+        || {
+            scheduler
+                .metric_labelled("tillwatch_scheduler_runs_total", "job=\"retention\"")
+                .is_some()
+        },
+    )
+    .await;
+
+    write(
+        &root,
+        "ops/heartbeat.toml",
+        "description = \"one row an hour\"\ngrain = \"hour\"\n",
+    );
+    write(
+        &root,
+        "ops/heartbeat.datafusion.sql",
+        "SELECT to_timestamp_millis({start_ms}) AS hour\n",
+    );
+    scheduler.signal(libc::SIGHUP);
+    let config = Config {
+        data_dir: data.clone(),
+        ..Config::default()
+    };
+    let store = tillwatch_meta::MetaStore::open(&config).await.unwrap();
+    // The hour that ended last is among what it ran.
+    let last = Partition::containing(Grain::Hour, UtcMillis::now().0 - HOUR).key();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let runs = store.job_runs(Some("heartbeat"), None, 100).await.unwrap();
+        if runs
+            .iter()
+            .any(|r| r.status == "succeeded" && r.partition_key == last)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "60 s after SIGHUP, heartbeat {last} has not run: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

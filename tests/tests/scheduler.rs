@@ -14,7 +14,7 @@ use arrow::datatypes::Int64Type;
 use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::UtcMillis;
 use tillwatch_integration_tests::{
-    InProcess, api_call, api_get, assert_refused, test_tokens, tillwatch_bin, wait_for,
+    InProcess, api_call, api_get, assert_refused, eventually, test_tokens, tillwatch_bin, wait_for,
     widen_hourly_rounds,
 };
 use tillwatch_meta::MetaStore;
@@ -268,18 +268,37 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
     let rows_of = |path: &std::path::Path| -> usize {
         read_file(path).unwrap().iter().map(|b| b.num_rows()).sum()
     };
-    wait_for(
-        "yesterday's daily rollup to count every battery reading, a row per terminal",
-        Duration::from_secs(300),
-        || {
-            daily.exists()
-                && std::panic::catch_unwind(|| {
+    let mut seen = None;
+    let complete = eventually(Duration::from_secs(300), || {
+        seen = daily
+            .exists()
+            .then(|| {
+                std::panic::catch_unwind(|| {
                     (sum_column(&daily, "battery_readings"), rows_of(&daily))
                 })
-                .is_ok_and(|(n, rows)| n == raw_battery_rows(&lake, yesterday) && rows == devices)
-        },
-    )
+                .ok()
+            })
+            .flatten();
+        seen.is_some_and(|(n, rows)| n == raw_battery_rows(&lake, yesterday) && rows == devices)
+    })
     .await;
+    if !complete {
+        // What the scheduler did with the day, to tell why.
+        let runs = api_get(
+            http_addr,
+            &format!(
+                "/api/v1/jobs/{}/runs?partition={yesterday}&limit=50",
+                jobs::DEVICE_HEALTH_DAILY
+            ),
+            VIEWER,
+        );
+        let overview = api_get(http_addr, "/api/v1/jobs", VIEWER);
+        panic!(
+            "after 300 s yesterday's daily rollup holds (battery readings, rows) {seen:?}, \
+             want ({}, {devices}); its runs: {runs}\njobs: {overview}",
+            raw_battery_rows(&lake, yesterday)
+        );
+    }
     standalone.stop().await;
 
     // Yesterday's daily rollup counts every battery reading of the day once,

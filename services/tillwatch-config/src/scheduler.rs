@@ -209,6 +209,12 @@ pub struct JobSettings {
     /// one that has not raises a `job_sla_missed` alert.
     #[serde(default, with = "humantime_serde")]
     pub sla: Option<Duration>,
+    /// Each partition should succeed by this time of day (`06:00`) after
+    /// its interval's end, in `sla_time_zone`; with `sla` too, the earlier
+    /// deadline counts.
+    pub sla_at: Option<String>,
+    /// The zone of `sla_at` (default: `time_zone`, else UTC).
+    pub sla_time_zone: Option<String>,
 }
 
 /// The days a day-grain job's partitions count in.
@@ -293,6 +299,10 @@ pub struct JobDeclaration {
     /// (`2h`); one that has not raises a `job_sla_missed` alert.
     #[serde(default, with = "humantime_serde")]
     pub sla: Option<Duration>,
+    /// Each partition should succeed by this time of day (`06:00`) after
+    /// its interval's end, in `sla_time_zone`.
+    pub sla_at: Option<String>,
+    pub sla_time_zone: Option<String>,
 }
 
 /// Where a source job reads: a PostgreSQL database, through a query. The
@@ -380,6 +390,8 @@ impl JobDeclaration {
             concurrency: self.concurrency,
             owner: Some(owner.to_string()),
             sla: self.sla,
+            sla_at: self.sla_at.clone(),
+            sla_time_zone: self.sla_time_zone.clone(),
         }
     }
 }

@@ -61,6 +61,9 @@ pub struct JobRunRow {
     /// What an operator said of a run recorded by hand (a partition marked
     /// succeeded: who and why).
     pub note: Option<String>,
+    /// What the engine said of a finished run, a line each (the plan a
+    /// declared job's SQL ran with, an import's skipped rows).
+    pub messages: Option<String>,
 }
 
 /// One input partition a run read, from [`JobRunRow::inputs`].
@@ -112,7 +115,7 @@ const PARTITION_COLUMNS: &str = "job, partition_key, grain, start_ms, status, at
      next_attempt_ms, started_ms, inputs_fingerprint, output_fingerprint, run_id, owner, lease_until_ms, \
      forced_ms";
 const RUN_COLUMNS: &str = "run_id, job, partition_key, attempt, reason, scheduler, started_ms, \
-     finished_ms, status, error, rows_written, inputs, inputs_fingerprint, output_fingerprint, code, note";
+     finished_ms, status, error, rows_written, inputs, inputs_fingerprint, output_fingerprint, code, note, messages";
 
 fn partition_from_row(r: &sqlx::any::AnyRow) -> Result<JobPartitionRow, sqlx::Error> {
     Ok(JobPartitionRow {
@@ -152,6 +155,7 @@ fn run_from_row(r: &sqlx::any::AnyRow) -> Result<JobRunRow, sqlx::Error> {
         output_fingerprint: r.try_get("output_fingerprint")?,
         code: r.try_get("code")?,
         note: r.try_get("note")?,
+        messages: r.try_get("messages")?,
     })
 }
 
@@ -271,7 +275,7 @@ impl MetaStore {
         run: &JobRunRow,
     ) -> Result<(), MetaError> {
         sqlx::query(&format!(
-            "INSERT INTO job_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            "INSERT INTO job_runs ({RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
         ))
         .bind(&run.run_id)
         .bind(&run.job)
@@ -289,26 +293,35 @@ impl MetaStore {
         .bind(run.output_fingerprint.clone())
         .bind(run.code.clone())
         .bind(run.note.clone())
+        .bind(run.messages.clone())
         .execute(&mut **tx)
         .await
         .map_err(self.db())?;
         Ok(())
     }
 
-    /// Records how a claimed run ended: `Ok((rows, output fingerprint))` or
-    /// `Err((error, when to retry))`. False if the claim was lost meanwhile
-    /// (its lease expired and another scheduler took the partition).
+    /// Records how a claimed run ended: `Ok((rows, output fingerprint,
+    /// the engine's messages))` or `Err((error, when to retry))`. False if
+    /// the claim was lost meanwhile (its lease expired and another
+    /// scheduler took the partition).
     pub fn finish_run<'a>(
         &'a self,
         run_id: &'a str,
         finished_ms: i64,
-        outcome: Result<(i64, &'a str), (&'a str, Option<i64>)>,
+        outcome: Result<(i64, &'a str, String), (&'a str, Option<i64>)>,
     ) -> crate::StoreFuture<'a, bool> {
         Box::pin(async move {
             let mut tx = self.pool().begin().await.map_err(self.db())?;
-            let (status, rows, output, error, retry_at) = match outcome {
-                Ok((rows, output)) => ("succeeded", Some(rows), Some(output), None, None),
-                Err((error, retry_at)) => ("failed", None, None, Some(error), retry_at),
+            let (status, rows, output, error, retry_at, messages) = match outcome {
+                Ok((rows, output, messages)) => (
+                    "succeeded",
+                    Some(rows),
+                    Some(output),
+                    None,
+                    None,
+                    Some(messages).filter(|m| !m.is_empty()),
+                ),
+                Err((error, retry_at)) => ("failed", None, None, Some(error), retry_at, None),
             };
             let done = sqlx::query(
                 "UPDATE job_partitions SET status = $2, next_attempt_ms = $3, \
@@ -326,7 +339,7 @@ impl MetaStore {
             .map_err(self.db())?;
             sqlx::query(
                 "UPDATE job_runs SET status = $2, finished_ms = $3, rows_written = $4, \
-                   output_fingerprint = $5, error = $6 WHERE run_id = $1",
+                   output_fingerprint = $5, error = $6, messages = $7 WHERE run_id = $1",
             )
             .bind(run_id)
             .bind(if done.rows_affected() == 1 {
@@ -338,6 +351,7 @@ impl MetaStore {
             .bind(rows)
             .bind(output.map(str::to_string))
             .bind(error.map(str::to_string))
+            .bind(messages)
             .execute(&mut *tx)
             .await
             .map_err(self.db())?;

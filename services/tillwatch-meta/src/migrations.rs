@@ -302,6 +302,15 @@ CREATE TABLE job_pauses (
 );
 ",
     },
+    Migration {
+        version: 15,
+        name: "job_run_messages",
+        // What the engine said of a run (a declared job's plan, an
+        // import's skipped rows), shown in the run's log.
+        sql: "
+ALTER TABLE job_runs ADD COLUMN messages TEXT;
+",
+    },
 ];
 
 /// What a migration run did.

@@ -51,7 +51,8 @@ async fn registry_behaviour(store: &MetaStore) {
             "011_leases",
             "012_device_attributes",
             "013_job_run_code",
-            "014_job_pauses_and_run_notes"
+            "014_job_pauses_and_run_notes",
+            "015_job_run_messages"
         ]
     );
     let again = store.migrate().await.unwrap();

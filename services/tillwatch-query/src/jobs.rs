@@ -351,6 +351,9 @@ fn run_log(r: &JobRunRow) -> Vec<String> {
         let took = humantime::format_duration(std::time::Duration::from_millis(
             end.saturating_sub(r.started_ms).max(0) as u64,
         ));
+        if let Some(messages) = &r.messages {
+            log.extend(messages.lines().map(str::to_string));
+        }
         log.push(match (r.status.as_str(), &r.error) {
             ("succeeded", _) => format!(
                 "{} succeeded in {took}: {} row(s) written, output fingerprint {}",

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use tillwatch_config::{JobSettings, RetentionConfig, SchedulerConfig};
-use tillwatch_scheduler::{Catalog, JobSpec, RunWindow, Schedule};
+use tillwatch_scheduler::{Catalog, JobSpec, RunWindow, Schedule, SlaAt};
 
 use crate::declared::{self, DeclaredJob, Problem};
 
@@ -119,6 +119,15 @@ fn apply(job: &mut JobSpec, s: &JobSettings, now_ms: i64, errors: &mut Vec<Setti
             errors.push(("sla", "must be more than 0s".to_string()));
         }
         job.sla_ms = Some(ms(v));
+    }
+    if let Some(at) = &s.sla_at {
+        let zone = s.sla_time_zone.as_deref().unwrap_or(tz);
+        match SlaAt::parse(at, zone) {
+            Ok(v) => job.sla_at = Some(v),
+            Err(e) => errors.push(("sla_at", e.to_string())),
+        }
+    } else if s.sla_time_zone.is_some() {
+        errors.push(("sla_time_zone", "set without sla_at".to_string()));
     }
 }
 

@@ -562,21 +562,36 @@ pub fn stamp(roots: &[PathBuf]) -> u64 {
     hasher.finish()
 }
 
-/// The roots' [`stamp`], read again every `every` off the async workers:
-/// the value changes when a declaration or its SQL is added, changed or
-/// removed. The watching stops when every receiver is dropped. One
-/// watcher serves all who follow the declarations (the scheduler, the
-/// jobs API), so requests never read the files themselves.
+/// The roots' [`stamp`], read again every `every` and at once on SIGHUP,
+/// off the async workers: the value changes when a declaration or its SQL
+/// is added, changed or removed. The watching stops when every receiver
+/// is dropped. One watcher serves all who follow the declarations (the
+/// scheduler, the jobs API), so requests never read the files themselves.
 pub fn watch_stamp(
     roots: Vec<PathBuf>,
     every: std::time::Duration,
 ) -> tokio::sync::watch::Receiver<u64> {
     let (tx, rx) = tokio::sync::watch::channel(stamp(&roots));
+    if roots.is_empty() {
+        // Nothing to watch (and SIGHUP keeps its usual meaning).
+        tokio::spawn(async move { tx.closed().await });
+        return rx;
+    }
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     tokio::spawn(async move {
         loop {
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 () = tx.closed() => return,
                 () = tokio::time::sleep(every) => {}
+                () = hup => tracing::info!("SIGHUP: reading the job declarations again"),
             }
             let read = roots.clone();
             let Ok(now) = tokio::task::spawn_blocking(move || stamp(&read)).await else {

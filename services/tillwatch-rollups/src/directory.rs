@@ -320,6 +320,16 @@ impl Directory {
             skipped = skipped.len(),
             "merchant directory imported"
         );
+        let mut output = output;
+        output.messages.push(format!(
+            "merchant directory: {} store(s) of {} merchant(s) imported, {} row(s) skipped",
+            entries.len(),
+            merchants.len(),
+            skipped.len()
+        ));
+        output
+            .messages
+            .extend(skipped.iter().map(|p| format!("skipped: {p}")));
         Ok(output)
     }
 }

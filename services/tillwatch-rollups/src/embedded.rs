@@ -229,6 +229,7 @@ impl Embedded {
             Ok(Output {
                 rows,
                 fingerprint: fnv(fingerprints.as_bytes()),
+                messages: Vec::new(),
             })
         })
         .await
@@ -261,6 +262,7 @@ impl Embedded {
         Ok(Output {
             rows: rows as u64,
             fingerprint,
+            messages: Vec::new(),
         })
     }
 
@@ -334,11 +336,24 @@ impl Embedded {
             .await
             .map_err(JobError::query)?;
         let schema = frame.schema().inner().clone();
+        // The plan it runs with, optimised, for the run's log.
+        let plan = frame
+            .clone()
+            .into_optimized_plan()
+            .map(|p| p.display_indent().to_string())
+            .unwrap_or_else(|e| format!("(no plan: {e})"));
         let mut batches = frame.collect().await.map_err(JobError::query)?;
         if batches.is_empty() {
             batches.push(RecordBatch::new_empty(schema));
         }
-        self.write(&job.name, partition, batches).await
+        let mut output = self.write(&job.name, partition, batches).await?;
+        output
+            .messages
+            .push("the plan (DataFusion, optimised):".into());
+        output
+            .messages
+            .extend(plan.lines().map(|l| format!("  {l}")));
+        Ok(output)
     }
 
     /// Runs `device_health_daily` for one day: each terminal's hours of

@@ -138,5 +138,6 @@ pub async fn run(
         rows: deleted,
         // Nothing reads its output.
         fingerprint: String::new(),
+        messages: summary.iter().map(|s| format!("deleted {s}")).collect(),
     })
 }

@@ -177,12 +177,22 @@ impl Executor for Jobs {
             if let Some(declared) = self.loaded.team_job(&job.name) {
                 if let Some(source) = &declared.declaration.source {
                     let rows = crate::source::fetch(&job.name, source, partition).await?;
-                    return match source.feeds {
-                        Some(SourceFeed::MerchantDirectory) => {
-                            self.directory.apply(&job.name, partition, &rows).await
+                    let fetched = format!(
+                        "the source's query returned {} row(s){}",
+                        rows.num_rows(),
+                        match &source.cursor {
+                            Some(c) => format!(" with {c} in {partition}"),
+                            None => " (a snapshot)".into(),
                         }
-                        None => self.lake.write(&job.name, partition, vec![rows]).await,
+                    );
+                    let mut output = match source.feeds {
+                        Some(SourceFeed::MerchantDirectory) => {
+                            self.directory.apply(&job.name, partition, &rows).await?
+                        }
+                        None => self.lake.write(&job.name, partition, vec![rows]).await?,
                     };
+                    output.messages.insert(0, fetched);
+                    return Ok(output);
                 }
                 let grain_of = |name: &str| self.loaded.catalog.job(name).map(|j| j.grain);
                 return self

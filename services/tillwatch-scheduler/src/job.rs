@@ -24,6 +24,59 @@ pub enum SettingError {
     Hours(#[from] HoursError),
     #[error(transparent)]
     TimeZone(#[from] TimeZoneError),
+    #[error("{0:?} is not a time of day like 06:30")]
+    TimeOfDay(String),
+}
+
+/// A time of day in a time zone by which each partition should be done:
+/// "done by 06:00 Europe/Berlin" (the first such time at or after the
+/// partition's end).
+#[derive(Debug, Clone)]
+pub struct SlaAt {
+    text: String,
+    time: jiff::civil::Time,
+    tz: TimeZone,
+}
+
+impl SlaAt {
+    pub fn parse(text: &str, tz: &str) -> Result<SlaAt, SettingError> {
+        let bad = || SettingError::TimeOfDay(text.to_string());
+        let (h, m) = text.trim().split_once(':').ok_or_else(bad)?;
+        let (h, m): (i8, i8) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+        let time = jiff::civil::Time::new(h, m, 0, 0).map_err(|_| bad())?;
+        Ok(SlaAt {
+            text: format!("{} {}", time.strftime("%H:%M"), tz),
+            time,
+            tz: time_zone(tz)?,
+        })
+    }
+
+    /// `06:00 Europe/Berlin`.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The first time of day at or after `end_ms`, in the zone (a time a
+    /// DST change skips is taken as the zone gives it).
+    pub fn deadline_after(&self, end_ms: i64) -> Option<i64> {
+        let end = Timestamp::from_millisecond(end_ms)
+            .ok()?
+            .to_zoned(self.tz.clone());
+        let mut day = end.date();
+        for _ in 0..3 {
+            let at = day
+                .to_datetime(self.time)
+                .to_zoned(self.tz.clone())
+                .ok()?
+                .timestamp()
+                .as_millisecond();
+            if at >= end_ms {
+                return Some(at);
+            }
+            day = day.tomorrow().ok()?;
+        }
+        None
+    }
 }
 
 /// When a job's partitions are considered: a cron expression (five fields,
@@ -145,6 +198,9 @@ pub struct JobSpec {
     /// Each partition should have succeeded within this of its interval's
     /// end; one that has not raises a `job_sla_missed` finding.
     pub sla_ms: Option<i64>,
+    /// Each partition should have succeeded by this time of day after its
+    /// end (with `sla_ms` too, the earlier deadline counts).
+    pub sla_at: Option<SlaAt>,
 }
 
 impl JobSpec {
@@ -178,6 +234,34 @@ impl JobSpec {
             code: None,
             rerun_from_ms: None,
             sla_ms: None,
+            sla_at: None,
+        }
+    }
+
+    /// When `partition` should have succeeded by, if the job has an SLA:
+    /// the earlier of `sla_ms` after its end and the next `sla_at`.
+    pub fn sla_deadline(&self, partition: Partition) -> Option<i64> {
+        let end = partition.end_ms();
+        let within = self.sla_ms.map(|sla| end.saturating_add(sla));
+        let at = self.sla_at.as_ref().and_then(|a| a.deadline_after(end));
+        match (within, at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The SLA as people say it: `within 30m`, `by 06:00 Europe/Berlin`.
+    pub fn sla_text(&self) -> String {
+        let within = self.sla_ms.map(|sla| {
+            format!(
+                "within {} of its end",
+                humantime::format_duration(std::time::Duration::from_millis(sla.max(0) as u64))
+            )
+        });
+        let at = self.sla_at.as_ref().map(|a| format!("by {}", a.as_str()));
+        match (within, at) {
+            (Some(w), Some(a)) => format!("{w} and {a}"),
+            (w, a) => w.or(a).unwrap_or_default(),
         }
     }
 
@@ -341,6 +425,62 @@ mod tests {
             grain,
             inputs.iter().map(|i| Input::Job(i.to_string())).collect(),
         )
+    }
+
+    fn ms(text: &str) -> i64 {
+        text.parse::<Timestamp>().unwrap().as_millisecond()
+    }
+
+    #[test]
+    fn an_sla_by_a_time_of_day_is_the_next_such_time_after_the_partition() {
+        let mut hourly = job("h", Grain::Hour, &[]);
+        hourly.sla_at = Some(SlaAt::parse("06:00", "Europe/Berlin").unwrap());
+        let hour = |key: &str| key.parse::<Partition>().unwrap();
+        // 06:00 in Berlin is 05:00Z in November: an hour ending at 04:00Z
+        // is due that morning, one ending at 06:00Z the next.
+        assert_eq!(
+            hourly.sla_deadline(hour("2026-11-20T03")),
+            Some(ms("2026-11-20T05:00:00Z"))
+        );
+        assert_eq!(
+            hourly.sla_deadline(hour("2026-11-20T05")),
+            Some(ms("2026-11-21T05:00:00Z"))
+        );
+        // In summer, 06:00 in Berlin is 04:00Z.
+        assert_eq!(
+            hourly.sla_deadline(hour("2026-07-01T02")),
+            Some(ms("2026-07-01T04:00:00Z"))
+        );
+        // With a span too, the earlier deadline counts.
+        hourly.sla_ms = Some(30 * 60_000);
+        assert_eq!(
+            hourly.sla_deadline(hour("2026-11-20T05")),
+            Some(ms("2026-11-20T06:30:00Z"))
+        );
+        assert_eq!(
+            hourly.sla_text(),
+            "within 30m of its end and by 06:00 Europe/Berlin"
+        );
+        let mut daily = job("d", Grain::Day, &[]);
+        daily.sla_at = Some(SlaAt::parse("7:30", "UTC").unwrap());
+        assert_eq!(
+            daily.sla_deadline("2026-11-20".parse().unwrap()),
+            Some(ms("2026-11-21T07:30:00Z"))
+        );
+        assert_eq!(
+            job("none", Grain::Hour, &[]).sla_deadline(hour("2026-11-20T05")),
+            None
+        );
+        for bad in ["25:00", "06:61", "6", "six:00", ""] {
+            assert!(
+                matches!(SlaAt::parse(bad, "UTC"), Err(SettingError::TimeOfDay(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            SlaAt::parse("06:00", "Mars/Olympus"),
+            Err(SettingError::TimeZone(_))
+        ));
     }
 
     #[test]

@@ -272,17 +272,17 @@ impl JobWatch {
                     ));
                 }
             }
-            let Some(sla) = job.sla_ms.filter(|_| !paused.contains(&job.name)) else {
+            if (job.sla_ms.is_none() && job.sla_at.is_none()) || paused.contains(&job.name) {
                 continue;
-            };
-            let until = job
-                .end_ms
-                .unwrap_or(i64::MAX)
-                .min(now_ms.saturating_sub(sla));
+            }
+            let until = job.end_ms.unwrap_or(i64::MAX).min(now_ms);
             let from = job.start_ms.max(now_ms.saturating_sub(SLA_LOOKBACK_MS));
             for partition in crate::Partition::range(job.grain, from, until) {
+                let Some(deadline) = job.sla_deadline(partition) else {
+                    continue;
+                };
                 if partition.start_ms < job.start_ms
-                    || partition.end_ms() + sla > now_ms
+                    || deadline > now_ms
                     || job.frozen(partition, now_ms)
                 {
                     continue;
@@ -294,16 +294,16 @@ impl JobWatch {
                 {
                     continue;
                 }
-                let behind = (now_ms - partition.end_ms() - sla) as f64 / 1000.0;
+                let behind = (now_ms - deadline) as f64 / 1000.0;
                 late.push(Self::finding(
                     JOB_SLA_MISSED,
                     job,
                     &key,
                     format!(
-                        "job {} (owner {}) has not finished {key} within {} of its end",
+                        "job {} (owner {}) has not finished {key} {}",
                         job.name,
                         job.owner,
-                        humantime::format_duration(std::time::Duration::from_millis(sla as u64))
+                        job.sla_text()
                     ),
                     behind,
                     now_ms,

@@ -22,6 +22,10 @@ pub struct Output {
     pub rows: u64,
     /// Changes exactly when the output does: downstream runs again then.
     pub fingerprint: String,
+    /// What the engine has to say of the run, a line each (the plan a
+    /// declared job's SQL ran with, rows skipped by an import), kept on
+    /// the run's record for its log.
+    pub messages: Vec<String>,
 }
 
 pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<Output, JobError>> + Send + 'a>>;
@@ -319,6 +323,7 @@ impl Runner {
             output_fingerprint: None,
             code: spec.code.clone(),
             note: Some(note.to_string()),
+            messages: None,
         };
         let won = self
             .store
@@ -338,7 +343,7 @@ impl Runner {
             )));
         }
         self.store
-            .finish_run(&run.run_id, now, Ok((0, output.as_str())))
+            .finish_run(&run.run_id, now, Ok((0, output.as_str(), String::new())))
             .await?;
         Ok(Ok(run.run_id))
     }
@@ -420,6 +425,7 @@ impl Runner {
                 output_fingerprint: None,
                 code: job.code.clone(),
                 note: None,
+                messages: None,
             };
             let won = self
                 .store
@@ -471,7 +477,11 @@ impl Runner {
             let finished = (self.clock)();
             let error = result.as_ref().err().map(JobError::to_string);
             let outcome = match (&result, &error) {
-                (Ok(out), _) => Ok((out.rows as i64, out.fingerprint.as_str())),
+                (Ok(out), _) => Ok((
+                    out.rows as i64,
+                    out.fingerprint.as_str(),
+                    out.messages.join("\n"),
+                )),
                 (Err(_), error) => {
                     let retry_at = (task.attempt <= job.retries)
                         .then(|| finished + job.backoff_ms(task.attempt + 1));

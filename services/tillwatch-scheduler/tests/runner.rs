@@ -51,6 +51,7 @@ impl Executor for Recorder {
             Ok(Output {
                 rows: 10,
                 fingerprint: format!("{}-{partition}-{n}", job.name),
+                messages: Vec::new(),
             })
         })
     }
@@ -224,6 +225,7 @@ fn dead_run(started: i64) -> JobRunRow {
         output_fingerprint: None,
         code: None,
         note: None,
+        messages: None,
     }
 }
 
@@ -280,7 +282,7 @@ async fn a_dead_schedulers_run_is_taken_over_after_its_timeout(url: &str) {
     // A wakes up and reports: too late, its claim is gone.
     assert!(
         !s.store
-            .finish_run("dead-run", s.now(), Ok((1, "stale-output")))
+            .finish_run("dead-run", s.now(), Ok((1, "stale-output", String::new())))
             .await
             .unwrap()
     );
@@ -318,6 +320,7 @@ impl Executor for Held {
             Ok(Output {
                 rows: 1,
                 fingerprint: format!("{}-{partition}", job.name),
+                messages: Vec::new(),
             })
         })
     }
