@@ -325,7 +325,7 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
     let log = lineage["current_run"]["log"].to_string();
     assert!(
         log.contains("the plan (DataFusion, optimised)")
-            && log.contains("SubqueryAlias: payment_health"),
+            && log.contains("TableScan: payment_health"),
         "{log}"
     );
     let inputs = lineage["current_run"]["inputs"].to_string();

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
+use datafusion::datasource::file_format::options::ReadOptions;
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use tillwatch_domain::{HourPartition, Kind};
@@ -199,13 +201,9 @@ impl Embedded {
             return Ok(());
         }
         let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-        let frame = ctx
-            .read_parquet(paths, ParquetReadOptions::default().schema(&schema))
+        register_parquet(ctx, name, paths, Some(schema))
             .await
-            .map_err(|e| JobError::read(format_args!("{name} {partition}"), e))?;
-        ctx.register_table(name, frame.into_view())
-            .map_err(JobError::query)?;
-        Ok(())
+            .map_err(|e| JobError::read(format_args!("{name} {partition}"), e))
     }
 
     /// Compacts one hour of every raw table. The output's fingerprint is
@@ -323,12 +321,9 @@ impl Embedded {
                 }
                 files.push(path.display().to_string());
             }
-            let frame = ctx
-                .read_parquet(files, ParquetReadOptions::default())
+            register_parquet(&ctx, input, files, None)
                 .await
                 .map_err(|e| JobError::read(format_args!("{input} for {partition}"), e))?;
-            ctx.register_table(input.as_str(), frame.into_view())
-                .map_err(JobError::query)?;
         }
         let sql = crate::declared::bind(sql, partition.start_ms, partition.end_ms());
         let frame = ctx
@@ -521,4 +516,29 @@ impl Executor for Embedded {
             }
         })
     }
+}
+
+/// Registers Parquet `files` as table `name` (under that name, so plans
+/// show it), with `schema` or the one the files give.
+async fn register_parquet(
+    ctx: &SessionContext,
+    name: &str,
+    files: Vec<String>,
+    schema: Option<arrow::datatypes::SchemaRef>,
+) -> datafusion::error::Result<()> {
+    let urls = files
+        .iter()
+        .map(ListingTableUrl::parse)
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let options = ParquetReadOptions::default()
+        .to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+    let config = ListingTableConfig::new_with_multi_paths(urls).with_listing_options(options);
+    let config = match schema {
+        Some(schema) => config.with_schema(schema),
+        None => config.infer_schema(&ctx.state()).await?,
+    };
+    let table = ListingTable::try_new(config)?
+        .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
+    ctx.register_table(name, Arc::new(table))?;
+    Ok(())
 }
