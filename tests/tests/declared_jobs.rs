@@ -874,6 +874,12 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
         marked["log"][0].as_str().unwrap().contains("test units"),
         "{marked}"
     );
+    assert!(
+        marked["log"]
+            .to_string()
+            .contains("it never wrote an output"),
+        "the log warns that what reads it has nothing to read: {marked}"
+    );
     wait_for(
         "the marked hour's pages to resolve",
         Duration::from_secs(120),

@@ -312,7 +312,7 @@ fn run_log(r: &JobRunRow) -> Vec<String> {
     let empty = inputs.iter().filter(|i| i.fingerprint.is_empty()).count();
     if let Some(note) = &r.note {
         // Recorded by hand: nothing ran.
-        return vec![
+        let mut log = vec![
             format!("{} {} {note}", at(r.started_ms), r.partition_key),
             format!(
                 "{} over {} input partition(s), inputs fingerprint {}; output fingerprint {}",
@@ -322,6 +322,12 @@ fn run_log(r: &JobRunRow) -> Vec<String> {
                 r.output_fingerprint.as_deref().unwrap_or("-")
             ),
         ];
+        log.extend(
+            r.messages
+                .iter()
+                .flat_map(|m| m.lines().map(str::to_string)),
+        );
+        return log;
     }
     let mut log = vec![
         format!(

@@ -303,9 +303,14 @@ impl Runner {
             )));
         };
         // Its readers see a new output (and run on it) unless it keeps one.
-        let output = record
-            .and_then(|r| r.output_fingerprint.clone())
-            .unwrap_or_else(|| format!("marked-{now}"));
+        let kept = record.and_then(|r| r.output_fingerprint.clone());
+        let said = match &kept {
+            Some(_) => "it keeps the output it had".to_string(),
+            None => "it never wrote an output: a job that reads its files fails naming the \
+                     missing file until it runs (clear it) or that job's partition is marked too"
+                .to_string(),
+        };
+        let output = kept.unwrap_or_else(|| format!("marked-{now}"));
         let run = JobRunRow {
             run_id: format!("{job}/{partition}/marked/{now}/{}", self.name),
             job: job.to_string(),
@@ -343,7 +348,7 @@ impl Runner {
             )));
         }
         self.store
-            .finish_run(&run.run_id, now, Ok((0, output.as_str(), String::new())))
+            .finish_run(&run.run_id, now, Ok((0, output.as_str(), said)))
             .await?;
         Ok(Ok(run.run_id))
     }
