@@ -194,6 +194,14 @@ pub fn inputs_fingerprint_now(
     inputs_fingerprint(job, partition, catalog, world, &HashSet::new())
 }
 
+/// Whether a partition's run is going on now: running, within its
+/// timeout, its claim renewed.
+fn running_now(r: &PartitionRecord, job: &JobSpec, now_ms: i64) -> bool {
+    r.status == Status::Running
+        && r.started_ms.is_none_or(|s| now_ms - s < job.timeout_ms)
+        && r.lease_until_ms.is_none_or(|l| now_ms <= l)
+}
+
 /// What should start now, upstream jobs first, each job's oldest first.
 pub fn plan(catalog: &Catalog, world: &World) -> Vec<Task> {
     plan_with_backlog(catalog, world).0
@@ -211,6 +219,28 @@ pub fn plan_with_backlog(
     // Partitions that will (re)run: their downstream waits for them.
     let mut planned: HashSet<(String, Partition)> = HashSet::new();
     for job in catalog.jobs() {
+        // A partition is not rewritten while a run reads it (compaction
+        // would delete the files an hourly run is reading): it waits for
+        // that run, whose input is then stale.
+        let readers: Vec<&JobSpec> = catalog
+            .jobs()
+            .iter()
+            .filter(|r| {
+                r.inputs
+                    .iter()
+                    .any(|i| matches!(i, Input::Job(up) if *up == job.name))
+            })
+            .collect();
+        let being_read = |p: Partition| {
+            readers.iter().any(|r| {
+                r.reading(p).into_iter().any(|q| {
+                    world
+                        .states
+                        .get(&(r.name.clone(), q))
+                        .is_some_and(|rec| running_now(rec, r, world.now_ms))
+                })
+            })
+        };
         let until = job.end_ms.unwrap_or(i64::MAX).min(world.now_ms);
         let mut running = 0usize;
         let mut candidates: Vec<Task> = Vec::new();
@@ -234,10 +264,7 @@ pub fn plan_with_backlog(
                 Input::Source(_) => false,
             });
             if let Some(r) = record
-                && r.status == Status::Running
-                && r.started_ms
-                    .is_none_or(|s| world.now_ms - s < job.timeout_ms)
-                && r.lease_until_ms.is_none_or(|l| world.now_ms <= l)
+                && running_now(r, job, world.now_ms)
             {
                 running += 1;
                 planned.insert(key);
@@ -328,7 +355,12 @@ pub fn plan_with_backlog(
             continue;
         }
         let room = job.concurrency.saturating_sub(running);
-        tasks.extend(candidates.into_iter().take(room));
+        tasks.extend(
+            candidates
+                .into_iter()
+                .filter(|t| !being_read(t.partition))
+                .take(room),
+        );
     }
     (tasks, backlog)
 }

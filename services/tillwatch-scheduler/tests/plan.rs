@@ -421,3 +421,38 @@ fn hours_that_retention_deletes_never_run_again_and_newer_ones_still_do() {
     // Day 2's hours, newly due, ran as ever.
     assert!(ran.contains(&"device_health_hourly 2026-11-22T23".to_string()));
 }
+
+#[test]
+fn a_partition_is_not_rewritten_while_a_run_reads_it() {
+    let catalog = Catalog::new(vec![hourly(), daily(), fleet()]).unwrap();
+    let mut states = States::new();
+    let mut files = HashMap::new();
+    let now = DAY0 + 2 * 24 * HOUR + 30 * MIN;
+    settle(&catalog, &mut states, now, &files);
+
+    // The first day's rollup is running (reading its 24 hours) when late
+    // data lands in one of them.
+    let day = Partition::parse_key("2026-11-20").unwrap();
+    let key = ("device_health_daily".to_string(), day);
+    let mut running = states[&key].clone();
+    running.status = Status::Running;
+    running.started_ms = Some(now);
+    running.lease_until_ms = Some(now + 10 * MIN);
+    states.insert(key.clone(), running);
+    let hour = Partition::parse_key("2026-11-20T13").unwrap();
+    files.insert(hour, "v2".into());
+    let tasks = run_plan(&catalog, &states, now + MIN, &files);
+    assert!(
+        !keys(&tasks).contains(&format!("device_health_hourly {hour}")),
+        "the hour waits for the day reading it: {:?}",
+        keys(&tasks)
+    );
+
+    // Once the day's run is over, the hour runs, then the day again.
+    let mut done = states[&key].clone();
+    done.status = Status::Succeeded;
+    done.lease_until_ms = None;
+    states.insert(key, done);
+    let rerun = settle(&catalog, &mut states, now + 2 * MIN, &files);
+    assert_eq!(keys(&rerun), LATE_13H_RERUNS);
+}
