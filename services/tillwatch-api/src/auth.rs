@@ -95,6 +95,16 @@ pub struct Caller {
     pub role: Role,
 }
 
+impl Caller {
+    /// Who is recorded as having done something: the calling token's
+    /// name, or `operator` where no token is configured.
+    pub fn who(caller: Option<axum::Extension<Caller>>) -> String {
+        caller
+            .map(|axum::Extension(c)| c.name)
+            .unwrap_or_else(|| Role::Operator.as_str().to_string())
+    }
+}
+
 /// Why the configured tokens cannot be used (never quoting a token).
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {

@@ -28,8 +28,6 @@ use tillwatch_query::jobs::{
     JobQueries, JobsOverview, Lineage, Paused, RangeProgress, RangeRequest, Run, RunList,
 };
 
-use tillwatch_config::Role;
-
 use crate::auth::Caller;
 use crate::{ApiError, Doc, Routes, bad};
 
@@ -202,9 +200,7 @@ async fn pause(
     body: Result<Json<PauseBody>, JsonRejection>,
 ) -> Typed<PauseState> {
     let Json(body) = body.map_err(|e| bad(format!("the body: {}", e.body_text())))?;
-    let by = caller
-        .map(|Extension(c)| c.name)
-        .unwrap_or_else(|| Role::Operator.as_str().to_string());
+    let by = Caller::who(caller);
     let paused = jobs.pause(&job, &by, &body.reason).await?;
     Ok(Json(PauseState {
         job,
@@ -227,9 +223,7 @@ async fn mark_succeeded(
     body: Result<Json<MarkBody>, JsonRejection>,
 ) -> Typed<Run> {
     let Json(body) = body.map_err(|e| bad(format!("the body: {}", e.body_text())))?;
-    let by = caller
-        .map(|Extension(c)| c.name)
-        .unwrap_or_else(|| Role::Operator.as_str().to_string());
+    let by = Caller::who(caller);
     Ok(Json(
         jobs.mark_succeeded(&job, &partition, &by, &body.reason)
             .await?,

@@ -15,7 +15,6 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Json};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use tillwatch_config::Role;
 use tillwatch_domain::UtcMillis;
 use tillwatch_meta::{MetaStore, SilenceRecord};
 
@@ -100,9 +99,7 @@ async fn create(
     body: Result<Json<NewSilence>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Silence>), ApiError> {
     let Json(body) = body.map_err(|e| bad(format!("the body: {}", e.body_text())))?;
-    let author = caller
-        .map(|Extension(c)| c.name)
-        .unwrap_or_else(|| Role::Operator.as_str().to_string());
+    let author = Caller::who(caller);
     let record =
         create_silence(&store, body.matchers, &body.duration, body.comment, author).await?;
     Ok((StatusCode::CREATED, Json(record.into())))

@@ -679,13 +679,7 @@ impl JobQueries {
     /// first reason. The reason must say something.
     pub async fn pause(&self, job: &str, by: &str, reason: &str) -> Result<Paused, QueryError> {
         self.known(job)?;
-        let reason = reason.trim();
-        if reason.is_empty() || reason.chars().count() > 500 {
-            return Err(QueryError::invalid(
-                "reason",
-                "say why, in 1 to 500 characters: the jobs page shows it to everyone",
-            ));
-        }
+        let reason = ops::reason(reason).map_err(|e| QueryError::invalid("reason", e))?;
         let runner = self.runner();
         runner
             .store()
@@ -717,13 +711,7 @@ impl JobQueries {
     ) -> Result<Run, QueryError> {
         self.known(job)?;
         let partition = self::partition("partition", partition)?;
-        let reason = reason.trim();
-        if reason.is_empty() || reason.chars().count() > 500 {
-            return Err(QueryError::invalid(
-                "reason",
-                "say why, in 1 to 500 characters: the run history keeps it",
-            ));
-        }
+        let reason = ops::reason(reason).map_err(|e| QueryError::invalid("reason", e))?;
         let runner = self.runner();
         let snap = self.snapshots.snapshot(&runner).await;
         let run_id = runner

@@ -283,7 +283,7 @@ impl Directory {
                 updated_at_ms: now,
             })
             .collect();
-        let output = self
+        let mut output = self
             .lake
             .write(job, partition, vec![batch(partition, &entries)])
             .await?;
@@ -320,7 +320,6 @@ impl Directory {
             skipped = skipped.len(),
             "merchant directory imported"
         );
-        let mut output = output;
         output.messages.push(format!(
             "merchant directory: {} store(s) of {} merchant(s) imported, {} row(s) skipped",
             entries.len(),

@@ -17,6 +17,16 @@ use std::time::Duration;
 use tillwatch_meta::{JobPartitionRow, JobRunRow, MetaError, MetaStore};
 
 use crate::interval::Partition;
+
+/// An operator's reason for a pause or a mark, trimmed, or what is wrong
+/// with it: it is shown to everyone, so it must say something, briefly.
+pub fn reason(text: &str) -> Result<&str, &'static str> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > 500 {
+        return Err("say why, in 1 to 500 characters: it is shown with who did it");
+    }
+    Ok(text)
+}
 use crate::job::{Catalog, Input};
 use crate::plan::Task;
 use crate::runner::{Ran, Runner};

@@ -266,11 +266,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
         JobsCommand::Validate(args) => validate(&args).await?,
         JobsCommand::Pause(args) => {
             let runner = open_job(&args.store, &args.job).await?;
-            let reason = args.reason.trim();
-            anyhow::ensure!(
-                !reason.is_empty() && reason.chars().count() <= 500,
-                "--reason: say why, in 1 to 500 characters"
-            );
+            let reason = ops::reason(&args.reason).map_err(|e| anyhow::anyhow!("--reason: {e}"))?;
             let by = format!(
                 "cli:{}",
                 std::env::var("USER").unwrap_or_else(|_| "unknown".into())
@@ -295,11 +291,7 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
         }
         JobsCommand::MarkSucceeded(args) => {
             let partition: Partition = args.partition.parse().context("the partition")?;
-            let reason = args.reason.trim();
-            anyhow::ensure!(
-                !reason.is_empty() && reason.chars().count() <= 500,
-                "--reason: say why, in 1 to 500 characters"
-            );
+            let reason = ops::reason(&args.reason).map_err(|e| anyhow::anyhow!("--reason: {e}"))?;
             let config = config(&args.store)?;
             let (runner, lake) = open(&config).await?;
             anyhow::ensure!(
