@@ -152,24 +152,16 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
 
     // 12 terminals, a reading every 5 minutes for the last four hours.
     let now = UtcMillis::now().0;
-    let sim = SimConfig {
+    publish(
         broker,
-        devices: 12,
-        merchants: 2,
-        stores_per_merchant: 2,
-        interval: Duration::from_secs(300),
-        readings_per_device: Some(47),
-        seed: 27,
-        start_ms: Some(now - 4 * HOUR),
-        faults: Faults::none(),
-        connect_concurrency: 12,
-        security: Default::default(),
-        durability: Default::default(),
-    };
-    let report = tillwatch_sim::run(sim, watch::channel(false).1)
-        .await
-        .unwrap();
-    assert_eq!(report.unacked_readings, 0);
+        12,
+        2,
+        Duration::from_secs(300),
+        47,
+        27,
+        now - 4 * HOUR,
+    )
+    .await;
 
     let lake = Lake::new(config.data_dir.join("lake"));
     let outputs = Embedded::new(lake.clone());
@@ -226,10 +218,25 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
         "payments-risk/uses_margins.datafusion.sql",
         "SELECT device_id FROM margins\n",
     );
+    // A schedule cron cannot read.
+    write(
+        &root,
+        "payments-risk/odd_hours.toml",
+        "description = \"x\"\ngrain = \"hour\"\ninputs = [\"battery\"]\nschedule = \"61 * * * *\"\n",
+    );
+    write(
+        &root,
+        "payments-risk/odd_hours.datafusion.sql",
+        "SELECT count(*) AS n FROM battery\n",
+    );
 
     // What the team's CI would run.
     let (ok, out, err) = validate(&root);
     assert!(!ok, "{out}\n{err}");
+    assert!(
+        err.contains("payments-risk/odd_hours.toml:4: schedule:"),
+        "{err}"
+    );
     assert!(
         err.contains("payments-risk/sneaky.datafusion.sql:3: reads \"battery\", which is not among its inputs"),
         "{err}"
@@ -238,7 +245,7 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
         err.contains("payments-risk/uses_margins.toml:3: input \"margins\" belongs to finance and is not public"),
         "{err}"
     );
-    assert!(err.contains("2 problems"), "{err}");
+    assert!(err.contains("3 problems"), "{err}");
     assert!(
         out.lines()
             .any(|l| l.starts_with(JOB) && l.contains("payments-risk") && l.contains("embedded")),
@@ -264,6 +271,7 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
     for needle in [
         "payments-risk/sneaky.datafusion.sql:3: reads \"battery\"",
         "payments-risk/uses_margins.toml:3: input \"margins\" belongs to finance",
+        "payments-risk/odd_hours.toml:4: schedule:",
     ] {
         assert!(
             refused.iter().any(|r| r.contains(needle)),
@@ -273,7 +281,7 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
     assert!(
         !listed
             .iter()
-            .any(|(n, _)| n == "sneaky" || n == "uses_margins"),
+            .any(|(n, _)| n == "sneaky" || n == "uses_margins" || n == "odd_hours"),
         "{listed:?}"
     );
     let job = api_get(http, "/api/v1/jobs", VIEWER)["jobs"]
@@ -492,6 +500,38 @@ fn the_shipped_jobs_validate() {
     assert!(out.contains("5 jobs, no problems"), "{out}");
 }
 
+/// Publishes the sim's fleet (`devices` terminals over `merchants`, two
+/// stores each) into `broker`, `readings` each `interval` apart from
+/// `start_ms`; every reading acked.
+async fn publish(
+    broker: String,
+    devices: usize,
+    merchants: usize,
+    interval: Duration,
+    readings: u64,
+    seed: u64,
+    start_ms: i64,
+) {
+    let sim = SimConfig {
+        broker,
+        devices,
+        merchants,
+        stores_per_merchant: 2,
+        interval,
+        readings_per_device: Some(readings),
+        seed,
+        start_ms: Some(start_ms),
+        faults: Faults::none(),
+        connect_concurrency: devices,
+        security: Default::default(),
+        durability: Default::default(),
+    };
+    let report = tillwatch_sim::run(sim, watch::channel(false).1)
+        .await
+        .unwrap();
+    assert_eq!(report.unacked_readings, 0);
+}
+
 /// `(partition, status, reason, code)` of every run of `job`, oldest first.
 fn runs_of(http: std::net::SocketAddr, job: &str) -> Vec<(String, String, String, String)> {
     let path = format!("/api/v1/jobs/{job}/runs?limit=5000");
@@ -581,7 +621,24 @@ async fn changing_a_jobs_sql_reruns_from_the_date_it_names_and_nothing_without_o
         "payments-risk/offline_risk_by_store.datafusion.sql",
         "SELECT store_id, sum(transactions) AS transactions, max(longest_queue) AS longest_queue\nFROM offline_risk_hourly\nGROUP BY store_id\n",
     );
+    // And a store-local day over it: the terminals' zones reach its SQL.
+    write(
+        &root,
+        "payments-risk/offline_risk_local_daily.toml",
+        "description = \"per zone and store-local day\"\ngrain = \"day\"\nday = \"store-local\"\n\
+         inputs = [\"offline_risk_hourly\"]\n",
+    );
+    write(
+        &root,
+        "payments-risk/offline_risk_local_daily.datafusion.sql",
+        "SELECT z.zone, count(*) AS terminal_hours\nFROM offline_risk_hourly h\n\
+         LEFT JOIN devices d ON d.device_id = h.device_id\n\
+         JOIN zone_hours z ON z.zone = coalesce(d.zone, '') AND z.hour = h.hour\nGROUP BY z.zone\n",
+    );
     let mut config = standalone_config(dir.path(), &root, "rerun-gateway", "2d");
+    // Zones read no hours beyond the UTC day: yesterday's is complete at
+    // any time of day.
+    config.scheduler.local_day_utc_offsets = [0, 0];
     for job in [JOB, "offline_risk_by_store"] {
         config.scheduler.jobs.insert(
             job.into(),
@@ -598,24 +655,16 @@ async fn changing_a_jobs_sql_reruns_from_the_date_it_names_and_nothing_without_o
 
     // 12 terminals, a reading every half hour for the last 30 hours.
     let now = UtcMillis::now().0;
-    let sim = SimConfig {
+    publish(
         broker,
-        devices: 12,
-        merchants: 2,
-        stores_per_merchant: 2,
-        interval: Duration::from_secs(1800),
-        readings_per_device: Some(59),
-        seed: 28,
-        start_ms: Some(now - 30 * HOUR),
-        faults: Faults::none(),
-        connect_concurrency: 12,
-        security: Default::default(),
-        durability: Default::default(),
-    };
-    let report = tillwatch_sim::run(sim, watch::channel(false).1)
-        .await
-        .unwrap();
-    assert_eq!(report.unacked_readings, 0);
+        12,
+        2,
+        Duration::from_secs(1800),
+        59,
+        28,
+        now - 30 * HOUR,
+    )
+    .await;
 
     // The hours from the day before yesterday up to two hours ago.
     let today = Partition::containing(Grain::Day, now);
@@ -643,6 +692,47 @@ async fn changing_a_jobs_sql_reruns_from_the_date_it_names_and_nothing_without_o
         },
     )
     .await;
+
+    // Yesterday in the terminals' own zone (the sim's stores are in
+    // Europe/London, UTC in winter): every terminal hour counted, under
+    // the zone the metadata store knows for it.
+    wait_for(
+        "the store-local day over yesterday",
+        Duration::from_secs(300),
+        || {
+            runs_of(http, "offline_risk_local_daily")
+                .iter()
+                .any(|r| r.0 == yesterday.key() && r.1 == "succeeded")
+        },
+    )
+    .await;
+    let outputs = Embedded::new(Lake::new(config.data_dir.join("lake")));
+    let mut terminal_hours = 0;
+    for hour in yesterday.covering(Grain::Hour) {
+        let path = outputs.output_path(JOB, hour);
+        terminal_hours += read_file(&path)
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows() as i64)
+            .sum::<i64>();
+    }
+    assert!(terminal_hours > 0);
+    let local = read_file(&outputs.output_path("offline_risk_local_daily", yesterday)).unwrap();
+    let mut by_zone = BTreeMap::new();
+    for batch in &local {
+        let zones = batch.column_by_name("zone").unwrap().as_string::<i32>();
+        let counts = batch
+            .column_by_name("terminal_hours")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            by_zone.insert(zones.value(i).to_string(), counts.value(i));
+        }
+    }
+    assert_eq!(
+        by_zone,
+        BTreeMap::from([("Europe/London".to_string(), terminal_hours)])
+    );
 
     // A change without rerun_from: nothing already done runs again. A new
     // job written last tells when the scheduler has loaded the change.
@@ -756,12 +846,24 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
     write(
         &root,
         "payments-risk/breaks.toml",
-        "description = \"a job with a bug\"\ngrain = \"hour\"\ninputs = [\"battery\"]\nretries = 0\nsla = \"30m\"\n",
+        "description = \"a job with a bug\"\ngrain = \"hour\"\ninputs = [\"battery\"]\nretries = 0\nsla = \"30m\"\n\
+         notify = [\"alertmanager\"]\n",
     );
     write(
         &root,
         "payments-risk/breaks.datafusion.sql",
         "SELECT CAST(device_id AS INT) AS n FROM battery\n",
+    );
+    // What reads it waits on it.
+    write(
+        &root,
+        "payments-risk/breaks_count.toml",
+        "description = \"rows of breaks\"\ngrain = \"hour\"\ninputs = [\"breaks\"]\n",
+    );
+    write(
+        &root,
+        "payments-risk/breaks_count.datafusion.sql",
+        "SELECT count(*) AS rows_read FROM breaks\n",
     );
     let mut config = standalone_config(dir.path(), &root, "failing-job-gateway", "1d");
     config.alerting.alertmanager_url = Some(alertmanager.url());
@@ -771,24 +873,16 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
     let http = standalone.http;
 
     let now = UtcMillis::now().0;
-    let sim = SimConfig {
+    publish(
         broker,
-        devices: 6,
-        merchants: 1,
-        stores_per_merchant: 2,
-        interval: Duration::from_secs(600),
-        readings_per_device: Some(23),
-        seed: 29,
-        start_ms: Some(now - 4 * HOUR),
-        faults: Faults::none(),
-        connect_concurrency: 6,
-        security: Default::default(),
-        durability: Default::default(),
-    };
-    let report = tillwatch_sim::run(sim, watch::channel(false).1)
-        .await
-        .unwrap();
-    assert_eq!(report.unacked_readings, 0);
+        6,
+        1,
+        Duration::from_secs(600),
+        23,
+        29,
+        now - 4 * HOUR,
+    )
+    .await;
 
     // Two whole hours with readings, long enough ago to be past the SLA.
     let hour = Partition::containing(Grain::Hour, now - 2 * HOUR);
@@ -813,6 +907,10 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
     .await;
     let page = &paged("job_failed")[0];
     assert_eq!(page["labels"]["owner"], "payments-risk", "{page}");
+    assert_eq!(
+        page["labels"]["notify"], "alertmanager",
+        "the receivers it names: {page}"
+    );
     let summary = page["annotations"]["summary"].as_str().unwrap();
     assert!(
         summary.contains("job breaks (owner payments-risk) failed") && summary.contains("Cast"),
@@ -877,8 +975,25 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
     assert!(
         marked["log"]
             .to_string()
-            .contains("it never wrote an output"),
-        "the log warns that what reads it has nothing to read: {marked}"
+            .contains("it never wrote an output: one with its columns and no rows was written"),
+        "the log says an empty output stands in for it: {marked}"
+    );
+    // What reads the marked hour runs on that empty output.
+    wait_for(
+        "breaks_count to run over the marked hour",
+        Duration::from_secs(120),
+        || {
+            runs_of(http, "breaks_count")
+                .iter()
+                .any(|r| r.0 == other.key() && r.1 == "succeeded")
+        },
+    )
+    .await;
+    assert!(
+        !runs_of(http, "breaks_count")
+            .iter()
+            .any(|r| r.0 == hour.key()),
+        "the hour that still fails holds its reader"
     );
     wait_for(
         "the marked hour's pages to resolve",

@@ -261,6 +261,21 @@ impl Receiver {
         if due.is_empty() {
             return Ok(0);
         }
+        // A job's alert names the receivers that deliver it; to the others
+        // it is recorded as held without a request, so it is not due for
+        // them again (and never crowds out their own alerts).
+        let (due, others): (Vec<Delivery>, Vec<Delivery>) = due
+            .into_iter()
+            .partition(|d| d.alert.is_for(&self.config.name));
+        if !others.is_empty() {
+            let held: Vec<(String, AlertState)> = others.iter().map(holding).collect();
+            store
+                .record_delivered(&self.config.name, &held, now)
+                .await?;
+        }
+        if due.is_empty() {
+            return Ok(0);
+        }
         let mut sent = Vec::new();
         let mut failed: Vec<(Vec<&Delivery>, DeliveryError)> = Vec::new();
         match self.config.kind {
@@ -333,15 +348,7 @@ impl Receiver {
             return Ok(());
         }
         let name = &self.config.name;
-        let states: Vec<(String, AlertState)> = sent
-            .iter()
-            .map(|d| {
-                (
-                    d.alert.alert_id.clone(),
-                    d.alert.notify.unwrap_or(AlertState::Firing),
-                )
-            })
-            .collect();
+        let states: Vec<(String, AlertState)> = sent.iter().map(|d| holding(d)).collect();
         store.record_delivered(name, &states, now).await?;
         counter!(DELIVERIES, "receiver" => name.clone(), "outcome" => "sent")
             .increment(sent.len() as u64);
@@ -350,6 +357,15 @@ impl Receiver {
         }
         Ok(())
     }
+}
+
+/// What a receiver holds of an alert once it is delivered: its alert id
+/// and the state it was delivered in.
+fn holding(d: &Delivery) -> (String, AlertState) {
+    (
+        d.alert.alert_id.clone(),
+        d.alert.notify.unwrap_or(AlertState::Firing),
+    )
 }
 
 /// Delivers until `shutdown`: at once when `wake` is notified (an alert

@@ -256,3 +256,86 @@ async fn the_pagerduty_preset_triggers_and_resolves_by_dedup_key() {
     );
     assert!(err.to_string().contains("TW_TEST_UNSET_VARIABLE"), "{err}");
 }
+
+/// A job's alert with `notify = ["risk-pager"]` (its `notify` label) goes
+/// to that receiver only, firing and resolved; another receiver never
+/// sees it, and its own alerts still reach it, even with more skipped
+/// alerts than fit one batch.
+#[tokio::test]
+async fn a_jobs_alert_goes_only_to_the_receivers_it_names() {
+    let (_db, store) = store().await;
+    let (risk_url, risk_inbox) = receiver_server().await;
+    let (ops_url, ops_inbox) = receiver_server().await;
+    let mut risk = config(ReceiverKind::Webhook, &risk_url);
+    risk.name = "risk-pager".into();
+    let risk = Receiver::new(risk, no_env).unwrap();
+    let mut ops = config(ReceiverKind::Webhook, &ops_url);
+    ops.name = "ops".into();
+    let ops = Receiver::new(ops, no_env).unwrap();
+
+    let job_alert = |i: usize| {
+        let mut a = firing(&format!("job_failed:job:breaks/p{i:03}"));
+        a.rule = "job_failed".into();
+        a.subject = format!("job:breaks/p{i:03}");
+        a.scope = "job".into();
+        a.labels = [
+            ("alertname", "job_failed"),
+            ("job", "breaks"),
+            ("owner", "payments-risk"),
+            ("notify", "risk-pager,finance-mail"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        a.updated_at_ms = 1_000 + i as i64;
+        a
+    };
+    // More of the team's alerts than one delivery batch (200), older than
+    // an ordinary alert for everyone.
+    let team: Vec<AlertRecord> = (0..250).map(job_alert).collect();
+    store.save_alerts(&team).await.unwrap();
+    let mut everyone = firing("battery_critical:t-1:1000");
+    everyone.updated_at_ms = 50_000;
+    store
+        .save_alerts(std::slice::from_ref(&everyone))
+        .await
+        .unwrap();
+
+    let mut sent_to_ops = 0;
+    for round in 0..3 {
+        sent_to_ops += ops.deliver_due(&store, 100_000 + round).await.unwrap();
+    }
+    assert_eq!(sent_to_ops, 1, "ops gets its own alert, none of the team's");
+    {
+        let bodies = ops_inbox.bodies.lock().unwrap();
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(bodies[0]["alert"]["alert_id"], "battery_critical:t-1:1000");
+    }
+    let mut sent_to_risk = 0;
+    for round in 0..3 {
+        sent_to_risk += risk.deliver_due(&store, 100_000 + round).await.unwrap();
+    }
+    assert_eq!(
+        sent_to_risk, 251,
+        "the team's pager gets its alerts and the fleet's"
+    );
+
+    // The fix: the team's alerts resolve, to the team's pager only.
+    let resolved_all: Vec<AlertRecord> = team.into_iter().map(|a| resolved(a, 200_000)).collect();
+    store.save_alerts(&resolved_all).await.unwrap();
+    let mut resolves = 0;
+    for round in 0..3 {
+        resolves += risk.deliver_due(&store, 200_001 + round).await.unwrap();
+        assert_eq!(ops.deliver_due(&store, 200_001 + round).await.unwrap(), 0);
+    }
+    assert_eq!(resolves, 250);
+    assert_eq!(ops_inbox.bodies.lock().unwrap().len(), 1);
+    let risk_bodies = risk_inbox.bodies.lock().unwrap();
+    assert_eq!(
+        risk_bodies
+            .iter()
+            .filter(|b| b["status"] == "resolved" && b["alert"]["labels"]["job"] == "breaks")
+            .count(),
+        250
+    );
+}

@@ -215,6 +215,10 @@ pub struct JobSettings {
     pub sla_at: Option<String>,
     /// The zone of `sla_at` (default: `time_zone`, else UTC).
     pub sla_time_zone: Option<String>,
+    /// The receivers told of the job's `job_failed` and `job_sla_missed`
+    /// alerts, by name (`[[alerting.receivers]]`, `alertmanager` for
+    /// `alerting.alertmanager_url`); unset, every receiver is.
+    pub notify: Option<Vec<String>>,
 }
 
 /// The days a day-grain job's partitions count in.
@@ -235,6 +239,10 @@ pub enum DayKind {
 pub enum DeclaredGrain {
     Hour,
     Day,
+    /// ISO weeks, Monday 00:00 to Monday 00:00 UTC (key `2026-W48`).
+    Week,
+    /// Calendar months in UTC (key `2026-11`).
+    Month,
 }
 
 /// A job as its declaration file (`<jobs root>/<owner>/<job>.toml`) says:
@@ -303,6 +311,8 @@ pub struct JobDeclaration {
     /// its interval's end, in `sla_time_zone`.
     pub sla_at: Option<String>,
     pub sla_time_zone: Option<String>,
+    /// Who is told when it fails or is late (see [`JobSettings::notify`]).
+    pub notify: Option<Vec<String>>,
 }
 
 /// Where a source job reads: a PostgreSQL database, through a query. The
@@ -392,6 +402,7 @@ impl JobDeclaration {
             sla: self.sla,
             sla_at: self.sla_at.clone(),
             sla_time_zone: self.sla_time_zone.clone(),
+            notify: self.notify.clone(),
         }
     }
 }

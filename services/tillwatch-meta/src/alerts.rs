@@ -67,6 +67,19 @@ pub struct AlertRecord {
     pub updated_at_ms: i64,
 }
 
+/// The label naming the receivers (comma-separated) that deliver an
+/// alert (a job's `notify`); an alert without it goes to every receiver.
+pub const NOTIFY_LABEL: &str = "notify";
+
+impl AlertRecord {
+    /// Whether `receiver` delivers this alert (see [`NOTIFY_LABEL`]).
+    pub fn is_for(&self, receiver: &str) -> bool {
+        self.labels
+            .get(NOTIFY_LABEL)
+            .is_none_or(|names| names.split(',').any(|n| n.trim() == receiver))
+    }
+}
+
 /// An alert due for sending to one receiver, with what it was last sent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {

@@ -27,7 +27,8 @@ use sqlx::{AnyPool, Row};
 use tillwatch_domain::{DeviceInfo, MerchantId, Reading};
 
 pub use alerts::{
-    AlertFilter, AlertRecord, AlertState, Delivery, MerchantRecord, SilenceRecord, StoreRecord,
+    AlertFilter, AlertRecord, AlertState, Delivery, MerchantRecord, NOTIFY_LABEL, SilenceRecord,
+    StoreRecord,
 };
 pub use attributes::{AttributeVersion, AttributionInputs};
 pub use batch::StateBatch;

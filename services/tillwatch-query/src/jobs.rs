@@ -72,7 +72,7 @@ pub struct JobInfo {
     /// The fingerprint of its code (SQL, inputs, grain) now; each run
     /// records the one it ran with.
     pub code: Option<String>,
-    /// `hour` or `day`.
+    /// `hour`, `day`, `week` or `month`.
     pub grain: &'static str,
     pub schedule: String,
     pub start_ms: i64,
@@ -87,6 +87,9 @@ pub struct JobInfo {
     pub window: bool,
     /// Set while an operator has it paused: none of its partitions start.
     pub paused: Option<Paused>,
+    /// The receivers told of its failures and missed SLAs; empty: every
+    /// receiver.
+    pub notify: Vec<String>,
     pub inputs: Vec<JobInput>,
     pub partitions: PartitionCounts,
 }
@@ -499,6 +502,7 @@ impl JobQueries {
                     concurrency: job.concurrency,
                     window: job.window.is_some(),
                     paused: paused.remove(&job.name),
+                    notify: job.notify.clone(),
                     inputs: job
                         .inputs
                         .iter()

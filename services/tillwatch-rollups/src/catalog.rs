@@ -46,8 +46,15 @@ fn ms(d: Duration) -> i64 {
 /// A problem with one setting: its key, and what is wrong.
 type SettingError = (&'static str, String);
 
-/// Applies `s` to `job`; each problem names its key.
-fn apply(job: &mut JobSpec, s: &JobSettings, now_ms: i64, errors: &mut Vec<SettingError>) {
+/// Applies `s` to `job`; each problem names its key. `receivers` are the
+/// configured receivers' names `notify` may name (none: not checked).
+fn apply(
+    job: &mut JobSpec,
+    s: &JobSettings,
+    now_ms: i64,
+    receivers: &[String],
+    errors: &mut Vec<SettingError>,
+) {
     let tz = s.time_zone.as_deref().unwrap_or("UTC");
     if s.schedule.is_some() || s.time_zone.is_some() {
         let text = s.schedule.as_deref().unwrap_or(job.schedule.as_str());
@@ -129,6 +136,69 @@ fn apply(job: &mut JobSpec, s: &JobSettings, now_ms: i64, errors: &mut Vec<Setti
     } else if s.sla_time_zone.is_some() {
         errors.push(("sla_time_zone", "set without sla_at".to_string()));
     }
+    if let Some(names) = &s.notify {
+        let unknown: Vec<&String> = names
+            .iter()
+            .filter(|n| !receivers.is_empty() && !receivers.contains(n))
+            .collect();
+        if names.is_empty() {
+            errors.push((
+                "notify",
+                "names no receiver: leave it out to tell every receiver".to_string(),
+            ));
+        } else if let Some(bad) = names
+            .iter()
+            .find(|n| n.trim().is_empty() || n.contains(','))
+        {
+            errors.push(("notify", format!("{bad:?} is not a receiver's name")));
+        } else if !unknown.is_empty() {
+            errors.push((
+                "notify",
+                format!(
+                    "no receiver {} is configured (the receivers are {})",
+                    unknown
+                        .iter()
+                        .map(|n| format!("{n:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    receivers.join(", ")
+                ),
+            ));
+        }
+        job.notify = names.clone();
+    }
+}
+
+/// Applies a declaration's settings to its job: each problem at the
+/// setting's line.
+fn apply_declared(
+    job: &mut JobSpec,
+    d: &DeclaredJob,
+    now_ms: i64,
+    receivers: &[String],
+) -> Vec<Problem> {
+    let mut errors = Vec::new();
+    apply(
+        job,
+        &d.declaration.settings(&d.owner),
+        now_ms,
+        receivers,
+        &mut errors,
+    );
+    errors
+        .into_iter()
+        .map(|(key, message)| d.problem(key, format!("{key}: {message}")))
+        .collect()
+}
+
+/// The problems with the declarations' settings (a schedule, a window or
+/// an SLA that does not parse), each as the scheduler refuses it, for
+/// `jobs validate` (which knows no receivers, so `notify` is not checked
+/// against them).
+pub fn settings_problems(jobs: &[DeclaredJob], now_ms: i64) -> Vec<Problem> {
+    jobs.iter()
+        .flat_map(|d| apply_declared(&mut d.spec(), d, now_ms, &[]))
+        .collect()
 }
 
 /// The teams' declarations under `dirs`, checked together with the
@@ -229,7 +299,8 @@ impl Loaded {
     }
 }
 
-/// The jobs as configured, checked together; every problem with the
+/// The jobs as configured, checked together (a `notify` against
+/// `receivers`, the configured receivers' names, when there are any); every problem with the
 /// operator's settings is reported, each naming its key, and fails the
 /// load. The teams' declarations under `scheduler.jobs_dir` that have a
 /// problem are refused ([`Loaded::refused`]) and the rest run. With
@@ -238,6 +309,7 @@ impl Loaded {
 pub fn load(
     config: &SchedulerConfig,
     retention: &RetentionConfig,
+    receivers: &[String],
     now_ms: i64,
 ) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
@@ -253,23 +325,15 @@ pub fn load(
     let [west, east] = config.local_day_utc_offsets;
     let declared_spec = |d: &DeclaredJob, problems: &mut Vec<Problem>| {
         let mut job = d.spec();
-        job.start_ms = default_start;
+        // From the week or month holding the default start, so a monthly
+        // job's first partition is not a month away.
+        job.start_ms =
+            tillwatch_scheduler::Partition::containing(job.grain, default_start).start_ms;
         if d.store_local_day() {
             job.reads_before_ms = i64::from(east.max(0)) * 3_600_000;
             job.reads_after_ms = -i64::from(west.min(0)) * 3_600_000;
         }
-        let mut errors = Vec::new();
-        apply(
-            &mut job,
-            &d.declaration.settings(&d.owner),
-            now_ms,
-            &mut errors,
-        );
-        problems.extend(
-            errors
-                .into_iter()
-                .map(|(key, message)| d.problem(key, format!("{key}: {message}"))),
-        );
+        problems.extend(apply_declared(&mut job, d, now_ms, receivers));
         job
     };
     let mut jobs: Vec<JobSpec> = Vec::new();
@@ -328,7 +392,7 @@ pub fn load(
     for job in &mut jobs {
         let settings = config.jobs.get(&job.name).unwrap_or(&none);
         let mut problems = Vec::new();
-        apply(job, settings, now_ms, &mut problems);
+        apply(job, settings, now_ms, receivers, &mut problems);
         errors.extend(
             problems
                 .into_iter()
@@ -353,9 +417,10 @@ pub fn load(
 pub fn catalog(
     config: &SchedulerConfig,
     retention: &RetentionConfig,
+    receivers: &[String],
     now_ms: i64,
 ) -> Result<Catalog, Vec<String>> {
-    let loaded = load(config, retention, now_ms)?;
+    let loaded = load(config, retention, receivers, now_ms)?;
     for problem in &loaded.refused {
         tracing::warn!(%problem, "a job declaration was refused; the other jobs run");
     }
@@ -382,7 +447,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let catalog = catalog(&config, &RetentionConfig::default(), NOW).unwrap();
+        let catalog = catalog(&config, &RetentionConfig::default(), &[], NOW).unwrap();
         let daily = catalog.job("device_health_daily").unwrap();
         assert_eq!(daily.schedule.as_str(), "30 2 * * *");
         assert_eq!(daily.retries, 5);
@@ -406,7 +471,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let errors = super::catalog(&bad, &RetentionConfig::default(), NOW)
+        let errors = super::catalog(&bad, &RetentionConfig::default(), &[], NOW)
             .unwrap_err()
             .join("\n");
         for needle in [
@@ -418,6 +483,84 @@ mod tests {
         ] {
             assert!(errors.contains(needle), "{needle} missing from:\n{errors}");
         }
+    }
+
+    /// `notify` names configured receivers: a team's declaration naming
+    /// another is refused at its line, the operator's setting fails the
+    /// load; a job's alerts carry the names. Weekly and monthly jobs start
+    /// with the week or month holding `scheduler.start`.
+    #[test]
+    fn notify_names_known_receivers_and_long_grains_start_with_their_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let team = dir.path().join("payments-risk");
+        std::fs::create_dir_all(&team).unwrap();
+        let job = |name: &str, extra: &str| {
+            std::fs::write(
+                team.join(format!("{name}.toml")),
+                format!("description = \"x\"\n{extra}inputs = [\"battery\"]\n"),
+            )
+            .unwrap();
+            std::fs::write(
+                team.join(format!("{name}.datafusion.sql")),
+                "SELECT device_id FROM battery\n",
+            )
+            .unwrap();
+        };
+        job("paged", "grain = \"hour\"\nnotify = [\"risk-pager\"]\n");
+        job("misrouted", "grain = \"hour\"\nnotify = [\"risk-pagr\"]\n");
+        job("weekly", "grain = \"week\"\n");
+        job("monthly", "grain = \"month\"\n");
+        let config: SchedulerConfig = toml::from_str(&format!(
+            "jobs_dir = {:?}\nstart = \"7d\"\n[jobs.raw_compaction]\nnotify = [\"platform\"]\n",
+            dir.path().display().to_string()
+        ))
+        .unwrap();
+        let receivers = ["risk-pager".to_string(), "alertmanager".to_string()];
+        let errors = load(&config, &RetentionConfig::default(), &receivers, NOW).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "scheduler.jobs.raw_compaction.notify: no receiver \"platform\" is configured \
+                 (the receivers are risk-pager, alertmanager)"
+            ]
+        );
+        let config: SchedulerConfig = toml::from_str(&format!(
+            "jobs_dir = {:?}\nstart = \"7d\"\n",
+            dir.path().display().to_string()
+        ))
+        .unwrap();
+        let loaded = load(&config, &RetentionConfig::default(), &receivers, NOW).unwrap();
+        let refused = loaded.refused_text().join("\n");
+        assert!(
+            refused.contains("misrouted.toml:3: notify: no receiver \"risk-pagr\""),
+            "{refused}"
+        );
+        assert_eq!(
+            loaded.catalog.job("paged").unwrap().notify,
+            ["risk-pager".to_string()]
+        );
+        assert!(loaded.catalog.job("misrouted").is_none());
+        // Without receivers to check against (a config without alerting),
+        // the names are taken as they are.
+        let unchecked = load(&config, &RetentionConfig::default(), &[], NOW).unwrap();
+        assert!(unchecked.catalog.job("misrouted").is_some());
+
+        // NOW is Sunday 2026-11-22; seven days back is Sunday the 15th,
+        // in the ISO week that began on Monday the 9th.
+        let weekly = loaded.catalog.job("weekly").unwrap();
+        assert_eq!(
+            tillwatch_scheduler::Partition::containing(
+                tillwatch_scheduler::Grain::Week,
+                weekly.start_ms
+            )
+            .key(),
+            "2026-W46"
+        );
+        assert_eq!(weekly.start_ms, parse_start("2026-11-09", NOW).unwrap());
+        assert_eq!(
+            loaded.catalog.job("monthly").unwrap().start_ms,
+            parse_start("2026-11-01", NOW).unwrap()
+        );
     }
 
     #[test]

@@ -129,6 +129,8 @@ impl DeclaredJob {
         let grain = match self.declaration.grain {
             DeclaredGrain::Hour => Grain::Hour,
             DeclaredGrain::Day => Grain::Day,
+            DeclaredGrain::Week => Grain::Week,
+            DeclaredGrain::Month => Grain::Month,
         };
         let mut spec = JobSpec::new(&self.name, grain, self.inputs());
         spec.owner = self.owner.clone();
@@ -673,11 +675,19 @@ pub fn check(jobs: &[DeclaredJob]) -> Vec<Problem> {
                 ),
             });
         }
-        if team && job.store_local_day() {
+        if job.store_local_day()
+            && let Some(input) = job
+                .declaration
+                .inputs
+                .iter()
+                .find(|i| LOCAL_DAY_TABLES.contains(&i.as_str()))
+        {
             problems.push(job.problem(
-                "day",
-                "store-local days are for the built-in rollups for now; a team's daily job \
-                 counts UTC days (remove `day`, or read device_health_daily)",
+                "inputs",
+                format!(
+                    "a store-local day's SQL reads its own {input:?} table (the terminals' zones \
+                     and the hours of each zone's day); an input of that name would hide it"
+                ),
             ));
         }
         for input in &job.declaration.inputs {
@@ -743,6 +753,12 @@ pub fn check(jobs: &[DeclaredJob]) -> Vec<Problem> {
     }
     problems
 }
+
+/// The tables a store-local day's SQL reads besides its inputs:
+/// `devices(device_id, zone, model)` (a terminal's time zone, `''`
+/// without a known one) and `zone_hours(zone, hour)` (the UTC hours of
+/// each zone's local day; zone `''` holds the UTC day's).
+pub const LOCAL_DAY_TABLES: [&str; 2] = ["devices", "zone_hours"];
 
 /// Where a job's SQL for the embedded engine is, for messages.
 fn sql_file(job: &DeclaredJob) -> String {
@@ -910,6 +926,15 @@ pub async fn plan(
         if missing {
             // The input's own problem is reported; this job cannot plan.
             continue;
+        }
+        if job.store_local_day() {
+            let (devices, zone_hours) = crate::side::local_day_batches(&Default::default());
+            for (name, batch) in LOCAL_DAY_TABLES.into_iter().zip([devices, zone_hours]) {
+                let empty = datafusion::datasource::MemTable::try_new(batch.schema(), vec![vec![]])
+                    .expect("an empty table of a known schema");
+                ctx.register_table(name, std::sync::Arc::new(empty))
+                    .expect("a new session takes a table");
+            }
         }
         match ctx.sql_with_options(&bind(sql, 0, 0), query_only()).await {
             Ok(frame) => {

@@ -128,7 +128,10 @@ impl Embedded {
         let hour = HourPartition(partition.start_ms.div_euclid(3_600_000));
         let grain = match partition.grain {
             tillwatch_scheduler::Grain::Hour => OutputGrain::Hour,
-            tillwatch_scheduler::Grain::Day => OutputGrain::Day,
+            // A week or a month under the date it starts on.
+            tillwatch_scheduler::Grain::Day
+            | tillwatch_scheduler::Grain::Week
+            | tillwatch_scheduler::Grain::Month => OutputGrain::Day,
         };
         self.lake.output_path(job, hour, grain)
     }
@@ -286,8 +289,10 @@ impl Embedded {
     /// partition: each raw table it reads holds the hours its interval
     /// (widened by its read margins) covers, each job it reads the outputs
     /// of the partitions overlapping it, registered under the input's
-    /// name; its SQL runs with `{start_ms}` and `{end_ms}` bound, as one
-    /// query that can change nothing, and its result is the partition.
+    /// name; a store-local day also gets the terminals' zones and each
+    /// zone's hours ([`crate::declared::LOCAL_DAY_TABLES`]); its SQL runs
+    /// with `{start_ms}` and `{end_ms}` bound, as one query that can change
+    /// nothing, and its result is the partition.
     pub async fn run_declared(
         &self,
         job: &JobSpec,
@@ -325,6 +330,15 @@ impl Embedded {
                 .await
                 .map_err(|e| JobError::read(format_args!("{input} for {partition}"), e))?;
         }
+        let mut messages = Vec::new();
+        if declared.store_local_day() {
+            let local = self.local_day(job, partition).await?;
+            messages.extend(local.warnings.iter().map(|(_, text)| text.clone()));
+            let (devices, zone_hours) = side::local_day_batches(&local);
+            let [d, z] = crate::declared::LOCAL_DAY_TABLES;
+            Self::register_batch(&ctx, d, devices)?;
+            Self::register_batch(&ctx, z, zone_hours)?;
+        }
         let sql = crate::declared::bind(sql, partition.start_ms, partition.end_ms());
         let frame = ctx
             .sql_with_options(&sql, crate::declared::query_only())
@@ -342,6 +356,7 @@ impl Embedded {
             batches.push(RecordBatch::new_empty(schema));
         }
         let mut output = self.write(&job.name, partition, batches).await?;
+        output.messages.extend(messages);
         output
             .messages
             .push("the plan (DataFusion, optimised):".into());

@@ -12,7 +12,7 @@ use tillwatch_storage::{Lake, Table};
 
 use tillwatch_clickhouse::ClickHouse;
 use tillwatch_config::{RollupEngine, RollupRulesConfig, SourceFeed};
-use tillwatch_scheduler::{Executor, JobError, JobSpec, RunFuture};
+use tillwatch_scheduler::{EmptyFuture, Executor, JobError, JobSpec, Output, RunFuture};
 
 use crate::clickhouse::ClickHouseEngine;
 use crate::directory::Directory;
@@ -205,6 +205,48 @@ impl Executor for Jobs {
             Ok(output)
         })
     }
+
+    /// A team's SQL job or a product rollup: the columns its SQL gives
+    /// (planned over empty inputs), no rows, in the lake; a file already
+    /// there (a run that wrote and then failed) is kept. Sources and the
+    /// lake's upkeep have none.
+    fn empty_output<'a>(&'a self, job: &'a JobSpec, partition: Partition) -> EmptyFuture<'a> {
+        Box::pin(async move {
+            let Some(declared) = self.loaded.declared.iter().find(|d| d.name == job.name) else {
+                return Ok(None);
+            };
+            if declared.declaration.source.is_some() || declared.declaration.builtin {
+                return Ok(None);
+            }
+            let path = self.lake.output_path(&job.name, partition);
+            if self.lake.exists(&path).await? {
+                return Ok(Some(Output {
+                    rows: 0,
+                    fingerprint: format!("marked-{}-{}", job.name, partition),
+                    messages: vec![format!(
+                        "it never recorded an output; the file a failed run left at {} is kept",
+                        path.display()
+                    )],
+                }));
+            }
+            let schema = if declared.is_product_rollup() {
+                Embedded::output_schema(&job.name).await?
+            } else {
+                let (mut schemas, _) = crate::declared::plan(&self.loaded.declared).await;
+                schemas.remove(&job.name).ok_or_else(|| {
+                    JobError::query(format!("the SQL of {} does not plan", job.name))
+                })?
+            };
+            let empty = arrow::record_batch::RecordBatch::new_empty(schema);
+            let mut output = self.lake.write(&job.name, partition, vec![empty]).await?;
+            output.messages.push(format!(
+                "it never wrote an output: one with its columns and no rows was written at {}, \
+                 so what reads it sees no rows for it",
+                path.display()
+            ));
+            Ok(Some(output))
+        })
+    }
 }
 
 /// The ClickHouse client when the rollups run there: `engine = "clickhouse"`,
@@ -236,7 +278,13 @@ pub fn open_with_refused(
     store: MetaStore,
     clock: Clock,
 ) -> Result<(Runner, Lake, Vec<String>), SchedulerError> {
-    let loaded = crate::catalog::load(&config.scheduler, &config.retention, clock())
+    let receivers: Vec<String> = config
+        .alerting
+        .all_receivers()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    let loaded = crate::catalog::load(&config.scheduler, &config.retention, &receivers, clock())
         .map_err(SchedulerError::Config)?;
     for problem in &loaded.refused {
         tracing::warn!(%problem, "a job declaration was refused; the other jobs run");
@@ -251,9 +299,9 @@ pub fn open_with_refused(
         Some(ch) => Arc::new(ClickHouseEngine::with_side_inputs(
             ch.clone(),
             lake.clone(),
-            side,
+            side.clone(),
         )),
-        None => Arc::new(Embedded::with_side_inputs(lake.clone(), side)),
+        None => Arc::new(Embedded::with_side_inputs(lake.clone(), side.clone())),
     };
     let directory = Directory {
         store: store.clone(),
@@ -266,7 +314,8 @@ pub fn open_with_refused(
         rollups,
         directory,
         store: store.clone(),
-        lake: Embedded::new(lake.clone()),
+        // The teams' store-local days read the terminals' zones.
+        lake: Embedded::with_side_inputs(lake.clone(), side),
         rules: config.alerting.rollup_rules.clone(),
         clock: clock.clone(),
         retention: config.retention.clone(),

@@ -209,7 +209,7 @@ pub const UTC_KEY: &str = "";
 const HOUR_MS: i64 = 3_600_000;
 
 /// Which UTC hours of the hourly rollup count in each device's local day.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LocalDay {
     /// Device → zone ([`UTC_KEY`] without a known one) and model.
     pub devices: Vec<(String, String, Option<String>)>,

@@ -535,3 +535,198 @@ async fn a_daily_partition_counts_each_terminals_local_day_and_its_minutes_onlin
         [Some("A920"), None, None]
     );
 }
+
+/// A team's daily job with `day = "store-local"`: its SQL joins the raw
+/// readings to `devices` and `zone_hours`, planned at load (with the
+/// tables of a local day beside its inputs) and run over the hours around
+/// the UTC day; each terminal's sum is over its own local day.
+#[tokio::test]
+async fn a_teams_store_local_day_sums_each_terminals_own_day() {
+    use std::sync::Arc;
+    use tillwatch_rollups::declared;
+    use tillwatch_rollups::side::{DeviceFacts, FixedSideInputs};
+
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(dir.path().join("lake"));
+    let day = Partition::containing(Grain::Day, HOUR_START);
+    let fleet = Fleet::minutes(day.start_ms - 180 * MIN, 0..30 * 60);
+    fleet.write(&lake);
+    let jobs = dir.path().join("jobs/finance");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(
+        jobs.join("local_takings_daily.toml"),
+        "description = \"Transactions per terminal and store-local day\"\n\
+         grain = \"day\"\nday = \"store-local\"\ninputs = [\"app_performance\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        jobs.join("local_takings_daily.datafusion.sql"),
+        "SELECT to_timestamp_millis({start_ms}) AS day, a.device_id,\n\
+         \x20      sum(a.transactions) AS transactions, count(*) AS readings\n\
+         FROM app_performance a\n\
+         LEFT JOIN devices d ON d.device_id = a.device_id\n\
+         JOIN zone_hours z ON z.zone = coalesce(d.zone, '') AND z.hour = date_trunc('hour', a.sampled_at)\n\
+         GROUP BY a.device_id ORDER BY a.device_id\n",
+    )
+    .unwrap();
+    let (loaded, problems) = declared::load_dir(&dir.path().join("jobs"));
+    assert_eq!(problems, []);
+    let mut all = declared::builtin();
+    all.extend(loaded);
+    let (schemas, problems) = declared::plan(&all).await;
+    assert_eq!(problems, [], "the SQL plans with devices and zone_hours");
+    let columns: Vec<String> = schemas["local_takings_daily"]
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(columns, ["day", "device_id", "transactions", "readings"]);
+
+    let job_file = all
+        .iter()
+        .find(|j| j.name == "local_takings_daily")
+        .unwrap();
+    assert!(job_file.store_local_day());
+    let mut job = job_file.spec();
+    job.reads_before_ms = 2 * 3_600_000;
+    job.reads_after_ms = 3 * 3_600_000;
+    // t-0 in Berlin (UTC+1), t-1 in São Paulo (UTC-3), t-2 without a zone.
+    let side = FixedSideInputs {
+        devices: vec![
+            DeviceFacts {
+                device_id: "t-0".into(),
+                time_zone: Some("Europe/Berlin".into()),
+                model: None,
+            },
+            DeviceFacts {
+                device_id: "t-1".into(),
+                time_zone: Some("America/Sao_Paulo".into()),
+                model: None,
+            },
+        ],
+        ..FixedSideInputs::default()
+    };
+    let engine = Embedded::with_side_inputs(lake.clone(), Arc::new(side));
+    let grain_of = |_: &str| None;
+    let output = engine
+        .run_declared(&job, job_file, &grain_of, day)
+        .await
+        .unwrap();
+    assert_eq!(output.rows, 3);
+    let batches = read_file(&engine.output_path("local_takings_daily", day)).unwrap();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let h = |n: i64| day.start_ms + n * 3_600_000;
+    let windows = [(h(-1), h(23)), (h(3), h(27)), (h(0), h(24))];
+    for (row, (device, (from, to))) in ["t-0", "t-1", "t-2"].iter().zip(windows).enumerate() {
+        let apps: Vec<u32> = fleet
+            .readings
+            .iter()
+            .filter(|(d, r)| d == device && r.sampled_at.0 >= from && r.sampled_at.0 < to)
+            .filter_map(|(_, r)| match &r.signal {
+                Signal::AppPerformance(a) => Some(a.transactions),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(apps.len(), 1440, "{device}: a whole local day of minutes");
+        let sum: u32 = apps.iter().sum();
+        assert_eq!(
+            column_f64(&batch, "transactions")[row],
+            Some(f64::from(sum)),
+            "{device}"
+        );
+        assert_eq!(
+            column_f64(&batch, "readings")[row],
+            Some(1440.0),
+            "{device}"
+        );
+    }
+
+    // A job of that day whose read margins do not reach São Paulo's
+    // evening says so in its run log.
+    job.reads_after_ms = 0;
+    let output = engine
+        .run_declared(&job, job_file, &grain_of, day)
+        .await
+        .unwrap();
+    assert!(
+        output
+            .messages
+            .iter()
+            .any(|m| m.contains("America/Sao_Paulo") && m.contains("not counted")),
+        "{:?}",
+        output.messages
+    );
+}
+
+/// A team's weekly job: its partition `2026-W47` reads the 168 hours of
+/// Monday to Sunday (UTC) and lands under the Monday's date.
+#[tokio::test]
+async fn a_teams_weekly_job_reads_its_seven_days() {
+    use tillwatch_rollups::declared;
+
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::new(dir.path().join("lake"));
+    let week: Partition = "2026-W47".parse().unwrap();
+    assert_eq!(week.grain, Grain::Week);
+    // From an hour before the Monday to an hour after the next.
+    let fleet = Fleet::minutes(week.start_ms - 60 * MIN, 0..(7 * 24 + 2) * 60);
+    fleet.write(&lake);
+    let jobs = dir.path().join("jobs/finance");
+    std::fs::create_dir_all(&jobs).unwrap();
+    std::fs::write(
+        jobs.join("takings_weekly.toml"),
+        "description = \"Transactions per terminal and ISO week\"\n\
+         grain = \"week\"\ninputs = [\"app_performance\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        jobs.join("takings_weekly.datafusion.sql"),
+        "SELECT to_timestamp_millis({start_ms}) AS week, device_id, sum(transactions) AS transactions\n\
+         FROM app_performance\n\
+         GROUP BY device_id ORDER BY device_id\n",
+    )
+    .unwrap();
+    let (loaded, problems) = declared::load_dir(&dir.path().join("jobs"));
+    assert_eq!(problems, []);
+    let mut all = declared::builtin();
+    all.extend(loaded);
+    assert_eq!(declared::plan(&all).await.1, []);
+    let job_file = all.iter().find(|j| j.name == "takings_weekly").unwrap();
+    let job = job_file.spec();
+    assert_eq!(job.grain, Grain::Week);
+    assert_eq!(job.input_partitions(week, Grain::Hour).len(), 168);
+
+    let engine = Embedded::new(lake.clone());
+    let output = engine
+        .run_declared(&job, job_file, &|_: &str| None, week)
+        .await
+        .unwrap();
+    assert_eq!(output.rows, 3);
+    let path = engine.output_path("takings_weekly", week);
+    assert!(
+        path.to_string_lossy().contains("date=2026-11-16"),
+        "{}",
+        path.display()
+    );
+    let batches = read_file(&path).unwrap();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    for (row, device) in ["t-0", "t-1", "t-2"].iter().enumerate() {
+        let sum: u32 = fleet
+            .readings
+            .iter()
+            .filter(|(d, r)| {
+                d == device && r.sampled_at.0 >= week.start_ms && r.sampled_at.0 < week.end_ms()
+            })
+            .filter_map(|(_, r)| match &r.signal {
+                Signal::AppPerformance(a) => Some(a.transactions),
+                _ => None,
+            })
+            .sum();
+        assert!(sum > 0);
+        assert_eq!(
+            column_f64(&batch, "transactions")[row],
+            Some(f64::from(sum)),
+            "{device}"
+        );
+    }
+}

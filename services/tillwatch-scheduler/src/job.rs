@@ -201,16 +201,15 @@ pub struct JobSpec {
     /// Each partition should have succeeded by this time of day after its
     /// end (with `sla_ms` too, the earlier deadline counts).
     pub sla_at: Option<SlaAt>,
+    /// The receivers told of its job alerts, by name; empty: every one.
+    pub notify: Vec<String>,
 }
 
 impl JobSpec {
     /// Defaults for a job: hourly partitions of an hour's grain, every hour;
     /// no catch-up limit; 5 min lateness; 3 retries from 30 s to 10 min.
     pub fn new(name: &str, grain: Grain, inputs: Vec<Input>) -> JobSpec {
-        let schedule = match grain {
-            Grain::Hour => "@hourly",
-            Grain::Day => "@daily",
-        };
+        let schedule = grain.schedule();
         JobSpec {
             name: name.to_string(),
             owner: "tillwatch".into(),
@@ -235,6 +234,7 @@ impl JobSpec {
             rerun_from_ms: None,
             sla_ms: None,
             sla_at: None,
+            notify: Vec::new(),
         }
     }
 

@@ -19,5 +19,5 @@ pub use interval::{Grain, Partition, PartitionKeyError};
 pub use job::{Catalog, CatalogError, Input, JobSpec, RunWindow, Schedule, SlaAt};
 pub use ops::{Lineage, Progress, RangeError, Snapshot, Target};
 pub use plan::{PartitionRecord, Reason, Status, Task, World, plan};
-pub use runner::{Clock, Executor, Output, Ran, RunFuture, Runner};
+pub use runner::{Clock, EmptyFuture, Executor, Output, Ran, RunFuture, Runner};
 pub use watermark::{WriterWatermark, ingest_watermark};

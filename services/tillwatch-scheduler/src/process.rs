@@ -194,16 +194,24 @@ impl JobWatch {
         value: f64,
         now_ms: i64,
     ) -> FindingRecord {
+        let mut labels: std::collections::BTreeMap<String, String> = [
+            ("job".to_string(), job.name.clone()),
+            ("owner".to_string(), job.owner.clone()),
+            ("partition".to_string(), partition.to_string()),
+        ]
+        .into();
+        if !job.notify.is_empty() {
+            // The receivers that deliver it (see the alerter's delivery).
+            labels.insert(
+                tillwatch_meta::NOTIFY_LABEL.to_string(),
+                job.notify.join(","),
+            );
+        }
         FindingRecord {
             rule: rule.into(),
             subject: format!("job:{}/{partition}", job.name),
             scope: "job".into(),
-            labels: [
-                ("job".to_string(), job.name.clone()),
-                ("owner".to_string(), job.owner.clone()),
-                ("partition".to_string(), partition.to_string()),
-            ]
-            .into(),
+            labels,
             summary,
             value,
             day_ms: now_ms,

@@ -30,9 +30,22 @@ pub struct Output {
 
 pub type RunFuture<'a> = Pin<Box<dyn Future<Output = Result<Output, JobError>> + Send + 'a>>;
 
+/// What [`Executor::empty_output`] wrote, if it wrote anything.
+pub type EmptyFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Output>, JobError>> + Send + 'a>>;
+
 /// Runs one partition of one job: an engine, or a test's stand-in.
 pub trait Executor: Send + Sync {
     fn run<'a>(&'a self, job: &'a JobSpec, partition: Partition) -> RunFuture<'a>;
+
+    /// Makes sure `partition` of `job` has an output, for a partition
+    /// marked succeeded that never recorded one: one with the job's
+    /// columns and no rows, so what reads it reads nothing for it rather
+    /// than failing on a missing file. Its messages say what was done.
+    /// `None` when the job has no such output (the default).
+    fn empty_output<'a>(&'a self, _job: &'a JobSpec, _partition: Partition) -> EmptyFuture<'a> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A source of time: the wall clock in production, injected in tests.
@@ -304,13 +317,6 @@ impl Runner {
         };
         // Its readers see a new output (and run on it) unless it keeps one.
         let kept = record.and_then(|r| r.output_fingerprint.clone());
-        let said = match &kept {
-            Some(_) => "it keeps the output it had".to_string(),
-            None => "it never wrote an output: a job that reads its files fails naming the \
-                     missing file until it runs (clear it) or that job's partition is marked too"
-                .to_string(),
-        };
-        let output = kept.unwrap_or_else(|| format!("marked-{now}"));
         let run = JobRunRow {
             run_id: format!("{job}/{partition}/marked/{now}/{}", self.name),
             job: job.to_string(),
@@ -347,6 +353,27 @@ impl Runner {
                 "{job} {partition} changed meanwhile (a scheduler started it); try again"
             )));
         }
+        // Held by the claim: nothing runs it while the empty output is
+        // written.
+        let (output, said) = match kept {
+            Some(kept) => (kept, "it keeps the output it had".to_string()),
+            None => match self.executor.empty_output(spec, partition).await {
+                Ok(Some(empty)) => (empty.fingerprint, empty.messages.join("\n")),
+                Ok(None) => (
+                    format!("marked-{now}"),
+                    "it never wrote an output: a job that reads its files fails naming the \
+                     missing file until it runs (clear it) or that job's partition is marked too"
+                        .to_string(),
+                ),
+                Err(e) => (
+                    format!("marked-{now}"),
+                    format!(
+                        "it never wrote an output, and writing an empty one failed ({e}): a job \
+                         that reads its files fails naming the missing file until it runs"
+                    ),
+                ),
+            },
+        };
         self.store
             .finish_run(&run.run_id, now, Ok((0, output.as_str(), said)))
             .await?;

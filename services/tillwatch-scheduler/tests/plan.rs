@@ -456,3 +456,72 @@ fn a_partition_is_not_rewritten_while_a_run_reads_it() {
     let rerun = settle(&catalog, &mut states, now + 2 * MIN, &files);
     assert_eq!(keys(&rerun), LATE_13H_RERUNS);
 }
+
+/// A weekly job over a daily one runs once its seven days have: on the
+/// Monday after, not before; a monthly one over the weekly runs when the
+/// month (and every week touching it) is done; late data in one hour
+/// re-runs that hour, its day, its week and its month, nothing else.
+#[test]
+fn weeks_and_months_wait_for_their_days_and_late_data_reaches_them() {
+    // DAY0 is Friday 2026-11-20; the ISO week of 2026-11-23 is W48.
+    let mut weekly = job(
+        "weekly",
+        Grain::Week,
+        Input::Job("device_health_daily".into()),
+    );
+    let mut monthly = job("monthly", Grain::Month, Input::Job("weekly".into()));
+    weekly.start_ms = Partition::parse_key("2026-W48").unwrap().start_ms;
+    monthly.start_ms = Partition::parse_key("2026-12").unwrap().start_ms;
+    let catalog = Catalog::new(vec![hourly(), daily(), weekly, monthly]).unwrap();
+    let mut states = States::new();
+    let files = HashMap::new();
+    let w48 = Partition::parse_key("2026-W48").unwrap();
+
+    // Sunday evening: six days of W48 are done, the week is not.
+    let ran = settle(&catalog, &mut states, w48.end_ms() - 3 * HOUR, &files);
+    assert!(
+        keys(&ran).iter().all(|k| !k.starts_with("weekly")),
+        "{:?}",
+        keys(&ran)
+    );
+    // Monday 01:00: Sunday's day ran, then the week.
+    let ran = settle(&catalog, &mut states, w48.end_ms() + HOUR, &files);
+    let weeks: Vec<String> = keys(&ran)
+        .into_iter()
+        .filter(|k| k.starts_with("weekly") || k.starts_with("monthly"))
+        .collect();
+    assert_eq!(weeks, ["weekly 2026-W48"]);
+
+    // December's weeks: W49 to W53 (the last from 2026-12-28 into 2027);
+    // the month waits for W53, which ends on 2027-01-04.
+    let dec = Partition::parse_key("2026-12").unwrap();
+    let ran = settle(&catalog, &mut states, dec.end_ms() + HOUR, &files);
+    assert!(
+        keys(&ran).iter().all(|k| !k.starts_with("monthly")),
+        "{:?}",
+        keys(&ran)
+    );
+    let w53 = Partition::parse_key("2026-W53").unwrap();
+    let ran = settle(&catalog, &mut states, w53.end_ms() + HOUR, &files);
+    assert!(
+        keys(&ran).contains(&"monthly 2026-12".to_string()),
+        "{:?}",
+        keys(&ran)
+    );
+
+    // Late data in one hour of 2026-12-10 (W50).
+    let later = w53.end_ms() + 2 * HOUR;
+    settle(&catalog, &mut states, later, &HashMap::new());
+    let late_hour = Partition::parse_key("2026-12-10T05").unwrap();
+    let files = HashMap::from([(late_hour, "v2".to_string())]);
+    let ran = settle(&catalog, &mut states, later, &files);
+    assert_eq!(
+        keys(&ran),
+        [
+            "device_health_hourly 2026-12-10T05",
+            "device_health_daily 2026-12-10",
+            "weekly 2026-W50",
+            "monthly 2026-12"
+        ]
+    );
+}

@@ -212,6 +212,10 @@ async fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
         problems.extend(more);
     }
     problems.extend(declared::check(&jobs));
+    problems.extend(tillwatch_rollups::catalog::settings_problems(
+        &jobs,
+        wall_clock()(),
+    ));
     // Jobs whose graph is broken (an unknown input, a cycle) are not planned.
     problems.extend(declared::plan(&jobs).await.1);
     for job in &jobs {

@@ -271,9 +271,16 @@ struct DemoArgs {
 /// bad value is refused before anything starts.
 pub(crate) fn validate(config: &Config) -> anyhow::Result<()> {
     config.validate()?;
+    let receivers: Vec<String> = config
+        .alerting
+        .all_receivers()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
     tillwatch_rollups::catalog::catalog(
         &config.scheduler,
         &config.retention,
+        &receivers,
         tillwatch_domain::UtcMillis::now().0,
     )
     .map_err(|errors| anyhow::anyhow!("invalid configuration:\n  - {}", errors.join("\n  - ")))?;
