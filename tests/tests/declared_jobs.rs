@@ -323,12 +323,19 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
         )
         .await;
     }
-    let lineage = api_get(
-        http,
-        &format!("/api/v1/jobs/{JOB}/partitions/{}/lineage", hours[0]),
-        VIEWER,
-    );
-    assert_eq!(lineage["status"], "succeeded", "{lineage}");
+    // The partition may run again meanwhile (a late file compacted into
+    // one of its hours): its lineage once it has settled.
+    let lineage_path = format!("/api/v1/jobs/{JOB}/partitions/{}/lineage", hours[0]);
+    let mut lineage = serde_json::Value::Null;
+    wait_for(
+        "the first hour's lineage with its current run",
+        Duration::from_secs(60),
+        || {
+            lineage = api_get(http, &lineage_path, VIEWER);
+            lineage["status"] == "succeeded" && lineage["current_run"].is_object()
+        },
+    )
+    .await;
     // Its run's log shows the plan its SQL ran with.
     let log = lineage["current_run"]["log"].to_string();
     assert!(

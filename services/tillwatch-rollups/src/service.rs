@@ -366,29 +366,46 @@ pub fn job_queries(
         return Ok(queries);
     }
     // The teams' declarations change on disk: the answers follow them as
-    // the scheduler does, within a tick (at most a second).
+    // the scheduler does, within a tick (at most a second). Each change is
+    // loaded (and its SQL planned) on a blocking thread here, never on a
+    // request: a request takes the newest load there is.
     let every = config.scheduler.tick.min(std::time::Duration::from_secs(1));
-    let changes = std::sync::Mutex::new(crate::declared::watch_stamp(
-        config.scheduler.jobs_dir.clone(),
-        every,
-    ));
+    let mut changes = crate::declared::watch_stamp(config.scheduler.jobs_dir.clone(), every);
+    let (tx, loads) = tokio::sync::watch::channel(None::<(Arc<Runner>, Vec<String>)>);
     let config = config.clone();
-    Ok(queries.with_reload(
-        Arc::new(move || {
-            let mut changes = changes
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !changes.has_changed().unwrap_or(false) {
-                return None;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                changed = changes.changed() => if changed.is_err() { return },
             }
             changes.borrow_and_update();
-            match open_with_refused(&config, store.clone(), wall_clock()) {
-                Ok((runner, _, refused)) => Some((Arc::new(runner), refused)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not load the changed job declarations");
-                    None
+            let (config, store) = (config.clone(), store.clone());
+            let loaded = tokio::task::spawn_blocking(move || {
+                open_with_refused(&config, store, wall_clock())
+            })
+            .await;
+            match loaded {
+                Ok(Ok((runner, _, refused))) => {
+                    tx.send_replace(Some((Arc::new(runner), refused)));
                 }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not load the changed job declarations")
+                }
+                Err(e) => tracing::warn!(error = %e, "loading the changed job declarations failed"),
             }
+        }
+    });
+    let loads = std::sync::Mutex::new(loads);
+    Ok(queries.with_reload(
+        Arc::new(move || {
+            let mut loads = loads
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !loads.has_changed().unwrap_or(false) {
+                return None;
+            }
+            loads.borrow_and_update().clone()
         }),
         refused,
     ))

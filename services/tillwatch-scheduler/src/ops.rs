@@ -275,8 +275,12 @@ pub async fn lineage(
     target: &Target,
 ) -> Result<Lineage, MetaError> {
     let key = target.partition.key();
-    let runs = store.job_runs(Some(&target.job), Some(&key), 1000).await?;
+    // The partitions first, then the runs: a run that finishes between the
+    // two reads is then among the runs (so the output there now has its
+    // run) while the record still says running, never the other way round
+    // (a record that succeeded with no succeeded run to show for it).
     let rows = store.job_partitions().await?;
+    let runs = store.job_runs(Some(&target.job), Some(&key), 1000).await?;
     let record = rows
         .iter()
         .find(|r| r.job == target.job && r.partition_key == key)
