@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::Int64Type;
 use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::UtcMillis;
@@ -293,9 +293,69 @@ async fn standalone_rolls_up_yesterday_and_the_cli_backfills_it() {
             VIEWER,
         );
         let overview = api_get(http_addr, "/api/v1/jobs", VIEWER);
+        // Which terminals have more than one row, and in what stores.
+        let mut rows: Vec<String> = Vec::new();
+        for batch in read_file(&daily).unwrap_or_default() {
+            let text = |name: &str| {
+                let col = batch.column_by_name(name).unwrap();
+                let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Utf8).unwrap();
+                let col = col.as_string::<i32>().clone();
+                (0..col.len())
+                    .map(move |i| col.is_valid(i).then(|| col.value(i).to_string()))
+                    .collect::<Vec<_>>()
+            };
+            let (d, m, st, h) = (
+                text("device_id"),
+                text("merchant_id"),
+                text("store_id"),
+                text("hours_reported"),
+            );
+            for i in 0..batch.num_rows() {
+                rows.push(format!("{:?}/{:?}/{:?}: {:?} h", d[i], m[i], st[i], h[i]));
+            }
+        }
+        rows.sort();
+        // The registry's view of the terminals, and the hourly runs.
+        let store = MetaStore::connect(&config.metadata_url()).await.unwrap();
+        let inputs = store.attribution_inputs().await.unwrap();
+        let versions: Vec<String> = inputs
+            .versions
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} from {} {}/{:?} recorded {}",
+                    v.device_id, v.valid_from_ms, v.merchant_id, v.store_id, v.recorded_at_ms
+                )
+            })
+            .collect();
+        let hourly_runs = api_get(
+            http_addr,
+            &format!("/api/v1/jobs/{}/runs?limit=500", jobs::DEVICE_HEALTH_HOURLY),
+            VIEWER,
+        );
+        let hourly_runs: Vec<String> = hourly_runs["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} started {} fp {}",
+                    r["partition"],
+                    r["status"],
+                    r["reason"],
+                    r["started_ms"],
+                    r["inputs_fingerprint"]
+                )
+            })
+            .collect();
+        eprintln!(
+            "spans: {:?}\nversions: {versions:#?}\nhourly runs: {hourly_runs:#?}",
+            inputs.spans
+        );
         panic!(
             "after 300 s yesterday's daily rollup holds (battery readings, rows) {seen:?}, \
-             want ({}, {devices}); its runs: {runs}\njobs: {overview}",
+             want ({}, {devices}); its rows (device/merchant/store: hours): {rows:#?}\n\
+             its runs: {runs}\njobs: {overview}",
             raw_battery_rows(&lake, yesterday)
         );
     }

@@ -398,7 +398,7 @@ pub fn load(
                 .into_iter()
                 .map(|(key, message)| format!("scheduler.jobs.{}.{key}: {message}", job.name)),
         );
-        job.kept_ms = crate::retention::kept_for_job(retention, &job.name);
+        job.kept_ms = crate::retention::kept_for_job(retention, job);
     }
     if !errors.is_empty() {
         return Err(errors);

@@ -6,7 +6,7 @@
 use metrics::{counter, describe_counter};
 use tillwatch_config::{RETAINED_LAKE_TABLES, RetentionConfig};
 use tillwatch_meta::{MetaStore, PruneBefore};
-use tillwatch_scheduler::{Grain, JobError, JobSpec, Output, Partition};
+use tillwatch_scheduler::{Grain, Input, JobError, JobSpec, Output, Partition};
 use tillwatch_storage::Lake;
 
 use crate::jobs::{
@@ -57,9 +57,12 @@ fn kept_ms(config: &RetentionConfig, table: &str) -> i64 {
 
 /// How long each job's inputs and output are kept: the planner's horizon
 /// for it (see `JobSpec::frozen`). `None` for jobs retention does not
-/// touch, or with retention off. (The teams' jobs' own outputs are not
-/// deleted by retention.)
-pub fn kept_for_job(config: &RetentionConfig, job: &str) -> Option<i64> {
+/// touch, or with retention off. A team's job is held to what it reads
+/// directly (a raw table, a product rollup); the teams' own outputs are
+/// not deleted by retention, and a frozen upstream keeps its output, so a
+/// job reading only those is never frozen (a monthly job over the daily
+/// rollup is not held to the raw tables' 90 days).
+pub fn kept_for_job(config: &RetentionConfig, job: &JobSpec) -> Option<i64> {
     if !config.enabled {
         return None;
     }
@@ -71,15 +74,29 @@ pub fn kept_for_job(config: &RetentionConfig, job: &str) -> Option<i64> {
     let hourly = kept_ms(config, DEVICE_HEALTH_HOURLY);
     let daily = kept_ms(config, DEVICE_HEALTH_DAILY);
     let fleet = kept_ms(config, FLEET_HEALTH_DAILY);
-    match job {
+    match job.name.as_str() {
         RAW_COMPACTION => Some(raw),
         DEVICE_HEALTH_HOURLY => Some(raw.min(hourly)),
         DEVICE_HEALTH_DAILY => Some(hourly.min(daily)),
         FLEET_HEALTH_DAILY => Some(daily.min(fleet)),
         crate::directory::MERCHANT_DIRECTORY | RETENTION => None,
-        // A team's job may read any of them: the shortest horizon, so none
-        // of its partitions re-runs over inputs retention has half deleted.
-        _ => Some(raw.min(hourly).min(daily).min(fleet)),
+        _ => job
+            .inputs
+            .iter()
+            .filter_map(|input| match input {
+                Input::Source(table) if RAW_TABLES.contains(&table.as_str()) => {
+                    Some(kept_ms(config, table))
+                }
+                Input::Source(_) => None,
+                Input::Job(up) => match up.as_str() {
+                    RAW_COMPACTION => Some(raw),
+                    DEVICE_HEALTH_HOURLY => Some(hourly),
+                    DEVICE_HEALTH_DAILY => Some(daily),
+                    FLEET_HEALTH_DAILY => Some(fleet),
+                    _ => None,
+                },
+            })
+            .min(),
     }
 }
 
@@ -140,4 +157,68 @@ pub async fn run(
         fingerprint: String::new(),
         messages: summary.iter().map(|s| format!("deleted {s}")).collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = DAY_MS;
+
+    /// A team's job is held to what it reads directly, each table by its
+    /// own setting.
+    #[test]
+    fn a_teams_job_is_kept_as_long_as_what_it_reads() {
+        let mut config: RetentionConfig =
+            toml::from_str("raw = \"90d\"\n[tables]\npayment_health = \"30d\"\n").unwrap();
+        let job = |name: &str, inputs: Vec<Input>| JobSpec::new(name, Grain::Month, inputs);
+        let source = |t: &str| Input::Source(t.into());
+        let upstream = |j: &str| Input::Job(j.into());
+        assert_eq!(
+            kept_for_job(
+                &config,
+                &job("monthly_takings", vec![upstream(DEVICE_HEALTH_DAILY)])
+            ),
+            Some(730 * DAY)
+        );
+        assert_eq!(
+            kept_for_job(
+                &config,
+                &job(
+                    "risk",
+                    vec![source("payment_health"), upstream(DEVICE_HEALTH_HOURLY)]
+                )
+            ),
+            Some(30 * DAY)
+        );
+        assert_eq!(
+            kept_for_job(
+                &config,
+                &job("battery", vec![source("battery"), upstream(RAW_COMPACTION)])
+            ),
+            Some(30 * DAY),
+            "reading the compaction is reading every raw table"
+        );
+        assert_eq!(
+            kept_for_job(
+                &config,
+                &job("on_team", vec![upstream("another_teams_job")])
+            ),
+            None
+        );
+        assert_eq!(
+            kept_for_job(&config, &job("refunds", vec![])),
+            None,
+            "a source"
+        );
+        assert_eq!(
+            kept_for_job(&config, &job(DEVICE_HEALTH_DAILY, vec![])),
+            Some(180 * DAY)
+        );
+        config.enabled = false;
+        assert_eq!(
+            kept_for_job(&config, &job("risk", vec![source("payment_health")])),
+            None
+        );
+    }
 }
