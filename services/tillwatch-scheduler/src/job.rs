@@ -14,7 +14,9 @@ use crate::interval::{Grain, Partition};
 /// Why a schedule or run window's text is not one.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingError {
-    #[error("schedule {text:?}: {source}")]
+    #[error(
+        "{text:?} is not a cron schedule (five fields, or @hourly, @daily, @weekly, @monthly): {source}"
+    )]
     Cron {
         text: String,
         #[source]
