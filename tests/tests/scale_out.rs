@@ -293,12 +293,35 @@ async fn a_scheduler_killed_mid_run_is_taken_over_and_no_partition_runs_twice() 
         let slot = if owner == "sched-a" { &mut a } else { &mut b };
         let role = slot.as_ref().unwrap();
         role.signal(libc::SIGSTOP);
-        let still = store
-            .job_partitions()
-            .await
-            .unwrap()
-            .into_iter()
-            .any(|r| r.run_id == running.run_id && r.status == "running");
+        // A commit the scheduler sent just before it froze may still land;
+        // a frozen scheduler sends nothing more. Once its claim has lapsed
+        // unrenewed, what the store says of the run is final: still
+        // running (or already taken over), or finished after all.
+        let lapse_by = std::time::Instant::now() + Duration::from_secs(30);
+        let run_id = running.run_id.clone().unwrap();
+        let still = loop {
+            let run = store.job_run(&run_id).await.unwrap().unwrap();
+            if run.status == "abandoned" {
+                // Taken over already: it never finished.
+                break true;
+            }
+            if run.status != "running" {
+                break false;
+            }
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let lapsed = store.job_partitions().await.unwrap().into_iter().any(|r| {
+                r.run_id.as_deref() == Some(run_id.as_str())
+                    && r.lease_until_ms.is_some_and(|l| l < now_ms)
+            });
+            if lapsed {
+                break true;
+            }
+            assert!(
+                std::time::Instant::now() < lapse_by,
+                "the frozen scheduler's claim never lapsed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         if still {
             slot.take().unwrap().kill();
             killed = Some((owner, running.clone()));
