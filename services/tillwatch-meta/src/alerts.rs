@@ -207,7 +207,13 @@ impl MetaStore {
             if alerts.is_empty() {
                 return Ok(());
             }
-            self.execute_each(alerts, |a| {
+            // Resolves first: a subject's alert that resolved and its next
+            // one opened in the same batch would otherwise break the rule
+            // of one open alert per (rule, subject) when the new one came
+            // first, fail the whole batch, and fail it again on every retry.
+            let mut ordered: Vec<&AlertRecord> = alerts.iter().collect();
+            ordered.sort_by_key(|a| a.state != AlertState::Resolved);
+            self.execute_each(&ordered, |a| {
                 sqlx::query(
                     "INSERT INTO alerts (alert_id, rule, subject, scope, severity, state, \
                      pending_since_ms, fired_at_ms, clearing_since_ms, resolved_at_ms, held_by, \

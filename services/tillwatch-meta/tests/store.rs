@@ -250,6 +250,33 @@ async fn a_wrong_url_names_what_is_expected() {
     assert!(err.to_string().contains("sqlite://PATH"), "{err}");
 }
 
+/// A subject's alert resolving and its next one opening in one batch, the
+/// new one first: saved (resolves are written first) rather than refused
+/// by the one-open-alert rule, and refused again on every retry (which
+/// wedged the alerter's whole message loop).
+#[tokio::test]
+async fn a_resolve_and_the_next_alert_of_a_subject_save_in_one_batch() {
+    let db = TestDatabase::sqlite();
+    let store = MetaStore::connect(&db.url).await.unwrap();
+    store.migrate().await.unwrap();
+    // A subject's alert resolving and its next one opening in one batch,
+    // the new one first: saved (resolves are written first), not refused
+    // again on every retry.
+    let t3 = alert("b-1", "t-3", AlertState::Pending, None);
+    store.save_alerts(std::slice::from_ref(&t3)).await.unwrap();
+    let mut t3_resolved = t3.clone();
+    t3_resolved.state = AlertState::Resolved;
+    t3_resolved.resolved_at_ms = Some(3_000);
+    let t3_next = alert("b-2", "t-3", AlertState::Pending, None);
+    store
+        .save_alerts(&[t3_next.clone(), t3_resolved])
+        .await
+        .unwrap();
+    let open = store.alerts(AlertFilter::Open, 10).await.unwrap();
+    assert!(open.contains(&t3_next), "{open:?}");
+    assert!(!open.iter().any(|a| a.alert_id == "b-1"), "{open:?}");
+}
+
 fn alert(id: &str, subject: &str, state: AlertState, notify: Option<AlertState>) -> AlertRecord {
     AlertRecord {
         alert_id: id.into(),
