@@ -575,6 +575,12 @@ impl AlertingConfig {
         all
     }
 
+    /// The names of [`AlertingConfig::all_receivers`] (what a job's
+    /// `notify` may name).
+    pub fn receiver_names(&self) -> Vec<String> {
+        self.all_receivers().into_iter().map(|r| r.name).collect()
+    }
+
     pub(crate) fn validate(&self, errors: &mut Vec<String>) {
         let rr = &self.rollup_rules;
         let key = "alerting.rollup_rules";

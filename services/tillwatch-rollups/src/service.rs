@@ -278,12 +278,7 @@ pub fn open_with_refused(
     store: MetaStore,
     clock: Clock,
 ) -> Result<(Runner, Lake, Vec<String>), SchedulerError> {
-    let receivers: Vec<String> = config
-        .alerting
-        .all_receivers()
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
+    let receivers = config.alerting.receiver_names();
     let loaded = crate::catalog::load(&config.scheduler, &config.retention, &receivers, clock())
         .map_err(SchedulerError::Config)?;
     for problem in &loaded.refused {

@@ -271,12 +271,7 @@ struct DemoArgs {
 /// bad value is refused before anything starts.
 pub(crate) fn validate(config: &Config) -> anyhow::Result<()> {
     config.validate()?;
-    let receivers: Vec<String> = config
-        .alerting
-        .all_receivers()
-        .into_iter()
-        .map(|r| r.name)
-        .collect();
+    let receivers = config.alerting.receiver_names();
     tillwatch_rollups::catalog::catalog(
         &config.scheduler,
         &config.retention,
