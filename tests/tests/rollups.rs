@@ -565,6 +565,16 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
     );
     assert_eq!(server.q(checksum), before);
 
+    a_teams_job_runs_on_clickhouse_as_on_the_embedded_engine(
+        &server,
+        &embedded,
+        &clickhouse,
+        (raw.root(), &ch_lake),
+        &hours,
+        dir.path(),
+    )
+    .await;
+
     // Every ClickHouse query of the provisioned Grafana dashboards (panels
     // and template variables), with the plugin's macros replaced as Grafana
     // would for the simulated day, runs here and returns rows.
@@ -646,4 +656,191 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
             is.lines().next()
         );
     }
+}
+
+/// The shipped example job (`deploy/jobs/payments-risk/offline_risk_hourly`,
+/// both SQL files), run for hours of the day on each engine: the same rows
+/// in the lake, computed here from the simulated day; on ClickHouse also
+/// in its own table, which follows when the SQL's columns change.
+async fn a_teams_job_runs_on_clickhouse_as_on_the_embedded_engine(
+    server: &ClickHouseServer,
+    embedded: &Embedded,
+    clickhouse: &ClickHouseEngine,
+    (embedded_lake, ch_lake): (&Path, &Path),
+    hours: &[Partition],
+    dir: &Path,
+) {
+    use tillwatch_rollups::declared;
+    const JOB: &str = "offline_risk_hourly";
+    let shipped = workspace_root().join("deploy/jobs/payments-risk");
+    let jobs_root = dir.join("jobs");
+    let team = jobs_root.join("payments-risk");
+    std::fs::create_dir_all(&team).unwrap();
+    for ext in ["toml", "datafusion.sql", "clickhouse.sql"] {
+        std::fs::copy(
+            shipped.join(format!("{JOB}.{ext}")),
+            team.join(format!("{JOB}.{ext}")),
+        )
+        .unwrap();
+    }
+    let load = || {
+        let (team_jobs, problems) = declared::load_dir(&jobs_root);
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut all = declared::builtin();
+        all.extend(team_jobs);
+        let problems = declared::check(&all);
+        assert!(problems.is_empty(), "{problems:?}");
+        let on = tillwatch_rollups::clickhouse_declared::on_clickhouse(&all);
+        assert_eq!(on.get(JOB), Some(&None), "it can run on ClickHouse");
+        all
+    };
+    let grain_of = |_: &str| Some(Grain::Hour);
+    let run_both = |all: Vec<declared::DeclaredJob>, hour: Partition| async move {
+        let (schemas, problems) = declared::plan(&all).await;
+        assert!(problems.is_empty(), "{problems:?}");
+        let job = all.iter().find(|j| j.name == JOB).unwrap();
+        let spec = job.spec();
+        let e = embedded
+            .run_declared(&spec, job, &grain_of, hour)
+            .await
+            .unwrap_or_else(|e| panic!("embedded {hour}: {e}"));
+        let c = clickhouse
+            .run_declared(&spec, job, schemas[JOB].clone(), hour)
+            .await
+            .unwrap_or_else(|e| panic!("ClickHouse {hour}: {e}"));
+        assert_eq!(e.rows, c.rows, "{hour}");
+        assert!(
+            c.messages[0].starts_with("ran on ClickHouse"),
+            "{:?}",
+            c.messages
+        );
+    };
+    // Each engine's file, its rows sorted by terminal (the engines' join
+    // orders differ).
+    let sorted = |lake: &Path, hour: Partition| {
+        let (columns, mut rows) = table(&output(lake, JOB, hour));
+        let at = columns.iter().position(|(c, _)| c == "device_id").unwrap();
+        rows.sort_by_key(|r| match &r[at] {
+            Value::Text(t) => t.clone(),
+            other => panic!("a device id, not {other:?}"),
+        });
+        (columns, rows)
+    };
+
+    // Hour 10: t-08 sent no payment readings, so it has no row; every
+    // other terminal sent one every two minutes.
+    let hour = hours[10];
+    run_both(load(), hour).await;
+    let (columns, rows) = sorted(embedded_lake, hour);
+    assert_eq!(sorted(ch_lake, hour), (columns.clone(), rows.clone()));
+    let col = |name: &str| columns.iter().position(|(c, _)| c == name).unwrap();
+    let devices: Vec<Value> = rows.iter().map(|r| r[col("device_id")].clone()).collect();
+    let expected: Vec<Value> = (0..DEVICES)
+        .filter(|d| *d != 8)
+        .map(|d| Value::Text(format!("t-{d:02}")))
+        .collect();
+    assert_eq!(devices, expected);
+    for row in &rows {
+        assert_eq!(row[col("payment_readings")], Value::Num(30.0), "{row:?}");
+        assert_eq!(
+            row[col("hour")],
+            Value::Num(hour.start_ms as f64),
+            "{row:?}"
+        );
+    }
+    let start_s = hour.start_ms / 1000;
+    assert_eq!(
+        server.scalar(&format!(
+            "SELECT count() FROM roll.offline_risk_hourly WHERE _partition = toDateTime({start_s}, 'UTC')"
+        )),
+        15
+    );
+    assert_eq!(
+        server.scalar(&format!(
+            "SELECT sum(payment_readings) FROM roll.offline_risk_hourly WHERE _partition = toDateTime({start_s}, 'UTC')"
+        )),
+        15 * 30
+    );
+    // Again: the partition is replaced, not doubled.
+    run_both(load(), hour).await;
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.offline_risk_hourly"),
+        15
+    );
+
+    // The team drops `store_id` and adds `double_queue`: the next hour's
+    // run lays the table out anew; hour 10's rows stay.
+    let edit = |ext: &str, from: &str, to: &str| {
+        let path = team.join(format!("{JOB}.{ext}"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{ext}: {from}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    };
+    edit("toml", "\"store_id\", \"transactions\"", "\"transactions\"");
+    edit(
+        "toml",
+        "\"payment_readings\"]",
+        "\"payment_readings\", \"double_queue\"]",
+    );
+    edit("datafusion.sql", "    h.store_id,\n", "");
+    edit(
+        "datafusion.sql",
+        "    q.payment_readings\n",
+        "    q.payment_readings,\n    2 * q.longest_queue AS double_queue\n",
+    );
+    edit("clickhouse.sql", "    store_id,\n", "");
+    edit(
+        "clickhouse.sql",
+        "    payment_readings\nFROM",
+        "    payment_readings,\n    2 * longest_queue AS double_queue\nFROM",
+    );
+    let hour = hours[11];
+    run_both(load(), hour).await;
+    let (columns, rows) = sorted(embedded_lake, hour);
+    assert_eq!(sorted(ch_lake, hour), (columns.clone(), rows.clone()));
+    let names: Vec<&str> = columns.iter().map(|(c, _)| c.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "hour",
+            "device_id",
+            "transactions",
+            "longest_queue",
+            "payment_readings",
+            "double_queue"
+        ]
+    );
+    let col = |name: &str| columns.iter().position(|(c, _)| c == name).unwrap();
+    for row in &rows {
+        let (Value::Num(q), Value::Num(d)) =
+            (&row[col("longest_queue")], &row[col("double_queue")])
+        else {
+            panic!("{row:?}")
+        };
+        assert_eq!(*d, 2.0 * q);
+    }
+    let has_column = |name: &str| {
+        server.scalar(&format!(
+            "SELECT count() FROM system.columns WHERE database = 'roll' \
+             AND table = 'offline_risk_hourly' AND name = '{name}'"
+        ))
+    };
+    assert_eq!((has_column("double_queue"), has_column("store_id")), (1, 0));
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.offline_risk_hourly"),
+        30,
+        "hour 10's rows and hour 11's"
+    );
+    assert_eq!(
+        server.scalar(&format!(
+            "SELECT count() FROM roll.offline_risk_hourly WHERE _partition = toDateTime({}, 'UTC') \
+             AND double_queue = 2 * longest_queue",
+            hour.start_ms / 1000
+        )),
+        15
+    );
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.offline_risk_hourly_staging"),
+        0
+    );
 }

@@ -5,7 +5,7 @@
 use tillwatch_config::AlertingConfig;
 use tillwatch_domain::connectivity::{SilencePolicy, Transition};
 use tillwatch_domain::{DeviceId, UtcMillis};
-use tillwatch_meta::{AlertFilter, MetaError, MetaStore, StoreRecord};
+use tillwatch_meta::{AlertFilter, AlertRecord, AlertState, MetaError, MetaStore, StoreRecord};
 
 use crate::engine::{Changes, Engine};
 use crate::{Event, Tracker, TrackerError};
@@ -19,6 +19,11 @@ pub enum AlertingError {
     #[error(transparent)]
     Store(#[from] MetaError),
 }
+
+/// Counter, by `rule`: alert changes the metadata store refused and the
+/// alerter set aside (see the log line for which); anything above zero
+/// needs a look.
+pub const ALERTS_REFUSED: &str = "tillwatch_alerter_alerts_refused_total";
 
 pub struct Alerter {
     tracker: Tracker,
@@ -190,10 +195,45 @@ impl Alerter {
         }
         let saved: Vec<_> = self.unsaved.saved.values().cloned().collect();
         let dropped: Vec<_> = self.unsaved.dropped.iter().cloned().collect();
-        self.store.save_alerts(&saved).await?;
+        match self.store.save_alerts(&saved).await {
+            Ok(()) => {}
+            // One change the store refuses would fail the whole batch the
+            // same way on every retry, and the loop that retries it would
+            // take no more messages: save them apart instead.
+            Err(e) if e.is_refusal() => self.save_apart(&saved).await?,
+            Err(e) => return Err(e.into()),
+        }
         self.store.drop_alerts(&dropped).await?;
         self.unsaved = Changes::default();
         self.changed = true;
+        Ok(())
+    }
+
+    /// Saves alerts one at a time, resolves first, and sets aside (logged,
+    /// counted in [`ALERTS_REFUSED`]) each one the store refuses, such as an
+    /// open alert of a rule and subject that another writer already holds
+    /// open. A failure to reach the store stops it: the next flush saves the
+    /// whole batch again (saving is idempotent).
+    async fn save_apart(&self, alerts: &[AlertRecord]) -> Result<(), AlertingError> {
+        let mut ordered: Vec<&AlertRecord> = alerts.iter().collect();
+        ordered.sort_by_key(|a| a.state != AlertState::Resolved);
+        for alert in ordered {
+            match self.store.save_alerts(std::slice::from_ref(alert)).await {
+                Ok(()) => {}
+                Err(e) if e.is_refusal() => {
+                    metrics::counter!(ALERTS_REFUSED, "rule" => alert.rule.clone()).increment(1);
+                    tracing::error!(
+                        alert_id = %alert.alert_id,
+                        rule = %alert.rule,
+                        subject = %alert.subject,
+                        state = alert.state.as_str(),
+                        error = %e,
+                        "the metadata store refused an alert change; set aside so the rest are saved"
+                    );
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(())
     }
 

@@ -15,7 +15,7 @@ pub mod rules;
 mod run;
 mod tracker;
 
-pub use alerter::{Alerter, AlertingError};
+pub use alerter::{ALERTS_REFUSED, Alerter, AlertingError};
 pub use run::{
     ACTIVE, AlerterError, AlerterHealth, CONNECTIVITY_CHANGES, LEASE, public_url, run_alerter,
     silence_policy,

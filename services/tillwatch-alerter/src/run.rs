@@ -207,6 +207,10 @@ pub async fn run_alerter(
         CONNECTIVITY_CHANGES,
         "Device connectivity changes, by the state entered"
     );
+    metrics::describe_counter!(
+        crate::ALERTS_REFUSED,
+        "Alert changes the metadata store refused and the alerter set aside, by rule"
+    );
     metrics::describe_gauge!(
         ACTIVE,
         "1 while this alerter is the active one, 0 on standby"

@@ -428,6 +428,139 @@ async fn closed_store_at_night_does_not_page(url: &str) {
     assert!(offline[0].pending_since_ms >= opening);
 }
 
+/// A terminal's battery alert resolves and its next one opens within one
+/// batch of messages (a backlog after a reconnect): the flush holds both,
+/// the resolve and the new pending alert of the same rule and subject, and
+/// the store takes it (the new one first used to break the one-open-alert
+/// rule on every retry and stop the alerter taking messages).
+async fn a_resolve_and_the_next_alert_in_one_batch(url: &str) {
+    let store = store_of(url).await;
+    let t0 = monday_10am();
+    let mut alerter = open(&store, t0).await;
+    alerter
+        .handle(info("t-1", "s-1", t0), UtcMillis(t0))
+        .await
+        .unwrap();
+    // 15 % for ten minutes: fired at minute 5.
+    let low: Vec<(u32, bool)> = (0..10).map(|_| (15, false)).collect();
+    let t = feed_battery(&mut alerter, "t-1", t0, &low, 0).await;
+    // Charged to 40 % at the next minute (clearing starts), then nothing
+    // for a while, then one batch: still 40 % two and a half minutes on
+    // (resolves it), and 15 % again half a minute later (opens the next).
+    let clearing = t + MIN;
+    alerter
+        .handle(battery("t-1", 100, clearing, 40, true), UtcMillis(clearing))
+        .await
+        .unwrap();
+    let (a, b) = (clearing + 150_000, clearing + 180_000);
+    alerter
+        .handle_batch(
+            &[
+                battery("t-1", 101, a, 40, false),
+                battery("t-1", 102, b, 15, false),
+            ],
+            UtcMillis(b),
+        )
+        .await
+        .unwrap();
+    assert!(!alerter.has_unsaved(), "the batch's flush did not save");
+    alerter.tick(UtcMillis(b + 1_000)).await.unwrap();
+
+    let alerts = all(&store, "battery_low").await;
+    assert_eq!(alerts.len(), 2, "{alerts:?}");
+    assert_eq!(alerts[0].state, AlertState::Resolved, "{:?}", alerts[0]);
+    assert_eq!(alerts[0].fired_at_ms, Some(t0 + 5 * MIN));
+    assert_eq!(alerts[0].notify, Some(AlertState::Resolved));
+    assert_eq!(alerts[1].state, AlertState::Pending, "{:?}", alerts[1]);
+    assert_eq!(alerts[1].pending_since_ms, b);
+    assert_ne!(alerts[0].alert_id, alerts[1].alert_id);
+
+    // And the next one fires on its own time: five minutes under 20 %.
+    let later: Vec<(u32, bool)> = (0..6).map(|_| (15, false)).collect();
+    feed_battery(&mut alerter, "t-1", b + MIN, &later, 200).await;
+    let alerts = all(&store, "battery_low").await;
+    assert_eq!(alerts[1].state, AlertState::Firing, "{alerts:?}");
+    assert_eq!(alerts[1].fired_at_ms, Some(b + 5 * MIN));
+}
+
+/// An open alert of t-1's rule written by another writer (a second
+/// alerter in a split brain, a hand edit) that this alerter never loaded:
+/// the store refuses this alerter's own t-1 alert. That refusal used to
+/// fail every flush the same way and stop the alerter's message loop; now
+/// the refused alert is set aside and t-2's page still opens and resolves.
+async fn an_alert_the_store_refuses_does_not_stop_the_others(url: &str) {
+    let store = store_of(url).await;
+    let t0 = monday_10am();
+    let mut alerter = open(&store, t0).await;
+    alerter
+        .handle_batch(
+            &[info("t-1", "s-1", t0), info("t-2", "s-1", t0)],
+            UtcMillis(t0),
+        )
+        .await
+        .unwrap();
+    let foreign = AlertRecord {
+        alert_id: "written-elsewhere".into(),
+        rule: "battery_low".into(),
+        subject: "t-1".into(),
+        scope: "device".into(),
+        severity: "warning".into(),
+        state: AlertState::Pending,
+        pending_since_ms: t0,
+        fired_at_ms: None,
+        clearing_since_ms: None,
+        resolved_at_ms: None,
+        held_by: None,
+        silenced_by: None,
+        notify: None,
+        labels: Default::default(),
+        annotations: Default::default(),
+        updated_at_ms: t0,
+    };
+    store
+        .save_alerts(std::slice::from_ref(&foreign))
+        .await
+        .unwrap();
+
+    // Both drain to 15 % in the same minutes, so each flush carries both
+    // terminals' alerts; then t-2 is charged back to 40 %.
+    let mut t = t0;
+    for minute in 1..=20 {
+        t = t0 + minute * MIN;
+        alerter.tick(UtcMillis(t)).await.unwrap();
+        let t2_level = if minute <= 10 { 15 } else { 40 };
+        alerter
+            .handle_batch(
+                &[
+                    battery("t-1", minute as u64, t, 15, false),
+                    battery("t-2", minute as u64, t, t2_level, minute > 10),
+                ],
+                UtcMillis(t),
+            )
+            .await
+            .unwrap();
+        assert!(!alerter.has_unsaved(), "minute {minute}: a flush is stuck");
+    }
+    alerter.tick(UtcMillis(t + MIN)).await.unwrap();
+
+    let alerts = all(&store, "battery_low").await;
+    let of = |device: &str| -> Vec<&AlertRecord> {
+        alerts.iter().filter(|a| a.subject == device).collect()
+    };
+    let t2 = of("t-2");
+    assert_eq!(t2.len(), 1, "{alerts:?}");
+    // Under 20 % from minute 1, fired five minutes on, resolved two
+    // minutes above 25 % after minute 11.
+    assert_eq!(t2[0].fired_at_ms, Some(t0 + 6 * MIN), "{:?}", t2[0]);
+    assert_eq!(t2[0].state, AlertState::Resolved, "{:?}", t2[0]);
+    assert_eq!(t2[0].notify, Some(AlertState::Resolved));
+    // t-1 keeps the other writer's alert, untouched, and nothing else.
+    let t1 = of("t-1");
+    assert_eq!(t1.len(), 1, "{alerts:?}");
+    assert_eq!(t1[0].alert_id, "written-elsewhere");
+    assert_eq!(t1[0].state, AlertState::Pending);
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -460,4 +593,6 @@ on_both_backends!(
     store_outage_is_one_alert_with_terminal_pages_held,
     silence_mutes_what_it_matches_and_silent_devices_page,
     closed_store_at_night_does_not_page,
+    an_alert_the_store_refuses_does_not_stop_the_others,
+    a_resolve_and_the_next_alert_in_one_batch,
 );

@@ -62,6 +62,22 @@ pub enum MetaError {
     },
 }
 
+impl MetaError {
+    /// The store refused this write for what it holds (a unique, foreign
+    /// key, not-null or check constraint it breaks), as opposed to failing
+    /// to take it: the same write fails the same way on every retry, so a
+    /// caller that retries must set it aside instead.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            MetaError::Db {
+                source: sqlx::Error::Database(e),
+                ..
+            } => !matches!(e.kind(), sqlx::error::ErrorKind::Other),
+            _ => false,
+        }
+    }
+}
+
 /// The future of a store call that runs a transaction, boxed as `Send`:
 /// sqlx's transaction futures are `Send`, but the compiler cannot prove it
 /// through its higher-ranked executor bounds once they are spawned; boxing

@@ -101,6 +101,16 @@ impl ClickHouseEngine {
         }
     }
 
+    /// The server it runs on.
+    pub fn client(&self) -> &ClickHouse {
+        &self.ch
+    }
+
+    /// The lake it writes each partition's file to.
+    pub(crate) fn lake(&self) -> &Embedded {
+        &self.lake
+    }
+
     /// The `SELECT` of a job for one interval, ready to send.
     pub fn select(&self, job: &JobSpec, partition: Partition) -> Result<String, JobError> {
         let sql = jobs::sql(&job.name).ok_or_else(|| JobError::UnknownJob {

@@ -669,11 +669,28 @@ pub fn check(jobs: &[DeclaredJob]) -> Vec<Problem> {
                 file: job.file.clone(),
                 line: None,
                 message: format!(
-                    "a team's job runs on the embedded engine: add {}.datafusion.sql (a \
-                     ClickHouse-only job would fail every run)",
+                    "a team's job needs {}.datafusion.sql: the lake's file takes the columns \
+                     of its plan, and it runs on the embedded engine unless the rollups run on \
+                     ClickHouse (where a .clickhouse.sql beside it is run instead)",
                     job.name
                 ),
             });
+        }
+        if team && let Some(sql) = &job.sql.clickhouse {
+            for (table, line) in crate::clickhouse_declared::tables_named(sql) {
+                if !job.declaration.inputs.contains(&table) {
+                    problems.push(Problem {
+                        file: clickhouse_sql_file(job),
+                        line: Some(line),
+                        message: format!(
+                            "reads {{database}}.{table}, which is not among its inputs ({}); \
+                             declare it in `inputs` of {}",
+                            job.declaration.inputs.join(", "),
+                            job.file
+                        ),
+                    });
+                }
+            }
         }
         if job.store_local_day()
             && let Some(input) = job
@@ -761,6 +778,13 @@ pub fn check(jobs: &[DeclaredJob]) -> Vec<Problem> {
 pub const LOCAL_DAY_TABLES: [&str; 2] = ["devices", "zone_hours"];
 
 /// Where a job's SQL for the embedded engine is, for messages.
+fn clickhouse_sql_file(job: &DeclaredJob) -> String {
+    match job.file.strip_suffix(".toml") {
+        Some(stem) => format!("{stem}.clickhouse.sql"),
+        None => job.file.clone(),
+    }
+}
+
 fn sql_file(job: &DeclaredJob) -> String {
     match job.file.strip_suffix(".toml") {
         Some(stem) => format!("{stem}.datafusion.sql"),
@@ -1121,7 +1145,34 @@ mod tests {
         assert!(problems.is_empty());
         let problems = check(&jobs);
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].message.contains("add only_ch.datafusion.sql"));
+        assert!(problems[0].message.contains("needs only_ch.datafusion.sql"));
+    }
+
+    #[test]
+    fn a_clickhouse_statement_reads_only_declared_inputs() {
+        let (jobs, problems) = load_files(
+            "jobs",
+            &files(&[
+                (
+                    "t/both.toml",
+                    "description = \"x\"\ngrain = \"hour\"\ninputs = [\"battery\"]\n",
+                ),
+                ("t/both.datafusion.sql", "SELECT device_id FROM battery"),
+                (
+                    "t/both.clickhouse.sql",
+                    "SELECT device_id\nFROM {database}.battery b\nJOIN {database}.payment_health p USING device_id",
+                ),
+            ]),
+        );
+        assert!(problems.is_empty());
+        let text: Vec<String> = check(&jobs).iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(
+            text[0].starts_with(
+                "jobs/t/both.clickhouse.sql:3: reads {database}.payment_health, which is not among its inputs (battery)"
+            ),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod catalog;
 pub mod clickhouse;
+pub mod clickhouse_declared;
 pub mod declared;
 pub mod directory;
 pub mod embedded;

@@ -1,6 +1,7 @@
 //! The scheduler service: the configured jobs, the metadata store, the
 //! engine and the lake's watermark and fingerprints, in one loop.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -131,9 +132,15 @@ pub async fn snapshot(runner: &Runner, lake: Lake, stall_after: std::time::Durat
 /// Every job's executor: the source jobs here, the rollups on their
 /// engine, and after a daily rollup the rules over it.
 struct Jobs {
-    /// The teams' declared jobs among them (run on the embedded engine).
+    /// The teams' declared jobs among them.
     loaded: crate::catalog::Loaded,
     rollups: Arc<dyn Executor>,
+    /// When the rollups run on ClickHouse: the engine, and for each team's
+    /// SQL job why it runs on the embedded engine instead (`None`: it runs
+    /// there too; see [`crate::clickhouse_declared::on_clickhouse`]).
+    clickhouse: Option<(ClickHouseEngine, BTreeMap<String, Option<String>>)>,
+    /// The teams' jobs' output columns, planned once for this load.
+    planned: tokio::sync::OnceCell<BTreeMap<String, arrow::datatypes::SchemaRef>>,
     directory: Directory,
     store: MetaStore,
     lake: Embedded,
@@ -144,6 +151,18 @@ struct Jobs {
 }
 
 impl Jobs {
+    /// The output columns of a team's SQL job, as its DataFusion SQL plans.
+    async fn planned(&self, job: &str) -> Result<arrow::datatypes::SchemaRef, JobError> {
+        let schemas = self
+            .planned
+            .get_or_init(|| async { crate::declared::plan(&self.loaded.declared).await.0 })
+            .await;
+        schemas
+            .get(job)
+            .cloned()
+            .ok_or_else(|| JobError::query(format!("the SQL of {job} does not plan")))
+    }
+
     /// Evaluates the rules that read `job`'s `day` and saves what they
     /// found. A failure fails the run, which is retried like any other.
     async fn evaluate_rules(&self, job: &str, day: Partition) -> Result<(), JobError> {
@@ -194,11 +213,29 @@ impl Executor for Jobs {
                     output.messages.insert(0, fetched);
                     return Ok(output);
                 }
+                let mut embedded_because = None;
+                if let Some((engine, on_clickhouse)) = &self.clickhouse {
+                    match on_clickhouse.get(&job.name) {
+                        Some(None) => {
+                            let schema = self.planned(&job.name).await?;
+                            return engine.run_declared(job, declared, schema, partition).await;
+                        }
+                        Some(Some(why)) => embedded_because = Some(why),
+                        None => {}
+                    }
+                }
                 let grain_of = |name: &str| self.loaded.catalog.job(name).map(|j| j.grain);
-                return self
+                let mut output = self
                     .lake
                     .run_declared(job, declared, &grain_of, partition)
-                    .await;
+                    .await?;
+                if let Some(why) = embedded_because {
+                    output.messages.insert(
+                        0,
+                        format!("ran on the embedded engine, not ClickHouse: {why}"),
+                    );
+                }
+                return Ok(output);
             }
             let output = self.rollups.run(job, partition).await?;
             self.evaluate_rules(&job.name, partition).await?;
@@ -232,10 +269,7 @@ impl Executor for Jobs {
             let schema = if declared.is_product_rollup() {
                 Embedded::output_schema(&job.name).await?
             } else {
-                let (mut schemas, _) = crate::declared::plan(&self.loaded.declared).await;
-                schemas.remove(&job.name).ok_or_else(|| {
-                    JobError::query(format!("the SQL of {} does not plan", job.name))
-                })?
+                self.planned(&job.name).await?
             };
             let empty = arrow::record_batch::RecordBatch::new_empty(schema);
             let mut output = self.lake.write(&job.name, partition, vec![empty]).await?;
@@ -298,6 +332,20 @@ pub fn open_with_refused(
         )),
         None => Arc::new(Embedded::with_side_inputs(lake.clone(), side.clone())),
     };
+    // The teams' jobs follow the rollups onto ClickHouse where they can.
+    let clickhouse = ch.as_ref().map(|ch| {
+        let on_clickhouse = crate::clickhouse_declared::on_clickhouse(&loaded.declared);
+        for (job, why) in &on_clickhouse {
+            match why {
+                None => tracing::info!(job, "a team's job runs on ClickHouse"),
+                Some(why) => tracing::info!(job, %why, "a team's job runs on the embedded engine"),
+            }
+        }
+        (
+            ClickHouseEngine::with_side_inputs(ch.clone(), lake.clone(), side.clone()),
+            on_clickhouse,
+        )
+    });
     let directory = Directory {
         store: store.clone(),
         lake: Embedded::new(lake.clone()),
@@ -307,6 +355,8 @@ pub fn open_with_refused(
     let executor = Arc::new(Jobs {
         loaded,
         rollups,
+        clickhouse,
+        planned: tokio::sync::OnceCell::new(),
         directory,
         store: store.clone(),
         // The teams' store-local days read the terminals' zones.

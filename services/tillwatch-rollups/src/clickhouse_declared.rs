@@ -1,0 +1,566 @@
+//! A team's declared job on ClickHouse: its `<job>.clickhouse.sql` runs
+//! inside the server as the built-in rollups do (stage, read back into the
+//! lake, swap the partition), into a table of its own that the scheduler
+//! lays out from the job's DataFusion plan.
+//!
+//! The table `<job>` (and `<job>_staging`, of the same structure) has the
+//! planned output columns and one more, `_partition DateTime`, the start of
+//! the partition a row belongs to (`PARTITION BY toUInt32(_partition)`), so
+//! a reader in ClickHouse selects a partition with `WHERE _partition = …`.
+//! When the SQL's columns change, the table follows at the next run: new
+//! columns are added (older partitions read their defaults), columns no
+//! longer given are dropped and changed types are converted, so the table
+//! always has the columns the lake's newest files have.
+//!
+//! Which jobs run there: [`on_clickhouse`]. The lake's file has exactly the
+//! columns and types of the DataFusion plan, whichever engine ran it, so a
+//! reader on either engine sees the same partition.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow::array::ArrayRef;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use tillwatch_scheduler::{JobError, JobSpec, Output, Partition};
+use tillwatch_storage::clickhouse_ddl::quote_ident;
+
+use crate::clickhouse::ClickHouseEngine;
+use crate::declared::DeclaredJob;
+
+/// The column holding each row's partition start.
+pub const PARTITION_COLUMN: &str = "_partition";
+
+/// Why a job runs on the embedded engine when the rollups run on
+/// ClickHouse, or `None` when it runs on ClickHouse too: it needs both
+/// SQL files (the lake's file takes the DataFusion plan's columns), a
+/// UTC grain (a store-local day's side tables are the embedded engine's),
+/// and every input in ClickHouse (raw tables, the product's rollups, and
+/// teams' jobs that run there; a source lands in the lake only).
+/// `jobs` in any order; the answer for every team's SQL job, by name.
+pub fn on_clickhouse(jobs: &[DeclaredJob]) -> BTreeMap<String, Option<String>> {
+    let by_name: BTreeMap<&str, &DeclaredJob> = jobs.iter().map(|j| (j.name.as_str(), j)).collect();
+    let mut answers: BTreeMap<String, Option<String>> = BTreeMap::new();
+    fn why_not(
+        name: &str,
+        by_name: &BTreeMap<&str, &DeclaredJob>,
+        answers: &mut BTreeMap<String, Option<String>>,
+        seen: &mut BTreeSet<String>,
+    ) -> Option<String> {
+        if let Some(answer) = answers.get(name) {
+            return answer.clone();
+        }
+        let Some(job) = by_name.get(name) else {
+            return Some(format!("{name} is not a job it knows"));
+        };
+        if !seen.insert(name.to_string()) {
+            return Some("its inputs form a cycle".into());
+        }
+        let answer = if job.sql.clickhouse.is_none() {
+            Some(format!("it has no {name}.clickhouse.sql"))
+        } else if job.sql.datafusion.is_none() {
+            Some(format!(
+                "it has no {name}.datafusion.sql, whose columns the lake's file takes"
+            ))
+        } else if job.store_local_day() {
+            Some(
+                "its day is the stores' local day, whose side tables are the embedded engine's"
+                    .into(),
+            )
+        } else {
+            job.declaration.inputs.iter().find_map(|input| {
+                if crate::jobs::RAW_TABLES.contains(&input.as_str()) {
+                    return None;
+                }
+                let Some(upstream) = by_name.get(input.as_str()) else {
+                    return Some(format!("it reads {input}, which is not in ClickHouse"));
+                };
+                if upstream.is_product_rollup() {
+                    return None;
+                }
+                if upstream.declaration.source.is_some() {
+                    return Some(format!(
+                        "it reads {input}, a source, which lands in the lake only"
+                    ));
+                }
+                why_not(input, by_name, answers, seen).map(|why| {
+                    format!("it reads {input}, which runs on the embedded engine ({why})")
+                })
+            })
+        };
+        answers.insert(name.to_string(), answer.clone());
+        answer
+    }
+    for job in jobs {
+        if job.declaration.builtin || job.is_product_rollup() || job.declaration.source.is_some() {
+            continue;
+        }
+        why_not(&job.name, &by_name, &mut answers, &mut BTreeSet::new());
+    }
+    answers.retain(|name, _| {
+        by_name.get(name.as_str()).is_some_and(|j| {
+            !j.declaration.builtin && !j.is_product_rollup() && j.declaration.source.is_none()
+        })
+    });
+    answers
+}
+
+/// The ClickHouse type of a planned column, or `None` for a type the
+/// table cannot hold as the lake does.
+fn clickhouse_type(field: &Field) -> Option<String> {
+    let base = match field.data_type() {
+        DataType::Boolean => "UInt8",
+        DataType::Int8 => "Int8",
+        DataType::Int16 => "Int16",
+        DataType::Int32 => "Int32",
+        DataType::Int64 => "Int64",
+        DataType::UInt8 => "UInt8",
+        DataType::UInt16 => "UInt16",
+        DataType::UInt32 => "UInt32",
+        DataType::UInt64 => "UInt64",
+        DataType::Float32 => "Float32",
+        DataType::Float64 => "Float64",
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "String",
+        DataType::Timestamp(_, _) => "DateTime",
+        DataType::Date32 | DataType::Date64 => "Date",
+        _ => return None,
+    };
+    Some(if field.is_nullable() {
+        format!("Nullable({base})")
+    } else {
+        base.to_string()
+    })
+}
+
+/// How a column is read back over JSON (`expression AS name`) and the
+/// Arrow type it arrives as before it is cast to the planned one.
+fn wire(field: &Field) -> (String, DataType) {
+    let name = quote_ident(field.name());
+    match field.data_type() {
+        DataType::Timestamp(unit, _) => {
+            let per_second = match unit {
+                TimeUnit::Second => 1,
+                TimeUnit::Millisecond => 1_000,
+                TimeUnit::Microsecond => 1_000_000,
+                TimeUnit::Nanosecond => 1_000_000_000,
+            };
+            (
+                format!("toInt64(toUInt32({name})) * {per_second} AS {name}"),
+                DataType::Int64,
+            )
+        }
+        DataType::Boolean => (name, DataType::UInt8),
+        DataType::Date32 | DataType::Date64 => {
+            (format!("toString({name}) AS {name}"), DataType::Utf8)
+        }
+        DataType::LargeUtf8 | DataType::Utf8View => (name, DataType::Utf8),
+        other => (name, other.clone()),
+    }
+}
+
+/// The statement with its parameters: `{database}`, the partition's
+/// interval as `{start_s}`/`{end_s}` (seconds) and `{start_ms}`/`{end_ms}`,
+/// and what the job reads, widened by its margins, as `{from_s}`/`{to_s}`.
+pub fn bind(sql: &str, database: &str, job: &JobSpec, partition: Partition) -> String {
+    let seconds = |ms: i64| ms.div_euclid(1000).to_string();
+    sql.replace("{database}", &quote_ident(database))
+        .replace("{start_s}", &seconds(partition.start_ms))
+        .replace("{end_s}", &seconds(partition.end_ms()))
+        .replace("{start_ms}", &partition.start_ms.to_string())
+        .replace("{end_ms}", &partition.end_ms().to_string())
+        .replace(
+            "{from_s}",
+            &seconds(partition.start_ms - job.reads_before_ms),
+        )
+        .replace("{to_s}", &seconds(partition.end_ms() + job.reads_after_ms))
+}
+
+/// The tables a ClickHouse statement names in `{database}`, each with the
+/// 1-based line it is first named on.
+pub fn tables_named(sql: &str) -> Vec<(String, usize)> {
+    let mut found: Vec<(String, usize)> = Vec::new();
+    for (i, line) in sql.lines().enumerate() {
+        for (at, _) in line.match_indices("{database}.") {
+            let rest = &line[at + "{database}.".len()..];
+            let name: String = match rest.strip_prefix('`') {
+                Some(quoted) => quoted.split('`').next().unwrap_or("").to_string(),
+                None => rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect(),
+            };
+            if !name.is_empty() && !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, i + 1));
+            }
+        }
+    }
+    found
+}
+
+fn ch_err(
+    step: &str,
+    job: &str,
+    partition: Partition,
+) -> impl Fn(tillwatch_clickhouse::ChError) -> JobError {
+    let context = format!("{step} for {job} {partition} on ClickHouse");
+    move |e| JobError::Query(format!("{context}: {e}"))
+}
+
+impl ClickHouseEngine {
+    /// The columns of `table` in the database, name to type; empty when
+    /// there is no such table.
+    async fn columns_of(&self, table: &str) -> Result<BTreeMap<String, String>, JobError> {
+        let ch = self.client();
+        let bytes = ch
+            .client()
+            .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ?")
+            .bind(ch.database())
+            .bind(table)
+            .fetch_bytes("JSONEachRow")
+            .map_err(|e| JobError::read(format_args!("the columns of {table}"), e))?
+            .collect()
+            .await
+            .map_err(|e| JobError::read(format_args!("the columns of {table}"), e))?;
+        let mut columns = BTreeMap::new();
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let row: BTreeMap<String, String> = serde_json::from_slice(line)
+                .map_err(|e| JobError::read(format_args!("the columns of {table}"), e))?;
+            if let (Some(name), Some(ty)) = (row.get("name"), row.get("type")) {
+                columns.insert(name.clone(), ty.clone());
+            }
+        }
+        Ok(columns)
+    }
+
+    /// Makes `<job>` and `<job>_staging` hold exactly `wanted` (see the
+    /// module's notes); says what it changed.
+    async fn lay_out(
+        &self,
+        job: &str,
+        wanted: &[(String, String)],
+        partition: Partition,
+    ) -> Result<Vec<String>, JobError> {
+        let ch = self.client();
+        let fail = |step: &'static str| ch_err(step, job, partition);
+        let target = ch.table(job);
+        let staging_name = format!("{job}_staging");
+        let staging = ch.table(&staging_name);
+        let mut changed = Vec::new();
+        let existing = self.columns_of(job).await?;
+        if existing.is_empty() {
+            let columns: Vec<String> = wanted
+                .iter()
+                .map(|(n, t)| format!("{} {t}", quote_ident(n)))
+                .collect();
+            ch.execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {target} ({}) ENGINE = MergeTree \
+                 PARTITION BY toUInt32({p}) ORDER BY {p}",
+                columns.join(", "),
+                p = quote_ident(PARTITION_COLUMN)
+            ))
+            .await
+            .map_err(fail("creating its table"))?;
+            changed.push(format!("created the table {target}"));
+        } else {
+            for (name, ty) in wanted {
+                let alter = match existing.get(name) {
+                    None => format!("ADD COLUMN {} {ty}", quote_ident(name)),
+                    Some(had) if had != ty => format!("MODIFY COLUMN {} {ty}", quote_ident(name)),
+                    Some(_) => continue,
+                };
+                ch.execute(&format!("ALTER TABLE {target} {alter}"))
+                    .await
+                    .map_err(fail("changing its table's columns"))?;
+                changed.push(format!("{target}: {alter}"));
+            }
+            for name in existing.keys() {
+                if !wanted.iter().any(|(n, _)| n == name) {
+                    let alter = format!("DROP COLUMN {}", quote_ident(name));
+                    ch.execute(&format!("ALTER TABLE {target} {alter}"))
+                        .await
+                        .map_err(fail("changing its table's columns"))?;
+                    changed.push(format!("{target}: {alter}"));
+                }
+            }
+        }
+        let staged = self.columns_of(&staging_name).await?;
+        let same =
+            staged.len() == wanted.len() && wanted.iter().all(|(n, t)| staged.get(n) == Some(t));
+        if !same {
+            ch.execute(&format!("DROP TABLE IF EXISTS {staging}"))
+                .await
+                .map_err(fail("replacing its staging table"))?;
+            ch.execute(&format!("CREATE TABLE {staging} AS {target}"))
+                .await
+                .map_err(fail("creating its staging table"))?;
+        }
+        Ok(changed)
+    }
+
+    /// Runs a team's job for one partition on ClickHouse; `schema` is its
+    /// DataFusion plan's output, the columns of its table and lake file.
+    pub async fn run_declared(
+        &self,
+        job: &JobSpec,
+        declared: &DeclaredJob,
+        schema: SchemaRef,
+        partition: Partition,
+    ) -> Result<Output, JobError> {
+        let name = job.name.as_str();
+        let sql = declared
+            .sql
+            .clickhouse
+            .as_deref()
+            .ok_or_else(|| JobError::query(format!("{name} has no {name}.clickhouse.sql")))?;
+        let ch = self.client();
+        let fail = |step: &'static str| ch_err(step, name, partition);
+        let mut wanted = vec![(PARTITION_COLUMN.to_string(), "DateTime".to_string())];
+        for field in schema.fields() {
+            let ty = clickhouse_type(field).ok_or_else(|| {
+                JobError::query(format!(
+                    "column {:?} of {name} is {}, which its ClickHouse table cannot hold: \
+                     cast it in the SQL (to a number, text, timestamp or date)",
+                    field.name(),
+                    field.data_type()
+                ))
+            })?;
+            wanted.push((field.name().clone(), ty));
+        }
+        let mut messages = self.lay_out(name, &wanted, partition).await?;
+        let staging_name = format!("{name}_staging");
+        let staging = ch.table(&staging_name);
+        let start_s = partition.start_ms.div_euclid(1000);
+        let id = start_s.to_string();
+        ch.drop_partition_if_any(&staging_name, &id)
+            .await
+            .map_err(fail("clearing the staging partition"))?;
+        let names: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| quote_ident(f.name()))
+            .collect();
+        let select = bind(sql, ch.database(), job, partition);
+        ch.execute(&format!(
+            "INSERT INTO {staging} ({p}, {cols})\nSELECT toDateTime({start_s}, 'UTC') AS {p}, {cols} FROM (\n{select}\n)",
+            p = quote_ident(PARTITION_COLUMN),
+            cols = names.join(", "),
+        ))
+        .await
+        .map_err(fail("INSERT … SELECT"))?;
+        let batches = self.read_back(name, &staging, &schema, partition).await?;
+        let mut output = self.lake().write(name, partition, batches).await?;
+        ch.execute(&format!(
+            "ALTER TABLE {} REPLACE PARTITION {id} FROM {staging}",
+            ch.table(name)
+        ))
+        .await
+        .map_err(fail("replacing the partition"))?;
+        ch.execute(&format!("ALTER TABLE {staging} DROP PARTITION {id}"))
+            .await
+            .map_err(fail("clearing the staging partition"))?;
+        messages.insert(
+            0,
+            format!(
+                "ran on ClickHouse: {} row(s) into {} partition {id} ({PARTITION_COLUMN} = {partition})",
+                output.rows,
+                ch.table(name)
+            ),
+        );
+        messages.push("the statement (ClickHouse, parameters bound):".into());
+        messages.extend(select.lines().map(|l| format!("  {l}")));
+        output.messages.extend(messages);
+        Ok(output)
+    }
+
+    /// The staged partition as Arrow batches of the planned columns (each
+    /// nullable: what comes back is checked by the cast, not by the
+    /// planner's guess at nullability), in a stable order.
+    async fn read_back(
+        &self,
+        job: &str,
+        staging: &str,
+        schema: &Schema,
+        partition: Partition,
+    ) -> Result<Vec<RecordBatch>, JobError> {
+        let (columns, wire_types): (Vec<String>, Vec<DataType>) =
+            schema.fields().iter().map(|f| wire(f)).unzip();
+        let order: Vec<String> = schema
+            .fields()
+            .iter()
+            .map(|f| quote_ident(f.name()))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM (SELECT * FROM {staging} WHERE {} = toDateTime({}, 'UTC')) ORDER BY {}",
+            columns.join(", "),
+            quote_ident(PARTITION_COLUMN),
+            partition.start_ms.div_euclid(1000),
+            order.join(", ")
+        );
+        let back = |e: &dyn std::fmt::Display| {
+            JobError::read(format_args!("back {job} {partition} from ClickHouse"), e)
+        };
+        let bytes = self
+            .client()
+            .client()
+            .clone()
+            .with_setting("output_format_json_quote_64bit_integers", "0")
+            .query(&sql)
+            .fetch_bytes("JSONEachRow")
+            .map_err(|e| back(&e))?
+            .collect()
+            .await
+            .map_err(|e| back(&e))?;
+        let wire_schema = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .zip(&wire_types)
+                .map(|(f, t)| Field::new(f.name(), t.clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let relaxed = Arc::new(Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+                .collect::<Vec<_>>(),
+        ));
+        let reader = arrow::json::ReaderBuilder::new(wire_schema)
+            .with_batch_size(65_536)
+            .build(Cursor::new(bytes))
+            .map_err(|e| back(&e))?;
+        let mut batches = Vec::new();
+        for batch in reader {
+            let batch = batch.map_err(|e| back(&e))?;
+            let columns = batch
+                .columns()
+                .iter()
+                .zip(relaxed.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<Result<Vec<ArrayRef>, _>>()
+                .map_err(|e| back(&e))?;
+            batches.push(RecordBatch::try_new(relaxed.clone(), columns).map_err(|e| back(&e))?);
+        }
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(relaxed));
+        }
+        Ok(batches)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_follows_the_rollups_onto_clickhouse_only_with_all_it_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let team = dir.path().join("t");
+        std::fs::create_dir_all(&team).unwrap();
+        let job = |name: &str, extra: &str, inputs: &str, sql: &[&str]| {
+            std::fs::write(
+                team.join(format!("{name}.toml")),
+                format!("description = \"x\"\ngrain = \"hour\"\n{extra}inputs = [{inputs}]\n"),
+            )
+            .unwrap();
+            for engine in sql {
+                std::fs::write(team.join(format!("{name}.{engine}.sql")), "SELECT 1").unwrap();
+            }
+        };
+        let both = ["datafusion", "clickhouse"];
+        job(
+            "raw_reader",
+            "",
+            "\"payment_health\", \"device_health_hourly\"",
+            &both,
+        );
+        job("downstream", "", "\"raw_reader\"", &both);
+        job("embedded_only", "", "\"battery\"", &["datafusion"]);
+        job("reads_embedded", "", "\"embedded_only\"", &both);
+        job("further", "", "\"reads_embedded\"", &both);
+        std::fs::write(
+            team.join("imported.toml"),
+            "description = \"x\"\ngrain = \"hour\"\n[source]\nurl_env = \"X\"\nquery = \"SELECT 1\"\n",
+        )
+        .unwrap();
+        job("reads_source", "", "\"imported\"", &both);
+        std::fs::write(
+            team.join("local.toml"),
+            "description = \"x\"\ngrain = \"day\"\nday = \"store-local\"\ninputs = [\"battery\"]\n",
+        )
+        .unwrap();
+        for engine in both {
+            std::fs::write(team.join(format!("local.{engine}.sql")), "SELECT 1").unwrap();
+        }
+        let (jobs, problems) = crate::declared::load_dir(dir.path());
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut all = crate::declared::builtin();
+        all.extend(jobs);
+        let on = on_clickhouse(&all);
+        let why = |name: &str| {
+            on.get(name)
+                .unwrap_or_else(|| panic!("{name}: {on:?}"))
+                .clone()
+        };
+        assert_eq!(why("raw_reader"), None);
+        assert_eq!(why("downstream"), None);
+        assert_eq!(
+            why("embedded_only").unwrap(),
+            "it has no embedded_only.clickhouse.sql"
+        );
+        assert_eq!(
+            why("reads_embedded").unwrap(),
+            "it reads embedded_only, which runs on the embedded engine (it has no embedded_only.clickhouse.sql)"
+        );
+        assert!(
+            why("further")
+                .unwrap()
+                .starts_with("it reads reads_embedded, which runs on the embedded engine")
+        );
+        assert_eq!(
+            why("reads_source").unwrap(),
+            "it reads imported, a source, which lands in the lake only"
+        );
+        assert!(why("local").unwrap().contains("local day"));
+        assert!(!on.contains_key("imported"), "a source is not a SQL job");
+        assert!(
+            !on.contains_key("device_health_hourly"),
+            "the product's own rollups decide themselves"
+        );
+    }
+
+    #[test]
+    fn the_tables_a_statement_names() {
+        let sql = "SELECT h.device_id\nFROM {database}.device_health_hourly AS h\n\
+                   JOIN {database}.`payment_health` p ON 1\nJOIN {database}.device_health_hourly x ON 1";
+        assert_eq!(
+            tables_named(sql),
+            vec![
+                ("device_health_hourly".to_string(), 2),
+                ("payment_health".to_string(), 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn columns_take_clickhouse_types_and_come_back_as_planned() {
+        let ts = Field::new(
+            "hour",
+            DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+            false,
+        );
+        assert_eq!(clickhouse_type(&ts).as_deref(), Some("DateTime"));
+        assert_eq!(
+            wire(&ts),
+            (
+                "toInt64(toUInt32(`hour`)) * 1000000000 AS `hour`".to_string(),
+                DataType::Int64
+            )
+        );
+        let n = Field::new("n", DataType::Utf8View, true);
+        assert_eq!(clickhouse_type(&n).as_deref(), Some("Nullable(String)"));
+        let odd = Field::new("l", DataType::new_list(DataType::Int64, true), true);
+        assert_eq!(clickhouse_type(&odd), None);
+    }
+}
