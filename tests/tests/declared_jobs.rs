@@ -1117,7 +1117,7 @@ async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() 
         &root,
         "payments-risk/refunds.toml",
         &format!(
-            "description = \"refunds from the payments database\"\ngrain = \"hour\"\npublic = true\n\n[source]\nurl_file = {:?}\nquery = \"SELECT id, device_id, amount_cents, reason, refunded_at FROM {table}\"\ncursor = \"refunded_at\"\n",
+            "description = \"refunds from the payments database\"\ngrain = \"hour\"\npublic = true\n\n[source]\nurl_file = {:?}\nquery = \"SELECT id, device_id, amount_cents, reason, refunded_at FROM {table}\"\ncursor = \"refunded_at\"\nrecheck_within = \"3h\"\nrecheck_every = \"2s\"\n",
             secret.display().to_string()
         ),
     );
@@ -1303,6 +1303,52 @@ async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() 
             .to_string()
             .contains("store-ops/shops.toml:4: the merchant directory is already fed"),
         "{jobs}"
+    );
+
+    // A refund lands late in the database, in an hour imported already:
+    // the source's next look brings it in, and only that hour's
+    // downstream runs again.
+    let downstream_runs = |hour: &Partition| {
+        runs_of(standalone.http, "refunds_by_device")
+            .into_iter()
+            .filter(|r| r.0 == hour.key())
+            .count()
+    };
+    let before: Vec<usize> = hours.iter().map(downstream_runs).collect();
+    id += 1;
+    let late_at = hours[1].start_ms + 59 * 60_000;
+    sqlx::query(&format!(
+        "INSERT INTO {table} VALUES ($1, 't-9', 777, 'late', to_timestamp($2::float8 / 1000))"
+    ))
+    .bind(id)
+    .bind(late_at)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    want.insert((hours[1].key(), "t-9".to_string()), (777, 1));
+    wait_for(
+        "the late refund in its hour's downstream",
+        Duration::from_secs(60),
+        || {
+            let mut all = BTreeMap::new();
+            for hour in &hours {
+                all.extend(got(hour).unwrap_or_default());
+            }
+            all == want
+        },
+    )
+    .await;
+    let after: Vec<usize> = hours.iter().map(downstream_runs).collect();
+    assert_eq!(
+        (after[0], after[1] > before[1], after[2]),
+        (before[0], true, before[2]),
+        "runs of refunds_by_device per hour, before {before:?} and after {after:?}"
+    );
+    assert!(
+        runs_of(standalone.http, "refunds")
+            .iter()
+            .any(|r| r.0 == hours[1].key() && r.2 == "recheck" && r.1 == "succeeded"),
+        "the look that found it is a recheck run"
     );
     standalone.stop().await;
     for t in [&table, &shops] {

@@ -117,6 +117,10 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
+fn default_recheck_every() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+
 impl std::fmt::Debug for DirectorySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may hold a password.
@@ -331,6 +335,15 @@ pub struct SourceDeclaration {
     /// falls in its interval (incremental). Without it each run imports
     /// every row (a snapshot) and only the newest partition runs.
     pub cursor: Option<String>,
+    /// With a `cursor`: partitions whose interval ended less than this
+    /// long ago are imported again every `recheck_every`, so rows that land
+    /// late in the database reach their partition; what reads a partition
+    /// runs again only when its rows changed. Off by default.
+    #[serde(default, with = "humantime_serde")]
+    pub recheck_within: Option<Duration>,
+    /// How often a partition within `recheck_within` is imported again.
+    #[serde(default = "default_recheck_every", with = "humantime_serde")]
+    pub recheck_every: Duration,
     /// The longest the import waits for the database.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -374,6 +387,8 @@ impl SourceDeclaration {
             url_file: None,
             query: config.query.clone(),
             cursor: None,
+            recheck_within: None,
+            recheck_every: default_recheck_every(),
             connect_timeout: config.connect_timeout,
             feeds: Some(SourceFeed::MerchantDirectory),
             url: Some(InlineUrl(config.url.clone())),

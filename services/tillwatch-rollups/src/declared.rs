@@ -144,6 +144,14 @@ impl DeclaredJob {
             // A snapshot: only the newest partition is worth importing.
             spec.catch_up = false;
         }
+        if let Some(source) = &self.declaration.source
+            && let Some(within) = source.recheck_within
+        {
+            spec.recheck = Some(tillwatch_scheduler::Recheck {
+                within_ms: within.as_millis().min(i64::MAX as u128) as i64,
+                every_ms: source.recheck_every.as_millis().min(i64::MAX as u128) as i64,
+            });
+        }
         spec.code = Some(self.code());
         spec.rerun_from_ms = self.rerun_from_ms().ok().flatten();
         spec
@@ -406,6 +414,14 @@ fn load_files(root: &str, files: &Files) -> (Vec<DeclaredJob>, Vec<Problem>) {
                     "the merchant directory is a snapshot of every store: remove `cursor`"
                         .to_string(),
                 )
+            } else if source.recheck_within.is_some() && source.cursor.is_none() {
+                Some(
+                    "recheck_within looks again at past partitions of a `cursor`; without one \
+                     every run imports every row already"
+                        .to_string(),
+                )
+            } else if source.recheck_within.is_some() && source.recheck_every.is_zero() {
+                Some("recheck_every must be longer than zero".to_string())
             } else if source.feeds.is_some() && job.declaration.grain != DeclaredGrain::Hour {
                 Some("the merchant directory is imported hourly: set grain = \"hour\"".to_string())
             } else {

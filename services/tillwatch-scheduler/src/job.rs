@@ -205,6 +205,19 @@ pub struct JobSpec {
     pub sla_at: Option<SlaAt>,
     /// The receivers told of its job alerts, by name; empty: every one.
     pub notify: Vec<String>,
+    /// Looks again at recent partitions that succeeded (see [`Recheck`]).
+    pub recheck: Option<Recheck>,
+}
+
+/// For a job whose input the planner cannot fingerprint (a source's
+/// database, where rows may land late): a succeeded partition that ended
+/// less than `within_ms` ago runs again once its last run started
+/// `every_ms` ago or more. What reads it runs again only when that run's
+/// output differs, so a look that finds nothing new costs one import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recheck {
+    pub within_ms: i64,
+    pub every_ms: i64,
 }
 
 impl JobSpec {
@@ -237,6 +250,7 @@ impl JobSpec {
             sla_ms: None,
             sla_at: None,
             notify: Vec::new(),
+            recheck: None,
         }
     }
 

@@ -16,7 +16,7 @@ pub mod watermark;
 
 pub use error::JobError;
 pub use interval::{Grain, Partition, PartitionKeyError};
-pub use job::{Catalog, CatalogError, Input, JobSpec, RunWindow, Schedule, SlaAt};
+pub use job::{Catalog, CatalogError, Input, JobSpec, Recheck, RunWindow, Schedule, SlaAt};
 pub use ops::{Lineage, Progress, RangeError, Snapshot, Target};
 pub use plan::{PartitionRecord, Reason, Status, Task, World, plan};
 pub use runner::{Clock, EmptyFuture, Executor, Output, Ran, RunFuture, Runner};

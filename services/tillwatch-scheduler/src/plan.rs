@@ -82,6 +82,9 @@ pub enum Reason {
     /// Failed every retry, and the job's code has changed since: a fix
     /// gets a new round.
     CodeChanged,
+    /// Succeeded recently, and its job looks again at such partitions
+    /// (see [`crate::Recheck`]).
+    Recheck,
 }
 
 impl Reason {
@@ -96,6 +99,7 @@ impl Reason {
             Reason::Stale => "stale",
             Reason::Forced => "forced",
             Reason::CodeChanged => "code_changed",
+            Reason::Recheck => "recheck",
         }
     }
 }
@@ -332,6 +336,11 @@ pub fn plan_with_backlog(
                     Status::Succeeded => {
                         if r.inputs_fingerprint.as_deref() != Some(fingerprint.as_str()) {
                             candidates.push(task(1, Reason::Stale));
+                        } else if job.recheck.is_some_and(|c| {
+                            world.now_ms - partition.end_ms() < c.within_ms
+                                && r.started_ms.is_some_and(|s| world.now_ms - s >= c.every_ms)
+                        }) {
+                            candidates.push(task(1, Reason::Recheck));
                         }
                     }
                 },

@@ -525,3 +525,80 @@ fn weeks_and_months_wait_for_their_days_and_late_data_reaches_them() {
         ]
     );
 }
+
+/// A source whose database may take late rows: its recent partitions are
+/// imported again every `every_ms` while they ended less than `within_ms`
+/// ago, older ones never; what reads it runs again only for the hour whose
+/// rows changed.
+#[test]
+fn a_rechecked_source_looks_again_at_recent_hours_and_only_changes_run_downstream() {
+    let mut source = JobSpec::new("refunds", Grain::Hour, Vec::new());
+    source.start_ms = DAY0;
+    source.concurrency = 100;
+    source.recheck = Some(tillwatch_scheduler::Recheck {
+        within_ms: 3 * HOUR,
+        every_ms: 10 * MIN,
+    });
+    let reader = job(
+        "refunds_by_device",
+        Grain::Hour,
+        Input::Job("refunds".into()),
+    );
+    let catalog = Catalog::new(vec![source, reader]).unwrap();
+    let mut states = States::new();
+    let files = HashMap::new();
+    // Each run to success, started at `at`.
+    let run_all = |states: &mut States, tasks: &[Task], at: i64| {
+        for task in tasks {
+            succeed(states, task, &task.inputs_fingerprint);
+            states
+                .get_mut(&(task.job.clone(), task.partition))
+                .unwrap()
+                .started_ms = Some(at);
+        }
+    };
+    let t = DAY0 + 5 * HOUR + MIN;
+    let mut ran = Vec::new();
+    loop {
+        let tasks = run_plan(&catalog, &states, t, &files);
+        if tasks.is_empty() {
+            break;
+        }
+        run_all(&mut states, &tasks, t);
+        ran.extend(tasks);
+    }
+    assert_eq!(ran.len(), 10, "{:?}", keys(&ran));
+
+    // Not again before ten minutes.
+    assert!(run_plan(&catalog, &states, t + 9 * MIN, &files).is_empty());
+
+    // Eleven minutes on: the hours that ended less than three hours ago.
+    let now = t + 11 * MIN;
+    let tasks = run_plan(&catalog, &states, now, &files);
+    let hour = |h: i64| Partition::containing(Grain::Hour, DAY0 + h * HOUR);
+    assert_eq!(
+        keys(&tasks),
+        [2, 3, 4].map(|h| format!("refunds {}", hour(h)))
+    );
+    assert!(tasks.iter().all(|t| t.reason == Reason::Recheck));
+    // Hour 4 got a late row; the others are as they were.
+    for task in &tasks {
+        let before = states[&(task.job.clone(), task.partition)]
+            .output_fingerprint
+            .clone()
+            .unwrap();
+        let output = if task.partition == hour(4) {
+            "with the late row".to_string()
+        } else {
+            before
+        };
+        succeed(&mut states, task, &output);
+        states
+            .get_mut(&(task.job.clone(), task.partition))
+            .unwrap()
+            .started_ms = Some(now);
+    }
+    let tasks = run_plan(&catalog, &states, now, &files);
+    assert_eq!(keys(&tasks), [format!("refunds_by_device {}", hour(4))]);
+    assert_eq!(tasks[0].reason, Reason::Stale);
+}
