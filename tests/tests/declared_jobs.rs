@@ -18,7 +18,7 @@ use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::{HourPartition, Kind, UtcMillis};
 use tillwatch_integration_tests::browser::{Browser, artifact_dir};
 use tillwatch_integration_tests::{
-    InProcess, RoleProcess, api_call, api_get, test_tokens, tillwatch_bin, wait_for,
+    InProcess, RoleProcess, api_call, api_get, eventually, test_tokens, tillwatch_bin, wait_for,
     widen_hourly_rounds,
 };
 use tillwatch_rollups::embedded::Embedded;
@@ -792,19 +792,39 @@ async fn changing_a_jobs_sql_reruns_from_the_date_it_names_and_nothing_without_o
         &format!("{declaration}rerun_from = \"{}\"\n", &yesterday.key()[..10]),
     );
     let v3 = code_of(&root, JOB);
-    wait_for(
-        "yesterday's and today's hours with the new code",
-        Duration::from_secs(300),
-        || {
-            all_ran_with(&runs_of(http, JOB), &from, &v3)
-                && runs_of(http, "offline_risk_by_store")
-                    .iter()
-                    .filter(|r| r.2 == "stale" && r.1 == "succeeded")
-                    .count()
-                    >= from.len()
-        },
-    )
+    let settled = eventually(Duration::from_secs(300), || {
+        all_ran_with(&runs_of(http, JOB), &from, &v3)
+            && runs_of(http, "offline_risk_by_store")
+                .iter()
+                .filter(|r| r.2 == "stale" && r.1 == "succeeded")
+                .count()
+                >= from.len()
+    })
     .await;
+    if !settled {
+        // What is missing, to tell a slow machine from a stuck scheduler.
+        let runs = runs_of(http, JOB);
+        let missing: Vec<_> = from
+            .iter()
+            .filter(|h| !all_ran_with(&runs, &[**h], &v3))
+            .map(|h| {
+                let mine: Vec<_> = runs.iter().filter(|r| r.0 == h.key()).collect();
+                format!("{h}: {mine:?}")
+            })
+            .collect();
+        let down: Vec<_> = runs_of(http, "offline_risk_by_store")
+            .into_iter()
+            .filter(|r| r.2 != "scheduled")
+            .collect();
+        let jobs = api_get(http, "/api/v1/jobs", VIEWER);
+        panic!(
+            "timed out after 300 s waiting for yesterday's and today's hours with the new code \
+             {v3}:\n{} hour(s) without it:\n{}\ndownstream re-runs ({}): {down:?}\njobs: {jobs}",
+            missing.len(),
+            missing.join("\n"),
+            down.len()
+        );
+    }
     let runs = runs_of(http, JOB);
     for hour in &before {
         let mine: Vec<_> = runs.iter().filter(|r| r.0 == hour.key()).collect();

@@ -149,8 +149,12 @@ pub(crate) async fn run_scheduler(
     // loads them again and the scheduler goes on with the new set.
     let mut changes = declared::watch_stamp(config.scheduler.jobs_dir.clone(), settings.tick);
     let mut shutdown = std::pin::pin!(shutdown);
+    // A configuration that does not load at start is an error; one that
+    // stops loading after a change (a file caught half written, an
+    // operator's setting naming a job that is gone) leaves the jobs as
+    // loaded before running, never a scheduler that stopped.
+    let (mut runner, mut lake) = service::open(config, store.clone(), service::wall_clock())?;
     loop {
-        let (runner, lake) = service::open(config, store.clone(), service::wall_clock())?;
         tracing::info!(
             jobs = runner.catalog().jobs().len(),
             engine = if service::engine(config).is_some() { "clickhouse" } else { "embedded" },
@@ -173,6 +177,13 @@ pub(crate) async fn run_scheduler(
             return Ok(());
         }
         tracing::info!("the job declarations changed; loading them again");
+        match service::open(config, store.clone(), service::wall_clock()) {
+            Ok((loaded, loaded_lake)) => (runner, lake) = (loaded, loaded_lake),
+            Err(e) => tracing::error!(
+                error = %e,
+                "the changed job declarations do not load; the jobs loaded before go on running"
+            ),
+        }
     }
 }
 
