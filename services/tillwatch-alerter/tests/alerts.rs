@@ -109,6 +109,16 @@ async fn store_of(url: &str) -> MetaStore {
     store
 }
 
+/// A fresh store and an alerter opened on it at `at`, having had the info
+/// message of each `(terminal, store)` in one batch.
+async fn with_terminals(url: &str, at: i64, terminals: &[(&str, &str)]) -> (MetaStore, Alerter) {
+    let store = store_of(url).await;
+    let mut alerter = open(&store, at).await;
+    let infos: Vec<Event> = terminals.iter().map(|(d, s)| info(d, s, at)).collect();
+    alerter.handle_batch(&infos, UtcMillis(at)).await.unwrap();
+    (store, alerter)
+}
+
 /// Feeds a device's battery, one reading a minute from `start`, and
 /// ticks the clock between readings.
 async fn feed_battery(
@@ -134,13 +144,8 @@ async fn feed_battery(
 }
 
 async fn draining_battery_pages_once_and_survives_a_restart(url: &str) {
-    let store = store_of(url).await;
     let t0 = monday_10am();
-    let mut alerter = open(&store, t0).await;
-    alerter
-        .handle(info("t-1", "s-1", t0), UtcMillis(t0))
-        .await
-        .unwrap();
+    let (store, mut alerter) = with_terminals(url, t0, &[("t-1", "s-1")]).await;
     // 30 % down a point a minute: under 20 % from minute 11.
     let draining: Vec<(u32, bool)> = (0..19).map(|m| (30 - m, false)).collect();
     let t = feed_battery(&mut alerter, "t-1", t0, &draining, 0).await;
@@ -401,13 +406,8 @@ async fn silence_mutes_what_it_matches_and_silent_devices_page(url: &str) {
 }
 
 async fn closed_store_at_night_does_not_page(url: &str) {
-    let store = store_of(url).await;
     let night = at_berlin("2026-11-24T02:00");
-    let mut alerter = open(&store, night).await;
-    alerter
-        .handle(info("n-1", "s-1", night), UtcMillis(night))
-        .await
-        .unwrap();
+    let (store, mut alerter) = with_terminals(url, night, &[("n-1", "s-1")]).await;
     report_every_20s(&mut alerter, &["n-1"], night, night + 3 * MIN).await;
     let off = night + 3 * MIN + 10_000;
     alerter
@@ -434,13 +434,8 @@ async fn closed_store_at_night_does_not_page(url: &str) {
 /// the store takes it (the new one first used to break the one-open-alert
 /// rule on every retry and stop the alerter taking messages).
 async fn a_resolve_and_the_next_alert_in_one_batch(url: &str) {
-    let store = store_of(url).await;
     let t0 = monday_10am();
-    let mut alerter = open(&store, t0).await;
-    alerter
-        .handle(info("t-1", "s-1", t0), UtcMillis(t0))
-        .await
-        .unwrap();
+    let (store, mut alerter) = with_terminals(url, t0, &[("t-1", "s-1")]).await;
     // 15 % for ten minutes: fired at minute 5.
     let low: Vec<(u32, bool)> = (0..10).map(|_| (15, false)).collect();
     let t = feed_battery(&mut alerter, "t-1", t0, &low, 0).await;
@@ -489,16 +484,8 @@ async fn a_resolve_and_the_next_alert_in_one_batch(url: &str) {
 /// fail every flush the same way and stop the alerter's message loop; now
 /// the refused alert is set aside and t-2's page still opens and resolves.
 async fn an_alert_the_store_refuses_does_not_stop_the_others(url: &str) {
-    let store = store_of(url).await;
     let t0 = monday_10am();
-    let mut alerter = open(&store, t0).await;
-    alerter
-        .handle_batch(
-            &[info("t-1", "s-1", t0), info("t-2", "s-1", t0)],
-            UtcMillis(t0),
-        )
-        .await
-        .unwrap();
+    let (store, mut alerter) = with_terminals(url, t0, &[("t-1", "s-1"), ("t-2", "s-1")]).await;
     let foreign = AlertRecord {
         alert_id: "written-elsewhere".into(),
         rule: "battery_low".into(),
