@@ -18,8 +18,8 @@ use tillwatch_config::{Config, RollupEngine};
 use tillwatch_domain::{HourPartition, Kind, UtcMillis};
 use tillwatch_integration_tests::browser::{Browser, artifact_dir};
 use tillwatch_integration_tests::{
-    InProcess, RoleProcess, api_call, api_get, eventually, test_tokens, tillwatch_bin, wait_for,
-    widen_hourly_rounds,
+    ClickHouseServer, InProcess, RoleProcess, api_call, api_get, eventually, test_tokens,
+    tillwatch_bin, wait_for, widen_hourly_rounds,
 };
 use tillwatch_rollups::embedded::Embedded;
 use tillwatch_rollups::jobs;
@@ -1068,28 +1068,34 @@ async fn a_failing_job_pages_its_owner_and_resolves_once_fixed() {
     standalone.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() {
-    let url = std::env::var("TILLWATCH_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    // The team's own table, in the machine's PostgreSQL.
-    let table = format!("refunds_{}", std::process::id());
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-        .await
-        .expect("the test PostgreSQL");
+fn test_postgres_url() -> String {
+    std::env::var("TILLWATCH_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// The `n` hours before the current one, newest first.
+fn last_hours(n: i64) -> Vec<Partition> {
+    let current = Partition::containing(Grain::Hour, UtcMillis::now().0);
+    (1..=n)
+        .map(|back| Partition::containing(Grain::Hour, current.start_ms - back * HOUR))
+        .collect()
+}
+
+/// A team's refunds table `table` in the test PostgreSQL, with `5 + i`
+/// refunds in the `i`-th of `hours` spread over terminals t-0 to t-2:
+/// per (hour, terminal) the refunded cents and refunds, and the last id.
+async fn refunds_table(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    hours: &[Partition],
+) -> (BTreeMap<(String, String), (i64, i64)>, i32) {
     sqlx::query(&format!(
         "CREATE TABLE {table} (id int PRIMARY KEY, device_id text NOT NULL, \
          amount_cents int NOT NULL, reason text, refunded_at timestamptz NOT NULL)"
     ))
-    .execute(&mut conn)
+    .execute(&mut *conn)
     .await
     .unwrap();
-    let now = UtcMillis::now().0;
-    let current = Partition::containing(Grain::Hour, now);
-    let hours: Vec<Partition> = (1..=3)
-        .map(|back| Partition::containing(Grain::Hour, current.start_ms - back * HOUR))
-        .collect();
-    // Per hour and terminal: (refunded cents, refunds).
     let mut want: BTreeMap<(String, String), (i64, i64)> = BTreeMap::new();
     let mut id = 0;
     for (i, hour) in hours.iter().enumerate() {
@@ -1105,7 +1111,7 @@ async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() 
             .bind(&device)
             .bind(amount as i32)
             .bind(at)
-            .execute(&mut conn)
+            .execute(&mut *conn)
             .await
             .unwrap();
             let e = want.entry((hour.key(), device)).or_default();
@@ -1113,6 +1119,19 @@ async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() 
             e.1 += 1;
         }
     }
+    (want, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() {
+    let url = test_postgres_url();
+    // The team's own table, in the machine's PostgreSQL.
+    let table = format!("refunds_{}", std::process::id());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("the test PostgreSQL");
+    let hours = last_hours(3);
+    let (mut want, mut id) = refunds_table(&mut conn, &table, &hours).await;
 
     // The CRM's stores, in the same database.
     let shops = format!("crm_shops_{}", std::process::id());
@@ -1445,4 +1464,183 @@ async fn sighup_loads_the_declarations_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A deployment whose rollups run on ClickHouse (Debian's 18.16 here): a
+/// team's PostgreSQL source lands in its own ClickHouse table beside the
+/// lake, and the team's job reading it, with SQL for both engines, runs
+/// inside ClickHouse through the scheduler: the same values in the lake's
+/// file and in its ClickHouse table, the runs say where they ran, and a
+/// refund that lands late replaces its hour in both tables, never doubles
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
+    let url = test_postgres_url();
+    let table = format!("refunds_ch_{}", std::process::id());
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("the test PostgreSQL");
+    let hours = last_hours(3);
+    let (mut want, id) = refunds_table(&mut conn, &table, &hours).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("jobs");
+    let secret = dir.path().join("refunds-db-url");
+    std::fs::write(&secret, &url).unwrap();
+    write(
+        &root,
+        "payments-risk/refunds.toml",
+        &format!(
+            "description = \"refunds from the payments database\"\ngrain = \"hour\"\n\n[source]\nurl_file = {:?}\nquery = \"SELECT id, device_id, amount_cents, reason, refunded_at FROM {table}\"\ncursor = \"refunded_at\"\nrecheck_within = \"3h\"\nrecheck_every = \"2s\"\n",
+            secret.display().to_string()
+        ),
+    );
+    write(
+        &root,
+        "payments-risk/refunds_by_device.toml",
+        "description = \"refunds per terminal and hour\"\ngrain = \"hour\"\ninputs = [\"refunds\"]\n",
+    );
+    write(
+        &root,
+        "payments-risk/refunds_by_device.datafusion.sql",
+        "SELECT device_id, sum(amount_cents) AS refunded_cents, count(*) AS refunds\nFROM refunds\nGROUP BY device_id\n",
+    );
+    write(
+        &root,
+        "payments-risk/refunds_by_device.clickhouse.sql",
+        "SELECT device_id, sum(amount_cents) AS refunded_cents, count() AS refunds\n\
+         FROM {database}.refunds\nWHERE _partition = toDateTime({start_s})\nGROUP BY device_id\n",
+    );
+    // With the database reachable, validation plans the reader against
+    // the source's columns: a column the query does not give is caught.
+    write(
+        &root,
+        "payments-risk/refund_reasons.toml",
+        "description = \"x\"\ngrain = \"hour\"\ninputs = [\"refunds\"]\n",
+    );
+    write(
+        &root,
+        "payments-risk/refund_reasons.datafusion.sql",
+        "SELECT device_id,\n  count(DISTINCT refund_reason) AS reasons\nFROM refunds\nGROUP BY device_id\n",
+    );
+    let (ok, out, err) = validate(&root);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("payments-risk/refund_reasons.datafusion.sql:2:")
+            && err.contains("refund_reason"),
+        "{err}"
+    );
+    std::fs::remove_file(root.join("payments-risk/refund_reasons.toml")).unwrap();
+    std::fs::remove_file(root.join("payments-risk/refund_reasons.datafusion.sql")).unwrap();
+    let (ok, out, err) = validate(&root);
+    assert!(ok, "{out}\n{err}");
+
+    let ch = ClickHouseServer::start();
+    let mut config = standalone_config(dir.path(), &root, "ch-source-gateway", "4h");
+    config.scheduler.engine = RollupEngine::Clickhouse;
+    config.clickhouse.url = Some(ch.url());
+    config.clickhouse.database = "teams".into();
+    let embedded = EmbeddedBroker::start("127.0.0.1:0".parse().unwrap(), 1000).unwrap();
+    let standalone = InProcess::start(config.clone(), Some(embedded)).await;
+    let outputs = Embedded::new(Lake::new(config.data_dir.join("lake")));
+
+    // Per (hour, terminal): (refunded cents, refunds) in the lake's files
+    // and in ClickHouse's table.
+    let in_lake = || {
+        let mut all = BTreeMap::new();
+        for hour in &hours {
+            let path = outputs.output_path("refunds_by_device", *hour);
+            let batches = path.exists().then(|| read_file(&path).ok()).flatten()?;
+            let rows = by_device(&batches, &["refunded_cents", "refunds"]);
+            all.extend(
+                rows.into_iter()
+                    .map(|(d, v)| ((hour.key(), d), (v[0], v[1]))),
+            );
+        }
+        Some(all)
+    };
+    let in_clickhouse = || {
+        let mut all = BTreeMap::new();
+        let text = ch
+            .query(
+                "SELECT toUInt32(_partition), device_id, refunded_cents, refunds \
+                 FROM teams.refunds_by_device FORMAT TSV",
+            )
+            .unwrap_or_default();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split('\t').collect();
+            let hour = Partition::containing(Grain::Hour, f[0].parse::<i64>().unwrap() * 1000);
+            all.insert(
+                (hour.key(), f[1].to_string()),
+                (f[2].parse::<i64>().unwrap(), f[3].parse::<i64>().unwrap()),
+            );
+        }
+        all
+    };
+    wait_for(
+        "the reader's hours in the lake",
+        Duration::from_secs(120),
+        || in_lake().as_ref() == Some(&want),
+    )
+    .await;
+    assert_eq!(in_clickhouse(), want, "the reader's ClickHouse table");
+    // The source's rows in its table, each hour in its partition.
+    for (i, hour) in hours.iter().enumerate() {
+        assert_eq!(
+            ch.scalar(&format!(
+                "SELECT count() FROM teams.refunds WHERE _partition = toDateTime({})",
+                hour.start_ms / 1000
+            )),
+            5 + i as u64,
+            "refunds of {hour} in ClickHouse"
+        );
+    }
+    // Where each ran, as the runs say.
+    let log_of = |job: &str, hour: &Partition| {
+        api_get(
+            standalone.http,
+            &format!("/api/v1/jobs/{job}/runs?partition={hour}"),
+            VIEWER,
+        )["runs"][0]["log"]
+            .to_string()
+    };
+    let source_log = log_of("refunds", &hours[0]);
+    assert!(
+        source_log.contains("landed in ClickHouse: 5 row(s) in `teams`.`refunds` partition"),
+        "{source_log}"
+    );
+    let reader_log = log_of("refunds_by_device", &hours[0]);
+    assert!(
+        reader_log.contains("ran on ClickHouse: 3 row(s) into `teams`.`refunds_by_device`"),
+        "{reader_log}"
+    );
+
+    // A refund lands late in an imported hour: the recheck replaces the
+    // hour in the source's table, and the reader's hour follows, in the
+    // lake and in ClickHouse, with nothing doubled.
+    sqlx::query(&format!(
+        "INSERT INTO {table} VALUES ($1, 't-9', 777, 'late', to_timestamp($2::float8 / 1000))"
+    ))
+    .bind(id + 1)
+    .bind(hours[1].start_ms + 59 * 60_000)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    want.insert((hours[1].key(), "t-9".to_string()), (777, 1));
+    wait_for(
+        "the late refund in the reader's hour, in the lake and ClickHouse",
+        Duration::from_secs(60),
+        || in_lake().as_ref() == Some(&want) && in_clickhouse() == want,
+    )
+    .await;
+    assert_eq!(
+        ch.scalar("SELECT count() FROM teams.refunds"),
+        (5 + 6 + 7 + 1) as u64,
+        "every refund once in the source's ClickHouse table"
+    );
+    standalone.stop().await;
+    sqlx::query(&format!("DROP TABLE {table}"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }

@@ -656,6 +656,78 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
             is.lines().next()
         );
     }
+
+    // Retention with hourly rollups kept one day and daily ones two: run
+    // for the simulated day itself it keeps every hour of it; run for the
+    // day after, the day's hours go from ClickHouse's hourly table and its
+    // side tables, and the daily rows stay.
+    let before_next_day = |table: &str, what: &str| {
+        server.scalar(&format!(
+            "SELECT {what} FROM roll.{table} WHERE hour < toDateTime({})",
+            (DAY + 24 * HOUR) / 1000
+        ))
+    };
+    let (day_rows, day_hours, daily_rows) = (
+        before_next_day("device_health_hourly", "count()"),
+        before_next_day("device_health_hourly", "uniqExact(hour)"),
+        server.scalar("SELECT count() FROM roll.device_health_daily"),
+    );
+    assert!(day_rows > 0 && day_hours >= 24 && daily_rows > 0);
+    let retention = tillwatch_config::RetentionConfig {
+        hourly_rollups: std::time::Duration::from_secs(86_400),
+        daily_rollups: std::time::Duration::from_secs(2 * 86_400),
+        ..Default::default()
+    };
+    let meta = tillwatch_meta::MetaStore::open(&tillwatch_config::Config {
+        data_dir: dir.path().join("meta"),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let apply = |day: i64| {
+        let (retention, lake, meta, ch) = (&retention, Lake::new(&ch_lake), &meta, &ch);
+        async move {
+            tillwatch_rollups::retention::run(
+                retention,
+                &lake,
+                Some(ch),
+                meta,
+                Partition::containing(Grain::Day, day),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // (An hour before the day, read by the daily rollup, may go already.)
+    apply(DAY).await;
+    assert_eq!(
+        before_next_day("device_health_hourly", "uniqExact(hour)"),
+        24,
+        "a day's hours are kept until the day is a day old"
+    );
+    let output = apply(DAY + 24 * HOUR).await;
+    assert_eq!(
+        before_next_day("device_health_hourly", "count()"),
+        0,
+        "{:?}",
+        output.messages
+    );
+    assert_eq!(
+        before_next_day("rollup_minutes_online", "count()"),
+        0,
+        "the side tables follow their rollup"
+    );
+    assert_eq!(
+        server.scalar("SELECT count() FROM roll.device_health_daily"),
+        daily_rows
+    );
+    assert!(
+        output
+            .messages
+            .contains(&"deleted ClickHouse device_health_hourly: 24 partitions".to_string()),
+        "{:?}",
+        output.messages
+    );
 }
 
 /// The shipped example job (`deploy/jobs/payments-risk/offline_risk_hourly`,
@@ -696,7 +768,7 @@ async fn a_teams_job_runs_on_clickhouse_as_on_the_embedded_engine(
     };
     let grain_of = |_: &str| Some(Grain::Hour);
     let run_both = |all: Vec<declared::DeclaredJob>, hour: Partition| async move {
-        let (schemas, problems) = declared::plan(&all).await;
+        let (schemas, problems) = declared::plan(&all, &Default::default()).await;
         assert!(problems.is_empty(), "{problems:?}");
         let job = all.iter().find(|j| j.name == JOB).unwrap();
         let spec = job.spec();

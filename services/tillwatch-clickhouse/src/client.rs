@@ -268,6 +268,23 @@ impl ClickHouse {
         Ok(n > 0)
     }
 
+    /// The partitions of `table` (one partitioned by a number) that have
+    /// active parts, as their numbers.
+    pub async fn numbered_partitions(&self, table: &str) -> Result<Vec<i64>, ChError> {
+        let ids: Vec<String> = self
+            .client
+            .query(
+                "SELECT DISTINCT partition_id FROM system.parts \
+                 WHERE database = ? AND table = ? AND active",
+            )
+            .bind(&self.settings.database)
+            .bind(table)
+            .fetch_all()
+            .await
+            .map_err(|e| self.error(&e))?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
     /// Drops `table`'s partition `partition_id` when it has any parts
     /// (checked with a cheap read first: on 18.16 the ALTER costs ~0.1 s
     /// even when there is nothing to drop). Says whether it dropped one.

@@ -36,8 +36,8 @@ pub const PARTITION_COLUMN: &str = "_partition";
 /// ClickHouse, or `None` when it runs on ClickHouse too: it needs both
 /// SQL files (the lake's file takes the DataFusion plan's columns), a
 /// UTC grain (a store-local day's side tables are the embedded engine's),
-/// and every input in ClickHouse (raw tables, the product's rollups, and
-/// teams' jobs that run there; a source lands in the lake only).
+/// and every input in ClickHouse (raw tables, the product's rollups,
+/// sources, which land there too, and teams' jobs that run there).
 /// `jobs` in any order; the answer for every team's SQL job, by name.
 pub fn on_clickhouse(jobs: &[DeclaredJob]) -> BTreeMap<String, Option<String>> {
     let by_name: BTreeMap<&str, &DeclaredJob> = jobs.iter().map(|j| (j.name.as_str(), j)).collect();
@@ -79,10 +79,16 @@ pub fn on_clickhouse(jobs: &[DeclaredJob]) -> BTreeMap<String, Option<String>> {
                 if upstream.is_product_rollup() {
                     return None;
                 }
-                if upstream.declaration.source.is_some() {
-                    return Some(format!(
-                        "it reads {input}, a source, which lands in the lake only"
-                    ));
+                if let Some(source) = &upstream.declaration.source {
+                    // A source lands in its ClickHouse table as it lands in
+                    // the lake; the merchant directory's feed in the
+                    // directory's own tables.
+                    return source.feeds.is_some().then(|| {
+                        format!(
+                            "it reads {input}, the merchant directory's source, \
+                             which has no ClickHouse table of its own"
+                        )
+                    });
                 }
                 why_not(input, by_name, answers, seen).map(|why| {
                     format!("it reads {input}, which runs on the embedded engine ({why})")
@@ -198,6 +204,122 @@ pub fn tables_named(sql: &str) -> Vec<(String, usize)> {
     found
 }
 
+/// The columns of a job's ClickHouse table for output columns `schema`:
+/// `_partition` first, then each column with its ClickHouse type.
+fn table_columns(job: &str, schema: &Schema) -> Result<Vec<(String, String)>, JobError> {
+    let mut wanted = vec![(PARTITION_COLUMN.to_string(), "DateTime".to_string())];
+    for field in schema.fields() {
+        let ty = clickhouse_type(field).ok_or_else(|| {
+            JobError::query(format!(
+                "column {:?} of {job} is {}, which its ClickHouse table cannot hold: \
+                 cast it in the SQL (to a number, text, timestamp or date)",
+                field.name(),
+                field.data_type()
+            ))
+        })?;
+        wanted.push((field.name().clone(), ty));
+    }
+    Ok(wanted)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// The rows of `batch` as RowBinary for the table [`table_columns`] lays
+/// out: `_partition` (`start_s`), then each column as its ClickHouse type
+/// (`Nullable` ones with their null flag). A timestamp before 1970 or
+/// after 2106, or a date after 2149, does not fit ClickHouse's `DateTime`
+/// or `Date`: an error naming the column and row, never a wrapped value.
+fn row_binary(job: &str, batch: &RecordBatch, start_s: u32) -> Result<Vec<u8>, JobError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Date32Type, Float64Type, Int64Type, TimestampMillisecondType};
+    let out_of_range = |column: &str, row: usize, what: &str| {
+        JobError::query(format!(
+            "{job}: column {column:?}, row {}: {what}, which ClickHouse's table cannot hold",
+            row + 1
+        ))
+    };
+    let columns: Vec<(&Field, arrow::array::ArrayRef)> = batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref())
+        .zip(batch.columns().iter().cloned())
+        .collect::<Vec<_>>();
+    // Timestamps of any unit and zone as milliseconds, once.
+    let columns: Vec<(&Field, arrow::array::ArrayRef)> = columns
+        .into_iter()
+        .map(|(f, c)| match f.data_type() {
+            DataType::Timestamp(unit, _) if *unit != TimeUnit::Millisecond => {
+                arrow::compute::cast(&c, &DataType::Timestamp(TimeUnit::Millisecond, None))
+                    .map(|c| (f, c))
+            }
+            _ => Ok((f, c)),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| JobError::query(format!("{job}: {e}")))?;
+    let mut out = Vec::with_capacity(batch.num_rows() * 16 * (columns.len() + 1));
+    for row in 0..batch.num_rows() {
+        out.extend_from_slice(&start_s.to_le_bytes());
+        for (field, column) in &columns {
+            if field.is_nullable() {
+                if column.is_null(row) {
+                    out.push(1);
+                    continue;
+                }
+                out.push(0);
+            }
+            match field.data_type() {
+                DataType::Boolean => out.push(u8::from(column.as_boolean().value(row))),
+                DataType::Int64 => out.extend_from_slice(
+                    &column.as_primitive::<Int64Type>().value(row).to_le_bytes(),
+                ),
+                DataType::Float64 => out.extend_from_slice(
+                    &column
+                        .as_primitive::<Float64Type>()
+                        .value(row)
+                        .to_le_bytes(),
+                ),
+                DataType::Utf8 => {
+                    let text = column.as_string::<i32>().value(row).as_bytes();
+                    put_varint(&mut out, text.len() as u64);
+                    out.extend_from_slice(text);
+                }
+                DataType::Timestamp(_, _) => {
+                    let ms = column.as_primitive::<TimestampMillisecondType>().value(row);
+                    let seconds = u32::try_from(ms.div_euclid(1000)).map_err(|_| {
+                        out_of_range(field.name(), row, &format!("the time {ms} ms since 1970"))
+                    })?;
+                    out.extend_from_slice(&seconds.to_le_bytes());
+                }
+                DataType::Date32 => {
+                    let days = column.as_primitive::<Date32Type>().value(row);
+                    let days = u16::try_from(days).map_err(|_| {
+                        out_of_range(
+                            field.name(),
+                            row,
+                            &format!("the date {days} days from 1970"),
+                        )
+                    })?;
+                    out.extend_from_slice(&days.to_le_bytes());
+                }
+                other => {
+                    return Err(JobError::query(format!(
+                        "{job}: column {:?} is {other}, which is not sent to ClickHouse",
+                        field.name()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn ch_err(
     step: &str,
     job: &str,
@@ -298,6 +420,70 @@ impl ClickHouseEngine {
         Ok(changed)
     }
 
+    /// Swaps `<job>_staging`'s partition `partition` into `<job>` and
+    /// clears it from staging.
+    async fn swap_in(&self, job: &str, partition: Partition) -> Result<(), JobError> {
+        let ch = self.client();
+        let fail = |step: &'static str| ch_err(step, job, partition);
+        let id = partition.start_ms.div_euclid(1000);
+        let staging = ch.table(&format!("{job}_staging"));
+        ch.execute(&format!(
+            "ALTER TABLE {} REPLACE PARTITION {id} FROM {staging}",
+            ch.table(job)
+        ))
+        .await
+        .map_err(fail("replacing the partition"))?;
+        ch.execute(&format!("ALTER TABLE {staging} DROP PARTITION {id}"))
+            .await
+            .map_err(fail("clearing the staging partition"))
+    }
+
+    /// Lands a source's imported partition (`rows`, already in the lake)
+    /// in its ClickHouse table `<job>`, laid out from the rows' columns as
+    /// a team's job's table is, so jobs on ClickHouse read it as
+    /// `{database}.<job>` with `_partition`. A partition imported again
+    /// replaces the one before. Says what it did.
+    pub async fn land_source(
+        &self,
+        job: &str,
+        partition: Partition,
+        rows: &RecordBatch,
+    ) -> Result<Vec<String>, JobError> {
+        let ch = self.client();
+        let fail = |step: &'static str| ch_err(step, job, partition);
+        let wanted = table_columns(job, rows.schema_ref())?;
+        let mut messages = self.lay_out(job, &wanted, partition).await?;
+        let start_s = u32::try_from(partition.start_ms.div_euclid(1000)).map_err(|_| {
+            JobError::query(format!(
+                "{job} {partition} is outside ClickHouse's time range"
+            ))
+        })?;
+        let staging_name = format!("{job}_staging");
+        ch.drop_partition_if_any(&staging_name, &start_s.to_string())
+            .await
+            .map_err(fail("clearing the staging partition"))?;
+        if rows.num_rows() > 0 {
+            let names: Vec<String> = wanted.iter().map(|(n, _)| quote_ident(n)).collect();
+            ch.insert_row_binary(
+                &staging_name,
+                &names.join(", "),
+                row_binary(job, rows, start_s)?.into(),
+            )
+            .await
+            .map_err(fail("inserting its rows"))?;
+        }
+        self.swap_in(job, partition).await?;
+        messages.insert(
+            0,
+            format!(
+                "landed in ClickHouse: {} row(s) in {} partition {start_s} ({PARTITION_COLUMN} = {partition})",
+                rows.num_rows(),
+                ch.table(job)
+            ),
+        );
+        Ok(messages)
+    }
+
     /// Runs a team's job for one partition on ClickHouse; `schema` is its
     /// DataFusion plan's output, the columns of its table and lake file.
     pub async fn run_declared(
@@ -315,18 +501,7 @@ impl ClickHouseEngine {
             .ok_or_else(|| JobError::query(format!("{name} has no {name}.clickhouse.sql")))?;
         let ch = self.client();
         let fail = |step: &'static str| ch_err(step, name, partition);
-        let mut wanted = vec![(PARTITION_COLUMN.to_string(), "DateTime".to_string())];
-        for field in schema.fields() {
-            let ty = clickhouse_type(field).ok_or_else(|| {
-                JobError::query(format!(
-                    "column {:?} of {name} is {}, which its ClickHouse table cannot hold: \
-                     cast it in the SQL (to a number, text, timestamp or date)",
-                    field.name(),
-                    field.data_type()
-                ))
-            })?;
-            wanted.push((field.name().clone(), ty));
-        }
+        let wanted = table_columns(name, &schema)?;
         let mut messages = self.lay_out(name, &wanted, partition).await?;
         let staging_name = format!("{name}_staging");
         let staging = ch.table(&staging_name);
@@ -350,15 +525,7 @@ impl ClickHouseEngine {
         .map_err(fail("INSERT … SELECT"))?;
         let batches = self.read_back(name, &staging, &schema, partition).await?;
         let mut output = self.lake().write(name, partition, batches).await?;
-        ch.execute(&format!(
-            "ALTER TABLE {} REPLACE PARTITION {id} FROM {staging}",
-            ch.table(name)
-        ))
-        .await
-        .map_err(fail("replacing the partition"))?;
-        ch.execute(&format!("ALTER TABLE {staging} DROP PARTITION {id}"))
-            .await
-            .map_err(fail("clearing the staging partition"))?;
+        self.swap_in(name, partition).await?;
         messages.insert(
             0,
             format!(
@@ -486,6 +653,12 @@ mod tests {
         .unwrap();
         job("reads_source", "", "\"imported\"", &both);
         std::fs::write(
+            team.join("shops.toml"),
+            "description = \"x\"\ngrain = \"hour\"\n[source]\nurl_env = \"X\"\nquery = \"SELECT 1\"\nfeeds = \"merchant-directory\"\n",
+        )
+        .unwrap();
+        job("reads_directory", "", "\"shops\"", &both);
+        std::fs::write(
             team.join("local.toml"),
             "description = \"x\"\ngrain = \"day\"\nday = \"store-local\"\ninputs = [\"battery\"]\n",
         )
@@ -519,8 +692,13 @@ mod tests {
                 .starts_with("it reads reads_embedded, which runs on the embedded engine")
         );
         assert_eq!(
-            why("reads_source").unwrap(),
-            "it reads imported, a source, which lands in the lake only"
+            why("reads_source"),
+            None,
+            "a source lands in ClickHouse too"
+        );
+        assert_eq!(
+            why("reads_directory").unwrap(),
+            "it reads shops, the merchant directory's source, which has no ClickHouse table of its own"
         );
         assert!(why("local").unwrap().contains("local day"));
         assert!(!on.contains_key("imported"), "a source is not a SQL job");

@@ -882,13 +882,14 @@ pub fn bind(sql: &str, start_ms: i64, end_ms: i64) -> String {
 }
 
 /// [`plan`]'s problems, on a thread of its own (for callers that are not
-/// async, or that must not block their runtime's workers on it).
+/// async, or that must not block their runtime's workers on it). Sources are
+/// not described: loading the jobs never waits on a team's database.
 pub fn plan_blocking(jobs: &[DeclaredJob]) -> Vec<Problem> {
     let owned = jobs.to_vec();
     let planned = std::thread::spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .build()
-            .map(|rt| rt.block_on(plan(&owned)).1)
+            .map(|rt| rt.block_on(plan(&owned, &BTreeMap::new())).1)
     })
     .join();
     match planned {
@@ -910,12 +911,16 @@ pub fn plan_blocking(jobs: &[DeclaredJob]) -> Vec<Problem> {
 /// right columns (no data needed), upstream first: a table it reads that
 /// it does not declare, a syntax error or a column that is not there is a
 /// problem at the SQL's file and line. Gives each planned job's output
-/// columns. Jobs that already failed [`check`] are not planned.
+/// columns. Jobs that already failed [`check`] are not planned, nor are
+/// jobs reading a source not in `sources` (its columns as
+/// [`crate::source::describe_all`] found them: a source's columns are its
+/// database's, unknown without it).
 pub async fn plan(
     jobs: &[DeclaredJob],
+    sources: &BTreeMap<String, arrow::datatypes::SchemaRef>,
 ) -> (BTreeMap<String, arrow::datatypes::SchemaRef>, Vec<Problem>) {
     use crate::embedded::Embedded;
-    let mut schemas = BTreeMap::new();
+    let mut schemas = sources.clone();
     let mut problems = Vec::new();
     for name in RAW_TABLES {
         if let Some(table) = tillwatch_domain::Kind::ALL
@@ -1127,7 +1132,7 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         all.extend(mine);
         assert!(check(&all).is_empty());
-        let (schemas, problems) = plan(&all).await;
+        let (schemas, problems) = plan(&all, &BTreeMap::new()).await;
         let columns: Vec<String> = schemas["risky_hours"]
             .fields()
             .iter()

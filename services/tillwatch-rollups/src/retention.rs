@@ -1,5 +1,8 @@
 //! The `retention` job: once a day, deletes from the lake the days older
-//! than each table keeps (`[retention]`) and prunes the metadata store.
+//! than each table keeps (`[retention]`), the same intervals of the
+//! product's rollup tables in ClickHouse when the rollups run there (the
+//! raw tables there have a TTL of their own), and prunes the metadata
+//! store.
 //! Each run counts from its partition's end (the midnight after its day),
 //! not from the wall clock, so running a day again deletes the same.
 
@@ -19,10 +22,28 @@ pub const RETENTION: &str = "retention";
 const LAKE_DAYS: &str = "tillwatch_retention_lake_days_deleted_total";
 const LAKE_FILES: &str = "tillwatch_retention_lake_files_deleted_total";
 const RECORDS: &str = "tillwatch_retention_records_deleted_total";
+const CLICKHOUSE_PARTITIONS: &str = "tillwatch_retention_clickhouse_partitions_deleted_total";
+
+/// The rollup tables in ClickHouse (and the side tables the engine fills
+/// for them, which follow their rollup), the lake table whose retention
+/// they keep, and the seconds one partition spans (migrations 007-009).
+const CLICKHOUSE_TABLES: [(&str, &str, i64); 7] = [
+    (DEVICE_HEALTH_HOURLY, DEVICE_HEALTH_HOURLY, 3_600),
+    ("rollup_minutes_online", DEVICE_HEALTH_HOURLY, 3_600),
+    ("rollup_attribution", DEVICE_HEALTH_HOURLY, 3_600),
+    (DEVICE_HEALTH_DAILY, DEVICE_HEALTH_DAILY, 86_400),
+    ("rollup_devices", DEVICE_HEALTH_DAILY, 86_400),
+    ("rollup_zone_hours", DEVICE_HEALTH_DAILY, 86_400),
+    (FLEET_HEALTH_DAILY, FLEET_HEALTH_DAILY, 86_400),
+];
 
 pub fn describe_metrics() {
     describe_counter!(LAKE_DAYS, "Lake days deleted by retention, by table");
     describe_counter!(LAKE_FILES, "Lake files deleted by retention, by table");
+    describe_counter!(
+        CLICKHOUSE_PARTITIONS,
+        "Partitions of ClickHouse rollup tables dropped by retention, by table"
+    );
     describe_counter!(
         RECORDS,
         "Metadata records deleted by retention, by kind (connectivity_history, job_runs, resolved_alerts, alert_deliveries, findings, silences)"
@@ -31,6 +52,9 @@ pub fn describe_metrics() {
     for table in RETAINED_LAKE_TABLES {
         counter!(LAKE_DAYS, "table" => table).increment(0);
         counter!(LAKE_FILES, "table" => table).increment(0);
+    }
+    for (table, _, _) in CLICKHOUSE_TABLES {
+        counter!(CLICKHOUSE_PARTITIONS, "table" => table).increment(0);
     }
     for (kind, _) in tillwatch_meta::Pruned::default().by_kind() {
         counter!(RECORDS, "kind" => kind).increment(0);
@@ -100,12 +124,14 @@ pub fn kept_for_job(config: &RetentionConfig, job: &JobSpec) -> Option<i64> {
     }
 }
 
-/// Runs the job for `partition` (a day): the lake's tables, then the
-/// metadata store. `rows` on the run is everything deleted (lake files and
-/// records).
+/// Runs the job for `partition` (a day): the lake's tables, the rollup
+/// tables in `clickhouse` (when the rollups run there), then the metadata
+/// store. `rows` on the run is everything deleted (lake files, ClickHouse
+/// partitions and records).
 pub async fn run(
     config: &RetentionConfig,
     lake: &Lake,
+    clickhouse: Option<&tillwatch_clickhouse::ClickHouse>,
     store: &MetaStore,
     partition: Partition,
 ) -> Result<Output, JobError> {
@@ -128,6 +154,31 @@ pub async fn run(
             summary.push(format!("{table}: {} days", dropped.days));
         }
         deleted += dropped.files;
+    }
+    if let Some(ch) = clickhouse {
+        for (table, kept_as, span_s) in CLICKHOUSE_TABLES {
+            // Whole partitions that ended before the lake's cutoff.
+            let cutoff_s = before(config.lake_table(kept_as)).div_euclid(1000);
+            let fail = |e: tillwatch_clickhouse::ChError| {
+                JobError::write(format_args!("the ClickHouse table {table}"), e)
+            };
+            let mut dropped = 0u64;
+            for id in ch.numbered_partitions(table).await.map_err(fail)? {
+                if id.saturating_add(1).saturating_mul(span_s) <= cutoff_s
+                    && ch
+                        .drop_partition_if_any(table, &id.to_string())
+                        .await
+                        .map_err(fail)?
+                {
+                    dropped += 1;
+                }
+            }
+            if dropped > 0 {
+                counter!(CLICKHOUSE_PARTITIONS, "table" => table).increment(dropped);
+                summary.push(format!("ClickHouse {table}: {dropped} partitions"));
+            }
+            deleted += dropped;
+        }
     }
     let pruned = store
         .prune(&PruneBefore {

@@ -139,8 +139,10 @@ struct Jobs {
     /// SQL job why it runs on the embedded engine instead (`None`: it runs
     /// there too; see [`crate::clickhouse_declared::on_clickhouse`]).
     clickhouse: Option<(ClickHouseEngine, BTreeMap<String, Option<String>>)>,
-    /// The teams' jobs' output columns, planned once for this load.
-    planned: tokio::sync::OnceCell<BTreeMap<String, arrow::datatypes::SchemaRef>>,
+    /// The teams' jobs' output columns, planned once for this load (a job
+    /// that did not plan is planned again when asked: its source's
+    /// database may answer now).
+    planned: tokio::sync::Mutex<BTreeMap<String, arrow::datatypes::SchemaRef>>,
     directory: Directory,
     store: MetaStore,
     lake: Embedded,
@@ -151,16 +153,65 @@ struct Jobs {
 }
 
 impl Jobs {
-    /// The output columns of a team's SQL job, as its DataFusion SQL plans.
+    /// The output columns of a team's SQL job, as its DataFusion SQL plans
+    /// (against its sources' columns as their databases describe them,
+    /// when it reads one).
     async fn planned(&self, job: &str) -> Result<arrow::datatypes::SchemaRef, JobError> {
-        let schemas = self
-            .planned
-            .get_or_init(|| async { crate::declared::plan(&self.loaded.declared).await.0 })
-            .await;
-        schemas
-            .get(job)
-            .cloned()
-            .ok_or_else(|| JobError::query(format!("the SQL of {job} does not plan")))
+        let mut cache = self.planned.lock().await;
+        if let Some(schema) = cache.get(job) {
+            return Ok(schema.clone());
+        }
+        let declared = &self.loaded.declared;
+        // Readers of a source plan against its query's columns.
+        let (sources, undescribed) = if self.reads_a_source(job) {
+            crate::source::describe_all(declared).await
+        } else {
+            Default::default()
+        };
+        let (schemas, problems) = crate::declared::plan(declared, &sources).await;
+        for (name, schema) in schemas {
+            cache.entry(name).or_insert(schema);
+        }
+        cache.get(job).cloned().ok_or_else(|| {
+            let mut why: Vec<String> = problems
+                .iter()
+                .filter(|p| p.job_name() == Some(job))
+                .map(|p| p.to_string())
+                .collect();
+            why.extend(
+                undescribed
+                    .iter()
+                    .map(|(source, e)| format!("the columns of source {source}: {e}")),
+            );
+            JobError::query(format!(
+                "the SQL of {job} does not plan{}",
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", why.join("; "))
+                }
+            ))
+        })
+    }
+
+    /// Whether `job` reads a source, itself or through the jobs it reads.
+    fn reads_a_source(&self, job: &str) -> bool {
+        let declared = &self.loaded.declared;
+        let mut todo = vec![job.to_string()];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(name) = todo.pop() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            let Some(d) = declared.iter().find(|d| d.name == name) else {
+                continue;
+            };
+            if d.declaration.source.is_some() {
+                return true;
+            }
+            todo.extend(d.declaration.inputs.iter().cloned());
+        }
+        false
     }
 
     /// Evaluates the rules that read `job`'s `day` and saves what they
@@ -188,6 +239,7 @@ impl Executor for Jobs {
                 return crate::retention::run(
                     &self.retention,
                     &self.lake_root,
+                    self.clickhouse.as_ref().map(|(engine, _)| engine.client()),
                     &self.store,
                     partition,
                 )
@@ -208,7 +260,18 @@ impl Executor for Jobs {
                         Some(SourceFeed::MerchantDirectory) => {
                             self.directory.apply(&job.name, partition, &rows).await?
                         }
-                        None => self.lake.write(&job.name, partition, vec![rows]).await?,
+                        None => {
+                            let mut output = self
+                                .lake
+                                .write(&job.name, partition, vec![rows.clone()])
+                                .await?;
+                            if let Some((engine, _)) = &self.clickhouse {
+                                output
+                                    .messages
+                                    .extend(engine.land_source(&job.name, partition, &rows).await?);
+                            }
+                            output
+                        }
                     };
                     output.messages.insert(0, fetched);
                     return Ok(output);
@@ -356,7 +419,7 @@ pub fn open_with_refused(
         loaded,
         rollups,
         clickhouse,
-        planned: tokio::sync::OnceCell::new(),
+        planned: tokio::sync::Mutex::new(BTreeMap::new()),
         directory,
         store: store.clone(),
         // The teams' store-local days read the terminals' zones.

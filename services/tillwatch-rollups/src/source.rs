@@ -19,13 +19,14 @@
 //! A source with `feeds = "merchant-directory"` hands its rows to
 //! [`crate::directory`], which checks them as stores and applies them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, RecordBatch,
     StringBuilder, TimestampMillisecondBuilder,
 };
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use sqlx::{Column, Connection, Executor, Row, Statement, TypeInfo};
 use tillwatch_config::SourceDeclaration;
 use tillwatch_scheduler::{JobError, Output, Partition};
@@ -128,25 +129,22 @@ pub async fn import(
     lake.write(job, partition, vec![batch]).await
 }
 
-/// The rows of `partition` of source job `job`, as the query gives them
-/// (converted by type, see the module docs).
-pub async fn fetch(
-    job: &str,
+/// A connection to the declaration's database and its query's columns,
+/// each with how it is read.
+async fn prepare(
+    what: &str,
     source: &SourceDeclaration,
-    partition: Partition,
-) -> Result<RecordBatch, JobError> {
-    let what = format!("source {job}");
+) -> Result<(sqlx::postgres::PgConnection, Vec<(String, Kind)>), JobError> {
     let url = url(source)?;
     let timeout = source
         .connect_timeout
         .max(std::time::Duration::from_millis(100));
     let mut conn = tokio::time::timeout(timeout, sqlx::postgres::PgConnection::connect(&url))
         .await
-        .map_err(|_| JobError::read(&what, format_args!("no answer within {timeout:?}")))?
+        .map_err(|_| JobError::read(what, format_args!("no answer within {timeout:?}")))?
         .map_err(|e| JobError::read(format_args!("{what} (connecting)"), e))?;
-    let query = source.query.trim().trim_end_matches(';');
     let described = conn
-        .prepare(query)
+        .prepare(query_of(source))
         .await
         .map_err(|e| JobError::read(format_args!("{what} (its query)"), e))?;
     let columns: Vec<(String, Kind)> = described
@@ -155,8 +153,64 @@ pub async fn fetch(
         .map(|c| (c.name().to_string(), kind(c.type_info().name())))
         .collect();
     if columns.is_empty() {
-        return Err(JobError::read(&what, "the query returns no columns"));
+        return Err(JobError::read(what, "the query returns no columns"));
     }
+    Ok((conn, columns))
+}
+
+fn query_of(source: &SourceDeclaration) -> &str {
+    source.query.trim().trim_end_matches(';')
+}
+
+/// The columns source job `job` imports, as its query plans in its
+/// database now (no rows read): what the jobs reading it are planned
+/// against before its first import.
+pub async fn describe(job: &str, source: &SourceDeclaration) -> Result<SchemaRef, JobError> {
+    let (conn, columns) = prepare(&format!("source {job}"), source).await?;
+    let _ = conn.close().await;
+    Ok(schema_of(&columns))
+}
+
+/// The columns of every source among `jobs` that lands its rows as they
+/// are (not the merchant directory's feed), described in their databases
+/// one after another; and each source that could not be described, with why (its
+/// database unreachable, its URL not given here).
+pub async fn describe_all(
+    jobs: &[crate::declared::DeclaredJob],
+) -> (BTreeMap<String, SchemaRef>, Vec<(String, String)>) {
+    let sources: Vec<(&str, &SourceDeclaration)> = jobs
+        .iter()
+        .filter_map(|j| {
+            j.declaration
+                .source
+                .as_ref()
+                .filter(|s| s.feeds.is_none())
+                .map(|s| (j.name.as_str(), s))
+        })
+        .collect();
+    let mut schemas = BTreeMap::new();
+    let mut failed = Vec::new();
+    for (name, source) in sources {
+        match describe(name, source).await {
+            Ok(schema) => {
+                schemas.insert(name.to_string(), schema);
+            }
+            Err(e) => failed.push((name.to_string(), e.to_string())),
+        }
+    }
+    (schemas, failed)
+}
+
+/// The rows of `partition` of source job `job`, as the query gives them
+/// (converted by type, see the module docs).
+pub async fn fetch(
+    job: &str,
+    source: &SourceDeclaration,
+    partition: Partition,
+) -> Result<RecordBatch, JobError> {
+    let what = format!("source {job}");
+    let (mut conn, columns) = prepare(&what, source).await?;
+    let query = query_of(source);
     let mut sql = format!("SELECT {} FROM ({query}) AS src", conversions(&columns));
     if let Some(cursor) = &source.cursor {
         if !columns
@@ -189,34 +243,56 @@ pub async fn fetch(
     to_batch(&columns, &rows).map_err(|e| JobError::read(&what, e))
 }
 
+/// The Arrow type a column of `kind` arrives as.
+fn data_type(kind: Kind) -> DataType {
+    match kind {
+        Kind::Int => DataType::Int64,
+        Kind::Float => DataType::Float64,
+        Kind::Bool => DataType::Boolean,
+        Kind::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        Kind::Date => DataType::Date32,
+        Kind::Text => DataType::Utf8,
+    }
+}
+
+/// The imported columns, each nullable (a database column may hold NULL
+/// whatever the query's plan says).
+fn schema_of(columns: &[(String, Kind)]) -> SchemaRef {
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, kind)| Field::new(name, data_type(*kind), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
 fn to_batch(
     columns: &[(String, Kind)],
     rows: &[sqlx::postgres::PgRow],
 ) -> Result<RecordBatch, sqlx::Error> {
-    let mut fields = Vec::new();
     let mut arrays: Vec<ArrayRef> = Vec::new();
-    for (i, (name, kind)) in columns.iter().enumerate() {
-        let (data_type, array): (DataType, ArrayRef) = match kind {
+    for (i, (_, kind)) in columns.iter().enumerate() {
+        let array: ArrayRef = match kind {
             Kind::Int => {
                 let mut b = Int64Builder::with_capacity(rows.len());
                 for r in rows {
                     b.append_option(r.try_get::<Option<i64>, _>(i)?);
                 }
-                (DataType::Int64, Arc::new(b.finish()))
+                Arc::new(b.finish())
             }
             Kind::Float => {
                 let mut b = Float64Builder::with_capacity(rows.len());
                 for r in rows {
                     b.append_option(r.try_get::<Option<f64>, _>(i)?);
                 }
-                (DataType::Float64, Arc::new(b.finish()))
+                Arc::new(b.finish())
             }
             Kind::Bool => {
                 let mut b = BooleanBuilder::with_capacity(rows.len());
                 for r in rows {
                     b.append_option(r.try_get::<Option<bool>, _>(i)?);
                 }
-                (DataType::Boolean, Arc::new(b.finish()))
+                Arc::new(b.finish())
             }
             Kind::Timestamp => {
                 let mut b =
@@ -224,29 +300,25 @@ fn to_batch(
                 for r in rows {
                     b.append_option(r.try_get::<Option<i64>, _>(i)?);
                 }
-                (
-                    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                    Arc::new(b.finish()),
-                )
+                Arc::new(b.finish())
             }
             Kind::Date => {
                 let mut b = Date32Builder::with_capacity(rows.len());
                 for r in rows {
                     b.append_option(r.try_get::<Option<i32>, _>(i)?);
                 }
-                (DataType::Date32, Arc::new(b.finish()))
+                Arc::new(b.finish())
             }
             Kind::Text => {
                 let mut b = StringBuilder::new();
                 for r in rows {
                     b.append_option(r.try_get::<Option<String>, _>(i)?);
                 }
-                (DataType::Utf8, Arc::new(b.finish()))
+                Arc::new(b.finish())
             }
         };
-        fields.push(Field::new(name, data_type, true));
         arrays.push(array);
     }
-    Ok(RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+    Ok(RecordBatch::try_new(schema_of(columns), arrays)
         .expect("one array per column, each of its type"))
 }

@@ -573,7 +573,7 @@ async fn a_teams_store_local_day_sums_each_terminals_own_day() {
     assert_eq!(problems, []);
     let mut all = declared::builtin();
     all.extend(loaded);
-    let (schemas, problems) = declared::plan(&all).await;
+    let (schemas, problems) = declared::plan(&all, &Default::default()).await;
     assert_eq!(problems, [], "the SQL plans with devices and zone_hours");
     let columns: Vec<String> = schemas["local_takings_daily"]
         .fields()
@@ -690,7 +690,7 @@ async fn a_teams_weekly_job_reads_its_seven_days() {
     assert_eq!(problems, []);
     let mut all = declared::builtin();
     all.extend(loaded);
-    assert_eq!(declared::plan(&all).await.1, []);
+    assert_eq!(declared::plan(&all, &Default::default()).await.1, []);
     let job_file = all.iter().find(|j| j.name == "takings_weekly").unwrap();
     let job = job_file.spec();
     assert_eq!(job.grain, Grain::Week);

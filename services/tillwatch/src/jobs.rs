@@ -216,8 +216,11 @@ async fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
         &jobs,
         wall_clock()(),
     ));
-    // Jobs whose graph is broken (an unknown input, a cycle) are not planned.
-    problems.extend(declared::plan(&jobs).await.1);
+    // Jobs whose graph is broken (an unknown input, a cycle) are not planned;
+    // readers of a source are, against its query's columns, when its
+    // database can be reached from here.
+    let (sources, undescribed) = tillwatch_rollups::source::describe_all(&jobs).await;
+    problems.extend(declared::plan(&jobs, &sources).await.1);
     for job in &jobs {
         let engines: Vec<&str> = [
             job.sql.datafusion.as_ref().map(|_| "embedded"),
@@ -241,6 +244,19 @@ async fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
             engines,
             job.file
         );
+    }
+    for (source, why) in &undescribed {
+        let readers: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.declaration.inputs.contains(source))
+            .map(|j| j.name.as_str())
+            .collect();
+        if !readers.is_empty() {
+            eprintln!(
+                "note: not planned: {} (reading {source}, whose columns could not be read here: {why})",
+                readers.join(", ")
+            );
+        }
     }
     for p in &problems {
         eprintln!("{p}");
