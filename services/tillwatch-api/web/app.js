@@ -62,6 +62,7 @@ function when(ms) {
 }
 
 function span(ms) {
+  if (ms < 1000) return `${Math.max(0, Math.round(ms))} ms`;
   if (ms < 60000) return `${(ms / 1000).toFixed(ms < 10000 ? 1 : 0)} s`;
   const m = Math.round(ms / 60000);
   if (m < 120) return `${m} min`;

@@ -205,10 +205,13 @@ pub fn settings_problems(jobs: &[DeclaredJob], now_ms: i64) -> Vec<Problem> {
 /// product's (`product`: the built-in ones and any the operator's config
 /// stands for): those that pass, and what was wrong with the others. A
 /// job with a problem is refused, and so is every job reading it; the rest
-/// are checked again without them until what is left passes.
+/// are checked again without them until what is left passes. A job with a
+/// `.clickhouse.sql` only is refused unless the rollups run on ClickHouse
+/// (`on_clickhouse`) and it can run there.
 pub fn team_jobs(
     product: &[DeclaredJob],
     dirs: &[std::path::PathBuf],
+    on_clickhouse: bool,
 ) -> (Vec<DeclaredJob>, Vec<Problem>) {
     let mut team = Vec::new();
     let mut refused = Vec::new();
@@ -220,6 +223,9 @@ pub fn team_jobs(
     loop {
         let all: Vec<DeclaredJob> = product.iter().chain(team.iter()).cloned().collect();
         let mut problems = declared::check(&all);
+        if problems.is_empty() {
+            problems = engine_problems(&all, on_clickhouse);
+        }
         if problems.is_empty() && !team.is_empty() {
             // The SQL reads only what the job declares, and plans.
             problems = declared::plan_blocking(&all);
@@ -245,6 +251,42 @@ pub fn team_jobs(
             return (team, refused);
         }
     }
+}
+
+/// The jobs with a `.clickhouse.sql` only that cannot run here: every one
+/// when the rollups run on the embedded engine, and on ClickHouse those
+/// reading what is not there (see
+/// [`crate::clickhouse_declared::on_clickhouse`]).
+fn engine_problems(all: &[DeclaredJob], on_clickhouse: bool) -> Vec<Problem> {
+    let why_not = if on_clickhouse {
+        crate::clickhouse_declared::on_clickhouse(all)
+    } else {
+        Default::default()
+    };
+    all.iter()
+        .filter(|j| j.clickhouse_only() && !j.file.starts_with(declared::BUILTIN_ROOT))
+        .filter_map(|j| {
+            let message = if !on_clickhouse {
+                format!(
+                    "{name} has only {name}.clickhouse.sql and the rollups run on the embedded \
+                     engine here: it runs where they run on ClickHouse (scheduler.engine); add \
+                     {name}.datafusion.sql to run it here too",
+                    name = j.name
+                )
+            } else {
+                let why = why_not.get(&j.name).cloned().flatten()?;
+                format!(
+                    "{name} has only {name}.clickhouse.sql and cannot run on ClickHouse: {why}",
+                    name = j.name
+                )
+            };
+            Some(Problem {
+                file: j.file.clone(),
+                line: None,
+                message,
+            })
+        })
+        .collect()
 }
 
 /// Refuses the team jobs that read a job no longer there, until none do.
@@ -310,6 +352,7 @@ pub fn load(
     config: &SchedulerConfig,
     retention: &RetentionConfig,
     receivers: &[String],
+    on_clickhouse: bool,
     now_ms: i64,
 ) -> Result<Loaded, Vec<String>> {
     let mut errors = Vec::new();
@@ -321,7 +364,7 @@ pub fn load(
     if let Some(directory) = &config.merchant_directory {
         product.push(declared::directory_job(directory));
     }
-    let (mut team, mut refused) = team_jobs(&product, &config.jobs_dir);
+    let (mut team, mut refused) = team_jobs(&product, &config.jobs_dir, on_clickhouse);
     let [west, east] = config.local_day_utc_offsets;
     let declared_spec = |d: &DeclaredJob, problems: &mut Vec<Problem>| {
         let mut job = d.spec();
@@ -418,9 +461,10 @@ pub fn catalog(
     config: &SchedulerConfig,
     retention: &RetentionConfig,
     receivers: &[String],
+    on_clickhouse: bool,
     now_ms: i64,
 ) -> Result<Catalog, Vec<String>> {
-    let loaded = load(config, retention, receivers, now_ms)?;
+    let loaded = load(config, retention, receivers, on_clickhouse, now_ms)?;
     for problem in &loaded.refused {
         tracing::warn!(%problem, "a job declaration was refused; the other jobs run");
     }
@@ -432,6 +476,49 @@ mod tests {
     use super::*;
 
     const NOW: i64 = 1_795_356_000_000; // 2026-11-22T14:00Z
+
+    /// A job with ClickHouse SQL only runs where the rollups run on
+    /// ClickHouse; elsewhere it is refused, saying why, and so is the job
+    /// reading it, while the rest load.
+    #[test]
+    fn a_clickhouse_only_job_loads_only_where_the_rollups_run_on_clickhouse() {
+        let dir = tempfile::tempdir().unwrap();
+        let team = dir.path().join("risk");
+        std::fs::create_dir_all(&team).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(team.join(name), text).unwrap();
+        let hourly =
+            |inputs: &str| format!("description = \"x\"\ngrain = \"hour\"\ninputs = [{inputs}]\n");
+        write("in_server.toml", &hourly("\"battery\""));
+        write("in_server.clickhouse.sql", "SELECT 1 AS n");
+        write("reader.toml", &hourly("\"in_server\""));
+        write("reader.datafusion.sql", "SELECT n FROM in_server");
+        write("other.toml", &hourly("\"battery\""));
+        write("other.datafusion.sql", "SELECT device_id FROM battery");
+        let product = declared::builtin();
+        let dirs = [dir.path().to_path_buf()];
+        let names = |jobs: &[DeclaredJob]| jobs.iter().map(|j| j.name.clone()).collect::<Vec<_>>();
+
+        let (loaded, refused) = team_jobs(&product, &dirs, true);
+        assert_eq!(refused, []);
+        let mut loaded = names(&loaded);
+        loaded.sort();
+        assert_eq!(loaded, ["in_server", "other", "reader"]);
+
+        let (loaded, refused) = team_jobs(&product, &dirs, false);
+        assert_eq!(names(&loaded), ["other"]);
+        let refused: Vec<String> = refused.iter().map(ToString::to_string).collect();
+        assert!(
+            refused[0].contains(
+                "in_server has only in_server.clickhouse.sql and the rollups run on the embedded engine here"
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused[1].contains("reader.toml")
+                && refused[1].contains("reads in_server, which was refused"),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn settings_override_the_defaults_and_mistakes_name_their_key() {
@@ -447,7 +534,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let catalog = catalog(&config, &RetentionConfig::default(), &[], NOW).unwrap();
+        let catalog = catalog(&config, &RetentionConfig::default(), &[], false, NOW).unwrap();
         let daily = catalog.job("device_health_daily").unwrap();
         assert_eq!(daily.schedule.as_str(), "30 2 * * *");
         assert_eq!(daily.retries, 5);
@@ -471,7 +558,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let errors = super::catalog(&bad, &RetentionConfig::default(), &[], NOW)
+        let errors = super::catalog(&bad, &RetentionConfig::default(), &[], false, NOW)
             .unwrap_err()
             .join("\n");
         for needle in [
@@ -516,7 +603,8 @@ mod tests {
         ))
         .unwrap();
         let receivers = ["risk-pager".to_string(), "alertmanager".to_string()];
-        let errors = load(&config, &RetentionConfig::default(), &receivers, NOW).unwrap_err();
+        let errors =
+            load(&config, &RetentionConfig::default(), &receivers, false, NOW).unwrap_err();
         assert_eq!(
             errors,
             [
@@ -529,7 +617,7 @@ mod tests {
             dir.path().display().to_string()
         ))
         .unwrap();
-        let loaded = load(&config, &RetentionConfig::default(), &receivers, NOW).unwrap();
+        let loaded = load(&config, &RetentionConfig::default(), &receivers, false, NOW).unwrap();
         let refused = loaded.refused_text().join("\n");
         assert!(
             refused.contains("misrouted.toml:3: notify: no receiver \"risk-pagr\""),
@@ -542,7 +630,7 @@ mod tests {
         assert!(loaded.catalog.job("misrouted").is_none());
         // Without receivers to check against (a config without alerting),
         // the names are taken as they are.
-        let unchecked = load(&config, &RetentionConfig::default(), &[], NOW).unwrap();
+        let unchecked = load(&config, &RetentionConfig::default(), &[], false, NOW).unwrap();
         assert!(unchecked.catalog.job("misrouted").is_some());
 
         // NOW is Sunday 2026-11-22; seven days back is Sunday the 15th,

@@ -33,8 +33,8 @@ use crate::declared::DeclaredJob;
 pub const PARTITION_COLUMN: &str = "_partition";
 
 /// Why a job runs on the embedded engine when the rollups run on
-/// ClickHouse, or `None` when it runs on ClickHouse too: it needs both
-/// SQL files (the lake's file takes the DataFusion plan's columns), a
+/// ClickHouse (or, with a `.clickhouse.sql` only, cannot run), or `None`
+/// when it runs on ClickHouse too: it needs a `.clickhouse.sql`, a
 /// UTC grain (a store-local day's side tables are the embedded engine's),
 /// and every input in ClickHouse (raw tables, the product's rollups,
 /// sources, which land there too, and teams' jobs that run there).
@@ -59,10 +59,6 @@ pub fn on_clickhouse(jobs: &[DeclaredJob]) -> BTreeMap<String, Option<String>> {
         }
         let answer = if job.sql.clickhouse.is_none() {
             Some(format!("it has no {name}.clickhouse.sql"))
-        } else if job.sql.datafusion.is_none() {
-            Some(format!(
-                "it has no {name}.datafusion.sql, whose columns the lake's file takes"
-            ))
         } else if job.store_local_day() {
             Some(
                 "its day is the stores' local day, whose side tables are the embedded engine's"
@@ -220,6 +216,57 @@ fn table_columns(job: &str, schema: &Schema) -> Result<Vec<(String, String)>, Jo
         wanted.push((field.name().clone(), ty));
     }
     Ok(wanted)
+}
+
+/// The lake file's type for a column ClickHouse gives as `ch_type`, for a
+/// job whose columns are the server's (a `.clickhouse.sql` only), and
+/// whether it is nullable; `None` for a type the lake does not take as it
+/// comes (a decimal, an array, a UUID: the SQL casts it).
+fn arrow_type(ch_type: &str) -> Option<(DataType, bool)> {
+    fn unwrap<'a>(t: &'a str, wrapper: &str) -> Option<&'a str> {
+        t.strip_prefix(wrapper)
+            .and_then(|rest| rest.strip_prefix('('))
+            .and_then(|rest| rest.strip_suffix(')'))
+    }
+    let mut t = ch_type.trim();
+    let mut nullable = false;
+    loop {
+        if let Some(inner) = unwrap(t, "LowCardinality") {
+            t = inner;
+        } else if let Some(inner) = unwrap(t, "Nullable") {
+            t = inner;
+            nullable = true;
+        } else {
+            break;
+        }
+    }
+    let data_type = match t {
+        "UInt8" => DataType::UInt8,
+        "UInt16" => DataType::UInt16,
+        "UInt32" => DataType::UInt32,
+        "UInt64" => DataType::UInt64,
+        "Int8" => DataType::Int8,
+        "Int16" => DataType::Int16,
+        "Int32" => DataType::Int32,
+        "Int64" => DataType::Int64,
+        "Float32" => DataType::Float32,
+        "Float64" => DataType::Float64,
+        "String" => DataType::Utf8,
+        "Date" => DataType::Date32,
+        "DateTime" => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+        other if other.starts_with("DateTime(") => {
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+        }
+        other
+            if other.starts_with("FixedString(")
+                || other.starts_with("Enum8(")
+                || other.starts_with("Enum16(") =>
+        {
+            DataType::Utf8
+        }
+        _ => return None,
+    };
+    Some((data_type, nullable))
 }
 
 fn put_varint(out: &mut Vec<u8>, mut n: u64) {
@@ -484,6 +531,54 @@ impl ClickHouseEngine {
         Ok(messages)
     }
 
+    /// The columns of a job with a `.clickhouse.sql` only, as the server
+    /// answers for its statement over `partition` (no rows read): the
+    /// columns of its table and of the lake's file.
+    pub async fn statement_columns(
+        &self,
+        job: &JobSpec,
+        declared: &DeclaredJob,
+        partition: Partition,
+    ) -> Result<SchemaRef, JobError> {
+        let name = job.name.as_str();
+        let sql = declared
+            .sql
+            .clickhouse
+            .as_deref()
+            .ok_or_else(|| JobError::query(format!("{name} has no {name}.clickhouse.sql")))?;
+        let select = bind(sql, self.client().database(), job, partition);
+        let what = format!("the columns of {name}'s statement");
+        let bytes = self
+            .client()
+            .client()
+            .query(&format!("SELECT * FROM (\n{select}\n) LIMIT 0"))
+            .fetch_bytes("JSONCompact")
+            .map_err(|e| JobError::read(&what, e))?
+            .collect()
+            .await
+            .map_err(|e| JobError::read(&what, e))?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| JobError::read(&what, e))?;
+        let meta = answer["meta"]
+            .as_array()
+            .ok_or_else(|| JobError::read(&what, "the server gave no columns"))?;
+        let mut fields = Vec::new();
+        for column in meta {
+            let (Some(column), Some(ch_type)) = (column["name"].as_str(), column["type"].as_str())
+            else {
+                return Err(JobError::read(&what, "a column without a name or type"));
+            };
+            let (data_type, nullable) = arrow_type(ch_type).ok_or_else(|| {
+                JobError::query(format!(
+                    "column {column:?} of {name} is {ch_type}, which the lake's file does not \
+                     take: cast it in the SQL (to a number, String, DateTime or Date)"
+                ))
+            })?;
+            fields.push(Field::new(column, data_type, nullable));
+        }
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
     /// Runs a team's job for one partition on ClickHouse; `schema` is its
     /// DataFusion plan's output, the columns of its table and lake file.
     pub async fn run_declared(
@@ -652,6 +747,14 @@ mod tests {
         )
         .unwrap();
         job("reads_source", "", "\"imported\"", &both);
+        job("server_only", "", "\"battery\"", &["clickhouse"]);
+        job("reads_server_only", "", "\"server_only\"", &both);
+        job(
+            "server_only_on_embedded",
+            "",
+            "\"embedded_only\"",
+            &["clickhouse"],
+        );
         std::fs::write(
             team.join("shops.toml"),
             "description = \"x\"\ngrain = \"hour\"\n[source]\nurl_env = \"X\"\nquery = \"SELECT 1\"\nfeeds = \"merchant-directory\"\n",
@@ -696,6 +799,13 @@ mod tests {
             None,
             "a source lands in ClickHouse too"
         );
+        assert_eq!(why("server_only"), None);
+        assert_eq!(why("reads_server_only"), None);
+        assert!(
+            why("server_only_on_embedded")
+                .unwrap()
+                .starts_with("it reads embedded_only, which runs on the embedded engine")
+        );
         assert_eq!(
             why("reads_directory").unwrap(),
             "it reads shops, the merchant directory's source, which has no ClickHouse table of its own"
@@ -719,6 +829,34 @@ mod tests {
                 ("payment_health".to_string(), 3)
             ]
         );
+    }
+
+    #[test]
+    fn the_servers_column_types_become_the_lake_files() {
+        let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
+        assert_eq!(arrow_type("UInt64"), Some((DataType::UInt64, false)));
+        assert_eq!(arrow_type("Nullable(Int64)"), Some((DataType::Int64, true)));
+        assert_eq!(
+            arrow_type("LowCardinality(Nullable(String))"),
+            Some((DataType::Utf8, true))
+        );
+        assert_eq!(arrow_type("DateTime('UTC')"), Some((ts.clone(), false)));
+        assert_eq!(arrow_type("Nullable(DateTime)"), Some((ts, true)));
+        assert_eq!(arrow_type("Date"), Some((DataType::Date32, false)));
+        assert_eq!(
+            arrow_type("Enum8('a' = 1, 'b' = 2)"),
+            Some((DataType::Utf8, false))
+        );
+        assert_eq!(arrow_type("Decimal(18, 2)"), None);
+        assert_eq!(arrow_type("Array(UInt8)"), None);
+        // And back: the table holds what the lake's file does.
+        for ch_type in ["Nullable(Int64)", "String", "DateTime", "Date", "Float64"] {
+            let (t, nullable) = arrow_type(ch_type).unwrap();
+            assert_eq!(
+                clickhouse_type(&Field::new("c", t, nullable)).as_deref(),
+                Some(ch_type)
+            );
+        }
     }
 
     #[test]

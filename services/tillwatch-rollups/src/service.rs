@@ -154,21 +154,49 @@ struct Jobs {
 
 impl Jobs {
     /// The output columns of a team's SQL job, as its DataFusion SQL plans
-    /// (against its sources' columns as their databases describe them,
-    /// when it reads one).
-    async fn planned(&self, job: &str) -> Result<arrow::datatypes::SchemaRef, JobError> {
+    /// against what it reads (a source's columns as its database describes
+    /// them), or, for a job with ClickHouse SQL only, as the server answers
+    /// for its statement over `partition`.
+    async fn planned(
+        &self,
+        job: &str,
+        partition: Partition,
+    ) -> Result<arrow::datatypes::SchemaRef, JobError> {
         let mut cache = self.planned.lock().await;
         if let Some(schema) = cache.get(job) {
             return Ok(schema.clone());
         }
         let declared = &self.loaded.declared;
-        // Readers of a source plan against its query's columns.
-        let (sources, undescribed) = if self.reads_a_source(job) {
+        let upstream = self.upstream_of(job);
+        // What is not planned here: sources, and jobs with ClickHouse SQL only.
+        let (mut known, mut unknown) = if upstream.iter().any(|d| d.declaration.source.is_some()) {
             crate::source::describe_all(declared).await
         } else {
             Default::default()
         };
-        let (schemas, problems) = crate::declared::plan(declared, &sources).await;
+        for d in upstream.iter().filter(|d| d.clickhouse_only()) {
+            if let Some(schema) = cache.get(&d.name) {
+                known.insert(d.name.clone(), schema.clone());
+                continue;
+            }
+            let (Some((engine, _)), Some(spec)) =
+                (&self.clickhouse, self.loaded.catalog.job(&d.name))
+            else {
+                unknown.push((d.name.clone(), "it runs on ClickHouse only".into()));
+                continue;
+            };
+            match engine.statement_columns(spec, d, partition).await {
+                Ok(schema) => {
+                    cache.insert(d.name.clone(), schema.clone());
+                    known.insert(d.name.clone(), schema);
+                }
+                Err(e) => unknown.push((d.name.clone(), e.to_string())),
+            }
+        }
+        if let Some(schema) = cache.get(job) {
+            return Ok(schema.clone());
+        }
+        let (schemas, problems) = crate::declared::plan(declared, &known).await;
         for (name, schema) in schemas {
             cache.entry(name).or_insert(schema);
         }
@@ -179,9 +207,9 @@ impl Jobs {
                 .map(|p| p.to_string())
                 .collect();
             why.extend(
-                undescribed
+                unknown
                     .iter()
-                    .map(|(source, e)| format!("the columns of source {source}: {e}")),
+                    .map(|(input, e)| format!("the columns of {input}: {e}")),
             );
             JobError::query(format!(
                 "the SQL of {job} does not plan{}",
@@ -194,24 +222,23 @@ impl Jobs {
         })
     }
 
-    /// Whether `job` reads a source, itself or through the jobs it reads.
-    fn reads_a_source(&self, job: &str) -> bool {
+    /// `job`'s declaration and those of everything it reads, directly or
+    /// through other jobs.
+    fn upstream_of(&self, job: &str) -> Vec<&crate::declared::DeclaredJob> {
         let declared = &self.loaded.declared;
-        let mut todo = vec![job.to_string()];
+        let mut found = Vec::new();
+        let mut todo = vec![job];
         let mut seen = std::collections::BTreeSet::new();
         while let Some(name) = todo.pop() {
-            if !seen.insert(name.clone()) {
+            if !seen.insert(name) {
                 continue;
             }
-            let Some(d) = declared.iter().find(|d| d.name == name) else {
-                continue;
-            };
-            if d.declaration.source.is_some() {
-                return true;
+            if let Some(d) = declared.iter().find(|d| d.name == name) {
+                todo.extend(d.declaration.inputs.iter().map(String::as_str));
+                found.push(d);
             }
-            todo.extend(d.declaration.inputs.iter().cloned());
         }
-        false
+        found
     }
 
     /// Evaluates the rules that read `job`'s `day` and saves what they
@@ -280,7 +307,7 @@ impl Executor for Jobs {
                 if let Some((engine, on_clickhouse)) = &self.clickhouse {
                     match on_clickhouse.get(&job.name) {
                         Some(None) => {
-                            let schema = self.planned(&job.name).await?;
+                            let schema = self.planned(&job.name, partition).await?;
                             return engine.run_declared(job, declared, schema, partition).await;
                         }
                         Some(Some(why)) => embedded_because = Some(why),
@@ -332,7 +359,7 @@ impl Executor for Jobs {
             let schema = if declared.is_product_rollup() {
                 Embedded::output_schema(&job.name).await?
             } else {
-                self.planned(&job.name).await?
+                self.planned(&job.name, partition).await?
             };
             let empty = arrow::record_batch::RecordBatch::new_empty(schema);
             let mut output = self.lake.write(&job.name, partition, vec![empty]).await?;
@@ -376,15 +403,21 @@ pub fn open_with_refused(
     clock: Clock,
 ) -> Result<(Runner, Lake, Vec<String>), SchedulerError> {
     let receivers = config.alerting.receiver_names();
-    let loaded = crate::catalog::load(&config.scheduler, &config.retention, &receivers, clock())
-        .map_err(SchedulerError::Config)?;
+    let ch = engine(config);
+    let loaded = crate::catalog::load(
+        &config.scheduler,
+        &config.retention,
+        &receivers,
+        ch.is_some(),
+        clock(),
+    )
+    .map_err(SchedulerError::Config)?;
     for problem in &loaded.refused {
         tracing::warn!(%problem, "a job declaration was refused; the other jobs run");
     }
     let refused = loaded.refused_text();
     let catalog = loaded.catalog.clone();
     let lake = Lake::from_config(config)?;
-    let ch = engine(config);
     // Minutes online and the stores' time zones come from the store.
     let side: Arc<dyn crate::side::SideInputs> = Arc::new(store.clone());
     let rollups: Arc<dyn Executor> = match &ch {

@@ -258,6 +258,20 @@ async fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
             );
         }
     }
+    for upstream in jobs.iter().filter(|j| j.clickhouse_only()) {
+        let readers: Vec<&str> = jobs
+            .iter()
+            .filter(|j| j.sql.datafusion.is_some() && j.declaration.inputs.contains(&upstream.name))
+            .map(|j| j.name.as_str())
+            .collect();
+        if !readers.is_empty() {
+            eprintln!(
+                "note: not planned: {} (reading {}, whose columns the ClickHouse server gives when it runs)",
+                readers.join(", "),
+                upstream.name
+            );
+        }
+    }
     for p in &problems {
         eprintln!("{p}");
     }

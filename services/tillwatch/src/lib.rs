@@ -276,6 +276,7 @@ pub(crate) fn validate(config: &Config) -> anyhow::Result<()> {
         &config.scheduler,
         &config.retention,
         &receivers,
+        tillwatch_rollups::service::engine(config).is_some(),
         tillwatch_domain::UtcMillis::now().0,
     )
     .map_err(|errors| anyhow::anyhow!("invalid configuration:\n  - {}", errors.join("\n  - ")))?;
@@ -577,7 +578,7 @@ async fn play_history(
             .context("the history's first day")?;
     }
     println!(
-        "Preparing the demo: playing {} days of the past of {} terminals into {} …",
+        "Preparing the demo: playing {} days of the past of {} terminals (one of them goes quiet before now) into {} …",
         (now_ms - from + day - 1) / day,
         fleet.devices + 1,
         config.data_dir.display()
