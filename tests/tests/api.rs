@@ -106,21 +106,18 @@ async fn seed(store: &MetaStore) {
     store
         .save_alerts(&[AlertRecord {
             alert_id: "a-1".into(),
-            rule: "offline".into(),
-            subject: "t-2".into(),
-            scope: "device".into(),
-            severity: "critical".into(),
             state: AlertState::Firing,
-            pending_since_ms: T0 + 60_000,
             fired_at_ms: Some(T0 + 120_000),
-            clearing_since_ms: None,
-            resolved_at_ms: None,
-            held_by: None,
-            silenced_by: None,
             notify: Some(AlertState::Firing),
             labels: BTreeMap::from([("device_id".to_string(), "t-2".to_string())]),
-            annotations: BTreeMap::new(),
-            updated_at_ms: T0 + 120_000,
+            ..AlertRecord::pending(
+                "offline",
+                "t-2",
+                "device",
+                "critical",
+                T0 + 60_000,
+                T0 + 120_000,
+            )
         }])
         .await
         .unwrap();
@@ -483,21 +480,17 @@ async fn merchants_stores_and_alerts() {
     // One store of it, with the store's alerts.
     let store_alert = AlertRecord {
         alert_id: "a-store".into(),
-        rule: "store_offline".into(),
-        subject: "store:m-1/s-2".into(),
-        scope: "store".into(),
-        severity: "critical".into(),
         state: AlertState::Firing,
-        pending_since_ms: T0,
         fired_at_ms: Some(T0),
-        clearing_since_ms: None,
-        resolved_at_ms: None,
-        held_by: None,
-        silenced_by: None,
         notify: Some(AlertState::Firing),
-        labels: BTreeMap::new(),
-        annotations: BTreeMap::new(),
-        updated_at_ms: T0,
+        ..AlertRecord::pending(
+            "store_offline",
+            "store:m-1/s-2",
+            "store",
+            "critical",
+            T0,
+            T0,
+        )
     };
     let store = MetaStore::connect(&format!(
         "sqlite://{}",

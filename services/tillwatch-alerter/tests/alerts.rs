@@ -488,21 +488,7 @@ async fn an_alert_the_store_refuses_does_not_stop_the_others(url: &str) {
     let (store, mut alerter) = with_terminals(url, t0, &[("t-1", "s-1"), ("t-2", "s-1")]).await;
     let foreign = AlertRecord {
         alert_id: "written-elsewhere".into(),
-        rule: "battery_low".into(),
-        subject: "t-1".into(),
-        scope: "device".into(),
-        severity: "warning".into(),
-        state: AlertState::Pending,
-        pending_since_ms: t0,
-        fired_at_ms: None,
-        clearing_since_ms: None,
-        resolved_at_ms: None,
-        held_by: None,
-        silenced_by: None,
-        notify: None,
-        labels: Default::default(),
-        annotations: Default::default(),
-        updated_at_ms: t0,
+        ..AlertRecord::pending("battery_low", "t-1", "device", "warning", t0, t0)
     };
     store
         .save_alerts(std::slice::from_ref(&foreign))

@@ -47,17 +47,8 @@ async fn receiver_server() -> (String, Inbox) {
 fn firing(id: &str) -> AlertRecord {
     AlertRecord {
         alert_id: id.into(),
-        rule: "battery_critical".into(),
-        subject: "t-1".into(),
-        scope: "device".into(),
-        severity: "critical".into(),
         state: AlertState::Firing,
-        pending_since_ms: 1_000,
         fired_at_ms: Some(61_000),
-        clearing_since_ms: None,
-        resolved_at_ms: None,
-        held_by: None,
-        silenced_by: None,
         notify: Some(AlertState::Firing),
         labels: [
             ("alertname", "battery_critical"),
@@ -76,7 +67,14 @@ fn firing(id: &str) -> AlertRecord {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
-        updated_at_ms: 61_000,
+        ..AlertRecord::pending(
+            "battery_critical",
+            "t-1",
+            "device",
+            "critical",
+            1_000,
+            61_000,
+        )
     }
 }
 

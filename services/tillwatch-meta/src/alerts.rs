@@ -72,6 +72,37 @@ pub struct AlertRecord {
 pub const NOTIFY_LABEL: &str = "notify";
 
 impl AlertRecord {
+    /// A new alert of `rule` on `subject`, pending since `since_ms` (its
+    /// id is `rule:subject:since`), not yet fired, held, silenced or told
+    /// to anyone, without labels or annotations.
+    pub fn pending(
+        rule: &str,
+        subject: &str,
+        scope: &str,
+        severity: &str,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> AlertRecord {
+        AlertRecord {
+            alert_id: format!("{rule}:{subject}:{since_ms}"),
+            rule: rule.into(),
+            subject: subject.into(),
+            scope: scope.into(),
+            severity: severity.into(),
+            state: AlertState::Pending,
+            pending_since_ms: since_ms,
+            fired_at_ms: None,
+            clearing_since_ms: None,
+            resolved_at_ms: None,
+            held_by: None,
+            silenced_by: None,
+            notify: None,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            updated_at_ms: now_ms,
+        }
+    }
+
     /// Whether `receiver` delivers this alert (see [`NOTIFY_LABEL`]).
     pub fn is_for(&self, receiver: &str) -> bool {
         self.labels

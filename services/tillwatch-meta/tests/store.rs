@@ -280,21 +280,13 @@ async fn a_resolve_and_the_next_alert_of_a_subject_save_in_one_batch() {
 fn alert(id: &str, subject: &str, state: AlertState, notify: Option<AlertState>) -> AlertRecord {
     AlertRecord {
         alert_id: id.into(),
-        rule: "battery_low".into(),
-        subject: subject.into(),
-        scope: "device".into(),
-        severity: "warning".into(),
         state,
-        pending_since_ms: 1_000,
         fired_at_ms: (state != AlertState::Pending).then_some(2_000),
-        clearing_since_ms: None,
         resolved_at_ms: (state == AlertState::Resolved).then_some(3_000),
-        held_by: None,
-        silenced_by: None,
         notify,
         labels: [("device_id".to_string(), subject.to_string())].into(),
         annotations: [("summary".to_string(), "low".to_string())].into(),
-        updated_at_ms: 2_000,
+        ..AlertRecord::pending("battery_low", subject, "device", "warning", 1_000, 2_000)
     }
 }
 

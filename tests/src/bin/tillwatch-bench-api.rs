@@ -77,21 +77,16 @@ async fn seed_store(store: &MetaStore, devices: usize, now: i64) {
             if offline {
                 alerts.push(AlertRecord {
                     alert_id: format!("bench-{d}"),
-                    rule: "offline".into(),
-                    subject: id.as_str().to_string(),
-                    scope: "device".into(),
-                    severity: "critical".into(),
                     state: AlertState::Firing,
-                    pending_since_ms: since,
                     fired_at_ms: Some(since + 120_000),
-                    clearing_since_ms: None,
-                    resolved_at_ms: None,
-                    held_by: None,
-                    silenced_by: None,
-                    notify: None,
-                    labels: Default::default(),
-                    annotations: Default::default(),
-                    updated_at_ms: since + 120_000,
+                    ..AlertRecord::pending(
+                        "offline",
+                        id.as_str(),
+                        "device",
+                        "critical",
+                        since,
+                        since + 120_000,
+                    )
                 });
             }
         }

@@ -167,22 +167,16 @@ impl Engine {
                         Phase::Inactive => now,
                     };
                     AlertRecord {
-                        alert_id: format!("{}:{}:{since}", key.0, key.1),
-                        rule: key.0.clone(),
-                        subject: key.1.clone(),
-                        scope: scope.clone(),
-                        severity: severity.as_str().into(),
-                        state: AlertState::Pending,
-                        pending_since_ms: since,
-                        fired_at_ms: None,
-                        clearing_since_ms: None,
-                        resolved_at_ms: None,
-                        held_by: None,
-                        silenced_by: None,
-                        notify: None,
                         labels: labels.clone(),
                         annotations: annotations.clone(),
-                        updated_at_ms: now,
+                        ..AlertRecord::pending(
+                            &key.0,
+                            &key.1,
+                            &scope,
+                            severity.as_str(),
+                            since,
+                            now,
+                        )
                     }
                 });
                 let was_firing = record.state == AlertState::Firing;
