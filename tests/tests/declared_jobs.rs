@@ -1503,11 +1503,50 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
         .expect("the test PostgreSQL");
     let hours = last_hours(3);
     let (mut want, id) = refunds_table(&mut conn, &table, &hours).await;
+    // Another team's data in a ClickHouse of its own (here a database of
+    // the same server): tips per terminal, three in each hour.
+    let ch = ClickHouseServer::start();
+    ch.q("CREATE DATABASE shop");
+    ch.q(
+        "CREATE TABLE shop.tips (device_id String, tip_cents UInt32, tipped_at DateTime) \
+         ENGINE = MergeTree ORDER BY tipped_at",
+    );
+    let mut tips_want: BTreeMap<String, Vec<(String, i64, i64)>> = BTreeMap::new();
+    for (i, hour) in hours.iter().enumerate() {
+        for k in 0..3i64 {
+            let (device, cents, at_s) = (
+                format!("t-{k}"),
+                50 * (k + 1) + i as i64,
+                hour.start_ms / 1000 + 600 * (k + 1),
+            );
+            ch.q(&format!(
+                "INSERT INTO shop.tips VALUES ('{device}', {cents}, {at_s})"
+            ));
+            tips_want
+                .entry(hour.key())
+                .or_default()
+                .push((device, cents, at_s * 1000));
+        }
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("jobs");
     let secret = dir.path().join("refunds-db-url");
     std::fs::write(&secret, &url).unwrap();
+    let tips_secret = dir.path().join("tips-db-url");
+    std::fs::write(
+        &tips_secret,
+        ch.url().replace("http://", "http://default@") + "/shop",
+    )
+    .unwrap();
+    write(
+        &root,
+        "front-of-house/tips.toml",
+        &format!(
+            "description = \"tips from the tills' ClickHouse\"\ngrain = \"hour\"\n\n[source]\nurl_file = {:?}\nquery = \"SELECT device_id, tip_cents, tipped_at FROM tips\"\ncursor = \"tipped_at\"\n",
+            tips_secret.display().to_string()
+        ),
+    );
     write(
         &root,
         "payments-risk/refunds.toml",
@@ -1572,8 +1611,12 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
             .any(|l| l.starts_with("largest_refunds ") && l.contains(" clickhouse ")),
         "{out}"
     );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("tips ") && l.contains("clickhouse source")),
+        "{out}"
+    );
 
-    let ch = ClickHouseServer::start();
     let mut config = standalone_config(dir.path(), &root, "ch-source-gateway", "4h");
     config.scheduler.engine = RollupEngine::Clickhouse;
     config.clickhouse.url = Some(ch.url());
@@ -1711,6 +1754,56 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
         "{}",
         log_of("largest_refunds", &hours[0])
     );
+
+    // The ClickHouse source: each hour's tips in the lake, typed as a
+    // PostgreSQL source's columns are, and in the deployment's ClickHouse.
+    for hour in &hours {
+        let path = outputs.output_path("tips", *hour);
+        wait_for(
+            "the tips of the hour in the lake",
+            Duration::from_secs(60),
+            || path.exists(),
+        )
+        .await;
+        let batches = read_file(&path).unwrap();
+        let types: Vec<String> = batches[0]
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}", f.name(), f.data_type()))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "device_id Utf8",
+                "tip_cents Int64",
+                "tipped_at Timestamp(ms, \"UTC\")"
+            ]
+        );
+        let mut in_file = Vec::new();
+        for b in &batches {
+            let at = arrow::compute::cast(b.column(2), &DataType::Int64).unwrap();
+            for r in 0..b.num_rows() {
+                in_file.push((
+                    b.column(0).as_string::<i32>().value(r).to_string(),
+                    b.column(1).as_primitive::<Int64Type>().value(r),
+                    at.as_primitive::<Int64Type>().value(r),
+                ));
+            }
+        }
+        in_file.sort();
+        assert_eq!(in_file, tips_want[&hour.key()], "tips {hour}");
+        assert_eq!(
+            ch.scalar(&format!(
+                "SELECT sum(tip_cents) FROM teams.tips WHERE _partition = toDateTime({})",
+                hour.start_ms / 1000
+            )),
+            tips_want[&hour.key()]
+                .iter()
+                .map(|t| t.1 as u64)
+                .sum::<u64>()
+        );
+    }
 
     // A refund lands late in an imported hour: the recheck replaces the
     // hour in the source's table, and the reader's hour follows, in the

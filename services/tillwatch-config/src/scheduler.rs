@@ -325,9 +325,10 @@ pub struct JobDeclaration {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceDeclaration {
-    /// The environment variable holding the `postgres://` URL.
+    /// The environment variable holding the database's URL: `postgres://…`,
+    /// or a ClickHouse server's `http(s)://[user[:password]@]host:port[/database]`.
     pub url_env: Option<String>,
-    /// A file holding the `postgres://` URL (a mounted secret).
+    /// A file holding the database's URL (a mounted secret).
     pub url_file: Option<std::path::PathBuf>,
     /// One SELECT; its columns become the output's.
     pub query: String,

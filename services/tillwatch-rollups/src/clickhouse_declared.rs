@@ -222,7 +222,7 @@ fn table_columns(job: &str, schema: &Schema) -> Result<Vec<(String, String)>, Jo
 /// job whose columns are the server's (a `.clickhouse.sql` only), and
 /// whether it is nullable; `None` for a type the lake does not take as it
 /// comes (a decimal, an array, a UUID: the SQL casts it).
-fn arrow_type(ch_type: &str) -> Option<(DataType, bool)> {
+pub(crate) fn arrow_type(ch_type: &str) -> Option<(DataType, bool)> {
     fn unwrap<'a>(t: &'a str, wrapper: &str) -> Option<&'a str> {
         t.strip_prefix(wrapper)
             .and_then(|rest| rest.strip_prefix('('))
@@ -548,27 +548,9 @@ impl ClickHouseEngine {
             .ok_or_else(|| JobError::query(format!("{name} has no {name}.clickhouse.sql")))?;
         let select = bind(sql, self.client().database(), job, partition);
         let what = format!("the columns of {name}'s statement");
-        let bytes = self
-            .client()
-            .client()
-            .query(&format!("SELECT * FROM (\n{select}\n) LIMIT 0"))
-            .fetch_bytes("JSONCompact")
-            .map_err(|e| JobError::read(&what, e))?
-            .collect()
-            .await
-            .map_err(|e| JobError::read(&what, e))?;
-        let answer: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| JobError::read(&what, e))?;
-        let meta = answer["meta"]
-            .as_array()
-            .ok_or_else(|| JobError::read(&what, "the server gave no columns"))?;
         let mut fields = Vec::new();
-        for column in meta {
-            let (Some(column), Some(ch_type)) = (column["name"].as_str(), column["type"].as_str())
-            else {
-                return Err(JobError::read(&what, "a column without a name or type"));
-            };
-            let (data_type, nullable) = arrow_type(ch_type).ok_or_else(|| {
+        for (column, ch_type) in columns_of_query(self.client().client(), &select, &what).await? {
+            let (data_type, nullable) = arrow_type(&ch_type).ok_or_else(|| {
                 JobError::query(format!(
                     "column {column:?} of {name} is {ch_type}, which the lake's file does not \
                      take: cast it in the SQL (to a number, String, DateTime or Date)"
@@ -645,70 +627,116 @@ impl ClickHouseEngine {
         schema: &Schema,
         partition: Partition,
     ) -> Result<Vec<RecordBatch>, JobError> {
-        let (columns, wire_types): (Vec<String>, Vec<DataType>) =
-            schema.fields().iter().map(|f| wire(f)).unzip();
-        let order: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| quote_ident(f.name()))
-            .collect();
-        let sql = format!(
-            "SELECT {} FROM (SELECT * FROM {staging} WHERE {} = toDateTime({}, 'UTC')) ORDER BY {}",
-            columns.join(", "),
+        let rows = format!(
+            "SELECT * FROM {staging} WHERE {} = toDateTime({}, 'UTC')",
             quote_ident(PARTITION_COLUMN),
             partition.start_ms.div_euclid(1000),
-            order.join(", ")
         );
-        let back = |e: &dyn std::fmt::Display| {
-            JobError::read(format_args!("back {job} {partition} from ClickHouse"), e)
-        };
-        let bytes = self
-            .client()
-            .client()
-            .clone()
-            .with_setting("output_format_json_quote_64bit_integers", "0")
-            .query(&sql)
-            .fetch_bytes("JSONEachRow")
-            .map_err(|e| back(&e))?
-            .collect()
-            .await
-            .map_err(|e| back(&e))?;
-        let wire_schema = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .zip(&wire_types)
-                .map(|(f, t)| Field::new(f.name(), t.clone(), true))
-                .collect::<Vec<_>>(),
-        ));
-        let relaxed = Arc::new(Schema::new(
-            schema
-                .fields()
-                .iter()
-                .map(|f| Field::new(f.name(), f.data_type().clone(), true))
-                .collect::<Vec<_>>(),
-        ));
-        let reader = arrow::json::ReaderBuilder::new(wire_schema)
-            .with_batch_size(65_536)
-            .build(Cursor::new(bytes))
-            .map_err(|e| back(&e))?;
-        let mut batches = Vec::new();
-        for batch in reader {
-            let batch = batch.map_err(|e| back(&e))?;
-            let columns = batch
-                .columns()
-                .iter()
-                .zip(relaxed.fields())
-                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
-                .collect::<Result<Vec<ArrayRef>, _>>()
-                .map_err(|e| back(&e))?;
-            batches.push(RecordBatch::try_new(relaxed.clone(), columns).map_err(|e| back(&e))?);
-        }
-        if batches.is_empty() {
-            batches.push(RecordBatch::new_empty(relaxed));
-        }
-        Ok(batches)
+        select_as(
+            self.client().client(),
+            &rows,
+            schema,
+            &format!("back {job} {partition} from ClickHouse"),
+        )
+        .await
     }
+}
+
+/// The rows of the query `rows` as Arrow batches of `schema`'s columns
+/// (each nullable), sorted by every column for a stable output: read as
+/// JSON (see [`wire`]) and cast to the schema's types.
+pub(crate) async fn select_as(
+    client: &clickhouse::Client,
+    rows: &str,
+    schema: &Schema,
+    what: &str,
+) -> Result<Vec<RecordBatch>, JobError> {
+    let (columns, wire_types): (Vec<String>, Vec<DataType>) =
+        schema.fields().iter().map(|f| wire(f)).unzip();
+    let order: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| quote_ident(f.name()))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM ({rows}) ORDER BY {}",
+        columns.join(", "),
+        order.join(", ")
+    );
+    let back = |e: &dyn std::fmt::Display| JobError::read(what, e);
+    let bytes = client
+        .clone()
+        .with_setting("output_format_json_quote_64bit_integers", "0")
+        .query(&sql)
+        .fetch_bytes("JSONEachRow")
+        .map_err(|e| back(&e))?
+        .collect()
+        .await
+        .map_err(|e| back(&e))?;
+    let wire_schema = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .zip(&wire_types)
+            .map(|(f, t)| Field::new(f.name(), t.clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let relaxed = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let reader = arrow::json::ReaderBuilder::new(wire_schema)
+        .with_batch_size(65_536)
+        .build(Cursor::new(bytes))
+        .map_err(|e| back(&e))?;
+    let mut batches = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| back(&e))?;
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(relaxed.fields())
+            .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+            .collect::<Result<Vec<ArrayRef>, _>>()
+            .map_err(|e| back(&e))?;
+        batches.push(RecordBatch::try_new(relaxed.clone(), columns).map_err(|e| back(&e))?);
+    }
+    if batches.is_empty() {
+        batches.push(RecordBatch::new_empty(relaxed));
+    }
+    Ok(batches)
+}
+
+/// The columns the query `rows` gives, as the server answers (no rows
+/// read), each with its ClickHouse type.
+pub(crate) async fn columns_of_query(
+    client: &clickhouse::Client,
+    rows: &str,
+    what: &str,
+) -> Result<Vec<(String, String)>, JobError> {
+    let bytes = client
+        .query(&format!("SELECT * FROM (\n{rows}\n) LIMIT 0"))
+        .fetch_bytes("JSONCompact")
+        .map_err(|e| JobError::read(what, e))?
+        .collect()
+        .await
+        .map_err(|e| JobError::read(what, e))?;
+    let answer: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| JobError::read(what, e))?;
+    let meta = answer["meta"]
+        .as_array()
+        .ok_or_else(|| JobError::read(what, "the server gave no columns"))?;
+    meta.iter()
+        .map(
+            |column| match (column["name"].as_str(), column["type"].as_str()) {
+                (Some(name), Some(ty)) => Ok((name.to_string(), ty.to_string())),
+                _ => Err(JobError::read(what, "a column without a name or type")),
+            },
+        )
+        .collect()
 }
 
 #[cfg(test)]

@@ -415,7 +415,7 @@ fn load_files(root: &str, files: &Files) -> (Vec<DeclaredJob>, Vec<Problem>) {
             } else if !job.declaration.inputs.is_empty() {
                 Some("a source job reads nothing of the lake: remove `inputs`".to_string())
             } else if source.url_env.is_some() == source.url_file.is_some() {
-                Some("[source] needs exactly one of url_env (an environment variable) or url_file (a file) holding the postgres:// URL".to_string())
+                Some("[source] needs exactly one of url_env (an environment variable) or url_file (a file) holding the database's URL (postgres://, or http(s):// for ClickHouse)".to_string())
             } else if source.query.trim().is_empty() {
                 Some("[source] query is empty".to_string())
             } else if source.feeds.is_some() && source.cursor.is_some() {

@@ -82,6 +82,22 @@ fn conversions(columns: &[(String, Kind)]) -> String {
         .join(", ")
 }
 
+/// Which database the source reads, `"postgres"` or `"clickhouse"`, when
+/// its URL can be read here.
+pub fn database_kind(source: &SourceDeclaration) -> Option<&'static str> {
+    let url = url(source).ok()?;
+    Some(if is_clickhouse(&url) {
+        "clickhouse"
+    } else {
+        "postgres"
+    })
+}
+
+/// Whether a source's URL is a ClickHouse server's (HTTP interface).
+fn is_clickhouse(url: &str) -> bool {
+    url.starts_with("http://") || url.starts_with("https://")
+}
+
 /// The URL of the declaration's database.
 fn url(source: &SourceDeclaration) -> Result<String, JobError> {
     let url = match (&source.url, &source.url_env, &source.url_file) {
@@ -103,10 +119,11 @@ fn url(source: &SourceDeclaration) -> Result<String, JobError> {
         }
     };
     let url = url.trim().to_string();
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || is_clickhouse(&url))
+    {
         return Err(JobError::read(
             "the source's URL",
-            "it is not a postgres:// URL",
+            "it is neither a postgres:// URL nor a ClickHouse http(s):// one",
         ));
     }
     Ok(url)
@@ -166,6 +183,9 @@ fn query_of(source: &SourceDeclaration) -> &str {
 /// database now (no rows read): what the jobs reading it are planned
 /// against before its first import.
 pub async fn describe(job: &str, source: &SourceDeclaration) -> Result<SchemaRef, JobError> {
+    if is_clickhouse(&url(source)?) {
+        return clickhouse::describe(job, source).await;
+    }
     let (conn, columns) = prepare(&format!("source {job}"), source).await?;
     let _ = conn.close().await;
     Ok(schema_of(&columns))
@@ -208,6 +228,9 @@ pub async fn fetch(
     source: &SourceDeclaration,
     partition: Partition,
 ) -> Result<RecordBatch, JobError> {
+    if is_clickhouse(&url(source)?) {
+        return clickhouse::fetch(job, source, partition).await;
+    }
     let what = format!("source {job}");
     let (mut conn, columns) = prepare(&what, source).await?;
     let query = query_of(source);
@@ -321,4 +344,136 @@ fn to_batch(
     }
     Ok(RecordBatch::try_new(schema_of(columns), arrays)
         .expect("one array per column, each of its type"))
+}
+
+/// Sources in a team's ClickHouse: the URL is its HTTP interface,
+/// `http(s)://[user[:password]@]host:port[/database]` (user `default`
+/// without one; the database is the queries' default). The query is asked
+/// for its columns first (`LIMIT 0`), and the rows come back as the
+/// PostgreSQL source's do: integers as Int64, floats as Float64,
+/// `DateTime` as Timestamp(ms, UTC), `Date` as Date32, text as text; a
+/// cursor is a `DateTime` or `Date` column.
+mod clickhouse {
+    use super::*;
+    use crate::clickhouse_declared::{arrow_type, columns_of_query, select_as};
+
+    /// The client for the source's URL, with the database it names.
+    fn client(what: &str, source: &SourceDeclaration) -> Result<::clickhouse::Client, JobError> {
+        let raw = url(source)?;
+        let parsed = ::url::Url::parse(&raw)
+            .map_err(|e| JobError::read(format_args!("{what} (its URL)"), e))?;
+        let decode = |part: &str| {
+            ::url::form_urlencoded::parse(format!("x={part}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default()
+        };
+        let user = match parsed.username() {
+            "" => "default".to_string(),
+            name => decode(name),
+        };
+        let database = parsed.path().trim_matches('/').to_string();
+        let mut base = parsed.clone();
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        base.set_path("");
+        base.set_query(None);
+        let mut client = ::clickhouse::Client::default()
+            .with_url(base.as_str().trim_end_matches('/'))
+            .with_user(user)
+            .with_validation(false);
+        if let Some(password) = parsed.password() {
+            client = client.with_password(decode(password));
+        }
+        if !database.is_empty() {
+            client = client.with_database(decode(&database));
+        }
+        Ok(client)
+    }
+
+    /// The type a column of ClickHouse type `ch_type` is imported as.
+    fn imported(what: &str, name: &str, ch_type: &str) -> Result<DataType, JobError> {
+        let (data_type, _) = arrow_type(ch_type).ok_or_else(|| {
+            JobError::read(
+                what,
+                format_args!(
+                    "column {name:?} is {ch_type}, which a source does not import: cast it in \
+                     the query (to a number, String, DateTime or Date)"
+                ),
+            )
+        })?;
+        Ok(match data_type {
+            t if t.is_integer() => DataType::Int64,
+            DataType::Float32 | DataType::Float64 => DataType::Float64,
+            t => t,
+        })
+    }
+
+    /// The query's columns as imported; the first contact with the
+    /// server, bounded by the source's `connect_timeout`.
+    async fn schema(
+        what: &str,
+        source: &SourceDeclaration,
+        client: &::clickhouse::Client,
+        query: &str,
+    ) -> Result<SchemaRef, JobError> {
+        let timeout = source
+            .connect_timeout
+            .max(std::time::Duration::from_millis(100));
+        let columns = tokio::time::timeout(timeout, columns_of_query(client, query, what))
+            .await
+            .map_err(|_| JobError::read(what, format_args!("no answer within {timeout:?}")))??;
+        if columns.is_empty() {
+            return Err(JobError::read(what, "the query returns no columns"));
+        }
+        let fields = columns
+            .iter()
+            .map(|(name, ty)| Ok(Field::new(name, imported(what, name, ty)?, true)))
+            .collect::<Result<Vec<_>, JobError>>()?;
+        Ok(Arc::new(Schema::new(fields)))
+    }
+
+    pub(super) async fn describe(
+        job: &str,
+        source: &SourceDeclaration,
+    ) -> Result<SchemaRef, JobError> {
+        let what = format!("source {job}");
+        schema(&what, source, &client(&what, source)?, query_of(source)).await
+    }
+
+    pub(super) async fn fetch(
+        job: &str,
+        source: &SourceDeclaration,
+        partition: Partition,
+    ) -> Result<RecordBatch, JobError> {
+        let what = format!("source {job}");
+        let client = client(&what, source)?;
+        let query = query_of(source);
+        let schema = schema(&what, source, &client, query).await?;
+        let mut rows = format!("SELECT * FROM (\n{query}\n)");
+        if let Some(cursor) = &source.cursor {
+            let field = schema.field_with_name(cursor).map_err(|_| {
+                JobError::read(&what, format_args!("the query gives no column {cursor:?}"))
+            })?;
+            if !matches!(
+                field.data_type(),
+                DataType::Timestamp(..) | DataType::Date32
+            ) {
+                return Err(JobError::read(
+                    &what,
+                    format_args!(
+                        "the cursor {cursor:?} is not a DateTime or Date column of the query"
+                    ),
+                ));
+            }
+            let c = tillwatch_storage::clickhouse_ddl::quote_ident(cursor);
+            rows.push_str(&format!(
+                " WHERE toDateTime({c}) >= toDateTime({}) AND toDateTime({c}) < toDateTime({})",
+                partition.start_ms.div_euclid(1000),
+                partition.end_ms().div_euclid(1000)
+            ));
+        }
+        let batches = select_as(&client, &rows, &schema, &what).await?;
+        arrow::compute::concat_batches(&schema, &batches).map_err(|e| JobError::read(&what, e))
+    }
 }

@@ -231,8 +231,11 @@ async fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
         .collect();
         let engines = if job.declaration.builtin {
             "built in".to_string()
-        } else if job.declaration.source.is_some() {
-            "postgres source".to_string()
+        } else if let Some(source) = &job.declaration.source {
+            match tillwatch_rollups::source::database_kind(source) {
+                Some(kind) => format!("{kind} source"),
+                None => "source".to_string(),
+            }
         } else {
             engines.join(", ")
         };
