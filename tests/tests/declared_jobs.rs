@@ -1124,6 +1124,31 @@ async fn refunds_table(
     (want, id)
 }
 
+/// The payments-risk team's refunds jobs under `root`: the source
+/// `refunds` reading `table` (URL in the file `secret`) by its cursor,
+/// rechecking the last three hours every two seconds, and
+/// `refunds_by_device` (DataFusion SQL) over it.
+fn write_refunds_jobs(root: &Path, secret: &Path, table: &str) {
+    write(
+        root,
+        "payments-risk/refunds.toml",
+        &format!(
+            "description = \"refunds from the payments database\"\ngrain = \"hour\"\npublic = true\n\n[source]\nurl_file = {:?}\nquery = \"SELECT id, device_id, amount_cents, reason, refunded_at FROM {table}\"\ncursor = \"refunded_at\"\nrecheck_within = \"3h\"\nrecheck_every = \"2s\"\n",
+            secret.display().to_string()
+        ),
+    );
+    write(
+        root,
+        "payments-risk/refunds_by_device.toml",
+        "description = \"refunds per terminal and hour\"\ngrain = \"hour\"\ninputs = [\"refunds\"]\n",
+    );
+    write(
+        root,
+        "payments-risk/refunds_by_device.datafusion.sql",
+        "SELECT device_id, sum(amount_cents) AS refunded_cents, count(*) AS refunds\nFROM refunds\nGROUP BY device_id\n",
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() {
     let url = test_postgres_url();
@@ -1154,24 +1179,7 @@ async fn postgres_sources_land_by_cursor_feed_jobs_and_the_merchant_directory() 
     // The URL is a mounted secret, never in the jobs repository.
     let secret = dir.path().join("refunds-db-url");
     std::fs::write(&secret, &url).unwrap();
-    write(
-        &root,
-        "payments-risk/refunds.toml",
-        &format!(
-            "description = \"refunds from the payments database\"\ngrain = \"hour\"\npublic = true\n\n[source]\nurl_file = {:?}\nquery = \"SELECT id, device_id, amount_cents, reason, refunded_at FROM {table}\"\ncursor = \"refunded_at\"\nrecheck_within = \"3h\"\nrecheck_every = \"2s\"\n",
-            secret.display().to_string()
-        ),
-    );
-    write(
-        &root,
-        "payments-risk/refunds_by_device.toml",
-        "description = \"refunds per terminal and hour\"\ngrain = \"hour\"\ninputs = [\"refunds\"]\n",
-    );
-    write(
-        &root,
-        "payments-risk/refunds_by_device.datafusion.sql",
-        "SELECT device_id, sum(amount_cents) AS refunded_cents, count(*) AS refunds\nFROM refunds\nGROUP BY device_id\n",
-    );
+    write_refunds_jobs(&root, &secret, &table);
     // The platform team's merchant directory, declared like any source.
     let directory = format!(
         "description = \"stores from the CRM\"\ngrain = \"hour\"\n\n[source]\nurl_file = {:?}\n\
@@ -1487,6 +1495,43 @@ async fn sighup_loads_the_declarations_at_once() {
     }
 }
 
+/// `job`'s lake file for `hour` (waited for), of three columns (text,
+/// integer, timestamp): each column's name and type, and its rows sorted,
+/// the time in milliseconds.
+async fn text_number_time_rows(
+    outputs: &Embedded,
+    job: &str,
+    hour: Partition,
+) -> (Vec<String>, Vec<(String, i64, i64)>) {
+    let path = outputs.output_path(job, hour);
+    wait_for(
+        &format!("{job} {hour} in the lake"),
+        Duration::from_secs(60),
+        || path.exists(),
+    )
+    .await;
+    let batches = read_file(&path).unwrap();
+    let types = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect();
+    let mut rows = Vec::new();
+    for b in &batches {
+        let at = arrow::compute::cast(b.column(2), &DataType::Int64).unwrap();
+        for r in 0..b.num_rows() {
+            rows.push((
+                b.column(0).as_string::<i32>().value(r).to_string(),
+                b.column(1).as_primitive::<Int64Type>().value(r),
+                at.as_primitive::<Int64Type>().value(r),
+            ));
+        }
+    }
+    rows.sort();
+    (types, rows)
+}
+
 /// A deployment whose rollups run on ClickHouse (Debian's 18.16 here): a
 /// team's PostgreSQL source lands in its own ClickHouse table beside the
 /// lake, and the team's job reading it, with SQL for both engines, runs
@@ -1547,24 +1592,7 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
             tips_secret.display().to_string()
         ),
     );
-    write(
-        &root,
-        "payments-risk/refunds.toml",
-        &format!(
-            "description = \"refunds from the payments database\"\ngrain = \"hour\"\n\n[source]\nurl_file = {:?}\nquery = \"SELECT id, device_id, amount_cents, reason, refunded_at FROM {table}\"\ncursor = \"refunded_at\"\nrecheck_within = \"3h\"\nrecheck_every = \"2s\"\n",
-            secret.display().to_string()
-        ),
-    );
-    write(
-        &root,
-        "payments-risk/refunds_by_device.toml",
-        "description = \"refunds per terminal and hour\"\ngrain = \"hour\"\ninputs = [\"refunds\"]\n",
-    );
-    write(
-        &root,
-        "payments-risk/refunds_by_device.datafusion.sql",
-        "SELECT device_id, sum(amount_cents) AS refunded_cents, count(*) AS refunds\nFROM refunds\nGROUP BY device_id\n",
-    );
+    write_refunds_jobs(&root, &secret, &table);
     write(
         &root,
         "payments-risk/refunds_by_device.clickhouse.sql",
@@ -1712,20 +1740,7 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
         .await
         .unwrap();
         from_postgres.sort();
-        let path = outputs.output_path("largest_refunds", *hour);
-        wait_for(
-            "the ClickHouse-only job's hour in the lake",
-            Duration::from_secs(60),
-            || path.exists(),
-        )
-        .await;
-        let batches = read_file(&path).unwrap();
-        let schema = batches[0].schema();
-        let types: Vec<String> = schema
-            .fields()
-            .iter()
-            .map(|f| format!("{} {}", f.name(), f.data_type()))
-            .collect();
+        let (types, in_file) = text_number_time_rows(&outputs, "largest_refunds", *hour).await;
         assert_eq!(
             types,
             [
@@ -1735,18 +1750,6 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
             ],
             "{hour}"
         );
-        let mut in_file = Vec::new();
-        for b in &batches {
-            let last = arrow::compute::cast(b.column(2), &DataType::Int64).unwrap();
-            for r in 0..b.num_rows() {
-                in_file.push((
-                    b.column(0).as_string::<i32>().value(r).to_string(),
-                    b.column(1).as_primitive::<Int64Type>().value(r),
-                    last.as_primitive::<Int64Type>().value(r),
-                ));
-            }
-        }
-        in_file.sort();
         assert_eq!(in_file, from_postgres, "largest_refunds {hour}");
     }
     assert!(
@@ -1758,20 +1761,7 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
     // The ClickHouse source: each hour's tips in the lake, typed as a
     // PostgreSQL source's columns are, and in the deployment's ClickHouse.
     for hour in &hours {
-        let path = outputs.output_path("tips", *hour);
-        wait_for(
-            "the tips of the hour in the lake",
-            Duration::from_secs(60),
-            || path.exists(),
-        )
-        .await;
-        let batches = read_file(&path).unwrap();
-        let types: Vec<String> = batches[0]
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| format!("{} {}", f.name(), f.data_type()))
-            .collect();
+        let (types, in_file) = text_number_time_rows(&outputs, "tips", *hour).await;
         assert_eq!(
             types,
             [
@@ -1780,18 +1770,6 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
                 "tipped_at Timestamp(ms, \"UTC\")"
             ]
         );
-        let mut in_file = Vec::new();
-        for b in &batches {
-            let at = arrow::compute::cast(b.column(2), &DataType::Int64).unwrap();
-            for r in 0..b.num_rows() {
-                in_file.push((
-                    b.column(0).as_string::<i32>().value(r).to_string(),
-                    b.column(1).as_primitive::<Int64Type>().value(r),
-                    at.as_primitive::<Int64Type>().value(r),
-                ));
-            }
-        }
-        in_file.sort();
         assert_eq!(in_file, tips_want[&hour.key()], "tips {hour}");
         assert_eq!(
             ch.scalar(&format!(

@@ -367,6 +367,16 @@ fn row_binary(job: &str, batch: &RecordBatch, start_s: u32) -> Result<Vec<u8>, J
     Ok(out)
 }
 
+/// A team job's ClickHouse statement, or the error that it has none.
+fn statement(declared: &DeclaredJob) -> Result<&str, JobError> {
+    let name = &declared.name;
+    declared
+        .sql
+        .clickhouse
+        .as_deref()
+        .ok_or_else(|| JobError::query(format!("{name} has no {name}.clickhouse.sql")))
+}
+
 fn ch_err(
     step: &str,
     job: &str,
@@ -541,11 +551,7 @@ impl ClickHouseEngine {
         partition: Partition,
     ) -> Result<SchemaRef, JobError> {
         let name = job.name.as_str();
-        let sql = declared
-            .sql
-            .clickhouse
-            .as_deref()
-            .ok_or_else(|| JobError::query(format!("{name} has no {name}.clickhouse.sql")))?;
+        let sql = statement(declared)?;
         let select = bind(sql, self.client().database(), job, partition);
         let what = format!("the columns of {name}'s statement");
         let mut fields = Vec::new();
@@ -571,11 +577,7 @@ impl ClickHouseEngine {
         partition: Partition,
     ) -> Result<Output, JobError> {
         let name = job.name.as_str();
-        let sql = declared
-            .sql
-            .clickhouse
-            .as_deref()
-            .ok_or_else(|| JobError::query(format!("{name} has no {name}.clickhouse.sql")))?;
+        let sql = statement(declared)?;
         let ch = self.client();
         let fail = |step: &'static str| ch_err(step, name, partition);
         let wanted = table_columns(name, &schema)?;
