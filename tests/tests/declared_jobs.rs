@@ -1538,7 +1538,7 @@ async fn text_number_time_rows(
 /// inside ClickHouse through the scheduler: the same values in the lake's
 /// file and in its ClickHouse table, the runs say where they ran, and a
 /// refund that lands late replaces its hour in both tables, never doubles
-/// it.
+/// it. The teams' statements hold a `?` in a literal, which is text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
     let url = test_postgres_url();
@@ -1588,7 +1588,7 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
         &root,
         "front-of-house/tips.toml",
         &format!(
-            "description = \"tips from the tills' ClickHouse\"\ngrain = \"hour\"\n\n[source]\nurl_file = {:?}\nquery = \"SELECT device_id, tip_cents, tipped_at FROM tips\"\ncursor = \"tipped_at\"\n",
+            "description = \"tips from the tills' ClickHouse\"\ngrain = \"hour\"\n\n[source]\nurl_file = {:?}\nquery = \"SELECT device_id, tip_cents, tipped_at FROM tips WHERE device_id != '?'\"\ncursor = \"tipped_at\"\n",
             tips_secret.display().to_string()
         ),
     );
@@ -1597,7 +1597,8 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
         &root,
         "payments-risk/refunds_by_device.clickhouse.sql",
         "SELECT device_id, sum(amount_cents) AS refunded_cents, count() AS refunds\n\
-         FROM {database}.refunds\nWHERE _partition = toDateTime({start_s})\nGROUP BY device_id\n",
+         FROM {database}.refunds\nWHERE _partition = toDateTime({start_s}) AND reason != '?'\n\
+         GROUP BY device_id\n",
     );
     // A job with ClickHouse SQL only: its columns are the server's.
     write(
@@ -1686,13 +1687,13 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
         }
         all
     };
+    // (A run writes the lake's file, then swaps its ClickHouse partition.)
     wait_for(
-        "the reader's hours in the lake",
+        "the reader's hours in the lake and in its ClickHouse table",
         Duration::from_secs(120),
-        || in_lake().as_ref() == Some(&want),
+        || in_lake().as_ref() == Some(&want) && in_clickhouse() == want,
     )
     .await;
-    assert_eq!(in_clickhouse(), want, "the reader's ClickHouse table");
     // The source's rows in its table, each hour in its partition.
     for (i, hour) in hours.iter().enumerate() {
         assert_eq!(
@@ -1713,16 +1714,29 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
         )["runs"][0]["log"]
             .to_string()
     };
-    let source_log = log_of("refunds", &hours[0]);
-    assert!(
-        source_log.contains("landed in ClickHouse: 5 row(s) in `teams`.`refunds` partition"),
-        "{source_log}"
-    );
-    let reader_log = log_of("refunds_by_device", &hours[0]);
-    assert!(
-        reader_log.contains("ran on ClickHouse: 3 row(s) into `teams`.`refunds_by_device`"),
-        "{reader_log}"
-    );
+    // (A run is recorded, with its log, once it is over.)
+    let log_says = |job: &str, hour: &Partition, text: &str| {
+        let log = log_of(job, hour);
+        (log.contains(text), log)
+    };
+    let said = |job: &'static str, text: &'static str| {
+        let hour = hours[0];
+        let log_says = &log_says;
+        async move {
+            let ok = eventually(Duration::from_secs(30), || log_says(job, &hour, text).0).await;
+            assert!(ok, "{job} {hour}: {}", log_says(job, &hour, text).1);
+        }
+    };
+    said(
+        "refunds",
+        "landed in ClickHouse: 5 row(s) in `teams`.`refunds` partition",
+    )
+    .await;
+    said(
+        "refunds_by_device",
+        "ran on ClickHouse: 3 row(s) into `teams`.`refunds_by_device`",
+    )
+    .await;
 
     // The ClickHouse-only job's lake files: the server's columns as typed
     // columns, each terminal's largest refund and last refund time as
@@ -1752,11 +1766,7 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
         );
         assert_eq!(in_file, from_postgres, "largest_refunds {hour}");
     }
-    assert!(
-        log_of("largest_refunds", &hours[0]).contains("ran on ClickHouse: 3 row(s)"),
-        "{}",
-        log_of("largest_refunds", &hours[0])
-    );
+    said("largest_refunds", "ran on ClickHouse: 3 row(s)").await;
 
     // The ClickHouse source: each hour's tips in the lake, typed as a
     // PostgreSQL source's columns are, and in the deployment's ClickHouse.
@@ -1771,16 +1781,19 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
             ]
         );
         assert_eq!(in_file, tips_want[&hour.key()], "tips {hour}");
-        assert_eq!(
-            ch.scalar(&format!(
-                "SELECT sum(tip_cents) FROM teams.tips WHERE _partition = toDateTime({})",
-                hour.start_ms / 1000
-            )),
-            tips_want[&hour.key()]
-                .iter()
-                .map(|t| t.1 as u64)
-                .sum::<u64>()
-        );
+        // (The lake's file is written first, then the ClickHouse partition.)
+        let cents: u64 = tips_want[&hour.key()].iter().map(|t| t.1 as u64).sum();
+        wait_for(
+            "the tips of the hour in the deployment's ClickHouse",
+            Duration::from_secs(30),
+            || {
+                ch.scalar(&format!(
+                    "SELECT sum(tip_cents) FROM teams.tips WHERE _partition = toDateTime({})",
+                    hour.start_ms / 1000
+                )) == cents
+            },
+        )
+        .await;
     }
 
     // A refund lands late in an imported hour: the recheck replaces the

@@ -220,10 +220,11 @@ impl ClickHouse {
         }
     }
 
-    /// Runs one statement that returns nothing.
+    /// Runs one statement that returns nothing, as it is: a `?` in it (a
+    /// team's SQL may hold one in a literal) is text, never a placeholder.
     pub async fn execute(&self, sql: &str) -> Result<(), ChError> {
         self.client
-            .query(sql)
+            .query_raw(sql)
             .execute()
             .await
             .map_err(|e| self.error(&e))

@@ -669,7 +669,8 @@ pub(crate) async fn select_as(
     let bytes = client
         .clone()
         .with_setting("output_format_json_quote_64bit_integers", "0")
-        .query(&sql)
+        // As written: a `?` in a team's query is text, not a placeholder.
+        .query_raw(&sql)
         .fetch_bytes("JSONEachRow")
         .map_err(|e| back(&e))?
         .collect()
@@ -720,7 +721,7 @@ pub(crate) async fn columns_of_query(
     what: &str,
 ) -> Result<Vec<(String, String)>, JobError> {
     let bytes = client
-        .query(&format!("SELECT * FROM (\n{rows}\n) LIMIT 0"))
+        .query_raw(&format!("SELECT * FROM (\n{rows}\n) LIMIT 0"))
         .fetch_bytes("JSONCompact")
         .map_err(|e| JobError::read(what, e))?
         .collect()
