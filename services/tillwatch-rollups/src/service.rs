@@ -162,9 +162,11 @@ impl Jobs {
         job: &str,
         partition: Partition,
     ) -> Result<arrow::datatypes::SchemaRef, JobError> {
-        let mut cache = self.planned.lock().await;
-        if let Some(schema) = cache.get(job) {
-            return Ok(schema.clone());
+        // The lock is held for lookups only: describing a source or asking
+        // the server waits on the network, and other runs must not wait on
+        // it (two runs may plan at once; the answers are the same).
+        if let Some(schema) = self.planned.lock().await.get(job).cloned() {
+            return Ok(schema);
         }
         let declared = &self.loaded.declared;
         let upstream = self.upstream_of(job);
@@ -175,8 +177,8 @@ impl Jobs {
             Default::default()
         };
         for d in upstream.iter().filter(|d| d.clickhouse_only()) {
-            if let Some(schema) = cache.get(&d.name) {
-                known.insert(d.name.clone(), schema.clone());
+            if let Some(schema) = self.planned.lock().await.get(&d.name).cloned() {
+                known.insert(d.name.clone(), schema);
                 continue;
             }
             let (Some((engine, _)), Some(spec)) =
@@ -187,17 +189,14 @@ impl Jobs {
             };
             match engine.statement_columns(spec, d, partition).await {
                 Ok(schema) => {
-                    cache.insert(d.name.clone(), schema.clone());
                     known.insert(d.name.clone(), schema);
                 }
                 Err(e) => unknown.push((d.name.clone(), e.to_string())),
             }
         }
-        if let Some(schema) = cache.get(job) {
-            return Ok(schema.clone());
-        }
         let (schemas, problems) = crate::declared::plan(declared, &known).await;
-        for (name, schema) in schemas {
+        let mut cache = self.planned.lock().await;
+        for (name, schema) in known.into_iter().chain(schemas) {
             cache.entry(name).or_insert(schema);
         }
         cache.get(job).cloned().ok_or_else(|| {

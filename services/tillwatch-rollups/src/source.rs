@@ -357,13 +357,13 @@ mod clickhouse {
     use super::*;
     use crate::clickhouse_declared::{arrow_type, columns_of_query, select_as};
 
-    /// The client for the source's URL, with the database it names.
-    fn client(what: &str, source: &SourceDeclaration) -> Result<::clickhouse::Client, JobError> {
-        let raw = url(source)?;
-        let parsed = ::url::Url::parse(&raw)
-            .map_err(|e| JobError::read(format_args!("{what} (its URL)"), e))?;
+    /// A ClickHouse URL's parts: the server's base URL, the user
+    /// (`default` without one), the password and the database, each
+    /// percent-decoded (a `+` stays a `+`: this is a URL, not a form).
+    fn parts(raw: &str) -> Result<(String, String, Option<String>, String), ::url::ParseError> {
+        let parsed = ::url::Url::parse(raw)?;
         let decode = |part: &str| {
-            ::url::form_urlencoded::parse(format!("x={part}").as_bytes())
+            ::url::form_urlencoded::parse(format!("x={}", part.replace('+', "%2B")).as_bytes())
                 .next()
                 .map(|(_, v)| v.into_owned())
                 .unwrap_or_default()
@@ -372,23 +372,53 @@ mod clickhouse {
             "" => "default".to_string(),
             name => decode(name),
         };
-        let database = parsed.path().trim_matches('/').to_string();
+        let database = decode(parsed.path().trim_matches('/'));
         let mut base = parsed.clone();
         let _ = base.set_username("");
         let _ = base.set_password(None);
         base.set_path("");
         base.set_query(None);
+        let base = base.as_str().trim_end_matches('/').to_string();
+        Ok((base, user, parsed.password().map(decode), database))
+    }
+
+    /// The client for the source's URL, with the database it names.
+    fn client(what: &str, source: &SourceDeclaration) -> Result<::clickhouse::Client, JobError> {
+        let (base, user, password, database) = parts(&url(source)?)
+            .map_err(|e| JobError::read(format_args!("{what} (its URL)"), e))?;
         let mut client = ::clickhouse::Client::default()
-            .with_url(base.as_str().trim_end_matches('/'))
+            .with_url(base)
             .with_user(user)
             .with_validation(false);
-        if let Some(password) = parsed.password() {
-            client = client.with_password(decode(password));
+        if let Some(password) = password {
+            client = client.with_password(password);
         }
         if !database.is_empty() {
-            client = client.with_database(decode(&database));
+            client = client.with_database(database);
         }
         Ok(client)
+    }
+
+    #[test]
+    fn a_clickhouse_url_gives_its_user_password_and_database_decoded() {
+        assert_eq!(
+            parts("https://risk%40team:p%2Fw+1@ch.example:8443/tills").unwrap(),
+            (
+                "https://ch.example:8443".to_string(),
+                "risk@team".to_string(),
+                Some("p/w+1".to_string()),
+                "tills".to_string()
+            )
+        );
+        assert_eq!(
+            parts("http://127.0.0.1:8123").unwrap(),
+            (
+                "http://127.0.0.1:8123".to_string(),
+                "default".to_string(),
+                None,
+                String::new()
+            )
+        );
     }
 
     /// The type a column of ClickHouse type `ch_type` is imported as.
