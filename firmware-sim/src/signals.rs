@@ -105,8 +105,18 @@ impl Signals {
             self.offline_queue = 0;
             self.offline_queue_oldest_s = 0;
         }
-        if rng.random_bool(0.002) {
-            self.paper_low = !self.paper_low;
+        // A roll runs low while trading, about every three trading days,
+        // and staff change it within the hour or so; so a few of the fleet
+        // show it at a time, not half of it.
+        if trading {
+            let chance = if self.paper_low {
+                minutes / 45.0
+            } else {
+                minutes / (3.0 * 12.0 * 60.0)
+            };
+            if rng.random_bool(chance.clamp(0.0, 1.0)) {
+                self.paper_low = !self.paper_low;
+            }
         }
         self.tamper = self.tamper || rng.random_bool(self.tamper_chance);
     }

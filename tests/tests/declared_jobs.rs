@@ -1819,6 +1819,37 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
         (5 + 6 + 7 + 1) as u64,
         "every refund once in the source's ClickHouse table"
     );
+
+    // An hour imported before the deployment ran on ClickHouse is in the
+    // lake only (here: its partitions dropped from the source's and the
+    // reader's tables). The reader's hour run again fills the source's
+    // from the lake and gives the same values, not an empty hour.
+    let first_s = hours[0].start_ms / 1000;
+    for t in ["refunds", "refunds_by_device"] {
+        ch.q(&format!("ALTER TABLE teams.{t} DROP PARTITION {first_s}"));
+    }
+    assert_ne!(in_clickhouse(), want);
+    let (status, answer) = api_call(
+        standalone.http,
+        "POST",
+        "/api/v1/jobs/refunds_by_device/clear",
+        Some(&format!(r#"{{"from": "{0}", "to": "{0}"}}"#, hours[0])),
+        Some(OPERATOR),
+    );
+    assert!(status < 300, "{status} {answer}");
+    wait_for(
+        "the reader's hour again, from the source's hour filled from the lake",
+        Duration::from_secs(60),
+        || in_clickhouse() == want,
+    )
+    .await;
+    said("refunds_by_device", "filled from the lake: refunds").await;
+    assert_eq!(
+        ch.scalar(&format!(
+            "SELECT count() FROM teams.refunds WHERE _partition = toDateTime({first_s})"
+        )),
+        5
+    );
     standalone.stop().await;
     sqlx::query(&format!("DROP TABLE {table}"))
         .execute(&mut conn)

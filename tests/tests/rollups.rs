@@ -660,7 +660,33 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
     // Retention with hourly rollups kept one day and daily ones two: run
     // for the simulated day itself it keeps every hour of it; run for the
     // day after, the day's hours go from ClickHouse's hourly table and its
-    // side tables, and the daily rows stay.
+    // side tables, and the daily rows stay. The team's job above (two
+    // hours of the day, in the lake and in its table) declares `keep =
+    // "1d"` and goes with them; a team's job that never ran on ClickHouse
+    // has no table there, which is no error.
+    let team_hours = [hours[10], hours[11]];
+    let team_outputs = [
+        tillwatch_rollups::retention::TeamOutput {
+            job: "offline_risk_hourly".into(),
+            grain: Grain::Hour,
+            kept_ms: 24 * HOUR,
+        },
+        tillwatch_rollups::retention::TeamOutput {
+            job: "never_ran_here".into(),
+            grain: Grain::Week,
+            kept_ms: 24 * HOUR,
+        },
+    ];
+    let team_state = || {
+        (
+            team_hours
+                .iter()
+                .filter(|h| output(&ch_lake, "offline_risk_hourly", **h).exists())
+                .count(),
+            server.scalar("SELECT count(DISTINCT _partition) FROM roll.offline_risk_hourly"),
+        )
+    };
+    assert_eq!(team_state(), (2, 2), "the team's hours before retention");
     let before_next_day = |table: &str, what: &str| {
         server.scalar(&format!(
             "SELECT {what} FROM roll.{table} WHERE hour < toDateTime({})",
@@ -685,12 +711,14 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
     .await
     .unwrap();
     let apply = |day: i64| {
-        let (retention, lake, meta, ch) = (&retention, Lake::new(&ch_lake), &meta, &ch);
+        let (retention, lake, meta, ch, teams) =
+            (&retention, Lake::new(&ch_lake), &meta, &ch, &team_outputs);
         async move {
             tillwatch_rollups::retention::run(
                 retention,
                 &lake,
                 Some(ch),
+                teams,
                 meta,
                 Partition::containing(Grain::Day, day),
             )
@@ -705,6 +733,7 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
         24,
         "a day's hours are kept until the day is a day old"
     );
+    assert_eq!(team_state(), (2, 2), "the team's hours are a day old too");
     let output = apply(DAY + 24 * HOUR).await;
     assert_eq!(
         before_next_day("device_health_hourly", "count()"),
@@ -728,6 +757,17 @@ async fn both_engines_give_the_same_rollups_for_a_simulated_day() {
         "{:?}",
         output.messages
     );
+    assert_eq!(team_state(), (0, 0), "{:?}", output.messages);
+    for deleted in [
+        "deleted offline_risk_hourly: 1 day",
+        "deleted ClickHouse offline_risk_hourly: 2 partitions",
+    ] {
+        assert!(
+            output.messages.contains(&deleted.to_string()),
+            "{deleted}: {:?}",
+            output.messages
+        );
+    }
 }
 
 /// The shipped example job (`deploy/jobs/payments-risk/offline_risk_hourly`,

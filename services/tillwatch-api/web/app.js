@@ -560,7 +560,8 @@ async function loadJobs() {
   document.getElementById("lineage").replaceChildren(...lineageGraph(all.jobs, owner));
   fill("jobs", jobs.jobs.map((j) =>
     el("tr", { "data-job": j.name }, el("td", {}, j.name), el("td", { class: "muted" }, j.description || ""),
-      el("td", {}, j.grain), el("td", {}, j.schedule), el("td", { class: "owner" }, j.owner || "",
+      el("td", {}, j.grain, ...(j.output_kept_ms ? [el("small", { title: "Older partitions of its output are deleted by retention" },
+        ` · kept ${Math.round(j.output_kept_ms / 86400000)} days`)] : [])), el("td", {}, j.schedule), el("td", { class: "owner" }, j.owner || "",
         ...((j.notify || []).length ? [el("small", { title: "Receivers told of its failures" }, ` · tells ${j.notify.join(", ")}`)] : [])),
       el("td", {}, j.partitions.succeeded), el("td", { class: j.partitions.failed ? "bad" : "" }, j.partitions.failed),
       el("td", {}, j.partitions.running), el("td", {}, j.partitions.queued),

@@ -223,6 +223,12 @@ pub struct JobSettings {
     /// alerts, by name (`[[alerting.receivers]]`, `alertmanager` for
     /// `alerting.alertmanager_url`); unset, every receiver is.
     pub notify: Option<Vec<String>>,
+    /// How long a team's job's output is kept, in whole days (`400d`):
+    /// the daily `retention` job deletes the partitions that ended before
+    /// (from the lake, and from ClickHouse where it has a table). Unset, it
+    /// is kept for good. The product's jobs are kept by `[retention]`.
+    #[serde(default, with = "humantime_serde")]
+    pub keep: Option<Duration>,
 }
 
 /// The days a day-grain job's partitions count in.
@@ -317,6 +323,9 @@ pub struct JobDeclaration {
     pub sla_time_zone: Option<String>,
     /// Who is told when it fails or is late (see [`JobSettings::notify`]).
     pub notify: Option<Vec<String>>,
+    /// How long its output is kept (see [`JobSettings::keep`]).
+    #[serde(default, with = "humantime_serde")]
+    pub keep: Option<Duration>,
 }
 
 /// Where a source job reads: a PostgreSQL database, through a query. The
@@ -419,6 +428,7 @@ impl JobDeclaration {
             sla_at: self.sla_at.clone(),
             sla_time_zone: self.sla_time_zone.clone(),
             notify: self.notify.clone(),
+            keep: self.keep,
         }
     }
 }

@@ -90,6 +90,9 @@ pub struct JobInfo {
     /// The receivers told of its failures and missed SLAs; empty: every
     /// receiver.
     pub notify: Vec<String>,
+    /// How long its output is kept (a team's `keep`, `[retention]` for
+    /// the product's tables); `null`: for good.
+    pub output_kept_ms: Option<i64>,
     pub inputs: Vec<JobInput>,
     pub partitions: PartitionCounts,
 }
@@ -503,6 +506,7 @@ impl JobQueries {
                     window: job.window.is_some(),
                     paused: paused.remove(&job.name),
                     notify: job.notify.clone(),
+                    output_kept_ms: job.output_kept_ms,
                     inputs: job
                         .inputs
                         .iter()

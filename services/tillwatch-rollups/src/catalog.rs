@@ -1,5 +1,6 @@
 //! The built-in jobs with the operator's `[scheduler]` settings applied.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use tillwatch_config::{JobSettings, RetentionConfig, SchedulerConfig};
@@ -135,6 +136,25 @@ fn apply(
         }
     } else if s.sla_time_zone.is_some() {
         errors.push(("sla_time_zone", "set without sla_at".to_string()));
+    }
+    if let Some(keep) = s.keep {
+        const DAY_S: u64 = 86_400;
+        // More than 100000 days (273 years) is taken for a typo.
+        if keep.subsec_nanos() != 0
+            || keep.as_secs() % DAY_S != 0
+            || !(1..=100_000).contains(&(keep.as_secs() / DAY_S))
+        {
+            errors.push((
+                "keep",
+                format!(
+                    "{} is not a whole number of days from 1d to 100000d: retention deletes a \
+                     day at a time (e.g. keep = \"400d\")",
+                    humantime::format_duration(keep)
+                ),
+            ));
+        } else {
+            job.output_kept_ms = Some(ms(keep));
+        }
     }
     if let Some(names) = &s.notify {
         let unknown: Vec<&String> = names
@@ -436,12 +456,32 @@ pub fn load(
         let settings = config.jobs.get(&job.name).unwrap_or(&none);
         let mut problems = Vec::new();
         apply(job, settings, now_ms, receivers, &mut problems);
+        let products = product.iter().map(|d| d.name.as_str());
+        if settings.keep.is_some()
+            && (job.name == crate::retention::RETENTION || products.clone().any(|n| n == job.name))
+        {
+            problems.push((
+                "keep",
+                "the product's tables are kept as [retention] says (retention.tables, \
+                 retention.hourly_rollups, retention.daily_rollups)"
+                    .to_string(),
+            ));
+        }
         errors.extend(
             problems
                 .into_iter()
                 .map(|(key, message)| format!("scheduler.jobs.{}.{key}: {message}", job.name)),
         );
-        job.kept_ms = crate::retention::kept_for_job(retention, job);
+        if products.clone().any(|n| n == job.name) || !retention.enabled {
+            job.output_kept_ms = crate::retention::product_output_kept(retention, &job.name);
+        }
+    }
+    let outputs_kept: BTreeMap<String, i64> = jobs
+        .iter()
+        .filter_map(|j| Some((j.name.clone(), j.output_kept_ms?)))
+        .collect();
+    for job in &mut jobs {
+        job.kept_ms = crate::retention::kept_for_job(retention, job, &outputs_kept);
     }
     if !errors.is_empty() {
         return Err(errors);
@@ -649,6 +689,80 @@ mod tests {
             loaded.catalog.job("monthly").unwrap().start_ms,
             parse_start("2026-11-01", NOW).unwrap()
         );
+    }
+
+    /// A team's `keep` is whole days: it is how long its output stays, and
+    /// its partitions and its readers' stop running at that age; one that
+    /// is not whole days is refused at its line. The product's jobs are
+    /// kept by `[retention]`, which the operator's `keep` cannot change.
+    #[test]
+    fn a_teams_keep_is_whole_days_and_holds_its_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let team = dir.path().join("payments-risk");
+        std::fs::create_dir_all(&team).unwrap();
+        let job = |name: &str, extra: &str, input: &str| {
+            let toml =
+                format!("description = \"x\"\ngrain = \"day\"\ninputs = [\"{input}\"]\n{extra}");
+            std::fs::write(team.join(format!("{name}.toml")), toml).unwrap();
+            std::fs::write(
+                team.join(format!("{name}.datafusion.sql")),
+                format!("SELECT device_id FROM {input}\n"),
+            )
+            .unwrap();
+        };
+        job("kept", "keep = \"30d\"\n", "battery");
+        job("reader", "", "kept");
+        job("odd", "keep = \"36h\"\n", "battery");
+        let text = |extra: &str| {
+            format!(
+                "jobs_dir = {:?}\nstart = \"7d\"\n{extra}",
+                dir.path().display().to_string()
+            )
+        };
+        let config: SchedulerConfig = toml::from_str(&text("")).unwrap();
+        let loaded = load(&config, &RetentionConfig::default(), &[], false, NOW).unwrap();
+        let day = |n: i64| Some(n * DAY_MS);
+        let kept = loaded.catalog.job("kept").unwrap();
+        assert_eq!((kept.output_kept_ms, kept.kept_ms), (day(30), day(30)));
+        let reader = loaded.catalog.job("reader").unwrap();
+        assert_eq!((reader.output_kept_ms, reader.kept_ms), (None, day(30)));
+        let hourly = loaded.catalog.job("device_health_hourly").unwrap();
+        assert_eq!(hourly.output_kept_ms, day(180), "[retention]'s default");
+        let refused = loaded.refused_text().join("\n");
+        assert!(
+            refused.ends_with(
+                "odd.toml:4: keep: 1day 12h is not a whole number of days from 1d to 100000d: \
+                 retention deletes a day at a time (e.g. keep = \"400d\")"
+            ),
+            "{refused}"
+        );
+
+        let config: SchedulerConfig = toml::from_str(&text(
+            "[jobs.device_health_daily]\nkeep = \"30d\"\n[jobs.kept]\nkeep = \"60d\"\n",
+        ))
+        .unwrap();
+        let errors = load(&config, &RetentionConfig::default(), &[], false, NOW).unwrap_err();
+        assert_eq!(
+            errors,
+            [
+                "scheduler.jobs.device_health_daily.keep: the product's tables are kept as \
+              [retention] says (retention.tables, retention.hourly_rollups, retention.daily_rollups)"
+            ]
+        );
+        let config: SchedulerConfig =
+            toml::from_str(&text("[jobs.kept]\nkeep = \"60d\"\n")).unwrap();
+        let loaded = load(&config, &RetentionConfig::default(), &[], false, NOW).unwrap();
+        assert_eq!(
+            loaded.catalog.job("reader").unwrap().kept_ms,
+            day(60),
+            "the operator's keep"
+        );
+        let off = RetentionConfig {
+            enabled: false,
+            ..Default::default()
+        };
+        let loaded = load(&config, &off, &[], false, NOW).unwrap();
+        assert_eq!(loaded.catalog.job("kept").unwrap().output_kept_ms, None);
     }
 
     #[test]

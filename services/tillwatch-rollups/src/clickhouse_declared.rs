@@ -541,6 +541,64 @@ impl ClickHouseEngine {
         Ok(messages)
     }
 
+    /// Lands in ClickHouse the partitions of a team's job or source
+    /// `input` in `partitions` that its table lacks but the lake holds:
+    /// those written before the rollups ran on ClickHouse (or before the
+    /// input did), which a job on ClickHouse reading them would otherwise
+    /// read as empty. A file whose columns are no longer the table's is
+    /// not landed: the run fails, naming the partition to re-run. Says
+    /// what it landed.
+    pub async fn fill_from_lake(
+        &self,
+        input: &str,
+        partitions: &[Partition],
+    ) -> Result<Vec<String>, JobError> {
+        let present: BTreeSet<i64> = self
+            .client()
+            .numbered_partitions(input)
+            .await
+            .map_err(|e| JobError::read(format_args!("the partitions of {input}"), e))?
+            .into_iter()
+            .collect();
+        let mut messages = Vec::new();
+        for &partition in partitions {
+            if present.contains(&partition.start_ms.div_euclid(1000)) {
+                continue;
+            }
+            let Some(rows) = self.lake().read_output(input, partition).await? else {
+                continue;
+            };
+            if rows.num_rows() == 0 {
+                // Nothing to land: the table reads it as empty already.
+                continue;
+            }
+            let existing = self.columns_of(input).await?;
+            let wanted: BTreeMap<String, String> = table_columns(input, rows.schema_ref())?
+                .into_iter()
+                .collect();
+            if !existing.is_empty() && existing != wanted {
+                // What `jobs backfill --from/--to` takes: an hour or a day.
+                let at = match partition.grain {
+                    tillwatch_scheduler::Grain::Hour => partition.key(),
+                    _ => Partition::containing(tillwatch_scheduler::Grain::Day, partition.start_ms)
+                        .key(),
+                };
+                return Err(JobError::input(format!(
+                    "{input} {partition} is in the lake but not in ClickHouse, and its file's \
+                     columns are not its table's now: run it again (tillwatch jobs backfill \
+                     {input} --from {at} --to {at})"
+                )));
+            }
+            self.land_source(input, partition, &rows).await?;
+            messages.push(format!(
+                "filled from the lake: {input} {partition} ({} row(s)), written before it \
+                 was in ClickHouse",
+                rows.num_rows()
+            ));
+        }
+        Ok(messages)
+    }
+
     /// The columns of a job with a `.clickhouse.sql` only, as the server
     /// answers for its statement over `partition` (no rows read): the
     /// columns of its table and of the lake's file.

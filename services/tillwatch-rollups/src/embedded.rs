@@ -237,6 +237,31 @@ impl Embedded {
         .map_err(|e| JobError::write(format_args!("the compaction of {partition}"), e))?
     }
 
+    /// The rows of a job's partition in the lake, as one batch; `None`
+    /// when it has no file there.
+    pub async fn read_output(
+        &self,
+        job: &str,
+        partition: Partition,
+    ) -> Result<Option<RecordBatch>, JobError> {
+        let path = self.output_path(job, partition);
+        if !self.exists(&path).await? {
+            return Ok(None);
+        }
+        let lake = self.lake.clone();
+        let what = path.display().to_string();
+        let batches = tokio::task::spawn_blocking(move || lake.read_file(&path))
+            .await
+            .map_err(|e| JobError::read(&what, e))?
+            .map_err(|e| JobError::read(&what, e))?;
+        let Some(first) = batches.first() else {
+            return Err(JobError::read(&what, "the file holds no schema"));
+        };
+        arrow::compute::concat_batches(&first.schema(), &batches)
+            .map(Some)
+            .map_err(|e| JobError::read(&what, e))
+    }
+
     /// Writes `batches` as the job's partition in the lake, replacing it.
     pub async fn write(
         &self,

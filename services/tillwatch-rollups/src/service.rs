@@ -266,6 +266,7 @@ impl Executor for Jobs {
                     &self.retention,
                     &self.lake_root,
                     self.clickhouse.as_ref().map(|(engine, _)| engine.client()),
+                    &crate::retention::TeamOutput::of(self.loaded.catalog.jobs()),
                     &self.store,
                     partition,
                 )
@@ -307,7 +308,20 @@ impl Executor for Jobs {
                     match on_clickhouse.get(&job.name) {
                         Some(None) => {
                             let schema = self.planned(&job.name, partition).await?;
-                            return engine.run_declared(job, declared, schema, partition).await;
+                            let mut filled = Vec::new();
+                            for input in &declared.declaration.inputs {
+                                if let (Some(_), Some(up)) =
+                                    (self.loaded.team_job(input), self.loaded.catalog.job(input))
+                                {
+                                    let partitions = job.input_partitions(partition, up.grain);
+                                    filled.extend(engine.fill_from_lake(input, &partitions).await?);
+                                }
+                            }
+                            let mut output = engine
+                                .run_declared(job, declared, schema, partition)
+                                .await?;
+                            output.messages.splice(0..0, filled);
+                            return Ok(output);
                         }
                         Some(Some(why)) => embedded_because = Some(why),
                         None => {}

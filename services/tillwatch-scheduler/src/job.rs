@@ -189,6 +189,9 @@ pub struct JobSpec {
     /// reads begin within a day of that age never run again (see
     /// [`JobSpec::frozen`]).
     pub kept_ms: Option<i64>,
+    /// How long retention keeps this job's own output (a team's `keep`,
+    /// or `[retention]`'s age for the product's tables); `None`: for good.
+    pub output_kept_ms: Option<i64>,
     /// A fingerprint of the job's code (what it reads and how): recorded
     /// on every run.
     pub code: Option<String>,
@@ -245,6 +248,7 @@ impl JobSpec {
             reads_before_ms: 0,
             reads_after_ms: 0,
             kept_ms: None,
+            output_kept_ms: None,
             code: None,
             rerun_from_ms: None,
             sla_ms: None,
