@@ -305,6 +305,16 @@ impl ClickHouse {
         Ok(true)
     }
 
+    /// Drops `table`'s numbered partition `id` (one [`Self::numbered_partitions`]
+    /// listed: a drop of one with no parts costs ~0.1 s on 18.16).
+    pub async fn drop_numbered_partition(&self, table: &str, id: i64) -> Result<(), ChError> {
+        self.execute(&format!(
+            "ALTER TABLE {} DROP PARTITION {id}",
+            self.table(table)
+        ))
+        .await
+    }
+
     pub async fn database_exists(&self) -> Result<bool, ChError> {
         let n: u64 = self
             .client

@@ -310,12 +310,8 @@ async fn drop_clickhouse_partitions(
     };
     let mut dropped = 0u64;
     for id in ch.numbered_partitions(table).await.map_err(fail)? {
-        if drop(id)
-            && ch
-                .drop_partition_if_any(table, &id.to_string())
-                .await
-                .map_err(fail)?
-        {
+        if drop(id) {
+            ch.drop_numbered_partition(table, id).await.map_err(fail)?;
             dropped += 1;
         }
     }
