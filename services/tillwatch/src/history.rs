@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -101,7 +100,7 @@ pub async fn play(
     let store = MetaStore::open(config)
         .await
         .context("opening the metadata store for the demo's history")?;
-    let clock = Arc::new(AtomicI64::new(from_ms));
+    let clock = Arc::new(PlayClock::new(from_ms));
     let now = clock.clone();
     let mut jobs_config = config.clone();
     for job in [
@@ -111,12 +110,8 @@ pub async fn play(
         let settings = jobs_config.scheduler.jobs.entry(job.into()).or_default();
         settings.concurrency.get_or_insert(HOURS_A_ROUND);
     }
-    let (runner, lake) = service::open(
-        &jobs_config,
-        store.clone(),
-        Arc::new(move || now.load(Ordering::SeqCst)),
-    )
-    .context("opening the scheduler for the demo's history")?;
+    let (runner, lake) = service::open(&jobs_config, store.clone(), Arc::new(move || now.now()))
+        .context("opening the scheduler for the demo's history")?;
     let mut alerter = Alerter::open(
         store.clone(),
         tillwatch_alerter::silence_policy(config),
@@ -144,7 +139,7 @@ pub async fn play(
             let t = Instant::now();
             flush(&lake, &mut staging, &mut flushes, hour_end).await?;
             played.lake_s += t.elapsed().as_secs_f64();
-            clock.store(hour_end, Ordering::SeqCst);
+            clock.set(hour_end);
             let t = Instant::now();
             alerter.tick(UtcMillis(hour_end)).await?;
             played.alerter_s += t.elapsed().as_secs_f64();
@@ -155,7 +150,7 @@ pub async fn play(
             }
             hour_end += HOUR_MS;
         }
-        clock.store(step.at_ms, Ordering::SeqCst);
+        clock.set(step.at_ms);
         let at = UtcMillis(step.at_ms);
         let mut events = Vec::with_capacity(step.messages.len());
         for message in &step.messages {
@@ -208,7 +203,7 @@ pub async fn play(
         played.alerter_s += t.elapsed().as_secs_f64();
     }
     flush(&lake, &mut staging, &mut flushes, to_ms).await?;
-    clock.store(to_ms, Ordering::SeqCst);
+    clock.set(to_ms);
     alerter.tick(UtcMillis(to_ms)).await?;
     let t = Instant::now();
     played.runs += settle(&runner, &lake).await?;
@@ -259,6 +254,28 @@ async fn flush(
     .await
     .context("the history's lake task failed")??;
     Ok(())
+}
+
+/// The history's time for the scheduler: where the play has reached, going
+/// on with the wall clock from there (a minute at most) so that a run's
+/// start and finish are as far apart as the run took, not both the same
+/// instant.
+struct PlayClock(std::sync::Mutex<(i64, Instant)>);
+
+impl PlayClock {
+    fn new(at_ms: i64) -> PlayClock {
+        PlayClock(std::sync::Mutex::new((at_ms, Instant::now())))
+    }
+
+    fn set(&self, at_ms: i64) {
+        *self.0.lock().expect("never poisoned") = (at_ms, Instant::now());
+    }
+
+    fn now(&self) -> i64 {
+        let (at_ms, since) = *self.0.lock().expect("never poisoned");
+        let gone = since.elapsed().min(Duration::from_secs(60)).as_millis();
+        at_ms.saturating_add(gone as i64)
+    }
 }
 
 /// Every job due at the clock's time, round after round until none is;
