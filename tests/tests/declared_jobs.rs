@@ -293,6 +293,11 @@ async fn a_team_drops_a_job_folder_into_a_running_standalone() {
         .unwrap();
     assert_eq!(job["grain"], "hour");
     assert_eq!(job["retries"], 2);
+    assert_eq!(
+        job["output_kept_ms"],
+        400 * 86_400_000i64,
+        "keep = \"400d\""
+    );
     let theirs = api_get(http, "/api/v1/jobs?owner=payments-risk", VIEWER);
     let theirs: Vec<&str> = theirs["jobs"]
         .as_array()

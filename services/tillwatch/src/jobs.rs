@@ -436,6 +436,12 @@ pub(crate) async fn run(command: JobsCommand) -> anyhow::Result<()> {
                     );
                 }
                 println!("  reads    {}", inputs.join(", "));
+                if let Some(kept) = job.output_kept_ms {
+                    println!(
+                        "  kept     {} days (older partitions are deleted by retention)",
+                        kept / 86_400_000
+                    );
+                }
                 println!(
                     "  partitions: {} succeeded, {} failed, {} running, {} queued",
                     count("succeeded"),
