@@ -1827,33 +1827,73 @@ async fn on_clickhouse_a_source_and_the_job_reading_it_run_in_the_server() {
 
     // An hour imported before the deployment ran on ClickHouse is in the
     // lake only (here: its partitions dropped from the source's and the
-    // reader's tables). The reader's hour run again fills the source's
-    // from the lake and gives the same values, not an empty hour.
-    let first_s = hours[0].start_ms / 1000;
-    for t in ["refunds", "refunds_by_device"] {
-        ch.q(&format!("ALTER TABLE teams.{t} DROP PARTITION {first_s}"));
-    }
-    assert_ne!(in_clickhouse(), want);
+    // readers' tables). Both readers' hour run again (at once): the
+    // source's hour is filled from the lake once, and each gives the same
+    // values, not an empty hour.
+    // (The source is paused first: its rechecks would land the hour again
+    // from PostgreSQL before the readers look.)
     let (status, answer) = api_call(
         standalone.http,
         "POST",
-        "/api/v1/jobs/refunds_by_device/clear",
-        Some(&format!(r#"{{"from": "{0}", "to": "{0}"}}"#, hours[0])),
+        "/api/v1/jobs/refunds/pause",
+        Some(r#"{"reason": "the test drops its hour"}"#),
         Some(OPERATOR),
     );
     assert!(status < 300, "{status} {answer}");
     wait_for(
-        "the reader's hour again, from the source's hour filled from the lake",
-        Duration::from_secs(60),
-        || in_clickhouse() == want,
+        "the source's last recheck to end",
+        Duration::from_secs(30),
+        || {
+            api_get(standalone.http, "/api/v1/jobs", VIEWER)["jobs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|j| j["name"] == "refunds" && j["partitions"]["running"] == 0)
+        },
     )
     .await;
-    said("refunds_by_device", "filled from the lake: refunds").await;
+    let first_s = hours[0].start_ms / 1000;
+    let largest_of_first = || {
+        ch.scalar(&format!(
+            "SELECT count() FROM teams.largest_refunds WHERE _partition = toDateTime({first_s})"
+        ))
+    };
+    let devices_of_first = largest_of_first();
+    assert!(devices_of_first > 0);
+    for t in ["refunds", "refunds_by_device", "largest_refunds"] {
+        ch.q(&format!("ALTER TABLE teams.{t} DROP PARTITION {first_s}"));
+    }
+    assert_ne!(in_clickhouse(), want);
+    for reader in ["refunds_by_device", "largest_refunds"] {
+        let (status, answer) = api_call(
+            standalone.http,
+            "POST",
+            &format!("/api/v1/jobs/{reader}/clear"),
+            Some(&format!(r#"{{"from": "{0}", "to": "{0}"}}"#, hours[0])),
+            Some(OPERATOR),
+        );
+        assert!(status < 300, "{status} {answer}");
+    }
+    wait_for(
+        "the readers' hour again, from the source's hour filled from the lake",
+        Duration::from_secs(60),
+        || in_clickhouse() == want && largest_of_first() == devices_of_first,
+    )
+    .await;
+    // (Whichever reader came first filled it; the other found it there.)
+    let filled = eventually(Duration::from_secs(30), || {
+        ["refunds_by_device", "largest_refunds"]
+            .iter()
+            .any(|job| log_says(job, &hours[0], "filled from the lake: refunds").0)
+    })
+    .await;
+    assert!(filled, "{}", log_of("refunds_by_device", &hours[0]));
     assert_eq!(
         ch.scalar(&format!(
             "SELECT count() FROM teams.refunds WHERE _partition = toDateTime({first_s})"
         )),
-        5
+        5,
+        "the source's hour filled once"
     );
     standalone.stop().await;
     sqlx::query(&format!("DROP TABLE {table}"))

@@ -42,6 +42,10 @@ const ATTRIBUTION: &str = "rollup_attribution";
 pub struct ClickHouseEngine {
     ch: ClickHouse,
     lake: Embedded,
+    /// Held while partitions are filled from the lake, so two runs reading
+    /// the same missing partition do not stage it into one staging
+    /// partition together (see `fill_from_lake`).
+    fills: tokio::sync::Mutex<()>,
 }
 
 /// The partition of a rollup table that holds `partition`: hours or days
@@ -98,12 +102,18 @@ impl ClickHouseEngine {
         ClickHouseEngine {
             ch,
             lake: Embedded::with_side_inputs(lake, side),
+            fills: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The server it runs on.
     pub fn client(&self) -> &ClickHouse {
         &self.ch
+    }
+
+    /// Taken while partitions are filled from the lake.
+    pub(crate) async fn one_fill_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.fills.lock().await
     }
 
     /// The lake it writes each partition's file to.

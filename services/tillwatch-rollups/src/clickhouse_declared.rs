@@ -546,25 +546,38 @@ impl ClickHouseEngine {
     /// those written before the rollups ran on ClickHouse (or before the
     /// input did), which a job on ClickHouse reading them would otherwise
     /// read as empty. A file whose columns are no longer the table's is
-    /// not landed: the run fails, naming the partition to re-run. Says
-    /// what it landed.
+    /// not landed: the run fails, naming the partition to re-run. Fills
+    /// happen one at a time in this engine. Says what it landed.
     pub async fn fill_from_lake(
         &self,
         input: &str,
         partitions: &[Partition],
     ) -> Result<Vec<String>, JobError> {
-        let present: BTreeSet<i64> = self
-            .client()
-            .numbered_partitions(input)
-            .await
-            .map_err(|e| JobError::read(format_args!("the partitions of {input}"), e))?
-            .into_iter()
-            .collect();
+        let present = async || -> Result<BTreeSet<i64>, JobError> {
+            Ok(self
+                .client()
+                .numbered_partitions(input)
+                .await
+                .map_err(|e| JobError::read(format_args!("the partitions of {input}"), e))?
+                .into_iter()
+                .collect())
+        };
+        let missing = |present: &BTreeSet<i64>| {
+            partitions
+                .iter()
+                .filter(|p| !present.contains(&p.start_ms.div_euclid(1000)))
+                .copied()
+                .collect::<Vec<Partition>>()
+        };
+        if missing(&present().await?).is_empty() {
+            return Ok(Vec::new());
+        }
+        // One fill at a time, and what another run filled meanwhile is
+        // there now: two runs staging one partition together would double
+        // its rows.
+        let _one_at_a_time = self.one_fill_at_a_time().await;
         let mut messages = Vec::new();
-        for &partition in partitions {
-            if present.contains(&partition.start_ms.div_euclid(1000)) {
-                continue;
-            }
+        for partition in missing(&present().await?) {
             let Some(rows) = self.lake().read_output(input, partition).await? else {
                 continue;
             };
