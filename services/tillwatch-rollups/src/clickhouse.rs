@@ -42,8 +42,8 @@ const ATTRIBUTION: &str = "rollup_attribution";
 pub struct ClickHouseEngine {
     ch: ClickHouse,
     lake: Embedded,
-    /// Held while partitions are filled from the lake, so two runs reading
-    /// the same missing partition do not stage it into one staging
+    /// Held while partitions are filled from the lake or a source's import
+    /// lands, so two runs do not stage one partition into one staging
     /// partition together (see `fill_from_lake`).
     fills: tokio::sync::Mutex<()>,
 }
@@ -111,7 +111,7 @@ impl ClickHouseEngine {
         &self.ch
     }
 
-    /// Taken while partitions are filled from the lake.
+    /// Taken while partitions are filled from the lake or a source lands.
     pub(crate) async fn one_fill_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.fills.lock().await
     }

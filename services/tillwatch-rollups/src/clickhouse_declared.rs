@@ -284,7 +284,10 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
 /// or `Date`: an error naming the column and row, never a wrapped value.
 fn row_binary(job: &str, batch: &RecordBatch, start_s: u32) -> Result<Vec<u8>, JobError> {
     use arrow::array::{Array, AsArray};
-    use arrow::datatypes::{Date32Type, Float64Type, Int64Type, TimestampMillisecondType};
+    use arrow::datatypes::{
+        Date32Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
+        TimestampMillisecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    };
     let out_of_range = |column: &str, row: usize, what: &str| {
         JobError::query(format!(
             "{job}: column {column:?}, row {}: {what}, which ClickHouse's table cannot hold",
@@ -329,6 +332,34 @@ fn row_binary(job: &str, batch: &RecordBatch, start_s: u32) -> Result<Vec<u8>, J
                 DataType::Float64 => out.extend_from_slice(
                     &column
                         .as_primitive::<Float64Type>()
+                        .value(row)
+                        .to_le_bytes(),
+                ),
+                // The other numbers a team's job gives (the same-named
+                // ClickHouse types, little-endian as RowBinary has them).
+                DataType::Int8 => out
+                    .extend_from_slice(&column.as_primitive::<Int8Type>().value(row).to_le_bytes()),
+                DataType::Int16 => out.extend_from_slice(
+                    &column.as_primitive::<Int16Type>().value(row).to_le_bytes(),
+                ),
+                DataType::Int32 => out.extend_from_slice(
+                    &column.as_primitive::<Int32Type>().value(row).to_le_bytes(),
+                ),
+                DataType::UInt8 => out.extend_from_slice(
+                    &column.as_primitive::<UInt8Type>().value(row).to_le_bytes(),
+                ),
+                DataType::UInt16 => out.extend_from_slice(
+                    &column.as_primitive::<UInt16Type>().value(row).to_le_bytes(),
+                ),
+                DataType::UInt32 => out.extend_from_slice(
+                    &column.as_primitive::<UInt32Type>().value(row).to_le_bytes(),
+                ),
+                DataType::UInt64 => out.extend_from_slice(
+                    &column.as_primitive::<UInt64Type>().value(row).to_le_bytes(),
+                ),
+                DataType::Float32 => out.extend_from_slice(
+                    &column
+                        .as_primitive::<Float32Type>()
                         .value(row)
                         .to_le_bytes(),
                 ),
@@ -499,8 +530,20 @@ impl ClickHouseEngine {
     /// in its ClickHouse table `<job>`, laid out from the rows' columns as
     /// a team's job's table is, so jobs on ClickHouse read it as
     /// `{database}.<job>` with `_partition`. A partition imported again
-    /// replaces the one before. Says what it did.
+    /// replaces the one before. Not while partitions are filled from the
+    /// lake (which stage theirs the same way). Says what it did.
     pub async fn land_source(
+        &self,
+        job: &str,
+        partition: Partition,
+        rows: &RecordBatch,
+    ) -> Result<Vec<String>, JobError> {
+        let _one_at_a_time = self.one_fill_at_a_time().await;
+        self.land(job, partition, rows).await
+    }
+
+    /// [`Self::land_source`] without waiting its turn.
+    async fn land(
         &self,
         job: &str,
         partition: Partition,
@@ -586,6 +629,9 @@ impl ClickHouseEngine {
                 continue;
             }
             let existing = self.columns_of(input).await?;
+            // A file a run on ClickHouse wrote has every column nullable;
+            // its table has the plan's: a column without nulls fits either.
+            let rows = fit_nullability(rows, &existing);
             let wanted: BTreeMap<String, String> = table_columns(input, rows.schema_ref())?
                 .into_iter()
                 .collect();
@@ -602,7 +648,7 @@ impl ClickHouseEngine {
                      {input} --from {at} --to {at})"
                 )));
             }
-            self.land_source(input, partition, &rows).await?;
+            self.land(input, partition, &rows).await?;
             messages.push(format!(
                 "filled from the lake: {input} {partition} ({} row(s)), written before it \
                  was in ClickHouse",
@@ -713,6 +759,23 @@ impl ClickHouseEngine {
         )
         .await
     }
+}
+
+/// `rows` with each column as nullable as the table's column of its name
+/// (`existing`: name to ClickHouse type), where its values allow.
+fn fit_nullability(rows: RecordBatch, existing: &BTreeMap<String, String>) -> RecordBatch {
+    let fields: Vec<Field> = rows
+        .schema()
+        .fields()
+        .iter()
+        .zip(rows.columns())
+        .map(|(f, column)| match existing.get(f.name()) {
+            Some(t) if t.starts_with("Nullable(") => f.as_ref().clone().with_nullable(true),
+            Some(_) if column.null_count() == 0 => f.as_ref().clone().with_nullable(false),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), rows.columns().to_vec()).unwrap_or(rows)
 }
 
 /// The rows of the query `rows` as Arrow batches of `schema`'s columns
