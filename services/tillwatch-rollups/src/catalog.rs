@@ -456,10 +456,8 @@ pub fn load(
         let settings = config.jobs.get(&job.name).unwrap_or(&none);
         let mut problems = Vec::new();
         apply(job, settings, now_ms, receivers, &mut problems);
-        let products = product.iter().map(|d| d.name.as_str());
-        if settings.keep.is_some()
-            && (job.name == crate::retention::RETENTION || products.clone().any(|n| n == job.name))
-        {
+        let of_product = product.iter().any(|d| d.name == job.name);
+        if settings.keep.is_some() && (of_product || job.name == crate::retention::RETENTION) {
             problems.push((
                 "keep",
                 "the product's tables are kept as [retention] says (retention.tables, \
@@ -472,7 +470,7 @@ pub fn load(
                 .into_iter()
                 .map(|(key, message)| format!("scheduler.jobs.{}.{key}: {message}", job.name)),
         );
-        if products.clone().any(|n| n == job.name) || !retention.enabled {
+        if of_product || !retention.enabled {
             job.output_kept_ms = crate::retention::product_output_kept(retention, &job.name);
         }
     }

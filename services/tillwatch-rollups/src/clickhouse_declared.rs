@@ -317,6 +317,11 @@ fn row_binary(job: &str, batch: &RecordBatch, start_s: u32) -> Result<Vec<u8>, J
     for row in 0..batch.num_rows() {
         out.extend_from_slice(&start_s.to_le_bytes());
         for (field, column) in &columns {
+            macro_rules! number {
+                ($t:ty) => {
+                    out.extend_from_slice(&column.as_primitive::<$t>().value(row).to_le_bytes())
+                };
+            }
             if field.is_nullable() {
                 if column.is_null(row) {
                     out.push(1);
@@ -326,43 +331,18 @@ fn row_binary(job: &str, batch: &RecordBatch, start_s: u32) -> Result<Vec<u8>, J
             }
             match field.data_type() {
                 DataType::Boolean => out.push(u8::from(column.as_boolean().value(row))),
-                DataType::Int64 => out.extend_from_slice(
-                    &column.as_primitive::<Int64Type>().value(row).to_le_bytes(),
-                ),
-                DataType::Float64 => out.extend_from_slice(
-                    &column
-                        .as_primitive::<Float64Type>()
-                        .value(row)
-                        .to_le_bytes(),
-                ),
-                // The other numbers a team's job gives (the same-named
-                // ClickHouse types, little-endian as RowBinary has them).
-                DataType::Int8 => out
-                    .extend_from_slice(&column.as_primitive::<Int8Type>().value(row).to_le_bytes()),
-                DataType::Int16 => out.extend_from_slice(
-                    &column.as_primitive::<Int16Type>().value(row).to_le_bytes(),
-                ),
-                DataType::Int32 => out.extend_from_slice(
-                    &column.as_primitive::<Int32Type>().value(row).to_le_bytes(),
-                ),
-                DataType::UInt8 => out.extend_from_slice(
-                    &column.as_primitive::<UInt8Type>().value(row).to_le_bytes(),
-                ),
-                DataType::UInt16 => out.extend_from_slice(
-                    &column.as_primitive::<UInt16Type>().value(row).to_le_bytes(),
-                ),
-                DataType::UInt32 => out.extend_from_slice(
-                    &column.as_primitive::<UInt32Type>().value(row).to_le_bytes(),
-                ),
-                DataType::UInt64 => out.extend_from_slice(
-                    &column.as_primitive::<UInt64Type>().value(row).to_le_bytes(),
-                ),
-                DataType::Float32 => out.extend_from_slice(
-                    &column
-                        .as_primitive::<Float32Type>()
-                        .value(row)
-                        .to_le_bytes(),
-                ),
+                // Numbers: the same-named ClickHouse types, little-endian
+                // as RowBinary has them.
+                DataType::Int8 => number!(Int8Type),
+                DataType::Int16 => number!(Int16Type),
+                DataType::Int32 => number!(Int32Type),
+                DataType::Int64 => number!(Int64Type),
+                DataType::UInt8 => number!(UInt8Type),
+                DataType::UInt16 => number!(UInt16Type),
+                DataType::UInt32 => number!(UInt32Type),
+                DataType::UInt64 => number!(UInt64Type),
+                DataType::Float32 => number!(Float32Type),
+                DataType::Float64 => number!(Float64Type),
                 DataType::Utf8 => {
                     let text = column.as_string::<i32>().value(row).as_bytes();
                     put_varint(&mut out, text.len() as u64);
@@ -620,6 +600,8 @@ impl ClickHouseEngine {
         // its rows.
         let _one_at_a_time = self.one_fill_at_a_time().await;
         let mut messages = Vec::new();
+        // The table's columns, read once (empty until the table exists).
+        let mut existing = self.columns_of(input).await?;
         for partition in missing(&present().await?) {
             let Some(rows) = self.lake().read_output(input, partition).await? else {
                 continue;
@@ -628,7 +610,6 @@ impl ClickHouseEngine {
                 // Nothing to land: the table reads it as empty already.
                 continue;
             }
-            let existing = self.columns_of(input).await?;
             // A file a run on ClickHouse wrote has every column nullable;
             // its table has the plan's: a column without nulls fits either.
             let rows = fit_nullability(rows, &existing);
@@ -649,6 +630,9 @@ impl ClickHouseEngine {
                 )));
             }
             self.land(input, partition, &rows).await?;
+            if existing.is_empty() {
+                existing = wanted;
+            }
             messages.push(format!(
                 "filled from the lake: {input} {partition} ({} row(s)), written before it \
                  was in ClickHouse",
